@@ -1,0 +1,60 @@
+import pytest
+
+from vicc_fast import config as C
+
+
+def test_defaults_are_the_paper_numbers():
+    cfg = C.load(None)
+    assert cfg.model.num_prototypes == 300
+    assert cfg.method.temperature == 0.1
+    assert cfg.method.epsilon == 0.05
+    assert cfg.method.sinkhorn_iters == 3
+    assert cfg.method.queue_size == 1920
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.final_lr) == (0.6, 1e-6, 6e-4)
+
+
+def test_yaml_then_overrides(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("train:\n  batch_size: 12\nmodel:\n  backbone: r21d\n")
+    cfg = C.load(y, ["train.batch_size=7", "data.crop_scale=[0.3,0.9]"])
+    assert cfg.train.batch_size == 7
+    assert cfg.model.backbone is C.Backbone.r21d
+    assert cfg.data.crop_scale == [0.3, 0.9]
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("train.batchsize=3", "train.batchsize"),
+        ("train.batch_size=abc", "train.batch_size"),
+        ("model.backbone=vit", "model.backbone"),
+        ("method.epsilon=-1", "method.epsilon"),
+        ("nokey", "nokey"),
+    ],
+)
+def test_bad_override_is_one_line_naming_the_key(override, key):
+    with pytest.raises(C.ConfigError) as err:
+        C.load(None, [override])
+    msg = str(err.value)
+    assert key in msg and "\n" not in msg
+
+
+def test_missing_file_names_it(tmp_path):
+    with pytest.raises(C.ConfigError, match="nope.yaml"):
+        C.load(tmp_path / "nope.yaml")
+
+
+def test_roundtrip_dict_and_help_lists_every_key():
+    cfg = C.load(None, ["schedule.cross_cycles=1"])
+    assert C.from_dict(C.to_dict(cfg)) == cfg
+    text = C.help_text()
+    for key, _, help_ in C.describe():
+        assert key in text
+        assert help_, f"{key} has no help text"
+
+
+def test_every_shipped_yaml_loads():
+    files = sorted(C.CONFIG_DIR.rglob("*.yaml"))
+    assert files
+    for f in files:
+        C.load(f)

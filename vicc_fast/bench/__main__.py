@@ -1,0 +1,55 @@
+"""Dispatcher of the benchmarks; see the package docstring."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+from vicc_fast.bench.common import environment, write_json
+
+# name -> module under vicc_fast.bench; each module has add_arguments(parser) and run(args) -> dict
+BENCHMARKS = {
+    "loader": "Input pipeline clips/s: DALI vs the PyTorch DataLoader baseline",
+    "kernels": "Loss head fwd+bwd time: Triton vs eager vs torch.compile",
+    "flow": "Optical flow frames/s and EPE per method on the synthetic set",
+    "step": "Training step breakdown: data-wait / forward / loss / backward / optimiser",
+    "scaling": "Throughput per rank with 1, 2, 4 ranks",
+    "supervised": "Supervised upper bound of the synthetic demo set (tiny RGB model trained on labels)",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vicc_fast.bench", description=__doc__)
+    sub = parser.add_subparsers(
+        dest="bench", required=True, metavar="{" + ",".join([*BENCHMARKS, "all"]) + "}"
+    )
+    modules = {}
+    for name, desc in BENCHMARKS.items():
+        p = sub.add_parser(name, help=desc, description=desc)
+        p.add_argument("--json", default="", help="append the result to this JSON file")
+        try:
+            modules[name] = importlib.import_module(f"vicc_fast.bench.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"vicc_fast.bench.{name}":
+                raise
+            continue  # not implemented yet
+        modules[name].add_arguments(p)
+    p_all = sub.add_parser("all", help="run every benchmark with its defaults")
+    p_all.add_argument("--json", default="", help="append the results to this JSON file")
+    args = parser.parse_args(argv)
+    names = list(modules) if args.bench == "all" else [args.bench]
+    for name in names:
+        if name not in modules:
+            parser.error(f"benchmark '{name}' is not implemented yet")
+        bargs = args if args.bench == name else sub.choices[name].parse_args([])
+        result = {"benchmark": name, "env": environment(), "result": modules[name].run(bargs)}
+        print(json.dumps(result["result"], indent=2, default=str))
+        if args.json:
+            write_json(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""What every benchmark record carries, and the atomic JSON append."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from vicc_fast.atomic import write_text
+
+
+def environment() -> dict[str, Any]:
+    """Machine, versions and git commit, so a figure can always be traced to where it was measured."""
+    import torch
+
+    env: dict[str, Any] = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    for mod in ("triton", "nvidia.dali"):
+        try:
+            env[mod] = __import__(mod, fromlist=["__version__"]).__version__
+        except Exception:
+            env[mod] = None
+    try:
+        env["git_commit"] = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+    except Exception:
+        env["git_commit"] = None
+    return env
+
+
+def write_json(path: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Append ``record`` to the JSON list in ``path`` atomically (temp file, fsync, rename)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    records = json.loads(p.read_text()) if p.exists() else []
+    if not isinstance(records, list):
+        records = [records]
+    records.append(record)
+    write_text(p, json.dumps(records, indent=2, default=str))

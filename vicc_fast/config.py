@@ -1,0 +1,418 @@
+"""The one configuration schema of vicc_fast.
+
+Every setting is a field of a dataclass below, with its meaning in ``metadata["help"]``; ``--help`` of every
+CLI prints them from here. Defaults are the ViCC paper's numbers (K=300, tau 0.1, eps 0.05, 3 Sinkhorn
+iterations, queue 1920, LARS lr 0.6, wd 1e-6, ...). YAML files in ``configs/`` override them and
+``key=value`` dotlist arguments override the YAML. A wrong key or type is a :class:`ConfigError` whose
+message is one line naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "synthetic_demo.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased as one line that names the offending key."""
+
+
+def _f(default: Any, help: str) -> Any:
+    """A dataclass field with its help text (mutable defaults are copied per instance)."""
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+# ----------------------------------------------------------------------------------------------- enums
+class Stream(str, enum.Enum):
+    rgb = "rgb"
+    flow = "flow"
+
+
+class DataBackend(str, enum.Enum):
+    dali = "dali"
+    torch = "torch"
+
+
+class Device(str, enum.Enum):
+    auto = "auto"
+    cpu = "cpu"
+    gpu = "gpu"
+
+
+class BadSample(str, enum.Enum):
+    error = "error"
+    skip = "skip"
+
+
+class EvalCrop(str, enum.Enum):
+    center = "center"
+    tencrop = "tencrop"
+
+
+class Backbone(str, enum.Enum):
+    s3d = "s3d"
+    r21d = "r21d"
+    r3d = "r3d"
+    tiny = "tiny"
+
+
+class MethodName(str, enum.Enum):
+    vicc = "vicc"
+    coclr = "coclr"
+    goca = "goca"
+
+
+class Phase(str, enum.Enum):
+    all = "all"
+    rgb1 = "rgb1"
+    flow1 = "flow1"
+    cross = "cross"
+
+
+class Optimizer(str, enum.Enum):
+    lars = "lars"
+    sgd = "sgd"
+    adam = "adam"
+
+
+class Amp(str, enum.Enum):
+    off = "off"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class KernelBackend(str, enum.Enum):
+    auto = "auto"
+    triton = "triton"
+    torch = "torch"
+
+
+class FlowMethod(str, enum.Enum):
+    tvl1 = "tvl1"
+    dis = "dis"
+    farneback = "farneback"
+
+
+class GocaVariant(str, enum.Enum):
+    goca = "goca"
+    sview = "sview"
+    avg = "avg"
+    sep = "sep"
+
+
+# ---------------------------------------------------------------------------------------------- sections
+@dataclass
+class SyntheticConfig:
+    """The built-in motion-defined action data set (``python -m data_prep.synthetic``)."""
+
+    num_classes: int = _f(10, "number of motion classes (at most the number the generator defines)")
+    train_per_class: int = _f(40, "training videos per class")
+    test_per_class: int = _f(10, "test videos per class")
+    frames: int = _f(48, "frames per video")
+    fps: int = _f(25, "frame rate written into the videos")
+    height: int = _f(128, "video height in pixels")
+    width: int = _f(171, "video width in pixels")
+    seed: int = _f(0, "seed: the same seed writes byte-identical videos")
+    flow_method: FlowMethod = _f(
+        FlowMethod.tvl1, "optical flow used when building shards: tvl1|dis|farneback"
+    )
+
+
+@dataclass
+class DataConfig:
+    """Shards on disk and the input pipeline that turns them into training views."""
+
+    root: str = _f("data/synthetic", "folder with manifest.json and the WebDataset shards")
+    build_if_missing: bool = _f(True, "build the synthetic shards into `root` when its manifest is missing")
+    backend: DataBackend = _f(DataBackend.dali, "input pipeline: dali (fast) | torch (DataLoader baseline)")
+    device: Device = _f(Device.auto, "where to decode/augment: auto (GPU when present) | cpu | gpu")
+    num_frames: int = _f(32, "frames per clip T (S3D 32, R(2+1)D/R3D 16)")
+    stride: int = _f(1, "temporal stride between clip frames (S3D 1, R(2+1)D/R3D 2)")
+    crop_size: int = _f(128, "spatial size of the random resized crop")
+    crop_scale: list[float] = _f([0.2, 1.0], "area range [min, max] of the random resized crop")
+    same_start_prob: float = _f(0.5, "probability that the two views of a video start at the same frame")
+    hflip: bool = _f(True, "random horizontal flip (flow x is negated with it)")
+    color_jitter_prob: float = _f(0.8, "probability of colour jitter on an RGB view")
+    brightness: float = _f(0.4, "colour jitter brightness strength")
+    contrast: float = _f(0.4, "colour jitter contrast strength")
+    saturation: float = _f(0.4, "colour jitter saturation strength")
+    hue: float = _f(0.1, "colour jitter hue strength")
+    grayscale_prob: float = _f(0.2, "probability of converting an RGB view to grayscale")
+    blur_prob: float = _f(0.5, "probability of Gaussian blur on an RGB view")
+    threads: int = _f(2, "DALI CPU threads / DataLoader workers per rank")
+    prefetch: int = _f(2, "batches prepared ahead of the training step")
+    eval_clips: int = _f(10, "clips per video in eval mode, uniformly spaced")
+    eval_crop: EvalCrop = _f(EvalCrop.center, "eval-mode spatial crop: center | tencrop")
+    on_bad_sample: BadSample = _f(
+        BadSample.error, "a sample that fails to decode: error | skip (counted, warned)"
+    )
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class ModelConfig:
+    backbone: Backbone = _f(Backbone.s3d, "encoder: s3d | r21d | r3d | tiny (small 3D CNN for CPU demos)")
+    tiny_width: int = _f(32, "channel width of the tiny backbone")
+    proj_hidden: int = _f(2048, "hidden width of the 2-layer MLP projection head")
+    proj_dim: int = _f(128, "output dimension D of the projection head (L2-normalised)")
+    num_prototypes: int = _f(300, "number of prototypes K")
+
+
+@dataclass
+class ViccConfig:
+    cross_freeze_prototypes: bool = _f(
+        False, "keep the prototypes frozen throughout the cross-stream stage (paper: false)"
+    )
+
+
+@dataclass
+class CoclrConfig:
+    momentum: float = _f(0.999, "momentum of the key encoder")
+    queue_size: int = _f(2048, "negative queue length")
+    temperature: float = _f(0.07, "InfoNCE temperature")
+    topk: int = _f(5, "positives mined from the other stream in co-training")
+    ubernce: bool = _f(False, "oracle positives = same class label (upper bound)")
+
+
+@dataclass
+class GocaConfig:
+    variant: GocaVariant = _f(GocaVariant.goca, "goca | sview | avg | sep")
+    lambda1: float = _f(0.02, "entropy weight of the prior Sinkhorn")
+    lambda2: float = _f(0.03, "prior weight of the prior Sinkhorn")
+    proto_reg_steps: int = _f(2, "prototype regularisation gradient steps before each training step")
+    proto_reg_lr: float = _f(0.1, "learning rate of the prototype regulariser")
+
+
+@dataclass
+class MethodConfig:
+    name: MethodName = _f(MethodName.vicc, "self-supervised method: vicc | coclr | goca")
+    temperature: float = _f(0.1, "softmax temperature tau of the swapped prediction")
+    epsilon: float = _f(0.05, "Sinkhorn entropy regularisation epsilon")
+    sinkhorn_iters: int = _f(3, "Sinkhorn-Knopp iterations")
+    queue_size: int = _f(1920, "feature queue length per view (0 = no queue)")
+    vicc: ViccConfig = field(default_factory=ViccConfig)
+    coclr: CoclrConfig = field(default_factory=CoclrConfig)
+    goca: GocaConfig = field(default_factory=GocaConfig)
+
+
+@dataclass
+class ScheduleConfig:
+    """The ViCC schedule: stage 1 (rgb1, flow1) then `cross_cycles` x (cross-rgb, cross-flow)."""
+
+    phase: Phase = _f(Phase.all, "what to run: all | rgb1 | flow1 | cross (each resumes the previous phase)")
+    single_epochs: int = _f(300, "epochs of each single-stream phase")
+    single_queue_start_rgb: int = _f(150, "epoch at which the queue starts in rgb1")
+    single_queue_start_flow: int = _f(200, "epoch at which the queue starts in flow1")
+    single_freeze_prototypes: int = _f(100, "epochs the prototypes stay frozen in single-stream phases")
+    cross_cycles: int = _f(2, "cross-stream cycles (each: RGB then flow)")
+    cross_epochs: int = _f(100, "epochs of each cross-stream alternation")
+    cross_queue_start: int = _f(25, "epoch of each alternation at which the queue starts")
+    steps_per_epoch: int = _f(0, "cap on steps per epoch (0 = one clip pair per video)")
+
+
+@dataclass
+class OptimConfig:
+    name: Optimizer = _f(Optimizer.lars, "optimizer: lars | sgd | adam")
+    lr: float = _f(0.6, "base learning rate")
+    final_lr: float = _f(6e-4, "learning rate at the end of the cosine schedule")
+    warmup_epochs: float = _f(0.0, "linear warmup epochs at the start of each phase")
+    weight_decay: float = _f(1e-6, "weight decay (not on biases and norm parameters)")
+    momentum: float = _f(0.9, "SGD/LARS momentum")
+    trust_coefficient: float = _f(0.001, "LARS trust coefficient")
+    scale_lr: bool = _f(False, "scale lr linearly with global batch / base_batch")
+    base_batch: int = _f(256, "reference global batch of the lr scaling")
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = _f(48, "clips per rank per step")
+    amp: Amp = _f(Amp.bf16, "mixed precision: off | bf16 | fp16 (with GradScaler)")
+    channels_last: bool = _f(True, "use torch.channels_last_3d activations")
+    compile: bool = _f(False, "torch.compile the encoders")
+    sync_bn: bool = _f(False, "SyncBatchNorm across ranks")
+    batch_shuffle: bool = _f(True, "shuffle the batch across ranks around BN (no-op on one rank)")
+    seed: int = _f(0, "global seed")
+    out_dir: str = _f("runs/default", "run folder: checkpoints, TensorBoard logs, results")
+    resume: str = _f("auto", "auto (latest checkpoint in out_dir) | never | path to a checkpoint")
+    ckpt_every_steps: int = _f(500, "checkpoint every N steps (and always at phase ends)")
+    log_every_steps: int = _f(10, "TensorBoard scalars every N steps")
+    progress: bool = _f(True, "progress bar on rank 0")
+
+
+@dataclass
+class EvalConfig:
+    after_phase: bool = _f(True, "kNN retrieval after each training phase")
+    recall_ks: list[int] = _f([1, 5, 10, 20, 50], "k of Recall@k")
+    batch_size: int = _f(32, "clips per rank per evaluation step")
+    linear_epochs: int = _f(100, "epochs of the linear probe")
+    finetune_epochs: int = _f(50, "epochs of end-to-end finetuning")
+    finetune_dropout: float = _f(0.5, "dropout before the finetuning classifier")
+    kmeans_restarts: int = _f(10, "K-means restarts of the cluster evaluation")
+
+
+@dataclass
+class ProfileConfig:
+    nvtx: bool = _f(False, "NVTX ranges around data, forward, loss, backward, optimiser")
+    steps: list[int] = _f([], "[start, stop] steps bracketed by cudaProfilerStart/Stop (empty = off)")
+    torch_trace: str = _f("", "folder for a torch.profiler trace of `steps` (empty = off)")
+
+
+@dataclass
+class KernelsConfig:
+    backend: KernelBackend = _f(KernelBackend.auto, "loss head: auto | triton | torch")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
+    kernels: KernelsConfig = field(default_factory=KernelsConfig)
+
+
+# ----------------------------------------------------------------------------------------------- loading
+def _one_line(exc: OmegaConfBaseException) -> str:
+    key = getattr(exc, "full_key", None) or ""
+    msg = str(exc).splitlines()[0].strip()
+    return f"config key '{key}': {msg}" if key else f"config: {msg}"
+
+
+def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Schema defaults <- YAML file <- ``key=value`` overrides, validated; returns a typed :class:`Config`.
+
+    ``path=None`` loads nothing but the schema defaults (callers pass :data:`DEFAULT_CONFIG` for the demo).
+    """
+    schema = OmegaConf.structured(Config)
+    layers: list[DictConfig] = [schema]
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            layers.append(OmegaConf.load(p))
+        except Exception as exc:  # a YAML syntax error names the file and line
+            raise ConfigError(f"config file {p}: {str(exc).splitlines()[0]}") from None
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not key=value")
+        key = item.split("=", 1)[0]
+        try:
+            layers.append(OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"override '{key}': {str(exc).splitlines()[0]}") from None
+    try:
+        merged = OmegaConf.merge(*layers)
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_one_line(exc)) from None
+    assert isinstance(cfg, Config)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Value checks the type system cannot express; each failure names its key."""
+    checks: list[tuple[bool, str, str]] = [
+        (cfg.data.num_frames > 0, "data.num_frames", "must be > 0"),
+        (cfg.data.stride > 0, "data.stride", "must be > 0"),
+        (cfg.data.crop_size > 0, "data.crop_size", "must be > 0"),
+        (
+            len(cfg.data.crop_scale) == 2 and 0 < cfg.data.crop_scale[0] <= cfg.data.crop_scale[1] <= 1,
+            "data.crop_scale",
+            "must be [min, max] with 0 < min <= max <= 1",
+        ),
+        (0 <= cfg.data.same_start_prob <= 1, "data.same_start_prob", "must be in [0, 1]"),
+        (cfg.data.threads > 0, "data.threads", "must be > 0"),
+        (cfg.data.eval_clips > 0, "data.eval_clips", "must be > 0"),
+        (cfg.model.num_prototypes > 0, "model.num_prototypes", "must be > 0"),
+        (cfg.model.proj_dim > 0, "model.proj_dim", "must be > 0"),
+        (cfg.method.temperature > 0, "method.temperature", "must be > 0"),
+        (cfg.method.epsilon > 0, "method.epsilon", "must be > 0"),
+        (cfg.method.sinkhorn_iters > 0, "method.sinkhorn_iters", "must be > 0"),
+        (cfg.method.queue_size >= 0, "method.queue_size", "must be >= 0"),
+        (cfg.schedule.single_epochs >= 0, "schedule.single_epochs", "must be >= 0"),
+        (cfg.schedule.cross_epochs >= 0, "schedule.cross_epochs", "must be >= 0"),
+        (cfg.schedule.cross_cycles >= 0, "schedule.cross_cycles", "must be >= 0"),
+        (cfg.optim.lr > 0, "optim.lr", "must be > 0"),
+        (cfg.optim.final_lr >= 0, "optim.final_lr", "must be >= 0"),
+        (cfg.train.batch_size > 1, "train.batch_size", "must be > 1 (Sinkhorn needs a batch)"),
+        (len(cfg.profile.steps) in (0, 2), "profile.steps", "must be [] or [start, stop]"),
+    ]
+    for ok, key, why in checks:
+        if not ok:
+            raise ConfigError(f"config key '{key}': {why}")
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    out = OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
+    assert isinstance(out, dict)
+    return out  # type: ignore[return-value]
+
+
+def from_dict(d: dict[str, Any]) -> Config:
+    """Rebuild a Config saved with :func:`to_dict` (e.g. from a checkpoint)."""
+    try:
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(d)))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_one_line(exc)) from None
+    assert isinstance(cfg, Config)
+    return cfg
+
+
+def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, help) for every leaf key, in schema order: the body of ``--help``."""
+    rows: list[tuple[str, str, str]] = []
+    inst = cls()
+    for f in dataclasses.fields(cls):
+        value = getattr(inst, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            rows += describe(type(value), key + ".")
+        else:
+            shown = value.value if isinstance(value, enum.Enum) else value
+            rows.append((key, str(shown), f.metadata.get("help", "")))
+    return rows
+
+
+def help_text() -> str:
+    rows = describe()
+    width = max(len(k) for k, _, _ in rows)
+    lines = ["configuration keys (override any as key=value):"]
+    lines += [f"  {k:<{width}}  {h} [default: {d}]" for k, d, h in rows]
+    return "\n".join(lines)
+
+
+__all__ = [
+    "MISSING",
+    "CONFIG_DIR",
+    "DEFAULT_CONFIG",
+    "Config",
+    "ConfigError",
+    "load",
+    "validate",
+    "to_yaml",
+    "to_dict",
+    "from_dict",
+    "describe",
+    "help_text",
+]

@@ -1,0 +1,1 @@
+"""Input pipelines: WebDataset shards -> augmented, aligned RGB/flow views on the training device."""
