@@ -1,0 +1,1 @@
+"""Self-supervised methods as small classes over one engine (see base.Method)."""
