@@ -1,0 +1,69 @@
+import pytest
+import torch
+from torch import nn
+
+from vicc_fast.config import Stream
+from vicc_fast.data.batch import Batch
+from vicc_fast.eval.features import extract
+
+
+class ListLoader:
+    """An in-memory eval loader: the Loader contract's iteration + num_samples, over given batches."""
+
+    def __init__(self, batches, num_samples):
+        self.batches, self.num_samples = batches, num_samples
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
+
+
+class MeanEncoder(nn.Module):
+    """[B, C, T, H, W] -> [B, C]: spatial-temporal mean, so features are known in closed form."""
+
+    feature_dim = 3
+
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(3)  # present so train/eval mode matters
+
+    def forward(self, x):
+        return x.mean(dim=(2, 3, 4))
+
+
+def _batch(values, index, label):
+    x = torch.tensor(values, dtype=torch.float32)[:, :, None, None, None].expand(-1, -1, 2, 4, 4)
+    return Batch(views={Stream.rgb: [x]}, label=torch.tensor(label), index=torch.tensor(index))
+
+
+def test_extract_averages_clips_per_video_in_index_order():
+    # video 1's clips are split across two batches; video 0 arrives last
+    b1 = _batch([[1, 0, 0], [3, 0, 0]], index=[1, 1], label=[7, 7])
+    b2 = _batch([[5, 0, 0], [0, 2, 0], [0, 4, 0]], index=[1, 0, 0], label=[7, 4, 4])
+    enc = MeanEncoder().train()
+    feats, labels, index = extract(enc, ListLoader([b1, b2], 2), torch.device("cpu"))
+    torch.testing.assert_close(feats, torch.tensor([[0.0, 3.0, 0.0], [3.0, 0.0, 0.0]]))
+    assert labels.tolist() == [4, 7] and index.tolist() == [0, 1]
+    assert enc.training  # mode restored
+
+
+def test_extract_rejects_a_video_without_clips():
+    with pytest.raises(RuntimeError, match="1 got no clip"):
+        extract(MeanEncoder(), ListLoader([_batch([[1, 0, 0]], [0], [0])], 2), torch.device("cpu"))
+
+
+def test_extract_rejects_out_of_range_index():
+    with pytest.raises(ValueError, match="outside"):
+        extract(MeanEncoder(), ListLoader([_batch([[1, 0, 0]], [5], [0])], 2), torch.device("cpu"))
+
+
+def test_extract_wrong_stream():
+    with pytest.raises(ValueError, match="no flow view"):
+        extract(
+            MeanEncoder(),
+            ListLoader([_batch([[1, 0, 0]], [0], [0])], 1),
+            torch.device("cpu"),
+            stream=Stream.flow,
+        )

@@ -1,0 +1,147 @@
+"""Video-level features of a frozen encoder: clip features averaged per video, gathered across ranks.
+
+The eval loader yields ``B = videos x clips`` clips per batch with ``index`` naming the video of each clip
+(CONTRACTS.md, Loader). :func:`extract` sums clip features into per-video rows by that index, so it neither cares
+how clips are batched nor which rank saw which video; across ranks the per-video sums are all-reduced, which is
+also where the "each video exactly once across ranks" promise of the loader is checked.
+
+Features returned are raw (as the encoder produced them, clip-averaged): centring needs the *train* mean, so
+:func:`centre_normalise` is a separate step that the caller applies to train and test together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from vicc_fast.config import Amp, Stream
+from vicc_fast.data.batch import Batch
+
+
+def feature_dim(encoder: nn.Module) -> int | None:
+    """``encoder.feature_dim`` (looking through DDP / torch.compile wrappers), or None when it has none."""
+    m: Any = encoder
+    for _ in range(4):
+        if hasattr(m, "feature_dim"):
+            return int(m.feature_dim)
+        m = getattr(m, "module", None) or getattr(m, "_orig_mod", None)
+        if m is None:
+            break
+    return None
+
+
+def _autocast(device: torch.device, amp: Amp | str | None) -> contextlib.AbstractContextManager:
+    amp = Amp(amp) if amp is not None else Amp.off
+    if amp is Amp.off or device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if amp is Amp.bf16 else torch.float16)
+
+
+def _pick_stream(batch: Batch, stream: Stream | None) -> torch.Tensor:
+    if stream is None:
+        if len(batch.views) != 1:
+            raise ValueError(
+                f"batch holds streams {sorted(s.value for s in batch.views)}: name the one to encode"
+            )
+        stream = next(iter(batch.views))
+    views = batch.views.get(Stream(stream))
+    if not views:
+        raise ValueError(
+            f"batch holds no {Stream(stream).value} view (it has {sorted(s.value for s in batch.views)})"
+        )
+    return views[0]
+
+
+@torch.no_grad()
+def encode_clips(
+    encoder: nn.Module,
+    loader: Iterable[Batch],
+    device: torch.device,
+    num_videos: int,
+    stream: Stream | None = None,
+    amp: Amp | str | None = None,
+    progress: bool = False,
+    desc: str = "features",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """This rank's per-video sums of clip features.
+
+    Returns ``(sums [N, F] float32, clip_counts [N] float32, labels [N] int64)`` on ``device``, zero for
+    videos this rank did not see; ``N = num_videos``.
+    """
+    was_training = encoder.training
+    encoder.eval()
+    dim = feature_dim(encoder)
+    sums = torch.zeros(num_videos, dim, device=device) if dim is not None else None
+    counts = torch.zeros(num_videos, device=device)
+    labels = torch.zeros(num_videos, dtype=torch.int64, device=device)
+    try:
+        for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+            x = _pick_stream(batch, stream).to(device, non_blocking=True)
+            index = batch.index.to(device, non_blocking=True).long()
+            if index.numel() and (int(index.min()) < 0 or int(index.max()) >= num_videos):
+                raise ValueError(f"loader yielded video index {int(index.max())} outside [0, {num_videos})")
+            with _autocast(device, amp):
+                f = encoder(x)
+            f = f.float().flatten(1)
+            if sums is None:
+                sums = torch.zeros(num_videos, f.shape[1], device=device)
+            sums.index_add_(0, index, f)
+            counts.index_add_(0, index, torch.ones_like(index, dtype=torch.float32))
+            labels[index] = batch.label.to(device).long()
+    finally:
+        encoder.train(was_training)
+    if sums is None:
+        raise ValueError("the eval loader yielded no clips and the encoder has no feature_dim")
+    return sums, counts, labels
+
+
+def extract(
+    encoder: nn.Module,
+    loader: Any,
+    device: torch.device,
+    stream: Stream | None = None,
+    amp: Amp | str | None = None,
+    progress: bool = False,
+    desc: str = "features",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-video features of ``encoder`` over an eval ``loader`` (clip features averaged per video).
+
+    loader: iterable of :class:`Batch` with ``num_samples`` (videos in the split) or ``len()``-able by videos.
+    Returns ``(feats [N, F] float32, labels [N] int64, index [N] int64)`` on CPU, identical on every rank
+    (all-reduced when torch.distributed is initialised), rows in video-index order. Raises when some video got
+    no clip or a video was seen by more than one rank.
+    """
+    n = int(getattr(loader, "num_samples", 0) or 0)
+    if n <= 0:
+        raise ValueError("eval loader reports no videos (num_samples == 0)")
+    sums, counts, labels = encode_clips(encoder, loader, device, n, stream, amp, progress, desc)
+    seen = (counts > 0).to(torch.int64)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        # Each video lives on exactly one rank, so summing rows assembles the whole split everywhere.
+        for t in (sums, counts, labels, seen):
+            dist.all_reduce(t)
+    missing = int((seen == 0).sum())
+    dup = int((seen > 1).sum())
+    if missing or dup:
+        raise RuntimeError(
+            f"eval loader must cover each of the {n} videos once: {missing} got no clip, {dup} seen by several ranks"
+        )
+    feats = sums / counts[:, None]
+    return feats.cpu(), labels.cpu(), torch.arange(n)
+
+
+def centre_normalise(train: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Subtract the train-set mean feature from every set, then L2-normalise rows.
+
+    train: ``[Ntr, F]``; others: ``[N_i, F]``. Returns ``(train', *others')`` with unit rows. Centring removes the
+    component every video shares, which otherwise dominates cosine similarity of ReLU features.
+    """
+    mean = train.float().mean(dim=0, keepdim=True)
+    return tuple(F.normalize(x.float() - mean.to(x.device), dim=1) for x in (train, *others))
