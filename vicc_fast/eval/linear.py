@@ -1,0 +1,166 @@
+"""Linear probe: a linear classifier on a frozen encoder's features, top-1 / top-5 accuracy.
+
+As in CoCLR / ViCC: the backbone is frozen, a parameter-free batch norm standardises its features and one linear
+layer is trained with cross-entropy. Two training inputs:
+- ``augment=True`` (the papers): every epoch the train videos are read through the train-mode pipeline
+  (random crops, flips, colour jitter; Gaussian blur off) and encoded by the frozen backbone;
+- ``augment=False``: the classifier trains on the cached, clip-averaged eval features of the train videos
+  (no augmentation; seconds instead of an encoder pass per epoch).
+Test videos are classified from their clip-averaged eval features (a linear classifier's logits of averaged
+features are the averaged logits of the clips).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from vicc_fast.config import Stream
+from vicc_fast.data.batch import Batch
+from vicc_fast.eval.features import _autocast
+
+
+class LinearProbe(nn.Module):
+    """``[B, F] -> [B, C]``: BatchNorm1d without affine parameters, then a linear layer."""
+
+    def __init__(self, in_dim: int, num_classes: int):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(in_dim, affine=False)
+        self.fc = nn.Linear(in_dim, num_classes)
+        nn.init.normal_(self.fc.weight, std=0.01)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.bn(x))
+
+
+def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
+    """``{"top1": .., "top5": ..}`` in percent; logits or probabilities ``[N, C]``, labels ``[N]``. k is capped at C."""
+    if logits.dim() != 2 or labels.shape != (logits.shape[0],) or logits.shape[0] == 0:
+        raise ValueError(
+            f"need scores [N, C] and labels [N], got {tuple(logits.shape)} and {tuple(labels.shape)}"
+        )
+    kmax = min(max(ks), logits.shape[1])
+    pred = logits.topk(kmax, dim=1).indices
+    hit = pred == labels.to(pred.device)[:, None]
+    return {f"top{k}": 100.0 * hit[:, : min(k, kmax)].any(1).float().mean().item() for k in ks}
+
+
+def _cosine_lr(opt: torch.optim.Optimizer, base: float, step: int, total: int) -> None:
+    lr = 0.5 * base * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
+    for g in opt.param_groups:
+        g["lr"] = lr
+
+
+def _fit(
+    probe: LinearProbe,
+    epoch_batches: Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+    steps_per_epoch: int,
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    progress: bool,
+) -> LinearProbe:
+    opt = torch.optim.Adam(probe.parameters(), lr=lr, weight_decay=weight_decay)
+    total, step = epochs * steps_per_epoch, 0
+    probe.train()
+    for epoch in tqdm(range(epochs), desc="linear probe", disable=not progress, leave=False):
+        for x, y in epoch_batches(epoch):
+            _cosine_lr(opt, lr, step, total)
+            loss = F.cross_entropy(probe(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+    return probe.eval()
+
+
+def fit_linear_on_features(
+    feats: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    epochs: int = 100,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-3,
+    batch_size: int = 256,
+    seed: int = 0,
+    progress: bool = False,
+) -> LinearProbe:
+    """Train a :class:`LinearProbe` on fixed features ``[N, F]`` with labels ``[N]`` (Adam, cosine lr)."""
+    if feats.dim() != 2 or labels.shape != (feats.shape[0],):
+        raise ValueError(
+            f"need feats [N, F] and labels [N], got {tuple(feats.shape)} and {tuple(labels.shape)}"
+        )
+    if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}), got [{int(labels.min())}, {int(labels.max())}]"
+        )
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    probe = LinearProbe(feats.shape[1], num_classes).to(feats.device)
+    n = feats.shape[0]
+    bs = min(batch_size, n)
+    drop_last = n > bs  # BN needs > 1 sample; a short last batch is folded into the next epoch's shuffle
+
+    def batches(_: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        perm = torch.randperm(n, generator=g).to(feats.device)
+        stop = n - n % bs if drop_last else n
+        for a in range(0, stop, bs):
+            i = perm[a : a + bs]
+            yield feats[i].float(), labels[i].long()
+
+    return _fit(probe, batches, max(n // bs, 1), epochs, lr, weight_decay, progress)
+
+
+def fit_linear_augmented(
+    encoder: nn.Module,
+    loader: Iterable[Batch],
+    stream: Stream,
+    in_dim: int,
+    num_classes: int,
+    device: torch.device,
+    epochs: int = 100,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-3,
+    amp: str | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> LinearProbe:
+    """Train a :class:`LinearProbe` on a frozen ``encoder`` fed augmented train clips from a train-mode loader
+    (one view of ``stream`` per video; ``loader.set_epoch`` reshuffles when the loader has it)."""
+    torch.manual_seed(seed)
+    probe = LinearProbe(in_dim, num_classes).to(device)
+    was_training = encoder.training
+    encoder.eval()  # frozen, including batch-norm statistics
+
+    def batches(epoch: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        for b in loader:
+            with torch.no_grad(), _autocast(device, amp):
+                f = encoder(b.views[stream][0].to(device, non_blocking=True))
+            yield f.float().flatten(1), b.label.to(device).long()
+
+    try:
+        steps = len(loader)  # type: ignore[arg-type]
+        return _fit(probe, batches, steps, epochs, lr, weight_decay, progress)
+    finally:
+        encoder.train(was_training)
+
+
+@torch.no_grad()
+def predict(probe: nn.Module, feats: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """Class probabilities ``[N, C]`` of features ``[N, F]``."""
+    probe.eval()
+    dev = next(probe.parameters()).device
+    return torch.cat(
+        [
+            probe(feats[a : a + batch_size].to(dev).float()).softmax(1).cpu()
+            for a in range(0, feats.shape[0], batch_size)
+        ]
+    )
