@@ -67,3 +67,29 @@ def test_extract_wrong_stream():
             torch.device("cpu"),
             stream=Stream.flow,
         )
+
+
+def test_feature_cache_hit_and_key_sensitivity(tmp_path):
+    from vicc_fast import config as C
+    from vicc_fast.eval.cache import FeatureCache, cache_key
+
+    cfg = C.load(None)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return torch.randn(3, 2), torch.tensor([0, 1, 0]), torch.arange(3)
+
+    cache = FeatureCache(tmp_path)
+    k = cache_key("abc", Stream.rgb, "train", cfg, "m")
+    a = cache.get(k, compute)
+    b = cache.get(k, compute)
+    assert len(calls) == 1 and torch.equal(a[0], b[0]) and cache.hits == 1
+    cfg2 = C.load(None, ["data.eval_clips=3"])
+    assert cache_key("abc", Stream.rgb, "train", cfg2, "m") != k
+    assert cache_key("abd", Stream.rgb, "train", cfg, "m") != k
+    assert cache_key("abc", Stream.flow, "train", cfg, "m") != k
+    cache.path(k).write_bytes(b"garbage")  # a damaged entry is recomputed
+    with pytest.warns(UserWarning, match="unreadable"):
+        cache.get(k, compute)
+    assert len(calls) == 2

@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+import torch
+
+from vicc_fast.eval.plots import (
+    PNG_SIGNATURE,
+    check_png,
+    log_embedding,
+    log_png,
+    retrieval_grid,
+    training_curves,
+    tsne_plot,
+)
+
+
+def _valid_png(path):
+    assert path.is_file()
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    img = check_png(path)
+    assert img.shape[0] > 50 and img.shape[1] > 50
+    assert img[..., :3].std() > 0  # something was drawn
+
+
+def test_tsne_png(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(40) % 4
+    feats = torch.randn(4, 8, generator=g)[labels] * 5 + torch.randn(40, 8, generator=g)
+    p = tsne_plot(feats, labels, ["a", "b", "c", "d"], tmp_path / "tsne.png", max_points=30, iterations=250)
+    _valid_png(p)
+
+
+def test_retrieval_grid_png(tmp_path):
+    rng = np.random.default_rng(0)
+    img = lambda: rng.integers(0, 255, (32, 40, 3), dtype=np.uint8)  # noqa: E731
+    p = retrieval_grid(
+        [img(), img()],
+        ["run", "jump"],
+        [[img() for _ in range(5)], [img() for _ in range(5)]],
+        [["run", "jump", "run", "run", "swim"], ["jump"] * 5],
+        [[True, False, True, True, False], [True] * 5],
+        tmp_path / "grid.png",
+        title="RGB-2",
+    )
+    _valid_png(p)
+
+
+def test_training_curves_png_and_tensorboard(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    w = SummaryWriter(log_dir=str(tmp_path / "tb"))
+    for step in range(20):
+        w.add_scalar("train/loss", 5.0 / (step + 1), step)
+        w.add_scalar("train/lr", 0.1 * (1 - step / 20), step)
+    w.close()
+    p = training_curves(tmp_path / "tb", tmp_path / "curves.png")
+    _valid_png(p)
+    assert training_curves(tmp_path / "empty", tmp_path / "none.png") is None
+
+    w = SummaryWriter(log_dir=str(tmp_path / "tb_eval"))
+    log_png(w, "eval/curves", p)
+    log_embedding(w, "rgb", torch.randn(6, 4), torch.tensor([0, 1, 0, 1, 0, 1]), ["a", "b"])
+    w.close()
+    assert list((tmp_path / "tb_eval").rglob("events.out.tfevents.*"))
+    assert list((tmp_path / "tb_eval").rglob("projector_config.pbtxt"))
+
+
+def test_check_png_rejects_non_png(tmp_path):
+    (tmp_path / "x.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="not a PNG"):
+        check_png(tmp_path / "x.png")

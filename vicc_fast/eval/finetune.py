@@ -1,0 +1,142 @@
+"""End-to-end finetuning: the whole encoder plus dropout and a linear classifier, trained with labels.
+
+Protocol of CoCLR / ViCC: training clips come from the train-mode pipeline (the self-supervised augmentation
+without Gaussian blur); at test time every video is seen as moving-window clips (``data.eval_clips`` uniformly
+spaced clips) times ten crops (centre, four corners and their horizontal flips; ``data.eval_crop=tencrop`` in the
+eval pipeline) and the softmax probabilities of all its clips and crops are averaged. R+F averages the two
+streams' per-video probabilities.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from vicc_fast.config import Amp, Stream
+from vicc_fast.data.batch import Batch
+from vicc_fast.eval.features import _autocast, feature_dim
+
+
+class FinetuneModel(nn.Module):
+    """``[B, C, T, H, W] -> [B, num_classes]``: encoder, dropout, linear classifier."""
+
+    def __init__(self, encoder: nn.Module, num_classes: int, dropout: float = 0.5, in_dim: int | None = None):
+        super().__init__()
+        dim = in_dim if in_dim is not None else feature_dim(encoder)
+        if dim is None:
+            raise ValueError("encoder has no feature_dim; pass in_dim")
+        self.encoder = encoder
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(self.encoder(x).flatten(1)))
+
+
+def average_by_video(
+    scores: torch.Tensor, index: torch.Tensor, num_videos: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean of clip/crop rows per video: scores ``[B, C]``, index ``[B]`` -> ``([num_videos, C], counts [num_videos])``."""
+    sums = torch.zeros(num_videos, scores.shape[1], dtype=torch.float32, device=scores.device)
+    sums.index_add_(0, index.long(), scores.float())
+    counts = torch.zeros(num_videos, device=scores.device).index_add_(
+        0, index.long(), torch.ones(index.shape[0], device=scores.device)
+    )
+    return sums / counts.clamp(min=1)[:, None], counts
+
+
+def finetune(
+    model: FinetuneModel,
+    loader: Iterable[Batch],
+    stream: Stream,
+    device: torch.device,
+    epochs: int,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-3,
+    amp: Amp | str | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> FinetuneModel:
+    """Train every parameter of ``model`` with cross-entropy on train-mode clips of ``stream`` (Adam, cosine lr)."""
+    torch.manual_seed(seed)
+    model.to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    amp = Amp(amp) if amp is not None else Amp.off
+    scaler = torch.amp.GradScaler("cuda", enabled=amp is Amp.fp16 and device.type == "cuda")
+    total = max(epochs * len(loader), 1)  # type: ignore[arg-type]
+    step = 0
+    bar = tqdm(total=total, desc=f"finetune {Stream(stream).value}", disable=not progress, leave=False)
+    for epoch in range(epochs):
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        for b in loader:
+            for g in opt.param_groups:
+                g["lr"] = 0.5 * lr * (1 + math.cos(math.pi * step / total))
+            x = b.views[stream][0].to(device, non_blocking=True)
+            with _autocast(device, amp):
+                loss = F.cross_entropy(model(x).float(), b.label.to(device).long())
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    return model.eval()
+
+
+@torch.no_grad()
+def predict_videos(
+    model: nn.Module,
+    loader: Iterable[Batch],
+    stream: Stream,
+    device: torch.device,
+    num_videos: int,
+    amp: Amp | str | None = None,
+    progress: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-video class probabilities averaged over all clips and crops the eval loader yields.
+
+    Returns ``(probs [num_videos, C], labels [num_videos])`` on CPU; raises if a video got no clip.
+    """
+    model.eval()
+    total: torch.Tensor | None = None
+    counts = torch.zeros(num_videos)
+    labels = torch.zeros(num_videos, dtype=torch.int64)
+    for b in tqdm(loader, desc=f"test {Stream(stream).value}", disable=not progress, leave=False):
+        with _autocast(device, amp):
+            logits = model(b.views[stream][0].to(device, non_blocking=True))
+        probs = logits.float().softmax(1).cpu()
+        idx = b.index.cpu().long()
+        if total is None:
+            total = torch.zeros(num_videos, probs.shape[1])
+        total.index_add_(0, idx, probs)
+        counts.index_add_(0, idx, torch.ones(idx.shape[0]))
+        labels[idx] = b.label.cpu().long()
+    if total is None or bool((counts == 0).any()):
+        missing = num_videos if total is None else int((counts == 0).sum())
+        raise RuntimeError(f"test loader left {missing} of {num_videos} videos without a clip")
+    return total / counts[:, None], labels
+
+
+def fuse_probabilities(*probs: torch.Tensor) -> torch.Tensor:
+    """R+F: the mean of the streams' per-video probabilities ``[N, C]`` each."""
+    shapes = {tuple(p.shape) for p in probs}
+    if len(shapes) != 1:
+        raise ValueError(f"streams' probabilities differ in shape: {sorted(shapes)}")
+    return torch.stack([p.float() for p in probs]).mean(0)
+
+
+def clone_encoder(encoder: nn.Module) -> nn.Module:
+    """A trainable copy, so finetuning never alters the encoder the other evaluations use."""
+    enc = copy.deepcopy(encoder)
+    for p in enc.parameters():
+        p.requires_grad_(True)
+    return enc

@@ -1,0 +1,228 @@
+"""What an evaluation starts from, checked before any compute: the checkpoint and the shard set.
+
+- :func:`load_checkpoint`: the trained method from a checkpoint (a truncated or foreign file, or one whose
+  weights do not fit the backbone its config names, is a :class:`~vicc_fast.engine.checkpoint.CheckpointError`
+  naming the file), the config it was trained with plus the caller's ``key=value`` overrides (``model.*``
+  cannot be overridden: the weights fix the architecture), and which table row each stream's encoder belongs
+  to (RGB-1 after ``rgb1``, RGB-2 after the cross-stream stage, ...).
+- :func:`check_dataset`: the shard folder has a manifest, a train and a test split, every shard it lists exists,
+  and the classes present in train and test are the same (read from the 16-byte ``.lbl`` members, no decoding).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from torch import nn
+
+from vicc_fast import config as C
+from vicc_fast.config import Stream
+
+
+class EvalInputError(ValueError):
+    """Unusable evaluation input (data set, overrides); the message names the file or key."""
+
+
+STREAM_NAME = {Stream.rgb: "RGB", Stream.flow: "Flow"}
+
+
+# --------------------------------------------------------------------------------------------- checkpoint
+@dataclass
+class LoadedCheckpoint:
+    path: Path
+    cfg: C.Config
+    method: Any  # vicc_fast.methods.base.Method
+    encoders: dict[Stream, nn.Module]
+    labels: dict[str, str]  # "rgb" -> "RGB-2", "flow" -> "Flow-2", "rf" -> "R+F-2"; untrained streams absent
+    phase: str
+    trained_phases: list[str]
+    sha256: str
+
+    @property
+    def trained_streams(self) -> list[Stream]:
+        return [s for s in Stream if s.value in self.labels]
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def apply_overrides(cfg: C.Config, overrides: list[str] | tuple[str, ...]) -> C.Config:
+    """``cfg`` with ``key=value`` overrides, validated; ``model.*`` keys that change the model are refused."""
+    base = OmegaConf.structured(cfg)
+    layers = [base]
+    for item in overrides:
+        if "=" not in item:
+            raise C.ConfigError(f"override '{item}' is not key=value")
+        key = item.split("=", 1)[0]
+        try:
+            layers.append(OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as exc:
+            raise C.ConfigError(f"override '{key}': {str(exc).splitlines()[0]}") from None
+    try:
+        out = OmegaConf.to_object(OmegaConf.merge(*layers))
+    except OmegaConfBaseException as exc:
+        raise C.ConfigError(C._one_line(exc)) from None
+    assert isinstance(out, C.Config)
+    C.validate(out)
+    if C.to_dict(out)["model"] != C.to_dict(cfg)["model"]:
+        changed = [k for k, v in C.to_dict(out)["model"].items() if C.to_dict(cfg)["model"][k] != v]
+        raise C.ConfigError(
+            f"config key 'model.{changed[0]}': the checkpoint was trained with "
+            f"model.{changed[0]}={C.to_dict(cfg)['model'][changed[0]]}; its weights fix the model"
+        )
+    return out
+
+
+def stream_labels(phases: list[Any], trained: list[str]) -> dict[str, str]:
+    """Table row of each stream's encoder: the stage of the last trained phase that optimised it.
+
+    phases: the method's PhaseSpec list; trained: names of phases whose training the weights include.
+    """
+    out: dict[str, str] = {}
+    done = [p for p in phases if p.name in set(trained)]
+    for s in Stream:
+        last = [p for p in done if p.train_stream == s]
+        if last:
+            stage = 2 if last[-1].frozen_stream is not None else 1
+            out[s.value] = f"{STREAM_NAME[s]}-{stage}"
+    if len(out) == 2:
+        stages = {v[-1] for v in out.values()}
+        out["rf"] = f"R+F-{stages.pop()}" if len(stages) == 1 else "R+F"
+    return out
+
+
+def load_checkpoint(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedCheckpoint:
+    """The method stored in checkpoint ``path`` (CPU, eval mode) with its config and stream labels."""
+    from vicc_fast.engine import checkpoint as ckpt
+    from vicc_fast.methods import build_method
+
+    p = Path(path)
+    state = ckpt.load(p, map_location="cpu")
+    try:
+        trained_cfg = C.from_dict(state["config"])
+    except C.ConfigError as exc:
+        raise ckpt.CheckpointError(f"checkpoint {p}: stored config is invalid: {exc}") from None
+    cfg = apply_overrides(trained_cfg, overrides)
+    method = build_method(trained_cfg)
+    ckpt.load_method_state(method, state["method"], p)
+    method.eval()
+    phases = method.phases()
+    names = [q.name for q in phases]
+    completed = [n for n in state.get("completed", []) if n in names]
+    current = str(state["phase"])
+    trained = list(completed)
+    if current in names and current not in trained and (int(state["epoch"]) > 0 or int(state["step"]) > 0):
+        trained.append(current)  # a mid-phase checkpoint: its stream has partly trained weights
+    labels = stream_labels(phases, trained)
+    return LoadedCheckpoint(
+        path=p,
+        cfg=cfg,
+        method=method,
+        encoders=method.encoders(),
+        labels=labels,
+        phase=current,
+        trained_phases=trained,
+        sha256=file_sha256(p),
+    )
+
+
+# --------------------------------------------------------------------------------------------- data set
+@dataclass
+class DatasetInfo:
+    root: Path
+    classes: list[str]
+    num_samples: dict[str, int]
+    labels: dict[str, np.ndarray] = field(default_factory=dict)  # split -> [N] labels in index order
+    keys: dict[str, list[tuple[str, str]]] = field(
+        default_factory=dict
+    )  # split -> [(tar path, key)] by index
+    manifest_sha256: str = ""
+
+
+def _read_labels(tar_path: Path, split: str, n: int, labels: np.ndarray, where: list[tuple[str, str]]) -> int:
+    """Fill labels[index] from the ``.lbl`` members of one shard; returns how many it held."""
+    count = 0
+    try:
+        with tarfile.open(tar_path, "r:") as tf:
+            for m in tf:
+                if not m.isreg() or not m.name.endswith(".lbl"):
+                    continue
+                f = tf.extractfile(m)
+                data = f.read() if f is not None else b""
+                if len(data) != 16:
+                    raise EvalInputError(f"{tar_path}: member {m.name} has {len(data)} bytes, expected 16")
+                label, index = (int(v) for v in np.frombuffer(data, dtype="<i8"))
+                if not 0 <= index < n:
+                    raise EvalInputError(
+                        f"{tar_path}: {m.name} has index {index} outside the {split} split [0, {n})"
+                    )
+                labels[index] = label
+                where[index] = (str(tar_path), m.name.split(".", 1)[0])
+                count += 1
+    except (tarfile.TarError, OSError) as exc:
+        raise EvalInputError(f"{tar_path}: unreadable shard ({exc})") from None
+    return count
+
+
+def check_dataset(root: str | Path) -> DatasetInfo:
+    """Validate a shard folder for evaluation; every problem is one EvalInputError naming the file."""
+    r = Path(root)
+    mpath = r / "manifest.json"
+    if not mpath.is_file():
+        raise EvalInputError(f"{mpath}: no manifest (build the shards first: python -m data_prep ...)")
+    try:
+        m = json.loads(mpath.read_text())
+        classes = list(m["classes"])
+        splits = m["splits"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise EvalInputError(f"{mpath}: unreadable manifest ({exc})") from None
+    for split in ("train", "test"):
+        if split not in splits or int(splits[split].get("num_samples", 0)) <= 0:
+            raise EvalInputError(
+                f"{mpath}: the data set has no {split} split (retrieval queries test videos against train videos)"
+            )
+    info = DatasetInfo(
+        root=r,
+        classes=classes,
+        num_samples={s: int(splits[s]["num_samples"]) for s in ("train", "test")},
+        manifest_sha256=file_sha256(mpath),
+    )
+    for split in ("train", "test"):
+        n = info.num_samples[split]
+        labels = np.full(n, -1, dtype=np.int64)
+        where: list[tuple[str, str]] = [("", "")] * n
+        for shard in splits[split].get("shards", []):
+            tar = r / shard["tar"]
+            if not tar.is_file():
+                raise EvalInputError(f"{tar}: shard listed in {mpath} is missing")
+            _read_labels(tar, split, n, labels, where)
+        if (labels < 0).any():
+            raise EvalInputError(
+                f"{r}: {int((labels < 0).sum())} of {n} {split} videos have no label in the shards"
+            )
+        if labels.max() >= len(classes):
+            raise EvalInputError(
+                f"{r}: {split} label {int(labels.max())} >= the {len(classes)} manifest classes"
+            )
+        info.labels[split], info.keys[split] = labels, where
+    tr, te = set(info.labels["train"].tolist()), set(info.labels["test"].tolist())
+    if tr != te:
+        only_tr = [classes[i] for i in sorted(tr - te)]
+        only_te = [classes[i] for i in sorted(te - tr)]
+        raise EvalInputError(
+            f"{r}: classes differ between train and test (train only: {only_tr[:5]}, test only: {only_te[:5]})"
+        )
+    return info
