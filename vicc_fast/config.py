@@ -259,6 +259,20 @@ class EvalConfig:
     finetune_epochs: int = _f(50, "epochs of end-to-end finetuning")
     finetune_dropout: float = _f(0.5, "dropout before the finetuning classifier")
     kmeans_restarts: int = _f(10, "K-means restarts of the cluster evaluation")
+    linear_augment: bool = _f(
+        True,
+        "linear probe trains on augmented train clips (blur off) through the frozen encoder (papers); "
+        "false: on cached clip-averaged eval features (much faster)",
+    )
+    linear_lr: float = _f(1e-3, "Adam learning rate of the linear probe (cosine schedule)")
+    linear_weight_decay: float = _f(1e-3, "weight decay of the linear probe")
+    linear_batch_size: int = _f(256, "videos per step of the linear probe on cached features")
+    finetune_lr: float = _f(1e-3, "Adam learning rate of end-to-end finetuning (cosine schedule)")
+    finetune_weight_decay: float = _f(1e-3, "weight decay of end-to-end finetuning")
+    knn_chunk: int = _f(1024, "queries per block of the chunked nearest-neighbour search")
+    cache_dir: str = _f("", "feature cache folder (empty = <checkpoint folder>/eval_cache)")
+    tsne_max_points: int = _f(2000, "test videos drawn in the t-SNE plot (random subset above this)")
+    grid_queries: int = _f(6, "query rows of the retrieval grid picture")
 
 
 @dataclass
