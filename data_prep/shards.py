@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -192,6 +193,7 @@ def write_shard(tar_path: Path, samples: Iterable[Sample]) -> ShardInfo:
     write_text(idx_path, format_dali_index(entries))
     with atomic_write(tar_path, "wb") as f:
         f.write(buf.getbuffer())
+    _readable(idx_path, tar_path)
     return ShardInfo(
         tar=tar_path.name, index=idx_path.name, sha256=hw.sha256.hexdigest(), num_samples=len(keys), keys=keys
     )
@@ -258,7 +260,14 @@ def write_manifest(out_dir: str | Path, manifest: dict[str, Any]) -> Path:
     """Write manifest.json atomically (call it last: its presence marks a finished build)."""
     path = Path(out_dir) / MANIFEST
     write_text(path, json.dumps(manifest, indent=1, sort_keys=False) + "\n")
+    _readable(path)
     return path
+
+
+def _readable(*paths: Path) -> None:
+    """Shards are data for other users and containers too: the atomic temp files are created 0600."""
+    for p in paths:
+        os.chmod(p, 0o644)
 
 
 def load_manifest(out_dir_or_file: str | Path) -> dict[str, Any]:

@@ -1,0 +1,518 @@
+"""Videos -> resized RGB + optical flow -> VP9 -> WebDataset shards + manifest (docs/shard_format.md).
+
+    python -m data_prep.build --source ucf101 --root ~/data/UCF101 --out data/ucf101_s1
+
+Stages:
+1. per video (process pool, progress bar): decode (PyAV), resize to --height x --width, flow
+   (data_prep.flow), quantise, encode both streams (data_prep.codec), and cache the result under
+   ``<out>/.work/``. A rerun skips every video whose cached outputs still match their recorded sha256 and
+   settings (resumable: an interrupted build loses at most the videos in flight).
+2. pack: samples in split-list order into ``{split}-{NNNNNN}.tar`` + DALI ``.idx``, then manifest.json.
+
+Bad input stops the build with one error naming the file; with --skip-bad the video is rejected instead,
+recorded with its reason in manifest.json["rejected"], and the count is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import dataclasses
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import av
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from data_prep import codec, shards
+from data_prep.sources import DataSourceError, Record, Source, class_names, load_records
+from vicc_fast.atomic import write_bytes, write_text
+from vicc_fast.config import FlowMethod, SyntheticConfig
+
+WORK_DIR = ".work"
+CACHE_VERSION = 1
+"""Bump when the per-video processing changes in a way the settings below do not capture."""
+MIN_FRAMES = 2
+"""Flow needs a pair of frames."""
+DEFAULT_SHARD_SIZE = 100
+
+
+class BuildError(RuntimeError):
+    """A build that cannot finish; the message names the video or file and the reason."""
+
+
+class VideoError(ValueError):
+    """A source video that cannot be used (unreadable, empty, too short)."""
+
+
+@dataclass(frozen=True)
+class VideoSettings:
+    """Everything that determines a video's cached outputs (a change invalidates the cache)."""
+
+    height: int
+    width: int
+    flow_method: str
+    flow_bound: float = 20.0
+    rgb_crf: int = codec.RGB_CRF
+    flow_crf: int = codec.FLOW_CRF
+    gop: int = codec.GOP
+    cpu_used: int = codec.CPU_USED
+    cache_version: int = CACHE_VERSION
+
+
+@dataclass
+class BuildReport:
+    """What a build did: the manifest, and how many videos were processed, reused from cache, rejected."""
+
+    manifest: Path
+    processed: int = 0
+    reused: int = 0
+    rejected: list[dict[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+# ------------------------------------------------------------------------------------ per-video work
+def read_video(path: str | Path) -> tuple[np.ndarray, float]:
+    """All frames of a video file -> ([T, H, W, 3] uint8 RGB, fps). Raises VideoError saying why not."""
+    p = Path(path)
+    if not p.is_file():
+        raise VideoError("file not found")
+    if p.stat().st_size == 0:
+        raise VideoError("zero-length file")
+    frames = []
+    try:
+        with av.open(str(p), "r") as c:
+            if not c.streams.video:
+                raise VideoError("no video stream")
+            s = c.streams.video[0]
+            fps = float(s.average_rate or s.guessed_rate or 0) or 25.0
+            for f in c.decode(s):
+                frames.append(f.to_ndarray(format="rgb24"))
+    except av.error.FFmpegError as e:
+        if not frames:
+            raise VideoError(f"unreadable video: {e}") from e
+        # A damaged tail: keep the frames decoded before it (common in UCF101/HMDB51 .avi files).
+    if len(frames) < MIN_FRAMES:
+        raise VideoError(f"too short: {len(frames)} decodable frame(s), need at least {MIN_FRAMES}")
+    return np.stack(frames), fps
+
+
+def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """[T, h, w, 3] -> [T, height, width, 3] uint8 (area averaging when shrinking, so no aliasing)."""
+    t, h, w, _ = frames.shape
+    if (h, w) == (height, width):
+        return frames
+    interp = cv2.INTER_AREA if height <= h and width <= w else cv2.INTER_LINEAR
+    return np.stack([cv2.resize(f, (width, height), interpolation=interp) for f in frames])
+
+
+def _cache_dir(work: Path, video_id: str) -> Path:
+    digest = hashlib.sha1(video_id.encode()).hexdigest()[:16]
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(video_id).name)[:60]
+    return work / f"{safe}-{digest}"
+
+
+def _source_stamp(path: Path) -> dict[str, int]:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def cached_meta(rec: Record, work: Path, settings: VideoSettings) -> dict[str, Any] | None:
+    """The cached per-video result when it is complete and still valid, else None."""
+    d = _cache_dir(work, rec.video_id)
+    try:
+        meta = json.loads((d / "meta.json").read_text())
+        if (
+            meta.get("settings") != dataclasses.asdict(settings)
+            or meta.get("video_id") != rec.video_id
+            or meta.get("source_stamp") != _source_stamp(rec.path)
+        ):
+            return None
+        for name in ("rgb", "flow"):
+            if shards.sha256_file(d / f"{name}.webm") != meta[f"{name}_sha256"]:
+                return None
+    except (OSError, ValueError, KeyError):
+        return None
+    return meta
+
+
+def process_video(rec: Record, work: Path, settings: VideoSettings) -> dict[str, Any]:
+    """Decode, resize, flow, encode one video into its cache folder; returns its meta (also cached).
+
+    Raises VideoError (bad input) or flow/codec errors; the caller turns those into rejects or a BuildError.
+    """
+    from data_prep import flow  # imported here: worker processes import it on first use
+
+    frames, fps = read_video(rec.path)
+    frames = resize_frames(frames, settings.height, settings.width)
+    q = flow.quantize_flow(flow.compute_flow(frames, settings.flow_method), settings.flow_bound)
+    rgb = codec.encode_rgb(frames, fps=fps, crf=settings.rgb_crf)
+    fl = codec.encode_flow(q, fps=fps, crf=settings.flow_crf)
+    d = _cache_dir(work, rec.video_id)
+    write_bytes(d / "rgb.webm", rgb)
+    write_bytes(d / "flow.webm", fl)
+    meta = {
+        "video_id": rec.video_id,
+        "source": str(rec.path),
+        "source_stamp": _source_stamp(rec.path),
+        "settings": dataclasses.asdict(settings),
+        "fps": fps,
+        "frames": int(frames.shape[0]),
+        "flow_frames": int(q.shape[0]),
+        "height": settings.height,
+        "width": settings.width,
+        "rgb_sha256": hashlib.sha256(rgb).hexdigest(),
+        "flow_sha256": hashlib.sha256(fl).hexdigest(),
+        "rgb_bytes": len(rgb),
+        "flow_bytes": len(fl),
+    }
+    write_text(d / "meta.json", json.dumps(meta, indent=1))  # last: marks the cache entry complete
+    return meta
+
+
+_EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
+    VideoError,
+    codec.CodecError,
+    av.error.FFmpegError,
+    cv2.error,
+)
+
+
+def _work_item(rec: Record, work: Path, settings: VideoSettings) -> tuple[str, dict[str, Any] | str]:
+    """Pool task: ("ok", meta) or ("bad", reason). Unexpected exceptions (bugs) propagate."""
+    from data_prep.flow import FlowError
+
+    try:
+        return "ok", process_video(rec, work, settings)
+    except (*_EXPECTED_ERRORS, FlowError) as e:
+        return "bad", str(e) or type(e).__name__
+
+
+def _worker_init() -> None:
+    from data_prep import flow
+
+    flow.worker_init()
+
+
+# ----------------------------------------------------------------------------------------- the build
+def _samples(split: str, accepted: list[tuple[Record, dict]], work: Path) -> Iterator[shards.Sample]:
+    for index, (rec, meta) in enumerate(accepted):
+        d = _cache_dir(work, rec.video_id)
+        key = shards.sample_key(split, index)
+        info = {
+            "key": key,
+            "video_id": rec.video_id,
+            "label": rec.label,
+            "class_name": rec.class_name,
+            "split": split,
+            "index": index,
+            "fps": meta["fps"],
+            "frames": meta["frames"],
+            "flow_frames": meta["flow_frames"],
+            "height": meta["height"],
+            "width": meta["width"],
+            "source": str(rec.path),
+        }
+        rgb, fl = (d / "rgb.webm").read_bytes(), (d / "flow.webm").read_bytes()
+        if (
+            hashlib.sha256(rgb).hexdigest() != meta["rgb_sha256"]
+            or hashlib.sha256(fl).hexdigest() != meta["flow_sha256"]
+        ):
+            raise BuildError(f"{d}: cached outputs changed during the build; rerun to recompute them")
+        yield shards.Sample(key=key, rgb=rgb, flow=fl, label=rec.label, index=index, meta=info)
+
+
+def _remove_stale(out: Path, keep: set[str]) -> None:
+    for split in shards.SPLITS:
+        for p in list(out.glob(f"{split}-*.tar")) + list(out.glob(f"{split}-*.idx")):
+            if p.name not in keep:
+                p.unlink()
+
+
+def _subset(records: Sequence[Record], limit: int | None) -> list[Record]:
+    """At most `limit` records per split, evenly spread over each split's list (so all classes show)."""
+    if not limit:
+        return list(records)
+    out = []
+    for split in shards.SPLITS:
+        rs = [r for r in records if r.split == split]
+        if len(rs) > limit:
+            rs = [rs[i] for i in np.linspace(0, len(rs) - 1, limit).round().astype(int)]
+        out.extend(rs)
+    return out
+
+
+def build(
+    records: Sequence[Record],
+    out_dir: str | Path,
+    *,
+    flow_method: FlowMethod | str = FlowMethod.tvl1,
+    height: int = 128,
+    width: int = 171,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    workers: int = 1,
+    skip_bad: bool = False,
+    limit: int | None = None,
+    extra_settings: dict[str, Any] | None = None,
+    progress: bool = True,
+    log=print,
+) -> BuildReport:
+    """Build shards + manifest from records (sources.load_records) into out_dir; see the module docstring."""
+    t0 = time.perf_counter()
+    method = FlowMethod(flow_method)
+    if height < 2 or width < 2:
+        raise BuildError(f"--height/--width must be >= 2, got {height} x {width}")
+    if shard_size < 1:
+        raise BuildError(f"--shard-size must be >= 1, got {shard_size}")
+    if workers < 1:
+        raise BuildError(f"--workers must be >= 1, got {workers}")
+    classes = class_names(records)  # before subsetting: the full class list
+    records = _subset(records, limit)
+    ids = [r.video_id for r in records]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise BuildError(f"video {dup!r} is listed twice")
+    out = Path(out_dir)
+    work = out / WORK_DIR
+    work.mkdir(parents=True, exist_ok=True)
+    settings = VideoSettings(height=height, width=width, flow_method=method.value)
+
+    results: dict[str, dict[str, Any]] = {}
+    bad: dict[str, str] = {}
+    todo: list[Record] = []
+    for rec in records:
+        if rec.problem is not None:
+            bad[rec.video_id] = rec.problem
+        elif (meta := cached_meta(rec, work, settings)) is not None:
+            results[rec.video_id] = meta
+        else:
+            todo.append(rec)
+    reused = len(results)
+    if bad and not skip_bad:
+        rec = next(r for r in records if r.video_id in bad)
+        raise BuildError(f"{rec.path}: {bad[rec.video_id]} (use --skip-bad to reject such videos instead)")
+    log(f"{len(records)} videos: {reused} already done (cached), {len(todo)} to process, {len(bad)} rejected")
+
+    bar = tqdm(
+        total=len(todo), desc="videos", unit="video", disable=not progress or not todo, file=sys.stderr
+    )
+
+    def collect(rec: Record, status: str, value) -> None:
+        bar.update(1)
+        if status == "ok":
+            results[rec.video_id] = value
+            return
+        if not skip_bad:
+            raise BuildError(f"{rec.path}: {value} (use --skip-bad to reject such videos instead)")
+        bad[rec.video_id] = value
+
+    try:
+        if workers == 1 or len(todo) <= 1:
+            for rec in todo:
+                collect(rec, *_work_item(rec, work, settings))
+        else:
+            ctx = mp.get_context("spawn")  # no fork of a process that may hold threads (OpenCV, DALI)
+            with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
+                futs = {pool.submit(_work_item, rec, work, settings): rec for rec in todo}
+                try:
+                    for fut in cf.as_completed(futs):
+                        collect(futs[fut], *fut.result())
+                except BaseException:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
+    finally:
+        bar.close()
+
+    by_id = {r.video_id: r for r in records}
+    rejected = [{"video": str(by_id[v].path), "reason": bad[v]} for v in ids if v in bad]
+    # Pack. The old manifest goes first: from here on the folder is an unfinished build until the new one lands.
+    (out / shards.MANIFEST).unlink(missing_ok=True)
+    split_infos: dict[str, list[shards.ShardInfo]] = {}
+    accepted_all: list[dict[str, Any]] = []
+    for split in shards.SPLITS:
+        accepted = [(r, results[r.video_id]) for r in records if r.split == split and r.video_id in results]
+        accepted_all += [m for _, m in accepted]
+        split_infos[split] = shards.write_split(out, split, _samples(split, accepted, work), shard_size)
+    if not accepted_all:
+        raise BuildError(f"no usable videos: all {len(records)} were rejected (see the reasons above)")
+    _remove_stale(out, {n for infos in split_infos.values() for i in infos for n in (i.tar, i.index)})
+    fps_values = [m["fps"] for m in accepted_all]
+    manifest = shards.make_manifest(
+        classes=classes,
+        splits=split_infos,
+        video={
+            "height": height,
+            "width": width,
+            "fps": statistics.median(fps_values),
+            "min_frames": min(m["frames"] for m in accepted_all),
+        },
+        flow={"method": method.value, "bound": int(settings.flow_bound)},
+        settings={
+            **dataclasses.asdict(settings),
+            "shard_size": shard_size,
+            "skip_bad": skip_bad,
+            "limit": limit,
+            "fps_values": sorted(set(fps_values)),
+            **(extra_settings or {}),
+        },
+        rejected=rejected,
+    )
+    path = shards.write_manifest(out, manifest)
+    processed = sum(r.video_id in results for r in todo)
+    report = BuildReport(path, processed, reused, rejected, time.perf_counter() - t0)
+    n_train, n_test = (manifest["splits"][s]["num_samples"] for s in shards.SPLITS)
+    log(
+        f"wrote {n_train} train + {n_test} test samples to {out} in {report.seconds:.1f} s "
+        f"(processed {report.processed}, reused {reused})"
+    )
+    if rejected:
+        log(f"rejected {len(rejected)} video(s); reasons in {path} under 'rejected'")
+    return report
+
+
+def build_shards(
+    records: Sequence[Record],
+    out_dir: str | Path,
+    *,
+    flow_method: FlowMethod | str = FlowMethod.tvl1,
+    height: int = 128,
+    width: int = 171,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    workers: int = 1,
+    skip_bad: bool = False,
+    **kwargs: Any,
+) -> Path:
+    """CONTRACTS.md entry point: build and return the path of manifest.json."""
+    return build(
+        records,
+        out_dir,
+        flow_method=flow_method,
+        height=height,
+        width=width,
+        shard_size=shard_size,
+        workers=workers,
+        skip_bad=skip_bad,
+        **kwargs,
+    ).manifest
+
+
+def build_synthetic(
+    out_dir: str | Path,
+    cfg: SyntheticConfig | None = None,
+    workers: int = 1,
+    *,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    progress: bool = True,
+) -> Path:
+    """Generate the synthetic set into ``out_dir/source`` and build its shards into out_dir.
+
+    Returns the manifest path. A folder whose manifest was built with the same settings is returned as is.
+    """
+    from data_prep import synthetic
+
+    cfg = cfg or SyntheticConfig()
+    out = Path(out_dir)
+    syn = {k: (v.value if isinstance(v, FlowMethod) else v) for k, v in dataclasses.asdict(cfg).items()}
+    manifest_path = out / shards.MANIFEST
+    if manifest_path.is_file():
+        try:
+            m = shards.load_manifest(manifest_path)
+            listed = [s["tar"] for sp in m["splits"].values() for s in sp["shards"]]
+            if m["settings"].get("synthetic") == syn and all((out / t).is_file() for t in listed):
+                return manifest_path
+        except (shards.ShardFormatError, KeyError, TypeError):
+            pass
+    src = out / "source"
+    synthetic.generate(src, cfg, workers=workers, progress=progress)
+    records = load_records(Source.ucf101, src, 1)
+    return build(
+        records,
+        out,
+        flow_method=cfg.flow_method,
+        height=cfg.height,
+        width=cfg.width,
+        shard_size=shard_size,
+        workers=workers,
+        extra_settings={"source": Source.ucf101.value, "root": str(src), "split_id": 1, "synthetic": syn},
+        progress=progress,
+    ).manifest
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m data_prep.build",
+        description="Turn a video data set into WebDataset shards of VP9 RGB + optical-flow clips for DALI.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--source", required=True, choices=[s.value for s in Source], help="layout of --root")
+    p.add_argument(
+        "--root",
+        default=None,
+        help="data set folder (ucf101: UCF-101/ + ucfTrainTestlist/; hmdb51: class folders + "
+        "testTrainMulti_7030_splits/; folder: one sub-folder per class)",
+    )
+    p.add_argument("--out", required=True, help="output folder for shards, DALI indexes and manifest.json")
+    p.add_argument(
+        "--split", type=int, default=1, help="official split 1-3 (folder: fold 1-5 of a 1/5 test split)"
+    )
+    p.add_argument("--height", type=int, default=128, help="frame height after resizing")
+    p.add_argument("--width", type=int, default=171, help="frame width after resizing")
+    p.add_argument(
+        "--flow",
+        default=FlowMethod.tvl1.value,
+        choices=[m.value for m in FlowMethod],
+        help="optical flow: tvl1 (the papers'), dis (~30x faster), farneback",
+    )
+    p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="max videos per tar shard")
+    p.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="processes computing flow/encoding"
+    )
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="reject unreadable/empty/missing videos (recorded with reasons in manifest.json) instead of stopping",
+    )
+    p.add_argument(
+        "--limit", type=int, default=None, help="at most N videos per split, evenly spread (quick tries)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    a = parse_args(argv)
+    try:
+        records = load_records(a.source, a.root, a.split, skip_bad=a.skip_bad)
+        build(
+            records,
+            a.out,
+            flow_method=a.flow,
+            height=a.height,
+            width=a.width,
+            shard_size=a.shard_size,
+            workers=a.workers,
+            skip_bad=a.skip_bad,
+            limit=a.limit,
+            extra_settings={"source": a.source, "root": str(Path(a.root).resolve()), "split_id": a.split},
+            progress=not a.no_progress,
+        )
+    except (DataSourceError, BuildError, shards.ShardFormatError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
