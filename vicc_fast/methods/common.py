@@ -1,0 +1,125 @@
+"""Pieces every method here shares: a stream's network, a feature queue, freezing, distributed hooks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import kernels
+from vicc_fast.config import ModelConfig, Stream
+from vicc_fast.models import build_encoder, build_head
+
+EncoderRunner = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+"""``run(backbone, clips [B, C, T, H, W]) -> features [B, F]``; the engine may replace the default (a plain
+call) with one that shuffles the batch across ranks around the backbone (MoCo's batch shuffle); it must keep
+the gradient path intact."""
+
+
+def plain_run(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return module(x)
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def sinkhorn_all_reduce() -> kernels.AllReduce | None:
+    """The all_reduce hook for Sinkhorn: None on one process, a sum over the world otherwise."""
+    return kernels.make_all_reduce() if world_size() > 1 else None
+
+
+def fp32(device: torch.device) -> AbstractContextManager[Any]:
+    """Turn autocast off: scores, Sinkhorn and the loss run in fp32 whatever the encoders ran in
+    (bf16 scores / eps with eps = 0.05 would quantise the Sinkhorn logits to ~0.1 nats)."""
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def set_trainable(module: nn.Module, trainable: bool) -> None:
+    """requires_grad of every parameter, and train/eval mode (a frozen part runs in eval mode: BN uses and
+    keeps its running statistics)."""
+    for p in module.parameters():
+        p.requires_grad_(trainable)
+    module.train(trainable)
+
+
+class StreamNet(nn.Module):
+    """One stream's encoder (``backbone``: clips -> [B, F]) and projection ``head`` ([B, F] -> unit [B, D])."""
+
+    def __init__(self, model_cfg: ModelConfig) -> None:
+        super().__init__()
+        self.backbone = build_encoder(model_cfg)
+        self.head = build_head(model_cfg, self.backbone.feature_dim)
+
+    def embed(self, clips: torch.Tensor, run: EncoderRunner = plain_run) -> torch.Tensor:
+        """clips [B, C, T, H, W] -> z [B, D] fp32 unit rows."""
+        return self.head(run(self.backbone, clips))
+
+
+def cat_views(views: list[torch.Tensor]) -> torch.Tensor:
+    """V views [B, C, T, H, W] -> [V*B, C, T, H, W] in one forward (better device use; the memory format of
+    the inputs, e.g. channels_last_3d, is kept)."""
+    if len(views) == 1:
+        return views[0]
+    fmt = torch.channels_last_3d if views[0].is_contiguous(memory_format=torch.channels_last_3d) else None
+    out = torch.cat(views, dim=0)
+    if fmt is not None and not out.is_contiguous(memory_format=fmt):
+        out = out.contiguous(memory_format=fmt)
+    return out
+
+
+class FeatureQueue(nn.Module):
+    """Per-view ring buffers of past embeddings: ``queue`` [V, L, D] (fp32), with the write position and the
+    number of valid rows kept as plain ints (no device sync) and saved through the module's extra state.
+    Only valid rows are ever returned, so a queue that is still filling is used without zero rows.
+    """
+
+    def __init__(self, num_views: int, length: int, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("queue", torch.zeros(num_views, length, dim))
+        self.ptr = 0
+        self.filled = 0
+
+    @property
+    def length(self) -> int:
+        return int(self.queue.shape[1])
+
+    def reset(self) -> None:
+        self.queue.zero_()
+        self.ptr = 0
+        self.filled = 0
+
+    def rows(self, num_views: int) -> torch.Tensor:
+        """The valid rows of the first ``num_views`` views: [V, filled, D] (filled may be 0)."""
+        return self.queue[:num_views, : self.filled]
+
+    @torch.no_grad()
+    def push(self, z: torch.Tensor, backend: str = "auto") -> None:
+        """z: [V, B, D] -> written into views 0..V-1 (all views advance together)."""
+        if self.length == 0:
+            return
+        v = z.shape[0]
+        if z.shape[1] > self.length:  # keep the newest L rows
+            z = z[:, -self.length :]
+        self.ptr = kernels.enqueue(self.queue[:v], z.float(), self.ptr, backend=backend)
+        self.filled = min(self.length, self.filled + z.shape[1])
+
+    def get_extra_state(self) -> dict[str, int]:
+        return {"ptr": self.ptr, "filled": self.filled}
+
+    def set_extra_state(self, state: dict[str, int]) -> None:
+        self.ptr = int(state["ptr"])
+        self.filled = int(state["filled"])
+
+
+def stream_key(stream: Stream) -> str:
+    return Stream(stream).value
+
+
+def parameters_of(*modules: nn.Module) -> Iterator[nn.Parameter]:
+    for m in modules:
+        yield from m.parameters()

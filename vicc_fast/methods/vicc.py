@@ -1,0 +1,226 @@
+"""ViCC: video cross-stream prototypical contrasting (Toering et al.), on the shared engine.
+
+Stage 1 (``rgb1``, ``flow1``): each stream alone, SwAV-style swapped prediction between its two views.
+Stage 2 (``cross_cycles`` x (``cross_rgb_cN``, ``cross_flow_cN``)): training stream s and frozen stream t; the
+four views (s_i, s_j, t_i, t_j) are all scored against s's prototypes C_s; each view's Sinkhorn assignment is
+predicted from the other three (12 terms, weight 1/4 * 1/3: ViCC eq. 7-9 and the supplementary pseudocode).
+Both streams' networks live in this one module, so every alternation starts from the newest weights of both.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import kernels
+from vicc_fast.config import Config, Stream
+from vicc_fast.data.batch import Batch
+from vicc_fast.methods.base import Method, PhaseSpec, StepState
+from vicc_fast.methods.common import (
+    EncoderRunner,
+    FeatureQueue,
+    StreamNet,
+    cat_views,
+    fp32,
+    plain_run,
+    set_trainable,
+    sinkhorn_all_reduce,
+    world_size,
+)
+from vicc_fast.models import Prototypes
+
+REPORT = {Stream.rgb: "RGB", Stream.flow: "Flow"}
+MAX_VIEWS = 4  # cross-stream: two views of each stream
+
+
+def vicc_phases(cfg: Config) -> list[PhaseSpec]:
+    """The ViCC schedule from ``cfg.schedule`` (see :class:`vicc_fast.config.ScheduleConfig`).
+
+    Single-stream phases freeze the prototypes for ``single_freeze_prototypes`` epochs; cross-stream phases
+    train them from the start (paper) or never (``method.vicc.cross_freeze_prototypes``). With
+    ``method.queue_size == 0`` the queue start is set past the end of the phase (never on).
+    """
+    sc = cfg.schedule
+    no_queue = cfg.method.queue_size == 0
+
+    def qstart(epoch: int, epochs: int) -> int:
+        return epochs if no_queue else min(epoch, epochs)
+
+    phases = [
+        PhaseSpec(
+            name=f"{s.value}1",
+            train_stream=s,
+            frozen_stream=None,
+            streams=(s,),
+            num_views=2,
+            epochs=sc.single_epochs,
+            queue_start_epoch=qstart(q, sc.single_epochs),
+            freeze_prototypes_epochs=sc.single_freeze_prototypes,
+            report=f"{REPORT[s]}-1",
+        )
+        for s, q in ((Stream.rgb, sc.single_queue_start_rgb), (Stream.flow, sc.single_queue_start_flow))
+    ]
+    freeze = sc.cross_epochs if cfg.method.vicc.cross_freeze_prototypes else 0
+    for c in range(1, sc.cross_cycles + 1):
+        for s, t in ((Stream.rgb, Stream.flow), (Stream.flow, Stream.rgb)):
+            phases.append(
+                PhaseSpec(
+                    name=f"cross_{s.value}_c{c}",
+                    train_stream=s,
+                    frozen_stream=t,
+                    streams=(s, t),
+                    num_views=2,
+                    epochs=sc.cross_epochs,
+                    queue_start_epoch=qstart(sc.cross_queue_start, sc.cross_epochs),
+                    freeze_prototypes_epochs=freeze,
+                    report=f"{REPORT[s]}-2" if c == sc.cross_cycles else "",
+                )
+            )
+    return phases
+
+
+def swap_mask(num_views: int, device: torch.device) -> torch.Tensor:
+    """[V, V] bool: every view predicts every other view's assignment (mask[t, p], p != t)."""
+    return ~torch.eye(num_views, dtype=torch.bool, device=device)
+
+
+def usage_entropy(scores: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of how often each prototype is a view's nearest one. scores: [N, K] -> 0-dim.
+    ln K when every prototype is used equally, 0 when all rows pick one prototype (collapse)."""
+    counts = torch.bincount(scores.argmax(dim=1), minlength=scores.shape[1]).float()
+    p = counts / counts.sum()
+    return -(p * torch.log(p.clamp_min(1e-12))).sum()
+
+
+class ViCC(Method):
+    """Both streams' encoders, heads and prototypes, one feature queue, and the ViCC losses.
+
+    ``run_encoder`` (default: a plain call) is how backbones are applied; the engine may set it to a
+    batch-shuffling runner. Call :meth:`setup_phase` before loading a mid-phase checkpoint: it resets the
+    queue, which ``load_state_dict`` then restores.
+    """
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        self.cfg = cfg
+        m = cfg.method
+        self.nets = nn.ModuleDict({s.value: StreamNet(cfg.model) for s in Stream})
+        self.protos = nn.ModuleDict(
+            {s.value: Prototypes(cfg.model.proj_dim, cfg.model.num_prototypes) for s in Stream}
+        )
+        # the paper's queue (1920) is global: each of the W ranks keeps its share
+        self.queue = FeatureQueue(MAX_VIEWS, m.queue_size // world_size(), cfg.model.proj_dim)
+        self.run_encoder: EncoderRunner = plain_run
+        self.backend = cfg.kernels.backend.value
+        self.diagnostics = True
+        self._phase: PhaseSpec | None = None
+
+    # ----------------------------------------------------------------------------- schedule and state
+    def phases(self) -> list[PhaseSpec]:
+        return vicc_phases(self.cfg)
+
+    def setup_phase(self, phase: PhaseSpec) -> None:
+        self._phase = phase
+        for s in Stream:
+            trainable = s == phase.train_stream
+            set_trainable(self.nets[s.value], trainable)
+            set_trainable(self.protos[s.value], trainable)
+        self.queue.reset()
+
+    def train(self, mode: bool = True) -> ViCC:
+        """nn.Module.train, except that streams other than the phase's training stream stay in eval mode."""
+        super().train(mode)
+        if self._phase is not None:
+            for s in Stream:
+                if s != self._phase.train_stream:
+                    self.nets[s.value].eval()
+        return self
+
+    def trainable_parameters(self, phase: PhaseSpec) -> list[nn.Parameter]:
+        s = phase.train_stream.value
+        return list(self.nets[s].parameters()) + list(self.protos[s].parameters())
+
+    def encoders(self) -> dict[Stream, nn.Module]:
+        return {s: self.nets[s.value].backbone for s in Stream}
+
+    def forward(self, batch: Batch, state: StepState) -> dict[str, torch.Tensor]:
+        """= :meth:`loss`, so that a DistributedDataParallel wrapper of the method sees a forward call."""
+        return self.loss(batch, state)
+
+    # ---------------------------------------------------------------------------------------- the step
+    def embed_views(self, batch: Batch, phase: PhaseSpec) -> tuple[torch.Tensor, int]:
+        """Unit embeddings of all views: [V, B, D] fp32, ordered s_0, s_1, (t_0, t_1); and the number of views
+        of the training stream. The frozen stream runs without grad (it is in eval mode from setup_phase)."""
+        s, t = phase.train_stream, phase.frozen_stream
+        vs = batch.views[s][: phase.num_views]
+        B = vs[0].shape[0]
+        zs = self.nets[s.value].embed(cat_views(vs), self.run_encoder)
+        parts = [zs]
+        if t is not None:
+            vt = batch.views[t][: phase.num_views]
+            with torch.no_grad():
+                parts.append(self.nets[t.value].embed(cat_views(vt), self.run_encoder))
+        z = torch.cat(parts, dim=0)
+        return z.view(-1, B, z.shape[-1]), len(vs)
+
+    def loss(self, batch: Batch, state: StepState) -> dict[str, torch.Tensor]:
+        phase = state.phase
+        z, n_train_views = self.embed_views(batch, phase)  # [V, B, D]
+        V, B, _ = z.shape
+        protos = self.protos[phase.train_stream.value]
+        use_queue = state.queue_active and self.queue.length > 0
+        with fp32(z.device):
+            P = protos(z.reshape(V * B, -1)).view(V, B, -1)  # [V, B, K], the trainable prediction scores
+            with torch.no_grad():
+                w = protos.weight.detach()
+                zq = z.detach()
+                if use_queue and self.queue.filled > 0:
+                    zq = torch.cat([zq, self.queue.rows(V)], dim=1)  # batch rows first, then queue rows
+                Q = kernels.assign(
+                    zq,
+                    w,
+                    self.cfg.method.epsilon,
+                    self.cfg.method.sinkhorn_iters,
+                    B,
+                    sinkhorn_all_reduce(),
+                    backend=self.backend,
+                )  # [V, B, K]
+            loss = kernels.swapped_loss(
+                P, Q, swap_mask(V, z.device), self.cfg.method.temperature, backend=self.backend
+            )
+        if use_queue:
+            self.queue.push(z.detach(), backend=self.backend)
+        out = {"loss": loss}
+        if self.diagnostics:
+            out.update(self._diagnostics(P.detach(), Q, phase, n_train_views, use_queue))
+        return out
+
+    @torch.no_grad()
+    def _diagnostics(
+        self, P: torch.Tensor, Q: torch.Tensor, phase: PhaseSpec, n_train: int, queue_on: bool
+    ) -> dict[str, torch.Tensor]:
+        """Per-target loss terms (each averaged over its predictors), prototype usage entropy, queue on/off."""
+        V = P.shape[0]
+        logp = torch.log_softmax(P / self.cfg.method.temperature, dim=-1)
+        out: dict[str, torch.Tensor] = {}
+        names = [f"{phase.train_stream.value}{i}" for i in range(n_train)]
+        if phase.frozen_stream is not None:
+            names += [f"{phase.frozen_stream.value}{i}" for i in range(V - n_train)]
+        for t in range(V):
+            terms = [-(Q[t] * logp[p]).sum(-1).mean() for p in range(V) if p != t]
+            out[f"term/q_{names[t]}"] = torch.stack(terms).mean()
+        out["proto_usage_entropy"] = usage_entropy(P.reshape(-1, P.shape[-1]))
+        out["queue_on"] = torch.tensor(float(queue_on), device=P.device)
+        return out
+
+    # ----------------------------------------------------------------------------------------- hooks
+    def after_backward(self, state: StepState) -> None:
+        """While the prototypes are frozen their gradients are dropped (the optimiser then skips them)."""
+        if state.prototypes_frozen:
+            for p in self.protos[state.phase.train_stream.value].parameters():
+                p.grad = None
+
+    def after_step(self, state: StepState) -> None:
+        """Re-project the prototypes onto the unit sphere after they moved (not while frozen: bit-exact)."""
+        if not state.prototypes_frozen:
+            self.protos[state.phase.train_stream.value].normalize_()
