@@ -318,20 +318,26 @@ def test_queue_starts_at_configured_epoch_and_is_used(cfg):
     assert m.queue.filled == 12  # capped at the configured length
 
 
-def test_setup_phase_resets_queue_and_state_dict_restores_it(cfg):
+def test_queue_survives_resume_and_resets_for_a_new_phase(cfg):
     m, phases = method_and_phases(cfg)
-    phase = phases["rgb1"]
-    m.setup_phase(phase)
+    m.setup_phase(phases["rgb1"])
     q = F.normalize(torch.randn(4, 12, 8), dim=-1)
     m.queue.queue.copy_(q)
     m.queue.filled, m.queue.ptr = 7, 3
     sd = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in m.state_dict().items()}
-    m2, _ = method_and_phases(cfg)
-    m2.setup_phase(phase)
-    assert m2.queue.filled == 0
-    m2.load_state_dict(sd)
-    assert (m2.queue.filled, m2.queue.ptr) == (7, 3)
-    assert torch.equal(m2.queue.queue, q)
+    for load_first in (True, False):  # the engine may load the checkpoint before or after setup_phase
+        m2, _ = method_and_phases(cfg)
+        if load_first:
+            m2.load_state_dict(sd)
+            m2.setup_phase(phases["rgb1"])
+        else:
+            m2.setup_phase(phases["rgb1"])
+            m2.load_state_dict(sd)
+        assert (m2.queue.filled, m2.queue.ptr) == (7, 3)
+        assert torch.equal(m2.queue.queue, q)
+    m2.setup_phase(phases["flow1"])  # the next phase starts with an empty queue
+    assert (m2.queue.filled, m2.queue.ptr) == (0, 0)
+    assert m2.queue.queue.abs().sum() == 0
 
 
 def test_steps_on_fixed_batch_lower_the_loss(cfg):

@@ -76,6 +76,8 @@ class FeatureQueue(nn.Module):
     """Per-view ring buffers of past embeddings: ``queue`` [V, L, D] (fp32), with the write position and the
     number of valid rows kept as plain ints (no device sync) and saved through the module's extra state.
     Only valid rows are ever returned, so a queue that is still filling is used without zero rows.
+    ``owner`` names the phase the contents belong to (saved too): :meth:`claim` empties the queue only when a
+    different phase takes it over, so a run resumed mid-phase keeps the queue it checkpointed.
     """
 
     def __init__(self, num_views: int, length: int, dim: int) -> None:
@@ -83,6 +85,7 @@ class FeatureQueue(nn.Module):
         self.register_buffer("queue", torch.zeros(num_views, length, dim))
         self.ptr = 0
         self.filled = 0
+        self.owner = ""
 
     @property
     def length(self) -> int:
@@ -92,6 +95,12 @@ class FeatureQueue(nn.Module):
         self.queue.zero_()
         self.ptr = 0
         self.filled = 0
+
+    def claim(self, owner: str) -> None:
+        """Start using the queue for ``owner`` (a phase name): emptied unless it already holds owner's rows."""
+        if owner != self.owner:
+            self.reset()
+            self.owner = owner
 
     def rows(self, num_views: int) -> torch.Tensor:
         """The valid rows of the first ``num_views`` views: [V, filled, D] (filled may be 0)."""
@@ -108,12 +117,13 @@ class FeatureQueue(nn.Module):
         self.ptr = kernels.enqueue(self.queue[:v], z.float(), self.ptr, backend=backend)
         self.filled = min(self.length, self.filled + z.shape[1])
 
-    def get_extra_state(self) -> dict[str, int]:
-        return {"ptr": self.ptr, "filled": self.filled}
+    def get_extra_state(self) -> dict[str, int | str]:
+        return {"ptr": self.ptr, "filled": self.filled, "owner": self.owner}
 
-    def set_extra_state(self, state: dict[str, int]) -> None:
+    def set_extra_state(self, state: dict[str, int | str]) -> None:
         self.ptr = int(state["ptr"])
         self.filled = int(state["filled"])
+        self.owner = str(state.get("owner", ""))
 
 
 def stream_key(stream: Stream) -> str:

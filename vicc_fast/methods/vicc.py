@@ -95,9 +95,9 @@ def usage_entropy(scores: torch.Tensor) -> torch.Tensor:
 class ViCC(Method):
     """Both streams' encoders, heads and prototypes, one feature queue, and the ViCC losses.
 
-    ``run_encoder`` (default: a plain call) is how backbones are applied; the engine may set it to a
-    batch-shuffling runner. Call :meth:`setup_phase` before loading a mid-phase checkpoint: it resets the
-    queue, which ``load_state_dict`` then restores.
+    ``run_encoder`` (default: a plain call) is how backbones are applied (a hook for batch shuffling).
+    The queue is emptied when a new phase starts; a checkpoint of a phase restores its queue whether it is
+    loaded before or after :meth:`setup_phase` of that phase.
     """
 
     def __init__(self, cfg: Config) -> None:
@@ -125,7 +125,7 @@ class ViCC(Method):
             trainable = s == phase.train_stream
             set_trainable(self.nets[s.value], trainable)
             set_trainable(self.protos[s.value], trainable)
-        self.queue.reset()
+        self.queue.claim(phase.name)
 
     def train(self, mode: bool = True) -> ViCC:
         """nn.Module.train, except that streams other than the phase's training stream stay in eval mode."""
