@@ -226,3 +226,26 @@ def check_dataset(root: str | Path) -> DatasetInfo:
             f"{r}: classes differ between train and test (train only: {only_tr[:5]}, test only: {only_te[:5]})"
         )
     return info
+
+
+def thumbnail(info: DatasetInfo, split: str, index: int, size: int = 96) -> np.ndarray:
+    """The middle frame of a video's RGB clip as ``[H, W, 3]`` uint8, scaled to ``size`` pixels high."""
+    import io
+
+    import av
+
+    tar_path, key = info.keys[split][index]
+    try:
+        with tarfile.open(tar_path, "r:") as tf:
+            f = tf.extractfile(f"{key}.rgb.webm")
+            data = f.read() if f is not None else b""
+        with av.open(io.BytesIO(data)) as container:
+            frames = [fr for fr in container.decode(video=0)]
+    except (KeyError, tarfile.TarError, OSError, av.error.FFmpegError) as exc:
+        raise EvalInputError(f"{tar_path}: cannot read the RGB video of {key} ({exc})") from None
+    if not frames:
+        raise EvalInputError(f"{tar_path}: the RGB video of {key} has no frames")
+    frame = frames[len(frames) // 2]
+    h = size
+    w = max(1, round(frame.width * size / frame.height))
+    return frame.to_ndarray(format="rgb24", width=w, height=h)

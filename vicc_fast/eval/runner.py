@@ -1,0 +1,318 @@
+"""One evaluation of one checkpoint: the protocols of the CLI, sharing cached features, writing results.
+
+Every input check (checkpoint, overrides, shard set, classes) runs in the constructor, before any compute. The
+results of each protocol are merged into ``<run>/eval/results.json`` (keyed by checkpoint file stem) and the
+run's markdown table ``<run>/eval/results.md`` is rewritten; pictures go to ``<run>/eval/<ckpt>/`` and to
+TensorBoard under ``<run>/tb/eval``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vicc_fast import config as C
+from vicc_fast.config import Stream
+from vicc_fast.eval import cluster as CL
+from vicc_fast.eval import plots, report
+from vicc_fast.eval.cache import FeatureCache, cache_key
+from vicc_fast.eval.features import centre_normalise, extract
+from vicc_fast.eval.inputs import EvalInputError, check_dataset, load_checkpoint, thumbnail
+from vicc_fast.eval.retrieval import fused_recall, nearest_neighbours
+
+
+def run_dir_of(ckpt: Path) -> Path:
+    """The run folder of a checkpoint: ``<run>/checkpoints/x.pt`` -> ``<run>``; otherwise the file's folder."""
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name in ("gpu", "cuda"):
+        if not torch.cuda.is_available():
+            raise EvalInputError("--device cuda: no CUDA device is visible")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _with_data(cfg: C.Config, **data: Any) -> C.Config:
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **data))
+
+
+class Evaluation:
+    """Evaluate checkpoint ``ckpt`` (``key=value`` overrides on top of its training config) on ``device``."""
+
+    def __init__(
+        self,
+        ckpt: str | Path,
+        overrides: list[str] | tuple[str, ...] = (),
+        device: torch.device | None = None,
+        progress: bool = True,
+        tensorboard: bool = True,
+    ) -> None:
+        self.ck = load_checkpoint(ckpt, overrides)
+        self.cfg = self.ck.cfg
+        self.data = check_dataset(self.cfg.data.root)
+        self.device = device or torch.device("cpu")
+        self.progress = progress
+        self.run_dir = run_dir_of(self.ck.path)
+        self.name = self.ck.path.stem
+        self.out = self.run_dir / "eval" / self.name
+        self.cache = FeatureCache(self.cfg.eval.cache_dir or self.ck.path.parent / "eval_cache")
+        self.streams = self.ck.trained_streams
+        if not self.streams:
+            raise EvalInputError(f"checkpoint {self.ck.path}: no phase has trained any stream yet")
+        self.num_classes = len(self.data.classes)
+        self.entry: dict[str, Any] = {
+            "checkpoint": str(self.ck.path),
+            "sha256": self.ck.sha256,
+            "phase": self.ck.phase,
+            "trained_phases": self.ck.trained_phases,
+            "labels": self.ck.labels,
+            "data_root": str(self.data.root),
+        }
+        self._tb: Any = None
+        self._tensorboard = tensorboard
+        self.timings: dict[str, float] = {}
+
+    # ------------------------------------------------------------------------------------------ features
+    def loader(self, split: str, mode: str, stream: Stream, cfg: C.Config | None = None) -> Any:
+        from vicc_fast.data.loader import build_loader
+
+        return build_loader(cfg or self.cfg, split, mode, (stream,), 1, 0, 1, self.device)
+
+    def features(self, stream: Stream, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw clip-averaged features ``[N, F]`` and labels ``[N]`` of a split, from the cache when present."""
+        key = cache_key(self.ck.sha256, stream, split, self.cfg, self.data.manifest_sha256)
+
+        def compute() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            enc = self.ck.encoders[stream].to(self.device)
+            if self.cfg.train.channels_last and self.device.type == "cuda":
+                enc = enc.to(memory_format=torch.channels_last_3d)
+            return extract(
+                enc,
+                self.loader(split, "eval", stream),
+                self.device,
+                stream=stream,
+                amp=self.cfg.train.amp,
+                progress=self.progress,
+                desc=f"{split} {stream.value} features",
+            )
+
+        t0 = time.perf_counter()
+        feats, labels, _ = self.cache.get(key, compute, name=f"{split}_{stream.value}")
+        self.timings[f"features/{split}/{stream.value}"] = time.perf_counter() - t0
+        expected = torch.from_numpy(self.data.labels[split])
+        if not torch.equal(labels.long(), expected):
+            raise RuntimeError(
+                f"{self.data.root}: {split} labels from the loader disagree with the shards' .lbl members"
+            )
+        return feats, labels
+
+    # ------------------------------------------------------------------------------------------ protocols
+    def retrieval(self) -> dict[str, float]:
+        q = {s: self.features(s, "test")[0] for s in self.streams}
+        g = {s: self.features(s, "train")[0] for s in self.streams}
+        ql, gl = self.features(self.streams[0], "test")[1], self.features(self.streams[0], "train")[1]
+        res = fused_recall(q, ql, g, gl, list(self.cfg.eval.recall_ks), chunk=self.cfg.eval.knn_chunk)
+        self._record("retrieval", res)
+        return res
+
+    def linear(self) -> dict[str, float]:
+        from vicc_fast.eval.finetune import fuse_probabilities
+        from vicc_fast.eval.linear import fit_linear_augmented, fit_linear_on_features, predict, topk_accuracy
+
+        e = self.cfg.eval
+        res: dict[str, float] = {}
+        probs = {}
+        for s in self.streams:
+            tr, trl = self.features(s, "train")
+            te, tel = self.features(s, "test")
+            if e.linear_augment:
+                cfg = _with_data(self.cfg, blur_prob=0.0)  # the papers' probe augmentation: SSL's minus blur
+                enc = self.ck.encoders[s].to(self.device)
+                probe = fit_linear_augmented(
+                    enc, self.loader("train", "train", s, cfg), s, tr.shape[1], self.num_classes, self.device,
+                    epochs=e.linear_epochs, lr=e.linear_lr, weight_decay=e.linear_weight_decay,
+                    amp=self.cfg.train.amp.value, seed=self.cfg.train.seed, progress=self.progress,
+                )  # fmt: skip
+            else:
+                probe = fit_linear_on_features(
+                    tr.to(self.device), trl.to(self.device), self.num_classes, epochs=e.linear_epochs,
+                    lr=e.linear_lr, weight_decay=e.linear_weight_decay, batch_size=e.linear_batch_size,
+                    seed=self.cfg.train.seed, progress=self.progress,
+                )  # fmt: skip
+            probs[s] = predict(probe, te)
+            res.update({f"{s.value}/{k}": v for k, v in topk_accuracy(probs[s], tel).items()})
+        if len(probs) == 2:
+            res.update(
+                {f"rf/{k}": v for k, v in topk_accuracy(fuse_probabilities(*probs.values()), tel).items()}
+            )
+        res["augmented"] = float(e.linear_augment)
+        self._record("linear", res)
+        return res
+
+    def finetune(self) -> dict[str, float]:
+        from vicc_fast.eval.finetune import (
+            FinetuneModel,
+            clone_encoder,
+            finetune,
+            fuse_probabilities,
+            predict_videos,
+        )
+        from vicc_fast.eval.linear import topk_accuracy
+
+        e = self.cfg.eval
+        train_cfg = _with_data(self.cfg, blur_prob=0.0)
+        test_cfg = _with_data(self.cfg, eval_crop=C.EvalCrop.tencrop)
+        res: dict[str, float] = {}
+        probs = {}
+        labels = None
+        for s in self.streams:
+            model = FinetuneModel(clone_encoder(self.ck.encoders[s]), self.num_classes, e.finetune_dropout)
+            model = finetune(
+                model, self.loader("train", "train", s, train_cfg), s, self.device, e.finetune_epochs,
+                lr=e.finetune_lr, weight_decay=e.finetune_weight_decay, amp=self.cfg.train.amp,
+                seed=self.cfg.train.seed, progress=self.progress,
+            )  # fmt: skip
+            test = self.loader("test", "eval", s, test_cfg)
+            probs[s], labels = predict_videos(
+                model, test, s, self.device, self.data.num_samples["test"], self.cfg.train.amp, self.progress
+            )
+            res.update({f"{s.value}/{k}": v for k, v in topk_accuracy(probs[s], labels).items()})
+        if len(probs) == 2 and labels is not None:
+            res.update(
+                {f"rf/{k}": v for k, v in topk_accuracy(fuse_probabilities(*probs.values()), labels).items()}
+            )
+        self._record("finetune", res)
+        return res
+
+    def prototype_scores(self, stream: Stream, raw: torch.Tensor) -> torch.Tensor | None:
+        """Scores ``[N, K]`` of videos against the stream's prototypes (head applied to the clip-averaged
+        backbone feature), for methods that keep ``nets[s].head`` and ``protos[s]`` (ViCC, GOCA); else None."""
+        m = self.ck.method
+        nets, protos = getattr(m, "nets", None), getattr(m, "protos", None)
+        if nets is None or protos is None or stream.value not in nets or stream.value not in protos:
+            return None
+        with torch.no_grad():
+            z = nets[stream.value].head.float().cpu()(raw.float())
+            return protos[stream.value].float().cpu()(z)
+
+    def cluster(self) -> dict[str, float]:
+        res: dict[str, float] = {}
+        for s in self.streams:
+            tr = self.features(s, "train")[0]
+            te, tel = self.features(s, "test")
+            _, te_n = centre_normalise(tr, te)
+            pred = CL.kmeans_assign(
+                te_n, self.num_classes, self.cfg.eval.kmeans_restarts, self.cfg.train.seed
+            )
+            res.update({f"{s.value}/kmeans/{k}": v for k, v in CL.cluster_metrics(pred, tel).items()})
+            scores = self.prototype_scores(s, te)
+            if scores is not None:
+                res.update(
+                    {f"{s.value}/proto/{k}": v for k, v in CL.cluster_metrics(scores.argmax(1), tel).items()}
+                )
+        self._record("cluster", res)
+        return res
+
+    # ------------------------------------------------------------------------------------------ pictures
+    def tsne(self) -> list[Path]:
+        paths = []
+        for s in self.streams:
+            tr = self.features(s, "train")[0]
+            te, tel = self.features(s, "test")
+            _, te_n = centre_normalise(tr, te)
+            label = self.ck.labels[s.value]
+            p = plots.tsne_plot(
+                te_n, tel, self.data.classes, self.out / f"tsne_{s.value}.png",
+                title=f"t-SNE of test features, {label} ({self.name})",
+                max_points=self.cfg.eval.tsne_max_points, seed=self.cfg.train.seed,
+            )  # fmt: skip
+            paths.append(p)
+            self._tb_png(f"eval/{self.name}/tsne_{s.value}", p)
+            if self.writer is not None:
+                plots.log_embedding(self.writer, f"{self.name}_{s.value}_test", te_n, tel, self.data.classes)
+        return paths
+
+    def grid(self) -> list[Path]:
+        """Retrieval grid per stream: ``eval.grid_queries`` test queries of different classes and their top 5."""
+        paths = []
+        tel = torch.from_numpy(self.data.labels["test"])
+        gl = torch.from_numpy(self.data.labels["train"])
+        first_of_class = [int(torch.nonzero(tel == c)[0]) for c in torch.unique(tel).tolist()]
+        queries = first_of_class[: self.cfg.eval.grid_queries]
+        thumbs: dict[tuple[str, int], np.ndarray] = {}
+
+        def thumb(split: str, i: int) -> np.ndarray:
+            if (split, i) not in thumbs:
+                thumbs[(split, i)] = thumbnail(self.data, split, i)
+            return thumbs[(split, i)]
+
+        cls = self.data.classes
+        for s in self.streams:
+            tr_n, te_n = centre_normalise(self.features(s, "train")[0], self.features(s, "test")[0])
+            _, idx = nearest_neighbours(te_n[queries], tr_n, 5, chunk=self.cfg.eval.knn_chunk)
+            p = plots.retrieval_grid(
+                [thumb("test", q) for q in queries],
+                [cls[int(tel[q])] for q in queries],
+                [[thumb("train", int(j)) for j in row] for row in idx],
+                [[cls[int(gl[j])] for j in row] for row in idx],
+                [[bool(gl[j] == tel[q]) for j in row] for q, row in zip(queries, idx)],
+                self.out / f"retrieval_{s.value}.png",
+                title=f"{self.ck.labels[s.value]}: test query (blue) and its 5 nearest train videos",
+            )
+            paths.append(p)
+            self._tb_png(f"eval/{self.name}/retrieval_{s.value}", p)
+        return paths
+
+    def curves(self) -> list[Path]:
+        p = plots.training_curves(
+            self.run_dir / "tb", self.out / "training_curves.png", title=str(self.run_dir)
+        )
+        if p is None:
+            return []
+        self._tb_png(f"eval/{self.name}/training_curves", p)
+        return [p]
+
+    # ------------------------------------------------------------------------------------------ output
+    @property
+    def writer(self) -> Any:
+        if self._tb is None and self._tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb" / "eval"))
+        return self._tb
+
+    def _tb_png(self, tag: str, path: Path) -> None:
+        if self.writer is not None:
+            plots.log_png(self.writer, tag, path)
+
+    def _record(self, protocol: str, res: dict[str, float]) -> None:
+        self.entry[protocol] = res
+        if self.writer is not None:
+            for k, v in res.items():
+                self.writer.add_scalar(f"eval/{self.name}/{protocol}/{k}", v, 0)
+
+    def save(self, pictures: list[Path] | None = None) -> Path:
+        """Merge this checkpoint's results into ``<run>/eval/results.json`` and rewrite ``results.md``."""
+        if pictures:
+            self.entry["pictures"] = sorted({*self.entry.get("pictures", []), *(str(p) for p in pictures)})
+        self.entry["cache"] = {"hits": self.cache.hits, "misses": self.cache.misses}
+        self.entry["seconds"] = {k: round(v, 3) for k, v in self.timings.items()}
+        report.update_eval_results(self.run_dir, self.name, self.entry)
+        md = report.write_run_report(self.run_dir)
+        if self._tb is not None:
+            self._tb.flush()
+        return md
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
