@@ -191,15 +191,28 @@ def fused_recall(
     return out
 
 
-def evaluate_phase(cfg, method, phase, rank: int, world: int, device: torch.device) -> dict[str, float]:  # noqa: ANN001
+def evaluate_phase(
+    cfg,  # noqa: ANN001  vicc_fast.config.Config (untyped here to keep this module import-light)
+    method,  # noqa: ANN001  vicc_fast.methods.base.Method
+    phase,  # noqa: ANN001  vicc_fast.methods.base.PhaseSpec
+    rank: int,
+    world: int,
+    device: torch.device,
+    loader_factory=None,  # noqa: ANN001  (cfg, split, stream) -> eval loader; default build_loader
+) -> dict[str, float]:
     """kNN retrieval after a training phase, called by the engine on every rank (collective when world > 1).
 
     Evaluates the phase's trained stream, and when the phase has a frozen (already trained) stream, that stream
     too and their R+F fusion. Test videos query train videos. Returns ``{"rgb/R@1": .., "rf_sum/R@1": ..}`` on
     every rank (features are gathered across ranks).
     """
-    from vicc_fast.data.loader import build_loader
     from vicc_fast.eval.features import extract
+
+    if loader_factory is None:
+        from vicc_fast.data.loader import build_loader
+
+        def loader_factory(cfg, split, stream):  # noqa: ANN001, ANN202
+            return build_loader(cfg, split, "eval", (stream,), 1, rank, world, device)
 
     encoders = method.encoders()
     streams = [phase.train_stream]
@@ -209,12 +222,17 @@ def evaluate_phase(cfg, method, phase, rank: int, world: int, device: torch.devi
     labels: dict[str, torch.Tensor] = {}
     for split in ("train", "test"):
         for s in streams:
-            loader = build_loader(cfg, split, "eval", (s,), 1, rank, world, device)
+            loader = loader_factory(cfg, split, s)
             f, lbl, _ = extract(encoders[s], loader, device, stream=s, amp=cfg.train.amp)
             feats[split][s] = f
             if split in labels and not torch.equal(labels[split], lbl):
                 raise RuntimeError(f"{split}: labels differ between streams (loader order is not stable)")
             labels[split] = lbl
     return fused_recall(
-        feats["test"], labels["test"], feats["train"], labels["train"], list(cfg.eval.recall_ks)
+        feats["test"],
+        labels["test"],
+        feats["train"],
+        labels["train"],
+        list(cfg.eval.recall_ks),
+        cfg.eval.knn_chunk,
     )
