@@ -1,0 +1,90 @@
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from vicc_fast import config as C
+from vicc_fast.engine import checkpoint as ckpt
+
+from .tiny import TinyMethod
+
+
+def _state(method: torch.nn.Module, step: int = 3) -> dict:
+    return {
+        "config": C.to_dict(C.load(None)),
+        "method": method.state_dict(),
+        "phase": "rgb1",
+        "epoch": 1,
+        "step": step,
+        "optimizer": {"state": {}, "param_groups": []},
+        "scaler": {},
+        "rng": ckpt.capture_rng(),
+    }
+
+
+def test_round_trip(tmp_path):
+    m = TinyMethod()
+    m.queue.normal_()
+    p = tmp_path / "a" / "last.pt"
+    ckpt.save(p, _state(m))
+    st = ckpt.load(p)
+    assert st["format_version"] == ckpt.FORMAT_VERSION
+    assert (st["phase"], st["epoch"], st["step"]) == ("rgb1", 1, 3)
+    m2 = TinyMethod()
+    ckpt.load_method_state(m2, st["method"], p)
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, m2.state_dict()[k]), k
+    assert C.from_dict(st["config"]) == C.load(None)
+
+
+def test_save_is_atomic_when_the_write_fails(tmp_path, monkeypatch):
+    p = tmp_path / "last.pt"
+    m = TinyMethod()
+    ckpt.save(p, _state(m, step=1))
+    before = p.read_bytes()
+
+    def half_write(obj, f, *a, **k):
+        f.write(b"PK\x03\x04 half a zip")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", half_write)
+    with pytest.raises(OSError, match="disk full"):
+        ckpt.save(p, _state(m, step=2))
+    assert p.read_bytes() == before  # the old checkpoint is intact
+    assert [x.name for x in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
+
+
+def test_truncated_or_foreign_file_names_the_file(tmp_path):
+    p = tmp_path / "last.pt"
+    ckpt.save(p, _state(TinyMethod()))
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ckpt.CheckpointError, match=r"last\.pt.*truncated or corrupt"):
+        ckpt.load(p)
+    q = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, q)
+    with pytest.raises(ckpt.CheckpointError, match=r"other\.pt.*not a vicc_fast checkpoint"):
+        ckpt.load(q)
+    with pytest.raises(ckpt.CheckpointError, match="not found"):
+        ckpt.load(tmp_path / "missing.pt")
+
+
+def test_another_model_is_a_clear_error(tmp_path):
+    p = tmp_path / "last.pt"
+    ckpt.save(p, _state(TinyMethod(queue=8)))
+    st = ckpt.load(p)
+    with pytest.raises(ckpt.CheckpointError, match=r"last\.pt does not match this model.*queue"):
+        ckpt.load_method_state(TinyMethod(queue=16), st["method"], p)
+
+
+def test_rng_states_round_trip(tmp_path):
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    p = tmp_path / "r.pt"
+    ckpt.save(p, _state(TinyMethod()))
+    want = (random.random(), np.random.rand(), torch.rand(3))
+    ckpt.restore_rng(ckpt.load(p)["rng"])
+    got = (random.random(), np.random.rand(), torch.rand(3))
+    assert want[0] == got[0] and want[1] == got[1] and torch.equal(want[2], got[2])

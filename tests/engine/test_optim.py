@@ -1,0 +1,123 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from vicc_fast.config import OptimConfig, Optimizer
+from vicc_fast.engine.optim import LARS, LrSchedule, build_optimizer, build_schedule, param_groups, scaled_lrs
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(3, 4, 3)
+        self.bn = nn.BatchNorm3d(4)
+        self.ln = nn.LayerNorm(4)
+        self.fc = nn.Linear(4, 6)
+        self.protos = nn.Linear(6, 5, bias=False)
+
+
+def test_lars_groups_exclude_biases_and_norm_parameters():
+    net = Net()
+    groups = param_groups(net.parameters(), weight_decay=1e-6)
+    names = {id(p): n for n, p in net.named_parameters()}
+    adapted = {names[id(p)] for p in groups[0]["params"]}
+    plain = {names[id(p)] for p in groups[1]["params"]}
+    assert adapted == {"conv.weight", "fc.weight", "protos.weight"}
+    assert plain == {"conv.bias", "bn.weight", "bn.bias", "ln.weight", "ln.bias", "fc.bias"}
+    assert groups[0]["lars"] and groups[0]["weight_decay"] == 1e-6
+    assert not groups[1]["lars"] and groups[1]["weight_decay"] == 0.0
+    opt = build_optimizer(OptimConfig(), net.parameters())
+    assert isinstance(opt, LARS) and [g["lars"] for g in opt.param_groups] == [True, False]
+
+
+def reference_lars_step(params, bufs, lr, momentum, wd, trust, eps=1e-8):
+    """Straightforward per-parameter LARS (apex LARC clip=False + SGD momentum), biases/norm excluded."""
+    for i, p in enumerate(params):
+        if p.grad is None:
+            continue
+        g = p.grad.clone()
+        if p.ndim > 1:
+            pn, gn = p.norm().item(), g.norm().item()
+            if pn > 0 and gn > 0:  # else: the raw gradient, as apex LARC
+                g = (g + wd * p) * (trust * pn / (gn + wd * pn + eps))
+        if bufs[i] is None:
+            bufs[i] = g.clone()
+        else:
+            bufs[i] = bufs[i] * momentum + g
+        p.data -= lr * bufs[i]
+
+
+def test_lars_matches_per_parameter_reference():
+    torch.manual_seed(0)
+    shapes = [(5, 4), (5,), (3, 2, 2), (7, 3), (2, 2)]
+    a = [nn.Parameter(torch.randn(s)) for s in shapes]
+    a[4].data.zero_()  # zero weight: plain step
+    b = [nn.Parameter(p.detach().clone()) for p in a]
+    wd = 1e-2
+    opt = LARS(param_groups(a, wd), lr=0.5, momentum=0.9, trust_coefficient=0.001)
+    bufs = [None] * len(b)
+    for it in range(4):
+        grads = [torch.randn(s) for s in shapes]
+        grads[3].zero_()  # zero gradient: plain step
+        for pa, pb, g in zip(a, b, grads):
+            pa.grad, pb.grad = g.clone(), g.clone()
+        if it == 2:
+            a[0].grad = b[0].grad = None  # skipped: no decay, no momentum
+        lr = 0.5 / (it + 1)
+        for grp in opt.param_groups:
+            grp["lr"] = lr
+        opt.step()
+        reference_lars_step(b, bufs, lr, 0.9, wd, 0.001)
+    for pa, pb in zip(a, b):
+        torch.testing.assert_close(pa.detach(), pb.detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_lars_step_never_syncs_per_parameter(monkeypatch):
+    """The step must not read values on the host (.item(), bool(), float(), tolist())."""
+    net = Net()
+    for p in net.parameters():
+        p.grad = torch.randn_like(p)
+    opt = build_optimizer(OptimConfig(), net.parameters())
+    opt.step()  # creates the momentum buffers
+
+    def boom(*a, **k):
+        raise AssertionError("host sync in LARS.step")
+
+    for name in ("item", "__bool__", "__float__", "tolist", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, boom)
+    opt.step()
+
+
+@pytest.mark.parametrize("name", [Optimizer.sgd, Optimizer.adam])
+def test_other_optimizers_keep_the_groups(name):
+    opt = build_optimizer(OptimConfig(name=name, weight_decay=0.1), Net().parameters())
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
+
+
+def test_schedule_warmup_then_cosine_to_final():
+    s = LrSchedule(base=0.6, final=6e-4, total=100, warmup=10)
+    assert s(0) == pytest.approx(0.06)
+    assert s(4) == pytest.approx(0.3)
+    assert s(9) == pytest.approx(0.6)  # warmup ends at the base rate
+    assert s(10) == pytest.approx(0.6)
+    assert s(99) == pytest.approx(6e-4)  # the last step uses the final rate
+    mid = 10 + (99 - 10) / 2
+    assert s(int(mid)) < 0.6 and s(int(mid) + 1) < s(int(mid))
+    assert s(int(mid)) == pytest.approx(
+        6e-4 + 0.5 * (0.6 - 6e-4) * (1 + math.cos(math.pi * (int(mid) - 10) / 89))
+    )
+    vals = [s(t) for t in range(10, 100)]
+    assert all(x >= y for x, y in zip(vals, vals[1:]))
+
+
+def test_schedule_from_config_and_lr_scaling():
+    cfg = OptimConfig(lr=0.6, final_lr=6e-4, warmup_epochs=0.5, scale_lr=True, base_batch=256)
+    assert scaled_lrs(cfg, 512) == pytest.approx((1.2, 1.2e-3))
+    s = build_schedule(cfg, 128, steps_per_epoch=10, epochs=3)
+    assert (s.base, s.total, s.warmup) == (pytest.approx(0.3), 30, 5)
+    cfg.scale_lr = False
+    assert scaled_lrs(cfg, 512) == (0.6, 6e-4)
+    no_warm = LrSchedule(base=1.0, final=0.0, total=5)
+    assert no_warm(0) == 1.0 and no_warm(4) == pytest.approx(0.0)

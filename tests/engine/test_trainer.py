@@ -1,0 +1,235 @@
+import pytest
+import torch
+
+from vicc_fast import config as C
+from vicc_fast.engine import checkpoint as ckpt
+from vicc_fast.engine.trainer import (
+    NonFiniteLossError,
+    ResumeError,
+    Trainer,
+    results_table,
+    select_phases,
+    validate_training,
+)
+from vicc_fast.methods.base import StepState
+
+from .tiny import TinyLoader, TinyMethod, loader_factory
+
+
+def make_cfg(tmp_path, *over: str) -> C.Config:
+    base = [
+        f"train.out_dir={tmp_path}/run",
+        "train.batch_size=4",
+        "train.amp='off'",
+        "train.channels_last=false",
+        "train.progress=false",
+        "train.log_every_steps=2",
+        "train.ckpt_every_steps=0",
+        "eval.after_phase=false",
+        "optim.lr=0.5",
+        "optim.final_lr=0.05",
+        "optim.warmup_epochs=0.5",
+    ]
+    return C.load(None, [*base, *over])
+
+
+def params(m: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in m.state_dict().items()}
+
+
+def test_one_step_on_a_fixed_batch_lowers_the_loss(tmp_path):
+    cfg = make_cfg(tmp_path, "optim.name=sgd", "optim.momentum=0", "optim.lr=0.02", "optim.final_lr=0.02")
+    torch.manual_seed(0)
+    m = TinyMethod(freeze=0, queue_start=5)
+    tr = Trainer(cfg, m, loader_factory=loader_factory(8), tensorboard=False)
+    phase = m.phases()[0]
+    m.setup_phase(phase)
+    batch = next(iter(TinyLoader(phase.streams, 2, 8)))
+    st = StepState(phase, 0, 0, 0, 3)
+    with torch.no_grad():
+        before = float(m.loss(batch, st)["loss"])
+    opt = torch.optim.SGD(m.trainable_parameters(phase), lr=0.02)
+    from vicc_fast.engine.trainer import _FiniteTracker, _LossModule
+
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    tr._step(_LossModule(m), opt, scaler, m.trainable_parameters(phase), batch, st, _FiniteTracker(), True)
+    with torch.no_grad():
+        after = float(m.loss(batch, st)["loss"])
+    assert after < before - 1e-2
+
+
+def test_lars_step_through_the_trainer_lowers_the_loss(tmp_path):
+    """The paper's optimiser (LARS, lr 0.6, trust 0.001) through the whole loop: loss of a fixed batch drops."""
+    cfg = make_cfg(tmp_path, "optim.lr=0.6", "optim.final_lr=0.6", "optim.warmup_epochs=0", "train.amp=bf16")
+    torch.manual_seed(0)
+    m = TinyMethod(epochs=1, cross=False, freeze=0, queue_start=5)
+    phase = m.phases()[0]
+    batch = next(iter(TinyLoader(phase.streams, 2, 8)))
+    st = StepState(phase, 0, 0, 0, 3)
+    m.setup_phase(phase)
+    with torch.no_grad():
+        before = float(m.loss(batch, st)["loss"])
+
+    class Same(TinyLoader):
+        def __iter__(self):
+            for _ in range(len(self)):
+                yield batch
+
+    cfg.schedule.phase = C.Phase.rgb1
+    Trainer(cfg, m, loader_factory=lambda ph: Same(ph.streams, 2, 8), tensorboard=False).run()
+    with torch.no_grad():
+        assert float(m.loss(batch, st)["loss"]) < before
+
+
+def test_phases_prototypes_queue_and_frozen_stream(tmp_path):
+    cfg = make_cfg(tmp_path, "train.batch_size=4")
+    torch.manual_seed(0)
+    m = TinyMethod(epochs=2, freeze=1, queue_start=1)
+    snaps = {}
+
+    def hook(phase, state):
+        snaps[(phase.name, state.epoch, state.step)] = params(m)
+
+    before = params(m)
+    Trainer(cfg, m, loader_factory=loader_factory(4), step_hook=hook, tensorboard=False).run()
+    spe = 24 // 4
+    # StepState handed to the method: queue from epoch 1, prototypes frozen in epoch 0 only
+    rgb1 = [s for s in m.states if s.phase.name == "rgb1"]
+    assert len(rgb1) == 2 * spe
+    assert [s.queue_active for s in rgb1] == [False] * spe + [True] * spe
+    assert [s.prototypes_frozen for s in rgb1] == [True] * spe + [False] * spe
+    # prototypes untouched while frozen (renormalised rows aside), moving afterwards
+    w0 = torch.nn.functional.normalize(before["protos.rgb.weight"], dim=1)
+    assert torch.allclose(snaps[("rgb1", 0, spe - 1)]["protos.rgb.weight"], w0, atol=1e-6)
+    assert not torch.allclose(snaps[("rgb1", 1, spe - 1)]["protos.rgb.weight"], w0, atol=1e-3)
+    # cross-stream: the frozen flow stream never changes, not even its BN buffers or prototypes
+    start = snaps[("flow1", 1, spe - 1)]
+    end = snaps[("cross_rgb_c1", 1, spe - 1)]
+    for k, v in start.items():
+        if ".flow." in f".{k}":
+            assert torch.equal(v, end[k]), k
+    assert not torch.equal(start["nets.rgb.conv.weight"], end["nets.rgb.conv.weight"])
+    # rgb1 never touched the flow stream
+    assert torch.equal(before["nets.flow.conv.weight"], snaps[("rgb1", 1, spe - 1)]["nets.flow.conv.weight"])
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("amp", ["'off'", "fp16"])
+def test_killed_mid_phase_then_resumed_equals_uninterrupted(tmp_path, amp):
+    over = ("train.ckpt_every_steps=4", f"train.amp={amp}", "train.channels_last=true")
+
+    def fresh():
+        torch.manual_seed(0)
+        return TinyMethod(epochs=2, freeze=1, queue_start=1)
+
+    cfg = make_cfg(tmp_path / "a", *over)
+    ref = fresh()
+    Trainer(cfg, ref, loader_factory=loader_factory(4), tensorboard=False).run()
+
+    cfg = make_cfg(tmp_path / "b", *over)
+    steps = [0]
+
+    def killer(phase, state):
+        steps[0] += 1
+        if phase.name == "flow1" and state.global_step == 6:  # epoch 1, step 0; last checkpoint after step 3
+            raise Crash
+
+    with pytest.raises(Crash):
+        Trainer(cfg, fresh(), loader_factory=loader_factory(4), step_hook=killer, tensorboard=False).run()
+    last = ckpt.load(ckpt.latest_path(cfg.train.out_dir))
+    assert (last["phase"], last["epoch"], last["step"]) == ("flow1", 0, 4)  # mid-epoch, mid-phase
+    resumed = fresh()
+    torch.manual_seed(123)  # a different RNG state in the new process must not matter
+    Trainer(cfg, resumed, loader_factory=loader_factory(4), tensorboard=False).run()
+    want, got = ref.state_dict(), resumed.state_dict()
+    for k in want:
+        assert torch.equal(want[k], got[k]), k
+    final = ckpt.load(ckpt.latest_path(cfg.train.out_dir))
+    assert final["completed"] == ["rgb1", "flow1", "cross_rgb_c1"]
+    assert ckpt.phase_path(cfg.train.out_dir, "rgb1").is_file()
+
+
+def test_nan_stops_with_phase_step_and_term_and_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = make_cfg(tmp_path, "train.ckpt_every_steps=3", "train.log_every_steps=5")
+    m = TinyMethod(epochs=2, nan_at=7)
+    with pytest.raises(
+        NonFiniteLossError, match=r"phase rgb1 at step 7 \(epoch 1, step 1\): swap_1=nan"
+    ) as e:
+        Trainer(cfg, m, loader_factory=loader_factory(4), tensorboard=False).run()
+    assert "last good checkpoint kept" in str(e.value)
+    last = ckpt.load(ckpt.latest_path(cfg.train.out_dir))
+    assert (last["phase"], last["epoch"], last["step"]) == (
+        "rgb1",
+        1,
+        0,
+    )  # written after step 5, before the NaN
+    assert all(torch.isfinite(v).all() for v in last["method"].values() if v.is_floating_point())
+
+
+def test_phase_selection_and_prerequisites(tmp_path):
+    m = TinyMethod(epochs=1)
+    names = lambda which: [p.name for p in select_phases(m.phases(), which)]  # noqa: E731
+    assert names(C.Phase.all) == ["rgb1", "flow1", "cross_rgb_c1"]
+    assert names(C.Phase.rgb1) == ["rgb1"] and names(C.Phase.flow1) == ["flow1"]
+    assert names(C.Phase.cross) == ["cross_rgb_c1"]
+    cfg = make_cfg(tmp_path, "schedule.phase=cross")
+    with pytest.raises(ResumeError, match="cross_rgb_c1 starts from the models of rgb1"):
+        Trainer(cfg, TinyMethod(epochs=1), loader_factory=loader_factory(4), tensorboard=False).run()
+    for ph in ("rgb1", "flow1", "cross"):
+        cfg = make_cfg(tmp_path, f"schedule.phase={ph}")
+        Trainer(cfg, TinyMethod(epochs=1), loader_factory=loader_factory(4), tensorboard=False).run()
+    assert ckpt.load(ckpt.latest_path(cfg.train.out_dir))["completed"] == ["rgb1", "flow1", "cross_rgb_c1"]
+
+
+def test_eval_hook_results_and_table(tmp_path):
+    cfg = make_cfg(tmp_path, "eval.after_phase=true")
+    calls = []
+
+    def evaluate(cfg, method, phase, rank, world, device):
+        calls.append(phase.name)
+        out = {"R@1": 0.1 * len(calls), "R@5": 0.5}
+        if phase.name == "cross_rgb_c1":
+            return {"RGB-2": out, "R+F": {"R@1": 0.9, "R@5": 0.95}}
+        return out
+
+    m = TinyMethod(epochs=1)
+    res = Trainer(cfg, m, loader_factory=loader_factory(4), evaluate=evaluate, tensorboard=False).run()
+    assert calls == ["rgb1", "flow1", "cross_rgb_c1"]
+    table = results_table(res, m.phases())
+    lines = table.splitlines()
+    assert [ln.split()[0] for ln in lines[1:]] == ["RGB-1", "Flow-1", "RGB-2", "R+F"]
+    assert "R@1" in lines[0] and "0.900" in lines[4]
+    assert (tmp_path / "run" / "results.json").is_file()
+    # a finished run resumes to nothing new and keeps its results
+    res2 = Trainer(cfg, TinyMethod(epochs=1), loader_factory=loader_factory(4), evaluate=evaluate).run()
+    assert calls == ["rgb1", "flow1", "cross_rgb_c1"] and res2 == res
+
+
+@pytest.mark.parametrize(
+    ("over", "key"),
+    [
+        ("optim.momentum=1.5", "optim.momentum"),
+        ("optim.warmup_epochs=-1", "optim.warmup_epochs"),
+        ("optim.final_lr=2.0", "optim.final_lr"),
+        ("train.log_every_steps=0", "train.log_every_steps"),
+        ("train.resume=/nonexistent/x.pt", "train.resume"),
+        ("profile.steps=[5,2]", "profile.steps"),
+        ("profile.torch_trace=/tmp/x", "profile.torch_trace"),
+        ("schedule.steps_per_epoch=-2", "schedule.steps_per_epoch"),
+    ],
+)
+def test_bad_training_values_fail_before_any_work(tmp_path, over, key):
+    cfg = make_cfg(tmp_path, over)
+    with pytest.raises(C.ConfigError, match=f"config key '{key}'"):
+        Trainer(cfg, TinyMethod(), loader_factory=loader_factory(4), tensorboard=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_sync_bn_on_cpu_ranks_is_refused(tmp_path):
+    cfg = make_cfg(tmp_path, "train.sync_bn=true")
+    with pytest.raises(C.ConfigError, match="train.sync_bn"):
+        validate_training(cfg, world_size=2, device=torch.device("cpu"))
+    validate_training(cfg, world_size=1, device=torch.device("cpu"))

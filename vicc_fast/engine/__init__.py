@@ -1,0 +1,1 @@
+"""The training engine: loop (trainer), LARS and schedules (optim), checkpoints, distributed helpers, logging."""

@@ -1,0 +1,217 @@
+"""Process group setup from torchrun's environment and the collectives the engine and methods need.
+
+- :func:`init_distributed` reads ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (set by torchrun; absent = one process)
+  and starts NCCL on GPU or gloo on CPU. One process never creates a group.
+- :func:`sinkhorn_all_reduce` is the ``all_reduce`` callable for ``kernels.sinkhorn``: it sums the Sinkhorn row/col
+  sums over ranks so the assignment is the one of the global batch (None on one process).
+- :class:`BatchShuffle` shuffles the batch across ranks around an encoder (MoCo/CoCLR batch shuffle, so BatchNorm
+  statistics cannot leak intra-batch information) with forward hooks. Both gathers carry gradients back to every
+  input, so no view's gradient is cut.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from vicc_fast.config import Device
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(pref: Device, local_rank: int = 0) -> torch.device:
+    """auto = this rank's GPU when CUDA is available, else CPU; gpu without CUDA is an error."""
+    if pref is Device.gpu and not torch.cuda.is_available():
+        raise ValueError("config key 'train.device': gpu requested but CUDA is not available")
+    if pref is Device.cpu or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank)
+
+
+def init_distributed(pref: Device = Device.auto, timeout_min: float = 60.0) -> DistInfo:
+    """Join the process group described by torchrun's environment variables (no group on one process)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(pref, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(
+            backend=backend,
+            timeout=datetime.timedelta(minutes=timeout_min),
+            device_id=device if device.type == "cuda" else None,
+        )
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
+
+
+def current() -> DistInfo:
+    """The DistInfo of an already initialised group (or of one process)."""
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size())
+    return DistInfo()
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """In-place sum over ranks; returns ``t`` (identity on one process)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        t /= dist.get_world_size()
+    return t
+
+
+def sinkhorn_all_reduce() -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The ``all_reduce`` argument for ``kernels.sinkhorn``: in-place sum over ranks, or None on one process."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return all_reduce_sum
+    return None
+
+
+def broadcast_object(obj: object, src: int = 0) -> object:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        box = [obj]
+        dist.broadcast_object_list(box, src=src)
+        return box[0]
+    return obj
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather along dim 0 whose backward sends each rank the summed gradient of its own slice.
+
+    x: [B, ...] on every rank -> [W*B, ...]. Backward: the gradients of all ranks w.r.t. the gathered tensor are
+    summed (reduce-scatter on NCCL, all-reduce + slice on gloo, which has no reduce-scatter).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        world, rank = dist.get_world_size(), dist.get_rank()
+        ctx.world, ctx.rank, ctx.n = world, rank, x.shape[0]
+        x = x.contiguous()
+        parts = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(parts, x)
+        return torch.cat(parts, 0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.contiguous()
+        if dist.get_backend() == dist.Backend.NCCL:
+            out = torch.empty((ctx.n, *grad.shape[1:]), dtype=grad.dtype, device=grad.device)
+            dist.reduce_scatter_tensor(out, grad, op=dist.ReduceOp.SUM)
+            return out
+        grad = grad.clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n]
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """[B, ...] -> [W*B, ...] in rank order, differentiable (identity on one process)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    return _GatherWithGrad.apply(x)
+
+
+def _seed_of(*parts: object) -> int:
+    h = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & ((1 << 63) - 1)
+
+
+def shuffled_slice(x: torch.Tensor, perm: torch.Tensor, rank: int) -> torch.Tensor:
+    """Global batch gather, permute, keep this rank's slice. x: [B, ...], perm: [W*B] -> [B, ...]."""
+    n = x.shape[0]
+    full = gather_with_grad(x)
+    return full[perm[rank * n : (rank + 1) * n]]
+
+
+def unshuffled_slice(y: torch.Tensor, perm: torch.Tensor, rank: int) -> torch.Tensor:
+    """Inverse of :func:`shuffled_slice` on the outputs. y: [B, ...] (rows of the permuted batch) -> [B, ...]."""
+    n = y.shape[0]
+    full = gather_with_grad(y)
+    inverse = torch.argsort(perm)
+    return full[inverse[rank * n : (rank + 1) * n]]
+
+
+class BatchShuffle:
+    """Batch shuffle across ranks around modules, installed as forward hooks (state_dict keys unchanged).
+
+    For every call of a hooked module in training mode: gather the input batch of all ranks, permute it with a
+    permutation every rank draws identically (seeded by seed, the key set by :meth:`set_step` and the call
+    count, so a resumed run repeats it), run the module on this rank's slice of the permuted batch, gather the
+    outputs and undo the permutation. Modules in eval mode (the frozen stream) are left alone. A no-op on one rank.
+    """
+
+    def __init__(self, modules: list[nn.Module], seed: int) -> None:
+        self.seed = seed
+        self._key: tuple = ()
+        self._calls = 0
+        self._pending: dict[int, list[torch.Tensor]] = {}
+        self._handles = []
+        for m in modules:
+            self._handles.append(m.register_forward_pre_hook(self._pre))
+            self._handles.append(m.register_forward_hook(self._post))
+
+    def set_step(self, *key: object) -> None:
+        self._key = key
+        self._calls = 0
+
+    def _active(self, module: nn.Module) -> bool:
+        return module.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+    def _pre(self, module: nn.Module, args: tuple) -> tuple | None:
+        if not self._active(module):
+            return None
+        x = args[0]
+        world, rank = dist.get_world_size(), dist.get_rank()
+        g = torch.Generator().manual_seed(_seed_of(self.seed, self._key, self._calls))
+        self._calls += 1
+        perm = torch.randperm(world * x.shape[0], generator=g).to(x.device)
+        self._pending.setdefault(id(module), []).append(perm)
+        return (shuffled_slice(x, perm, rank), *args[1:])
+
+    def _post(self, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor | None:
+        if not self._active(module):
+            return None
+        perm = self._pending[id(module)].pop()
+        return unshuffled_slice(out, perm, dist.get_rank())
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []

@@ -1,0 +1,600 @@
+"""The training loop: phases of a Method, one optimiser per phase, checkpoints, exact resume, evaluation hook.
+
+The engine knows nothing about ViCC (see methods/base.py). Per phase it: calls ``setup_phase``; gives
+``requires_grad`` only to ``trainable_parameters`` (so DDP and autograd skip the rest); builds the loader with the
+phase's streams and views; runs ``epochs x steps_per_epoch`` steps of autocast forward -> ``loss`` -> backward ->
+``after_backward`` -> optimiser -> ``after_step`` with the lr of :class:`~vicc_fast.engine.optim.LrSchedule`;
+checkpoints every ``train.ckpt_every_steps`` steps and at the end; then calls the evaluation hook.
+
+Exact resume: the torch RNG is re-seeded from (seed, rank, phase, step) at every step, the loader order and
+augmentations are a function of (seed, epoch) (``set_epoch``), and a mid-epoch checkpoint records the next step:
+on resume the engine restarts the loader at that epoch and skips the batches already trained on. Parameters,
+optimiser, scaler and the method's buffers (queue, BN statistics) come from the checkpoint, so the resumed run
+computes what the uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from vicc_fast import atomic
+from vicc_fast import config as C
+from vicc_fast.data.batch import Batch
+from vicc_fast.engine import checkpoint as ckpt
+from vicc_fast.engine.distributed import BatchShuffle, DistInfo, _seed_of, barrier
+from vicc_fast.engine.logging import Meter, Profiler, RunLogger, nvtx_range
+from vicc_fast.engine.optim import build_optimizer, build_schedule, grad_norm, set_lr
+from vicc_fast.methods.base import Method, PhaseSpec, StepState
+
+LoaderFactory = Callable[[PhaseSpec], Any]
+"""phase -> loader with ``len()``, ``set_epoch(e)`` and iteration yielding Batch (data/loader.py contract)."""
+EvalHook = Callable[[C.Config, Method, PhaseSpec, int, int, torch.device], dict]
+StepHook = Callable[[PhaseSpec, StepState], None]
+
+
+class NonFiniteLossError(RuntimeError):
+    """A NaN/Inf loss term; the message names the phase, the step and the term(s)."""
+
+
+class ResumeError(RuntimeError):
+    """The run folder cannot be continued as asked (e.g. a phase's prerequisites are missing)."""
+
+
+AMP_DTYPES = {C.Amp.bf16: torch.bfloat16, C.Amp.fp16: torch.float16}
+
+
+# ------------------------------------------------------------------------------------------ validation
+def validate_training(cfg: C.Config, world_size: int = 1, device: torch.device | None = None) -> None:
+    """Checks of training settings beyond config.validate; raises ConfigError naming the key, before any work."""
+    o, t, s, p = cfg.optim, cfg.train, cfg.schedule, cfg.profile
+    checks: list[tuple[bool, str, str]] = [
+        (o.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0"),
+        (0 <= o.momentum < 1, "optim.momentum", "must be in [0, 1)"),
+        (o.trust_coefficient > 0, "optim.trust_coefficient", "must be > 0"),
+        (o.weight_decay >= 0, "optim.weight_decay", "must be >= 0"),
+        (o.base_batch > 0, "optim.base_batch", "must be > 0"),
+        (o.final_lr <= o.lr, "optim.final_lr", "must be <= optim.lr"),
+        (t.ckpt_every_steps >= 0, "train.ckpt_every_steps", "must be >= 0 (0 = phase ends only)"),
+        (t.log_every_steps > 0, "train.log_every_steps", "must be > 0"),
+        (bool(t.out_dir), "train.out_dir", "must not be empty"),
+        (s.steps_per_epoch >= 0, "schedule.steps_per_epoch", "must be >= 0 (0 = whole epoch)"),
+        (s.single_queue_start_rgb >= 0, "schedule.single_queue_start_rgb", "must be >= 0"),
+        (s.single_queue_start_flow >= 0, "schedule.single_queue_start_flow", "must be >= 0"),
+        (s.single_freeze_prototypes >= 0, "schedule.single_freeze_prototypes", "must be >= 0"),
+        (s.cross_queue_start >= 0, "schedule.cross_queue_start", "must be >= 0"),
+        (
+            not p.steps or 0 <= p.steps[0] < p.steps[1],
+            "profile.steps",
+            "must be [start, stop] with 0 <= start < stop",
+        ),
+        (not p.torch_trace or bool(p.steps), "profile.torch_trace", "needs profile.steps = [start, stop]"),
+        (
+            t.resume in ("auto", "never") or Path(t.resume).is_file(),
+            "train.resume",
+            f"must be auto | never | an existing checkpoint file (got '{t.resume}')",
+        ),
+        (
+            t.device is not C.Device.gpu or torch.cuda.is_available(),
+            "train.device",
+            "gpu but CUDA is not available",
+        ),
+    ]
+    dev = device or torch.device("cpu")
+    checks.append(
+        (
+            not (t.sync_bn and world_size > 1 and dev.type == "cpu"),
+            "train.sync_bn",
+            "SyncBatchNorm needs GPUs; on CPU ranks use train.batch_shuffle=true instead",
+        )
+    )
+    if t.amp is C.Amp.fp16 and dev.type == "cpu":
+        checks.append((True, "train.amp", ""))  # fp16 autocast + GradScaler run on CPU too (slow, but valid)
+    for ok, key, why in checks:
+        if not ok:
+            raise C.ConfigError(f"config key '{key}': {why}")
+
+
+# ---------------------------------------------------------------------------------------------- phases
+def select_phases(phases: list[PhaseSpec], which: C.Phase) -> list[PhaseSpec]:
+    """rgb1 / flow1 = the single-stream phase of that stream; cross = every phase with a frozen stream."""
+    if which is C.Phase.all:
+        return list(phases)
+    if which is C.Phase.cross:
+        return [p for p in phases if p.frozen_stream is not None]
+    stream = C.Stream.rgb if which is C.Phase.rgb1 else C.Stream.flow
+    return [p for p in phases if p.frozen_stream is None and p.train_stream is stream]
+
+
+def prerequisites(phase: PhaseSpec, phases: list[PhaseSpec]) -> list[PhaseSpec]:
+    """Earlier phases that train a stream this phase uses: it starts from their models."""
+    used = {phase.train_stream, *phase.streams}
+    idx = phases.index(phase)
+    return [q for q in phases[:idx] if q.train_stream in used]
+
+
+class _LossModule(nn.Module):
+    """Routes ``forward`` to ``method.loss`` so that DistributedDataParallel sees a forward call."""
+
+    def __init__(self, method: Method) -> None:
+        super().__init__()
+        self.method = method
+
+    def forward(self, batch: Batch, state: StepState) -> dict[str, torch.Tensor]:
+        return self.method.loss(batch, state)
+
+
+@dataclass
+class _Position:
+    phase: str
+    epoch: int
+    step: int
+    optimizer: dict | None
+    scaler: dict | None
+
+
+class _FiniteTracker:
+    """Remembers, on the device, the first step with a non-finite loss term and which terms; read only at checks."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.first_step: torch.Tensor | None = None
+        self.flags: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+        self.host_bad: tuple[int, dict[str, float]] | None = None
+
+    def track(self, losses: dict[str, torch.Tensor], step: int) -> None:
+        names = list(losses)
+        vec = torch.stack([losses[k].detach().float().reshape(()) for k in names])
+        bad = ~torch.isfinite(vec)
+        if names != self.names or self.first_step is None:
+            if self.first_step is not None and self.host_bad is None:
+                self.host_bad = self.bad()  # the method changed its terms: keep what the old ones showed
+            self.names = names
+            self.first_step = torch.full((), -1, dtype=torch.long, device=vec.device)
+            self.flags = torch.zeros_like(bad)
+            self.values = torch.zeros_like(vec)
+        first = (self.first_step < 0) & bad.any()
+        self.first_step = torch.where(first, torch.full_like(self.first_step, step), self.first_step)
+        self.flags = torch.where(first, bad, self.flags)
+        self.values = torch.where(first, vec, self.values)
+
+    def bad(self) -> tuple[int, dict[str, float]] | None:
+        """(step, {term: value}) of the first non-finite step, or None; one host sync."""
+        if self.host_bad is not None:
+            return self.host_bad
+        if self.first_step is None:
+            return None
+        s = int(self.first_step)
+        if s < 0:
+            return None
+        flags = self.flags.tolist()
+        vals = self.values.tolist()
+        return s, {n: v for n, f, v in zip(self.names, flags, vals) if f}
+
+
+# --------------------------------------------------------------------------------------------- trainer
+class Trainer:
+    """Runs the selected phases of ``method`` under ``cfg``; see the module docstring.
+
+    loader_factory: phase -> loader (default: vicc_fast.data.loader.build_loader for the train split).
+    evaluate: the per-phase hook (default: vicc_fast.eval.retrieval.evaluate_phase when cfg.eval.after_phase).
+    step_hook: called after every step (tests use it to interrupt a run).
+    """
+
+    def __init__(
+        self,
+        cfg: C.Config,
+        method: Method,
+        dist_info: DistInfo | None = None,
+        *,
+        loader_factory: LoaderFactory | None = None,
+        evaluate: EvalHook | None = None,
+        step_hook: StepHook | None = None,
+        tensorboard: bool = True,
+    ) -> None:
+        self.cfg = cfg
+        self.dist = dist_info or DistInfo()
+        self.device = self.dist.device
+        validate_training(cfg, self.dist.world_size, self.device)
+        self.out_dir = Path(cfg.train.out_dir)
+        self.loader_factory = loader_factory or self._default_loader
+        self.evaluate = evaluate
+        self.step_hook = step_hook
+        self.amp_dtype = AMP_DTYPES.get(cfg.train.amp)
+        self.method = self._prepare(method)
+        self.logger = RunLogger(self.out_dir, self.dist.rank, cfg.train.progress, tensorboard)
+        self.profiler = Profiler(cfg.profile, self.dist.rank)
+        self.completed: list[str] = []
+        self.results: dict[str, dict] = {}
+        self.run_step = 0
+
+    # ------------------------------------------------------------------------------------------ setup
+    def _prepare(self, method: Method) -> Method:
+        t = self.cfg.train
+        if t.sync_bn and self.dist.world_size > 1:
+            method = nn.SyncBatchNorm.convert_sync_batchnorm(method)  # same state_dict keys
+        if t.channels_last:
+            method = method.to(self.device, memory_format=torch.channels_last_3d)
+        else:
+            method = method.to(self.device)
+        if t.compile:
+            for enc in method.encoders().values():
+                enc.compile()
+        return method
+
+    def _default_loader(self, phase: PhaseSpec) -> Any:
+        from vicc_fast.data.loader import build_loader
+
+        return build_loader(
+            self.cfg,
+            split="train",
+            mode="train",
+            streams=phase.streams,
+            num_views=phase.num_views,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            device=self.device,
+        )
+
+    def _eval_hook(self) -> EvalHook | None:
+        if not self.cfg.eval.after_phase:
+            return None
+        if self.evaluate is not None:
+            return self.evaluate
+        from vicc_fast.eval.retrieval import evaluate_phase
+
+        return evaluate_phase
+
+    # ------------------------------------------------------------------------------------------ resume
+    def _resume_source(self) -> Path | None:
+        r = self.cfg.train.resume
+        if r == "never":
+            return None
+        if r == "auto":
+            p = ckpt.latest_path(self.out_dir)
+            return p if p.is_file() else None
+        return Path(r)
+
+    def _load_results(self) -> None:
+        p = self.out_dir / "results.json"
+        if p.is_file():
+            try:
+                self.results = json.loads(p.read_text())["phases"]
+            except (ValueError, KeyError) as exc:
+                raise ResumeError(f"{p} is corrupt ({exc}); remove it to re-evaluate") from None
+
+    def _restore(self, phases: list[PhaseSpec]) -> tuple[_Position | None, str | None]:
+        """Load the resume checkpoint, if any: (mid-phase position or None, name of a phase awaiting evaluation)."""
+        src = self._resume_source()
+        if src is None:
+            return None, None
+        state = ckpt.load(src, map_location="cpu")
+        ckpt.load_method_state(self.method, state["method"], src)  # copies into the device tensors
+        self.completed = list(state.get("completed", []))
+        self.run_step = int(state.get("global_step", 0))
+        ckpt.restore_rng(state["rng"])
+        self._load_results()
+        known = {p.name for p in phases}
+        unknown = [n for n in self.completed if n not in known]
+        if unknown:
+            raise ResumeError(f"checkpoint {src} has phases {unknown} this method does not define")
+        name = state["phase"]
+        if name in self.completed:
+            pending = name if name not in self.results else None
+            return None, pending
+        self.logger.write(f"resuming {name} at epoch {state['epoch']} step {state['step']} from {src}")
+        return _Position(
+            name, int(state["epoch"]), int(state["step"]), state["optimizer"], state["scaler"]
+        ), None
+
+    # ------------------------------------------------------------------------------------------ run
+    def run(self) -> dict[str, dict]:
+        """Train the phases cfg.schedule.phase selects; returns {phase name: evaluation results}."""
+        phases = self.method.phases()
+        selected = select_phases(phases, self.cfg.schedule.phase)
+        if not selected:
+            raise C.ConfigError(
+                f"config key 'schedule.phase': the method has no phase '{self.cfg.schedule.phase.value}'"
+            )
+        position, pending_eval = self._restore(phases)
+        sel_names = {p.name for p in selected}
+        for p in selected:
+            for q in prerequisites(p, phases):
+                if q.name not in self.completed and q.name not in sel_names:
+                    raise ResumeError(
+                        f"phase {p.name} starts from the models of {q.name}, which is not completed in "
+                        f"{self.out_dir}: run schedule.phase for it first (or phase=all)"
+                    )
+        try:
+            if pending_eval is not None:
+                self._evaluate(next(p for p in phases if p.name == pending_eval))
+            for p in selected:
+                if p.name in self.completed:
+                    continue
+                pos = position if position is not None and position.phase == p.name else None
+                self._train_phase(p, phases, pos)
+                self.completed.append(p.name)
+                self._save(p, epoch=p.epochs, step=0, optimizer=None, scaler=None, phase_end=True)
+                self._evaluate(p)
+        finally:
+            self.profiler.close()
+            self.logger.close()
+        return self.results
+
+    def _evaluate(self, phase: PhaseSpec) -> None:
+        hook = self._eval_hook()
+        if hook is None:
+            return
+        res = hook(self.cfg, self.method, phase, self.dist.rank, self.dist.world_size, self.device)
+        if self.dist.is_main:
+            self.results[phase.name] = {"report": phase.report, "metrics": res}
+            doc = {"phases": self.results, "completed": self.completed}
+            atomic.write_text(self.out_dir / "results.json", json.dumps(doc, indent=1, default=float))
+            self.logger.write(f"{phase.name} ({phase.report or '-'}): {format_metrics(res)}")
+
+    # ------------------------------------------------------------------------------------------ one phase
+    def _train_phase(self, phase: PhaseSpec, phases: list[PhaseSpec], pos: _Position | None) -> None:
+        cfg, device = self.cfg, self.device
+        phase_idx = phases.index(phase)
+        epoch_offset = sum(p.epochs for p in phases[:phase_idx])
+        self.method.train()
+        self.method.setup_phase(phase)
+        trainable = self.method.trainable_parameters(phase)
+        ids = {id(p) for p in trainable}
+        for p in self.method.parameters():
+            p.requires_grad_(id(p) in ids)
+        loader = self.loader_factory(phase)
+        spe = len(loader)
+        if cfg.schedule.steps_per_epoch > 0:
+            spe = min(spe, cfg.schedule.steps_per_epoch)
+        if spe <= 0:
+            raise RuntimeError(
+                f"phase {phase.name}: the loader yields no full batch (train.batch_size too large?)"
+            )
+        total = phase.epochs * spe
+        world = self.dist.world_size
+        schedule = build_schedule(cfg.optim, cfg.train.batch_size * world, spe, phase.epochs)
+        opt = build_optimizer(cfg.optim, trainable)
+        scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp is C.Amp.fp16)
+        start_epoch = start_step = 0
+        if pos is not None:
+            if pos.optimizer is not None:
+                opt.load_state_dict(pos.optimizer)
+            if pos.scaler is not None:
+                scaler.load_state_dict(pos.scaler)
+            start_epoch, start_step = pos.epoch, pos.step
+        model: nn.Module = _LossModule(self.method)
+        if world > 1:
+            model = DDP(
+                model,
+                device_ids=[device.index] if device.type == "cuda" else None,
+                broadcast_buffers=False,  # queues are per rank; BN statistics stay local as in MoCo/SwAV
+            )
+        shuffle = None
+        if cfg.train.batch_shuffle and world > 1 and not cfg.train.sync_bn:
+            shuffle = BatchShuffle(list(self.method.encoders().values()), cfg.train.seed)
+        tracker = _FiniteTracker()
+        meter = Meter()
+        self.logger.start_phase(phase.name, total, start_epoch * spe + start_step)
+        try:
+            for epoch in range(start_epoch, phase.epochs):
+                loader.set_epoch(epoch_offset + epoch)
+                it = iter(loader)
+                first = start_step if epoch == start_epoch else 0
+                for _ in range(first):  # the batches trained on before the checkpoint
+                    next(it)
+                for step in range(first, spe):
+                    t0 = time.perf_counter()
+                    with nvtx_range("data", cfg.profile.nvtx):
+                        try:
+                            batch = next(it)
+                        except StopIteration:
+                            raise RuntimeError(
+                                f"phase {phase.name}: the loader ended after {step} of its {spe} steps"
+                            ) from None
+                    wait = time.perf_counter() - t0
+                    gstep = epoch * spe + step
+                    state = StepState(phase, epoch, step, gstep, spe)
+                    log_now = (gstep + 1) % cfg.train.log_every_steps == 0 or gstep == total - 1
+                    self.profiler.step(self.run_step)
+                    torch.manual_seed(_seed_of(cfg.train.seed, self.dist.rank, phase.name, gstep))
+                    if shuffle is not None:
+                        shuffle.set_step(phase.name, gstep)
+                    lr = schedule(gstep)
+                    set_lr(opt, lr)
+                    losses, gnorm = self._step(model, opt, scaler, trainable, batch, state, tracker, log_now)
+                    self.run_step += 1
+                    meter.add(wait, batch.batch_size * sum(len(v) for v in batch.views.values()) * world)
+                    self.logger.advance()
+                    if log_now:
+                        self._check_finite(tracker, phase, spe)
+                        self._log(phase, losses, lr, gnorm, meter, state)
+                    nxt_epoch, nxt_step = (epoch + 1, 0) if step + 1 == spe else (epoch, step + 1)
+                    every = cfg.train.ckpt_every_steps
+                    if every > 0 and (gstep + 1) % every == 0 and gstep + 1 < total:
+                        self._check_finite(tracker, phase, spe)
+                        self._save(phase, nxt_epoch, nxt_step, opt.state_dict(), scaler.state_dict())
+                    if self.step_hook is not None:
+                        self.step_hook(phase, state)
+            self._check_finite(tracker, phase, spe)
+        finally:
+            if shuffle is not None:
+                shuffle.remove()
+            self.logger.end_phase()
+
+    def _step(
+        self,
+        model: nn.Module,
+        opt: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+        trainable: list[nn.Parameter],
+        batch: Batch,
+        state: StepState,
+        tracker: _FiniteTracker,
+        want_gnorm: bool,
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """One optimisation step; returns the detached loss terms and (on log steps) the gradient norm."""
+        nvtx = self.cfg.profile.nvtx
+        with (
+            nvtx_range("forward", nvtx),
+            torch.autocast(
+                self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+            ),
+        ):
+            losses = model(batch, state)
+        if "loss" not in losses:
+            raise KeyError(
+                f"phase {state.phase.name}: Method.loss must return a 'loss' term (got {list(losses)})"
+            )
+        tracker.track(losses, state.global_step)
+        self.method.before_backward(losses, state)
+        with nvtx_range("backward", nvtx):
+            scaler.scale(losses["loss"]).backward()
+        if scaler.is_enabled():
+            scaler.unscale_(opt)
+        self.method.after_backward(state)
+        gnorm = grad_norm(trainable) if want_gnorm else None
+        with nvtx_range("optimizer", nvtx):
+            if scaler.is_enabled():
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            opt.zero_grad(set_to_none=True)
+            self.method.after_step(state)
+        return {k: v.detach() for k, v in losses.items()}, gnorm
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def _check_finite(self, tracker: _FiniteTracker, phase: PhaseSpec, spe: int) -> None:
+        bad = tracker.bad()
+        if bad is None:
+            return
+        step, terms = bad
+        last = ckpt.latest_path(self.out_dir)
+        kept = f"last good checkpoint kept: {last}" if last.is_file() else "no checkpoint was written yet"
+        shown = ", ".join(f"{k}={v}" for k, v in terms.items())
+        raise NonFiniteLossError(
+            f"non-finite loss in phase {phase.name} at step {step} (epoch {step // spe}, step {step % spe}): "
+            f"{shown}; {kept}"
+        )
+
+    def _log(
+        self,
+        phase: PhaseSpec,
+        losses: dict[str, torch.Tensor],
+        lr: float,
+        gnorm: torch.Tensor | None,
+        meter: Meter,
+        state: StepState,
+    ) -> None:
+        clips_s, wait_pct = meter.read()
+        meter.reset()
+        values = {k: float(v.float().mean()) for k, v in losses.items()}
+        values.update(lr=lr, clips_per_s=clips_s, data_wait_pct=wait_pct)
+        values["queue_active"] = float(state.queue_active)
+        values["prototypes_frozen"] = float(state.prototypes_frozen)
+        if gnorm is not None:
+            values["grad_norm"] = float(gnorm)
+        postfix = {
+            "loss": f"{values['loss']:.4f}",
+            "lr": f"{lr:.3g}",
+            "clips/s": f"{clips_s:.1f}",
+            "wait": f"{wait_pct:.0f}%",
+        }
+        self.logger.scalars(phase.name, values, self.run_step, postfix)
+
+    def _save(
+        self,
+        phase: PhaseSpec,
+        epoch: int,
+        step: int,
+        optimizer: dict | None,
+        scaler: dict | None,
+        phase_end: bool = False,
+    ) -> None:
+        if self.dist.is_main:
+            state = {
+                "config": C.to_dict(self.cfg),
+                "method": {k: v.detach().cpu() for k, v in self.method.state_dict().items()},
+                "phase": phase.name,
+                "epoch": epoch,
+                "step": step,
+                "optimizer": _to_cpu(optimizer),
+                "scaler": scaler,
+                "rng": ckpt.capture_rng(),
+                "completed": list(self.completed),
+                "global_step": self.run_step,
+            }
+            ckpt.save(ckpt.latest_path(self.out_dir), state)
+            if phase_end:
+                ckpt.save(ckpt.phase_path(self.out_dir, phase.name), state)
+        barrier()
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+# ------------------------------------------------------------------------------------------ results
+def _flatten(d: Any, prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}/" if isinstance(v, dict) else f"{prefix}{k}"))
+    elif isinstance(d, int | float):
+        out[prefix.rstrip("/")] = float(d)
+    return out
+
+
+def format_metrics(res: dict) -> str:
+    flat = _flatten(res)
+    return ", ".join(f"{k} {v:.3f}" for k, v in flat.items()) if flat else "(no metrics)"
+
+
+def results_table(results: dict[str, dict], order: Iterable[PhaseSpec]) -> str:
+    """One row per reported label (RGB-1, Flow-1, RGB-2, Flow-2, R+F), one column per metric.
+
+    A phase's metrics may be flat ({"R@1": x}) or grouped by label ({"RGB-2": {...}, "R+F": {...}}); the newest
+    phase wins a label (so RGB-2 is the last cycle's).
+    """
+    rows: dict[str, dict[str, float]] = {}
+    for phase in order:
+        entry = results.get(phase.name)
+        if entry is None:
+            continue
+        metrics = entry.get("metrics", {})
+        label = entry.get("report") or phase.name
+        if metrics and all(isinstance(v, dict) for v in metrics.values()):
+            for sub, vals in metrics.items():
+                rows[str(sub)] = _flatten(vals)
+        else:
+            rows[label] = _flatten(metrics)
+    if not rows:
+        return "(no evaluation results)"
+    preferred = ["RGB-1", "Flow-1", "RGB-2", "Flow-2", "R+F"]
+    labels = [x for x in preferred if x in rows] + [x for x in rows if x not in preferred]
+    cols: list[str] = []
+    for lab in labels:
+        cols += [c for c in rows[lab] if c not in cols]
+    w = max(8, *(len(x) for x in labels))
+    head = f"{'':<{w}}  " + "  ".join(f"{c:>8}" for c in cols)
+    lines = [head]
+    for lab in labels:
+        cells = [f"{rows[lab][c]:8.3f}" if c in rows[lab] else f"{'-':>8}" for c in cols]
+        lines.append(f"{lab:<{w}}  " + "  ".join(cells))
+    return "\n".join(lines)
