@@ -55,6 +55,13 @@ class BadSample(str, enum.Enum):
     skip = "skip"
 
 
+class DataDtype(str, enum.Enum):
+    auto = "auto"
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+
+
 class EvalCrop(str, enum.Enum):
     center = "center"
     tencrop = "tencrop"
@@ -141,6 +148,7 @@ class DataConfig:
     stride: int = _f(1, "temporal stride between clip frames (S3D 1, R(2+1)D/R3D 2)")
     crop_size: int = _f(128, "spatial size of the random resized crop")
     crop_scale: list[float] = _f([0.2, 1.0], "area range [min, max] of the random resized crop")
+    aspect_ratio: list[float] = _f([0.75, 1.3333333], "aspect ratio (w/h) range of the random resized crop")
     same_start_prob: float = _f(0.5, "probability that the two views of a video start at the same frame")
     hflip: bool = _f(True, "random horizontal flip (flow x is negated with it)")
     color_jitter_prob: float = _f(0.8, "probability of colour jitter on an RGB view")
@@ -150,6 +158,14 @@ class DataConfig:
     hue: float = _f(0.1, "colour jitter hue strength")
     grayscale_prob: float = _f(0.2, "probability of converting an RGB view to grayscale")
     blur_prob: float = _f(0.5, "probability of Gaussian blur on an RGB view")
+    blur_sigma: list[float] = _f([0.1, 2.0], "Gaussian blur sigma range [min, max] in pixels")
+    dtype: DataDtype = _f(
+        DataDtype.auto, "dtype of the views: auto (follows train.amp) | float32 | float16 | bfloat16"
+    )
+    shuffle_buffer: int = _f(1024, "samples in the reader's shuffle buffer (tar order is shuffled too)")
+    union_decode: bool = _f(
+        True, "decode the frame span covering all views once when that is cheaper than one decode per view"
+    )
     threads: int = _f(2, "DALI CPU threads / DataLoader workers per rank")
     prefetch: int = _f(2, "batches prepared ahead of the training step")
     eval_clips: int = _f(10, "clips per video in eval mode, uniformly spaced")
@@ -243,9 +259,10 @@ class TrainConfig:
     sync_bn: bool = _f(False, "SyncBatchNorm across ranks")
     batch_shuffle: bool = _f(True, "shuffle the batch across ranks around BN (no-op on one rank)")
     seed: int = _f(0, "global seed")
+    device: Device = _f(Device.auto, "training device: auto (this rank's GPU when present) | cpu | gpu")
     out_dir: str = _f("runs/default", "run folder: checkpoints, TensorBoard logs, results")
     resume: str = _f("auto", "auto (latest checkpoint in out_dir) | never | path to a checkpoint")
-    ckpt_every_steps: int = _f(500, "checkpoint every N steps (and always at phase ends)")
+    ckpt_every_steps: int = _f(500, "checkpoint every N steps (and always at phase ends); 0 = phase ends only")
     log_every_steps: int = _f(10, "TensorBoard scalars every N steps")
     progress: bool = _f(True, "progress bar on rank 0")
 
@@ -270,7 +287,7 @@ class EvalConfig:
     finetune_lr: float = _f(1e-3, "Adam learning rate of end-to-end finetuning (cosine schedule)")
     finetune_weight_decay: float = _f(1e-3, "weight decay of end-to-end finetuning")
     knn_chunk: int = _f(1024, "queries per block of the chunked nearest-neighbour search")
-    cache_dir: str = _f("", "feature cache folder (empty = <checkpoint folder>/eval_cache)")
+    cache_dir: str = _f("", "feature cache folder (empty = <run>/eval/cache)")
     tsne_max_points: int = _f(2000, "test videos drawn in the t-SNE plot (random subset above this)")
     grid_queries: int = _f(6, "query rows of the retrieval grid picture")
 
