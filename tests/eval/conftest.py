@@ -6,8 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from data_prep import codec, shards
+from vicc_fast import config as C
 
 
 def write_shard_set(
@@ -62,3 +64,27 @@ def tiny_shards(tmp_path_factory) -> Path:
 def make_shards():
     """The shard-set writer, for tests that need a particular (often broken) set."""
     return write_shard_set
+
+
+TINY = ["model.backbone=tiny", "model.tiny_width=4", "model.proj_hidden=8", "model.proj_dim=4",
+        "model.num_prototypes=5", "schedule.single_epochs=1", "schedule.cross_epochs=1", "schedule.cross_cycles=1"]  # fmt: skip
+
+
+def save_tiny_ckpt(path, completed, phase=None, overrides=()):
+    """A real checkpoint (engine format) of a randomly initialised tiny ViCC that claims `completed` phases."""
+    from vicc_fast.engine import checkpoint as ckpt
+    from vicc_fast.methods import build_method
+
+    cfg = C.load(None, [*TINY, *overrides])
+    torch.manual_seed(0)
+    method = build_method(cfg)
+    ckpt.save(path, {
+        "config": C.to_dict(cfg), "method": method.state_dict(), "phase": phase or completed[-1], "epoch": 1,
+        "step": 0, "optimizer": None, "scaler": None, "rng": {}, "completed": completed,
+    })  # fmt: skip
+    return path
+
+
+@pytest.fixture
+def save_ckpt():
+    return save_tiny_ckpt

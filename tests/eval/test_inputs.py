@@ -5,22 +5,6 @@ from vicc_fast import config as C
 from vicc_fast.engine import checkpoint as ckpt
 from vicc_fast.eval.inputs import EvalInputError, check_dataset, load_checkpoint, thumbnail
 
-TINY = ["model.backbone=tiny", "model.tiny_width=4", "model.proj_hidden=8", "model.proj_dim=4",
-        "model.num_prototypes=5", "schedule.single_epochs=1", "schedule.cross_epochs=1", "schedule.cross_cycles=1"]  # fmt: skip
-
-
-def save_tiny_ckpt(path, completed, phase=None, overrides=()):
-    from vicc_fast.methods import build_method
-
-    cfg = C.load(None, [*TINY, *overrides])
-    torch.manual_seed(0)
-    method = build_method(cfg)
-    ckpt.save(path, {
-        "config": C.to_dict(cfg), "method": method.state_dict(), "phase": phase or completed[-1], "epoch": 1,
-        "step": 0, "optimizer": None, "scaler": None, "rng": {}, "completed": completed,
-    })  # fmt: skip
-    return path
-
 
 def test_dataset_ok_and_labels(tiny_shards):
     info = check_dataset(tiny_shards)
@@ -53,27 +37,27 @@ def test_dataset_missing_manifest_and_shard(tmp_path, make_shards):
         check_dataset(tmp_path)
 
 
-def test_checkpoint_labels_by_stage(tmp_path):
-    p = save_tiny_ckpt(tmp_path / "rgb1.pt", ["rgb1"])
+def test_checkpoint_labels_by_stage(tmp_path, save_ckpt):
+    p = save_ckpt(tmp_path / "rgb1.pt", ["rgb1"])
     assert load_checkpoint(p).labels == {"rgb": "RGB-1"}
-    p = save_tiny_ckpt(tmp_path / "flow1.pt", ["rgb1", "flow1"])
+    p = save_ckpt(tmp_path / "flow1.pt", ["rgb1", "flow1"])
     assert load_checkpoint(p).labels == {"rgb": "RGB-1", "flow": "Flow-1", "rf": "R+F-1"}
-    p = save_tiny_ckpt(tmp_path / "last.pt", ["rgb1", "flow1", "cross_rgb_c1", "cross_flow_c1"])
+    p = save_ckpt(tmp_path / "last.pt", ["rgb1", "flow1", "cross_rgb_c1", "cross_flow_c1"])
     ck = load_checkpoint(p)
     assert ck.labels == {"rgb": "RGB-2", "flow": "Flow-2", "rf": "R+F-2"}
     assert set(ck.encoders) == set(C.Stream) and len(ck.sha256) == 64
 
 
-def test_checkpoint_truncated(tmp_path):
-    p = save_tiny_ckpt(tmp_path / "x.pt", ["rgb1"])
+def test_checkpoint_truncated(tmp_path, save_ckpt):
+    p = save_ckpt(tmp_path / "x.pt", ["rgb1"])
     data = p.read_bytes()
     p.write_bytes(data[: len(data) // 2])
     with pytest.raises(ckpt.CheckpointError, match=r"x\.pt is truncated or corrupt"):
         load_checkpoint(p)
 
 
-def test_checkpoint_other_backbone(tmp_path):
-    p = save_tiny_ckpt(tmp_path / "x.pt", ["rgb1"])
+def test_checkpoint_other_backbone(tmp_path, save_ckpt):
+    p = save_ckpt(tmp_path / "x.pt", ["rgb1"])
     state = torch.load(p, weights_only=True)
     state["config"]["model"]["tiny_width"] = 8  # the config claims another architecture than the weights
     ckpt.save(p, {k: v for k, v in state.items() if k != "format_version"})
@@ -81,8 +65,8 @@ def test_checkpoint_other_backbone(tmp_path):
         load_checkpoint(p)
 
 
-def test_override_of_model_refused(tmp_path):
-    p = save_tiny_ckpt(tmp_path / "x.pt", ["rgb1"])
+def test_override_of_model_refused(tmp_path, save_ckpt):
+    p = save_ckpt(tmp_path / "x.pt", ["rgb1"])
     with pytest.raises(C.ConfigError, match="model.backbone"):
         load_checkpoint(p, ["model.backbone=s3d"])
     assert load_checkpoint(p, ["eval.kmeans_restarts=2"]).cfg.eval.kmeans_restarts == 2

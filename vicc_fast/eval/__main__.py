@@ -55,7 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help in CKPT_COMMANDS.items():
         sp = sub.add_parser(name, help=help, description=help, epilog=_epilog(),
                             formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-        sp.add_argument("--ckpt", required=True, help="checkpoint file (e.g. RUN/checkpoints/last.pt)")
+        sp.add_argument(
+            "--ckpt",
+            required=True,
+            help="checkpoint file (e.g. RUN/checkpoints/last.pt), or a run folder: then the checkpoints at the "
+            "end of each stage (stage 1 -> RGB-1, Flow-1; stage 2 -> RGB-2, Flow-2) are evaluated in turn",
+        )
         sp.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (see below)")
         sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="where encoders run: auto = CUDA when visible (default: auto)")  # fmt: skip
@@ -84,35 +89,44 @@ def run(args: argparse.Namespace) -> int:
             atomic.write_text(args.out, table)
         return 0
 
+    from vicc_fast.eval.inputs import stage_checkpoints
     from vicc_fast.eval.runner import Evaluation, pick_device
 
-    ev = Evaluation(
-        args.ckpt, args.overrides, pick_device(args.device), not args.no_progress, not args.no_tensorboard
-    )
-    e = ev.cfg.eval
+    target = Path(args.ckpt)
+    ckpts = stage_checkpoints(target) if target.is_dir() else [target]
+    device = pick_device(args.device)
+    # every input check of every checkpoint runs before any compute
+    evals = [
+        Evaluation(c, args.overrides, device, not args.no_progress, not args.no_tensorboard) for c in ckpts
+    ]
     cmd = args.command
-    pictures: list[Path] = []
-    try:
-        if cmd in ("retrieval", "all"):
-            ev.retrieval()
-        if cmd in ("cluster", "all"):
-            ev.cluster()
-        if cmd == "linear" or (cmd == "all" and e.linear_epochs > 0):
-            ev.linear()
-        if cmd == "finetune" or (cmd == "all" and e.finetune_epochs > 0):
-            ev.finetune()
-        if cmd in ("tsne", "pictures", "all"):
-            pictures += ev.tsne()
-        if cmd in ("grid", "pictures", "all"):
-            pictures += ev.grid()
-        if cmd in ("curves", "pictures", "all"):
-            pictures += ev.curves()
-        md = ev.save(pictures)
-    finally:
-        ev.close()
-    print(md.read_text(), end="")
-    for p in pictures:
-        print(f"wrote {p}")
+    md: Path | None = None
+    for i, ev in enumerate(evals):
+        e = ev.cfg.eval
+        pictures: list[Path] = []
+        print(f"== {ev.ck.path} ({', '.join(ev.ck.labels.values())})", flush=True)
+        try:
+            if cmd in ("retrieval", "all"):
+                ev.retrieval()
+            if cmd in ("cluster", "all"):
+                ev.cluster()
+            if cmd == "linear" or (cmd == "all" and e.linear_epochs > 0):
+                ev.linear()
+            if cmd == "finetune" or (cmd == "all" and e.finetune_epochs > 0):
+                ev.finetune()
+            if cmd in ("tsne", "pictures", "all"):
+                pictures += ev.tsne()
+            if cmd in ("grid", "pictures", "all"):
+                pictures += ev.grid()
+            if cmd in ("curves", "pictures", "all") and i == len(evals) - 1:
+                pictures += ev.curves()
+            md = ev.save(pictures)
+        finally:
+            ev.close()
+        for p in pictures:
+            print(f"wrote {p}")
+    if md is not None:
+        print(md.read_text(), end="")
     return 0
 
 

@@ -1,8 +1,9 @@
 """Feature cache: per-video features of one (checkpoint, stream, split, eval settings) stored once on disk.
 
-The key hashes the checkpoint file's sha256 and every setting that changes the features (the shard set's
-manifest hash, frames, stride, crop, clips per video, crop mode, decode device, precision), so a changed
-checkpoint or setting never reads stale features, and a repeated evaluation reads them in milliseconds.
+The key hashes the encoder's weights (so the RGB-1 encoder stored in both ``rgb1.pt`` and ``flow1.pt`` is
+encoded once) and every setting that changes the features (the shard set's
+manifest hash, frames, stride, crop, clips per video, crop mode, decode device, precision), so changed
+weights or settings never read stale features, and a repeated evaluation reads them in milliseconds.
 Files are written atomically; an unreadable cache file is recomputed (it is a cache, the checkpoint is the truth).
 """
 
@@ -40,10 +41,10 @@ def feature_settings(cfg: Config) -> dict[str, Any]:
     }
 
 
-def cache_key(ckpt_sha256: str, stream: Stream, split: str, cfg: Config, manifest_sha256: str) -> str:
+def cache_key(weights_sha256: str, stream: Stream, split: str, cfg: Config, manifest_sha256: str) -> str:
     doc = {
         "format": FORMAT,
-        "ckpt": ckpt_sha256,
+        "weights": weights_sha256,
         "stream": Stream(stream).value,
         "split": split,
         "manifest": manifest_sha256,

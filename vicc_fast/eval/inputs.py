@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
@@ -87,21 +88,68 @@ def apply_overrides(cfg: C.Config, overrides: list[str] | tuple[str, ...]) -> C.
 
 
 def stream_labels(phases: list[Any], trained: list[str]) -> dict[str, str]:
-    """Table row of each stream's encoder: the stage of the last trained phase that optimised it.
+    """Table row of each stream's encoder, from the last trained phase that optimised it.
 
-    phases: the method's PhaseSpec list; trained: names of phases whose training the weights include.
+    phases: the method's PhaseSpec list; trained: names of phases whose training the weights include. The label
+    is the phase's ``report`` ("RGB-1", "Flow-2", ...) or, for a phase without one (an earlier cross-stream
+    cycle), "RGB-2 (cross_rgb_c1)". With no trained phase at all (an initial checkpoint), "RGB-0"/"Flow-0".
     """
     out: dict[str, str] = {}
     done = [p for p in phases if p.name in set(trained)]
     for s in Stream:
         last = [p for p in done if p.train_stream == s]
         if last:
-            stage = 2 if last[-1].frozen_stream is not None else 1
-            out[s.value] = f"{STREAM_NAME[s]}-{stage}"
+            p = last[-1]
+            stage = 2 if p.frozen_stream is not None else 1
+            out[s.value] = p.report or f"{STREAM_NAME[s]}-{stage} ({p.name})"
+    if not done:
+        out = {s.value: f"{STREAM_NAME[s]}-0" for s in Stream}
     if len(out) == 2:
-        stages = {v[-1] for v in out.values()}
-        out["rf"] = f"R+F-{stages.pop()}" if len(stages) == 1 else "R+F"
+        r, f = out["rgb"].removeprefix("RGB-"), out["flow"].removeprefix("Flow-")
+        out["rf"] = f"R+F-{r}" if r == f and r.isdigit() else "R+F"
     return out
+
+
+def encoder_sha256(encoder: nn.Module) -> str:
+    """Hash of an encoder's weights and buffers (the same encoder in two checkpoints hashes equal)."""
+    h = hashlib.sha256()
+    for k, v in sorted(encoder.state_dict().items()):
+        h.update(k.encode())
+        if hasattr(v, "detach"):
+            t = v.detach().cpu().contiguous()
+            h.update(str((t.dtype, tuple(t.shape))).encode())
+            h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        else:
+            h.update(repr(v).encode())
+    return h.hexdigest()
+
+
+def stage_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The checkpoints that give a run's table rows: the end of stage 1 and the end of stage 2 (when present).
+
+    Reads ``<run>/checkpoints/<phase>.pt`` (the engine keeps one per finished phase) and picks, for each stage,
+    the latest phase whose checkpoint exists; falls back to ``last.pt`` when no phase checkpoint exists.
+    """
+    from vicc_fast.engine import checkpoint as ckpt
+    from vicc_fast.methods import build_method
+
+    folder = Path(run_dir) / "checkpoints"
+    files = {p.stem: p for p in folder.glob("*.pt")} if folder.is_dir() else {}
+    if not files:
+        raise EvalInputError(f"{folder}: no checkpoints (train first, or pass a checkpoint file)")
+    any_file = files.get("last") or next(iter(files.values()))
+    cfg = ckpt.load_config(any_file)
+    phases = build_method(cfg).phases()
+    picked: list[Path] = []
+    for stage_single in (True, False):
+        have = [p for p in phases if (p.frozen_stream is None) == stage_single and p.name in files]
+        if have:
+            picked.append(files[have[-1].name])
+    if picked:
+        return picked
+    if "last" in files:
+        return [files["last"]]
+    raise EvalInputError(f"{folder}: no phase checkpoint or last.pt")
 
 
 def load_checkpoint(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedCheckpoint:

@@ -22,7 +22,7 @@ from vicc_fast.eval import cluster as CL
 from vicc_fast.eval import plots, report
 from vicc_fast.eval.cache import FeatureCache, cache_key
 from vicc_fast.eval.features import centre_normalise, extract
-from vicc_fast.eval.inputs import EvalInputError, check_dataset, load_checkpoint, thumbnail
+from vicc_fast.eval.inputs import EvalInputError, check_dataset, encoder_sha256, load_checkpoint, thumbnail
 from vicc_fast.eval.retrieval import fused_recall, nearest_neighbours
 
 
@@ -64,11 +64,12 @@ class Evaluation:
         self.run_dir = run_dir_of(self.ck.path)
         self.name = self.ck.path.stem
         self.out = self.run_dir / "eval" / self.name
-        self.cache = FeatureCache(self.cfg.eval.cache_dir or self.ck.path.parent / "eval_cache")
+        self.cache = FeatureCache(self.cfg.eval.cache_dir or self.run_dir / "eval" / "cache")
         self.streams = self.ck.trained_streams
         if not self.streams:
             raise EvalInputError(f"checkpoint {self.ck.path}: no phase has trained any stream yet")
         self.num_classes = len(self.data.classes)
+        self.weights_sha = {s: encoder_sha256(self.ck.encoders[s]) for s in self.streams}
         self.entry: dict[str, Any] = {
             "checkpoint": str(self.ck.path),
             "sha256": self.ck.sha256,
@@ -89,7 +90,7 @@ class Evaluation:
 
     def features(self, stream: Stream, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw clip-averaged features ``[N, F]`` and labels ``[N]`` of a split, from the cache when present."""
-        key = cache_key(self.ck.sha256, stream, split, self.cfg, self.data.manifest_sha256)
+        key = cache_key(self.weights_sha[stream], stream, split, self.cfg, self.data.manifest_sha256)
 
         def compute() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             enc = self.ck.encoders[stream].to(self.device)

@@ -1,0 +1,65 @@
+"""The CLI's input checks: every bad input is one clear line on stderr and exit status 2, before any compute."""
+
+import pytest
+
+from vicc_fast.eval.__main__ import build_parser, main
+
+
+def _err(capsys, argv):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    return err
+
+
+def test_help_lists_every_command_and_eval_key(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    out = capsys.readouterr().out
+    for cmd in (
+        "retrieval",
+        "linear",
+        "finetune",
+        "cluster",
+        "tsne",
+        "grid",
+        "curves",
+        "all",
+        "report",
+        "compare",
+    ):
+        assert cmd in out
+    assert "eval.kmeans_restarts" in out and "eval.linear_augment" in out
+
+
+def test_truncated_checkpoint(tmp_path, capsys, save_ckpt):
+    p = save_ckpt(tmp_path / "x.pt", ["rgb1"])
+    p.write_bytes(p.read_bytes()[:100])
+    assert "x.pt is truncated or corrupt" in _err(capsys, ["retrieval", "--ckpt", str(p)])
+
+
+def test_missing_checkpoint(tmp_path, capsys, save_ckpt):
+    assert "not found" in _err(capsys, ["retrieval", "--ckpt", str(tmp_path / "nope.pt")])
+
+
+def test_data_set_without_test_split(tmp_path, capsys, make_shards, save_ckpt):
+    make_shards(tmp_path / "d", [0, 1], None, ["a", "b"])
+    p = save_ckpt(tmp_path / "x.pt", ["rgb1"])
+    err = _err(capsys, ["all", "--ckpt", str(p), f"data.root={tmp_path / 'd'}"])
+    assert "no test split" in err
+
+
+def test_classes_differ(tmp_path, capsys, make_shards, save_ckpt):
+    make_shards(tmp_path / "d", [0, 1], [0, 2], ["a", "b", "c"])
+    p = save_ckpt(tmp_path / "x.pt", ["rgb1"])
+    assert "classes differ" in _err(capsys, ["linear", "--ckpt", str(p), f"data.root={tmp_path / 'd'}"])
+
+
+def test_model_override_and_bad_key(tmp_path, capsys, save_ckpt):
+    p = save_ckpt(tmp_path / "x.pt", ["rgb1"])
+    assert "model.backbone" in _err(capsys, ["retrieval", "--ckpt", str(p), "model.backbone=r3d"])
+    assert "eval.no_such_key" in _err(capsys, ["retrieval", "--ckpt", str(p), "eval.no_such_key=1"])
+
+
+def test_run_folder_without_results(tmp_path, capsys, save_ckpt):
+    assert "no results.json" in _err(capsys, ["report", str(tmp_path)])
