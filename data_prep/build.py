@@ -83,14 +83,18 @@ class BuildReport:
 
 
 # ------------------------------------------------------------------------------------ per-video work
-def read_video(path: str | Path) -> tuple[np.ndarray, float]:
-    """All frames of a video file -> ([T, H, W, 3] uint8 RGB, fps). Raises VideoError saying why not."""
+def read_video(path: str | Path) -> tuple[np.ndarray, float, str | None]:
+    """All frames of a video file -> ([T, H, W, 3] uint8 RGB, fps, note). Raises VideoError saying why not.
+
+    note is None, or says why decoding stopped early (a damaged tail, common in UCF101/HMDB51 .avi files:
+    the frames before it are kept, and the build reports the note).
+    """
     p = Path(path)
     if not p.is_file():
         raise VideoError("file not found")
     if p.stat().st_size == 0:
         raise VideoError("zero-length file")
-    frames = []
+    frames, note = [], None
     try:
         with av.open(str(p), "r") as c:
             if not c.streams.video:
@@ -102,10 +106,10 @@ def read_video(path: str | Path) -> tuple[np.ndarray, float]:
     except av.error.FFmpegError as e:
         if not frames:
             raise VideoError(f"unreadable video: {e}") from e
-        # A damaged tail: keep the frames decoded before it (common in UCF101/HMDB51 .avi files).
+        note = f"decoding stopped after {len(frames)} frames: {e}"
     if len(frames) < MIN_FRAMES:
         raise VideoError(f"too short: {len(frames)} decodable frame(s), need at least {MIN_FRAMES}")
-    return np.stack(frames), fps
+    return np.stack(frames), fps, note
 
 
 def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -154,7 +158,7 @@ def process_video(rec: Record, work: Path, settings: VideoSettings) -> dict[str,
     """
     from data_prep import flow  # imported here: worker processes import it on first use
 
-    frames, fps = read_video(rec.path)
+    frames, fps, note = read_video(rec.path)
     frames = resize_frames(frames, settings.height, settings.width)
     q = flow.quantize_flow(flow.compute_flow(frames, settings.flow_method), settings.flow_bound)
     rgb = codec.encode_rgb(frames, fps=fps, crf=settings.rgb_crf)
@@ -176,6 +180,7 @@ def process_video(rec: Record, work: Path, settings: VideoSettings) -> dict[str,
         "flow_sha256": hashlib.sha256(fl).hexdigest(),
         "rgb_bytes": len(rgb),
         "flow_bytes": len(fl),
+        "note": note,
     }
     write_text(d / "meta.json", json.dumps(meta, indent=1))  # last: marks the cache entry complete
     return meta
@@ -348,6 +353,13 @@ def build(
         raise BuildError(f"no usable videos: all {len(records)} were rejected (see the reasons above)")
     _remove_stale(out, {n for infos in split_infos.values() for i in infos for n in (i.tar, i.index)})
     fps_values = [m["fps"] for m in accepted_all]
+    warnings = [
+        {"video": str(r.path), "warning": results[r.video_id]["note"]}
+        for r in records
+        if results.get(r.video_id, {}).get("note")
+    ]
+    for w in warnings:
+        log(f"warning: {w['video']}: {w['warning']} (kept those frames)")
     manifest = shards.make_manifest(
         classes=classes,
         splits=split_infos,
@@ -367,6 +379,7 @@ def build(
             **(extra_settings or {}),
         },
         rejected=rejected,
+        warnings=warnings,
     )
     path = shards.write_manifest(out, manifest)
     processed = sum(r.video_id in results for r in todo)

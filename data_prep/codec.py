@@ -191,14 +191,24 @@ def probe(data: bytes) -> VideoInfo:
 
 
 def _decode_frames(data: bytes, start: int, count: int | None, stride: int):
-    """Yield (index, av.VideoFrame) for frames start, start + stride, ... (count of them, or to the end)."""
+    """Yield (index, av.VideoFrame) for frames start, start + stride, ... (count of them, or to the end).
+
+    Seeks to the keyframe at or before ``start`` (keyframes every GOP frames) instead of decoding from frame 0;
+    frame indices come from the timestamps (constant frame rate, as this module writes).
+    """
     if start < 0 or stride < 1 or (count is not None and count < 0):
         raise CodecError(f"bad frame range start={start} count={count} stride={stride}")
     wanted_last = None if count is None else start + (count - 1) * stride
     with _open(data) as c:
         s = c.streams.video[0]
+        rate = s.average_rate or s.guessed_rate
+        tb = s.time_base
+        seek = start >= GOP and rate is not None and tb is not None
         try:
-            for i, frame in enumerate(c.decode(s)):
+            if seek:
+                c.seek(int(start / rate / tb), stream=s, backward=True, any_frame=False)
+            for n, frame in enumerate(c.decode(s)):
+                i = round(float(frame.pts * tb * rate)) if seek and frame.pts is not None else n
                 if wanted_last is not None and i > wanted_last:
                     return
                 if i >= start and (i - start) % stride == 0:

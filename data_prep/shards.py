@@ -237,8 +237,10 @@ def make_manifest(
     flow: dict[str, Any],
     settings: dict[str, Any],
     rejected: list[dict[str, str]],
+    warnings: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
-    """The manifest.json document (CONTRACTS.md, SHARD FORMAT)."""
+    """The manifest.json document (CONTRACTS.md, SHARD FORMAT), plus ``warnings``: videos kept with a
+    caveat (e.g. a damaged tail cut off), each {"video", "warning"}."""
     return {
         "format_version": FORMAT_VERSION,
         "classes": list(classes),
@@ -253,6 +255,7 @@ def make_manifest(
         "flow": dict(flow),
         "settings": dict(settings),
         "rejected": list(rejected),
+        "warnings": list(warnings or []),
     }
 
 
