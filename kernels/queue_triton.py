@@ -25,7 +25,7 @@ def _enqueue_kernel(
         val = tl.load(z_ptr + v * stride_zv + b[:, None] * stride_zb + d[None, :] * stride_zd, mask=mask)
         tl.store(
             q_ptr + v * stride_qv + dst[:, None] * stride_ql + d[None, :] * stride_qd,
-            val.to(q_ptr.dtype.element_ty),
+            val,
             mask=mask,
         )
 
@@ -34,9 +34,10 @@ def enqueue(queue: Tensor, z: Tensor, ptr: int) -> int:
     """queue: [V, L, D] (in place), z: [V, B, D] -> next write position (ptr + B) % L."""
     V, L, D = queue.shape
     B = z.shape[1]
+    z = z.detach().to(queue.dtype)  # host-side cast: torch's rounding, and the kernel is a pure copy
     block_d = max(16, min(128, triton.next_power_of_2(D)))
     _enqueue_kernel[(V, triton.cdiv(B, BLOCK_B))](
-        queue, z.detach(), B, L, D, ptr,
+        queue, z, B, L, D, ptr,
         queue.stride(0), queue.stride(1), queue.stride(2), z.stride(0), z.stride(1), z.stride(2),
         BLOCK_B=BLOCK_B, BLOCK_D=block_d,
     )  # fmt: skip

@@ -21,11 +21,12 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels.reference import AllReduce
-from kernels.tiles import col_stats, logits_tile, merge_stats, neg_row_lse
+from kernels.tiles import col_stats, combine_partials, logits_tile, merge_stats, neg_row_lse
 
 FUSED_MAX_ROWS = 1024
 MAX_K = 16384
 TILE_ELEMS = 8192  # BLOCK_N * BLOCK_K: the register tile of one program
+BLOCK_T = 8  # partial rows combined per step
 
 
 @triton.jit
@@ -37,7 +38,7 @@ def _sinkhorn_fused_kernel(
     stride_ck, stride_cd,
     stride_ov, stride_on, stride_ok,
     scale, prior_coef,
-    FROM_Z: tl.constexpr, HAS_PRIOR: tl.constexpr, IEEE: tl.constexpr,
+    FROM_Z: tl.constexpr, HAS_PRIOR: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     v = tl.program_id(0)
@@ -56,7 +57,7 @@ def _sinkhorn_fused_kernel(
             x = logits_tile(
                 src_ptr, prior_ptr, c_ptr, rows, cols, row_mask, col_mask, D,
                 stride_n, stride_k, stride_pn, stride_pk, stride_ck, stride_cd,
-                scale, prior_coef, FROM_Z, HAS_PRIOR, BLOCK_D, IEEE,
+                scale, prior_coef, FROM_Z, HAS_PRIOR, BLOCK_D,
             )  # fmt: skip
             # SwAV starts from exp(x) itself: no row scaling before the first column normalisation.
             la = tl.where(it > 0, neg_row_lse(x, lb, col_mask), 0.0)
@@ -69,7 +70,7 @@ def _sinkhorn_fused_kernel(
         x = logits_tile(
             src_ptr, prior_ptr, c_ptr, rows, cols, row_mask, col_mask, D,
             stride_n, stride_k, stride_pn, stride_pk, stride_ck, stride_cd,
-            scale, prior_coef, FROM_Z, HAS_PRIOR, BLOCK_D, IEEE,
+            scale, prior_coef, FROM_Z, HAS_PRIOR, BLOCK_D,
         )  # fmt: skip
         la = neg_row_lse(x, lb, col_mask)
         q = tl.exp(x + la[:, None] + lb[None, :])
@@ -90,8 +91,8 @@ def _sinkhorn_pass_kernel(
     stride_ov, stride_on, stride_ok,
     scale, prior_coef,
     FIRST: tl.constexpr, COMBINE: tl.constexpr, FINAL: tl.constexpr,
-    FROM_Z: tl.constexpr, HAS_PRIOR: tl.constexpr, IEEE: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    FROM_Z: tl.constexpr, HAS_PRIOR: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
 ):  # fmt: skip
     """One pass over row tile program_id(1) of view program_id(0).
 
@@ -110,21 +111,15 @@ def _sinkhorn_pass_kernel(
     x = logits_tile(
         src_ptr, prior_ptr, c_ptr, rows, cols, row_mask, col_mask, D,
         stride_n, stride_k, stride_pn, stride_pk, stride_ck, stride_cd,
-        scale, prior_coef, FROM_Z, HAS_PRIOR, BLOCK_D, IEEE,
+        scale, prior_coef, FROM_Z, HAS_PRIOR, BLOCK_D,
     )  # fmt: skip
     if FIRST:
         la = tl.zeros((BLOCK_N,), dtype=tl.float32)
         lb = tl.zeros((BLOCK_K,), dtype=tl.float32)
     else:
         if COMBINE:
-            m = tl.full((BLOCK_K,), float("-inf"), dtype=tl.float32)
-            s = tl.zeros((BLOCK_K,), dtype=tl.float32)
             base = v * T_prev * BLOCK_K
-            for j in range(T_prev):
-                tm = tl.load(pm_in_ptr + base + j * BLOCK_K + cols)
-                ts = tl.load(ps_in_ptr + base + j * BLOCK_K + cols)
-                m, s = merge_stats(m, s, tm, ts)
-            lb = -(m + tl.log(s))
+            lb = combine_partials(pm_in_ptr + base, ps_in_ptr + base, T_prev, cols, BLOCK_T)
         else:
             lb = tl.load(lb_ptr + v * BLOCK_K + cols)
         la = neg_row_lse(x, lb, col_mask)
@@ -186,14 +181,13 @@ def _run(
     has_prior = prior is not None
     pr = prior if has_prior else src  # never read when HAS_PRIOR is False
     cc = c if from_z else src
-    ieee = (cc.dtype == torch.float32) if from_z else True
     common = dict(
         stride_v=src.stride(0), stride_n=src.stride(1), stride_k=src.stride(2),
         stride_pv=pr.stride(0), stride_pn=pr.stride(1), stride_pk=pr.stride(2),
         stride_ck=cc.stride(0) if from_z else 0, stride_cd=cc.stride(1) if from_z else 0,
         stride_ov=out.stride(0), stride_on=out.stride(1), stride_ok=out.stride(2),
         scale=scale, prior_coef=prior_coef,
-        FROM_Z=from_z, HAS_PRIOR=has_prior, IEEE=ieee,
+        FROM_Z=from_z, HAS_PRIOR=has_prior,
         BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d,
     )  # fmt: skip
     if fused is None:
@@ -211,14 +205,14 @@ def _run(
             lb = _host_combine(prev[0], prev[1], all_reduce)
         _sinkhorn_pass_kernel[(V, T)](
             src, pr, cc, lb, prev[0], prev[1], cur[0], cur[1], out, N, K, D, T,
-            FIRST=it == 0, COMBINE=combine, FINAL=False, **common,
+            FIRST=it == 0, COMBINE=combine, FINAL=False, BLOCK_T=BLOCK_T, **common,
         )  # fmt: skip
         prev, cur = cur, prev
     if not combine:
         lb = _host_combine(prev[0], prev[1], all_reduce)
     _sinkhorn_pass_kernel[(V, triton.cdiv(n_batch, block_n))](
         src, pr, cc, lb, prev[0], prev[1], cur[0], cur[1], out, n_batch, K, D, T,
-        FIRST=False, COMBINE=combine, FINAL=True, **common,
+        FIRST=False, COMBINE=combine, FINAL=True, BLOCK_T=BLOCK_T, **common,
     )  # fmt: skip
     return out
 
@@ -255,8 +249,6 @@ def assign(
     squeeze = z.dim() == 2
     z3 = z.unsqueeze(0) if squeeze else z
     c = prototypes
-    if z3.dtype != c.dtype:
-        z3, c = z3.float(), c.float()
     N, K = z3.shape[1], c.shape[0]
     q = _run(z3, None, c, N, K, scale, 0.0, n_iters, n_batch, all_reduce, fused)
     return q[0] if squeeze else q
