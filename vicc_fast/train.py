@@ -58,7 +58,7 @@ def ensure_data(cfg: C.Config, is_main: bool) -> None:
             from data_prep.build import build_synthetic
 
             print(f"building the synthetic data set into {cfg.data.root} ...", flush=True)
-            build_synthetic(cfg.data.synthetic, cfg.data.root, progress=True)
+            build_synthetic(cfg.data.root, cfg.data.synthetic, workers=os.cpu_count() or 1, progress=True)
     barrier()
     if not manifest.is_file():
         raise FileNotFoundError(f"{manifest} is still missing after the synthetic build")

@@ -74,7 +74,9 @@ def load_method_state(method: nn.Module, state_dict: dict[str, torch.Tensor], pa
     wrong = [
         f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
         for k, v in own.items()
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
+        if k in state_dict
+        and isinstance(v, torch.Tensor)  # get_extra_state() entries are plain values
+        and tuple(getattr(state_dict[k], "shape", ())) != tuple(v.shape)
     ]
     if missing or unexpected or wrong:
         detail = "; ".join(

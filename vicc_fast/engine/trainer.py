@@ -524,7 +524,7 @@ class Trainer:
         if self.dist.is_main:
             state = {
                 "config": C.to_dict(self.cfg),
-                "method": {k: v.detach().cpu() for k, v in self.method.state_dict().items()},
+                "method": _to_cpu(dict(self.method.state_dict())),
                 "phase": phase.name,
                 "epoch": epoch,
                 "step": step,
@@ -567,23 +567,25 @@ def format_metrics(res: dict) -> str:
 
 
 def results_table(results: dict[str, dict], order: Iterable[PhaseSpec]) -> str:
-    """One row per reported label (RGB-1, Flow-1, RGB-2, Flow-2, R+F), one column per metric.
+    """The summary table: one row per reported phase label (RGB-1, Flow-1, RGB-2, Flow-2) plus R+F, one column
+    per metric.
 
-    A phase's metrics may be flat ({"R@1": x}) or grouped by label ({"RGB-2": {...}, "R+F": {...}}); the newest
-    phase wins a label (so RGB-2 is the last cycle's).
+    A phase's metrics are eval.retrieval.evaluate_phase's flat ``{"rgb/R@1": .., "flow/R@1": .., "rf_sum/R@1": ..}``:
+    its row takes the trained stream's numbers; R+F comes from the newest reported phase that has ``rf_sum``
+    (with two cycles: the end of the last flow alternation, i.e. RGB-2 + Flow-2). Unlabelled phases (earlier
+    cycles) are left out of the table (their numbers are in results.json).
     """
     rows: dict[str, dict[str, float]] = {}
     for phase in order:
         entry = results.get(phase.name)
-        if entry is None:
+        if entry is None or not phase.report:
             continue
-        metrics = entry.get("metrics", {})
-        label = entry.get("report") or phase.name
-        if metrics and all(isinstance(v, dict) for v in metrics.values()):
-            for sub, vals in metrics.items():
-                rows[str(sub)] = _flatten(vals)
-        else:
-            rows[label] = _flatten(metrics)
+        flat = _flatten(entry.get("metrics", {}))
+        own = _prefixed(flat, phase.train_stream.value) or {k: v for k, v in flat.items() if "/" not in k}
+        rows[phase.report] = own
+        fused = _prefixed(flat, "rf_sum")
+        if fused:
+            rows["R+F"] = fused
     if not rows:
         return "(no evaluation results)"
     preferred = ["RGB-1", "Flow-1", "RGB-2", "Flow-2", "R+F"]
@@ -592,9 +594,12 @@ def results_table(results: dict[str, dict], order: Iterable[PhaseSpec]) -> str:
     for lab in labels:
         cols += [c for c in rows[lab] if c not in cols]
     w = max(8, *(len(x) for x in labels))
-    head = f"{'':<{w}}  " + "  ".join(f"{c:>8}" for c in cols)
-    lines = [head]
+    lines = [f"{'':<{w}}  " + "  ".join(f"{c:>8}" for c in cols)]
     for lab in labels:
-        cells = [f"{rows[lab][c]:8.3f}" if c in rows[lab] else f"{'-':>8}" for c in cols]
+        cells = [f"{rows[lab][c]:8.2f}" if c in rows[lab] else f"{'-':>8}" for c in cols]
         lines.append(f"{lab:<{w}}  " + "  ".join(cells))
     return "\n".join(lines)
+
+
+def _prefixed(flat: dict[str, float], prefix: str) -> dict[str, float]:
+    return {k.split("/", 1)[1]: v for k, v in flat.items() if k.startswith(prefix + "/")}

@@ -1,0 +1,76 @@
+import subprocess
+import sys
+
+import pytest
+
+from vicc_fast import config as C
+from vicc_fast.train import main
+
+
+def test_help_lists_every_key():
+    out = subprocess.run(
+        [sys.executable, "-m", "vicc_fast.train", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "torchrun" in out and "--config FILE" in out
+    for key, _default, help_ in C.describe():
+        assert f"  {key} " in out, key
+        assert help_ and help_ in out, key
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["train.batchsize=3"], "train.batchsize"),
+        (["train.batch_size=abc"], "train.batch_size"),
+        (["model.backbone=vit"], "model.backbone"),
+        (["optim.momentum=2"], "optim.momentum"),
+        (["train.resume=/no/such.pt"], "train.resume"),
+        (["--config", "/no/such.yaml"], "config file not found"),
+    ],
+)
+def test_bad_config_fails_before_any_work(args, needle, capsys, tmp_path):
+    rc = main([*args, f"train.out_dir={tmp_path}/run", f"data.root={tmp_path}/data"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert needle in err and err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists() and not (tmp_path / "data").exists()
+
+
+def test_not_key_value_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["trainbatch"])
+    assert e.value.code == 2 and "key=value" in capsys.readouterr().err
+
+
+def test_paper_configs_load_with_the_papers_numbers():
+    for name, backbone, frames, stride in [
+        ("ucf101_s3d", "s3d", 32, 1),
+        ("ucf101_r21d", "r21d", 16, 2),
+        ("ucf101_r3d", "r3d", 16, 2),
+        ("hmdb51_s3d", "s3d", 32, 1),
+        ("hmdb51_r21d", "r21d", 16, 2),
+    ]:
+        cfg = C.load(C.CONFIG_DIR / f"{name}.yaml")
+        assert (cfg.model.backbone.value, cfg.data.num_frames, cfg.data.stride) == (backbone, frames, stride)
+        assert (cfg.data.crop_size, cfg.train.batch_size, cfg.model.num_prototypes) == (128, 48, 300)
+        s = cfg.schedule
+        assert (s.single_epochs, s.single_queue_start_rgb, s.single_queue_start_flow) == (300, 150, 200)
+        assert (s.single_freeze_prototypes, s.cross_cycles, s.cross_epochs, s.cross_queue_start) == (
+            100,
+            2,
+            100,
+            25,
+        )
+        assert not cfg.method.vicc.cross_freeze_prototypes
+        o = cfg.optim
+        assert (o.name.value, o.lr, o.final_lr, o.weight_decay, o.trust_coefficient) == (
+            "lars",
+            0.6,
+            6e-4,
+            1e-6,
+            0.001,
+        )
+        assert o.scale_lr and o.base_batch == 4 * 48  # lr 0.6 at the paper's 4 x 48
+        m = cfg.method
+        assert (m.temperature, m.epsilon, m.sinkhorn_iters, m.queue_size) == (0.1, 0.05, 3, 1920)
+        assert cfg.train.batch_shuffle and cfg.train.amp is C.Amp.bf16 and cfg.train.channels_last
