@@ -214,12 +214,19 @@ class _Base:
             label, index = label.repeat_interleave(reps), index.repeat_interleave(reps)
         return Batch(views=out, label=label.to(self.device), index=index.to(self.device))
 
-    def bad_from_error(self, exc: BaseException) -> BadSampleError | None:
+    def explain(self, exc: BaseException) -> list[BadSampleError]:
+        """The sample(s) behind a pipeline failure: named in DALI's message, or found by scanning the split;
+        a failure no sample explains is re-raised as a DataError."""
         m = _SOURCE_RE.search(str(exc))
-        if m is None:
-            return None
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
-        return BadSampleError(m.group(1), m.group(2), f"video fails to decode ({first[:200]})")
+        if m is not None:
+            last = str(exc).strip().splitlines()[-1][:200]
+            return [BadSampleError(m.group(1), m.group(2), f"video fails to decode ({last})")]
+        from vicc_fast.data.probe import find_bad_samples
+
+        found = find_bad_samples(self.split, self.streams, self.excluded)
+        if not found:
+            raise DataError(f"input pipeline failed on split '{self.split.name}': {exc}") from exc
+        return found
 
 
 class DaliLoader(_Base):
@@ -302,48 +309,41 @@ class DaliLoader(_Base):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         spec, pipe = self._build()
-        it = DALIGenericIterator(
+        return DALIGenericIterator(
             [pipe],
             spec.output_names(),
             reader_name="reader",
             last_batch_policy=LastBatchPolicy.DROP if self.train else LastBatchPolicy.PARTIAL,
             auto_reset=False,
         )
-        return spec, it
 
     def __iter__(self) -> Iterator[Batch]:
         steps = len(self)
-        rebuilds = 0
-        spec, it = self._iterator()
-        done = 0
-        try:
-            while done < steps:
-                try:
-                    out = next(it)[0]
-                except StopIteration:
-                    if not self.train or not self.excluded:
-                        break  # eval: this rank's part is exhausted
-                    it.reset()  # skip mode shrank the set mid-epoch: keep the promised step count
-                    continue
-                except RuntimeError as exc:
-                    bad = self.bad_from_error(exc)
-                    if bad is None:
-                        raise DataError(f"input pipeline failed on split '{self.split.name}': {exc}") from exc
-                    if not self.skip or rebuilds >= _MAX_REBUILDS:
-                        raise bad from None
-                    rebuilds += 1
+        rebuilds = done = 0
+        it = None
+        while done < steps:
+            try:
+                if it is None:
+                    it = self._iterator()  # prefetches: decode errors can surface here already
+                out = next(it)[0]
+            except StopIteration:
+                if not self.train or not self.excluded:
+                    break  # eval: this rank's part is exhausted
+                it.reset()  # skip mode shrank the set mid-epoch: keep the promised step count
+                continue
+            except RuntimeError as exc:
+                it = None
+                found = self.explain(exc)
+                if not self.skip or rebuilds >= _MAX_REBUILDS:
+                    raise found[0] from None
+                rebuilds += 1
+                for bad in found:
                     self.excluded[bad.key] = bad.reason
                     warnings.warn(f"skipping {bad}", stacklevel=2)
-                    del it
-                    spec, it = self._iterator()
-                    continue
-                views: dict[Stream, list[torch.Tensor]] = {}
-                for s in self.streams:
-                    views[s] = [out[f"{s.value}{v}"] for v in range(self.num_views)]
-                yield self.to_batch(views, out["label"], out["index"])
-                done += 1
-        finally:
-            del it
+                continue
+            views = {s: [out[f"{s.value}{v}"] for v in range(self.num_views)] for s in self.streams}
+            yield self.to_batch(views, out["label"], out["index"])
+            done += 1
 
 
 def _scan_tar(tar: Path) -> list[dict[str, tuple[int, int, str]]]:

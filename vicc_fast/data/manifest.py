@@ -33,6 +33,9 @@ class BadSampleError(DataError):
         self.key = key
         self.reason = reason
 
+    def __reduce__(self):  # picklable across DataLoader workers
+        return (type(self), (self.shard, self.key, self.reason))
+
 
 @dataclass
 class Shard:

@@ -1,0 +1,217 @@
+"""The input pipeline (DALI CPU backend, and the torch DataLoader baseline where the semantics are shared)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.data.conftest import cfg_for, frames_from_code, make_set
+from vicc_fast.config import Stream
+from vicc_fast.data.dali import FLOW_MEAN, FLOW_STD, RGB_MEAN, RGB_STD
+from vicc_fast.data.loader import build_loader
+from vicc_fast.data.manifest import BadSampleError
+
+BOTH = (Stream.rgb, Stream.flow)
+CPU = torch.device("cpu")
+BACKENDS = ["dali", "torch"]
+
+
+def loader(cfg, mode="train", streams=BOTH, views=2, rank=0, world=1, split=None):
+    return build_loader(
+        cfg, split or ("train" if mode == "train" else "test"), mode, streams, views, rank, world, CPU
+    )
+
+
+def rgb_values(x: torch.Tensor) -> np.ndarray:
+    """[B, 3, T, H, W] normalised -> [B, T, H, W, 3] in [0, 255]."""
+    a = x.float().permute(0, 2, 3, 4, 1).numpy()
+    return a * np.array(RGB_STD) + np.array(RGB_MEAN)
+
+
+def flow_values(x: torch.Tensor) -> np.ndarray:
+    """[B, 3, T, H, W] normalised -> [B, T, H, W, 3] stored coding (x, y, and 127.5 for the zero channel)."""
+    return x.float().permute(0, 2, 3, 4, 1).numpy() * FLOW_STD + FLOW_MEAN
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_shapes_dtype_channels_last(codes_root, backend, dtype):
+    cfg = cfg_for(codes_root, f"data.backend={backend}", f"data.dtype={dtype}")
+    ld = loader(cfg)
+    assert len(ld) == 4 and ld.num_samples == 8
+    batches = list(ld)
+    assert len(batches) == 4
+    b = batches[0]
+    assert set(b.views) == set(BOTH)
+    for s in BOTH:
+        assert len(b.views[s]) == 2
+        for v in b.views[s]:
+            assert v.shape == (2, 3, 8, 32, 32)
+            assert v.dtype == getattr(torch, dtype)
+            assert v.is_contiguous(memory_format=torch.channels_last_3d)
+    assert b.label.dtype == torch.int64 and b.index.dtype == torch.int64
+    assert torch.equal(b.label, b.index % 3)  # the .lbl member: label = index % 3 in this set
+    assert float(b.views[Stream.flow][0][:, 2].abs().max()) == 0.0  # the zero third channel
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rgb_flow_alignment_and_stride(codes_root, backend):
+    """View v of RGB and of flow hold the same frames, consecutive at the configured stride."""
+    cfg = cfg_for(codes_root, f"data.backend={backend}", "data.stride=2", "data.num_frames=6")
+    starts = []
+    for b in loader(cfg):
+        for v in range(2):
+            rgb = rgb_values(b.views[Stream.rgb][v]).mean(axis=(2, 3))  # [B, T, 3]
+            flo = flow_values(b.views[Stream.flow][v]).mean(axis=(2, 3))
+            f_rgb = frames_from_code(rgb[..., 0])
+            f_flow = frames_from_code(255 - flo[..., 1])  # y is never negated
+            np.testing.assert_array_equal(f_rgb, f_flow)
+            np.testing.assert_array_equal(np.diff(f_rgb, axis=1), 2)
+            starts.append(f_rgb[:, 0])
+    starts = np.concatenate(starts)
+    assert starts.min() >= 0 and starts.max() <= 24 - 11
+    assert len(set(starts.tolist())) > 2  # random starts
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("same", [0.0, 1.0])
+def test_same_start_probability(codes_root, backend, same):
+    cfg = cfg_for(codes_root, f"data.backend={backend}", f"data.same_start_prob={same}")
+    equal = []
+    for b in loader(cfg, streams=(Stream.rgb,)):
+        f = [frames_from_code(rgb_values(v).mean(axis=(2, 3))[..., 0])[:, 0] for v in b.views[Stream.rgb]]
+        equal += (f[0] == f[1]).tolist()
+    if same == 1.0:
+        assert all(equal)
+    else:
+        assert sum(equal) < len(equal)  # independent starts in [0, 16]: 8 samples all equal has p ~ 1e-10
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_frame_consistent_crop_and_flip(ramps_root, backend):
+    """Static ramps: every frame of a clip must be identical after augmentation (one crop, one flip per
+    clip); the R ramp's direction shows the flip, which must occur for some clips and not for others."""
+    cfg = cfg_for(ramps_root, f"data.backend={backend}", "data.crop_scale=[0.2,0.6]")
+    flips = []
+    for b in loader(cfg):
+        for v in b.views[Stream.rgb]:
+            a = rgb_values(v)  # [B, T, h, w, 3]
+            assert np.abs(a - a[:, :1]).max() < 6, "frames of one clip got different crops"
+            slope = np.diff(a[..., 0].mean(axis=(1, 2)), axis=-1).mean(axis=-1)  # R along width
+            flips += (slope < 0).tolist()
+            vslope = np.diff(a[..., 1].mean(axis=(1, 3)), axis=-1).mean(axis=-1)  # G along height
+            assert (vslope > 0).all()  # never flipped vertically
+        for v in b.views[Stream.flow]:
+            f = flow_values(v)
+            assert np.abs(f - f[:, :1]).max() < 8
+    assert 0 < sum(flips) < len(flips)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_flow_flip_negates_x_and_crops_halves_alike(ramps_root, backend):
+    """Flow x and y hold the same ramp: unflipped clips give x == y (so both halves got the same crop);
+    flipped clips give x == 255 - y (x negated) with y's ramp reversed."""
+    cfg = cfg_for(ramps_root, f"data.backend={backend}", "data.crop_scale=[0.3,0.7]")
+    seen = set()
+    for b in loader(cfg, streams=(Stream.flow,)):
+        for v in b.views[Stream.flow]:
+            f = flow_values(v)  # [B, T, h, w, 3]
+            for x, y in zip(f[..., 0], f[..., 1]):
+                flipped = np.diff(y.mean(axis=(0, 1))).mean() < 0
+                seen.add(bool(flipped))
+                target = 255 - y if flipped else y
+                assert np.abs(x - target).mean() < 3, "x half not cropped/negated like y"
+    assert seen == {True, False}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_flip_when_disabled(ramps_root, backend):
+    cfg = cfg_for(ramps_root, f"data.backend={backend}", "data.hflip=false")
+    for b in loader(cfg, streams=(Stream.flow,)):
+        f = flow_values(b.views[Stream.flow][0])
+        assert np.abs(f[..., 0] - f[..., 1]).mean() < 3
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_ranks_disjoint_and_covering(codes_root, backend):
+    cfg = cfg_for(codes_root, f"data.backend={backend}")
+    for epoch in (0, 1):
+        seen = []
+        for rank in (0, 1):
+            ld = loader(cfg, streams=(Stream.rgb,), rank=rank, world=2)
+            ld.set_epoch(epoch)
+            assert len(ld) == 2
+            seen.append(sorted(i for b in ld for i in b.index.tolist()))
+        assert not set(seen[0]) & set(seen[1])
+        assert sorted(seen[0] + seen[1]) == list(range(8))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("crop", ["center", "tencrop"])
+def test_eval_every_video_once(codes_root, backend, crop):
+    """5 test videos on 2 ranks: every video exactly once, eval_clips uniformly spaced clips each."""
+    cfg = cfg_for(codes_root, f"data.backend={backend}", f"data.eval_crop={crop}", "eval.batch_size=4")
+    crops = 10 if crop == "tencrop" else 1
+    counts: dict[int, int] = {}
+    for rank in (0, 1):
+        ld = loader(cfg, mode="eval", rank=rank, world=2)
+        n = 0
+        for b in ld:
+            n += 1
+            assert b.views[Stream.rgb][0].shape[1:] == (3, 8, 32, 32)
+            assert b.views[Stream.rgb][0].shape[0] == b.index.shape[0] == b.views[Stream.flow][0].shape[0]
+            a = rgb_values(b.views[Stream.rgb][0]).mean(axis=(2, 3))[..., 0]  # [B', T]
+            first = frames_from_code(a)[:, 0]
+            for idx in set(b.index.tolist()):
+                counts[idx] = counts.get(idx, 0) + int((b.index == idx).sum())
+                # clips of one video start at 0 and at the last possible frame (24 - 8)
+                assert sorted(set(first[(b.index == idx).numpy()].tolist())) == [0, 16]
+        assert n == len(ld)
+    assert counts == {i: 2 * crops for i in range(5)}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_same_seed_same_batches(codes_root, backend):
+    aug = ["data.color_jitter_prob=0.8", "data.grayscale_prob=0.2", "data.blur_prob=0.5"]
+    cfg = cfg_for(codes_root, f"data.backend={backend}", *aug)
+
+    def run(epoch):
+        ld = loader(cfg)
+        ld.set_epoch(epoch)
+        return [(b.index.clone(), [v.clone() for s in BOTH for v in b.views[s]]) for b in ld]
+
+    a, b, c = run(3), run(3), run(4)
+    for (ia, va), (ib, vb) in zip(a, b):
+        assert torch.equal(ia, ib)
+        assert all(torch.equal(x, y) for x, y in zip(va, vb))
+    assert any(not torch.equal(x[0], y[0]) for x, y in zip(a, c))  # another epoch, another order
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_corrupt_sample_named(tmp_path, backend):
+    root = make_set(tmp_path / "bad", "codes", n_train=4, n_test=1, corrupt=(2,))
+    cfg = cfg_for(root, f"data.backend={backend}")
+    with pytest.raises(BadSampleError, match="train000002") as err:
+        for _ in loader(cfg, streams=(Stream.rgb,)):
+            pass
+    assert "train-000000.tar" in str(err.value)
+    # skip: counted, warned, never yielded, and the epoch still has its promised length
+    cfg = cfg_for(root, f"data.backend={backend}", "data.on_bad_sample=skip")
+    ld = loader(cfg, streams=(Stream.rgb,))
+    steps = len(ld)
+    with pytest.warns(UserWarning, match="train000002"):
+        got = [i for b in ld for i in b.index.tolist()]
+    assert 2 not in got and ld.skipped == 1 and len(got) == 2 * steps
+    assert len(ld) == 1 and 2 not in [i for b in ld for i in b.index.tolist()]  # later epochs: left out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_short_video_named(tmp_path, backend):
+    root = make_set(tmp_path / "short", "codes", n_train=4, n_test=1, short=(1,))
+    with pytest.raises(BadSampleError, match="train000001.*6 frames"):
+        loader(cfg_for(root, f"data.backend={backend}"))
+    with pytest.warns(UserWarning, match="1 bad sample"):
+        ld = loader(cfg_for(root, f"data.backend={backend}", "data.on_bad_sample=skip"))
+    assert ld.num_samples == 3 and ld.skipped == 1
+    assert 1 not in [i for b in ld for i in b.index.tolist()]

@@ -1,0 +1,291 @@
+"""The plain PyTorch input pipeline: ``webdataset`` reads the shards, PyAV decodes, torchvision.transforms.v2
+augments, a ``DataLoader`` runs ``data.threads`` worker processes. The fallback (``data.backend=torch``) and the
+baseline the DALI pipeline is measured against; same samples per rank, same clip sampling, same augmentation
+semantics and output as vicc_fast/data/dali.py (its random numbers differ: it draws from torch's RNG).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from vicc_fast.config import Stream
+from vicc_fast.data.batch import Batch
+from vicc_fast.data.dali import FLOW_MEAN, FLOW_STD, RGB_MEAN, RGB_STD
+from vicc_fast.data.loader import _Base
+from vicc_fast.data.manifest import BadSampleError, DataError, rank_range
+
+
+class VideoDecodeError(RuntimeError):
+    pass
+
+
+def decode_window(data: bytes, start: int, stop: int, flow: bool) -> np.ndarray:
+    """Frames ``[start, stop)`` of a VP9 WebM: RGB ``[n, H, W, 3]`` or, for flow, the luma ``[n, 2H, W]``
+    (x above y, stored full range: luma is the value itself, no colour conversion needed).
+
+    Seeks to the keyframe at or before ``start`` and decodes forward; frame numbers come from timestamps."""
+    import av
+
+    out = []
+    try:
+        with av.open(io.BytesIO(data), "r") as c:
+            s = c.streams.video[0]
+            s.thread_type = "NONE"  # workers are the parallelism; decoder threads would oversubscribe
+            rate, tb = s.average_rate or s.guessed_rate, s.time_base
+            seek = start > 0 and rate is not None and tb is not None
+            if seek:
+                c.seek(int(start / rate / tb), stream=s, backward=True, any_frame=False)
+            for n, frame in enumerate(c.decode(s)):
+                i = round(float(frame.pts * tb * rate)) if seek and frame.pts is not None else n
+                if i >= stop:
+                    break
+                if i < start:
+                    continue
+                if flow:
+                    p = frame.planes[0]
+                    y = np.frombuffer(p, np.uint8).reshape(-1, p.line_size)[: frame.height, : frame.width]
+                    out.append(y.copy())
+                else:
+                    out.append(frame.to_ndarray(format="rgb24"))
+    except av.error.FFmpegError as exc:
+        raise VideoDecodeError(str(exc)) from None
+    if len(out) != stop - start:
+        raise VideoDecodeError(f"decoded {len(out)} of frames [{start}, {stop})")
+    return np.stack(out)
+
+
+class _Augment:
+    """Per-view augmentation with torchvision.transforms.v2 on ``[T, C, H, W]`` uint8 videos: v2 draws one
+    set of parameters per call, so every frame of the clip gets the same crop and colours."""
+
+    def __init__(self, d: Any, train: bool, clips: int, tencrop: bool, out_dtype: torch.dtype) -> None:
+        from torchvision.transforms import v2
+
+        self.v2 = v2
+        self.d, self.train, self.tencrop, self.out_dtype = d, train, tencrop, out_dtype
+        c = d.crop_size
+        self.rrc = v2.RandomResizedCrop(
+            c, scale=tuple(d.crop_scale), ratio=tuple(d.aspect_ratio), antialias=False
+        )
+        self.color = v2.RandomApply(
+            [v2.ColorJitter(d.brightness, d.contrast, d.saturation, d.hue)], p=d.color_jitter_prob
+        )
+        self.gray = v2.RandomGrayscale(p=d.grayscale_prob)
+        sig = tuple(d.blur_sigma)
+        k = 2 * math.ceil(3 * sig[1]) + 1
+        self.blur = v2.RandomApply([v2.GaussianBlur(k, sigma=sig)], p=d.blur_prob)
+        self.rgb_mean = torch.tensor(RGB_MEAN).view(1, 3, 1, 1)
+        self.rgb_std = torch.tensor(RGB_STD).view(1, 3, 1, 1)
+
+    def _flip(self) -> bool:
+        return bool(self.d.hflip and torch.rand(()) < 0.5)
+
+    def rgb(self, v: torch.Tensor) -> torch.Tensor:
+        """[T, 3, H, W] uint8 -> [T, c, c, 3] normalised."""
+        v = self.rrc(v)
+        v = self.blur(self.gray(self.color(v)))
+        if self._flip():
+            v = v.flip(-1)
+        v = (v.float() - self.rgb_mean) / self.rgb_std
+        return v.permute(0, 2, 3, 1).to(self.out_dtype)
+
+    def flow(self, v: torch.Tensor) -> torch.Tensor:
+        """[T, 2, H, W] uint8 (x, y) -> [T, c, c, 3] normalised (x, y, 0), x negated when flipped."""
+        v = self.rrc(v)
+        return self._finish_flow(v, self._flip())
+
+    def _finish_flow(self, v: torch.Tensor, flip: bool) -> torch.Tensor:
+        v = (v.float() - FLOW_MEAN) / FLOW_STD
+        if flip:
+            v = v.flip(-1)
+            v[:, 0] = -v[:, 0]
+        v = torch.cat([v, torch.zeros_like(v[:, :1])], 1)
+        return v.permute(0, 2, 3, 1).to(self.out_dtype)
+
+    def eval(self, v: torch.Tensor, flow: bool) -> torch.Tensor:
+        """[N*T, C, H, W] -> [crops*N*T, c, c, 3]: centre crop, or 4 corners + centre each also flipped."""
+        v2, c = self.v2, self.d.crop_size
+        if min(v.shape[-2:]) != c:
+            v = v2.functional.resize(v, c, antialias=True)
+        h, w = v.shape[-2:]
+        if self.tencrop:
+            pos = [(0, 0), (0, w - c), (h - c, 0), (h - c, w - c), ((h - c + 1) // 2, (w - c + 1) // 2)]
+            wins = [(y, x, m) for (y, x) in pos for m in (False, True)]
+        else:
+            wins = [((h - c + 1) // 2, (w - c + 1) // 2, False)]
+        outs = []
+        for y, x, m in wins:
+            crop = v[..., y : y + c, x : x + c]
+            if flow:
+                outs.append(self._finish_flow(crop, m))
+            else:
+                crop = crop.flip(-1) if m else crop
+                outs.append(
+                    ((crop.float() - self.rgb_mean) / self.rgb_std).permute(0, 2, 3, 1).to(self.out_dtype)
+                )
+        return torch.cat(outs)
+
+
+class _ClipDataset(torch.utils.data.IterableDataset):
+    """This rank's samples (the same contiguous range of the epoch's shard order as DALI's shard_id split),
+    spread over the DataLoader workers, shuffled in a buffer seeded by (seed, epoch, rank, worker)."""
+
+    def __init__(self, owner: TorchLoader) -> None:
+        self.o = owner
+        self.paths = [str(s.tar) for s in owner.shard_sequence()]
+        self.lo, self.hi = rank_range(owner.num_samples, owner.rank, owner.world)
+        self.seed = owner.epoch_seed()
+
+    def _samples(self, worker: int, nworkers: int) -> Iterator[dict]:
+        import webdataset as wds
+
+        ds = wds.WebDataset(
+            self.paths, shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False
+        )
+        pos = 0
+        for sample in ds:
+            if self.o.excluded.get(sample["__key__"]) is not None:
+                continue
+            if self.lo <= pos < self.hi and (pos - self.lo) % nworkers == worker:
+                yield sample
+            pos += 1
+            if pos >= self.hi:
+                break
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, nworkers = (info.id, info.num_workers) if info else (0, 1)
+        torch.manual_seed(self.seed * 1009 + worker)
+        rng = np.random.default_rng([self.seed, worker])
+        src = self._samples(worker, nworkers)
+        if not self.o.train:
+            yield from (self.o.process(s, rng) for s in src)
+            return
+        buf: list[dict] = []
+        size = max(1, self.o.cfg.data.shuffle_buffer // nworkers)
+        for s in src:
+            buf.append(s)
+            if len(buf) >= size:
+                yield self.o.process(buf.pop(int(rng.integers(len(buf)))), rng)
+        while buf:
+            yield self.o.process(buf.pop(int(rng.integers(len(buf)))), rng)
+
+
+class TorchLoader(_Base):
+    """``data.backend=torch``: the DataLoader baseline with the DALI loader's interface and semantics."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.aug = _Augment(self.cfg.data, self.train, self.clips, self.crops == 10, self.dtype)
+
+    # ------------------------------------------------------------------ per sample (in a worker)
+    def _starts(self, nframes: int, rng: np.random.Generator) -> list[int]:
+        room = nframes - self.span + 1
+        first = int(rng.integers(room))
+        starts = [first]
+        for _ in range(1, self.num_views):
+            same = rng.random() < self.cfg.data.same_start_prob
+            starts.append(first if same else int(rng.integers(room)))
+        return starts
+
+    def process(self, sample: dict, rng: np.random.Generator) -> dict | BadSampleError:
+        key = sample["__key__"]
+        url = sample.get("__url__", "?")
+        try:
+            label, index = np.frombuffer(sample["lbl"], "<i8")
+            nframes = int(self.split.frames[index])
+            d, T = self.cfg.data, self.cfg.data.num_frames
+            out: dict[str, Any] = {"label": int(label), "index": int(index)}
+            if self.train:
+                starts = self._starts(nframes, rng)
+                lo, hi = min(starts), max(starts) + self.span
+                union = d.union_decode and (hi - lo) <= self.num_views * self.span
+                for s in self.streams:
+                    data = sample[f"{s.value}.webm"]
+                    flow = s == Stream.flow
+                    window = decode_window(data, lo, hi, flow) if union else None
+                    for v, st in enumerate(starts):
+                        if window is not None:
+                            clip = window[st - lo : st - lo + self.span : d.stride]
+                        else:
+                            clip = decode_window(data, st, st + self.span, flow)[:: d.stride]
+                        out[f"{s.value}{v}"] = self._augment(clip, flow)
+            else:
+                first = (
+                    np.linspace(0, nframes - self.span, self.clips).astype(int)
+                    if self.clips > 1
+                    else [(nframes - self.span) // 2]
+                )
+                idx = np.concatenate([f + np.arange(T) * d.stride for f in first])
+                for s in self.streams:
+                    flow = s == Stream.flow
+                    video = decode_window(sample[f"{s.value}.webm"], 0, nframes, flow)[idx]
+                    out[f"{s.value}0"] = self.aug.eval(self._to_tchw(video, flow), flow)
+            return out
+        except (VideoDecodeError, KeyError, ValueError) as exc:
+            return BadSampleError(url, key, f"video fails to decode ({exc})")
+
+    @staticmethod
+    def _to_tchw(clip: np.ndarray, flow: bool) -> torch.Tensor:
+        if flow:  # [n, 2H, W] -> [n, 2, H, W]: channel 0 = x (top half), 1 = y
+            n, h2, w = clip.shape
+            return torch.from_numpy(np.ascontiguousarray(clip.reshape(n, 2, h2 // 2, w)))
+        return torch.from_numpy(clip).permute(0, 3, 1, 2)
+
+    def _augment(self, clip: np.ndarray, flow: bool) -> torch.Tensor:
+        v = self._to_tchw(clip, flow)
+        return self.aug.flow(v) if flow else self.aug.rgb(v)
+
+    # ------------------------------------------------------------------ main process
+    def _loader(self):
+        return torch.utils.data.DataLoader(
+            _ClipDataset(self),
+            batch_size=None,
+            num_workers=self.cfg.data.threads,
+            prefetch_factor=max(1, self.cfg.data.prefetch) * self.batch_size,
+            persistent_workers=False,
+        )
+
+    def __iter__(self) -> Iterator[Batch]:
+        steps = len(self)
+        done, buf, rebuilds = 0, [], 0
+        names = [f"{s.value}{v}" for s in self.streams for v in range(self.num_views)]
+        while done < steps:
+            got = 0
+            for item in self._loader():
+                if isinstance(item, BadSampleError):
+                    if not self.skip or rebuilds >= 100:
+                        raise item
+                    rebuilds += 1
+                    self.excluded[item.key] = item.reason
+                    warnings.warn(f"skipping {item}", stacklevel=2)
+                    continue
+                got += 1
+                buf.append(item)
+                if len(buf) == self.batch_size:
+                    yield self._collate(buf, names)
+                    buf, done = [], done + 1
+                    if done == steps:
+                        return
+            if not self.train:
+                break
+            if got == 0:  # skip mode left nothing usable on this rank
+                raise DataError(f"split '{self.split.name}': no usable samples for rank {self.rank}")
+        if buf:
+            yield self._collate(buf, names)
+
+    def _collate(self, items: list[dict], names: list[str]) -> Batch:
+        views = {s: [] for s in self.streams}
+        for n in names:
+            s = Stream(n.rstrip("0123456789"))
+            views[s].append(torch.stack([it[n] for it in items]))
+        label = torch.tensor([it["label"] for it in items])
+        index = torch.tensor([it["index"] for it in items])
+        return self.to_batch(views, label, index)
