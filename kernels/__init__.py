@@ -116,7 +116,7 @@ def sinkhorn(
     scores: [N, K] or [V, N, K], any float dtype; rows [0, n_batch) are the current batch, the rest queue rows
     -> Q: fp32 [n_batch, K] or [V, n_batch, K], rows summing to 1. ``all_reduce``: None (one process) or a
     ``torch.distributed.all_reduce``-compatible callable (see :func:`make_all_reduce`); the per-prototype sums
-    are reduced over all ranks every iteration, as in SwAV. Every rank must pass the same N (queue included).
+    are reduced over all ranks every iteration, as in SwAV (N may differ between ranks).
     """
     check_scores(scores, n_iters, n_batch)
     check_positive("eps", eps)
@@ -207,7 +207,8 @@ def swapped_loss(P: Tensor, Q: Tensor, mask: Tensor, tau: float, *, backend: str
     sum_k Q[t, b, k] log_softmax(P[p, b] / tau)_k.
 
     P: [V, B, K] (gradient flows), Q: [V, B, K] (constant targets), mask: [V, V] bool (mask[t, p]: view p predicts
-    view t's target) -> 0-dim fp32. ViCC cross-stream: V=4, mask=~eye(4); SwAV: V=2, mask=~eye(2).
+    view t's target) -> 0-dim fp32. ViCC cross-stream: V=4, mask=~eye(4); SwAV: V=2, mask=~eye(2). Keep the
+    mask on the CPU: the Triton backend reads it on the host (a CUDA mask costs a device sync).
     """
     check_loss_args(P, Q, mask, tau)
     if resolve_backend(backend, P, Q) == "torch":

@@ -149,7 +149,8 @@ def mask_bits(mask: Tensor) -> tuple[int, int]:
             f"the Triton swapped loss supports V <= {MAX_VIEWS} views, got mask {tuple(mask.shape)}"
         )
     flat = mask.reshape(-1).tolist()
-    bits = sum(1 << i for i, on in enumerate(flat) if on)
+    # bit 30 is never read: it keeps the argument from being 1, which Triton would specialise into a constexpr
+    bits = sum(1 << i for i, on in enumerate(flat) if on) | (1 << 30)
     return bits, sum(flat)
 
 

@@ -124,13 +124,12 @@ def merge_stats(m, s, tm, ts):
 def combine_partials(pm_ptr, ps_ptr, T, cols, BLOCK_T: tl.constexpr):
     """b = -LSE over T per-tile (max, sum) partials [T, BLOCK_K] (row-major, pointers at this view's first),
     read BLOCK_T rows at a time. -> [BLOCK_K]."""
-    BLOCK_K: tl.constexpr = cols.shape[0]
-    m = tl.full((BLOCK_K,), float("-inf"), dtype=tl.float32)
-    s = tl.zeros((BLOCK_K,), dtype=tl.float32)
+    m = tl.full((cols.shape[0],), float("-inf"), dtype=tl.float32)
+    s = tl.zeros((cols.shape[0],), dtype=tl.float32)
     for j0 in range(0, T, BLOCK_T):
         j = j0 + tl.arange(0, BLOCK_T)
         jm = (j < T)[:, None]
-        off = j[:, None] * BLOCK_K + cols[None, :]
+        off = j[:, None] * cols.shape[0] + cols[None, :]
         pm = tl.load(pm_ptr + off, mask=jm, other=float("-inf"))
         ps = tl.load(ps_ptr + off, mask=jm, other=0.0)
         tm = tl.max(pm, axis=0)
