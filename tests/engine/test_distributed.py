@@ -5,6 +5,7 @@ across ranks must change nothing but the order, and every view's gradient must s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 
@@ -76,6 +77,10 @@ def one_step(
     return loss, grads, moved
 
 
+class Crash(Exception):
+    pass
+
+
 def _worker(rank: int, world: int, port: int, tmp: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -92,6 +97,27 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
                 cfg, m, info, loader_factory=loader_factory(B, rank=rank, world=world), tensorboard=False
             ).run()
             out[("train", shuffle)] = {k: v.clone() for k, v in m.state_dict().items()}
+        # killed mid-epoch and resumed: per-rank buffers (the queue) must come back too
+        cfg = _cfg(f"{tmp}/run_resume", False)
+        cfg.train.ckpt_every_steps = 1
+        info = DistInfo(rank=rank, world_size=world)
+
+        def kill(phase, state):
+            if (state.epoch, state.step) == (1, 0):
+                raise Crash
+
+        torch.manual_seed(0)
+        factory = loader_factory(B, rank=rank, world=world)
+        with contextlib.suppress(Crash):
+            Trainer(
+                cfg, TinyMethod(queue_start=5, freeze=0), info, loader_factory=factory, step_hook=kill
+            ).run()
+        torch.manual_seed(1)
+        m = TinyMethod(queue_start=5, freeze=0)
+        Trainer(
+            cfg, m, info, loader_factory=loader_factory(B, rank=rank, world=world), tensorboard=False
+        ).run()
+        out["resumed"] = {k: v.clone() for k, v in m.state_dict().items()}
         x = torch.full((2, 3), float(rank + 1), requires_grad=True)
         g = gather_with_grad(x)
         (g * torch.arange(4.0).view(4, 1)).sum().backward()  # every rank weights row r by r
@@ -157,3 +183,11 @@ def test_gather_with_grad_and_all_reduce(two_ranks):
         want = 2 * torch.arange(4.0).view(4, 1).expand(4, 3)[2 * r : 2 * r + 2]
         assert torch.equal(grad, want)
         assert torch.equal(two_ranks[r]["reduce"], torch.tensor([3.0]))
+
+
+def test_two_ranks_resume_exactly_with_their_own_buffers(two_ranks):
+    for r in range(2):
+        want, got = two_ranks[r][("train", False)], two_ranks[r]["resumed"]
+        for k, v in want.items():
+            assert torch.equal(v, got[k]), (r, k)
+    assert not torch.equal(two_ranks[0]["resumed"]["queue"], two_ranks[1]["resumed"]["queue"])

@@ -134,13 +134,20 @@ def test_killed_mid_phase_then_resumed_equals_uninterrupted(tmp_path, amp):
 
     def killer(phase, state):
         steps[0] += 1
-        if phase.name == "flow1" and state.global_step == 6:  # epoch 1, step 0; last checkpoint after step 3
+        if (
+            phase.name == "flow1" and state.global_step == 10
+        ):  # epoch 1 (queue on), step 4; checkpoint after step 7
             raise Crash
 
     with pytest.raises(Crash):
         Trainer(cfg, fresh(), loader_factory=loader_factory(4), step_hook=killer, tensorboard=False).run()
     last = ckpt.load(ckpt.latest_path(cfg.train.out_dir))
-    assert (last["phase"], last["epoch"], last["step"]) == ("flow1", 0, 4)  # mid-epoch, mid-phase
+    assert (last["phase"], last["epoch"], last["step"]) == (
+        "flow1",
+        1,
+        2,
+    )  # mid-epoch, mid-phase, queue filled
+    assert last["method"]["queue"].abs().sum() > 0
     resumed = fresh()
     torch.manual_seed(123)  # a different RNG state in the new process must not matter
     Trainer(cfg, resumed, loader_factory=loader_factory(4), tensorboard=False).run()

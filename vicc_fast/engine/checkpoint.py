@@ -111,6 +111,48 @@ def load_encoders(path: str | Path) -> tuple[dict[C.Stream, nn.Module], C.Config
     return encoders, cfg
 
 
+# ------------------------------------------------------------------------------------------------ per rank
+def rank_buffers_path(out_dir: str | Path, rank: int, run_step: int) -> Path:
+    return ckpt_dir(out_dir) / "ranks" / f"rank{rank:03d}-{run_step:010d}.pt"
+
+
+def method_buffers(method: nn.Module) -> dict[str, Any]:
+    """The state_dict entries that are not parameters: buffers (queues, BN statistics) and extra states."""
+    params = {n for n, _ in method.named_parameters()}
+    return {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in method.state_dict().items()
+            if k not in params}  # fmt: skip
+
+
+def save_rank_buffers(out_dir: str | Path, rank: int, run_step: int, method: nn.Module) -> None:
+    buf = io.BytesIO()
+    torch.save(method_buffers(method), buf)
+    atomic.write_bytes(rank_buffers_path(out_dir, rank, run_step), buf.getvalue())
+
+
+def load_rank_buffers(out_dir: str | Path, rank: int, run_step: int, method: nn.Module) -> bool:
+    """Load this rank's own buffers saved at ``run_step``; False when there are none (e.g. another world size)."""
+    p = rank_buffers_path(out_dir, rank, run_step)
+    if not p.is_file():
+        return False
+    try:
+        own = torch.load(p, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as exc:
+        raise CheckpointError(
+            f"rank buffers {p} are truncated or corrupt ({str(exc).splitlines()[0][:200]})"
+        ) from None
+    full = dict(method.state_dict())
+    full.update(own)
+    load_method_state(method, full, p)
+    return True
+
+
+def prune_rank_buffers(out_dir: str | Path, rank: int, keep: int) -> None:
+    folder = ckpt_dir(out_dir) / "ranks"
+    for p in folder.glob(f"rank{rank:03d}-*.pt"):
+        if p != rank_buffers_path(out_dir, rank, keep):
+            p.unlink(missing_ok=True)
+
+
 # ------------------------------------------------------------------------------------------------ RNG
 def capture_rng() -> dict[str, Any]:
     """Python, NumPy, torch CPU and CUDA generator states, as tensors and plain values."""

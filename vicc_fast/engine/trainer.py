@@ -139,6 +139,8 @@ class _Position:
     step: int
     optimizer: dict | None
     scaler: dict | None
+    state: dict | None = None  # the whole checkpoint, re-applied after setup_phase
+    src: Path | None = None
 
 
 class _FiniteTracker:
@@ -278,7 +280,7 @@ class Trainer:
         if src is None:
             return None, None
         state = ckpt.load(src, map_location="cpu")
-        ckpt.load_method_state(self.method, state["method"], src)  # copies into the device tensors
+        self._load_method(state, src)
         self.completed = list(state.get("completed", []))
         self.run_step = int(state.get("global_step", 0))
         ckpt.restore_rng(state["rng"])
@@ -292,9 +294,18 @@ class Trainer:
             pending = name if name not in self.results else None
             return None, pending
         self.logger.write(f"resuming {name} at epoch {state['epoch']} step {state['step']} from {src}")
-        return _Position(
-            name, int(state["epoch"]), int(state["step"]), state["optimizer"], state["scaler"]
-        ), None
+        pos = _Position(name, int(state["epoch"]), int(state["step"]), state["optimizer"], state["scaler"])
+        pos.state, pos.src = state, src
+        return pos, None
+
+    def _load_method(self, state: dict, src: Path) -> None:
+        """The method's tensors from a checkpoint (copied into the device tensors), and on ranks > 0 their own
+        buffers (queues, BN statistics) saved beside it."""
+        ckpt.load_method_state(self.method, state["method"], src)
+        if self.dist.distributed and not self.dist.is_main:
+            step = int(state.get("global_step", 0))
+            if not ckpt.load_rank_buffers(self.out_dir, self.dist.rank, step, self.method):
+                self.logger.write(f"rank {self.dist.rank}: no saved buffers of its own, starts from rank 0's")
 
     # ------------------------------------------------------------------------------------------ run
     def run(self) -> dict[str, dict]:
@@ -352,6 +363,9 @@ class Trainer:
         ids = {id(p) for p in trainable}
         for p in self.method.parameters():
             p.requires_grad_(id(p) in ids)
+        if pos is not None and pos.state is not None:
+            # setup_phase may reset queues; a mid-phase resume wants the checkpoint's (and this rank's own)
+            self._load_method(pos.state, pos.src)
         loader = self.loader_factory(phase)
         spe = len(loader)
         if cfg.schedule.steps_per_epoch > 0:
@@ -521,6 +535,12 @@ class Trainer:
         scaler: dict | None,
         phase_end: bool = False,
     ) -> None:
+        if self.dist.distributed:
+            # Buffers (feature queues, BN statistics) differ per rank: each rank keeps its own beside last.pt,
+            # written before it, named by the run step so that last.pt always finds the matching set.
+            if not self.dist.is_main:
+                ckpt.save_rank_buffers(self.out_dir, self.dist.rank, self.run_step, self.method)
+            barrier()
         if self.dist.is_main:
             state = {
                 "config": C.to_dict(self.cfg),
@@ -538,6 +558,8 @@ class Trainer:
             if phase_end:
                 ckpt.save(ckpt.phase_path(self.out_dir, phase.name), state)
         barrier()
+        if self.dist.distributed and not self.dist.is_main:
+            ckpt.prune_rank_buffers(self.out_dir, self.dist.rank, keep=self.run_step)
 
 
 def _to_cpu(obj: Any) -> Any:
