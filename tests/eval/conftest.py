@@ -30,7 +30,7 @@ def write_shard_set(
             continue
         samples = []
         for i, lbl in enumerate(labels):
-            colour = np.array([(40 * lbl) % 256, 255 - (40 * lbl) % 256, 128], dtype=np.uint8)
+            colour = np.array([(30 + 70 * lbl) % 240, 200 - (50 * lbl) % 200, 128], dtype=np.uint8)
             rgb = np.broadcast_to(colour, (frames, h, w, 3)).copy()
             rgb += rng.integers(0, 8, rgb.shape, dtype=np.uint8)
             flow = np.full((frames, h, w, 2), 128, dtype=np.uint8)
@@ -38,7 +38,11 @@ def write_shard_set(
             samples.append(
                 shards.Sample(
                     key=key, rgb=codec.encode_rgb(rgb), flow=codec.encode_flow(flow), label=lbl, index=i,
-                    meta={"key": key, "label": lbl, "class_name": classes[lbl], "split": split, "index": i},
+                    meta={
+                        "key": key, "video_id": f"v{split}{i}", "label": lbl, "class_name": classes[lbl],
+                        "split": split, "index": i, "fps": 25, "frames": frames, "flow_frames": frames,
+                        "height": h, "width": w, "source": "test",
+                    },
                 )
             )  # fmt: skip
         splits[split] = shards.write_split(root, split, samples, shard_size)

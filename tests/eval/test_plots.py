@@ -29,6 +29,14 @@ def test_tsne_png(tmp_path):
     _valid_png(p)
 
 
+def test_tsne_collapsed_features_do_not_crash(tmp_path):
+    # identical features make scikit-learn's Barnes-Hut t-SNE segfault; the plot must still be written
+    p = tsne_plot(torch.zeros(12, 4), torch.arange(12) % 3, ["a", "b", "c"], tmp_path / "t.png")
+    check_png(p)
+    with pytest.raises(ValueError, match="NaN"):
+        tsne_plot(torch.full((5, 2), float("nan")), torch.zeros(5), ["a"], tmp_path / "n.png")
+
+
 def test_retrieval_grid_png(tmp_path):
     rng = np.random.default_rng(0)
     img = lambda: rng.integers(0, 255, (32, 40, 3), dtype=np.uint8)  # noqa: E731

@@ -132,12 +132,13 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from vicc_fast.data.manifest import DataError
     from vicc_fast.engine.checkpoint import CheckpointError
     from vicc_fast.eval.inputs import EvalInputError
 
     try:
         return run(args)
-    except (CheckpointError, C.ConfigError, EvalInputError, FileNotFoundError) as exc:
+    except (CheckpointError, C.ConfigError, EvalInputError, DataError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -60,10 +60,24 @@ def tsne_plot(
     if x.shape[0] > max_points:
         keep = np.sort(rng.choice(x.shape[0], max_points, replace=False))
         x, y = x[keep], y[keep]
-    perplexity = float(min(30.0, max(2.0, (x.shape[0] - 1) / 3)))
-    emb = TSNE(
-        n_components=2, perplexity=perplexity, init="pca", random_state=seed, max_iter=max(iterations, 250)
-    ).fit_transform(x.astype(np.float32))
+    if not np.isfinite(x).all():
+        raise ValueError("t-SNE input holds NaN or inf features")
+    spread = float(x.std(axis=0).max())
+    note = ""
+    if spread < 1e-6:
+        # Every video has the same feature (a collapsed encoder): nothing to embed, and scikit-learn's
+        # Barnes-Hut t-SNE crashes on zero-variance input. Draw them where they are: all at one point.
+        emb = np.zeros((x.shape[0], 2))
+        note = " (all features identical: collapsed)"
+    else:
+        perplexity = float(min(30.0, max(2.0, (x.shape[0] - 1) / 3)))
+        emb = TSNE(
+            n_components=2,
+            perplexity=perplexity,
+            init="pca",
+            random_state=seed,
+            max_iter=max(iterations, 250),
+        ).fit_transform(x.astype(np.float32) / spread)
     classes = np.unique(y)
     cols = _colours(len(classes))
     fig, ax = plt.subplots(figsize=(7, 6))
@@ -75,7 +89,7 @@ def tsne_plot(
         ax.legend(fontsize=7, markerscale=1.5, loc="center left", bbox_to_anchor=(1.0, 0.5))
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title(title or f"t-SNE of {x.shape[0]} test videos")
+    ax.set_title((title or f"t-SNE of {x.shape[0]} test videos") + note)
     return _save(fig, path)
 
 

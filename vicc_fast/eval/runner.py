@@ -45,6 +45,13 @@ def _with_data(cfg: C.Config, **data: Any) -> C.Config:
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **data))
 
 
+def supervised_cfg(cfg: C.Config) -> C.Config:
+    """The train-mode pipeline of the linear probe and finetuning: the self-supervised augmentation without
+    Gaussian blur (papers), ``eval.batch_size`` clips per step."""
+    cfg = _with_data(cfg, blur_prob=0.0)
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=cfg.eval.batch_size))
+
+
 class Evaluation:
     """Evaluate checkpoint ``ckpt`` (``key=value`` overrides on top of its training config) on ``device``."""
 
@@ -93,6 +100,13 @@ class Evaluation:
         key = cache_key(self.weights_sha[stream], stream, split, self.cfg, self.data.manifest_sha256)
 
         def compute() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            t0 = time.perf_counter()
+            try:
+                return encode()
+            finally:
+                self.timings[f"extract/{split}/{stream.value}"] = time.perf_counter() - t0
+
+        def encode() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             enc = self.ck.encoders[stream].to(self.device)
             if self.cfg.train.channels_last and self.device.type == "cuda":
                 enc = enc.to(memory_format=torch.channels_last_3d)
@@ -106,9 +120,7 @@ class Evaluation:
                 desc=f"{split} {stream.value} features",
             )
 
-        t0 = time.perf_counter()
         feats, labels, _ = self.cache.get(key, compute, name=f"{split}_{stream.value}")
-        self.timings[f"features/{split}/{stream.value}"] = time.perf_counter() - t0
         expected = torch.from_numpy(self.data.labels[split])
         if not torch.equal(labels.long(), expected):
             raise RuntimeError(
@@ -136,7 +148,7 @@ class Evaluation:
             tr, trl = self.features(s, "train")
             te, tel = self.features(s, "test")
             if e.linear_augment:
-                cfg = _with_data(self.cfg, blur_prob=0.0)  # the papers' probe augmentation: SSL's minus blur
+                cfg = supervised_cfg(self.cfg)
                 enc = self.ck.encoders[s].to(self.device)
                 probe = fit_linear_augmented(
                     enc, self.loader("train", "train", s, cfg), s, tr.shape[1], self.num_classes, self.device,
@@ -170,7 +182,7 @@ class Evaluation:
         from vicc_fast.eval.linear import topk_accuracy
 
         e = self.cfg.eval
-        train_cfg = _with_data(self.cfg, blur_prob=0.0)
+        train_cfg = supervised_cfg(self.cfg)
         test_cfg = _with_data(self.cfg, eval_crop=C.EvalCrop.tencrop)
         res: dict[str, float] = {}
         probs = {}
@@ -300,6 +312,7 @@ class Evaluation:
         if self.writer is not None:
             for k, v in res.items():
                 self.writer.add_scalar(f"eval/{self.name}/{protocol}/{k}", v, 0)
+        self.save()  # a later protocol's failure never loses this one's numbers
 
     def save(self, pictures: list[Path] | None = None) -> Path:
         """Merge this checkpoint's results into ``<run>/eval/results.json`` and rewrite ``results.md``."""
