@@ -271,7 +271,7 @@ class TrainConfig:
 class EvalConfig:
     after_phase: bool = _f(True, "kNN retrieval after each training phase")
     recall_ks: list[int] = _f([1, 5, 10, 20, 50], "k of Recall@k")
-    batch_size: int = _f(32, "clips per rank per evaluation step")
+    batch_size: int = _f(32, "clips per rank per evaluation step (and per linear-probe / finetune training step)")
     linear_epochs: int = _f(100, "epochs of the linear probe")
     finetune_epochs: int = _f(50, "epochs of end-to-end finetuning")
     finetune_dropout: float = _f(0.5, "dropout before the finetuning classifier")
