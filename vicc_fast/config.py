@@ -208,6 +208,11 @@ class GocaConfig:
     lambda2: float = _f(0.03, "prior weight of the prior Sinkhorn")
     proto_reg_steps: int = _f(2, "prototype regularisation gradient steps before each training step")
     proto_reg_lr: float = _f(0.1, "learning rate of the prototype regulariser")
+    proto_reg_init_steps: int = _f(
+        1000, "prototype regularisation steps at the start of training (the paper's one-off initialisation)"
+    )
+    epochs: int = _f(0, "epochs of the joint phase (0 = as many as the whole ViCC schedule: 2 single + cross)")
+    queue_start_epoch: int = _f(100, "epoch of the joint phase at which the queue starts")
 
 
 @dataclass
