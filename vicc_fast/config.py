@@ -211,7 +211,11 @@ class GocaConfig:
     proto_reg_init_steps: int = _f(
         1000, "prototype regularisation steps at the start of training (the paper's one-off initialisation)"
     )
-    epochs: int = _f(0, "epochs of the joint phase (0 = as many as the whole ViCC schedule: 2 single + cross)")
+    epochs: int = _f(
+        0,
+        "epochs of the joint phase (0 = half the ViCC schedule's epochs, the same clips through trained "
+        "encoders; 500 with the paper's schedule, as in the GOCA paper)",
+    )
     queue_start_epoch: int = _f(100, "epoch of the joint phase at which the queue starts")
 
 
