@@ -92,3 +92,9 @@ def save_tiny_ckpt(path, completed, phase=None, overrides=()):
 @pytest.fixture
 def save_ckpt():
     return save_tiny_ckpt
+
+
+@pytest.fixture
+def tiny_overrides():
+    """Config overrides of the tiny ViCC model the checkpoints here are built from."""
+    return list(TINY)
