@@ -112,36 +112,35 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _collectives(prof: Any) -> dict[str, dict[str, float]]:
-    """c10d collectives of a profiled step: calls and bytes (from recorded input shapes) per kind."""
-    out: dict[str, dict[str, float]] = {}
+def _numel(shape: Any) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _collectives(prof: Any) -> dict[str, dict[str, Any]]:
+    """c10d collectives of a profiled step: calls, bytes (fp32-equivalent, from the recorded input shapes) and
+    the shapes seen, per kind. The backend-level events (``gloo:all_reduce``...) carry the tensors' shapes."""
+    out: dict[str, dict[str, Any]] = {}
+    kinds = ("allreduce", "all_reduce", "allgather", "all_gather", "reduce_scatter", "broadcast")
     for ev in prof.events():
-        name = ev.name
-        low = name.lower()
-        if not ("c10d::" in low or low.startswith(("gloo:", "nccl:"))):
+        low = ev.name.lower()
+        if not low.startswith(("gloo:", "nccl:", "c10d::")) or not any(k in low for k in kinds):
             continue
-        if not any(
-            k in low
-            for k in ("allreduce", "all_reduce", "allgather", "all_gather", "reduce_scatter", "broadcast")
-        ):
-            continue
-        nbytes = 0
+        shapes = []
         for shape in ev.input_shapes or []:
             if isinstance(shape, list) and shape and all(isinstance(d, int) for d in shape):
-                n = 1
-                for d in shape:
-                    n *= d
-                nbytes += n * 4
+                shapes.append(tuple(shape))
             elif isinstance(shape, list):
-                for sub in shape:
-                    if isinstance(sub, list) and all(isinstance(d, int) for d in sub):
-                        n = 1
-                        for d in sub:
-                            n *= d
-                        nbytes += n * 4
-        d = out.setdefault(name, {"calls": 0, "bytes_fp32_equiv": 0})
+                shapes += [
+                    tuple(x) for x in shape if isinstance(x, list) and all(isinstance(d, int) for d in x)
+                ]
+        d = out.setdefault(ev.name, {"calls": 0, "bytes_fp32_equiv": 0, "shapes": {}})
         d["calls"] += 1
-        d["bytes_fp32_equiv"] += nbytes
+        d["bytes_fp32_equiv"] += sum(_numel(sh) * 4 for sh in shapes)
+        key = " ".join(str(list(sh)) for sh in shapes) or "-"
+        d["shapes"][key] = d["shapes"].get(key, 0) + 1
     return out
 
 
@@ -189,17 +188,14 @@ def _worker(rank: int, world: int, port: int, backend: str, args: argparse.Names
 
 
 def _profiled_collectives(cfg: C.Config, point: S.Point, args: argparse.Namespace, info: Any) -> dict:
-    """One more step (after a warm-up step) under torch.profiler; the collectives it issued."""
-    from torch.profiler import ProfilerActivity, profile, schedule
+    """The collectives of one engine step (after a warm-up step), recorded with torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
 
-    holder: dict[str, Any] = {}
-    sched = schedule(wait=0, warmup=1, active=1, repeat=1)
-
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=True, schedule=sched) as prof:
-        S.measure(cfg, point, steps=1, warmup=1, input_mode=args.input, dist_info=info, breakdown=False,
-                  on_step=lambda: prof.step())  # fmt: skip
-        holder["c"] = _collectives(prof)
-    return holder["c"]
+    res = S.measure(
+        cfg, point, steps=1, warmup=1, input_mode=args.input, dist_info=info, breakdown=False,
+        profile_step=lambda: profile(activities=[ProfilerActivity.CPU], record_shapes=True),
+    )  # fmt: skip
+    return _collectives(res["profiler"])
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

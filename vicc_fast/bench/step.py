@@ -27,6 +27,7 @@ On CPU there is nothing to overlap and one pass gives both. A "clip" is one view
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import itertools
 import resource
@@ -310,9 +311,13 @@ def measure(
     input_mode: str,
     dist_info: Any = None,
     breakdown: bool = True,
-    on_step: Callable[[], None] | None = None,
+    profile_step: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
-    """Build method, engine step and input for ``cfg``; time ``steps`` steps after ``warmup``; return figures."""
+    """Build method, engine step and input for ``cfg``; time ``steps`` steps after ``warmup``; return figures.
+
+    ``profile_step``: a factory of a context manager (e.g. a torch.profiler.profile) entered around the last
+    step only (the engine step, not the input); the entered object is returned under ``"profiler"``.
+    """
     from vicc_fast.engine import trainer as T
     from vicc_fast.engine.distributed import BatchShuffle, DistInfo
     from vicc_fast.engine.optim import build_optimizer, set_lr
@@ -374,6 +379,7 @@ def measure(
         torch.cuda.reset_peak_memory_stats(device)
     clips_per_step = point.batch * sum(phase.num_views for _ in phase.streams)
     try:
+        profiled = None
         t_first = time.perf_counter()
         first_wait = 0.0
         for i in range(warmup + steps):
@@ -391,10 +397,13 @@ def measure(
             timer.parts["data_wait"] += wait
             if shuffle is not None:
                 shuffle.set_step(phase.name, i)
-            tr._step(model, opt, scaler, trainable, batch, state, tracker, False)
+            with (
+                profile_step() if (profile_step is not None and i == warmup + steps - 1) else _null() as prof
+            ):
+                tr._step(model, opt, scaler, trainable, batch, state, tracker, False)
+            if prof is not None:
+                profiled = prof
             timer.step_end()
-            if on_step is not None:
-                on_step()
         _sync(device)
         wall = time.perf_counter() - t_start
     finally:
@@ -420,6 +429,8 @@ def measure(
         "finite": bad is None,
         "kernels_backend_resolved": _resolved_backend(cfg, device),
     }
+    if profiled is not None:
+        out["profiler"] = profiled
     if device.type == "cuda":
         out["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     else:
@@ -427,6 +438,11 @@ def measure(
     del it, model, method, opt
     gc.collect()
     return out
+
+
+@contextlib.contextmanager
+def _null() -> Iterator[None]:
+    yield None
 
 
 def _cycle(loader: Any) -> Iterator[Any]:
