@@ -41,3 +41,52 @@ def test_topk_accuracy():
 def test_linear_bad_labels():
     with pytest.raises(ValueError, match="labels must lie"):
         fit_linear_on_features(torch.randn(4, 3), torch.tensor([0, 1, 2, 3]), 3, epochs=1)
+
+
+def test_linear_augmented_keeps_encoder_frozen():
+    from torch import nn
+
+    from vicc_fast.config import Stream
+    from vicc_fast.data.batch import Batch
+    from vicc_fast.eval.linear import fit_linear_augmented
+
+    class Enc(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv3d(3, 6, 1)
+            self.bn = nn.BatchNorm3d(6)
+
+        def forward(self, x):
+            return self.bn(self.conv(x)).mean(dim=(2, 3, 4))
+
+    class Loader:
+        def __init__(self):
+            g = torch.Generator().manual_seed(0)
+            y = torch.arange(12) % 3
+            x = (torch.eye(3)[y] * 3)[:, :, None, None, None] + 0.2 * torch.randn(12, 3, 2, 2, 2, generator=g)
+            self.batches = [
+                Batch({Stream.rgb: [x[i : i + 4]]}, y[i : i + 4], torch.arange(i, i + 4)) for i in (0, 4, 8)
+            ]
+            self.epochs = []
+
+        def set_epoch(self, e):
+            self.epochs.append(e)
+
+        def __iter__(self):
+            return iter(self.batches)
+
+        def __len__(self):
+            return 3
+
+    enc, loader = Enc().train(), Loader()
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    probe = fit_linear_augmented(enc, loader, Stream.rgb, 6, 3, torch.device("cpu"), epochs=20, lr=0.05)
+    assert loader.epochs == list(range(20))
+    assert all(
+        torch.equal(before[k], v) for k, v in enc.state_dict().items()
+    )  # weights and BN stats untouched
+    assert enc.training  # mode restored
+    with torch.no_grad():
+        feats = torch.cat([enc.eval()(b.views[Stream.rgb][0]) for b in loader.batches])
+    labels = torch.cat([b.label for b in loader.batches])
+    assert topk_accuracy(predict(probe, feats), labels)["top1"] == 100.0

@@ -251,7 +251,10 @@ class Evaluation:
             paths.append(p)
             self._tb_png(f"eval/{self.name}/tsne_{s.value}", p)
             if self.writer is not None:
-                plots.log_embedding(self.writer, f"{self.name}_{s.value}_test", te_n, tel, self.data.classes)
+                plots.log_embedding(
+                    self.writer, f"{self.name}_{s.value}_test", te_n, tel, self.data.classes,
+                    step=len(self.ck.trained_phases),  # a distinct projector folder per stage
+                )  # fmt: skip
         return paths
 
     def grid(self) -> list[Path]:
