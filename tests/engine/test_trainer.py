@@ -244,3 +244,19 @@ def test_sync_bn_on_cpu_ranks_is_refused(tmp_path):
     with pytest.raises(C.ConfigError, match="train.sync_bn"):
         validate_training(cfg, world_size=2, device=torch.device("cpu"))
     validate_training(cfg, world_size=1, device=torch.device("cpu"))
+
+
+def test_tensorboard_scalars_and_torch_profiler_trace(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trace = tmp_path / "trace"
+    cfg = make_cfg(tmp_path, "schedule.phase=rgb1", "profile.steps=[2,4]", f"profile.torch_trace={trace}")
+    Trainer(cfg, TinyMethod(epochs=1), loader_factory=loader_factory(4)).run()
+    ea = EventAccumulator(str(tmp_path / "run" / "tb"))
+    ea.Reload()
+    tags = set(ea.Tags()["scalars"])
+    for t in ("loss", "swap_0", "lr", "clips_per_s", "data_wait_pct", "grad_norm", "queue_active"):
+        assert f"rgb1/{t}" in tags, t
+    lrs = [e.value for e in ea.Scalars("rgb1/lr")]
+    assert lrs[0] > lrs[-1] and len(lrs) == 3  # 6 steps, logged every 2
+    assert (trace / "trace_rank0.json").stat().st_size > 0
