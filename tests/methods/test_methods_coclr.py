@@ -1,0 +1,174 @@
+"""CoCLR: the multi-instance InfoNCE against the paper's pseudocode, top-K mining, UberNCE, momentum, queue."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from methods_helpers import make_batch, small_config, state_at
+
+from vicc_fast.config import Config, MethodName, Stream
+from vicc_fast.methods import build_method
+from vicc_fast.methods.coclr import (
+    CoCLR,
+    coclr_phases,
+    label_positive_mask,
+    multi_instance_nce,
+    topk_positive_mask,
+)
+
+
+def coclr_config(**coclr) -> Config:
+    cfg = small_config(name=MethodName.coclr)
+    cfg.method.coclr.queue_size = 16
+    for k, v in coclr.items():
+        setattr(cfg.method.coclr, k, v)
+    return cfg
+
+
+def pseudocode_loss(z1_q, z1_k, z2, queue_rgb, queue_flow, topk, t):
+    """Appendix B, Algorithm 1 (queues as C x K there; [K, C] rows here), literally."""
+    N = z1_q.shape[0]
+    l_current = torch.einsum("nc,nc->n", [z1_q, z1_k]).unsqueeze(-1)
+    l_history = torch.einsum("nc,ck->nk", [z1_q, queue_rgb.t()])
+    logits = torch.cat([l_current, l_history], dim=1)
+    logits /= t
+    flow_sim = torch.einsum("nc,ck->nk", [z2, queue_flow.t()])
+    _, topkidx = torch.topk(flow_sim, topk, dim=1)
+    topk_onehot = torch.zeros_like(flow_sim)
+    topk_onehot.scatter_(1, topkidx, 1)
+    mask = torch.cat([torch.ones(N, 1), topk_onehot], dim=1)
+    loss = -torch.log((F.softmax(logits, dim=1) * mask).sum(1))
+    return loss.mean()
+
+
+def test_multi_instance_nce_equals_eq2_and_reduces_to_infonce():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 9, generator=g) * 3
+    mask = torch.rand(5, 9, generator=g) > 0.6
+    mask[:, 0] = True
+    ref = -torch.log((F.softmax(logits, dim=1) * mask).sum(1)).mean()
+    torch.testing.assert_close(multi_instance_nce(logits, mask), ref)
+    only_own = torch.zeros_like(mask)
+    only_own[:, 0] = True  # eq. 1: InfoNCE with the positive in column 0
+    torch.testing.assert_close(
+        multi_instance_nce(logits, only_own), F.cross_entropy(logits, torch.zeros(5, dtype=torch.long))
+    )
+
+
+def test_topk_mining_picks_the_k_most_similar():
+    g = torch.Generator().manual_seed(1)
+    sim = torch.randn(6, 20, generator=g)
+    mask = topk_positive_mask(sim, 5)
+    assert (mask.sum(1) == 5).all()
+    for b in range(6):
+        assert set(torch.nonzero(mask[b]).flatten().tolist()) == set(
+            sim[b].argsort(descending=True)[:5].tolist()
+        )
+        assert sim[b][mask[b]].min() >= sim[b][~mask[b]].max()
+    valid = torch.arange(20) < 3  # a queue with 3 real rows: only those can be positives
+    mask = topk_positive_mask(sim, 5, valid)
+    assert mask[:, 3:].sum() == 0 and (mask[:, :3].sum(1) == 3).all()
+
+
+def test_ubernce_positives_equal_the_label_mask():
+    labels = torch.tensor([0, 1, 2])
+    qlab = torch.tensor([1, 0, -1, 2, 1, 0])
+    want = torch.tensor([[0, 1, 0, 0, 0, 1], [1, 0, 0, 0, 1, 0], [0, 0, 0, 1, 0, 0]], dtype=torch.bool)
+    assert torch.equal(label_positive_mask(labels, qlab), want)
+
+
+def test_schedule_matches_the_paper():
+    cfg = Config()
+    got = [(p.name, p.train_stream, p.frozen_stream, p.epochs, p.report) for p in coclr_phases(cfg)]
+    R, Fl = Stream.rgb, Stream.flow
+    assert got == [
+        ("rgb1", R, None, 300, "RGB-1"),
+        ("flow1", Fl, None, 300, "Flow-1"),
+        ("cross_rgb_c1", R, Fl, 100, ""),
+        ("cross_flow_c1", Fl, R, 100, ""),
+        ("cross_rgb_c2", R, Fl, 100, "RGB-2"),
+        ("cross_flow_c2", Fl, R, 100, "Flow-2"),
+    ]
+    assert Config().method.coclr.temperature == 0.07 and Config().method.coclr.momentum == 0.999
+
+
+@pytest.mark.parametrize("name", ["cross_rgb_c1", "cross_flow_c1"])
+def test_cotraining_loss_equals_pseudocode(name):
+    torch.manual_seed(0)
+    cfg = coclr_config(topk=3)
+    m = build_method(cfg)
+    assert isinstance(m, CoCLR)
+    phase = {p.name: p for p in m.phases()}[name]
+    m.train()
+    m.setup_phase(phase)
+    s, t = phase.train_stream.value, phase.frozen_stream.value
+    # a full queue of real rows (the pseudocode has no notion of empty rows)
+    m.queue.queue.copy_(F.normalize(torch.randn(2, 16, 8), dim=-1))
+    m.queue.filled = 16
+    queue = m.queue.queue.clone()
+    batch = make_batch(B=4)
+    out = m.loss(batch, state_at(phase, 0))
+    with torch.no_grad():
+        z1_k = m.key_nets[s].embed(batch.views[phase.train_stream][1])
+        z2 = m.nets[t].embed(batch.views[phase.frozen_stream][0])
+    z1_q = m.nets[s].embed(batch.views[phase.train_stream][0])
+    ref = pseudocode_loss(z1_q, z1_k, z2, queue[0], queue[1], 3, 0.07)
+    torch.testing.assert_close(out["loss"], ref, rtol=1e-5, atol=1e-6)
+    assert out["positives"].item() == 4.0  # own key + top-3
+    # the batch went into the queue: keys, the other stream's features and the labels, aligned
+    torch.testing.assert_close(m.queue.queue[0, :4], z1_k)
+    torch.testing.assert_close(m.queue.queue[1, :4], z2)
+    assert torch.equal(m.queue_labels[:4], batch.label)
+
+
+def test_init_phase_is_moco_infonce():
+    torch.manual_seed(0)
+    m = build_method(coclr_config())
+    phase = m.phases()[0]
+    m.train()
+    m.setup_phase(phase)
+    keys = m.queue.queue[0].clone()
+    batch = make_batch(B=4, streams=(Stream.rgb,))
+    out = m.loss(batch, state_at(phase, 0))
+    with torch.no_grad():
+        zk = m.key_nets["rgb"].embed(batch.views[Stream.rgb][1])
+    zq = m.nets["rgb"].embed(batch.views[Stream.rgb][0])
+    logits = torch.cat([(zq * zk).sum(1, keepdim=True), zq @ keys.t()], dim=1) / 0.07
+    torch.testing.assert_close(out["loss"], F.cross_entropy(logits, torch.zeros(4, dtype=torch.long)))
+
+
+def test_ubernce_method_uses_label_positives():
+    torch.manual_seed(0)
+    m = build_method(coclr_config(ubernce=True))
+    phase = m.phases()[2]
+    m.train()
+    m.setup_phase(phase)
+    m.queue_labels.copy_(torch.tensor([0, 1] * 8))
+    batch = make_batch(B=4)  # labels 0, 1, 0, 1
+    out = m.loss(batch, state_at(phase, 0))
+    assert out["positives"].item() == 1 + 8  # own key + the 8 queue entries of the same class
+
+
+def test_momentum_key_encoder_and_frozen_stream():
+    torch.manual_seed(0)
+    m = build_method(coclr_config())
+    phases = m.phases()
+    m.train()
+    m.setup_phase(phases[0])
+    for k, v in m.key_nets["rgb"].state_dict().items():  # f_k.params = f_q.params at the start
+        assert torch.equal(v, m.nets["rgb"].state_dict()[k])
+    phase = phases[2]  # cross_rgb_c1: flow frozen
+    m.setup_phase(phase)
+    flow_before = {k: v.clone() for k, v in m.nets["flow"].state_dict().items()}
+    opt = torch.optim.SGD(m.trainable_parameters(phase), lr=0.5)
+    key_before = [p.detach().clone() for p in m.key_nets["rgb"].parameters()]
+    out = m.loss(make_batch(), state_at(phase, 0))
+    opt.zero_grad()
+    out["loss"].backward()
+    opt.step()
+    m.after_step(state_at(phase, 0))
+    for kb, k, q in zip(key_before, m.key_nets["rgb"].parameters(), m.nets["rgb"].parameters()):
+        torch.testing.assert_close(k, 0.999 * kb + 0.001 * q)
+    assert not any(p.requires_grad for p in m.key_nets.parameters())
+    for k, v in m.nets["flow"].state_dict().items():
+        assert torch.equal(v, flow_before[k]), k
+    assert not m.nets["flow"].training

@@ -1,0 +1,209 @@
+"""CoCLR: self-supervised co-training for video representation learning (Han et al. 2020), on the shared engine.
+
+Initialisation (``rgb1``, ``flow1``): InfoNCE per stream, MoCo-style: a momentum key encoder (m = 0.999) and a
+queue of past keys as negatives, temperature 0.07 (CoCLR eq. 1, appendix A.3).
+Co-training (``cross_cycles`` x (``cross_rgb_cN``, ``cross_flow_cN``)): the training stream s is optimised with a
+multi-instance InfoNCE (eq. 2) whose positives are its own key plus the queue entries whose *other-stream*
+features (frozen stream t, queued alongside the keys) are the top-K most similar to this sample's t feature
+(eq. 3, appendix B pseudocode). ``method.coclr.ubernce`` replaces every phase's positives with the queue
+entries of the same class label (the UberNCE oracle, an upper bound that reads labels).
+
+The schedule reuses ``cfg.schedule`` (single_epochs, cross_cycles, cross_epochs): the paper's 300 + 2 x (100 +
+100) epochs on UCF101 match ViCC's.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from vicc_fast.config import Config, Stream
+from vicc_fast.data.batch import Batch
+from vicc_fast.methods.base import Method, PhaseSpec, StepState
+from vicc_fast.methods.common import (
+    EncoderRunner,
+    FeatureQueue,
+    StreamNet,
+    fp32,
+    plain_run,
+    set_trainable,
+    world_size,
+)
+
+REPORT = {Stream.rgb: "RGB", Stream.flow: "Flow"}
+
+
+# ------------------------------------------------------------------------------------ pure functions
+def multi_instance_nce(logits: torch.Tensor, pos_mask: torch.Tensor) -> torch.Tensor:
+    """Multi-instance InfoNCE (CoCLR eq. 2): -mean_b log( sum_{p in P_b} softmax(logits_b)_p ).
+
+    logits: [B, M] similarities / tau (column 0 the own key, then the queue), pos_mask: [B, M] bool with at
+    least one True per row -> 0-dim. Written as logsumexp over positives minus logsumexp over all (stable).
+    With only column 0 positive it is MoCo's InfoNCE (eq. 1).
+    """
+    logits = logits.float()
+    pos = logits.masked_fill(~pos_mask, float("-inf"))
+    return (torch.logsumexp(logits, dim=1) - torch.logsumexp(pos, dim=1)).mean()
+
+
+def topk_positive_mask(sim: torch.Tensor, k: int, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """The K most similar entries per row as a mask (CoCLR eq. 3: topK(z_2i . z_2j)).
+
+    sim: [B, L] similarities of this batch's other-stream features to the queued ones; valid: [L] bool (rows
+    of the queue that hold real features; None = all) -> [B, L] bool with min(k, #valid) True per row.
+    """
+    if valid is not None:
+        sim = sim.masked_fill(~valid.unsqueeze(0), float("-inf"))
+    k = min(k, sim.shape[1])
+    mask = torch.zeros_like(sim, dtype=torch.bool)
+    if k <= 0:
+        return mask
+    vals, idx = torch.topk(sim, k, dim=1)
+    mask.scatter_(1, idx, torch.isfinite(vals))
+    return mask
+
+
+def label_positive_mask(labels: torch.Tensor, queue_labels: torch.Tensor) -> torch.Tensor:
+    """UberNCE's oracle positives: queue entries of the same class. labels: [B], queue_labels: [L] (-1 = empty)
+    -> [B, L] bool."""
+    return (labels.unsqueeze(1) == queue_labels.unsqueeze(0)) & (queue_labels >= 0).unsqueeze(0)
+
+
+@torch.no_grad()
+def momentum_update(key: nn.Module, query: nn.Module, m: float) -> None:
+    """key <- m * key + (1 - m) * query, parameters only (buffers, e.g. BN statistics, are the key's own)."""
+    kp = [p.data for p in key.parameters()]
+    qp = [p.data for p in query.parameters()]
+    torch._foreach_mul_(kp, m)
+    torch._foreach_add_(kp, qp, alpha=1.0 - m)
+
+
+def _gather(t: torch.Tensor) -> torch.Tensor:
+    """All ranks' rows, rank order (no grad); the tensor itself on one process."""
+    if world_size() == 1:
+        return t
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
+
+
+def coclr_phases(cfg: Config) -> list[PhaseSpec]:
+    sc = cfg.schedule
+    phases = [
+        PhaseSpec(f"{s.value}1", s, None, (s,), 2, sc.single_epochs, 0, 0, f"{REPORT[s]}-1")
+        for s in (Stream.rgb, Stream.flow)
+    ]
+    for c in range(1, sc.cross_cycles + 1):
+        for s, t in ((Stream.rgb, Stream.flow), (Stream.flow, Stream.rgb)):
+            report = f"{REPORT[s]}-2" if c == sc.cross_cycles else ""
+            phases.append(PhaseSpec(f"cross_{s.value}_c{c}", s, t, (s, t), 2, sc.cross_epochs, 0, 0, report))
+    return phases
+
+
+# ------------------------------------------------------------------------------------------ the method
+class CoCLR(Method):
+    """Query networks (backbone + 2-layer head) and momentum key networks of both streams, one key queue.
+
+    The queue holds, per phase, [keys of s; features of t] as two aligned views plus the clip labels (for
+    UberNCE and diagnostics). It is the global queue (every rank enqueues all ranks' keys, as MoCo), started
+    full of random unit vectors (MoCo) that serve as negatives only: top-K mining looks at real rows only.
+    """
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        self.cfg = cfg
+        c = cfg.method.coclr
+        self.nets = nn.ModuleDict({s.value: StreamNet(cfg.model) for s in Stream})
+        self.key_nets = nn.ModuleDict({s.value: copy.deepcopy(self.nets[s.value]) for s in Stream})
+        for k in self.key_nets.values():
+            set_trainable(k, False)
+            k.train()  # MoCo's key encoder runs BN in training mode
+        self.queue = FeatureQueue(2, c.queue_size, cfg.model.proj_dim)
+        self.register_buffer("queue_labels", torch.full((c.queue_size,), -1, dtype=torch.long))
+        self.run_encoder: EncoderRunner = plain_run
+        self._phase: PhaseSpec | None = None
+
+    def phases(self) -> list[PhaseSpec]:
+        return coclr_phases(self.cfg)
+
+    def setup_phase(self, phase: PhaseSpec) -> None:
+        self._phase = phase
+        s = phase.train_stream.value
+        for st in Stream:
+            set_trainable(self.nets[st.value], st.value == s)
+        if self.queue.owner != phase.name:  # a new phase, not a resumed one
+            self.queue.claim(phase.name)
+            with torch.no_grad():
+                self.queue.queue.copy_(F.normalize(torch.randn_like(self.queue.queue), dim=-1))
+                self.queue_labels.fill_(-1)
+                self.key_nets[s].load_state_dict(self.nets[s].state_dict())  # CoCLR: f_k.params = f_q.params
+
+    def train(self, mode: bool = True) -> CoCLR:
+        super().train(mode)
+        if self._phase is not None:
+            for st in Stream:
+                if st != self._phase.train_stream:
+                    self.nets[st.value].eval()
+        return self
+
+    def trainable_parameters(self, phase: PhaseSpec) -> list[nn.Parameter]:
+        return list(self.nets[phase.train_stream.value].parameters())
+
+    def encoders(self) -> dict[Stream, nn.Module]:
+        return {s: self.nets[s.value].backbone for s in Stream}
+
+    def forward(self, batch: Batch, state: StepState) -> dict[str, torch.Tensor]:
+        return self.loss(batch, state)
+
+    # ---------------------------------------------------------------------------------------- the step
+    def loss(self, batch: Batch, state: StepState) -> dict[str, torch.Tensor]:
+        phase = state.phase
+        c = self.cfg.method.coclr
+        s, t = phase.train_stream, phase.frozen_stream
+        x_q, x_k = batch.views[s][0], batch.views[s][1]
+        zq = self.nets[s.value].embed(x_q, self.run_encoder)  # [B, D]
+        with torch.no_grad():
+            zk = self.key_nets[s.value].embed(x_k)
+            zt = self.nets[t.value].embed(batch.views[t][0]) if t is not None else None
+        # a copy: the enqueue below writes the buffer in place, and backward needs the keys (as MoCo's clone)
+        keys, tq = self.queue.queue[0].clone(), self.queue.queue[1]  # [L, D] each
+        L = keys.shape[0]
+        with fp32(zq.device):
+            l_pos = (zq * zk).sum(dim=1, keepdim=True)  # [B, 1]
+            l_neg = zq @ keys.t()  # [B, L]
+            logits = torch.cat([l_pos, l_neg], dim=1) / c.temperature
+            with torch.no_grad():
+                if c.ubernce:
+                    extra = label_positive_mask(batch.label.to(zq.device), self.queue_labels)
+                elif zt is not None:
+                    valid = torch.arange(L, device=zq.device) < self.queue.filled
+                    extra = topk_positive_mask(zt @ tq.t(), c.topk, valid)
+                else:
+                    extra = torch.zeros_like(l_neg, dtype=torch.bool)
+                pos_mask = torch.cat([torch.ones_like(l_pos, dtype=torch.bool), extra], dim=1)
+            loss = multi_instance_nce(logits, pos_mask)
+        self._enqueue(zk, zt, batch.label.to(zq.device))
+        out = {"loss": loss}
+        with torch.no_grad():
+            out["positives"] = pos_mask.sum(dim=1).float().mean()
+            if zt is not None and not c.ubernce:  # how often mined positives share the label (labels read
+                lab = label_positive_mask(batch.label.to(zq.device), self.queue_labels)  # for logging only)
+                out["mined_precision"] = (extra & lab).sum() / extra.sum().clamp_min(1)
+        return out
+
+    @torch.no_grad()
+    def _enqueue(self, zk: torch.Tensor, zt: torch.Tensor | None, labels: torch.Tensor) -> None:
+        zk, labels = _gather(zk), _gather(labels)
+        zt = _gather(zt) if zt is not None else torch.zeros_like(zk)
+        B, L = zk.shape[0], self.queue.length
+        idx = (self.queue.ptr + torch.arange(min(B, L), device=zk.device)) % L
+        self.queue_labels[idx] = labels[-L:]
+        self.queue.push(torch.stack([zk, zt]), backend=self.cfg.kernels.backend.value)
+
+    def after_step(self, state: StepState) -> None:
+        s = state.phase.train_stream.value
+        momentum_update(self.key_nets[s], self.nets[s], self.cfg.method.coclr.momentum)

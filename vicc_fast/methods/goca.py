@@ -1,0 +1,225 @@
+"""GOCA: guided online cluster assignment (Coskun et al. 2022), on the shared engine.
+
+One joint phase trains the RGB and flow backbones end to end. They share one projection head and one set of
+prototypes P (``variant=goca``). Each view's initial assignment D' is plain Sinkhorn with entropy weight
+lambda1 (eq. 5); the final assignment of a view uses the *other stream's* D' of the same clip as a prior
+(eq. 6-8: K = exp((-C + lambda2 log D') / (lambda1 + lambda2)), C = -scores), computed with
+``kernels.sinkhorn_prior``. The loss is SwAV's swapped prediction between the two augmentations of each stream
+(eq. 12-13): RGB and flow features interact only through the assignments. Prototypes are not trained by the
+loss: they are placed by the hyperspherical regulariser (eq. 11: minimise the mean over prototypes of the largest
+off-diagonal cosine similarity, re-projected to unit length) -- ``proto_reg_init_steps`` steps when the phase
+starts (the paper's one-off initialisation) and ``proto_reg_steps`` after every optimiser step (i.e. before the
+next one).
+
+Baselines (paper section 4.1) as ``method.goca.variant``: ``sview`` (independent backbones, heads and
+prototypes; SwAV per stream), ``avg`` (the two backbones' features averaged before the shared head: one
+two-view SwAV problem), ``sep`` (separate backbones, shared head and prototypes, no prior). Plain Sinkhorn in
+every variant uses eps = lambda1, so that ``goca`` and ``sep`` differ only by the prior.
+
+The softmax of eq. 2 is written without a temperature in the paper; as in SwAV, on whose code it builds, we
+divide the scores by ``method.temperature``. The loss is eq. 12 divided by its number of terms (SwAV's mean).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import kernels
+from vicc_fast.config import Config, GocaVariant, Stream
+from vicc_fast.data.batch import Batch
+from vicc_fast.methods.base import Method, PhaseSpec, StepState
+from vicc_fast.methods.common import (
+    EncoderRunner,
+    FeatureQueue,
+    cat_views,
+    fp32,
+    plain_run,
+    sinkhorn_all_reduce,
+    world_size,
+)
+from vicc_fast.models import Prototypes, build_encoder, build_head
+
+STREAMS = (Stream.rgb, Stream.flow)
+
+
+# ------------------------------------------------------------------------------------ pure functions
+def prototype_reg_loss(w: torch.Tensor) -> torch.Tensor:
+    """GOCA eq. 11: L_reg = 1/N sum_i max_j (W W^T - 2I)_ij. w: [N, D] unit rows -> 0-dim.
+    The -2I removes each prototype's similarity to itself from the maximum."""
+    omega = w @ w.t() - 2.0 * torch.eye(w.shape[0], device=w.device, dtype=w.dtype)
+    return omega.max(dim=1).values.mean()
+
+
+@torch.no_grad()
+def regularise_prototypes_(weight: torch.Tensor, steps: int, lr: float) -> None:
+    """``steps`` gradient-descent steps on :func:`prototype_reg_loss`, each followed by re-projection onto the
+    unit sphere; in place on ``weight`` [N, D]."""
+    if steps <= 0:
+        return
+    w = F.normalize(weight.detach().float(), dim=1)
+    for _ in range(steps):
+        with torch.enable_grad(), fp32(w.device):
+            w.requires_grad_(True)
+            (g,) = torch.autograd.grad(prototype_reg_loss(w), [w])
+        w = F.normalize(w.detach() - lr * g, dim=1)
+    weight.copy_(w.to(weight.dtype))
+
+
+def swap_mask_per_stream(num_streams: int, views: int, device: torch.device) -> torch.Tensor:
+    """[S*V, S*V] bool: view p predicts view t's target iff both are views of the same stream and p != t
+    (GOCA eq. 13: swapped prediction within a stream, streams only meet in the assignments)."""
+    n = num_streams * views
+    same = torch.block_diag(*[torch.ones(views, views, dtype=torch.bool) for _ in range(num_streams)])
+    return (same & ~torch.eye(n, dtype=torch.bool)).to(device)
+
+
+def goca_phases(cfg: Config) -> list[PhaseSpec]:
+    g, sc = cfg.method.goca, cfg.schedule
+    epochs = g.epochs or (2 * sc.single_epochs + 2 * sc.cross_cycles * sc.cross_epochs) // 2
+    qstart = epochs if cfg.method.queue_size == 0 else min(g.queue_start_epoch, epochs)
+    # train_stream is nominal (both streams train); no prototype freezing: the loss never trains them
+    return [PhaseSpec("joint", Stream.rgb, None, STREAMS, 2, epochs, qstart, 0, "Joint")]
+
+
+# ------------------------------------------------------------------------------------------ the method
+class GOCA(Method):
+    """Two backbones; heads and prototypes shared (goca, sep, avg) or per stream (sview); a 4-view queue."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.variant = GocaVariant(cfg.method.goca.variant)
+        mc = cfg.model
+        self.backbones = nn.ModuleDict({s.value: build_encoder(mc) for s in STREAMS})
+        fdim = self.backbones["rgb"].feature_dim
+        shared = self.variant is not GocaVariant.sview
+        names = ["shared"] if shared else [s.value for s in STREAMS]
+        self.heads = nn.ModuleDict({n: build_head(mc, fdim) for n in names})
+        self.protos = nn.ModuleDict({n: Prototypes(mc.proj_dim, mc.num_prototypes) for n in names})
+        views = 2 if self.variant is GocaVariant.avg else 4
+        self.queue = FeatureQueue(views, cfg.method.queue_size // world_size(), mc.proj_dim)
+        self.run_encoder: EncoderRunner = plain_run
+        self.backend = cfg.kernels.backend.value
+
+    def _part(self, stream: Stream) -> str:
+        return "shared" if "shared" in self.heads else stream.value
+
+    def phases(self) -> list[PhaseSpec]:
+        return goca_phases(self.cfg)
+
+    def setup_phase(self, phase: PhaseSpec) -> None:
+        for p in self.parameters():
+            p.requires_grad_(True)
+        for protos in self.protos.values():
+            protos.weight.requires_grad_(False)  # placed by the regulariser, never by the loss
+        if self.queue.owner != phase.name:  # a new phase (not a resume): the paper's one-off initialisation
+            self.queue.claim(phase.name)
+            g = self.cfg.method.goca
+            for protos in self.protos.values():
+                regularise_prototypes_(protos.weight, g.proto_reg_init_steps, g.proto_reg_lr)
+
+    def trainable_parameters(self, phase: PhaseSpec) -> list[nn.Parameter]:
+        return list(self.backbones.parameters()) + list(self.heads.parameters())
+
+    def encoders(self) -> dict[Stream, nn.Module]:
+        return {s: self.backbones[s.value] for s in STREAMS}
+
+    def forward(self, batch: Batch, state: StepState) -> dict[str, torch.Tensor]:
+        return self.loss(batch, state)
+
+    def after_step(self, state: StepState) -> None:
+        """The regulariser's steps for the next training step (GOCA: "before each step")."""
+        g = self.cfg.method.goca
+        for protos in self.protos.values():
+            regularise_prototypes_(protos.weight, g.proto_reg_steps, g.proto_reg_lr)
+
+    # ---------------------------------------------------------------------------------------- the step
+    def embed(self, batch: Batch) -> torch.Tensor:
+        """Unit embeddings [V, B, D]: rgb_0, rgb_1, flow_0, flow_1 (avg: the two averaged views only)."""
+        feats = {}
+        for s in STREAMS:
+            vs = batch.views[s][:2]
+            feats[s] = self.run_encoder(self.backbones[s.value], cat_views(vs))  # [2B, F]
+        B = batch.views[Stream.rgb][0].shape[0]
+        if self.variant is GocaVariant.avg:
+            z = self.heads["shared"]((feats[Stream.rgb] + feats[Stream.flow]) / 2)
+        else:
+            z = torch.cat([self.heads[self._part(s)](feats[s]) for s in STREAMS])
+        return z.view(-1, B, z.shape[-1])
+
+    @torch.no_grad()
+    def assignments(self, z: torch.Tensor, queue_rows: torch.Tensor | None) -> torch.Tensor:
+        """Targets Q [V, B, K] of the embeddings z [V, B, D] (queue_rows: [V, L, D] or None)."""
+        m, g = self.cfg.method, self.cfg.method.goca
+        V, B, _ = z.shape
+        zz = z if queue_rows is None or queue_rows.shape[1] == 0 else torch.cat([z, queue_rows], dim=1)
+        if self.variant in (GocaVariant.avg, GocaVariant.sep):
+            w = self.protos["shared"].weight
+            return kernels.sinkhorn(
+                kernels.prototype_scores(zz, w, backend=self.backend),
+                g.lambda1,
+                m.sinkhorn_iters,
+                B,
+                sinkhorn_all_reduce(),
+                backend=self.backend,
+            )
+        if self.variant is GocaVariant.sview:
+            out = []
+            for i, s in enumerate(STREAMS):
+                sc = kernels.prototype_scores(
+                    zz[2 * i : 2 * i + 2], self.protos[s.value].weight, backend=self.backend
+                )
+                out.append(
+                    kernels.sinkhorn(
+                        sc, g.lambda1, m.sinkhorn_iters, B, sinkhorn_all_reduce(), backend=self.backend
+                    )
+                )
+            return torch.cat(out)
+        # goca: D' per view over all rows, then each view's final assignment with the other stream's D' as prior
+        scores = kernels.prototype_scores(zz, self.protos["shared"].weight, backend=self.backend)  # [4, N, K]
+        N = scores.shape[1]
+        d0 = kernels.sinkhorn(
+            scores, g.lambda1, m.sinkhorn_iters, N, sinkhorn_all_reduce(), backend=self.backend
+        )
+        prior = torch.cat([d0[2:], d0[:2]])  # rgb_v <- flow_v, flow_v <- rgb_v (aligned clips)
+        return kernels.sinkhorn_prior(
+            scores,
+            prior,
+            g.lambda1,
+            g.lambda2,
+            m.sinkhorn_iters,
+            B,
+            sinkhorn_all_reduce(),
+            backend=self.backend,
+        )
+
+    def loss(self, batch: Batch, state: StepState) -> dict[str, torch.Tensor]:
+        z = self.embed(batch)  # [V, B, D]
+        V, B, _ = z.shape
+        use_queue = state.queue_active and self.queue.length > 0
+        with fp32(z.device):
+            if self.variant is GocaVariant.sview:
+                P = torch.cat(
+                    [
+                        self.protos[s.value](z[2 * i : 2 * i + 2].reshape(2 * B, -1))
+                        for i, s in enumerate(STREAMS)
+                    ]
+                )
+            else:
+                P = self.protos["shared"](z.reshape(V * B, -1))
+            P = P.view(V, B, -1)
+            Q = self.assignments(z.detach(), self.queue.rows(V) if use_queue else None)
+            mask = swap_mask_per_stream(V // 2, 2, z.device)
+            loss = kernels.swapped_loss(P, Q, mask, self.cfg.method.temperature, backend=self.backend)
+        if use_queue:
+            self.queue.push(z.detach(), backend=self.backend)
+        with torch.no_grad():
+            w = next(iter(self.protos.values())).weight
+            max_sim = (w @ w.t() - 2 * torch.eye(w.shape[0], device=w.device)).max()
+        return {
+            "loss": loss,
+            "proto_max_similarity": max_sim,
+            "queue_on": torch.tensor(float(use_queue), device=z.device),
+        }
