@@ -98,9 +98,9 @@ def ensure_shards(cfg: Config) -> Manifest:
     ``data.build_if_missing`` says so."""
     root = Path(cfg.data.root)
     if not (root / "manifest.json").is_file() and cfg.data.build_if_missing:
-        from data_prep.build import build_synthetic_shards  # offline tool, imported only when needed
+        from data_prep.build import build_synthetic  # offline tool, imported only when needed
 
-        build_synthetic_shards(cfg, root)
+        build_synthetic(root, cfg.data.synthetic, workers=cfg.data.threads)
     return load_manifest(root)
 
 
