@@ -148,6 +148,7 @@ def test_killed_mid_phase_then_resumed_equals_uninterrupted(tmp_path, amp):
         2,
     )  # mid-epoch, mid-phase, queue filled
     assert last["method"]["queue"].abs().sum() > 0
+    assert last["loader_epoch"] == 2 + 1  # rgb1's two epochs, then flow1's second
     resumed = fresh()
     torch.manual_seed(123)  # a different RNG state in the new process must not matter
     Trainer(cfg, resumed, loader_factory=loader_factory(4), tensorboard=False).run()

@@ -332,7 +332,7 @@ class Trainer:
                 if p.name in self.completed:
                     continue
                 pos = position if position is not None and position.phase == p.name else None
-                self._train_phase(p, phases, pos)
+                self._train_phase(p, pos)
                 self.completed.append(p.name)
                 self._save(p, epoch=p.epochs, step=0, optimizer=None, scaler=None, phase_end=True)
                 self._evaluate(p)
@@ -353,10 +353,9 @@ class Trainer:
             self.logger.write(f"{phase.name} ({phase.report or '-'}): {format_metrics(res)}")
 
     # ------------------------------------------------------------------------------------------ one phase
-    def _train_phase(self, phase: PhaseSpec, phases: list[PhaseSpec], pos: _Position | None) -> None:
+    def _train_phase(self, phase: PhaseSpec, pos: _Position | None) -> None:
         cfg, device = self.cfg, self.device
-        phase_idx = phases.index(phase)
-        epoch_offset = sum(p.epochs for p in phases[:phase_idx])
+        epoch_offset = self._epoch_offset(phase)
         self.method.train()
         self.method.setup_phase(phase)
         trainable = self.method.trainable_parameters(phase)
@@ -444,6 +443,11 @@ class Trainer:
             if shuffle is not None:
                 shuffle.remove()
             self.logger.end_phase()
+
+    def _epoch_offset(self, phase: PhaseSpec) -> int:
+        """Loader epochs run before this phase in the whole schedule: every phase sees its own orders."""
+        phases = self.method.phases()
+        return sum(p.epochs for p in phases[: phases.index(phase)])
 
     def _step(
         self,
@@ -553,6 +557,8 @@ class Trainer:
                 "rng": ckpt.capture_rng(),
                 "completed": list(self.completed),
                 "global_step": self.run_step,
+                # the loader epoch the position falls in (set_epoch argument): order and augmentations follow it
+                "loader_epoch": self._epoch_offset(phase) + min(epoch, phase.epochs - 1),
             }
             ckpt.save(ckpt.latest_path(self.out_dir), state)
             if phase_end:
