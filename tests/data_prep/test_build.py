@@ -194,3 +194,27 @@ def test_build_synthetic_one_call(tmp_path):
     stamp = path.stat().st_mtime_ns
     assert build.build_synthetic(tmp_path / "syn", cfg, workers=1, progress=False) == path
     assert path.stat().st_mtime_ns == stamp  # same settings: nothing rebuilt
+
+
+def test_interrupted_rebuild_leaves_no_complete_looking_folder(built, tmp_path, monkeypatch):
+    """A crash while packing (after the first shard) leaves no manifest: the folder reads as unfinished."""
+    root, out0, _ = built
+    out = Path(shutil.copytree(out0, tmp_path / "out"))
+    real = shards.write_shard
+    calls = []
+
+    def crash_after_first(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(shards, "write_shard", crash_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        build.build(load_records("ucf101", root), out, log=lambda *_: None, **KW)
+    assert not (out / "manifest.json").exists()
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+    assert verify.main([str(out), "--no-progress"]) == 1
+    monkeypatch.setattr(shards, "write_shard", real)
+    again = build.build(load_records("ucf101", root), out, log=lambda *_: None, **KW)
+    assert again.reused == 6 and verify.verify(out, progress=False, report=lambda _: None) == 0
