@@ -1,0 +1,173 @@
+"""GOCA: assignments with a prior (Lemma 1), the loss (eq. 12-13), the prototype regulariser (eq. 11), variants."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from methods_helpers import make_batch, small_config, state_at
+
+import kernels
+from vicc_fast.config import Config, GocaVariant, MethodName, Stream
+from vicc_fast.methods import build_method
+from vicc_fast.methods.goca import GOCA, goca_phases, prototype_reg_loss, regularise_prototypes_
+
+
+def goca_config(variant=GocaVariant.goca, **goca) -> Config:
+    cfg = small_config(name=MethodName.goca)
+    cfg.method.goca.variant = variant
+    cfg.method.goca.proto_reg_init_steps = 20
+    for k, v in goca.items():
+        setattr(cfg.method.goca, k, v)
+    return cfg
+
+
+def lemma1_sinkhorn(C, prior, lam1, lam2, iters):
+    """GOCA eq. 8-10 literally: D = diag(u) K diag(v), K = exp((-C + lam2 log D') / (lam1 + lam2)), with u, v
+    from Sinkhorn's alternating scaling to D 1_N = 1/M, D^T 1_M = 1/N (prototype sums first, as SwAV); rows of
+    the result rescaled to sum to 1. C, prior: [M, N] -> [M, N] (float64)."""
+    Kmat = torch.exp((-C.double() + lam2 * torch.log(prior.double())) / (lam1 + lam2))
+    M, N = Kmat.shape
+    D = Kmat / Kmat.sum()
+    for _ in range(iters):
+        D = D / D.sum(dim=0, keepdim=True) / N  # every prototype gets 1/N of the mass
+        D = D / D.sum(dim=1, keepdim=True) / M  # every sample 1/M
+    return D * M
+
+
+def test_prior_sinkhorn_reduces_to_plain_when_lambda2_is_zero():
+    g = torch.Generator().manual_seed(0)
+    scores = (
+        F.normalize(torch.randn(10, 8, generator=g), dim=1)
+        @ F.normalize(torch.randn(6, 8, generator=g), dim=1).t()
+    )
+    prior = torch.softmax(torch.randn(10, 6, generator=g), dim=1)
+    q = kernels.sinkhorn_prior(scores, prior, 0.02, 0.0, 3, 10, backend="torch")
+    torch.testing.assert_close(q, kernels.sinkhorn(scores, 0.02, 3, 10, backend="torch"))
+
+
+def test_prior_sinkhorn_equals_lemma1():
+    g = torch.Generator().manual_seed(1)
+    scores = (
+        F.normalize(torch.randn(10, 8, generator=g), dim=1)
+        @ F.normalize(torch.randn(6, 8, generator=g), dim=1).t()
+    )
+    prior = torch.softmax(torch.randn(10, 6, generator=g) * 3, dim=1)
+    q = kernels.sinkhorn_prior(scores, prior, 0.02, 0.03, 3, 10, backend="torch")
+    torch.testing.assert_close(
+        q.double(), lemma1_sinkhorn(-scores, prior, 0.02, 0.03, 3), rtol=1e-4, atol=1e-6
+    )
+
+
+def swapped_terms(z_t, z_s, d_t, d_s, W, tau):
+    """GOCA eq. 13 for one stream, batch-averaged: l(d^t, g^s) + l(d^s, g^t), g = softmax(f^T p / tau)."""
+    g_s = F.softmax(z_s.double() @ W.double().t() / tau, dim=1)
+    g_t = F.softmax(z_t.double() @ W.double().t() / tau, dim=1)
+    return (-(d_t * torch.log(g_s)).sum(1) - (d_s * torch.log(g_t)).sum(1)).mean()
+
+
+def test_goca_loss_equals_eq12_with_lemma1_assignments():
+    torch.manual_seed(0)
+    cfg = goca_config()
+    m = build_method(cfg)
+    assert isinstance(m, GOCA)
+    phase = m.phases()[0]
+    m.train()
+    m.setup_phase(phase)
+    batch = make_batch(B=5)
+    out = m.loss(batch, state_at(phase, 0))
+    z = m.embed(batch).detach()  # rgb_0, rgb_1, flow_0, flow_1
+    W = m.protos["shared"].weight
+    lam1, lam2, it, tau = 0.02, 0.03, 3, 0.1
+    C = [-(z[v].double() @ W.double().t()) for v in range(4)]
+    d0 = [lemma1_sinkhorn(C[v], torch.ones_like(C[v]), lam1, 0.0, it) for v in range(4)]  # D' (eq. 5)
+    prior = [d0[2], d0[3], d0[0], d0[1]]  # RGB guided by flow's D' of the same clip, and vice versa
+    D = [lemma1_sinkhorn(C[v], prior[v], lam1, lam2, it) for v in range(4)]  # eq. 6-8
+    L_rgb = swapped_terms(z[0], z[1], D[0], D[1], W, tau)
+    L_flow = swapped_terms(z[2], z[3], D[2], D[3], W, tau)
+    L_final = L_rgb + L_flow  # eq. 12
+    torch.testing.assert_close(out["loss"].double(), L_final / 4, rtol=1e-4, atol=1e-5)
+
+
+def test_regulariser_equals_eq11_and_lowers_the_max_similarity():
+    g = torch.Generator().manual_seed(0)
+    W = F.normalize(torch.randn(20, 8, generator=g), dim=1)
+    S = W @ W.t()
+    ref = torch.stack([torch.cat([S[i, :i], S[i, i + 1 :]]).max() for i in range(20)]).mean()
+    torch.testing.assert_close(prototype_reg_loss(W), ref)
+    before = (S - 2 * torch.eye(20)).max()
+    W2 = W.clone()
+    regularise_prototypes_(W2, 200, 0.1)
+    after = (W2 @ W2.t() - 2 * torch.eye(20)).max()
+    assert after < before - 0.05
+    assert prototype_reg_loss(W2) < prototype_reg_loss(W)
+    torch.testing.assert_close(W2.norm(dim=1), torch.ones(20))
+
+
+def test_prototypes_placed_by_regulariser_not_by_the_loss():
+    torch.manual_seed(0)
+    cfg = goca_config(proto_reg_steps=0)
+    m = build_method(cfg)
+    phase = m.phases()[0]
+    w_init = m.protos["shared"].weight.detach().clone()
+    m.train()
+    m.setup_phase(phase)  # the one-off initialisation moved them apart
+    w0 = m.protos["shared"].weight.detach().clone()
+    assert prototype_reg_loss(w0) < prototype_reg_loss(w_init)
+    assert not any(p is m.protos["shared"].weight for p in m.trainable_parameters(phase))
+    opt = torch.optim.SGD(m.trainable_parameters(phase), lr=0.5)
+    out = m.loss(make_batch(), state_at(phase, 0))
+    out["loss"].backward()
+    opt.step()
+    m.after_step(state_at(phase, 0))
+    assert torch.equal(m.protos["shared"].weight, w0)  # proto_reg_steps=0: untouched by training
+    assert all(p.grad is not None for p in m.backbones["rgb"].parameters())
+    assert all(p.grad is not None for p in m.backbones["flow"].parameters())  # joint, end to end
+
+
+def test_variants():
+    torch.manual_seed(0)
+    batch = make_batch(B=4)
+    qs = {}
+    for v in GocaVariant:
+        m = build_method(goca_config(v))
+        phase = m.phases()[0]
+        m.train()
+        m.setup_phase(phase)
+        out = m.loss(batch, state_at(phase, 0))
+        assert torch.isfinite(out["loss"])
+        z = m.embed(batch).detach()
+        assert z.shape[0] == (2 if v is GocaVariant.avg else 4)
+        qs[v] = (m, z, m.assignments(z, None))
+    assert set(qs[GocaVariant.sview][0].protos) == {"rgb", "flow"}  # independent heads and prototypes
+    assert set(qs[GocaVariant.sep][0].protos) == {"shared"}
+    m, z, q = qs[GocaVariant.sep]  # sep: plain Sinkhorn, no prior
+    plain = kernels.sinkhorn(z @ m.protos["shared"].weight.t(), 0.02, 3, 4, backend="torch")
+    torch.testing.assert_close(q, plain)
+    m, z, q = qs[GocaVariant.goca]  # goca: the prior changes the assignment
+    plain = kernels.sinkhorn(z @ m.protos["shared"].weight.t(), 0.02, 3, 4, backend="torch")
+    assert not torch.allclose(q, plain, atol=1e-3)
+
+
+def test_schedule_and_queue():
+    cfg = Config()
+    (phase,) = goca_phases(cfg)
+    assert phase.epochs == 500 and phase.streams == (Stream.rgb, Stream.flow) and phase.frozen_stream is None
+    torch.manual_seed(0)
+    m = build_method(goca_config())
+    phase = m.phases()[0]
+    m.setup_phase(phase)
+    with torch.no_grad():
+        m.loss(make_batch(), state_at(phase, phase.queue_start_epoch - 1))
+        assert m.queue.filled == 0
+        m.loss(make_batch(), state_at(phase, phase.queue_start_epoch))
+        assert m.queue.filled == 4
+
+
+@pytest.mark.parametrize("variant", list(GocaVariant))
+def test_bf16_autocast(variant):
+    torch.manual_seed(0)
+    m = build_method(goca_config(variant))
+    phase = m.phases()[0]
+    m.setup_phase(phase)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m.loss(make_batch(), state_at(phase, 0))
+    assert out["loss"].dtype == torch.float32 and torch.isfinite(out["loss"])
