@@ -83,8 +83,13 @@ class BuildReport:
 
 
 # ------------------------------------------------------------------------------------ per-video work
-def read_video(path: str | Path) -> tuple[np.ndarray, float, str | None]:
+def read_video(
+    path: str | Path, height: int | None = None, width: int | None = None
+) -> tuple[np.ndarray, float, str | None]:
     """All frames of a video file -> ([T, H, W, 3] uint8 RGB, fps, note). Raises VideoError saying why not.
+
+    With height and width, each frame is resized as it is decoded (a long source video is never held at
+    its full resolution).
 
     note is None, or says why decoding stopped early (a damaged tail, common in UCF101/HMDB51 .avi files:
     the frames before it are kept, and the build reports the note).
@@ -102,7 +107,8 @@ def read_video(path: str | Path) -> tuple[np.ndarray, float, str | None]:
             s = c.streams.video[0]
             fps = float(s.average_rate or s.guessed_rate or 0) or 25.0
             for f in c.decode(s):
-                frames.append(f.to_ndarray(format="rgb24"))
+                rgb = f.to_ndarray(format="rgb24")
+                frames.append(rgb if height is None else _resize(rgb, height, width or rgb.shape[1]))
     except av.error.FFmpegError as e:
         if not frames:
             raise VideoError(f"unreadable video: {e}") from e
@@ -112,13 +118,17 @@ def read_video(path: str | Path) -> tuple[np.ndarray, float, str | None]:
     return np.stack(frames), fps, note
 
 
+def _resize(frame: np.ndarray, height: int, width: int) -> np.ndarray:
+    h, w = frame.shape[:2]
+    if (h, w) == (height, width):
+        return frame
+    interp = cv2.INTER_AREA if height <= h and width <= w else cv2.INTER_LINEAR
+    return cv2.resize(frame, (width, height), interpolation=interp)
+
+
 def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
     """[T, h, w, 3] -> [T, height, width, 3] uint8 (area averaging when shrinking, so no aliasing)."""
-    t, h, w, _ = frames.shape
-    if (h, w) == (height, width):
-        return frames
-    interp = cv2.INTER_AREA if height <= h and width <= w else cv2.INTER_LINEAR
-    return np.stack([cv2.resize(f, (width, height), interpolation=interp) for f in frames])
+    return np.stack([_resize(f, height, width) for f in frames])
 
 
 def _cache_dir(work: Path, video_id: str) -> Path:
@@ -158,8 +168,7 @@ def process_video(rec: Record, work: Path, settings: VideoSettings) -> dict[str,
     """
     from data_prep import flow  # imported here: worker processes import it on first use
 
-    frames, fps, note = read_video(rec.path)
-    frames = resize_frames(frames, settings.height, settings.width)
+    frames, fps, note = read_video(rec.path, settings.height, settings.width)
     q = flow.quantize_flow(flow.compute_flow(frames, settings.flow_method), settings.flow_bound)
     rgb = codec.encode_rgb(frames, fps=fps, crf=settings.rgb_crf)
     fl = codec.encode_flow(q, fps=fps, crf=settings.flow_crf)
