@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         NonFiniteLossError,
         ResumeError,
         Trainer,
+        TrainingStopped,
         results_table,
         select_phases,
     )
@@ -98,6 +100,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank (DDP also broadcasts them)
         method = build_method(cfg)
         trainer = Trainer(cfg, method, info)
+        for sig in (
+            signal.SIGTERM,
+            signal.SIGUSR1,
+        ):  # preemption: checkpoint after the current step, then exit
+            signal.signal(sig, lambda *_: trainer.request_stop())
         if info.is_main:
             Path(cfg.train.out_dir).mkdir(parents=True, exist_ok=True)
             from vicc_fast import atomic
@@ -108,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
             order = select_phases(method.phases(), C.Phase.all)
             print("\n" + results_table(results, order), flush=True)
         return 0
+    except TrainingStopped as exc:
+        print(str(exc), file=sys.stderr)
+        return 3
     except (NonFiniteLossError, ResumeError, CheckpointError, C.ConfigError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

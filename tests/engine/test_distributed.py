@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from vicc_fast import config as C
 from vicc_fast.engine.distributed import BatchShuffle, DistInfo, gather_with_grad, sinkhorn_all_reduce
-from vicc_fast.engine.trainer import Trainer, _LossModule
+from vicc_fast.engine.trainer import Trainer, TrainingStopped, _LossModule
 from vicc_fast.methods.base import StepState
 
 from .tiny import TinyLoader, TinyMethod, loader_factory
@@ -118,6 +118,23 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
             cfg, m, info, loader_factory=loader_factory(B, rank=rank, world=world), tensorboard=False
         ).run()
         out["resumed"] = {k: v.clone() for k, v in m.state_dict().items()}
+        # a stop request that reaches only rank 1: both ranks agree at the next log step and stop together
+        cfg = _cfg(f"{tmp}/run_stop", False)
+        cfg.train.log_every_steps = 2
+        holder = {}
+
+        def ask(phase, state):
+            if rank == 1 and state.global_step == 0:
+                holder["t"].request_stop()
+
+        holder["t"] = Trainer(
+            cfg, TinyMethod(), info, loader_factory=factory, step_hook=ask, tensorboard=False
+        )
+        try:
+            holder["t"].run()
+            out["stopped"] = None
+        except TrainingStopped as exc:
+            out["stopped"] = str(exc)
         x = torch.full((2, 3), float(rank + 1), requires_grad=True)
         g = gather_with_grad(x)
         (g * torch.arange(4.0).view(4, 1)).sum().backward()  # every rank weights row r by r
@@ -191,3 +208,8 @@ def test_two_ranks_resume_exactly_with_their_own_buffers(two_ranks):
         for k, v in want.items():
             assert torch.equal(v, got[k]), (r, k)
     assert not torch.equal(two_ranks[0]["resumed"]["queue"], two_ranks[1]["resumed"]["queue"])
+
+
+def test_a_stop_request_on_one_rank_stops_all_after_the_same_step(two_ranks):
+    for r in range(2):
+        assert two_ranks[r]["stopped"] is not None and "after step 1;" in two_ranks[r]["stopped"]

@@ -7,6 +7,7 @@ from vicc_fast.engine.trainer import (
     NonFiniteLossError,
     ResumeError,
     Trainer,
+    TrainingStopped,
     results_table,
     select_phases,
     validate_training,
@@ -261,3 +262,31 @@ def test_tensorboard_scalars_and_torch_profiler_trace(tmp_path):
     lrs = [e.value for e in ea.Scalars("rgb1/lr")]
     assert lrs[0] > lrs[-1] and len(lrs) == 3  # 6 steps, logged every 2
     assert (trace / "trace_rank0.json").stat().st_size > 0
+
+
+def test_stop_request_checkpoints_then_resume_is_exact(tmp_path):
+    """SIGTERM/SIGUSR1 (train.py wires them to request_stop): checkpoint after the current step, stop, resume."""
+
+    def fresh():
+        torch.manual_seed(0)
+        return TinyMethod(epochs=2, cross=False)
+
+    cfg = make_cfg(tmp_path / "a", "schedule.phase=rgb1")
+    ref = fresh()
+    Trainer(cfg, ref, loader_factory=loader_factory(4), tensorboard=False).run()
+    cfg = make_cfg(tmp_path / "b", "schedule.phase=rgb1")
+    holder = {}
+
+    def ask(phase, state):
+        if state.global_step == 8:
+            holder["t"].request_stop()
+
+    holder["t"] = Trainer(cfg, fresh(), loader_factory=loader_factory(4), step_hook=ask, tensorboard=False)
+    with pytest.raises(TrainingStopped, match="after step 8"):
+        holder["t"].run()
+    last = ckpt.load(ckpt.latest_path(cfg.train.out_dir))
+    assert (last["phase"], last["epoch"], last["step"]) == ("rgb1", 1, 3)
+    resumed = fresh()
+    Trainer(cfg, resumed, loader_factory=loader_factory(4), tensorboard=False).run()
+    for k, v in ref.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k

@@ -45,6 +45,10 @@ class NonFiniteLossError(RuntimeError):
     """A NaN/Inf loss term; the message names the phase, the step and the term(s)."""
 
 
+class TrainingStopped(RuntimeError):
+    """A stop was requested (SIGTERM/SIGUSR1, e.g. a cluster preemption): a checkpoint was written first."""
+
+
 class ResumeError(RuntimeError):
     """The run folder cannot be continued as asked (e.g. a phase's prerequisites are missing)."""
 
@@ -218,6 +222,24 @@ class Trainer:
         self.completed: list[str] = []
         self.results: dict[str, dict] = {}
         self.run_step = 0
+        self._stop = False
+
+    def request_stop(self) -> None:
+        """Ask the loop to checkpoint and stop (safe from a signal handler: it only sets a flag)."""
+        self._stop = True
+
+    def _should_stop(self, log_now: bool) -> bool:
+        """One process: after any step. Several ranks agree at log steps (one tiny all-reduce), so every rank
+        stops after the same step even when the signal reached only some of them."""
+        if not self.dist.distributed:
+            return self._stop
+        if not log_now:
+            return False
+        import torch.distributed as dist
+
+        flag = torch.tensor([float(self._stop)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
     # ------------------------------------------------------------------------------------------ setup
     def _prepare(self, method: Method) -> Method:
@@ -438,6 +460,13 @@ class Trainer:
                         self._save(phase, nxt_epoch, nxt_step, opt.state_dict(), scaler.state_dict())
                     if self.step_hook is not None:
                         self.step_hook(phase, state)
+                    if gstep + 1 < total and self._should_stop(log_now):
+                        self._check_finite(tracker, phase, spe)
+                        self._save(phase, nxt_epoch, nxt_step, opt.state_dict(), scaler.state_dict())
+                        raise TrainingStopped(
+                            f"stopped on request in phase {phase.name} after step {gstep}; checkpoint "
+                            f"{ckpt.latest_path(self.out_dir)} written: run the same command again to resume"
+                        )
             self._check_finite(tracker, phase, spe)
         finally:
             if shuffle is not None:
