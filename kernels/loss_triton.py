@@ -16,6 +16,7 @@ import triton.language as tl
 from torch import Tensor
 
 TILE_ELEMS = 8192
+NUM_WARPS = 8
 MAX_VIEWS = 5  # the pair mask travels as the bits of one int32 kernel argument (no tensor, no copy)
 
 
@@ -118,7 +119,7 @@ class SwappedLoss(torch.autograd.Function):
         _loss_fwd_kernel[(V, T)](
             P, Q, lse, part, bits, V, B, K, 1.0 / tau, norm,
             P.stride(0), P.stride(1), P.stride(2), Q.stride(0), Q.stride(1), Q.stride(2),
-            BLOCK_B=block_b, BLOCK_K=block_k,
+            BLOCK_B=block_b, BLOCK_K=block_k, num_warps=NUM_WARPS,
         )  # fmt: skip
         ctx.save_for_backward(P, Q, lse)
         ctx.bits, ctx.tau, ctx.norm = bits, tau, norm
@@ -135,7 +136,7 @@ class SwappedLoss(torch.autograd.Function):
             P, Q, lse, g, dP, ctx.bits, V, B, K, 1.0 / ctx.tau, ctx.norm,
             P.stride(0), P.stride(1), P.stride(2), Q.stride(0), Q.stride(1), Q.stride(2),
             dP.stride(0), dP.stride(1), dP.stride(2),
-            BLOCK_B=block_b, BLOCK_K=block_k,
+            BLOCK_B=block_b, BLOCK_K=block_k, num_warps=NUM_WARPS,
         )  # fmt: skip
         return dP, None, None, None, None
 

@@ -26,6 +26,7 @@ from kernels.tiles import col_stats, combine_partials, logits_tile, merge_stats,
 FUSED_MAX_ROWS = 1024
 MAX_K = 16384
 TILE_ELEMS = 8192  # BLOCK_N * BLOCK_K: the register tile of one program
+NUM_WARPS = 8  # 32 fp32 tile elements per thread
 BLOCK_T = 8  # partial rows combined per step
 
 
@@ -143,8 +144,8 @@ def _blocks(K: int, D: int) -> tuple[int, int, int]:
         raise ValueError(f"Triton Sinkhorn supports K <= {MAX_K} prototypes, got K={K}")
     block_k = max(16, triton.next_power_of_2(K))
     block_n = max(16, min(64, TILE_ELEMS // block_k))
-    block_d = max(16, min(64, triton.next_power_of_2(max(D, 1))))
-    return block_n, block_k, block_d
+    # narrow D steps: the [BLOCK_D, BLOCK_K] prototype slice and the score tile both live in registers
+    return block_n, block_k, 16
 
 
 def _host_combine(pm: Tensor, ps: Tensor, all_reduce: AllReduce) -> Tensor:
@@ -193,7 +194,9 @@ def _run(
     if fused is None:
         fused = all_reduce is None and N <= FUSED_MAX_ROWS
     if fused and all_reduce is None:
-        _sinkhorn_fused_kernel[(V,)](src, pr, cc, out, N, K, D, n_batch, n_iters, **common)
+        _sinkhorn_fused_kernel[(V,)](
+            src, pr, cc, out, N, K, D, n_batch, n_iters, num_warps=NUM_WARPS, **common
+        )  # fmt: skip
         return out
     T = triton.cdiv(N, block_n)
     bufs = [torch.empty((V, T, block_k), dtype=torch.float32, device=dev) for _ in range(4)]
@@ -205,14 +208,14 @@ def _run(
             lb = _host_combine(prev[0], prev[1], all_reduce)
         _sinkhorn_pass_kernel[(V, T)](
             src, pr, cc, lb, prev[0], prev[1], cur[0], cur[1], out, N, K, D, T,
-            FIRST=it == 0, COMBINE=combine, FINAL=False, BLOCK_T=BLOCK_T, **common,
+            FIRST=it == 0, COMBINE=combine, FINAL=False, BLOCK_T=BLOCK_T, num_warps=NUM_WARPS, **common,
         )  # fmt: skip
         prev, cur = cur, prev
     if not combine:
         lb = _host_combine(prev[0], prev[1], all_reduce)
     _sinkhorn_pass_kernel[(V, triton.cdiv(n_batch, block_n))](
         src, pr, cc, lb, prev[0], prev[1], cur[0], cur[1], out, n_batch, K, D, T,
-        FIRST=False, COMBINE=combine, FINAL=True, BLOCK_T=BLOCK_T, **common,
+        FIRST=False, COMBINE=combine, FINAL=True, BLOCK_T=BLOCK_T, num_warps=NUM_WARPS, **common,
     )  # fmt: skip
     return out
 

@@ -129,7 +129,7 @@ def _time_case(fn, args, device, warmup: int, repeats: int) -> dict[str, Any]:
         "ms_median": round(statistics.median(times), 4),
         "ms_min": round(min(times), 4),
         "peak_mem_mb": None if peak is None else round(peak, 3),
-        "loss": float(loss),
+        "loss": float(loss.detach()),
         "grad_z_norm": float(z.grad.norm()),
     }
 
