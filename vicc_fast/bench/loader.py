@@ -13,6 +13,7 @@ import gc
 import os
 import resource
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,6 +38,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=["train", "eval"], default="train", help="loader mode")
     p.add_argument("--root", default=None, help="shard folder (default: data.root of the config)")
     p.add_argument("--threads", type=int, default=2, help="DALI threads / DataLoader workers")
+    p.add_argument(
+        "--replicate",
+        type=int,
+        default=1,
+        help="benchmark on a scratch copy of the shards with every sample repeated K times (new keys), so that "
+        "a small set gives epochs long enough to measure the steady state",
+    )
     p.add_argument("--config", default=None, help="YAML config (default: schema defaults)")
     p.add_argument(
         "--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. data.num_frames=16"
@@ -54,6 +62,51 @@ def _rss_mb() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def replicate_shards(root: str, k: int) -> str:
+    """A scratch shard folder holding each sample of ``root`` ``k`` times under new keys and indices
+    (written with data_prep's shard writer, so the format is the real one); reused when already there."""
+    import hashlib
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from data_prep import shards
+
+    src = Path(root)
+    m = json.loads((src / "manifest.json").read_text())
+    tag = hashlib.sha1(f"{src.resolve()}:{k}:{(src / 'manifest.json').stat().st_mtime}".encode()).hexdigest()[
+        :10
+    ]
+    dst = Path(tempfile.gettempdir()) / f"vicc_bench_{tag}"
+    if (dst / "manifest.json").is_file():
+        return str(dst)
+    out_splits = {}
+    for split, sp in m["splits"].items():
+        orig = [(key, mem) for sh in sp["shards"] for key, mem in shards.iter_tar_samples(src / sh["tar"])]
+        n = len(orig)
+
+        def samples(orig=orig, n=n, split=split):
+            for r in range(k):
+                for _key, mem in orig:
+                    meta = json.loads(mem["json"])
+                    i = r * n + int(meta["index"])
+                    meta.update(key=shards.sample_key(split, i), index=i)
+                    label = int(meta["label"])
+                    yield shards.Sample(meta["key"], mem["rgb.webm"], mem["flow.webm"], label, i, meta)
+
+        out_splits[split] = shards.write_split(dst, split, samples(), max(1, len(sp["shards"][0]["keys"])))
+    manifest = shards.make_manifest(
+        classes=m["classes"],
+        splits=out_splits,
+        video=m.get("video", {}),
+        flow=m.get("flow", {}),
+        settings={**m.get("settings", {}), "replicated_from": str(src), "replicate": k},
+        rejected=[],
+    )
+    shards.write_manifest(dst, manifest)
+    return str(dst)
 
 
 def _run_once(
@@ -123,6 +176,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.root:
         overrides.append(f"data.root={args.root}")
     cfg = config.load(args.config, overrides)
+    if args.replicate > 1:
+        config.load(args.config, overrides)  # validates before the copy
+        if not (Path(cfg.data.root) / "manifest.json").is_file():
+            from vicc_fast.data.loader import ensure_shards
+
+            ensure_shards(cfg)
+        overrides.append(f"data.root={replicate_shards(cfg.data.root, args.replicate)}")
+        cfg = config.load(args.config, overrides)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     streams = tuple(Stream(s) for s in args.streams.split(","))
     backends = ["dali", "torch"] if args.backend == "both" else [args.backend]
@@ -140,6 +201,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "crop_size": cfg.data.crop_size,
         "threads": args.threads,
         "root": cfg.data.root,
+        "replicate": args.replicate,
+        "dtype": str(cfg.data.dtype.value),
         "note": "best of --repeat runs (max samples/s); CPU s/sample counts this process and its workers",
     }
     for name in backends:
