@@ -96,9 +96,13 @@ def main(argv: list[str] | None = None) -> int:
 
     info = D.init_distributed(cfg.train.device)
     try:
-        ensure_data(cfg, info.is_main)
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank (DDP also broadcasts them)
-        method = build_method(cfg)
+        method = build_method(cfg)  # before the data: a bad model/method setting fails without work done
+        if not select_phases(method.phases(), cfg.schedule.phase):
+            raise C.ConfigError(
+                f"config key 'schedule.phase': no phase '{cfg.schedule.phase.value}' in this method"
+            )
+        ensure_data(cfg, info.is_main)
         trainer = Trainer(cfg, method, info)
         for sig in (
             signal.SIGTERM,

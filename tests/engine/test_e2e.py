@@ -96,3 +96,44 @@ def test_two_phases_through_the_real_loader_with_exact_resume(shards, tmp_path):
             assert torch.equal(v, got[k]), k
         else:
             assert v == got[k], k
+
+
+def test_cli_builds_missing_shards_trains_and_prints_the_table(tmp_path, capsys):
+    from vicc_fast.train import main
+
+    rc = main(
+        [
+            f"data.root={tmp_path}/data",
+            "data.synthetic.num_classes=2",
+            "data.synthetic.train_per_class=4",
+            "data.synthetic.test_per_class=2",
+            "data.synthetic.frames=12",
+            "data.synthetic.height=32",
+            "data.synthetic.width=40",
+            "data.synthetic.flow_method=dis",
+            "data.num_frames=4",
+            "data.crop_size=16",
+            "data.threads=1",
+            "data.eval_clips=1",
+            "model.backbone=tiny",
+            "model.tiny_width=4",
+            "model.proj_hidden=16",
+            "model.proj_dim=8",
+            "model.num_prototypes=6",
+            "method.queue_size=0",
+            "schedule.single_epochs=1",
+            "schedule.phase=rgb1",
+            "train.batch_size=4",
+            "train.amp='off'",
+            f"train.out_dir={tmp_path}/run",
+            "train.progress=false",
+            "eval.batch_size=4",
+            "eval.recall_ks=[1]",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert (tmp_path / "data" / "manifest.json").is_file()
+    head, row = out.strip().splitlines()[-2:]
+    assert head.split() == ["R@1"] and row.split()[0] == "RGB-1"
+    assert ckpt.load(ckpt.latest_path(tmp_path / "run"))["completed"] == ["rgb1"]
