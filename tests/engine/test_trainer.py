@@ -150,6 +150,10 @@ def test_killed_mid_phase_then_resumed_equals_uninterrupted(tmp_path, amp):
     )  # mid-epoch, mid-phase, queue filled
     assert last["method"]["queue"].abs().sum() > 0
     assert last["loader_epoch"] == 2 + 1  # rgb1's two epochs, then flow1's second
+    assert last["steps_per_epoch"] == 6
+    other = make_cfg(tmp_path / "b", *over, "schedule.steps_per_epoch=5")
+    with pytest.raises(ResumeError, match="mid-epoch with 6 steps per epoch, this run has 5"):
+        Trainer(other, fresh(), loader_factory=loader_factory(4), tensorboard=False).run()
     resumed = fresh()
     torch.manual_seed(123)  # a different RNG state in the new process must not matter
     Trainer(cfg, resumed, loader_factory=loader_factory(4), tensorboard=False).run()

@@ -148,7 +148,8 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return _GatherWithGrad.apply(x)
 
 
-def _seed_of(*parts: object) -> int:
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from any values (stable across processes and runs, unlike hash())."""
     h = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") & ((1 << 63) - 1)
 
@@ -199,7 +200,7 @@ class BatchShuffle:
             return None
         x = args[0]
         world, rank = dist.get_world_size(), dist.get_rank()
-        g = torch.Generator().manual_seed(_seed_of(self.seed, self._key, self._calls))
+        g = torch.Generator().manual_seed(derive_seed(self.seed, self._key, self._calls))
         self._calls += 1
         perm = torch.randperm(world * x.shape[0], generator=g).to(x.device)
         self._pending.setdefault(id(module), []).append(perm)

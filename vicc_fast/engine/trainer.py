@@ -30,7 +30,7 @@ from vicc_fast import atomic
 from vicc_fast import config as C
 from vicc_fast.data.batch import Batch
 from vicc_fast.engine import checkpoint as ckpt
-from vicc_fast.engine.distributed import BatchShuffle, DistInfo, _seed_of, barrier
+from vicc_fast.engine.distributed import BatchShuffle, DistInfo, barrier, derive_seed
 from vicc_fast.engine.logging import Meter, Profiler, RunLogger, nvtx_range
 from vicc_fast.engine.optim import build_optimizer, build_schedule, grad_norm, set_lr
 from vicc_fast.methods.base import Method, PhaseSpec, StepState
@@ -159,7 +159,7 @@ class _FiniteTracker:
 
     def track(self, losses: dict[str, torch.Tensor], step: int) -> None:
         names = list(losses)
-        vec = torch.stack([losses[k].detach().float().reshape(()) for k in names])
+        vec = torch.stack([losses[k].detach().float().mean() for k in names])  # NaN anywhere -> NaN
         bad = ~torch.isfinite(vec)
         if names != self.names or self.first_step is None:
             if self.first_step is not None and self.host_bad is None:
@@ -401,7 +401,14 @@ class Trainer:
         opt = build_optimizer(cfg.optim, trainable)
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp is C.Amp.fp16)
         start_epoch = start_step = 0
+        self._spe = spe
         if pos is not None:
+            saved_spe = (pos.state or {}).get("steps_per_epoch", spe)
+            if saved_spe != spe and pos.step != 0:
+                raise ResumeError(
+                    f"checkpoint {pos.src} stopped mid-epoch with {saved_spe} steps per epoch, this run has {spe} "
+                    "(another world size, batch size or schedule.steps_per_epoch): resume with the old settings"
+                )
             if pos.optimizer is not None:
                 opt.load_state_dict(pos.optimizer)
             if pos.scaler is not None:
@@ -441,7 +448,7 @@ class Trainer:
                     state = StepState(phase, epoch, step, gstep, spe)
                     log_now = (gstep + 1) % cfg.train.log_every_steps == 0 or gstep == total - 1
                     self.profiler.step(self.run_step)
-                    torch.manual_seed(_seed_of(cfg.train.seed, self.dist.rank, phase.name, gstep))
+                    torch.manual_seed(derive_seed(cfg.train.seed, self.dist.rank, phase.name, gstep))
                     if shuffle is not None:
                         shuffle.set_step(phase.name, gstep)
                     lr = schedule(gstep)
@@ -586,6 +593,7 @@ class Trainer:
                 "rng": ckpt.capture_rng(),
                 "completed": list(self.completed),
                 "global_step": self.run_step,
+                "steps_per_epoch": getattr(self, "_spe", 0),
                 # the loader epoch the position falls in (set_epoch argument): order and augmentations follow it
                 "loader_epoch": self._epoch_offset(phase) + min(epoch, phase.epochs - 1),
             }
