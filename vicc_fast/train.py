@@ -20,7 +20,7 @@ USAGE = """\
 torchrun --standalone --nproc_per_node=N -m vicc_fast.train [--config FILE] [key=value ...]
 
   --config FILE   YAML file of settings (default: configs/synthetic_demo.yaml)
-  key=value       override any key below, e.g. train.batch_size=16 schedule.phase=rgb1 train.amp=off
+  key=value       override any key below, e.g. train.batch_size=16 schedule.phase=rgb1 train.amp=bf16
   -h, --help      this text
 
 Phases: schedule.phase=all runs the whole schedule; rgb1 | flow1 | cross run one part, each starting from the
