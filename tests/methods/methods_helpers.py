@@ -6,7 +6,7 @@ from vicc_fast.config import Backbone, Config, KernelBackend, Stream
 from vicc_fast.data.batch import Batch
 from vicc_fast.methods.base import PhaseSpec, StepState
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # small ops: 2 OpenMP threads on a busy 2-core box can be ~80x slower
 
 CLIP = (3, 4, 16, 16)  # C, T, H, W
 

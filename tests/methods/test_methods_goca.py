@@ -100,6 +100,12 @@ def test_regulariser_equals_eq11_and_lowers_the_max_similarity():
     assert after < before - 0.05
     assert prototype_reg_loss(W2) < prototype_reg_loss(W)
     torch.testing.assert_close(W2.norm(dim=1), torch.ones(20))
+    # the hand-written gradient is autograd's
+    Wg = W.clone().requires_grad_(True)
+    (g_auto,) = torch.autograd.grad(prototype_reg_loss(Wg), [Wg])
+    W3 = W.clone()
+    regularise_prototypes_(W3, 1, 0.1)
+    torch.testing.assert_close(W3, F.normalize(W - 0.1 * g_auto, dim=1))
 
 
 def test_prototypes_placed_by_regulariser_not_by_the_loss():

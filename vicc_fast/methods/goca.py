@@ -55,16 +55,24 @@ def prototype_reg_loss(w: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def regularise_prototypes_(weight: torch.Tensor, steps: int, lr: float) -> None:
     """``steps`` gradient-descent steps on :func:`prototype_reg_loss`, each followed by re-projection onto the
-    unit sphere; in place on ``weight`` [N, D]."""
+    unit sphere; in place on ``weight`` [N, D].
+
+    The gradient is written out (no autograd: many tiny steps): with E the one-hot of each row's argmax j(i),
+    d L_reg / d W = (E + E^T) W / N (w_i meets w_j(i) in row i's maximum, w_j(i) meets w_i).
+    """
     if steps <= 0:
         return
-    w = F.normalize(weight.detach().float(), dim=1)
-    for _ in range(steps):
-        with torch.enable_grad(), fp32(w.device):
-            w.requires_grad_(True)
-            (g,) = torch.autograd.grad(prototype_reg_loss(w), [w])
-        w = F.normalize(w.detach() - lr * g, dim=1)
-    weight.copy_(w.to(weight.dtype))
+    with fp32(weight.device):
+        w = F.normalize(weight.detach().float(), dim=1)
+        n = w.shape[0]
+        eye2 = 2.0 * torch.eye(n, device=w.device)
+        for _ in range(steps):
+            j = (w @ w.t() - eye2).argmax(dim=1)  # [N]
+            e = torch.zeros(n, n, device=w.device)
+            e[torch.arange(n, device=w.device), j] = 1.0
+            g = (e + e.t()) @ w / n
+            w = F.normalize(w - lr * g, dim=1)
+        weight.copy_(w.to(weight.dtype))
 
 
 def swap_mask_per_stream(num_streams: int, views: int, device: torch.device) -> torch.Tensor:
