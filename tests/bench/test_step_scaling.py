@@ -21,6 +21,7 @@ TINY = [
     "train.device=cpu",
     "train.progress=false",
     "optim.name=sgd",
+    "train.batch_shuffle=true",
 ]
 
 
@@ -38,7 +39,7 @@ def point(**kw) -> S.Point:
 
 
 def tiny_cfg(p: S.Point) -> C.Config:
-    return C.load(C.DEFAULT_CONFIG, [*TINY, *p.overrides(), *S.FAST])
+    return C.load(S.BENCH_CONFIG, [*TINY, *p.overrides(), *S.FAST])
 
 
 def test_grid_pairs_or_crosses() -> None:
@@ -55,7 +56,7 @@ def test_grid_pairs_or_crosses() -> None:
         ("r21d", 16, 2, 128, 48),
     }
     # every grid point is a valid config (amp 'off' survives YAML's boolean reading)
-    C.load(C.DEFAULT_CONFIG, [*TINY, *point(amp="off").overrides()])
+    C.load(S.BENCH_CONFIG, [*TINY, *point(amp="off").overrides()])
 
 
 @pytest.mark.parametrize("queue", [True, False])
@@ -63,7 +64,7 @@ def test_grid_pairs_or_crosses() -> None:
 def test_steady_state(queue: bool, which: str) -> None:
     from vicc_fast.methods import build_method
 
-    cfg = C.load(C.DEFAULT_CONFIG, [*TINY, "schedule.single_epochs=20", "schedule.single_queue_start_rgb=10",
+    cfg = C.load(S.BENCH_CONFIG, [*TINY, "schedule.single_epochs=20", "schedule.single_queue_start_rgb=10",
                                     "schedule.single_freeze_prototypes=5", "schedule.cross_epochs=20",
                                     "schedule.cross_queue_start=4"])  # fmt: skip
     phase = S.pick_phase(build_method(cfg), which)

@@ -59,13 +59,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def comm_model(
-    cfg: C.Config, phase: Any, world: int, trainable_params: int, feature_dim: int
+    cfg: C.Config,
+    phase: Any,
+    world: int,
+    trainable_params: int,
+    feature_dim: int,
+    kernel_backend: str = "torch",
 ) -> dict[str, Any]:
     """Analytic collectives of one ViCC training step on ``world`` ranks, as the tensor sizes each rank hands
     to the collective (what torch.profiler records as the op's input; fp32 throughout).
 
     - Sinkhorn (``kernels.assign`` over the global batch): per iteration one MAX and one SUM all_reduce of the
-      per-prototype column statistics [V, K] -> 2 x n_iters all_reduce calls of V*K*4 bytes.
+      per-prototype column statistics [V, K] -> 2 x n_iters all_reduce calls of V*K*4 bytes (the Triton kernel
+      reduces its [V, BLOCK_K] partials, K padded to a power of two >= 16: 512 columns for K = 300).
     - Batch shuffle (MoCo style, forward hooks around the trainable encoder, one call on the V*B concatenated
       views): all_gather of this rank's input clips [V*B, 3, T, H, W] (each rank then holds W times that) and of
       its features [V*B, F]; in backward only the features' gradient travels (the clips need no gradient): an
@@ -80,7 +86,12 @@ def comm_model(
     V_all = phase.num_views * len(phase.streams)
     K, iters, B = cfg.model.num_prototypes, cfg.method.sinkhorn_iters, cfg.train.batch_size
     T, H = cfg.data.num_frames, cfg.data.crop_size
-    sinkhorn = {"calls": 2 * iters, "bytes_per_call": V_all * K * 4, "bytes": 2 * iters * V_all * K * 4}
+    width = max(16, 1 << (K - 1).bit_length()) if kernel_backend == "triton" else K
+    sinkhorn = {
+        "calls": 2 * iters,
+        "bytes_per_call": V_all * width * 4,
+        "bytes": 2 * iters * V_all * width * 4,
+    }
     shuffle: dict[str, Any] = {"all_gather_bytes": 0, "all_reduce_bytes": 0}
     if cfg.train.batch_shuffle and not cfg.train.sync_bn:
         clips = V_train * B * 3 * T * H * H * 4
@@ -188,11 +199,12 @@ def _worker(rank: int, world: int, port: int, backend: str, args: argparse.Names
 
 
 def _profiled_collectives(cfg: C.Config, point: S.Point, args: argparse.Namespace, info: Any) -> dict:
-    """The collectives of one engine step (after a warm-up step), recorded with torch.profiler."""
+    """The collectives of one engine step, recorded with torch.profiler. Two warm-up steps first: DDP
+    rebuilds its gradient buckets (a one-off broadcast) during the second iteration."""
     from torch.profiler import ProfilerActivity, profile
 
     res = S.measure(
-        cfg, point, steps=1, warmup=1, input_mode=args.input, dist_info=info, breakdown=False,
+        cfg, point, steps=1, warmup=2, input_mode=args.input, dist_info=info, breakdown=False,
         profile_step=lambda: profile(activities=[ProfilerActivity.CPU], record_shapes=True),
     )  # fmt: skip
     return _collectives(res["profiler"])
@@ -201,7 +213,7 @@ def _profiled_collectives(cfg: C.Config, point: S.Point, args: argparse.Namespac
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch.multiprocessing as mp
 
-    cfg_path = str(args.config or C.DEFAULT_CONFIG)
+    cfg_path = str(args.config or S.BENCH_CONFIG)
     overrides = [*args.overrides, f"train.device={args.device}", "train.progress=false"]
     cores = os.cpu_count() or 1
     rows = []
@@ -263,4 +275,4 @@ def _model_for(cfg: C.Config, point: S.Point, world: int) -> dict[str, Any]:
     phase = S.pick_phase(method, point.phase)
     n = sum(p.numel() for p in method.trainable_parameters(phase))
     feat = next(iter(method.encoders().values())).feature_dim
-    return comm_model(cfg, phase, world, n, feat)
+    return comm_model(cfg, phase, world, n, feat, S._resolved_backend(cfg, S._device(cfg)))
