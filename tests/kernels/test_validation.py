@@ -79,3 +79,12 @@ def test_backend_accepts_config_enum():
     from vicc_fast.config import KernelBackend
 
     assert kernels.resolve_backend(KernelBackend.torch, S) == "torch"
+
+
+def test_auto_backend_rule(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert kernels.resolve_backend("auto", S) == "torch"  # CPU tensors, no interpreter
+    with pytest.raises(ValueError, match="needs CUDA tensors, or TRITON_INTERPRET=1"):
+        kernels.resolve_backend("triton", S)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert kernels.resolve_backend("auto", S) == "triton"
