@@ -274,6 +274,11 @@ class TrainConfig:
     ckpt_every_steps: int = _f(500, "checkpoint every N steps (and always at phase ends); 0 = phase ends only")
     log_every_steps: int = _f(10, "TensorBoard scalars every N steps")
     progress: bool = _f(True, "progress bar on rank 0")
+    deterministic: bool = _f(
+        False,
+        "GPU: deterministic cuDNN convolutions, no TF32 (repeatable convolutions, slower); "
+        "false = cudnn.benchmark and TF32 (CPU runs are deterministic either way)",
+    )
 
 
 @dataclass

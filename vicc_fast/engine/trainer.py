@@ -244,6 +244,12 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ setup
     def _prepare(self, method: Method) -> Method:
         t = self.cfg.train
+        if self.device.type == "cuda":
+            # fixed clip shapes: let cuDNN time its algorithms once, and use TF32 for fp32 matmuls/convs
+            torch.backends.cudnn.benchmark = not t.deterministic
+            torch.backends.cudnn.deterministic = t.deterministic
+            torch.backends.cuda.matmul.allow_tf32 = not t.deterministic
+            torch.backends.cudnn.allow_tf32 = not t.deterministic
         if t.sync_bn and self.dist.world_size > 1:
             method = nn.SyncBatchNorm.convert_sync_batchnorm(method)  # same state_dict keys
         if t.channels_last:
