@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from vicc_fast import config as C
 from vicc_fast.engine.distributed import BatchShuffle, DistInfo, gather_with_grad, sinkhorn_all_reduce
-from vicc_fast.engine.trainer import Trainer, TrainingStopped, _LossModule
+from vicc_fast.engine.trainer import NonFiniteLossError, Trainer, TrainingStopped, _LossModule
 from vicc_fast.methods.base import StepState
 
 from .tiny import TinyLoader, TinyMethod, loader_factory
@@ -135,6 +135,15 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
             out["stopped"] = None
         except TrainingStopped as exc:
             out["stopped"] = str(exc)
+        # a NaN on rank 1 only: both ranks stop at the same check, rank 0 pointing at the other rank
+        cfg = _cfg(f"{tmp}/run_nan", False)
+        cfg.train.log_every_steps = 2
+        nan_method = TinyMethod(nan_at=1 if rank == 1 else None)
+        try:
+            Trainer(cfg, nan_method, info, loader_factory=factory, tensorboard=False).run()
+            out["nan"] = None
+        except NonFiniteLossError as exc:
+            out["nan"] = str(exc)
         x = torch.full((2, 3), float(rank + 1), requires_grad=True)
         g = gather_with_grad(x)
         (g * torch.arange(4.0).view(4, 1)).sum().backward()  # every rank weights row r by r
@@ -213,3 +222,8 @@ def test_two_ranks_resume_exactly_with_their_own_buffers(two_ranks):
 def test_a_stop_request_on_one_rank_stops_all_after_the_same_step(two_ranks):
     for r in range(2):
         assert two_ranks[r]["stopped"] is not None and "after step 1;" in two_ranks[r]["stopped"]
+
+
+def test_a_nan_on_one_rank_stops_every_rank(two_ranks):
+    assert "at step 1 " in two_ranks[1]["nan"] and "swap_1=nan" in two_ranks[1]["nan"]
+    assert "at step 1 " in two_ranks[0]["nan"] and "on another rank" in two_ranks[0]["nan"]

@@ -536,6 +536,17 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ helpers
     def _check_finite(self, tracker: _FiniteTracker, phase: PhaseSpec, spe: int) -> None:
         bad = tracker.bad()
+        if self.dist.distributed:
+            # every rank checks at the same steps; agree on the first bad step so that all ranks stop together
+            import torch.distributed as dist
+
+            never = 1 << 62
+            first = torch.tensor([bad[0] if bad else never], dtype=torch.long, device=self.device)
+            dist.all_reduce(first, op=dist.ReduceOp.MIN)
+            if int(first) == never:
+                return
+            if bad is None or bad[0] != int(first):
+                bad = (int(first), {"(on another rank)": float("nan")})
         if bad is None:
             return
         step, terms = bad
