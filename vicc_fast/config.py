@@ -266,7 +266,7 @@ class TrainConfig:
     channels_last: bool = _f(True, "use torch.channels_last_3d activations")
     compile: bool = _f(False, "torch.compile the encoders")
     sync_bn: bool = _f(False, "SyncBatchNorm across ranks")
-    batch_shuffle: bool = _f(True, "shuffle the batch across ranks around BN (no-op on one rank)")
+    batch_shuffle: bool = _f(True, "shuffle the batch across ranks around the encoders (BN leakage); no-op on one rank or with sync_bn")
     seed: int = _f(0, "global seed")
     device: Device = _f(Device.auto, "training device: auto (this rank's GPU when present) | cpu | gpu")
     out_dir: str = _f("runs/default", "run folder: checkpoints, TensorBoard logs, results")
