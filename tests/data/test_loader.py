@@ -215,3 +215,24 @@ def test_short_video_named(tmp_path, backend):
         ld = loader(cfg_for(root, f"data.backend={backend}", "data.on_bad_sample=skip"))
     assert ld.num_samples == 3 and ld.skipped == 1
     assert 1 not in [i for b in ld for i in b.index.tolist()]
+
+
+def test_colour_affine_matches_definitions():
+    from vicc_fast.data.dali import colour_affine
+
+    one, zero = np.ones(1), np.zeros(1)
+    m, t = colour_affine(one, one, one, zero, np.zeros(1, bool))
+    np.testing.assert_allclose(m[0], np.eye(3), atol=1e-6)
+    np.testing.assert_allclose(t[0], 0, atol=1e-6)
+    x = np.array([200.0, 50.0, 10.0])
+    luma = 0.299 * 200 + 0.587 * 50 + 0.114 * 10
+    m, t = colour_affine(one, one, one, zero, np.ones(1, bool))  # grayscale
+    np.testing.assert_allclose(m[0] @ x + t[0], [luma] * 3, atol=1e-4)
+    m, t = colour_affine(one, one, zero, zero, np.zeros(1, bool))  # saturation 0 = grayscale
+    np.testing.assert_allclose(m[0] @ x + t[0], [luma] * 3, atol=1e-4)
+    m, t = colour_affine(one * 1.2, one * 0.5, one, zero, np.zeros(1, bool))  # brightness, contrast about 128
+    np.testing.assert_allclose(m[0] @ x + t[0], 0.5 * 1.2 * x + 64, atol=1e-4)
+    m, t = colour_affine(one, one, one, one * 0.3, np.zeros(1, bool))  # hue keeps grey and luma
+    np.testing.assert_allclose(m[0] @ np.full(3, 90.0), 90.0, atol=1e-3)
+    assert abs((m[0] @ x) @ [0.299, 0.587, 0.114] - luma) < 1e-3
+    assert np.abs(m[0] @ x - x).max() > 20  # and does change the colour

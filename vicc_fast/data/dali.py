@@ -15,10 +15,11 @@ Train graph, per sample (one video):
     RGB:  random resized crop -> colour jitter (p) with grayscale (p) folded into its saturation -> Gaussian
           blur (p) -> flip + normalise (``crop_mirror_normalize``), all parameters per sample, so every frame
           of a clip gets the same crop / flip / colours.
-    flow: the (2H) x W frame holds x above y: reshape [T, 2H, W, 3] -> [2T, H, W, 3] (free) so that one random
-          resized crop applies the same window to both halves; keep channel 0 (x and y sit in luma; the
-          decoder's RGB has R = G = B); [2T, c, c, 1] -> [T, c, c, 2]; flip, normalise with the x std negated
-          on flipped samples (v -> 255 - v is x -> -x after normalising), append the zero third channel.
+    flow: the (2H) x W frame holds x above y: reshape [T, 2H, W, 3] -> [2T, H, W, 3] (free) and keep channel 0
+          (x and y sit in luma; the decoder's RGB has R = G = B): the x and y planes become consecutive frames,
+          so one random resized crop applies the same window to both halves. [2T, c, c, 1] read as
+          [T, 2(C), c, c], padded with a constant plane, is flipped, normalised (x's std negated on flipped
+          samples: v -> 255 - v is x -> -x), made channel-last and cast by one crop_mirror_normalize.
 
 Eval graph: the whole video is decoded once and ``eval_clips`` uniformly spaced clips are gathered from it; centre
 crop, or ten-crop (4 corners + centre, each also flipped); output per sample [clips * crops * T, c, c, 3].
@@ -75,6 +76,65 @@ class PipeSpec:
     def output_names(self) -> list[str]:
         names = [f"{s.value}{v}" for s in self.streams for v in range(self.num_views if self.train else 1)]
         return [*names, "label", "index"]
+
+
+_LUMA = np.array([0.299, 0.587, 0.114])
+_RGB2YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ2RGB = np.linalg.inv(_RGB2YIQ)
+
+
+def colour_affine(
+    brightness: np.ndarray, contrast: np.ndarray, saturation: np.ndarray, hue: np.ndarray, gray: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Colour jitter and grayscale as one affine map per sample on [0, 255] RGB, ``y = M x + t``.
+
+    brightness, contrast, saturation: [B] factors (1 = unchanged); hue: [B] in turns (0.1 = 36 degrees,
+    torchvision's unit); gray: [B] bool. Applied in the order brightness, contrast (about mid-grey 128, as
+    DALI's colour ops do; torchvision uses the image mean), saturation (blend with luma), hue (rotation in
+    YIQ), grayscale. Returns M [B, 3, 3], t [B, 3]. Every step maps grey to grey, so t stays (1 - c) * 128.
+    """
+    n = len(brightness)
+    eye = np.broadcast_to(np.eye(3), (n, 3, 3))
+    to_luma = np.ones((3, 1)) * _LUMA[None, :]  # 1 w^T: every channel <- luma
+    sat = saturation[:, None, None] * eye + (1 - saturation)[:, None, None] * to_luma
+    th = 2 * np.pi * hue
+    rot = np.zeros((n, 3, 3))
+    rot[:, 0, 0] = 1
+    rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = np.cos(th), -np.sin(th), np.sin(th), np.cos(th)
+    hue_m = _YIQ2RGB @ rot @ _RGB2YIQ
+    gray_m = np.where(gray[:, None, None], to_luma, eye)
+    m = gray_m @ hue_m @ sat * (brightness * contrast)[:, None, None]
+    t = np.repeat(((1 - contrast) * 128.0)[:, None], 3, axis=1)
+    return m, t
+
+
+class ColourSource:
+    """``fn.external_source`` callable: per batch and view, the affine map of colour jitter (p), grayscale (p)
+    and normalisation, [B, 3, 3] and [B, 3] float32, drawn from a generator seeded like the pipeline."""
+
+    def __init__(self, spec: PipeSpec, batch_size: int, seed: int) -> None:
+        self.spec, self.batch_size = spec, batch_size
+        self.rng = np.random.default_rng([seed, 0xC0105])
+
+    def __call__(self) -> list[np.ndarray]:
+        sp, n, rng = self.spec, self.batch_size, self.rng
+        inv_std = 1.0 / np.array(RGB_STD)
+        out = []
+        for _ in range(sp.num_views):
+            jit = rng.random(n) < sp.color_jitter_prob
+            gray = rng.random(n) < sp.grayscale_prob
+
+            def factor(strength: float, jit=jit) -> np.ndarray:
+                f = rng.uniform(max(0.0, 1 - strength), 1 + strength, n)
+                return np.where(jit, f, 1.0)
+
+            b, c, s = factor(sp.brightness), factor(sp.contrast), factor(sp.saturation)
+            h = np.where(jit, rng.uniform(-sp.hue, sp.hue, n), 0.0)
+            m, t = colour_affine(b, c, s, h, gray)
+            # fold (y - mean) / std into the map
+            out.append((inv_std[None, :, None] * m).astype(np.float32))
+            out.append((inv_std[None, :] * (t - np.array(RGB_MEAN)[None, :])).astype(np.float32))
+        return out
 
 
 def frames_lut_args(frames: np.ndarray) -> dict:
@@ -135,10 +195,11 @@ def build_pipeline(
             starts.append(same * starts[0] + (1 - same) * one())
         return starts
 
-    def decode_views(encoded, starts, union):
-        """One clip per view: [T, h, w, 3] uint8, frames start + j * stride."""
+    def decode_views(encoded, starts, union, flow: bool):
+        """One clip per view, frames start + j * stride: RGB [T, h, w, 3] uint8; flow [2T, h, w, 1] (the x and
+        y planes of each frame as consecutive frames, see flow_xy)."""
         if union is None:
-            return [
+            clips = [
                 fn.decoders.video(
                     encoded,
                     device=decoder_device,
@@ -149,12 +210,19 @@ def build_pipeline(
                 )
                 for s in starts
             ]
+            return [flow_xy(c) for c in clips] if flow else clips
         lo, hi = union
         window = fn.decoders.video(
             encoded, device=decoder_device, start_frame=lo, end_frame=hi, pad_mode="none"
         )
-        offs = types.Constant(np.arange(T, dtype=np.int32) * spec.stride)
-        return [fn.sequence_rearrange(window, new_order=(s - lo) + offs) for s in starts]
+        offs = np.arange(T, dtype=np.int32) * spec.stride
+        if flow:  # gather planes after dropping the two redundant channels: a third of the bytes to move
+            window = flow_xy(window)
+            offs = (np.repeat(2 * offs, 2) + np.tile([0, 1], T)).astype(np.int32)
+            return [
+                fn.sequence_rearrange(window, new_order=2 * (s - lo) + types.Constant(offs)) for s in starts
+            ]
+        return [fn.sequence_rearrange(window, new_order=(s - lo) + types.Constant(offs)) for s in starts]
 
     # ------------------------------------------------------------------ spatial augmentation
     def rrc(x):
@@ -169,33 +237,32 @@ def build_pipeline(
     def flip_flag():
         return fn.cast(coin(0.5), dtype=types.INT32) if spec.hflip else None
 
-    def augment_rgb(x):
-        x = rrc(x)
-        if spec.color_jitter_prob > 0 or spec.grayscale_prob > 0:
-            jit = fn.cast(coin(spec.color_jitter_prob), dtype=types.FLOAT)
-            gray = fn.cast(coin(spec.grayscale_prob), dtype=types.FLOAT)
+    def crop_flip_resize(x, flip):
+        """Random resized crop and horizontal flip in one resampling pass: the flip is a reversed ROI."""
+        anchor, shape = fn.random_crop_generator(
+            types.Constant(np.array([spec.height, spec.width], np.int64)),
+            random_area=list(spec.crop_scale),
+            random_aspect_ratio=list(spec.aspect_ratio),
+        )
+        y0, x0 = fn.cast(anchor[0], dtype=types.FLOAT), fn.cast(anchor[1], dtype=types.FLOAT)
+        h, w = fn.cast(shape[0], dtype=types.FLOAT), fn.cast(shape[1], dtype=types.FLOAT)
+        if flip is None:
+            start, end = fn.stack(y0, x0), fn.stack(y0 + h, x0 + w)
+        else:
+            f = fn.cast(flip, dtype=types.FLOAT)
+            start, end = fn.stack(y0, x0 + f * w), fn.stack(y0 + h, x0 + (1.0 - f) * w)
+        return fn.resize(x, size=[c, c], roi_start=start, roi_end=end, roi_relative=False, antialias=False)
 
-            def factor(strength):
-                return 1.0 + jit * (uniform(max(0.0, 1 - strength), 1 + strength) - 1.0)
-
-            bri, con, sat = factor(spec.brightness), factor(spec.contrast), factor(spec.saturation)
-            hue = jit * uniform(-spec.hue * 360.0, spec.hue * 360.0)  # DALI hue is in degrees
-            sat = sat * (1.0 - gray)
-            if fn.cast(jit + gray, dtype=types.BOOL):
-                x = fn.color_twist(x, brightness=bri, contrast=con, saturation=sat, hue=hue)
+    def augment_rgb(x, colour):
+        """colour: (M [3, 3], t [3]) per sample from ColourSource: jitter, grayscale and normalisation."""
+        x = crop_flip_resize(x, flip_flag())
         if spec.blur_prob > 0:
             sigma = uniform(*spec.blur_sigma)
             if coin(spec.blur_prob):
                 x = fn.gaussian_blur(x, sigma=sigma)
-        flip = flip_flag()
-        return fn.crop_mirror_normalize(
-            x,
-            mirror=flip if flip is not None else 0,
-            mean=list(RGB_MEAN),
-            std=list(RGB_STD),
-            dtype=out_dtype,
-            output_layout="FHWC",
-        )
+        m, t = colour
+        x = fn.coord_transform(x, M=m, T=t, dtype=types.FLOAT)
+        return fn.cast(x, dtype=types.FLOAT16) if spec.half else x
 
     def flow_xy(x):
         """[T, 2H, W, 3] -> [2T, H, W, 1]: x_0, y_0, x_1, y_1, ... as frames, luma channel only."""
@@ -203,24 +270,31 @@ def build_pipeline(
         return x[:, :, :, 0:1]
 
     def finish_flow(x, flip):
-        """[2T, c, c, 1] uint8 -> [T, c, c, 3] normalised (x, y, 0); x negated when flipped."""
-        x = fn.reshape(x, shape=[T, 2, c, c], layout="")
-        x = fn.transpose(x, perm=[0, 2, 3, 1], output_layout="FHWC")
+        """[2T, c, c, 1] uint8 -> [T, c, c, 3] normalised (x, y, 0), x negated when flipped.
+
+        [2T, c, c, 1] is [T, 2, c, c] read channel-first (free); a third plane of 128 is padded on the small
+        uint8 data, and crop_mirror_normalize flips, normalises (std of x negative on flipped samples: v ->
+        255 - v), turns the layout to channel-last and casts in one pass. Plane 3 gives (128 - 128) / s = 0."""
+        x = fn.reshape(x, shape=[T, 2, c, c], layout="FCHW")
+        x = fn.pad(x, axis_names="C", shape=[3], fill_value=128)
         if flip is None:
-            std = [FLOW_STD, FLOW_STD]
+            std = [FLOW_STD, FLOW_STD, FLOW_STD]
             mirror = 0
         else:
-            std = fn.stack(
-                FLOW_STD * (1.0 - 2.0 * fn.cast(flip, dtype=types.FLOAT)), types.Constant(FLOW_STD)
-            )
+            sign = 1.0 - 2.0 * fn.cast(flip, dtype=types.FLOAT)
+            std = fn.stack(FLOW_STD * sign, types.Constant(FLOW_STD), types.Constant(FLOW_STD))
             mirror = flip
-        x = fn.crop_mirror_normalize(
-            x, mirror=mirror, mean=[FLOW_MEAN, FLOW_MEAN], std=std, dtype=out_dtype, output_layout="FHWC"
+        return fn.crop_mirror_normalize(
+            x,
+            mirror=mirror,
+            mean=[FLOW_MEAN, FLOW_MEAN, 128.0],
+            std=std,
+            dtype=out_dtype,
+            output_layout="FHWC",
         )
-        return fn.pad(x, axis_names="C", shape=[3], fill_value=0.0)
 
     def augment_flow(x):
-        return finish_flow(rrc(flow_xy(x)), flip_flag())
+        return finish_flow(rrc(x), flip_flag())
 
     # ------------------------------------------------------------------ eval
     def eval_indices(nframes):
@@ -295,15 +369,31 @@ def build_pipeline(
                 # one window when it is no longer than the views decoded one by one
                 use_union = (hi - lo) <= spec.num_views * spec.span
                 if use_union:
-                    decoded = [decode_views(e, starts, (lo, hi)) for e in encoded]
+                    decoded = [
+                        decode_views(e, starts, (lo, hi), s == Stream.flow)
+                        for s, e in zip(spec.streams, encoded)
+                    ]
                 else:
-                    decoded = [decode_views(e, starts, None) for e in encoded]
+                    decoded = [
+                        decode_views(e, starts, None, s == Stream.flow) for s, e in zip(spec.streams, encoded)
+                    ]
             else:
-                decoded = [decode_views(e, starts, None) for e in encoded]
+                decoded = [
+                    decode_views(e, starts, None, s == Stream.flow) for s, e in zip(spec.streams, encoded)
+                ]
             per_stream = dict(zip(spec.streams, decoded))
             for stream in spec.streams:
-                aug = augment_rgb if stream == Stream.rgb else augment_flow
-                results += [aug(v) for v in per_stream[stream]]
+                if stream == Stream.rgb:
+                    colour = fn.external_source(
+                        source=ColourSource(spec, batch_size, seed),
+                        num_outputs=2 * spec.num_views,
+                        batch=True,
+                    )
+                    results += [
+                        augment_rgb(v, colour[2 * i : 2 * i + 2]) for i, v in enumerate(per_stream[stream])
+                    ]
+                else:
+                    results += [augment_flow(v) for v in per_stream[stream]]
         else:
             idx = eval_indices(nframes)
             for stream, enc in zip(spec.streams, encoded):
