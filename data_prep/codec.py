@@ -9,9 +9,10 @@ Why these choices (see docs/shard_format.md for the measurements):
   and ``lag-in-frames=0`` keeps every frame a shown frame (no alt-ref reordering), so frame counts are exact.
 - Flow: x and y are stacked vertically into the LUMA plane of one (2H) x W video (chroma held at the
   neutral 128), so neither channel is chroma-subsampled. The stream is tagged FULL range (pc/JPEG): DALI's
-  CPU decoder and its NVDEC path (``video_full_range_flag``) then convert Y -> R = G = B = Y with no
-  [16, 235] expansion, and with neutral chroma the colour matrix does not matter. So channel 0 of DALI's
-  RGB output of a flow video equals the stored v up to codec error only.
+  CPU decoder then converts Y -> R = G = B = Y with no [16, 235] expansion (measured; a limited-range tag
+  stretches v by 255/219 and clips), and with neutral chroma the colour matrix does not matter. So channel
+  0 of DALI's RGB output of a flow video equals the stored v up to codec error only. DALI's NVDEC path reads
+  the same tag (``video_full_range_flag`` in its frames_decoder_gpu.cc; not measured here, no GPU).
 
 Measured flow round-trip bound (``FLOW_ROUNDTRIP_BOUND``, tests/data_prep/test_codec.py): on realistic
 flow (smooth fields plus sharp motion boundaries) at ``FLOW_CRF``, max |decoded - v| over all pixels, PyAV
@@ -35,7 +36,9 @@ GOP = 8
 """Keyframe interval in frames (random access decodes at most GOP - 1 frames it throws away)."""
 
 RGB_CRF = 20
-"""Constant-quality level of RGB videos (0 best .. 63 worst)."""
+"""Constant-quality level of RGB videos (0 best .. 63 worst). Measured on a panning smooth texture with a
+sharp coloured disc (48 x 128 x 171): 59 kB, PSNR 34.2 dB through DALI; crf 16: 65 kB, 34.4 dB;
+crf 28: 46 kB, 33.5 dB (the 4:2:0 colour conversion alone limits this clip to 33-34 dB)."""
 
 FLOW_CRF = 3
 """Constant-quality level of flow videos: low, because flow is a measurement, not a picture.
@@ -51,7 +54,8 @@ FLOW_ROUNDTRIP_MEAN_BOUND = 1.0
 """Mean |decoded - stored| of a flow value. Measured 0.08 (TV-L1 flow) to 0.66 (0.3 px noise)."""
 
 CPU_USED = 8
-"""libvpx speed preset for realtime mode (higher = faster, lower quality at the same crf)."""
+"""libvpx speed preset for realtime mode (higher = faster). Measured: cpu-used 8 encodes a 48-frame
+128 x 171 RGB clip in 0.03-0.05 s vs 0.06-0.09 s at cpu-used 5, at the same size and PSNR."""
 
 NEUTRAL_CHROMA = 128
 
