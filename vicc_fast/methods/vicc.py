@@ -206,9 +206,11 @@ class ViCC(Method):
         names = [f"{phase.train_stream.value}{i}" for i in range(n_train)]
         if phase.frozen_stream is not None:
             names += [f"{phase.frozen_stream.value}{i}" for i in range(V - n_train)]
+        pair = -torch.einsum("tbk,pbk->tp", Q, logp) / P.shape[1]  # [V, V]: target t predicted from p
+        mask = swap_mask(V, P.device)
+        per_target = (pair * mask).sum(1) / mask.sum(1)
         for t in range(V):
-            terms = [-(Q[t] * logp[p]).sum(-1).mean() for p in range(V) if p != t]
-            out[f"term/q_{names[t]}"] = torch.stack(terms).mean()
+            out[f"term/q_{names[t]}"] = per_target[t]
         out["proto_usage_entropy"] = usage_entropy(P.reshape(-1, P.shape[-1]))
         out["queue_on"] = torch.tensor(float(queue_on), device=P.device)
         return out
