@@ -197,8 +197,10 @@ class CoclrConfig:
     momentum: float = _f(0.999, "momentum of the key encoder")
     queue_size: int = _f(2048, "negative queue length")
     temperature: float = _f(0.07, "InfoNCE temperature")
-    topk: int = _f(5, "positives mined from the other stream in co-training")
-    ubernce: bool = _f(False, "oracle positives = same class label (upper bound)")
+    topk: int = _f(5, "positives mined from the other stream in co-training (its K nearest queued clips)")
+    ubernce: bool = _f(
+        False, "UberNCE oracle: positives = queue clips of the same class label, in every phase (upper bound)"
+    )
 
 
 @dataclass
