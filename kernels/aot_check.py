@@ -36,9 +36,12 @@ def variants():
     block_n, block_k, block_d = sinkhorn_triton._blocks(300, 128)
     warps = sinkhorn_triton.NUM_WARPS
     for dt in ("*bf16", "*fp32"):
+        dot = 0 if dt == "*bf16" else 2  # kernels.tiles.dot_mode on a GPU
         src = {"src_ptr": dt, "prior_ptr": dt, "c_ptr": dt}
         for from_z, prior in ((True, False), (False, False), (False, True)):
-            base = dict(FROM_Z=from_z, HAS_PRIOR=prior, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d)
+            base = dict(
+                FROM_Z=from_z, HAS_PRIOR=prior, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d, DOT=dot
+            )
             tag = f"{dt[1:]} from_z={from_z} prior={prior}"
             yield f"sinkhorn fused {tag}", sinkhorn_triton._sinkhorn_fused_kernel, base, src, warps
             for first, combine, final in itertools.product((True, False), repeat=3):
@@ -48,7 +51,7 @@ def variants():
                 name = f"sinkhorn pass first={first} combine={combine} final={final} {tag}"
                 yield name, sinkhorn_triton._sinkhorn_pass_kernel, c, src, warps
         ptrs = {"z_ptr": dt, "c_ptr": dt}
-        c = dict(BLOCK_N=scoring_triton.BLOCK_N, BLOCK_K=scoring_triton.BLOCK_K, BLOCK_D=64)
+        c = dict(BLOCK_N=scoring_triton.BLOCK_N, BLOCK_K=scoring_triton.BLOCK_K, BLOCK_D=64, DOT=dot)
         yield f"scores {dt[1:]}", scoring_triton._scores_kernel, c, ptrs, 4
         lb_b, lb_k = loss_triton._blocks(300)
         c = dict(BLOCK_B=lb_b, BLOCK_K=lb_k)

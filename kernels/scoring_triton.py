@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels.tiles import score_tile
+from kernels.tiles import dot_mode, score_tile
 
 BLOCK_N = 32
 BLOCK_K = 64
@@ -21,7 +21,7 @@ BLOCK_K = 64
 def _scores_kernel(
     z_ptr, c_ptr, out_ptr, N, K, D,
     stride_zv, stride_zn, stride_zd, stride_ck, stride_cd, stride_ov, stride_on, stride_ok,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, DOT: tl.constexpr,
 ):  # fmt: skip
     v = tl.program_id(0)
     rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -30,7 +30,7 @@ def _scores_kernel(
     col_mask = cols < K
     s = score_tile(
         z_ptr + v * stride_zv, c_ptr, rows, cols, row_mask, col_mask, D,
-        stride_zn, stride_zd, stride_ck, stride_cd, BLOCK_D,
+        stride_zn, stride_zd, stride_ck, stride_cd, BLOCK_D, DOT,
     )  # fmt: skip
     tl.store(
         out_ptr + v * stride_ov + rows[:, None] * stride_on + cols[None, :] * stride_ok,
@@ -53,6 +53,6 @@ def prototype_scores(z: Tensor, prototypes: Tensor) -> Tensor:
         z3, c, out, N, K, D,
         z3.stride(0), z3.stride(1), z3.stride(2), c.stride(0), c.stride(1),
         out.stride(0), out.stride(1), out.stride(2),
-        BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, BLOCK_D=block_d,
+        BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, BLOCK_D=block_d, DOT=dot_mode(z3.dtype, c.dtype),
     )  # fmt: skip
     return out[0] if squeeze else out

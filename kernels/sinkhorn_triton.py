@@ -7,7 +7,8 @@ computes the tile's a from the previous b and folds the tile into the online col
 
 Two launch plans, same math and same helpers (kernels/tiles.py):
 - fused: one program per view runs every iteration and writes Q (1 launch in all); used in one process when
-  N <= FUSED_MAX_ROWS (the matrix is re-read from L2 each pass; above that one SM per view is too few).
+  N <= FUSED_MAX_ROWS (the matrix is re-read from L2 each pass; above that one SM per view is too few:
+  the threshold is a guess, not tuned on a GPU).
 - pieces: one launch per pass over a (view, row tile) grid writing per-tile column (max, sum) partials. In one
   process the next pass combines them itself (n_iters + 1 launches); across ranks the partials are combined on
   the host and all-reduced (max, then sum: SwAV's one per-prototype sum, made overflow-proof) between passes.
@@ -21,9 +22,9 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels.reference import AllReduce
-from kernels.tiles import col_stats, combine_partials, logits_tile, merge_stats, neg_row_lse
+from kernels.tiles import col_stats, combine_partials, dot_mode, logits_tile, merge_stats, neg_row_lse
 
-FUSED_MAX_ROWS = 1024
+FUSED_MAX_ROWS = 256
 MAX_K = 16384
 TILE_ELEMS = 8192  # BLOCK_N * BLOCK_K: the register tile of one program
 NUM_WARPS = 8  # 32 fp32 tile elements per thread
@@ -40,7 +41,7 @@ def _sinkhorn_fused_kernel(
     stride_ov, stride_on, stride_ok,
     scale, prior_coef,
     FROM_Z: tl.constexpr, HAS_PRIOR: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, DOT: tl.constexpr,
 ):  # fmt: skip
     v = tl.program_id(0)
     src_ptr += v * stride_v
@@ -58,7 +59,7 @@ def _sinkhorn_fused_kernel(
             x = logits_tile(
                 src_ptr, prior_ptr, c_ptr, rows, cols, row_mask, col_mask, D,
                 stride_n, stride_k, stride_pn, stride_pk, stride_ck, stride_cd,
-                scale, prior_coef, FROM_Z, HAS_PRIOR, BLOCK_D,
+                scale, prior_coef, FROM_Z, HAS_PRIOR, BLOCK_D, DOT,
             )  # fmt: skip
             # SwAV starts from exp(x) itself: no row scaling before the first column normalisation.
             la = tl.where(it > 0, neg_row_lse(x, lb, col_mask), 0.0)
@@ -71,7 +72,7 @@ def _sinkhorn_fused_kernel(
         x = logits_tile(
             src_ptr, prior_ptr, c_ptr, rows, cols, row_mask, col_mask, D,
             stride_n, stride_k, stride_pn, stride_pk, stride_ck, stride_cd,
-            scale, prior_coef, FROM_Z, HAS_PRIOR, BLOCK_D,
+            scale, prior_coef, FROM_Z, HAS_PRIOR, BLOCK_D, DOT,
         )  # fmt: skip
         la = neg_row_lse(x, lb, col_mask)
         q = tl.exp(x + la[:, None] + lb[None, :])
@@ -94,6 +95,7 @@ def _sinkhorn_pass_kernel(
     FIRST: tl.constexpr, COMBINE: tl.constexpr, FINAL: tl.constexpr,
     FROM_Z: tl.constexpr, HAS_PRIOR: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+    DOT: tl.constexpr,
 ):  # fmt: skip
     """One pass over row tile program_id(1) of view program_id(0).
 
@@ -112,7 +114,7 @@ def _sinkhorn_pass_kernel(
     x = logits_tile(
         src_ptr, prior_ptr, c_ptr, rows, cols, row_mask, col_mask, D,
         stride_n, stride_k, stride_pn, stride_pk, stride_ck, stride_cd,
-        scale, prior_coef, FROM_Z, HAS_PRIOR, BLOCK_D,
+        scale, prior_coef, FROM_Z, HAS_PRIOR, BLOCK_D, DOT,
     )  # fmt: skip
     if FIRST:
         la = tl.zeros((BLOCK_N,), dtype=tl.float32)
@@ -189,7 +191,7 @@ def _run(
         stride_ov=out.stride(0), stride_on=out.stride(1), stride_ok=out.stride(2),
         scale=scale, prior_coef=prior_coef,
         FROM_Z=from_z, HAS_PRIOR=has_prior,
-        BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d,
+        BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d, DOT=dot_mode(src.dtype, cc.dtype),
     )  # fmt: skip
     if fused is None:
         fused = all_reduce is None and N <= FUSED_MAX_ROWS

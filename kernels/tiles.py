@@ -6,8 +6,20 @@ Triton 3.6 and run in the 3.8 interpreter.
 
 from __future__ import annotations
 
+import os
+
+import torch
 import triton
 import triton.language as tl
+
+
+def dot_mode(a: torch.dtype, b: torch.dtype) -> int:
+    """How score tiles multiply: 0 native 16-bit tensor-core dot (both operands bf16 or both fp16), 1 exact fp32
+    (the interpreter, where the bf16 dot of triton 3.8 returns garbage), 2 fp32 operands as 3xTF32 on a GPU."""
+    interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    if a == b and a in (torch.float16, torch.bfloat16) and not (interpret and a == torch.bfloat16):
+        return 0
+    return 1 if interpret else 2
 
 
 @triton.jit
@@ -24,10 +36,11 @@ def score_tile(
     stride_ck,
     stride_cd,
     BLOCK_D: tl.constexpr,
+    DOT: tl.constexpr,
 ):
     """fp32 scores z[rows] . c[cols] -> [BLOCK_N, BLOCK_K]; z_ptr already offset to the view.
 
-    z and c may be any float dtype; products and sums are fp32.
+    z and c may be any float dtype; sums are fp32. DOT: see :func:`dot_mode`.
     """
     acc = tl.zeros((rows.shape[0], cols.shape[0]), dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
@@ -43,9 +56,12 @@ def score_tile(
             mask=d_mask[:, None] & col_mask[None, :],
             other=0.0,
         )
-        # fp32 products whatever the storage dtype: exact against the reference, and TF32 would move
-        # s/eps by ~1e-2 at eps=0.05. D=128, K=300 is a few MFLOP per tile pass, far from compute-bound.
-        acc = tl.dot(zt.to(tl.float32), ct.to(tl.float32), acc, input_precision="ieee")
+        if DOT == 0:  # same 16-bit dtype: tensor cores, exact products, fp32 accumulation
+            acc = tl.dot(zt, ct, acc)
+        elif DOT == 1:  # exact fp32 (the interpreter; its bf16 dot is broken in triton 3.8)
+            acc = tl.dot(zt.to(tl.float32), ct.to(tl.float32), acc, input_precision="ieee")
+        else:  # fp32 on a GPU: 3xTF32 on the tensor cores (plain TF32 would move s/eps by ~1e-2)
+            acc = tl.dot(zt.to(tl.float32), ct.to(tl.float32), acc, input_precision="tf32x3")
     return acc
 
 
@@ -70,6 +86,7 @@ def logits_tile(
     FROM_Z: tl.constexpr,
     HAS_PRIOR: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    DOT: tl.constexpr,
 ):
     """x = scale * s + prior_coef * log(max(prior, tiny)) as fp32 [BLOCK_N, BLOCK_K]; 0 outside the masks.
 
@@ -80,7 +97,7 @@ def logits_tile(
     if FROM_Z:
         s = score_tile(
             src_ptr, c_ptr, rows, cols, row_mask, col_mask, D, stride_n, stride_k,
-            stride_ck, stride_cd, BLOCK_D,
+            stride_ck, stride_cd, BLOCK_D, DOT,
         )  # fmt: skip
     else:
         s = tl.load(src_ptr + rows[:, None] * stride_n + cols[None, :] * stride_k, mask=mask, other=0.0).to(

@@ -44,10 +44,11 @@ def test_fused_scoring_sinkhorn_matches_reference(fused):
     q = sinkhorn_triton.assign(z, c, 1 / 0.05, 3, 21, None, fused=fused)
     ref = R.sinkhorn(R.prototype_scores(z, c), 0.05, 3, 21)
     torch.testing.assert_close(q, ref, atol=Q_ATOL, rtol=0)
-    zb, cb = z.bfloat16(), c.bfloat16()
-    q = kernels.assign(zb, cb, 0.05, 3, 21, backend="triton")
-    ref = R.sinkhorn(R.prototype_scores(zb, cb), 0.05, 3, 21)
-    torch.testing.assert_close(q, ref, atol=1e-4, rtol=0)  # bf16 products summed in another order
+    for dtype in (torch.bfloat16, torch.float16):  # bf16: fp32 dot in the interpreter; fp16: the native dot
+        zb, cb = z.to(dtype), c.to(dtype)
+        q = kernels.assign(zb, cb, 0.05, 3, 21, backend="triton")
+        ref = R.sinkhorn(R.prototype_scores(zb, cb), 0.05, 3, 21)
+        torch.testing.assert_close(q, ref, atol=1e-4, rtol=0)  # exact products summed in another order
 
 
 @pytest.mark.parametrize("fused", [True, False])
