@@ -65,6 +65,23 @@ def ensure_data(cfg: C.Config, is_main: bool) -> None:
         raise FileNotFoundError(f"{manifest} is still missing after the synthetic build")
 
 
+def install_stop_handlers(trainer) -> None:  # noqa: ANN001  (engine.trainer.Trainer, imported lazily)
+    """SIGTERM/SIGUSR1 (preemption) and a first Ctrl-C: checkpoint after the current step, then exit with code 3.
+    A second Ctrl-C aborts at once."""
+
+    def handler(signum: int, frame: object) -> None:
+        if signum == signal.SIGINT and trainer.stop_requested:
+            raise KeyboardInterrupt
+        if signum == signal.SIGINT:
+            print(
+                "\nstopping after this step (a checkpoint is written); Ctrl-C again aborts", file=sys.stderr
+            )
+        trainer.request_stop()
+
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(sig, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     path, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     try:
@@ -104,11 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         ensure_data(cfg, info.is_main)
         trainer = Trainer(cfg, method, info)
-        for sig in (
-            signal.SIGTERM,
-            signal.SIGUSR1,
-        ):  # preemption: checkpoint after the current step, then exit
-            signal.signal(sig, lambda *_: trainer.request_stop())
+        install_stop_handlers(trainer)
         if info.is_main:
             Path(cfg.train.out_dir).mkdir(parents=True, exist_ok=True)
             from vicc_fast import atomic

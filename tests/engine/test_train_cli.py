@@ -74,3 +74,30 @@ def test_paper_configs_load_with_the_papers_numbers():
         m = cfg.method
         assert (m.temperature, m.epsilon, m.sinkhorn_iters, m.queue_size) == (0.1, 0.05, 3, 1920)
         assert cfg.train.batch_shuffle and cfg.train.amp is C.Amp.bf16 and cfg.train.channels_last
+
+
+def test_signals_request_a_checkpointed_stop(capsys):
+    import os
+    import signal
+
+    from vicc_fast.train import install_stop_handlers
+
+    class Fake:
+        stop_requested = False
+
+        def request_stop(self):
+            self.stop_requested = True
+
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
+    try:
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+            fake = Fake()
+            install_stop_handlers(fake)
+            os.kill(os.getpid(), sig)
+            assert fake.stop_requested, sig
+        with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C aborts
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    assert "Ctrl-C again aborts" in capsys.readouterr().err

@@ -224,6 +224,10 @@ class Trainer:
         self.run_step = 0
         self._stop = False
 
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop
+
     def request_stop(self) -> None:
         """Ask the loop to checkpoint and stop (safe from a signal handler: it only sets a flag)."""
         self._stop = True
