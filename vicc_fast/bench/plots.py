@@ -1,6 +1,6 @@
 """Step-time breakdown plot from the step benchmark's JSON records.
 
-``python -m vicc_fast.bench.plots benchmarks/results/step_cpu.json -o benchmarks/step_breakdown_cpu.png``
+``python -m vicc_fast.bench.plots benchmarks/results/step_cpu.json -o benchmarks/step_breakdown_cpu.png [--table]``
 
 One horizontal stacked bar per (grid point, variant): data-wait / forward / loss head / backward / optimiser /
 other, in ms per step, the fast path directly above its baseline, with clips/s at the end of each bar. By default
@@ -54,6 +54,47 @@ def bars(records: list[dict[str, Any]], newest_only: bool = True) -> list[tuple[
     return [b for group in rows.values() for b in group]
 
 
+def step_table(records: list[dict[str, Any]], newest_only: bool = True) -> str:
+    """Markdown table of step-benchmark rows: fast, baseline and their ratio per grid point."""
+    rows: dict[str, dict[str, Any]] = {}
+    for rec in records:
+        if rec.get("benchmark") != "step":
+            continue
+        where = (rec.get("env") or {}).get("gpu") or "CPU"
+        for row in rec["result"]["rows"]:
+            key = f"{_label(row['point'])} [{where}]"
+            if newest_only or key not in rows:
+                rows[key] = row
+    head = (
+        "| point | variant | clips/s | step ms | data-wait | forward | loss head | backward | optimiser | "
+        "data-wait % | loss head % | peak |\n|" + " --- |" * 12
+    )
+    lines = [head]
+    for key, row in rows.items():
+        for v in ("fast", "baseline"):
+            if v not in row:
+                continue
+            m = row[v]
+            b = m["breakdown_ms"]
+            peak = m.get("peak_mem_mb")
+            peak_s = (
+                f"{peak:.0f} MB GPU" if peak is not None else f"{m.get('peak_rss_mb_process', 0):.0f} MB RSS"
+            )
+            lines.append(
+                f"| {key if v == 'fast' else ''} | {v} | {m['clips_per_s']:.2f} | {m['step_ms']:.0f} | "
+                + " | ".join(f"{b[p]:.0f}" for p in PARTS)
+                + f" | {m['data_wait_pct']:.1f} | {m['loss_head_pct']:.1f} | {peak_s} |"
+            )
+        if "ratio" in row:
+            r = row["ratio"]
+            lines.append(
+                f"| | fast / baseline | **{r['clips_per_s']:.2f}x** | | "
+                + " | ".join(f"{r[p + '_speedup']:.2f}x" for p in PARTS)
+                + " | | | |"
+            )
+    return "\n".join(lines)
+
+
 def plot(records: list[dict[str, Any]], out: Path, newest_only: bool = True, title: str = "") -> Path:
     import matplotlib
 
@@ -91,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m vicc_fast.bench.plots", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     ap.add_argument("json", nargs="+", type=Path, help="step-benchmark JSON files (lists of records)")
-    ap.add_argument("-o", "--out", type=Path, required=True, help="PNG to write")
+    ap.add_argument("-o", "--out", type=Path, default=None, help="PNG to write")
+    ap.add_argument("--table", action="store_true", help="print a markdown table of the step records")
     ap.add_argument(
         "--all", action="store_true", help="draw every record, not only the newest per grid point"
     )
@@ -103,6 +145,12 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"{p}: no such file")
         data = json.loads(p.read_text())
         records += data if isinstance(data, list) else [data]
+    if args.table:
+        print(step_table(records, not args.all))
+    if args.out is None:
+        if not args.table:
+            ap.error("give -o OUT.png and/or --table")
+        return 0
     try:
         print(plot(records, args.out, not args.all, args.title))
     except ValueError as exc:
