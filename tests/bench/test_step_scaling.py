@@ -112,3 +112,13 @@ def test_comm_model_matches_collectives_of_two_gloo_ranks(tmp_path) -> None:
     assert measured["gloo:all_gather"]["bytes_fp32_equiv"] == model["all_gather_bytes"]
     assert model["sinkhorn"]["calls"] == 2 * 3  # MAX + SUM per iteration, paper's 3 iterations
     assert w2["clips_per_s"] > 0
+
+
+def test_default_input_is_the_demo_set() -> None:
+    """`python -m vicc_fast.bench step` with no data.root reads (or builds) the demo's synthetic shards."""
+    demo = C.load(C.DEFAULT_CONFIG)
+    cfg = C.load(S.BENCH_CONFIG, S.demo_data_overrides([]))
+    assert cfg.data.root == demo.data.root and cfg.data.build_if_missing
+    assert cfg.data.synthetic == demo.data.synthetic
+    assert cfg.model.num_prototypes == 300 and cfg.method.queue_size == 1920  # the paper's loss head stays
+    assert S.demo_data_overrides(["data.root=/x"]) == []

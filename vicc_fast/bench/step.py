@@ -88,7 +88,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "overrides",
         nargs="*",
-        help="config overrides key=value applied to every grid point (e.g. data.root=DIR data.threads=2)",
+        help="config overrides key=value applied to every grid point (e.g. data.root=DIR data.threads=2); "
+        "without data.root the default demo's synthetic shards are read (built when missing)",
     )
     p.add_argument(
         "--config", default=None, help="YAML config to start from (default: configs/synthetic_demo.yaml)"
@@ -487,8 +488,25 @@ FAST = ["data.backend=dali"]
 BASELINE = ["data.backend=torch", "kernels.backend=torch"]
 
 
+def demo_data_overrides(overrides: list[str]) -> list[str]:
+    """Without a ``data.root=`` override, read the default demo's synthetic shards (built when missing, with the
+    demo's synthetic settings), so that ``python -m vicc_fast.bench step`` runs out of the box."""
+    if any(o.startswith("data.root=") for o in overrides):
+        return []
+    demo = C.load(C.DEFAULT_CONFIG)
+    syn = C.to_dict(demo)["data"]["synthetic"]
+    return [f"data.root={demo.data.root}", "data.build_if_missing=true"] + [
+        f"data.synthetic.{k}={v}" for k, v in syn.items()
+    ]
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    base_overrides = list(args.overrides) + [f"train.device={args.device}", "train.progress=false"]
+    base_overrides = [
+        *(demo_data_overrides(args.overrides) if args.input == "loader" else []),
+        *args.overrides,
+        f"train.device={args.device}",
+        "train.progress=false",
+    ]
     path = args.config or BENCH_CONFIG
     rows = []
     for point in grid(args):
