@@ -1,5 +1,6 @@
 """ViCC: the loss against the paper's pseudocode, the schedule, freezing, the queue, the frozen stream."""
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -366,3 +367,14 @@ def test_bf16_autocast_keeps_loss_head_fp32(cfg):
     torch.testing.assert_close(out["loss"], ref, rtol=0.05, atol=0.05)
     out["loss"].backward()
     assert m.protos["flow"].weight.grad.dtype == torch.float32
+
+
+def test_usage_entropy():
+    from vicc_fast.methods.vicc import usage_entropy
+
+    K = 4
+    uniform = torch.eye(K).repeat(3, 1)  # every prototype nearest for 3 rows
+    torch.testing.assert_close(usage_entropy(uniform), torch.tensor(math.log(K)))
+    collapsed = torch.zeros(12, K)
+    collapsed[:, 2] = 1
+    assert usage_entropy(collapsed).abs() < 1e-6

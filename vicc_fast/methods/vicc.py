@@ -87,7 +87,11 @@ def swap_mask(num_views: int, device: torch.device) -> torch.Tensor:
 def usage_entropy(scores: torch.Tensor) -> torch.Tensor:
     """Entropy (nats) of how often each prototype is a view's nearest one. scores: [N, K] -> 0-dim.
     ln K when every prototype is used equally, 0 when all rows pick one prototype (collapse)."""
-    counts = torch.bincount(scores.argmax(dim=1), minlength=scores.shape[1]).float()
+    idx = scores.argmax(dim=1)
+    # index_add_, not bincount: bincount sizes its output from the data (a device-to-host sync on GPU)
+    counts = torch.zeros(scores.shape[1], device=scores.device).index_add_(
+        0, idx, torch.ones_like(idx, dtype=torch.float32)
+    )
     p = counts / counts.sum()
     return -(p * torch.log(p.clamp_min(1e-12))).sum()
 
