@@ -456,7 +456,9 @@ def build_synthetic(
         except (shards.ShardFormatError, KeyError, TypeError):
             pass
     src = out / "source"
-    synthetic.generate(src, cfg, workers=workers, progress=progress)
+    # The source folder belongs to this shard folder: other synthetic settings replace it (and the changed
+    # videos' size/mtime invalidate their cache entries).
+    synthetic.generate(src, cfg, workers=workers, progress=progress, overwrite=True)
     records = load_records(Source.ucf101, src, 1)
     return build(
         records,

@@ -194,6 +194,9 @@ def test_build_synthetic_one_call(tmp_path):
     stamp = path.stat().st_mtime_ns
     assert build.build_synthetic(tmp_path / "syn", cfg, workers=1, progress=False) == path
     assert path.stat().st_mtime_ns == stamp  # same settings: nothing rebuilt
+    cfg.frames = 5  # other settings: the source set and the shards are rebuilt
+    m2 = shards.load_manifest(build.build_synthetic(tmp_path / "syn", cfg, workers=1, progress=False))
+    assert m2["video"]["min_frames"] == 5 and m2["settings"]["synthetic"]["frames"] == 5
 
 
 def test_interrupted_rebuild_leaves_no_complete_looking_folder(built, tmp_path, monkeypatch):
