@@ -142,3 +142,21 @@ def test_enqueue_ring_wraps():
     q16 = torch.zeros(2, 7, 20, dtype=torch.bfloat16)
     kernels.enqueue(q16, z, 0, backend="triton")
     torch.testing.assert_close(q16[:, :5], z.bfloat16(), rtol=0, atol=0)
+
+
+def test_non_contiguous_inputs():
+    g = torch.Generator().manual_seed(17)
+    base = torch.randn(19, 3, 37, generator=g)
+    P = base.permute(1, 0, 2).requires_grad_()  # [V, B, K] with non-unit strides everywhere
+    Q = R.sinkhorn(torch.randn(3, 37, 19, generator=g).transpose(1, 2), 0.05, 3, 19)
+    mask = ~torch.eye(3, dtype=torch.bool)
+    loss = kernels.swapped_loss(P, Q, mask, 0.1, backend="triton")
+    ref = R.swapped_loss(P, Q, mask, 0.1)
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        torch.autograd.grad(loss, P)[0], torch.autograd.grad(ref, P)[0], rtol=1e-4, atol=1e-7
+    )
+    s = torch.randn(37, 30, generator=g).t()  # [N=30, K=37], column-major
+    torch.testing.assert_close(
+        kernels.sinkhorn(s, 0.05, 3, 10, backend="triton"), R.sinkhorn(s, 0.05, 3, 10), atol=Q_ATOL, rtol=0
+    )
