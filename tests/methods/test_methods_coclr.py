@@ -172,3 +172,10 @@ def test_momentum_key_encoder_and_frozen_stream():
     for k, v in m.nets["flow"].state_dict().items():
         assert torch.equal(v, flow_before[k]), k
     assert not m.nets["flow"].training
+
+
+def test_bad_settings_are_clear_errors():
+    from vicc_fast.config import ConfigError
+
+    with pytest.raises(ConfigError, match="method.coclr.queue_size"):
+        build_method(coclr_config(queue_size=0))

@@ -177,3 +177,10 @@ def test_bf16_autocast(variant):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = m.loss(make_batch(), state_at(phase, 0))
     assert out["loss"].dtype == torch.float32 and torch.isfinite(out["loss"])
+
+
+def test_bad_settings_are_clear_errors():
+    from vicc_fast.config import ConfigError
+
+    with pytest.raises(ConfigError, match="method.goca.lambda1"):
+        build_method(goca_config(lambda1=0.0))

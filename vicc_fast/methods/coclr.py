@@ -21,7 +21,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from vicc_fast.config import Config, Stream
+from vicc_fast.config import Config, ConfigError, Stream
 from vicc_fast.data.batch import Batch
 from vicc_fast.methods.base import Method, PhaseSpec, StepState
 from vicc_fast.methods.common import (
@@ -117,6 +117,15 @@ class CoCLR(Method):
         super().__init__()
         self.cfg = cfg
         c = cfg.method.coclr
+        checks = [
+            (c.queue_size > 0, "method.coclr.queue_size", "must be > 0 (the queue holds the negatives)"),
+            (c.topk >= 0, "method.coclr.topk", "must be >= 0"),
+            (c.temperature > 0, "method.coclr.temperature", "must be > 0"),
+            (0 <= c.momentum < 1, "method.coclr.momentum", "must be in [0, 1)"),
+        ]
+        for ok, key, why in checks:
+            if not ok:
+                raise ConfigError(f"config key '{key}': {why}")
         self.nets = nn.ModuleDict({s.value: StreamNet(cfg.model) for s in Stream})
         self.key_nets = nn.ModuleDict({s.value: copy.deepcopy(self.nets[s.value]) for s in Stream})
         for k in self.key_nets.values():

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import kernels
-from vicc_fast.config import Config, GocaVariant, Stream
+from vicc_fast.config import Config, ConfigError, GocaVariant, Stream
 from vicc_fast.data.batch import Batch
 from vicc_fast.methods.base import Method, PhaseSpec, StepState
 from vicc_fast.methods.common import (
@@ -99,6 +99,17 @@ class GOCA(Method):
         super().__init__()
         self.cfg = cfg
         self.variant = GocaVariant(cfg.method.goca.variant)
+        g = cfg.method.goca
+        checks = [
+            (g.lambda1 > 0, "method.goca.lambda1", "must be > 0"),
+            (g.lambda2 >= 0, "method.goca.lambda2", "must be >= 0"),
+            (g.proto_reg_steps >= 0, "method.goca.proto_reg_steps", "must be >= 0"),
+            (g.proto_reg_init_steps >= 0, "method.goca.proto_reg_init_steps", "must be >= 0"),
+            (g.epochs >= 0, "method.goca.epochs", "must be >= 0"),
+        ]
+        for ok, key, why in checks:
+            if not ok:
+                raise ConfigError(f"config key '{key}': {why}")
         mc = cfg.model
         self.backbones = nn.ModuleDict({s.value: build_encoder(mc) for s in STREAMS})
         fdim = self.backbones["rgb"].feature_dim
