@@ -75,6 +75,12 @@ def test_two_phases_through_the_real_loader_with_exact_resume(shards, tmp_path):
     table = results_table(res, ref.phases()).splitlines()
     assert [ln.split()[0] for ln in table[1:]] == ["RGB-1", "Flow-1"]
     assert 0 <= res["flow1"]["metrics"]["flow/R@1"] <= 100
+    encoders, saved_cfg = ckpt.load_encoders(ckpt.phase_path(cfg.train.out_dir, "rgb1"))
+    assert saved_cfg.model == cfg.model and set(encoders) == {C.Stream.rgb, C.Stream.flow}
+    assert not encoders[C.Stream.rgb].training
+    # rgb1.pt holds the RGB encoder as it was at the end of rgb1 (flow1 never touches it)
+    for k, v in encoders[C.Stream.rgb].state_dict().items():
+        assert torch.equal(v, ref.encoders()[C.Stream.rgb].state_dict()[k]), k
 
     cfg = _cfg(shards, tmp_path / "b", "train.ckpt_every_steps=1", "eval.after_phase=false")
 
