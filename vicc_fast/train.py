@@ -12,6 +12,7 @@ import argparse
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from vicc_fast import config as C
@@ -83,6 +84,7 @@ def install_stop_handlers(trainer) -> None:  # noqa: ANN001  (engine.trainer.Tra
 
 
 def main(argv: list[str] | None = None) -> int:
+    t_start = time.perf_counter()
     path, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         cfg = C.load(path, overrides)
@@ -131,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         if info.is_main:
             order = select_phases(method.phases(), C.Phase.all)
             print("\n" + results_table(results, order), flush=True)
+            print(f"wall time {time.perf_counter() - t_start:.0f} s (this invocation)", flush=True)
         return 0
     except TrainingStopped as exc:
         print(str(exc), file=sys.stderr)

@@ -140,6 +140,7 @@ def test_cli_builds_missing_shards_trains_and_prints_the_table(tmp_path, capsys)
     out = capsys.readouterr().out
     assert rc == 0
     assert (tmp_path / "data" / "manifest.json").is_file()
-    head, row = out.strip().splitlines()[-2:]
+    head, row, took = out.strip().splitlines()[-3:]
+    assert took.startswith("wall time ")
     assert head.split() == ["R@1"] and row.split()[0] == "RGB-1"
     assert ckpt.load(ckpt.latest_path(tmp_path / "run"))["completed"] == ["rgb1"]

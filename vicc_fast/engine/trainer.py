@@ -370,25 +370,36 @@ class Trainer:
                 if p.name in self.completed:
                     continue
                 pos = position if position is not None and position.phase == p.name else None
+                t0 = time.perf_counter()
                 self._train_phase(p, pos)
                 self.completed.append(p.name)
                 self._save(p, epoch=p.epochs, step=0, optimizer=None, scaler=None, phase_end=True)
-                self._evaluate(p)
+                t1 = time.perf_counter()
+                self._evaluate(p, train_s=t1 - t0)
         finally:
             self.profiler.close()
             self.logger.close()
         return self.results
 
-    def _evaluate(self, phase: PhaseSpec) -> None:
+    def _evaluate(self, phase: PhaseSpec, train_s: float | None = None) -> None:
+        """Run the evaluation hook; record its metrics and the phase's wall times (train_s: this session's
+        training time of the phase, None when it was trained before a resume) in results.json."""
         hook = self._eval_hook()
+        if train_s is not None:
+            self.logger.write(f"{phase.name}: trained in {train_s:.1f} s")
         if hook is None:
             return
+        t0 = time.perf_counter()
         res = hook(self.cfg, self.method, phase, self.dist.rank, self.dist.world_size, self.device)
+        eval_s = time.perf_counter() - t0
         if self.dist.is_main:
-            self.results[phase.name] = {"report": phase.report, "metrics": res}
+            seconds = {"train": train_s, "eval": eval_s}
+            self.results[phase.name] = {"report": phase.report, "metrics": res, "seconds": seconds}
             doc = {"phases": self.results, "completed": self.completed}
             atomic.write_text(self.out_dir / "results.json", json.dumps(doc, indent=1, default=float))
-            self.logger.write(f"{phase.name} ({phase.report or '-'}): {format_metrics(res)}")
+            self.logger.write(
+                f"{phase.name} ({phase.report or '-'}): {format_metrics(res)} [eval {eval_s:.1f} s]"
+            )
 
     # ------------------------------------------------------------------------------------------ one phase
     def _train_phase(self, phase: PhaseSpec, pos: _Position | None) -> None:
