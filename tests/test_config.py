@@ -58,3 +58,10 @@ def test_every_shipped_yaml_loads():
     assert files
     for f in files:
         C.load(f)
+
+
+def test_off_is_an_enum_word_not_a_yaml_boolean(tmp_path):
+    assert C.load(None, ["train.amp=off"]).train.amp is C.Amp.off
+    y = tmp_path / "c.yaml"
+    y.write_text("train:\n  amp: off\n")
+    assert C.load(y).train.amp is C.Amp.off

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -268,12 +269,17 @@ class TrainConfig:
     channels_last: bool = _f(True, "use torch.channels_last_3d activations")
     compile: bool = _f(False, "torch.compile the encoders")
     sync_bn: bool = _f(False, "SyncBatchNorm across ranks")
-    batch_shuffle: bool = _f(True, "shuffle the batch across ranks around the encoders (BN leakage); no-op on one rank or with sync_bn")
+    batch_shuffle: bool = _f(
+        True,
+        "shuffle the batch across ranks around the encoders (BN leakage); no-op on one rank or with sync_bn",
+    )
     seed: int = _f(0, "global seed")
     device: Device = _f(Device.auto, "training device: auto (this rank's GPU when present) | cpu | gpu")
     out_dir: str = _f("runs/default", "run folder: checkpoints, TensorBoard logs, results")
     resume: str = _f("auto", "auto (latest checkpoint in out_dir) | never | path to a checkpoint")
-    ckpt_every_steps: int = _f(500, "checkpoint every N steps (and always at phase ends); 0 = phase ends only")
+    ckpt_every_steps: int = _f(
+        500, "checkpoint every N steps (and always at phase ends); 0 = phase ends only"
+    )
     log_every_steps: int = _f(10, "TensorBoard scalars every N steps")
     progress: bool = _f(True, "progress bar on rank 0")
     deterministic: bool = _f(
@@ -287,7 +293,9 @@ class TrainConfig:
 class EvalConfig:
     after_phase: bool = _f(True, "kNN retrieval after each training phase")
     recall_ks: list[int] = _f([1, 5, 10, 20, 50], "k of Recall@k")
-    batch_size: int = _f(32, "clips per rank per evaluation step (and per linear-probe / finetune training step)")
+    batch_size: int = _f(
+        32, "clips per rank per evaluation step (and per linear-probe / finetune training step)"
+    )
     linear_epochs: int = _f(100, "epochs of the linear probe")
     finetune_epochs: int = _f(50, "epochs of end-to-end finetuning")
     finetune_dropout: float = _f(0.5, "dropout before the finetuning classifier")
@@ -340,6 +348,20 @@ def _one_line(exc: OmegaConfBaseException) -> str:
     return f"config key '{key}': {msg}" if key else f"config: {msg}"
 
 
+def _unbool_enums(node: DictConfig, cls: type) -> None:
+    """YAML 1.1 reads ``off``/``on``/``yes``/``no`` as booleans; where the schema wants an Enum, restore the
+    word the user wrote (so ``train.amp=off`` means ``Amp.off``)."""
+    types = {f.name: f.type for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in list(node.keys()):
+        kind = hints.get(str(key), types.get(str(key)))
+        value = node[key]
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind) and isinstance(value, DictConfig):
+            _unbool_enums(value, kind)
+        elif isinstance(kind, type) and issubclass(kind, enum.Enum) and isinstance(value, bool):
+            node[key] = "on" if value else "off"
+
+
 def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Schema defaults <- YAML file <- ``key=value`` overrides, validated; returns a typed :class:`Config`.
 
@@ -352,17 +374,22 @@ def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] 
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:
-            layers.append(OmegaConf.load(p))
+            loaded = OmegaConf.load(p)
         except Exception as exc:  # a YAML syntax error names the file and line
             raise ConfigError(f"config file {p}: {str(exc).splitlines()[0]}") from None
+        if isinstance(loaded, DictConfig):
+            _unbool_enums(loaded, Config)
+        layers.append(loaded)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not key=value")
         key = item.split("=", 1)[0]
         try:
-            layers.append(OmegaConf.from_dotlist([item]))
+            layer = OmegaConf.from_dotlist([item])
         except OmegaConfBaseException as exc:
             raise ConfigError(f"override '{key}': {str(exc).splitlines()[0]}") from None
+        _unbool_enums(layer, Config)
+        layers.append(layer)
     try:
         merged = OmegaConf.merge(*layers)
         cfg = OmegaConf.to_object(merged)
