@@ -16,9 +16,10 @@ Design (why the set looks as it does):
 - Every class is invariant under horizontal flip (left/right and clockwise/anticlockwise are drawn at random
   inside one class), because the training augmentation flips clips.
 - Everything is measured in units of the frame height: object radius 0.20-0.28 H, speeds ~1.2-2 %H per frame,
-  textures at most ~1.2 cycles per object radius / 4 cycles per frame height. A prototype with small objects and
-  fine textures lost the motion after resizing (a supervised RGB model could not learn it); large objects and
-  low-frequency textures keep it visible at 64 px.
+  textures at most 1.2 cycles per object radius / 5 cycles per frame height (<= 0.08 cycles/px at 64 px), with
+  mostly-luminance contrast so that flow methods (which see grey levels) can track them. A prototype with small
+  objects and fine textures lost the motion after resizing (a supervised RGB model could not learn it); large
+  objects and low-frequency textures keep it visible at 64 px (`python -m vicc_fast.bench supervised`).
 - Rendering is analytic and vectorised: the background is a sum of sinusoids in world coordinates (a camera pan
   is a per-frame phase shift, computed for all frames with one matrix product) and the object is a sprite
   rendered once and placed per frame by a similarity warp (cv2.warpAffine). The ground-truth flow follows from

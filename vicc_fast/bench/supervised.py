@@ -50,8 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--clip-len", type=int, default=16, help="frames per clip")
     g.add_argument("--stride", type=int, default=2, help="temporal stride between clip frames")
     g.add_argument("--channels", type=int, default=16, help="channels of the first conv (doubling per stage)")
-    g.add_argument("--epochs", type=int, default=15, help="epochs (one random clip per training video)")
-    g.add_argument("--batch-size", type=int, default=32, help="clips per step")
+    g.add_argument("--epochs", type=int, default=25, help="epochs (one random clip per training video)")
+    g.add_argument("--batch-size", type=int, default=16, help="clips per step")
     g.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate (cosine decay)")
     g.add_argument("--eval-clips", type=int, default=3, help="uniformly spaced clips per video at evaluation")
     g.add_argument("--no-hflip", action="store_true", help="disable the random horizontal flip augmentation")
@@ -124,6 +124,7 @@ def _clips(
     for i, (v, s, (oy, ox), fl) in enumerate(zip(videos, starts, offsets, flips)):
         clip = v[s : s + clip_len * stride : stride, oy : oy + size, ox : ox + size]
         out[i] = clip[:, :, ::-1] if fl else clip
+    # [N, L, S, S, 3] -> [N, 3, L, S, S] as a channels-last-3d view: no copy, and faster 3D convs on CPU
     x = torch.from_numpy(out).permute(0, 4, 1, 2, 3).float()
     return (x / 255.0 - 0.45) / 0.225
 
@@ -161,7 +162,7 @@ def train_and_eval(train, test, classes: int, args, clip_len: int, desc: str) ->
     (xtr, ytr), (xte, yte) = train, test
     rng = np.random.default_rng(args.seed)
     torch.manual_seed(args.seed)
-    model = TinyC3D(classes, args.channels)
+    model = TinyC3D(classes, args.channels).to(memory_format=torch.channels_last_3d)
     steps_per_epoch = int(np.ceil(len(xtr) / args.batch_size))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(
