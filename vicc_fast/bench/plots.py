@@ -104,7 +104,7 @@ def plot(records: list[dict[str, Any]], out: Path, newest_only: bool = True, tit
     drawn = bars(records, newest_only)
     if not drawn:
         raise ValueError("no step-benchmark rows in the records")
-    fig, ax = plt.subplots(figsize=(11, 0.55 * len(drawn) + 1.6))
+    fig, ax = plt.subplots(figsize=(11, 0.55 * len(drawn) + 2.0))
     labels = []
     for i, (label, m) in enumerate(reversed(drawn)):
         left = 0.0
@@ -119,7 +119,9 @@ def plot(records: list[dict[str, Any]], out: Path, newest_only: bool = True, tit
     ax.set_title(
         title or "Training step breakdown: fast path (DALI + fused loss head) vs baseline", fontsize=10
     )
-    ax.legend(loc="lower right", fontsize=8, ncols=3)
+    ax.legend(
+        loc="upper center", bbox_to_anchor=(0.5, -0.22 if len(drawn) < 6 else -0.08), fontsize=8, ncols=6
+    )
     ax.set_xlim(0, ax.get_xlim()[1] * 1.15)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -200,14 +200,21 @@ def _worker(rank: int, world: int, port: int, backend: str, args: argparse.Names
 
 def _profiled_collectives(cfg: C.Config, point: S.Point, args: argparse.Namespace, info: Any) -> dict:
     """The collectives of one engine step, recorded with torch.profiler. Two warm-up steps first: DDP
-    rebuilds its gradient buckets (a one-off broadcast) during the second iteration."""
+    rebuilds its gradient buckets (a one-off broadcast) during the second iteration. Three steps are recorded
+    one by one and, per kind, the fullest record is kept: on a loaded CPU the profiler has been seen to drop
+    a step's gloo events (never to add any)."""
     from torch.profiler import ProfilerActivity, profile
 
     res = S.measure(
-        cfg, point, steps=1, warmup=2, input_mode=args.input, dist_info=info, breakdown=False,
+        cfg, point, steps=3, warmup=2, input_mode=args.input, dist_info=info, breakdown=False,
         profile_step=lambda: profile(activities=[ProfilerActivity.CPU], record_shapes=True),
     )  # fmt: skip
-    return _collectives(res["profiler"])
+    best: dict[str, dict[str, Any]] = {}
+    for prof in res["profilers"]:
+        for kind, rec in _collectives(prof).items():
+            if kind not in best or rec["bytes_fp32_equiv"] > best[kind]["bytes_fp32_equiv"]:
+                best[kind] = rec
+    return best
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -140,6 +140,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="loader: the configured input pipeline; memory: one random batch reused (compute only, no data)",
     )
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto", help="training device")
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=0,
+        help="torch intra-op threads of the training process (0 = torch's default). On a small shared CPU, 1 "
+        "avoids OpenMP threads spinning against DALI's threads and other processes",
+    )
 
 
 # ----------------------------------------------------------------------------------------------- timing
@@ -319,8 +326,8 @@ def measure(
 ) -> dict[str, Any]:
     """Build method, engine step and input for ``cfg``; time ``steps`` steps after ``warmup``; return figures.
 
-    ``profile_step``: a factory of a context manager (e.g. a torch.profiler.profile) entered around the last
-    step only (the engine step, not the input); the entered object is returned under ``"profiler"``.
+    ``profile_step``: a factory of a context manager (e.g. a torch.profiler.profile) entered around each timed
+    step (the engine step, not the input); the entered objects are returned under ``"profilers"``.
     """
     from vicc_fast.engine import trainer as T
     from vicc_fast.engine.distributed import BatchShuffle, DistInfo
@@ -383,7 +390,7 @@ def measure(
         torch.cuda.reset_peak_memory_stats(device)
     clips_per_step = point.batch * sum(phase.num_views for _ in phase.streams)
     try:
-        profiled = None
+        profiled: list[Any] = []
         t_first = time.perf_counter()
         first_wait = 0.0
         for i in range(warmup + steps):
@@ -401,12 +408,10 @@ def measure(
             timer.parts["data_wait"] += wait
             if shuffle is not None:
                 shuffle.set_step(phase.name, i)
-            with (
-                profile_step() if (profile_step is not None and i == warmup + steps - 1) else _null() as prof
-            ):
+            with profile_step() if (profile_step is not None and i >= warmup) else _null() as prof:
                 tr._step(model, opt, scaler, trainable, batch, state, tracker, False)
             if prof is not None:
-                profiled = prof
+                profiled.append(prof)
             timer.step_end()
         _sync(device)
         wall = time.perf_counter() - t_start
@@ -433,8 +438,8 @@ def measure(
         "finite": bad is None,
         "kernels_backend_resolved": _resolved_backend(cfg, device),
     }
-    if profiled is not None:
-        out["profiler"] = profiled
+    if profiled:
+        out["profilers"] = profiled
     if device.type == "cuda":
         out["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     else:
@@ -501,6 +506,8 @@ def demo_data_overrides(overrides: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.torch_threads > 0:
+        torch.set_num_threads(args.torch_threads)
     base_overrides = [
         *(demo_data_overrides(args.overrides) if args.input == "loader" else []),
         *args.overrides,
@@ -558,6 +565,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "warmup": args.warmup,
         "repeats": args.repeats,
         "input": args.input,
+        "torch_threads": torch.get_num_threads(),
         "rows": rows,
         "goals": {
             "data_wait_pct_below": 2.0,
