@@ -7,6 +7,7 @@ from vicc_fast.eval.plots import (
     check_png,
     log_embedding,
     log_png,
+    read_scalars,
     retrieval_grid,
     training_curves,
     tsne_plot,
@@ -60,6 +61,10 @@ def test_training_curves_png_and_tensorboard(tmp_path):
         w.add_scalar("train/loss", 5.0 / (step + 1), step)
         w.add_scalar("train/lr", 0.1 * (1 - step / 20), step)
     w.close()
+    w = SummaryWriter(log_dir=str(tmp_path / "tb" / "eval"))  # evaluation scalars are not training curves
+    w.add_scalar("eval/last/retrieval/rgb/R@1", 50.0, 0)
+    w.close()
+    assert set(read_scalars(tmp_path / "tb")) == {"train/loss", "train/lr"}
     p = training_curves(tmp_path / "tb", tmp_path / "curves.png")
     _valid_png(p)
     assert training_curves(tmp_path / "empty", tmp_path / "none.png") is None

@@ -140,13 +140,19 @@ def retrieval_grid(
     return _save(fig, path)
 
 
-def read_scalars(tb_dir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """All scalar series under a TensorBoard log folder (recursively): tag -> (steps, values)."""
+def read_scalars(
+    tb_dir: str | Path, exclude: Sequence[str] = ("eval",)
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """All scalar series under a TensorBoard log folder (recursively): tag -> (steps, values).
+
+    exclude: top-level sub-folders to skip (default: ``eval``, where evaluation writes, not training)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out: dict[str, tuple[list[int], list[float]]] = {}
     root = Path(tb_dir)
     for ev in sorted(root.rglob("events.out.tfevents.*")):
+        if ev.relative_to(root).parts[0] in exclude:
+            continue
         acc = EventAccumulator(str(ev), size_guidance={"scalars": 0})
         acc.Reload()
         prefix = str(ev.parent.relative_to(root))
@@ -162,23 +168,38 @@ def read_scalars(tb_dir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]
 def training_curves(
     tb_dir: str | Path, path: str | Path, max_panels: int = 12, title: str = ""
 ) -> Path | None:
-    """A panel per scalar tag of the run's TensorBoard logs (loss terms, lr, throughput, ...); None without logs."""
+    """One panel per metric of the run's TensorBoard logs, one line per phase (tags ``<phase>/<metric>`` share
+    the run-wide step axis, so the phases follow each other left to right). Loss terms come first; metrics that
+    never change (flags) are left out. None when the folder holds no scalars."""
     series = read_scalars(tb_dir)
     if not series:
         return None
-    tags = sorted(series, key=lambda t: (not t.split("/")[-1].startswith("loss"), t))[:max_panels]
-    cols = min(3, len(tags))
-    rows = (len(tags) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
-    for ax, tag in zip(axes.flat, tags):
-        s, v = series[tag]
-        order = np.argsort(s, kind="stable")
-        ax.plot(s[order], v[order], lw=1.2)
-        ax.set_title(tag, fontsize=8)
+    groups: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    for tag, sv in series.items():
+        prefix, _, metric = tag.rpartition("/")
+        groups.setdefault(metric, {})[prefix or metric] = sv
+    varying = {
+        m: g
+        for m, g in groups.items()
+        if np.ptp(np.concatenate([v for _, v in g.values()])) > 0 or len(groups) == 1
+    }
+    metrics = sorted(varying, key=lambda m: (not m.startswith("loss"), m))[:max_panels] or sorted(groups)[:1]
+    cols = min(3, len(metrics))
+    rows = (len(metrics) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 2.9 * rows), squeeze=False)
+    for ax, metric in zip(axes.flat, metrics):
+        g = groups[metric]
+        for name in sorted(g, key=lambda n: float(g[n][0].min()) if g[n][0].size else 0.0):
+            s, v = g[name]
+            order = np.argsort(s, kind="stable")
+            ax.plot(s[order], v[order], lw=1.2, marker="." if s.size < 30 else None, label=name)
+        ax.set_title(metric, fontsize=9)
         ax.set_xlabel("step", fontsize=7)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(tags) :]:
+        if len(g) > 1:
+            ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(metrics) :]:
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=10)
