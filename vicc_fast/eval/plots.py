@@ -184,6 +184,13 @@ def training_curves(
         if np.ptp(np.concatenate([v for _, v in g.values()])) > 0 or len(groups) == 1
     }
     metrics = sorted(varying, key=lambda m: (not m.startswith("loss"), m))[:max_panels] or sorted(groups)[:1]
+    # one colour per phase across all panels, phases in the order they ran
+    first: dict[str, float] = {}
+    for tag, (st, _) in series.items():
+        ph = tag.split("/")[0]
+        first[ph] = min(first.get(ph, np.inf), float(st.min()) if st.size else np.inf)
+    palette = _colours(len(first))
+    colour = {ph: palette[i] for i, ph in enumerate(sorted(first, key=lambda p: (first[p], p)))}
     cols = min(3, len(metrics))
     rows = (len(metrics) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 2.9 * rows), squeeze=False)
@@ -192,7 +199,10 @@ def training_curves(
         for name in sorted(g, key=lambda n: float(g[n][0].min()) if g[n][0].size else 0.0):
             s, v = g[name]
             order = np.argsort(s, kind="stable")
-            ax.plot(s[order], v[order], lw=1.2, marker="." if s.size < 30 else None, label=name)
+            ax.plot(
+                s[order], v[order], lw=1.2, marker="." if s.size < 30 else None, label=name,
+                color=colour.get(name.split("/")[0]),
+            )  # fmt: skip
         ax.set_title(metric, fontsize=9)
         ax.set_xlabel("step", fontsize=7)
         ax.tick_params(labelsize=7)
