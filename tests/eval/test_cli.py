@@ -63,3 +63,20 @@ def test_model_override_and_bad_key(tmp_path, capsys, save_ckpt):
 
 def test_run_folder_without_results(tmp_path, capsys, save_ckpt):
     assert "no results.json" in _err(capsys, ["report", str(tmp_path)])
+
+
+def test_report_and_compare_commands(tmp_path, capsys):
+    import json
+
+    for name, r1 in (("a", 40.0), ("b", 62.1)):
+        (tmp_path / name).mkdir()
+        doc = {"phases": {"rgb1": {"report": "RGB-1", "metrics": {"rgb/R@1": r1}}}}
+        (tmp_path / name / "results.json").write_text(json.dumps(doc))
+    assert main(["report", str(tmp_path / "a")]) == 0
+    assert "| RGB-1 | 40.0 |" in capsys.readouterr().out
+    assert (tmp_path / "a" / "eval" / "results.md").is_file()
+    out = tmp_path / "cmp.md"
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| a / RGB-1 | 40.0 |" in text and "| b / RGB-1 | 62.1 |" in text
+    assert out.read_text() == text

@@ -70,3 +70,8 @@ def test_compare_two_runs(tmp_path):
 def test_missing_results(tmp_path):
     with pytest.raises(FileNotFoundError, match="no results.json"):
         report.run_rows(tmp_path)
+
+
+def test_short_names():
+    assert report.short_names(["/r/a/x", "/r/b/x"]) == ["a/x", "b/x"]
+    assert report.short_names(["/r/a/x", "/r/a/y"]) == ["x", "y"]

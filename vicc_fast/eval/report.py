@@ -133,11 +133,20 @@ def write_run_report(run_dir: str | Path) -> Path:
     return p
 
 
+def short_names(paths: list[str | Path]) -> list[str]:
+    """The shortest distinct path tails: runs a/x and b/x are named "a/x" and "b/x", a/x and a/y "x" and "y"."""
+    parts = [Path(p).resolve().parts for p in paths]
+    for n in range(1, max((len(p) for p in parts), default=1) + 1):
+        names = ["/".join(p[-n:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return [str(p) for p in paths]
+
+
 def compare(run_dirs: list[str | Path]) -> str:
     """Several runs side by side: one block of rows per run, the same columns for all."""
     all_rows: Rows = {}
-    for r in run_dirs:
-        name = Path(r).name or str(r)
+    for r, name in zip(run_dirs, short_names(run_dirs)):
         for label, vals in run_rows(r).items():
             all_rows[f"{name} / {label}"] = vals
     return markdown_table(all_rows, first="run / model") + "\n"
