@@ -189,6 +189,8 @@ class Evaluation:
         labels = None
         for s in self.streams:
             model = FinetuneModel(clone_encoder(self.ck.encoders[s]), self.num_classes, e.finetune_dropout)
+            if self.cfg.train.channels_last and self.device.type == "cuda":
+                model = model.to(self.device, memory_format=torch.channels_last_3d)  # the loader's layout
             model = finetune(
                 model, self.loader("train", "train", s, train_cfg), s, self.device, e.finetune_epochs,
                 lr=e.finetune_lr, weight_decay=e.finetune_weight_decay, amp=self.cfg.train.amp,
