@@ -93,3 +93,12 @@ def test_feature_cache_hit_and_key_sensitivity(tmp_path):
     with pytest.warns(UserWarning, match="unreadable"):
         cache.get(k, compute)
     assert len(calls) == 2
+
+
+def test_extract_low_precision_clips_under_amp():
+    # with train.amp=bf16 the loader hands over bf16 clips; fp32 conv weights need autocast, on CPU as on GPU
+    enc = nn.Sequential(nn.Conv3d(3, 4, 1), nn.AdaptiveAvgPool3d(1), nn.Flatten())
+    b = _batch([[1, 0, 0], [0, 1, 0]], index=[0, 1], label=[0, 1])
+    b.views[Stream.rgb][0] = b.views[Stream.rgb][0].to(torch.bfloat16)
+    feats, _, _ = extract(enc, ListLoader([b], 2), torch.device("cpu"), amp="bf16")
+    assert feats.dtype == torch.float32 and feats.shape == (2, 4) and torch.isfinite(feats).all()

@@ -38,10 +38,12 @@ def feature_dim(encoder: nn.Module) -> int | None:
 
 
 def _autocast(device: torch.device, amp: Amp | str | None) -> contextlib.AbstractContextManager:
+    """Autocast as the training engine runs it, on CPU too: with ``train.amp`` on, the loader delivers bf16/fp16
+    clips (``data.dtype=auto``), which fp32 weights only accept inside autocast."""
     amp = Amp(amp) if amp is not None else Amp.off
-    if amp is Amp.off or device.type != "cuda":
+    if amp is Amp.off:
         return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if amp is Amp.bf16 else torch.float16)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp is Amp.bf16 else torch.float16)
 
 
 def _pick_stream(batch: Batch, stream: Stream | None) -> torch.Tensor:
