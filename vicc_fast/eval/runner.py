@@ -20,7 +20,7 @@ from vicc_fast import config as C
 from vicc_fast.config import Stream
 from vicc_fast.eval import cluster as CL
 from vicc_fast.eval import plots, report
-from vicc_fast.eval.cache import FeatureCache, cache_key
+from vicc_fast.eval.cache import FeatureCache, cache_key, feature_settings
 from vicc_fast.eval.features import centre_normalise, extract
 from vicc_fast.eval.inputs import EvalInputError, check_dataset, encoder_sha256, load_checkpoint, thumbnail
 from vicc_fast.eval.retrieval import fused_recall, nearest_neighbours
@@ -84,6 +84,7 @@ class Evaluation:
             "trained_phases": self.ck.trained_phases,
             "labels": self.ck.labels,
             "data_root": str(self.data.root),
+            "settings": feature_settings(self.cfg),  # what the feature-based numbers were computed with
         }
         self._tb: Any = None
         self._tensorboard = tensorboard
