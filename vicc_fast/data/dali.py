@@ -12,9 +12,10 @@ Train graph, per sample (one video):
             the window is decoded once and each view is gathered from it (``sequence_rearrange``); else each
             view is decoded on its own with ``start_frame`` / ``sequence_length`` / ``stride``. RGB and flow
             use the same starts, so view v of both streams covers the same frames.
-    RGB:  random resized crop -> colour jitter (p) with grayscale (p) folded into its saturation -> Gaussian
-          blur (p) -> flip + normalise (``crop_mirror_normalize``), all parameters per sample, so every frame
-          of a clip gets the same crop / flip / colours.
+    RGB:  random resized crop and flip in one resize (a flipped ROI) -> Gaussian blur (p, conditional) ->
+          colour jitter (p) + grayscale (p) + normalisation folded into one per-sample affine colour map
+          (``coord_transform``; the maps come from ``ColourSource``), all parameters per sample, so every
+          frame of a clip gets the same crop / flip / colours.
     flow: the (2H) x W frame holds x above y: reshape [T, 2H, W, 3] -> [2T, H, W, 3] (free) and keep channel 0
           (x and y sit in luma; the decoder's RGB has R = G = B): the x and y planes become consecutive frames,
           so one random resized crop applies the same window to both halves. [2T, c, c, 1] read as
