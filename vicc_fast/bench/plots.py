@@ -117,7 +117,9 @@ def plot(records: list[dict[str, Any]], out: Path, newest_only: bool = True, tit
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.set_xlabel("ms per training step (best of the repeats)")
     ax.set_title(
-        title or "Training step breakdown: fast path (DALI + fused loss head) vs baseline", fontsize=10
+        title
+        or "Training step: fast (DALI + kernels.backend=auto) vs baseline (DataLoader + eager loss head)",
+        fontsize=10,
     )
     ax.legend(
         loc="upper center", bbox_to_anchor=(0.5, -0.22 if len(drawn) < 6 else -0.08), fontsize=8, ncols=6
