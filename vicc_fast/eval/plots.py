@@ -6,6 +6,7 @@ as an image and :func:`log_embedding` puts features into TensorBoard's embedding
 
 from __future__ import annotations
 
+import inspect
 import io
 from collections.abc import Sequence
 from pathlib import Path
@@ -71,13 +72,16 @@ def tsne_plot(
         note = " (all features identical: collapsed)"
     else:
         perplexity = float(min(30.0, max(2.0, (x.shape[0] - 1) / 3)))
-        emb = TSNE(
+        # scikit-learn renamed n_iter to max_iter in 1.5; pyproject allows >= 1.4
+        iters_key = "max_iter" if "max_iter" in inspect.signature(TSNE).parameters else "n_iter"
+        tsne = TSNE(
             n_components=2,
             perplexity=perplexity,
             init="pca",
             random_state=seed,
-            max_iter=max(iterations, 250),
-        ).fit_transform(x.astype(np.float32) / spread)
+            **{iters_key: max(iterations, 250)},
+        )
+        emb = tsne.fit_transform(x.astype(np.float32) / spread)
     classes = np.unique(y)
     cols = _colours(len(classes))
     fig, ax = plt.subplots(figsize=(7, 6))
