@@ -152,36 +152,6 @@ def stage_checkpoints(run_dir: str | Path) -> list[Path]:
     raise EvalInputError(f"{folder}: no phase checkpoint or last.pt")
 
 
-def load_method_weights(method: nn.Module, state_dict: dict[str, Any], path: Path) -> None:
-    """Strict load; a key or tensor-shape mismatch (another backbone, width or head) is a CheckpointError
-    naming the file. Non-tensor entries (a module's extra state, e.g. a queue pointer) are compared by key only.
-    """
-    from vicc_fast.engine.checkpoint import CheckpointError
-
-    own = method.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    wrong = [
-        f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in state_dict
-        and isinstance(v, torch.Tensor)
-        and isinstance(state_dict[k], torch.Tensor)
-        and tuple(state_dict[k].shape) != tuple(v.shape)
-    ]
-    if missing or unexpected or wrong:
-        parts = [
-            f"missing {missing[:3]}" if missing else "",
-            f"unexpected {unexpected[:3]}" if unexpected else "",
-            f"shape {wrong[:3]}" if wrong else "",
-        ]
-        raise CheckpointError(
-            f"checkpoint {path} does not match this model (another backbone or head size?): "
-            + "; ".join(x for x in parts if x)
-        )
-    method.load_state_dict(state_dict)
-
-
 def load_checkpoint(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedCheckpoint:
     """The method stored in checkpoint ``path`` (CPU, eval mode) with its config and stream labels."""
     from vicc_fast.engine import checkpoint as ckpt
@@ -195,7 +165,7 @@ def load_checkpoint(path: str | Path, overrides: list[str] | tuple[str, ...] = (
         raise ckpt.CheckpointError(f"checkpoint {p}: stored config is invalid: {exc}") from None
     cfg = apply_overrides(trained_cfg, overrides)
     method = build_method(trained_cfg)
-    load_method_weights(method, state["method"], p)
+    ckpt.load_method_state(method, state["method"], p)  # strict: another backbone is a CheckpointError
     method.eval()
     phases = method.phases()
     names = [q.name for q in phases]
