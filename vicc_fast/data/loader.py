@@ -132,7 +132,9 @@ class _Base:
         self.device = device
         self.dtype = torch_dtype(cfg)
         self.manifest = ensure_shards(cfg)
-        self.split: Split = load_sample_meta(self.manifest.split(split))
+        video = self.manifest.video
+        size = (int(video["height"]), int(video["width"])) if "height" in video and "width" in video else None
+        self.split: Split = load_sample_meta(self.manifest.split(split), size)
         self.span = clip_span(cfg.data.num_frames, cfg.data.stride)
         self.skip = cfg.data.on_bad_sample == BadSample.skip
         self.excluded: dict[str, str] = {}  # key -> reason

@@ -179,8 +179,10 @@ def _shard_json(shard: Shard) -> dict[str, bytes]:
     return out
 
 
-def load_sample_meta(split: Split) -> Split:
-    """Fill ``split.frames`` and ``split.labels`` from each sample's ``.json`` (index order)."""
+def load_sample_meta(split: Split, size: tuple[int, int] | None = None) -> Split:
+    """Fill ``split.frames`` and ``split.labels`` from each sample's ``.json`` (index order); with ``size``
+    (the manifest's (height, width)) a sample of another size is a BadSampleError (the pipelines draw crop
+    windows from the manifest size)."""
     frames = np.zeros(split.num_samples, np.int64)
     labels = np.zeros(split.num_samples, np.int64)
     i = 0
@@ -198,6 +200,12 @@ def load_sample_meta(split: Split) -> Split:
                 labels[i] = int(meta["label"])
             except (ValueError, KeyError, TypeError) as exc:
                 raise BadSampleError(shard.tar, key, f"unreadable .json ({exc})") from None
+            if size is not None and "height" in meta and (int(meta["height"]), int(meta["width"])) != size:
+                raise BadSampleError(
+                    shard.tar,
+                    key,
+                    f"{meta['height']}x{meta['width']} frames, the manifest says {size[0]}x{size[1]}",
+                )
             if int(meta.get("index", i)) != i:
                 raise BadSampleError(shard.tar, key, f".json index {meta.get('index')} != position {i}")
             i += 1
