@@ -54,6 +54,9 @@ from vicc_fast.atomic import write_bytes, write_text
 from vicc_fast.config import SyntheticConfig
 
 FORMAT_VERSION = 1
+# Bump whenever the rendered pixels change (motions, appearance, codec settings): a folder built by another
+# generator version is then rebuilt instead of being taken as complete.
+GENERATOR_VERSION = 2
 MARKER = "synthetic.json"
 SPLIT_ID = 1
 VIDEO_CODEC = "mpeg4"  # encodes odd widths (171) and decodes everywhere; H.264 would need even sizes
@@ -126,13 +129,13 @@ def slide_diagonal(rng, tc, h, w) -> Pose:
 
 def spin(rng, tc, h, w) -> Pose:
     cx, cy, a = _start(rng, h, w)
-    omega = _sign(rng) * rng.uniform(0.05, 0.09)  # rad/frame: rim speed ~ omega * radius, scales with H
+    omega = _sign(rng) * rng.uniform(0.07, 0.12)  # rad/frame: rim speed ~ omega * radius, scales with H
     return _pose(tc, cx, cy, a + omega * tc)
 
 
 def _zoom_rate(rng, tc) -> float:
     half = max(float(tc[-1]), 1.0)
-    return min(rng.uniform(0.015, 0.022), np.log(1.55) / half)  # scale stays within [1/1.55, 1.55]
+    return min(rng.uniform(0.018, 0.028), np.log(1.7) / half)  # scale stays within [1/1.7, 1.7]
 
 
 def zoom_in(rng, tc, h, w) -> Pose:
@@ -531,6 +534,7 @@ def _settings(cfg: SyntheticConfig, gt_flow: bool) -> dict:
     keys = ("num_classes", "train_per_class", "test_per_class", "frames", "fps", "height", "width", "seed")
     return {
         "format_version": FORMAT_VERSION,
+        "generator_version": GENERATOR_VERSION,
         **{k: getattr(cfg, k) for k in keys},
         "gt_flow": gt_flow,
         "codec": VIDEO_CODEC,
