@@ -65,3 +65,18 @@ def test_off_is_an_enum_word_not_a_yaml_boolean(tmp_path):
     y = tmp_path / "c.yaml"
     y.write_text("train:\n  amp: off\n")
     assert C.load(y).train.amp is C.Amp.off
+
+
+def test_config_files_layer_in_order(tmp_path):
+    base, over = tmp_path / "base.yaml", tmp_path / "over.yaml"
+    base.write_text("train:\n  batch_size: 12\n  seed: 3\n")
+    over.write_text("train:\n  batch_size: 5\n")
+    cfg = C.load([base, over], ["train.seed=4"])
+    assert (cfg.train.batch_size, cfg.train.seed) == (5, 4)
+
+
+def test_compare_overlays_select_their_method():
+    for name in ("vicc", "coclr", "goca", "sview"):
+        cfg = C.load([C.DEFAULT_CONFIG, C.CONFIG_DIR / "compare" / f"{name}.yaml"])
+        assert cfg.method.name.value == ("goca" if name == "sview" else name)
+        assert cfg.train.out_dir.endswith(name)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -362,15 +363,19 @@ def _unbool_enums(node: DictConfig, cls: type) -> None:
             node[key] = "on" if value else "off"
 
 
-def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Schema defaults <- YAML file <- ``key=value`` overrides, validated; returns a typed :class:`Config`.
+def load(
+    path: str | Path | Sequence[str | Path] | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
+    """Schema defaults <- YAML file(s) <- ``key=value`` overrides, validated; returns a typed :class:`Config`.
 
-    ``path=None`` loads nothing but the schema defaults (callers pass :data:`DEFAULT_CONFIG` for the demo).
+    ``path`` may be a list of YAML files, merged in order (a base config, then overlays such as
+    ``configs/compare/coclr.yaml``). ``path=None`` loads nothing but the schema defaults.
     """
     schema = OmegaConf.structured(Config)
     layers: list[DictConfig] = [schema]
-    if path is not None:
-        p = Path(path)
+    paths = [] if path is None else [path] if isinstance(path, str | Path) else list(path)
+    for one in paths:
+        p = Path(one)
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:

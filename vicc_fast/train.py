@@ -18,9 +18,10 @@ from pathlib import Path
 from vicc_fast import config as C
 
 USAGE = """\
-torchrun --standalone --nproc_per_node=N -m vicc_fast.train [--config FILE] [key=value ...]
+torchrun --standalone --nproc_per_node=N -m vicc_fast.train [--config FILE ...] [key=value ...]
 
-  --config FILE   YAML file of settings (default: configs/synthetic_demo.yaml)
+  --config FILE   YAML file of settings (default: configs/synthetic_demo.yaml); repeat it to layer
+                  overlays in order, e.g. --config configs/synthetic_demo.yaml --config configs/compare/coclr.yaml
   key=value       override any key below, e.g. train.batch_size=16 schedule.phase=rgb1 train.amp=bf16
   -h, --help      this text
 
@@ -30,10 +31,10 @@ exactly where it stopped.
 """
 
 
-def parse_args(argv: list[str]) -> tuple[Path | None, list[str]]:
+def parse_args(argv: list[str]) -> tuple[list[Path], list[str]]:
     ap = argparse.ArgumentParser(prog="vicc_fast.train", add_help=False, usage=USAGE)
     ap.add_argument("-h", "--help", action="store_true")
-    ap.add_argument("--config", type=str, default=None)
+    ap.add_argument("--config", type=str, action="append", default=None)
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     if args.help:
@@ -43,7 +44,7 @@ def parse_args(argv: list[str]) -> tuple[Path | None, list[str]]:
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         ap.error(f"arguments must be key=value, got {bad[0]!r}")
-    return (Path(args.config) if args.config else C.DEFAULT_CONFIG), list(args.overrides)
+    return [Path(c) for c in args.config] if args.config else [C.DEFAULT_CONFIG], list(args.overrides)
 
 
 def ensure_data(cfg: C.Config, is_main: bool) -> None:
