@@ -319,7 +319,7 @@ class EvalConfig:
 
 @dataclass
 class ProfileConfig:
-    nvtx: bool = _f(False, "NVTX ranges around data, forward, loss, backward, optimiser")
+    nvtx: bool = _f(False, "NVTX ranges around data, forward (incl. the loss head), backward, optimizer step")
     steps: list[int] = _f([], "[start, stop] steps bracketed by cudaProfilerStart/Stop (empty = off)")
     torch_trace: str = _f("", "folder for a torch.profiler trace of `steps` (empty = off)")
 

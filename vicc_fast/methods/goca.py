@@ -230,7 +230,7 @@ class GOCA(Method):
                 P = self.protos["shared"](z.reshape(V * B, -1))
             P = P.view(V, B, -1)
             Q = self.assignments(z.detach(), self.queue.rows(V) if use_queue else None)
-            mask = swap_mask_per_stream(V // 2, 2, z.device)
+            mask = swap_mask_per_stream(V // 2, 2, torch.device("cpu"))  # host mask: no device sync
             loss = kernels.swapped_loss(P, Q, mask, self.cfg.method.temperature, backend=self.backend)
         if use_queue:
             self.queue.push(z.detach(), backend=self.backend)

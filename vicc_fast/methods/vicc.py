@@ -189,8 +189,9 @@ class ViCC(Method):
                     sinkhorn_all_reduce(),
                     backend=self.backend,
                 )  # [V, B, K]
+            # the mask stays on the host: the Triton path reads it there (a device mask costs a sync)
             loss = kernels.swapped_loss(
-                P, Q, swap_mask(V, z.device), self.cfg.method.temperature, backend=self.backend
+                P, Q, swap_mask(V, torch.device("cpu")), self.cfg.method.temperature, backend=self.backend
             )
         if use_queue:
             self.queue.push(z.detach(), backend=self.backend)
