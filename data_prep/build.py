@@ -446,6 +446,7 @@ def build_synthetic(
     cfg = cfg or SyntheticConfig()
     out = Path(out_dir)
     syn = {k: (v.value if isinstance(v, FlowMethod) else v) for k, v in dataclasses.asdict(cfg).items()}
+    syn["generator_version"] = synthetic.GENERATOR_VERSION  # a changed generator must not reuse old shards
     manifest_path = out / shards.MANIFEST
     if manifest_path.is_file():
         try:

@@ -172,7 +172,8 @@ def test_cli_errors_and_pool(ucf_root, tmp_path, capsys):
     assert m["settings"]["limit"] == 1 and m["settings"]["source"] == "ucf101"
 
 
-def test_build_synthetic_one_call(tmp_path):
+def test_build_synthetic_one_call(tmp_path, monkeypatch):
+    from data_prep import synthetic
     from vicc_fast.config import FlowMethod, SyntheticConfig
 
     cfg = SyntheticConfig(
@@ -194,6 +195,9 @@ def test_build_synthetic_one_call(tmp_path):
     stamp = path.stat().st_mtime_ns
     assert build.build_synthetic(tmp_path / "syn", cfg, workers=1, progress=False) == path
     assert path.stat().st_mtime_ns == stamp  # same settings: nothing rebuilt
+    monkeypatch.setattr(synthetic, "GENERATOR_VERSION", synthetic.GENERATOR_VERSION + 1)
+    build.build_synthetic(tmp_path / "syn", cfg, workers=1, progress=False)
+    assert path.stat().st_mtime_ns != stamp  # another generator: the shards are rebuilt
     cfg.frames = 5  # other settings: the source set and the shards are rebuilt
     m2 = shards.load_manifest(build.build_synthetic(tmp_path / "syn", cfg, workers=1, progress=False))
     assert m2["video"]["min_frames"] == 5 and m2["settings"]["synthetic"]["frames"] == 5
