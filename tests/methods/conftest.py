@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from methods_helpers import small_config
 
+from tests.methods.methods_helpers import small_config
 from vicc_fast.config import Config
 
 

@@ -5,8 +5,8 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from methods_helpers import make_batch, small_config, state_at
 
+from tests.methods.methods_helpers import make_batch, small_config, state_at
 from vicc_fast.config import KernelBackend, MethodName
 from vicc_fast.methods import build_method
 

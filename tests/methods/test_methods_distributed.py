@@ -8,9 +8,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from methods_helpers import make_batch, small_config, state_at
 from torch import nn
 
+from tests.methods.methods_helpers import make_batch, small_config, state_at
 from vicc_fast.data.batch import Batch
 from vicc_fast.methods import build_method
 

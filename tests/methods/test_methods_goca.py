@@ -3,9 +3,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from methods_helpers import make_batch, small_config, state_at
 
 import kernels
+from tests.methods.methods_helpers import make_batch, small_config, state_at
 from vicc_fast.config import Config, GocaVariant, MethodName, Stream
 from vicc_fast.methods import build_method
 from vicc_fast.methods.goca import GOCA, goca_phases, prototype_reg_loss, regularise_prototypes_

@@ -6,8 +6,8 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
-from methods_helpers import make_batch, small_config, state_at
 
+from tests.methods.methods_helpers import make_batch, small_config, state_at
 from vicc_fast.config import Config, MethodName, Stream, load
 from vicc_fast.methods import build_method
 from vicc_fast.methods.base import PhaseSpec
