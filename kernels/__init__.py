@@ -16,10 +16,10 @@ from torch import Tensor
 from kernels import reference
 from kernels.reference import AllReduce
 from kernels.validate import (
+    check_embeddings,
     check_enqueue,
     check_float,
     check_loss_args,
-    check_ndim,
     check_positive,
     check_same_device,
     check_scores,
@@ -85,16 +85,7 @@ def prototype_scores(z: Tensor, prototypes: Tensor, *, backend: str = "auto") ->
     z: [N, D] (or [V, N, D]), prototypes: [K, D] -> fp32 [N, K] (or [V, N, K]). No autograd (targets only; the
     trainable prediction scores come from the model's prototype layer).
     """
-    check_float("z", z)
-    check_float("prototypes", prototypes)
-    check_ndim("z", z, (2, 3), "[N, D] or [V, N, D]")
-    check_ndim("prototypes", prototypes, (2,), "[K, D]")
-    if z.shape[-1] != prototypes.shape[1]:
-        raise ValueError(
-            f"z [.., N, D] and prototypes [K, D] must share D: z {tuple(z.shape)}, "
-            f"prototypes {tuple(prototypes.shape)}"
-        )
-    check_same_device(z=z, prototypes=prototypes)
+    check_embeddings(z, prototypes)
     if resolve_backend(backend, z, prototypes) == "torch":
         return reference.prototype_scores(z, prototypes)
     from kernels import scoring_triton
@@ -178,16 +169,7 @@ def assign(
 
     z: [N, D] or [V, N, D] (current batch first, then queue rows), prototypes: [K, D] -> Q [.., n_batch, K].
     """
-    check_float("z", z)
-    check_float("prototypes", prototypes)
-    check_ndim("z", z, (2, 3), "[N, D] or [V, N, D]")
-    check_ndim("prototypes", prototypes, (2,), "[K, D]")
-    if z.shape[-1] != prototypes.shape[1]:
-        raise ValueError(
-            f"z [.., N, D] and prototypes [K, D] must share D: z {tuple(z.shape)}, "
-            f"prototypes {tuple(prototypes.shape)}"
-        )
-    check_same_device(z=z, prototypes=prototypes)
+    check_embeddings(z, prototypes)
     if not 0 < n_batch <= z.shape[-2]:
         raise ValueError(f"n_batch must be in [1, N] for z of shape {tuple(z.shape)}, got {n_batch}")
     check_positive("eps", eps)

@@ -86,3 +86,17 @@ def check_enqueue(queue: Tensor, z: Tensor, ptr: int) -> None:
     if not 0 <= ptr < queue.shape[1]:
         raise ValueError(f"ptr must be in [0, L={queue.shape[1]}), got {ptr}")
     check_same_device(queue=queue, z=z)
+
+
+def check_embeddings(z: Tensor, prototypes: Tensor) -> None:
+    """z: [N, D] or [V, N, D] and prototypes: [K, D], floating, same D and device."""
+    check_float("z", z)
+    check_float("prototypes", prototypes)
+    check_ndim("z", z, (2, 3), "[N, D] or [V, N, D]")
+    check_ndim("prototypes", prototypes, (2,), "[K, D]")
+    if z.shape[-1] != prototypes.shape[1]:
+        raise ValueError(
+            f"z [.., N, D] and prototypes [K, D] must share D: z {tuple(z.shape)}, "
+            f"prototypes {tuple(prototypes.shape)}"
+        )
+    check_same_device(z=z, prototypes=prototypes)
