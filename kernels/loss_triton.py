@@ -36,13 +36,11 @@ def _targets(q_ptr, bits, p, V, rows, cols, mask, stride_qv, stride_qb, stride_q
 
 
 @triton.jit
-def _loss_fwd_kernel(
-    p_ptr, q_ptr, lse_ptr, part_ptr, bits, V, B, K, inv_tau, norm,
-    stride_pv, stride_pb, stride_pk, stride_qv, stride_qb, stride_qk,
+def _logits_tile(
+    p_ptr, p, t, B, K, inv_tau, stride_pv, stride_pb, stride_pk,
     BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    p = tl.program_id(0)
-    t = tl.program_id(1)
+    """Rows t*BLOCK_B.. of view p: indices, masks and the fp32 logits P[p, rows] / tau [BLOCK_B, BLOCK_K]."""
     rows = t * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = tl.arange(0, BLOCK_K)
     row_mask = rows < B
@@ -55,6 +53,20 @@ def _loss_fwd_kernel(
             other=0.0,
         ).to(tl.float32)
         * inv_tau
+    )
+    return rows, cols, row_mask, col_mask, mask, x
+
+
+@triton.jit
+def _loss_fwd_kernel(
+    p_ptr, q_ptr, lse_ptr, part_ptr, bits, V, B, K, inv_tau, norm,
+    stride_pv, stride_pb, stride_pk, stride_qv, stride_qb, stride_qk,
+    BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    p = tl.program_id(0)
+    t = tl.program_id(1)
+    rows, cols, row_mask, col_mask, mask, x = _logits_tile(
+        p_ptr, p, t, B, K, inv_tau, stride_pv, stride_pb, stride_pk, BLOCK_B, BLOCK_K
     )
     xm = tl.where(col_mask[None, :], x, float("-inf"))
     m = tl.max(xm, axis=1)
@@ -75,18 +87,8 @@ def _loss_bwd_kernel(
 ):  # fmt: skip
     p = tl.program_id(0)
     t = tl.program_id(1)
-    rows = t * BLOCK_B + tl.arange(0, BLOCK_B)
-    cols = tl.arange(0, BLOCK_K)
-    row_mask = rows < B
-    col_mask = cols < K
-    mask = row_mask[:, None] & col_mask[None, :]
-    x = (
-        tl.load(
-            p_ptr + p * stride_pv + rows[:, None] * stride_pb + cols[None, :] * stride_pk,
-            mask=mask,
-            other=0.0,
-        ).to(tl.float32)
-        * inv_tau
+    rows, cols, row_mask, col_mask, mask, x = _logits_tile(
+        p_ptr, p, t, B, K, inv_tau, stride_pv, stride_pb, stride_pk, BLOCK_B, BLOCK_K
     )
     lse = tl.load(lse_ptr + p * B + rows, mask=row_mask, other=0.0)
     sm = tl.exp(x - lse[:, None])
