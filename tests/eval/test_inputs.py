@@ -48,6 +48,12 @@ def test_checkpoint_labels_by_stage(tmp_path, save_ckpt):
     assert set(ck.encoders) == set(C.Stream) and len(ck.sha256) == 64
 
 
+def test_checkpoint_labels_of_a_joint_phase(tmp_path, save_ckpt):
+    """GOCA trains both encoders in one phase: both get a row, and their fusion is labelled with it."""
+    p = save_ckpt(tmp_path / "joint.pt", ["joint"], overrides=["method.name=goca"])
+    assert load_checkpoint(p).labels == {"rgb": "RGB-joint", "flow": "Flow-joint", "rf": "R+F-joint"}
+
+
 def test_checkpoint_truncated(tmp_path, save_ckpt):
     p = save_ckpt(tmp_path / "x.pt", ["rgb1"])
     data = p.read_bytes()

@@ -119,3 +119,12 @@ def test_extract_gathers_across_ranks(tmp_path):
     assert r0[False]["l"].tolist() == LABELS["train"]
     torch.testing.assert_close(r0[False]["f"], single[0])
     assert "seen by several ranks" in r0[True]["error"] and "seen by several ranks" in r1[True]["error"]
+
+
+def test_evaluate_phase_joint_reports_both_streams_and_fusion():
+    """A joint phase (GOCA) trains both encoders: both are evaluated, and their R+F, with no frozen stream."""
+    cfg = C.load(None, ["eval.recall_ks=[1]"])
+    joint = PhaseSpec("joint", Stream.rgb, None, (Stream.rgb, Stream.flow), 2, 1, 0, 0, "joint", joint=True)
+    res = evaluate_phase(cfg, FakeMethod(), joint, 0, 1, torch.device("cpu"), loader_factory=factory())
+    assert set(res) == {f"{s}/R@1" for s in ("rgb", "flow", "rf_sum", "rf_concat")}
+    assert joint.row_labels() == {Stream.rgb: "RGB-joint", Stream.flow: "Flow-joint"}

@@ -75,3 +75,20 @@ def test_missing_results(tmp_path):
 def test_short_names():
     assert report.short_names(["/r/a/x", "/r/b/x"]) == ["a/x", "b/x"]
     assert report.short_names(["/r/a/x", "/r/a/y"]) == ["x", "y"]
+
+
+def test_joint_phase_rows(tmp_path):
+    """GOCA's joint phase: one engine entry gives an RGB, a Flow and an R+F row, ordered RGB, Flow, R+F."""
+    doc = {
+        "phases": {
+            "joint": {
+                "report": "joint",
+                "rows": {"rgb": "RGB-joint", "flow": "Flow-joint"},
+                "metrics": {"rgb/R@1": 41.0, "flow/R@1": 70.0, "rf_sum/R@1": 60.0},
+            }
+        }
+    }
+    (tmp_path / "results.json").write_text(json.dumps(doc))
+    rows = report.run_rows(tmp_path)
+    assert list(rows) == ["RGB-joint", "Flow-joint", "R+F-joint"]
+    assert rows["Flow-joint"] == {"R@1": 70.0} and rows["R+F-joint"] == {"R@1": 60.0}

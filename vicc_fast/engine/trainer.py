@@ -122,7 +122,7 @@ def prerequisites(phase: PhaseSpec, phases: list[PhaseSpec]) -> list[PhaseSpec]:
     """Earlier phases that train a stream this phase uses: it starts from their models."""
     used = {phase.train_stream, *phase.streams}
     idx = phases.index(phase)
-    return [q for q in phases[:idx] if q.train_stream in used]
+    return [q for q in phases[:idx] if used & set(q.trained_streams)]
 
 
 class _LossModule(nn.Module):
@@ -394,7 +394,12 @@ class Trainer:
         eval_s = time.perf_counter() - t0
         if self.dist.is_main:
             seconds = {"train": train_s, "eval": eval_s}
-            self.results[phase.name] = {"report": phase.report, "metrics": res, "seconds": seconds}
+            self.results[phase.name] = {
+                "report": phase.report,
+                "rows": {s.value: label for s, label in phase.row_labels().items()},
+                "metrics": res,
+                "seconds": seconds,
+            }
             doc = {"phases": self.results, "completed": self.completed}
             atomic.write_text(self.out_dir / "results.json", json.dumps(doc, indent=1, default=float))
             self.logger.write(
@@ -684,11 +689,11 @@ def results_table(results: dict[str, dict], order: Iterable[PhaseSpec]) -> str:
         if entry is None or not phase.report:
             continue
         flat = _flatten(entry.get("metrics", {}))
-        own = _prefixed(flat, phase.train_stream.value) or {k: v for k, v in flat.items() if "/" not in k}
-        rows[phase.report] = own
+        for s, label in phase.row_labels().items():
+            rows[label] = _prefixed(flat, s.value) or {k: v for k, v in flat.items() if "/" not in k}
         fused = _prefixed(flat, "rf_sum")
         if fused:
-            rows["R+F"] = fused
+            rows[f"R+F-{phase.report}" if phase.joint else "R+F"] = fused
     if not rows:
         return "(no evaluation results)"
     preferred = ["RGB-1", "Flow-1", "RGB-2", "Flow-2", "R+F"]

@@ -26,13 +26,11 @@ from torch import nn
 
 from vicc_fast import config as C
 from vicc_fast.config import Stream
+from vicc_fast.methods.base import STREAM_LABEL
 
 
 class EvalInputError(ValueError):
     """Unusable evaluation input (data set, overrides); the message names the file or key."""
-
-
-STREAM_NAME = {Stream.rgb: "RGB", Stream.flow: "Flow"}
 
 
 # --------------------------------------------------------------------------------------------- checkpoint
@@ -91,22 +89,23 @@ def stream_labels(phases: list[Any], trained: list[str]) -> dict[str, str]:
     """Table row of each stream's encoder, from the last trained phase that optimised it.
 
     phases: the method's PhaseSpec list; trained: names of phases whose training the weights include. The label
-    is the phase's ``report`` ("RGB-1", "Flow-2", ...) or, for a phase without one (an earlier cross-stream
-    cycle), "RGB-2 (cross_rgb_c1)". With no trained phase at all (an initial checkpoint), "RGB-0"/"Flow-0".
+    is the phase's row label (``PhaseSpec.row_labels``: "RGB-1", "Flow-2", "RGB-joint", ...) or, for a phase
+    without one (an earlier cross-stream cycle), "RGB-2 (cross_rgb_c1)". With no trained phase at all (an
+    initial checkpoint), "RGB-0"/"Flow-0".
     """
     out: dict[str, str] = {}
     done = [p for p in phases if p.name in set(trained)]
     for s in Stream:
-        last = [p for p in done if p.train_stream == s]
+        last = [p for p in done if s in p.trained_streams]
         if last:
             p = last[-1]
             stage = 2 if p.frozen_stream is not None else 1
-            out[s.value] = p.report or f"{STREAM_NAME[s]}-{stage} ({p.name})"
+            out[s.value] = p.row_labels().get(s) or f"{STREAM_LABEL[s]}-{stage} ({p.name})"
     if not done:
-        out = {s.value: f"{STREAM_NAME[s]}-0" for s in Stream}
+        out = {s.value: f"{STREAM_LABEL[s]}-0" for s in Stream}
     if len(out) == 2:
         r, f = out["rgb"].removeprefix("RGB-"), out["flow"].removeprefix("Flow-")
-        out["rf"] = f"R+F-{r}" if r == f and r.isdigit() else "R+F"
+        out["rf"] = f"R+F-{r}" if r == f and " " not in r else "R+F"
     return out
 
 

@@ -25,9 +25,15 @@ EVAL_RESULTS = Path("eval") / "results.json"
 ENGINE_RESULTS = Path("results.json")
 
 
-def _row_key(label: str) -> tuple[int, str]:
+def _row_key(label: str) -> tuple[int, str, int, str]:
+    """Known labels in ROW_ORDER; others (e.g. GOCA's "RGB-joint", "Flow-joint", "R+F-joint") after them,
+    grouped by stage, RGB then Flow then R+F."""
     base = label.split(" ")[0]
-    return (ROW_ORDER.index(base) if base in ROW_ORDER else len(ROW_ORDER), label)
+    if base in ROW_ORDER:
+        return (ROW_ORDER.index(base), "", 0, label)
+    stream, _, stage = base.partition("-")
+    order = ["RGB", "Flow", "R+F"]
+    return (len(ROW_ORDER), stage, order.index(stream) if stream in order else len(order), label)
 
 
 def _recalls(metrics: dict[str, float], prefix: str) -> dict[str, float]:
@@ -41,9 +47,11 @@ def rows_from_engine(doc: dict[str, Any]) -> Rows:
         label, metrics = ph.get("report", ""), ph.get("metrics", {})
         if not label:
             continue
+        # "rows" (stream -> row label) is written by the engine; older results.json files lack it
         stream = STREAM_OF.get(label.split("-")[0])
-        if stream:
-            rows.setdefault(label, {}).update(_recalls(metrics, stream))
+        own = ph.get("rows") or ({stream: label} if stream else {})
+        for s, row in own.items():
+            rows.setdefault(row, {}).update(_recalls(metrics, s))
         if any(k.startswith("rf_sum/") for k in metrics):
             rows.setdefault(f"R+F-{label.rsplit('-', 1)[-1]}", {}).update(_recalls(metrics, "rf_sum"))
     return rows

@@ -202,8 +202,8 @@ def evaluate_phase(
 ) -> dict[str, float]:
     """kNN retrieval after a training phase, called by the engine on every rank (collective when world > 1).
 
-    Evaluates the phase's trained stream, and when the phase has a frozen (already trained) stream, that stream
-    too and their R+F fusion. Test videos query train videos. Returns ``{"rgb/R@1": .., "rf_sum/R@1": ..}`` on
+    Evaluates the phase's trained stream(s) (both for a joint phase), and when the phase has a frozen (already
+    trained) stream, that stream too; R+F fusion when two streams are evaluated. Test videos query train videos. Returns ``{"rgb/R@1": .., "rf_sum/R@1": ..}`` on
     every rank (features are gathered across ranks).
     """
     from vicc_fast.eval.features import extract
@@ -215,7 +215,7 @@ def evaluate_phase(
             return build_loader(cfg, split, "eval", (stream,), 1, rank, world, device)
 
     encoders = method.encoders()
-    streams = [phase.train_stream]
+    streams = list(phase.trained_streams)
     if phase.frozen_stream is not None and phase.frozen_stream in encoders:
         streams.append(phase.frozen_stream)
     feats: dict[str, dict[Stream, torch.Tensor]] = {"train": {}, "test": {}}

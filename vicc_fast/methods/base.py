@@ -17,6 +17,8 @@ from torch import nn
 from vicc_fast.config import Stream
 from vicc_fast.data.batch import Batch
 
+STREAM_LABEL = {Stream.rgb: "RGB", Stream.flow: "Flow"}  # row labels in result tables: RGB-1, Flow-2, ...
+
 
 @dataclass(frozen=True)
 class PhaseSpec:
@@ -29,7 +31,9 @@ class PhaseSpec:
     epochs: length of the phase; queue_start_epoch: epoch (0-based, within the phase) the queue starts;
     freeze_prototypes_epochs: epochs at the start of the phase during which prototype gradients are dropped
     (a value >= epochs keeps them frozen throughout).
-    report: a short label for result tables (e.g. "RGB-1", "Flow-2"), or "" when the phase is not reported.
+    report: a short label for result tables (e.g. "RGB-1", "Flow-2"), or "" when the phase is not reported;
+    for a joint phase the stage part of the rows' labels ("joint" -> rows "RGB-joint", "Flow-joint", "R+F-joint").
+    joint: every stream in ``streams`` is trained at once (GOCA); ``train_stream`` is then their first.
     """
 
     name: str
@@ -41,6 +45,20 @@ class PhaseSpec:
     queue_start_epoch: int
     freeze_prototypes_epochs: int
     report: str = ""
+    joint: bool = False
+
+    @property
+    def trained_streams(self) -> tuple[Stream, ...]:
+        """The streams whose encoders this phase optimises (evaluation reports each of them)."""
+        return self.streams if self.joint else (self.train_stream,)
+
+    def row_labels(self) -> dict[Stream, str]:
+        """Result-table row of each trained stream's encoder after this phase ({} when not reported)."""
+        if not self.report:
+            return {}
+        if self.joint:
+            return {s: f"{STREAM_LABEL[s]}-{self.report}" for s in self.trained_streams}
+        return {self.train_stream: self.report}
 
 
 @dataclass

@@ -87,8 +87,8 @@ def goca_phases(cfg: Config) -> list[PhaseSpec]:
     g, sc = cfg.method.goca, cfg.schedule
     epochs = g.epochs or (2 * sc.single_epochs + 2 * sc.cross_cycles * sc.cross_epochs) // 2
     qstart = epochs if cfg.method.queue_size == 0 else min(g.queue_start_epoch, epochs)
-    # train_stream is nominal (both streams train); no prototype freezing: the loss never trains them
-    return [PhaseSpec("joint", Stream.rgb, None, STREAMS, 2, epochs, qstart, 0, "Joint")]
+    # no prototype freezing: the loss never trains them
+    return [PhaseSpec("joint", Stream.rgb, None, STREAMS, 2, epochs, qstart, 0, "joint", joint=True)]
 
 
 # ------------------------------------------------------------------------------------------ the method
