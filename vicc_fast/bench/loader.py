@@ -45,6 +45,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="benchmark on a scratch copy of the shards with every sample repeated K times (new keys), so that "
         "a small set gives epochs long enough to measure the steady state",
     )
+    p.add_argument(
+        "--peer",
+        default=None,
+        metavar="NAME=SAMPLES_PER_S",
+        help="a loader measured the same way elsewhere (same machine, clips, batch, threads), e.g. the original "
+        "ViCC loader on this repo's 2-core CI machine: vicc_original=9.9 (two-stream) or 16.6 (--streams rgb); "
+        "the output gives each backend's ratio to it",
+    )
     p.add_argument("--config", default=None, help="YAML config (default: schema defaults)")
     p.add_argument(
         "--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. data.num_frames=16"
@@ -171,7 +179,24 @@ def _run_once(
     return out
 
 
+def parse_peer(text: str | None) -> tuple[str, float] | None:
+    """``"vicc_original=9.9"`` -> ("vicc_original", 9.9); None stays None; anything else is a one-line error."""
+    if not text:
+        return None
+    name, _, value = text.partition("=")
+    try:
+        v = float(value)
+    except ValueError:
+        v = -1.0
+    if not name or v <= 0:
+        raise SystemExit(
+            f"--peer {text!r}: expected NAME=SAMPLES_PER_S with a positive rate, e.g. vicc_original=9.9"
+        )
+    return name, v
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    peer = parse_peer(args.peer)
     overrides = list(args.set) + [f"data.threads={args.threads}", f"train.batch_size={args.batch}"]
     if args.root:
         overrides.append(f"data.root={args.root}")
@@ -214,6 +239,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"{name:6s} {best['samples_per_s']:.2f} samples/s  {best['clips_per_s']:.1f} clips/s  "
             f"{best['cpu_s_per_sample'] * 1000:.0f} CPU ms/sample  first batch {best['time_to_first_batch_s']:.1f} s"
         )
+    if peer:
+        peer_name, rate = peer
+        result["peer"] = {"name": peer_name, "samples_per_s": rate}
+        for b in backends:
+            ratio = result[b]["samples_per_s"] / rate
+            result[f"ratio_{b}_over_{peer_name}"] = ratio
+            print(f"ratio {b}/{peer_name}: {ratio:.2f}x samples/s ({rate} samples/s)")
     if len(backends) == 2:
         result["ratio_dali_over_torch"] = result["dali"]["samples_per_s"] / result["torch"]["samples_per_s"]
         result["cpu_ratio_torch_over_dali"] = (
