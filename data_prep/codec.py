@@ -92,6 +92,12 @@ def _vp9_stream(container: av.container.OutputContainer, width: int, height: int
     return stream
 
 
+def _open_webm(buf: io.BytesIO) -> av.container.OutputContainer:
+    # bitexact: without it the Matroska muxer writes a random segment UID (and the encoder's version), so the
+    # same frames gave different bytes, shard hashes and manifests on every build
+    return av.open(buf, "w", format="webm", options={"fflags": "+bitexact"})
+
+
 def _finish(container, stream, buf: io.BytesIO) -> bytes:
     for packet in stream.encode():
         container.mux(packet)
@@ -104,7 +110,7 @@ def encode_rgb(frames: np.ndarray, fps: float = 25.0, crf: int = RGB_CRF) -> byt
     frames = _check_frames(frames, channels=3)
     t, h, w, _ = frames.shape
     buf = io.BytesIO()
-    container = av.open(buf, "w", format="webm")
+    container = _open_webm(buf)
     stream = _vp9_stream(container, w, h, fps, crf)
     for i in range(t):
         frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
@@ -149,7 +155,7 @@ def encode_flow(q: np.ndarray, fps: float = 25.0, crf: int = FLOW_CRF) -> bytes:
     cw, ch = (w + 1) // 2, (h2 + 1) // 2
     chroma = np.full((ch, cw), NEUTRAL_CHROMA, np.uint8)
     buf = io.BytesIO()
-    container = av.open(buf, "w", format="webm")
+    container = _open_webm(buf)
     stream = _vp9_stream(container, w, h2, fps, crf)
     # Full range: the decoder maps Y straight to R = G = B (no 16..235 expansion); see module docstring.
     stream.codec_context.color_range = av.video.reformatter.ColorRange.JPEG
