@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,36 +225,32 @@ def _read_labels(tar_path: Path, split: str, n: int, labels: np.ndarray, where: 
 
 def check_dataset(root: str | Path) -> DatasetInfo:
     """Validate a shard folder for evaluation; every problem is one EvalInputError naming the file."""
+    from vicc_fast.data.manifest import DataError, load_manifest
+
     r = Path(root)
     mpath = r / "manifest.json"
-    if not mpath.is_file():
-        raise EvalInputError(f"{mpath}: no manifest (build the shards first: python -m data_prep ...)")
     try:
-        m = json.loads(mpath.read_text())
-        classes = list(m["classes"])
-        splits = m["splits"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise EvalInputError(f"{mpath}: unreadable manifest ({exc})") from None
+        m = load_manifest(r)  # the loader's own checks: version, shard files present, counts
+    except DataError as exc:
+        raise EvalInputError(str(exc)) from None
+    classes = m.classes
     for split in ("train", "test"):
-        if split not in splits or int(splits[split].get("num_samples", 0)) <= 0:
+        if split not in m.splits or m.splits[split].num_samples <= 0:
             raise EvalInputError(
                 f"{mpath}: the data set has no {split} split (retrieval queries test videos against train videos)"
             )
     info = DatasetInfo(
         root=r,
         classes=classes,
-        num_samples={s: int(splits[s]["num_samples"]) for s in ("train", "test")},
+        num_samples={s: m.splits[s].num_samples for s in ("train", "test")},
         manifest_sha256=file_sha256(mpath),
     )
     for split in ("train", "test"):
         n = info.num_samples[split]
         labels = np.full(n, -1, dtype=np.int64)
         where: list[tuple[str, str]] = [("", "")] * n
-        for shard in splits[split].get("shards", []):
-            tar = r / shard["tar"]
-            if not tar.is_file():
-                raise EvalInputError(f"{tar}: shard listed in {mpath} is missing")
-            _read_labels(tar, split, n, labels, where)
+        for shard in m.splits[split].shards:
+            _read_labels(shard.tar, split, n, labels, where)
         if (labels < 0).any():
             raise EvalInputError(
                 f"{r}: {int((labels < 0).sum())} of {n} {split} videos have no label in the shards"
