@@ -5,8 +5,8 @@
 - :func:`sinkhorn_all_reduce` is the ``all_reduce`` callable for ``kernels.sinkhorn``: it sums the Sinkhorn row/col
   sums over ranks so the assignment is the one of the global batch (None on one process).
 - :class:`BatchShuffle` shuffles the batch across ranks around an encoder (MoCo/CoCLR batch shuffle, so BatchNorm
-  statistics cannot leak intra-batch information) with forward hooks. Both gathers carry gradients back to every
-  input, so no view's gradient is cut.
+  statistics cannot leak intra-batch information) with forward hooks. Both exchanges (uneven all_to_all of only
+  the rows each rank needs) carry gradients back to every input, so no view's gradient is cut.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -154,35 +155,129 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(h, "little") & ((1 << 63) - 1)
 
 
+class ShuffleRoute(NamedTuple):
+    """Who sends which rows where in one batch-shuffle exchange, seen from one rank (B rows, W ranks).
+
+    send_order: [B] int64, this rank's local rows in the order they are sent (grouped by destination rank);
+    send_counts: W ints, rows sent to each rank; recv_counts: W ints, rows received from each rank;
+    recv_index: [B] int64, ``received[recv_index]`` puts the received rows (grouped by source) in their final order.
+    """
+
+    send_order: torch.Tensor
+    send_counts: list[int]
+    recv_counts: list[int]
+    recv_index: torch.Tensor
+
+    def reversed(self) -> ShuffleRoute:
+        """The route of the inverse exchange: every row goes back to where it came from, in its original place.
+
+        The rows to return are the received ones in arrival order (``argsort(recv_index)`` of the final order);
+        they arrive back grouped as they were sent, so ``argsort(send_order)`` restores the local order."""
+        return ShuffleRoute(
+            send_order=torch.argsort(self.recv_index),
+            send_counts=self.recv_counts,
+            recv_counts=self.send_counts,
+            recv_index=torch.argsort(self.send_order),
+        )
+
+
+def shuffle_route(perm: torch.Tensor, rank: int, world: int, batch: int) -> ShuffleRoute:
+    """The all_to_all route that leaves ``full[perm[rank*B:(rank+1)*B]]`` on this rank, where ``full`` [W*B, ...]
+    is the concatenation of the W ranks' batches [B, ...] in rank order.
+
+    perm: [W*B] a permutation of range(W*B) (CPU; the counts become Python ints for the collective).
+    Global row g lives on rank g // B at local row g % B. Every rank sends each of its rows exactly once, to the
+    rank whose slice of ``perm`` holds it, in the order of that slice, so the receiver only has to undo the
+    grouping by source rank.
+    """
+    if perm.shape != (world * batch,):
+        raise ValueError(
+            f"perm has shape {tuple(perm.shape)}, expected ({world * batch},) for {world} x {batch}"
+        )
+    perm = perm.to("cpu", torch.int64)
+    # sender side: positions of the permuted batch that hold my rows, scanned in order = destination-major
+    dest = torch.arange(world * batch) // batch
+    mine = (perm // batch) == rank
+    send_order = perm[mine] % batch
+    send_counts = torch.bincount(dest[mine], minlength=world)
+    # receiver side: my slice's sources; rows from one source arrive in slice order (a stable sort keeps it)
+    src = perm[rank * batch : (rank + 1) * batch] // batch
+    arrival = torch.argsort(src, stable=True)  # arrival[k] = slice position of the k-th received row
+    recv_counts = torch.bincount(src, minlength=world)
+    return ShuffleRoute(send_order, send_counts.tolist(), recv_counts.tolist(), torch.argsort(arrival))
+
+
+class _AllToAll(torch.autograd.Function):
+    """Uneven all_to_all along dim 0: x [sum(send_counts), ...] -> [sum(recv_counts), ...], the i-th block of
+    ``send_counts[i]`` rows going to rank i. Backward is the same exchange with the counts swapped (every row's
+    gradient goes back to the rank that sent the row). NCCL takes uneven splits; so does gloo (checked with torch
+    2.14, tests/engine/test_batch_shuffle.py), so no backend needs the old all_gather path."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, send_counts: list[int], recv_counts: list[int]) -> torch.Tensor:  # type: ignore[override]
+        ctx.send_counts, ctx.recv_counts = send_counts, recv_counts
+        out = x.new_empty((sum(recv_counts), *x.shape[1:]))
+        dist.all_to_all_single(
+            out, x.contiguous(), output_split_sizes=recv_counts, input_split_sizes=send_counts
+        )
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+        out = grad.new_empty((sum(ctx.send_counts), *grad.shape[1:]))
+        dist.all_to_all_single(
+            out, grad.contiguous(), output_split_sizes=ctx.send_counts, input_split_sizes=ctx.recv_counts
+        )
+        return out, None, None
+
+
+def exchange_rows(x: torch.Tensor, route: ShuffleRoute) -> torch.Tensor:
+    """Send x's rows along ``route`` and put the received rows in order. x: [B, ...] -> [B, ...], differentiable.
+
+    On one process (or W = 1) only the local reorder happens."""
+    dev = x.device
+    sent = x[route.send_order.to(dev)]
+    if len(route.send_counts) > 1:
+        sent = _AllToAll.apply(sent, route.send_counts, route.recv_counts)
+    return sent[route.recv_index.to(dev)]
+
+
+def _world() -> int:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
 def shuffled_slice(x: torch.Tensor, perm: torch.Tensor, rank: int) -> torch.Tensor:
-    """Global batch gather, permute, keep this rank's slice. x: [B, ...], perm: [W*B] -> [B, ...]."""
-    n = x.shape[0]
-    full = gather_with_grad(x)
-    return full[perm[rank * n : (rank + 1) * n]]
+    """This rank's slice of the permuted global batch, ``cat(x of all ranks)[perm[rank*B:(rank+1)*B]]``.
+
+    x: [B, ...], perm: [W*B] -> [B, ...]. One all_to_all of B rows per rank: each rank sends only the rows the
+    others need (~(W-1)/W of its batch), instead of gathering the W x B rows of the global batch."""
+    return exchange_rows(x, shuffle_route(perm, rank, _world(), x.shape[0]))
 
 
 def unshuffled_slice(y: torch.Tensor, perm: torch.Tensor, rank: int) -> torch.Tensor:
-    """Inverse of :func:`shuffled_slice` on the outputs. y: [B, ...] (rows of the permuted batch) -> [B, ...]."""
-    n = y.shape[0]
-    full = gather_with_grad(y)
-    inverse = torch.argsort(perm)
-    return full[inverse[rank * n : (rank + 1) * n]]
+    """Inverse of :func:`shuffled_slice` on the outputs. y: [B, ...] (rows of the permuted batch) -> [B, ...]:
+    ``cat(y of all ranks)[argsort(perm)[rank*B:(rank+1)*B]]``, by the reverse all_to_all."""
+    return exchange_rows(y, shuffle_route(perm, rank, _world(), y.shape[0]).reversed())
 
 
 class BatchShuffle:
     """Batch shuffle across ranks around modules, installed as forward hooks (state_dict keys unchanged).
 
-    For every call of a hooked module in training mode: gather the input batch of all ranks, permute it with a
-    permutation every rank draws identically (seeded by seed, the key set by :meth:`set_step` and the call
-    count, so a resumed run repeats it), run the module on this rank's slice of the permuted batch, gather the
-    outputs and undo the permutation. Modules in eval mode (the frozen stream) are left alone. A no-op on one rank.
+    For every call of a hooked module in training mode: permute the global batch (the ranks' batches in rank
+    order) with a permutation every rank draws identically (seeded by seed, the key set by :meth:`set_step` and
+    the call count, so a resumed run repeats it), run the module on this rank's slice of the permuted batch and
+    send the outputs back to the ranks their inputs came from. Both are one all_to_all of B rows per rank
+    (:func:`shuffle_route`), so the traffic per rank does not grow with the number of ranks. Modules in eval
+    mode (the frozen stream) are left alone. A no-op on one rank.
     """
 
     def __init__(self, modules: list[nn.Module], seed: int) -> None:
         self.seed = seed
         self._key: tuple = ()
         self._calls = 0
-        self._pending: dict[int, list[torch.Tensor]] = {}
+        self._pending: dict[int, list[ShuffleRoute]] = {}
         self._handles = []
         for m in modules:
             self._handles.append(m.register_forward_pre_hook(self._pre))
@@ -202,15 +297,15 @@ class BatchShuffle:
         world, rank = dist.get_world_size(), dist.get_rank()
         g = torch.Generator().manual_seed(derive_seed(self.seed, self._key, self._calls))
         self._calls += 1
-        perm = torch.randperm(world * x.shape[0], generator=g).to(x.device)
-        self._pending.setdefault(id(module), []).append(perm)
-        return (shuffled_slice(x, perm, rank), *args[1:])
+        perm = torch.randperm(world * x.shape[0], generator=g)  # stays on the CPU: routing needs host ints
+        route = shuffle_route(perm, rank, world, x.shape[0])
+        self._pending.setdefault(id(module), []).append(route.reversed())
+        return (exchange_rows(x, route), *args[1:])
 
     def _post(self, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor | None:
         if not self._active(module):
             return None
-        perm = self._pending[id(module)].pop()
-        return unshuffled_slice(out, perm, dist.get_rank())
+        return exchange_rows(out, self._pending[id(module)].pop())
 
     def remove(self) -> None:
         for h in self._handles:
