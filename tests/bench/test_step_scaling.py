@@ -109,7 +109,11 @@ def test_comm_model_matches_collectives_of_two_gloo_ranks(tmp_path) -> None:
     w2 = out["rows"][0]["worlds"][2]
     measured, model = w2["collectives"], w2["model"]
     assert measured["gloo:all_reduce"]["bytes_fp32_equiv"] == model["all_reduce_bytes"]
-    assert measured["gloo:all_gather"]["bytes_fp32_equiv"] == model["all_gather_bytes"]
+    # the batch shuffle: uneven all_to_all of the clips and of the features (forward) and their gradient
+    a2a = measured["gloo:all_to_all"]
+    assert a2a["bytes_fp32_equiv"] == model["all_to_all_bytes"] > 0
+    assert a2a["calls"] == model["batch_shuffle"]["all_to_all_calls"] == 3
+    assert "gloo:all_gather" not in measured and model["all_gather_bytes"] == 0
     assert model["sinkhorn"]["calls"] == 2 * 3  # MAX + SUM per iteration, paper's 3 iterations
     assert w2["clips_per_s"] > 0
 

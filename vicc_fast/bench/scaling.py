@@ -73,15 +73,17 @@ def comm_model(
       per-prototype column statistics [V, K] -> 2 x n_iters all_reduce calls of V*K*4 bytes (the Triton kernel
       reduces its [V, BLOCK_K] partials, K padded to a power of two >= 16: 512 columns for K = 300).
     - Batch shuffle (MoCo style, forward hooks around the trainable encoder, one call on the V*B concatenated
-      views): all_gather of this rank's input clips [V*B, 3, T, H, W] (each rank then holds W times that) and of
-      its features [V*B, F]; in backward only the features' gradient travels (the clips need no gradient): an
-      all_reduce of the gathered [W*V*B, F] on gloo (no reduce-scatter there), a reduce-scatter on NCCL. The
-      frozen stream runs in eval mode and is not shuffled.
+      views): an uneven all_to_all of this rank's input clips [V*B, 3, T, H, W] (each row goes to the rank whose
+      slice of the permuted global batch holds it) and one of its features [V*B, F] back; in backward only the
+      features' gradient travels (the clips need no gradient), by the reverse all_to_all of [V*B, F]. Each call
+      hands the collective all V*B rows (torch.profiler records that size); the rows kept on this rank do not
+      cross the network, so with a uniform random permutation a rank sends and receives (W-1)/W of them on
+      average: per-rank traffic constant in W. The frozen stream runs in eval mode and is not shuffled.
     - DDP: all_reduce of every trainable gradient, bucketed (25 MiB buckets).
-    A ring all_reduce moves ~2(W-1)/W x its size per rank; an all_gather (W-1) x the input size per rank.
+    A ring all_reduce moves ~2(W-1)/W x its size per rank.
     """
     if world <= 1:
-        return {"world": world, "all_reduce_bytes": 0, "all_gather_bytes": 0}
+        return {"world": world, "all_reduce_bytes": 0, "all_gather_bytes": 0, "all_to_all_bytes": 0}
     V_train = phase.num_views
     V_all = phase.num_views * len(phase.streams)
     K, iters, B = cfg.model.num_prototypes, cfg.method.sinkhorn_iters, cfg.train.batch_size
@@ -92,16 +94,16 @@ def comm_model(
         "bytes_per_call": V_all * width * 4,
         "bytes": 2 * iters * V_all * width * 4,
     }
-    shuffle: dict[str, Any] = {"all_gather_bytes": 0, "all_reduce_bytes": 0}
+    shuffle: dict[str, Any] = {"all_to_all_bytes": 0, "all_reduce_bytes": 0}
     if cfg.train.batch_shuffle and not cfg.train.sync_bn:
         clips = V_train * B * 3 * T * H * H * 4
         feats = V_train * B * feature_dim * 4
         shuffle = {
-            "all_gather_calls": 2,
-            "all_gather_bytes": clips + feats,
-            "all_gather_received_bytes": (world - 1) * (clips + feats),
-            "all_reduce_calls": 1,
-            "all_reduce_bytes": world * feats,
+            "all_to_all_calls": 3,  # clips there, features back, features' gradient there again
+            "all_to_all_bytes": clips + 2 * feats,
+            # expected bytes leaving (and, by symmetry, arriving at) a rank: the rows that change rank
+            "all_to_all_sent_bytes": (world - 1) * (clips + 2 * feats) / world,
+            "all_reduce_bytes": 0,
         }
     ddp = {"all_reduce_bytes": trainable_params * 4}
     return {
@@ -110,7 +112,8 @@ def comm_model(
         "batch_shuffle": shuffle,
         "ddp_grads": ddp,
         "all_reduce_bytes": sinkhorn["bytes"] + shuffle["all_reduce_bytes"] + ddp["all_reduce_bytes"],
-        "all_gather_bytes": shuffle["all_gather_bytes"],
+        "all_to_all_bytes": shuffle["all_to_all_bytes"],
+        "all_gather_bytes": 0,  # the step issues none since the batch shuffle moved to all_to_all
     }
 
 
@@ -134,7 +137,8 @@ def _collectives(prof: Any) -> dict[str, dict[str, Any]]:
     """c10d collectives of a profiled step: calls, bytes (fp32-equivalent, from the recorded input shapes) and
     the shapes seen, per kind. The backend-level events (``gloo:all_reduce``...) carry the tensors' shapes."""
     out: dict[str, dict[str, Any]] = {}
-    kinds = ("allreduce", "all_reduce", "allgather", "all_gather", "reduce_scatter", "broadcast")
+    kinds = ("allreduce", "all_reduce", "allgather", "all_gather", "alltoall", "all_to_all", "reduce_scatter",
+             "broadcast")  # fmt: skip
     for ev in prof.events():
         low = ev.name.lower()
         if not low.startswith(("gloo:", "nccl:", "c10d::")) or not any(k in low for k in kinds):
