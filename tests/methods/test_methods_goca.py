@@ -184,3 +184,19 @@ def test_bad_settings_are_clear_errors():
 
     with pytest.raises(ConfigError, match="method.goca.lambda1"):
         build_method(goca_config(lambda1=0.0))
+
+
+def test_prototype_scorer_per_variant():
+    """Evaluation's prototype assignments: head then prototypes of the stream's part; none for ``avg``."""
+    torch.manual_seed(0)
+    x = torch.randn(5, GOCA(goca_config()).backbones["rgb"].feature_dim)
+    for variant in (GocaVariant.goca, GocaVariant.sview, GocaVariant.sep):
+        m = GOCA(goca_config(variant)).eval()
+        for s in (Stream.rgb, Stream.flow):
+            part = "shared" if variant is not GocaVariant.sview else s.value
+            want = m.protos[part](m.heads[part](x))
+            got = m.prototype_scorer(s)(x)
+            assert got.shape == (5, m.cfg.model.num_prototypes) and torch.equal(got, want)
+    assert GOCA(goca_config(GocaVariant.avg)).prototype_scorer(Stream.rgb) is None
+    coclr = build_method(small_config(name=MethodName.coclr))
+    assert coclr.prototype_scorer(Stream.rgb) is None

@@ -8,6 +8,7 @@ TensorBoard under ``<run>/tb/eval``.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from pathlib import Path
@@ -211,14 +212,12 @@ class Evaluation:
 
     def prototype_scores(self, stream: Stream, raw: torch.Tensor) -> torch.Tensor | None:
         """Scores ``[N, K]`` of videos against the stream's prototypes (head applied to the clip-averaged
-        backbone feature), for methods that keep ``nets[s].head`` and ``protos[s]`` (ViCC, GOCA); else None."""
-        m = self.ck.method
-        nets, protos = getattr(m, "nets", None), getattr(m, "protos", None)
-        if nets is None or protos is None or stream.value not in nets or stream.value not in protos:
+        backbone feature ``raw: [N, F]``), or None for a method without prototypes."""
+        scorer = self.ck.method.prototype_scorer(stream)
+        if scorer is None:
             return None
         with torch.no_grad():
-            z = nets[stream.value].head.float().cpu()(raw.float())
-            return protos[stream.value].float().cpu()(z)
+            return copy.deepcopy(scorer).float().cpu()(raw.float())
 
     def cluster(self) -> dict[str, float]:
         res: dict[str, float] = {}

@@ -108,6 +108,11 @@ class Method(nn.Module, abc.ABC):
     def after_step(self, state: StepState) -> None:  # noqa: B027
         """Hook after the optimiser step, e.g. re-normalising prototypes or a momentum update."""
 
+    def prototype_scorer(self, stream: Stream) -> nn.Module | None:
+        """``[N, F]`` backbone features of ``stream`` -> ``[N, K]`` prototype scores (head then prototypes), for
+        the prototype-assignment cluster metrics; None for methods without prototypes (CoCLR)."""
+        return None
+
     @abc.abstractmethod
     def encoders(self) -> dict[Stream, nn.Module]:
         """The backbones without heads, for evaluation: stream -> module mapping [B,C,T,H,W] -> [B, F]."""

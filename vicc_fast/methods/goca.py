@@ -145,6 +145,14 @@ class GOCA(Method):
     def encoders(self) -> dict[Stream, nn.Module]:
         return {s: self.backbones[s.value] for s in STREAMS}
 
+    def prototype_scorer(self, stream: Stream) -> nn.Module | None:
+        if (
+            self.variant is GocaVariant.avg
+        ):  # its head sees the two streams' averaged features, never one alone
+            return None
+        part = self._part(stream)
+        return nn.Sequential(self.heads[part], self.protos[part])
+
     def forward(self, batch: Batch, state: StepState) -> dict[str, torch.Tensor]:
         return self.loss(batch, state)
 

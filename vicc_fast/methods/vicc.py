@@ -147,6 +147,9 @@ class ViCC(Method):
     def encoders(self) -> dict[Stream, nn.Module]:
         return {s: self.nets[s.value].backbone for s in Stream}
 
+    def prototype_scorer(self, stream: Stream) -> nn.Module:
+        return nn.Sequential(self.nets[stream.value].head, self.protos[stream.value])
+
     def forward(self, batch: Batch, state: StepState) -> dict[str, torch.Tensor]:
         """= :meth:`loss`, so that a DistributedDataParallel wrapper of the method sees a forward call."""
         return self.loss(batch, state)
