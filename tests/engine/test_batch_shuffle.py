@@ -6,7 +6,6 @@ to gather-permute-slice, as is a module wrapped by ``BatchShuffle`` (same permut
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -18,6 +17,7 @@ from vicc_fast.engine.distributed import (
     BatchShuffle,
     ShuffleRoute,
     derive_seed,
+    free_port,
     gather_with_grad,
     shuffle_route,
     shuffled_slice,
@@ -144,19 +144,13 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module", params=[2, 3], ids=lambda w: f"{w}ranks")
 def ranks(request, tmp_path_factory) -> list[dict]:
     world = request.param
     tmp = tmp_path_factory.mktemp(f"shuffle{world}")
     # fork: the children inherit the imported modules (spawn would re-import torch in each child)
     mp.start_processes(
-        _worker, args=(world, _free_port(), str(tmp)), nprocs=world, join=True, start_method="fork"
+        _worker, args=(world, free_port(), str(tmp)), nprocs=world, join=True, start_method="fork"
     )
     return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(world)]
 

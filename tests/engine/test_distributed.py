@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 
 import pytest
 import torch
@@ -16,7 +15,13 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from vicc_fast import config as C
-from vicc_fast.engine.distributed import BatchShuffle, DistInfo, gather_with_grad, sinkhorn_all_reduce
+from vicc_fast.engine.distributed import (
+    BatchShuffle,
+    DistInfo,
+    free_port,
+    gather_with_grad,
+    sinkhorn_all_reduce,
+)
 from vicc_fast.engine.trainer import NonFiniteLossError, Trainer, TrainingStopped, _LossModule
 from vicc_fast.methods.base import StepState
 
@@ -155,18 +160,12 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
     torch.optim.SGD([torch.zeros(1, requires_grad=True)])  # imports torch._dynamo once, before the fork
     # fork: the children inherit the imported modules (spawn re-imports torch, ~30 s per child on a busy CI box)
-    mp.start_processes(_worker, args=(2, _free_port(), str(tmp)), nprocs=2, join=True, start_method="fork")
+    mp.start_processes(_worker, args=(2, free_port(), str(tmp)), nprocs=2, join=True, start_method="fork")
     return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import traceback
 from typing import Any
 
@@ -31,6 +30,7 @@ import torch
 
 from vicc_fast import config as C
 from vicc_fast.bench import step as S
+from vicc_fast.engine.distributed import free_port
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -118,12 +118,6 @@ def comm_model(
 
 
 # --------------------------------------------------------------------------------------------- workers
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _numel(shape: Any) -> int:
@@ -241,7 +235,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             threads = args.threads_per_rank or max(1, cores // world)
             ctx = mp.get_context("spawn")
             q = ctx.SimpleQueue()
-            port = _free_port()
+            port = free_port()
             procs = [
                 ctx.Process(
                     target=_worker, args=(r, world, port, backend, args, cfg_path, full, point, threads, q)

@@ -311,3 +311,12 @@ class BatchShuffle:
         for h in self._handles:
             h.remove()
         self._handles = []
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for single-machine rendezvous (tests, the scaling benchmark)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
