@@ -23,7 +23,7 @@ from torch import nn
 
 from vicc_fast.config import Config, ConfigError, Stream
 from vicc_fast.data.batch import Batch
-from vicc_fast.methods.base import Method, PhaseSpec, StepState
+from vicc_fast.methods.base import STREAM_LABEL, Method, PhaseSpec, StepState
 from vicc_fast.methods.common import (
     EncoderRunner,
     FeatureQueue,
@@ -33,8 +33,6 @@ from vicc_fast.methods.common import (
     set_trainable,
     world_size,
 )
-
-REPORT = {Stream.rgb: "RGB", Stream.flow: "Flow"}
 
 
 # ------------------------------------------------------------------------------------ pure functions
@@ -94,12 +92,12 @@ def _gather(t: torch.Tensor) -> torch.Tensor:
 def coclr_phases(cfg: Config) -> list[PhaseSpec]:
     sc = cfg.schedule
     phases = [
-        PhaseSpec(f"{s.value}1", s, None, (s,), 2, sc.single_epochs, 0, 0, f"{REPORT[s]}-1")
+        PhaseSpec(f"{s.value}1", s, None, (s,), 2, sc.single_epochs, 0, 0, f"{STREAM_LABEL[s]}-1")
         for s in (Stream.rgb, Stream.flow)
     ]
     for c in range(1, sc.cross_cycles + 1):
         for s, t in ((Stream.rgb, Stream.flow), (Stream.flow, Stream.rgb)):
-            report = f"{REPORT[s]}-2" if c == sc.cross_cycles else ""
+            report = f"{STREAM_LABEL[s]}-2" if c == sc.cross_cycles else ""
             phases.append(PhaseSpec(f"cross_{s.value}_c{c}", s, t, (s, t), 2, sc.cross_epochs, 0, 0, report))
     return phases
 

@@ -15,7 +15,7 @@ from torch import nn
 import kernels
 from vicc_fast.config import Config, Stream
 from vicc_fast.data.batch import Batch
-from vicc_fast.methods.base import Method, PhaseSpec, StepState
+from vicc_fast.methods.base import STREAM_LABEL, Method, PhaseSpec, StepState
 from vicc_fast.methods.common import (
     EncoderRunner,
     FeatureQueue,
@@ -29,7 +29,6 @@ from vicc_fast.methods.common import (
 )
 from vicc_fast.models import Prototypes
 
-REPORT = {Stream.rgb: "RGB", Stream.flow: "Flow"}
 MAX_VIEWS = 4  # cross-stream: two views of each stream
 
 
@@ -56,7 +55,7 @@ def vicc_phases(cfg: Config) -> list[PhaseSpec]:
             epochs=sc.single_epochs,
             queue_start_epoch=qstart(q, sc.single_epochs),
             freeze_prototypes_epochs=sc.single_freeze_prototypes,
-            report=f"{REPORT[s]}-1",
+            report=f"{STREAM_LABEL[s]}-1",
         )
         for s, q in ((Stream.rgb, sc.single_queue_start_rgb), (Stream.flow, sc.single_queue_start_flow))
     ]
@@ -73,7 +72,7 @@ def vicc_phases(cfg: Config) -> list[PhaseSpec]:
                     epochs=sc.cross_epochs,
                     queue_start_epoch=qstart(sc.cross_queue_start, sc.cross_epochs),
                     freeze_prototypes_epochs=freeze,
-                    report=f"{REPORT[s]}-2" if c == sc.cross_cycles else "",
+                    report=f"{STREAM_LABEL[s]}-2" if c == sc.cross_cycles else "",
                 )
             )
     return phases
