@@ -10,11 +10,21 @@ import torch
 import kernels
 from kernels import reference as R
 from kernels import sinkhorn_triton
+from kernels.check import (  # the tolerances, shared with `python -m kernels.check` (compiled kernels on a GPU)
+    GRAD_ATOL_FP32,
+    GRAD_RTOL,
+    LOSS_ATOL,
+    LOSS_RTOL,
+    PRIOR_EQ_ATOL,
+    Q_ATOL,
+    Q_ATOL_16BIT_Z,
+    Q_ATOL_EXTREME,
+    ROW_SUM_ATOL,
+    SCORES_ATOL,
+    SCORES_RTOL,
+    grad_atol,
+)
 from tests.kernels.conftest import unit
-
-# Q entries are <= 1; fp32 everywhere inside both backends.
-Q_ATOL = 2e-5
-Q_ATOL_EXTREME = 1e-4  # logits up to |s|/eps ~ 2e4: x + a + b cancels large fp32 numbers (ulp 2e-3)
 
 
 @pytest.fixture(autouse=True)
@@ -26,7 +36,7 @@ def _interpreter():
 def test_prototype_scores(dtype):
     z, c = unit(3, 50, 20, seed=1, dtype=dtype), unit(37, 20, seed=2, dtype=dtype)
     out = kernels.prototype_scores(z, c, backend="triton")
-    torch.testing.assert_close(out, R.prototype_scores(z, c), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, R.prototype_scores(z, c), atol=SCORES_ATOL, rtol=SCORES_RTOL)
     assert out.dtype == torch.float32 and out.shape == (3, 50, 37)
 
 
@@ -48,7 +58,7 @@ def test_fused_scoring_sinkhorn_matches_reference(fused):
         zb, cb = z.to(dtype), c.to(dtype)
         q = kernels.assign(zb, cb, 0.05, 3, 21, backend="triton")
         ref = R.sinkhorn(R.prototype_scores(zb, cb), 0.05, 3, 21)
-        torch.testing.assert_close(q, ref, atol=1e-4, rtol=0)  # exact products summed in another order
+        torch.testing.assert_close(q, ref, atol=Q_ATOL_16BIT_Z, rtol=0)  # exact products, another order
 
 
 @pytest.mark.parametrize("fused", [True, False])
@@ -62,7 +72,7 @@ def test_sinkhorn_extreme_scores_stay_finite(fused):
         assert torch.isfinite(q).all()
         torch.testing.assert_close(q, ref, atol=Q_ATOL_EXTREME, rtol=0)
         # exp(x + a + b) with |x| ~ 1500 carries fp32's relative 6e-8 * 3000 error in each entry
-        torch.testing.assert_close(q.sum(1), torch.ones(50), atol=1e-3, rtol=0)
+        torch.testing.assert_close(q.sum(1), torch.ones(50), atol=ROW_SUM_ATOL, rtol=0)
 
 
 def test_sinkhorn_marginals_uniform():
@@ -79,7 +89,9 @@ def test_sinkhorn_prior():
     q = kernels.sinkhorn_prior(s, prior, 0.02, 0.03, 3, 17, backend="triton")
     torch.testing.assert_close(q, R.sinkhorn_prior(s, prior, 0.02, 0.03, 3, 17), atol=Q_ATOL, rtol=0)
     q0 = kernels.sinkhorn_prior(s, prior, 0.02, 0.0, 3, 17, backend="triton")
-    torch.testing.assert_close(q0, kernels.sinkhorn(s, 0.02, 3, 17, backend="triton"), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        q0, kernels.sinkhorn(s, 0.02, 3, 17, backend="triton"), atol=PRIOR_EQ_ATOL, rtol=0
+    )
 
 
 def test_default_size_case():
@@ -95,10 +107,10 @@ def test_default_size_case():
     mask = ~torch.eye(4, dtype=torch.bool)
     loss = kernels.swapped_loss(P, q, mask, 0.1, backend="triton")
     ref = R.swapped_loss(P, q, mask, 0.1)
-    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loss, ref, rtol=LOSS_RTOL, atol=LOSS_ATOL)
     (g,) = torch.autograd.grad(loss, P)
     (g_ref,) = torch.autograd.grad(ref, P)
-    torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(g, g_ref, rtol=GRAD_RTOL, atol=GRAD_ATOL_FP32)
 
 
 @pytest.mark.parametrize(
@@ -117,13 +129,13 @@ def test_swapped_loss_and_gradient(v, mask_kind, dtype, views_mask):
     mask = views_mask(v) if mask_kind != "partial" else torch.tensor([[0, 1, 0], [0, 0, 0], [1, 1, 0]]).bool()
     loss = kernels.swapped_loss(P, Q, mask, 0.1, backend="triton")
     ref = R.swapped_loss(P, Q, mask, 0.1)
-    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loss, ref, rtol=LOSS_RTOL, atol=LOSS_ATOL)
     (grad,) = torch.autograd.grad(loss * 2.5, P)  # an upstream gradient other than 1
     (grad_ref,) = torch.autograd.grad(ref * 2.5, P)
     assert grad.dtype == dtype
     # 16-bit gradients: both backends round the same fp32 value, so within one ulp of the largest entry
-    atol = 1e-7 if dtype == torch.float32 else grad_ref.abs().max().item() * 2**-7
-    torch.testing.assert_close(grad.float(), grad_ref.float(), rtol=1e-4, atol=atol)
+    atol = grad_atol(dtype, grad_ref)
+    torch.testing.assert_close(grad.float(), grad_ref.float(), rtol=GRAD_RTOL, atol=atol)
     if mask_kind == "partial":
         assert grad[2].abs().sum() == 0  # view 2 predicts nothing
 
@@ -152,9 +164,9 @@ def test_non_contiguous_inputs():
     mask = ~torch.eye(3, dtype=torch.bool)
     loss = kernels.swapped_loss(P, Q, mask, 0.1, backend="triton")
     ref = R.swapped_loss(P, Q, mask, 0.1)
-    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loss, ref, rtol=LOSS_RTOL, atol=LOSS_ATOL)
     torch.testing.assert_close(
-        torch.autograd.grad(loss, P)[0], torch.autograd.grad(ref, P)[0], rtol=1e-4, atol=1e-7
+        torch.autograd.grad(loss, P)[0], torch.autograd.grad(ref, P)[0], rtol=GRAD_RTOL, atol=GRAD_ATOL_FP32
     )
     s = torch.randn(37, 30, generator=g).t()  # [N=30, K=37], column-major
     torch.testing.assert_close(
