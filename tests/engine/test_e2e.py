@@ -31,20 +31,18 @@ def shards(tmp_path_factory):
     return out
 
 
+# small clips and the tiny model: what both end-to-end tests train
+TINY_MODEL = ["data.num_frames=4", "data.crop_size=16", "data.threads=1", "data.eval_clips=1",
+              "model.backbone=tiny", "model.tiny_width=4", "model.proj_hidden=16", "model.proj_dim=8",
+              "model.num_prototypes=6"]  # fmt: skip
+
+
 def _cfg(root, out, *over: str) -> C.Config:
     return C.load(
         None,
         [
             f"data.root={root}",
-            "data.num_frames=4",
-            "data.crop_size=16",
-            "data.threads=1",
-            "data.eval_clips=1",
-            "model.backbone=tiny",
-            "model.tiny_width=4",
-            "model.proj_hidden=16",
-            "model.proj_dim=8",
-            "model.num_prototypes=6",
+            *TINY_MODEL,
             "method.queue_size=8",
             "schedule.single_epochs=2",
             "schedule.cross_cycles=0",
@@ -117,15 +115,7 @@ def test_cli_builds_missing_shards_trains_and_prints_the_table(tmp_path, capsys)
             "data.synthetic.height=32",
             "data.synthetic.width=40",
             "data.synthetic.flow_method=dis",
-            "data.num_frames=4",
-            "data.crop_size=16",
-            "data.threads=1",
-            "data.eval_clips=1",
-            "model.backbone=tiny",
-            "model.tiny_width=4",
-            "model.proj_hidden=16",
-            "model.proj_dim=8",
-            "model.num_prototypes=6",
+            *TINY_MODEL,
             "method.queue_size=0",
             "schedule.single_epochs=1",
             "schedule.phase=rgb1",
