@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,34 +38,34 @@ def _label(point: dict[str, Any]) -> str:
     )
 
 
-def bars(records: list[dict[str, Any]], newest_only: bool = True) -> list[tuple[str, dict[str, Any]]]:
-    """(label, measurement) pairs in drawing order from a list of step-benchmark records."""
-    rows: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+def _step_rows(records: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(point label [GPU name or CPU], row) of every step-benchmark row, in record order."""
     for rec in records:
         if rec.get("benchmark") != "step":
             continue
         where = (rec.get("env") or {}).get("gpu") or "CPU"
         for row in rec["result"]["rows"]:
-            key = f"{_label(row['point'])} [{where}]"
-            drawn = [(f"{key}  {v}", row[v]) for v in ("fast", "baseline") if v in row]
-            if newest_only:
-                rows[key] = drawn
-            else:
-                rows.setdefault(key, []).extend(drawn)
+            yield f"{_label(row['point'])} [{where}]", row
+
+
+def bars(records: list[dict[str, Any]], newest_only: bool = True) -> list[tuple[str, dict[str, Any]]]:
+    """(label, measurement) pairs in drawing order from a list of step-benchmark records."""
+    rows: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for key, row in _step_rows(records):
+        drawn = [(f"{key}  {v}", row[v]) for v in ("fast", "baseline") if v in row]
+        if newest_only:
+            rows[key] = drawn
+        else:
+            rows.setdefault(key, []).extend(drawn)
     return [b for group in rows.values() for b in group]
 
 
 def step_table(records: list[dict[str, Any]], newest_only: bool = True) -> str:
     """Markdown table of step-benchmark rows: fast, baseline and their ratio per grid point."""
     rows: dict[str, dict[str, Any]] = {}
-    for rec in records:
-        if rec.get("benchmark") != "step":
-            continue
-        where = (rec.get("env") or {}).get("gpu") or "CPU"
-        for row in rec["result"]["rows"]:
-            key = f"{_label(row['point'])} [{where}]"
-            if newest_only or key not in rows:
-                rows[key] = row
+    for key, row in _step_rows(records):
+        if newest_only or key not in rows:
+            rows[key] = row
     head = (
         "| point | variant | clips/s | step ms | data-wait | forward | loss head | backward | optimiser | "
         "data-wait % | loss head % | peak |\n|" + " --- |" * 12
