@@ -12,6 +12,7 @@ from vicc_fast.bench.common import environment, write_json
 # name -> module under vicc_fast.bench; each module has add_arguments(parser) and run(args) -> dict
 BENCHMARKS = {
     "loader": "Input pipeline clips/s: DALI vs the PyTorch DataLoader baseline",
+    "decode": "NVDEC vs CPU decoding: frame equality, RGB/flow alignment on the GPU path, frames/s",
     "kernels": "Loss head fwd+bwd time: Triton vs eager vs torch.compile",
     "flow": "Optical flow frames/s and EPE per method on the synthetic set",
     "step": "Training step breakdown: data-wait / forward / loss / backward / optimiser",

@@ -6,6 +6,7 @@ Values reach the host only every ``train.log_every_steps`` steps (one sync then)
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,15 +18,21 @@ from vicc_fast.config import ProfileConfig
 
 @contextlib.contextmanager
 def nvtx_range(name: str, enabled: bool) -> Iterator[None]:
-    """An NVTX range for Nsight when enabled and CUDA is present; otherwise nothing."""
-    if enabled and torch.cuda.is_available():
-        torch.cuda.nvtx.range_push(name)
+    """When enabled: an NVTX range (Nsight Systems / Compute, CUDA present) and the same name as a
+    torch.profiler range (``record_function``), because torch.profiler traces do not record NVTX ranges; the
+    trace then shows the step's parts on the CPU and, as ``gpu_user_annotation``, on the GPU timeline."""
+    if not enabled:
+        yield
+        return
+    cuda = torch.cuda.is_available()
+    with torch.profiler.record_function(name):
+        if cuda:
+            torch.cuda.nvtx.range_push(name)
         try:
             yield
         finally:
-            torch.cuda.nvtx.range_pop()
-    else:
-        yield
+            if cuda:
+                torch.cuda.nvtx.range_pop()
 
 
 class Profiler:
@@ -94,13 +101,16 @@ class Meter:
 
 
 class RunLogger:
-    """tqdm bar (rank 0, when ``progress``) and TensorBoard scalars under ``out_dir/tb`` (rank 0)."""
+    """tqdm bar (rank 0, when ``progress``), TensorBoard scalars under ``out_dir/tb`` and the same scalars as
+    one JSON line per log step in ``out_dir/metrics.jsonl`` (rank 0; readable without TensorBoard, and complete
+    up to the last log step when a run is killed)."""
 
     def __init__(self, out_dir: str | Path, rank: int, progress: bool, tensorboard: bool = True) -> None:
         self.rank = rank
         self.progress = progress and rank == 0
         self.bar = None
         self.writer = None
+        self.metrics_path = Path(out_dir) / "metrics.jsonl" if rank == 0 else None
         if rank == 0 and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -125,6 +135,11 @@ class RunLogger:
         if self.writer is not None:
             for k, v in values.items():
                 self.writer.add_scalar(f"{phase}/{k}", v, run_step)
+        if self.metrics_path is not None:
+            self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+            line = json.dumps({"phase": phase, "step": run_step, "time": time.time(), **values})
+            with open(self.metrics_path, "a") as f:  # appended and flushed per log step: a kill loses no line
+                f.write(line + "\n")
 
     def write(self, msg: str) -> None:
         if self.rank != 0:

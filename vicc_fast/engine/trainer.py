@@ -601,6 +601,8 @@ class Trainer:
         values["prototypes_frozen"] = float(state.prototypes_frozen)
         if gnorm is not None:
             values["grad_norm"] = float(gnorm)
+        if self.device.type == "cuda":
+            values["gpu_peak_mem_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         postfix = {
             "loss": f"{values['loss']:.4f}",
             "lr": f"{lr:.3g}",

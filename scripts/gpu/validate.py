@@ -1,0 +1,679 @@
+"""GPU validation in one command: the steps of docs/gpu_validation.md, each under its own timeout.
+
+    python scripts/gpu/validate.py run [--dry-run] [--out DIR] [--data DIR] [--only a,b] [--budget S]
+    python scripts/gpu/validate.py make-data --out DIR [--tiny]       # the sets that travel (prepare.sh)
+    python scripts/gpu/validate.py amp ... / nvtx ...                 # single steps, called by ``run``
+
+``run`` executes the steps below in order, each as a child process in its own process group under a timeout
+(a hang or a crash costs that step only; DALI threads and DataLoader workers die with it), writes each step's
+JSON under ``--out`` as soon as the step ends, keeps ``validate.json`` (every step so far) up to date, and
+prints one summary table at the end. ``--dry-run`` runs the same steps on the CPU with tiny shapes (Triton
+interpreter, DALI CPU decoder, tiny backbone), so the script is exercised by the test suite between GPU loans.
+
+Steps (GPU figures are the issue's goals; a missed goal is reported, not a failed step):
+  kernels   python -m kernels.check --sizes both: every compiled Triton kernel within the tests' tolerances
+  decode    python -m vicc_fast.bench decode: NVDEC frames vs the CPU decoder, RGB/flow alignment, frames/s
+  loader    python -m vicc_fast.bench loader: DALI GPU pipeline vs the DataLoader baseline (goal >= 5x)
+  amp       200 training steps of configs/ucf101_s3d.yaml in bf16, then fp16 + GradScaler, channels_last_3d:
+            loss falls, nothing non-finite, clips/s, peak memory (and a torch.profiler trace of 5 steps)
+  step      python -m vicc_fast.bench step --paper: data-wait (< 2 %), loss head (< 1 %), >= 3x the baseline
+  head      python -m vicc_fast.bench kernels --quick: Triton loss head vs eager vs torch.compile (>= 2x, >= 1x)
+  nvtx      the step ranges (data, forward, backward, optimizer) in the amp step's torch.profiler trace
+
+Only the standard library is imported here: the parent process stays small and starts in milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+PY = sys.executable
+STREAMS = ("two-stream", "rgb")
+DEADLINE_ENV = "VICC_VALIDATE_DEADLINE"  # epoch seconds at which the runner kills the command
+
+
+# --------------------------------------------------------------------------------------------- the sets
+def make_data(out: Path, tiny: bool) -> None:
+    """The sets a validation reads, built here because the GPU machine has no video encoder (no PyAV):
+    ``lb`` (the loader benchmark's synthetic set: 48 + 12 videos of 64 frames at 128 x 171, DIS flow),
+    ``codes`` / ``ramps`` (data_prep.patterns, at 128 x 171: NVDEC refuses very small frames) and ``demo``
+    (the default demo set, 64 x 64, probed on NVDEC). ``tiny``: small versions for the CPU dry run."""
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    if tiny:
+        lb = ["--classes", "2", "--train-per-class", "4", "--test-per-class", "1", "--frames", "16",
+              "--height", "64", "--width", "80"]  # fmt: skip
+        hw = ["--height", "48", "--width", "64"]
+    else:
+        lb = ["--classes", "6", "--train-per-class", "8", "--test-per-class", "2", "--frames", "64"]
+        hw = ["--height", "128", "--width", "171"]
+    src = out / "src_lb"
+    steps = [
+        [PY, "-m", "data_prep.synthetic", "--out", str(src), *lb, "--workers", "2", "--quiet"],
+        [PY, "-m", "data_prep.build", "--source", "ucf101", "--root", str(src), "--out", str(out / "lb"),
+         "--flow", "dis", "--no-progress", *(["--height", "64", "--width", "80"] if tiny else [])],
+        [PY, "-m", "data_prep.patterns", "--kind", "codes", "--out", str(out / "codes"), *hw],
+        [PY, "-m", "data_prep.patterns", "--kind", "ramps", "--out", str(out / "ramps"), "--test", "2", *hw],
+    ]  # fmt: skip
+    if not tiny:
+        demo = ["--classes", "8", "--train-per-class", "2", "--test-per-class", "2", "--frames", "32",
+                "--height", "64", "--width", "64"]  # fmt: skip
+        steps += [
+            [PY, "-m", "data_prep.synthetic", "--out", str(out / "src_demo"), *demo, "--workers", "2", "--quiet"],
+            [PY, "-m", "data_prep.build", "--source", "ucf101", "--root", str(out / "src_demo"),
+             "--out", str(out / "demo"), "--flow", "dis", "--no-progress", "--height", "64", "--width", "64"],
+        ]  # fmt: skip
+    for cmd in steps:
+        target = Path(cmd[cmd.index("--out") + 1])
+        if (target / "manifest.json").is_file() or (target / "splits").is_dir() or any(target.glob("*.avi")):
+            continue  # built before (an interrupted prepare resumes)
+        subprocess.run(cmd, check=True, cwd=REPO, env=env)
+    for s in ("src_lb", "src_demo"):  # sources are not needed on the GPU machine
+        subprocess.run(["rm", "-rf", str(out / s)], check=True)
+
+
+# --------------------------------------------------------------------------------------------- steps
+@dataclass
+class Step:
+    name: str
+    what: str
+    timeout: float  # seconds on the GPU (the dry run has its own)
+    commands: Callable[[Ctx], list[tuple[list[str], dict[str, str]]]]
+    summary: Callable[[Ctx], tuple[bool, str, str]]  # (ok, key figure, goals) from the step's JSON
+    dry_timeout: float = 120.0
+
+
+@dataclass
+class Ctx:
+    out: Path
+    data: Path
+    dry: bool
+    scratch: Path
+    results: dict[str, Any] = field(default_factory=dict)
+
+    def json(self, name: str) -> Path:
+        return self.out / f"{name}.json"
+
+    def last(self, name: str) -> dict[str, Any]:
+        """The last record of a bench/kernels JSON list (or the dict itself)."""
+        doc = json.loads(self.json(name).read_text())
+        return doc[-1] if isinstance(doc, list) else doc
+
+
+def _bench(ctx: Ctx, name: str, *args: str) -> list[str]:
+    return [
+        PY,
+        "-m",
+        "vicc_fast.bench",
+        name,
+        "--json",
+        str(ctx.json(name if name != "loader" else "loader")),
+        *args,
+    ]
+
+
+def kernels_cmds(ctx: Ctx):
+    if ctx.dry:
+        return [([PY, "-m", "kernels.check", "--device", "cpu", "--sizes", "small", "-k", "sinkhorn",
+                  "--json", str(ctx.json("kernels"))], {"TRITON_INTERPRET": "1"})]  # fmt: skip
+    return [
+        (
+            [
+                PY,
+                "-m",
+                "kernels.check",
+                "--device",
+                "cuda",
+                "--sizes",
+                "both",
+                "--json",
+                str(ctx.json("kernels")),
+            ],
+            {},
+        )
+    ]
+
+
+def kernels_summary(ctx: Ctx):
+    r = ctx.last("kernels")
+    n = len(r["checks"])
+    worst = max(
+        (c for c in r["checks"] if c["dtype"] == "float32" and isinstance(c["max_abs_err"], float)),
+        key=lambda c: c["max_abs_err"] / max(c["atol"], 1e-30),
+        default=None,
+    )
+    fig = f"{n - r['failed']}/{n} within tolerance ({r['seconds']:.0f} s)"
+    if worst:
+        fig += f"; worst fp32 {worst['name']} {worst['max_abs_err']:.1e} (atol {worst['atol']:.0e})"
+    fails = [f"{c['name']} {c['dtype']}" for c in r["checks"] if not c["ok"]]
+    return r["failed"] == 0 and n > 0, fig, ("failed: " + ", ".join(fails[:6])) if fails else ""
+
+
+def decode_cmds(ctx: Ctx):
+    d = ctx.data
+    args = ["--root", str(d / "lb"), "--codes", str(d / "codes"), "--ramps", str(d / "ramps")]
+    if (d / "demo").is_dir():
+        args += ["--probe", str(d / "demo")]
+    args += ["--threads", "2" if ctx.dry else "8", "--passes", "1" if ctx.dry else "2"]
+    return [(_bench(ctx, "decode", *args), {})]
+
+
+def decode_summary(ctx: Ctx):
+    r = ctx.last("decode")["result"]
+    eq = " ".join(f"{s} max|d| {r[f'equality_{s}']['max_abs']} mean {r[f'equality_{s}']['mean_abs']:.3f};"
+                  for s in ("rgb", "flow"))  # fmt: skip
+    fps = r["throughput_rgb_gpu"]["frames_per_s"]
+    fig = f"{eq} {r['decoder']} {fps:.0f} RGB frames/s ({r['ratio_rgb_gpu_over_cpu']:.1f}x cpu)"
+    probes = "; ".join(
+        f"probe {Path(k).name}: {'ok' if v['ok'] else 'FAILS'}" for k, v in r["probes"].items()
+    )
+    return r["ok"], fig, "; ".join(filter(None, [probes, *r["problems"][:3]]))
+
+
+def loader_cmds(ctx: Ctx):
+    if ctx.dry:
+        common = ["--device", "cpu", "--batch", "2", "--steps", "2", "--warmup", "0", "--repeat", "1",
+                  "--threads", "1", "--replicate", "2",
+                  "--set", "data.num_frames=4", "data.crop_size=32", "data.dtype=float32"]  # fmt: skip
+    else:  # the paper's clip: 32 frames, 128 px crops, 2 views per stream; same CPU threads for both backends
+        common = ["--device", "cuda", "--batch", "16", "--steps", "12", "--warmup", "3", "--repeat", "3",
+                  "--threads", "12", "--replicate", "8"]  # fmt: skip
+    root = ["--root", str(ctx.data / "lb")]
+    return [
+        (_bench(ctx, "loader", *root, *common), {}),
+        (_bench(ctx, "loader", *root, *common, "--streams", "rgb"), {}),
+    ]
+
+
+def loader_summary(ctx: Ctx):
+    doc = json.loads(ctx.json("loader").read_text())[-2:]
+    parts, goals = [], []
+    for tag, rec in zip(STREAMS, doc):
+        r = rec["result"]
+        ratio = r["ratio_dali_over_torch"]
+        parts.append(
+            f"{tag} {r['dali']['samples_per_s']:.0f} vs {r['torch']['samples_per_s']:.0f} samples/s ({ratio:.2f}x)"
+        )
+        goals.append(f"{tag} >= 5x: {'met' if ratio >= 5 else 'missed'}")
+    return True, "; ".join(parts), "; ".join(goals)
+
+
+AMP_MODES = ("bf16", "fp16")
+
+
+def amp_cmds(ctx: Ctx):
+    out = []
+    for mode in AMP_MODES:
+        args = [PY, str(Path(__file__).resolve()), "amp", "--root", str(ctx.data / "lb"), "--amp", mode,
+                "--run", str(ctx.scratch / f"amp_{mode}"), "--json", str(ctx.json(f"amp_{mode}"))]  # fmt: skip
+        if mode == "bf16":
+            args += ["--trace", str(ctx.scratch / "trace")]
+        if ctx.dry:
+            args += ["--dry-run"]
+        out.append((args, {}))
+    return out
+
+
+def amp_summary(ctx: Ctx):
+    parts, ok, goals = [], True, []
+    for mode in AMP_MODES:
+        p = ctx.json(f"amp_{mode}")
+        if not p.is_file():
+            ok = False
+            parts.append(f"{mode}: no record")
+            continue
+        r = json.loads(p.read_text())
+        ok = ok and r["ok"]
+        mem = f", peak {r['gpu_peak_mem_gib']:.1f} GiB" if r.get("gpu_peak_mem_gib") else ""
+        parts.append(
+            f"{mode}: {r['steps']} steps, loss {r['loss_first']:.3f} -> {r['loss_last']:.3f}, "
+            f"{r['clips_per_s']:.0f} clips/s, wait {r['data_wait_pct']:.0f}%{mem}"
+        )
+        goals += r["problems"]
+    return ok, "; ".join(parts), "; ".join(goals)
+
+
+def step_cmds(ctx: Ctx):
+    root = f"data.root={ctx.scratch / 'replicated'}"
+    if ctx.dry:
+        args = ["--backbone", "tiny", "--clip", "4x1", "--crop", "32", "--batch", "2", "--steps", "1",
+                "--warmup", "1", "--device", "cpu", "--amp", "bf16", root, "data.dtype=float32",
+                "method.queue_size=8", "data.threads=1"]  # fmt: skip
+    else:
+        args = ["--paper", "--device", "gpu", "--amp", "bf16", "--steps", "10", "--warmup", "3", root,
+                "data.threads=12"]  # fmt: skip
+    return [([PY, str(Path(__file__).resolve()), "replicate", "--root", str(ctx.data / "lb"),
+              "--k", "2" if ctx.dry else "25", "--dst", str(ctx.scratch / "replicated")], {}),
+            (_bench(ctx, "step", *args), {})]  # fmt: skip
+
+
+def step_summary(ctx: Ctx):
+    r = ctx.last("step")["result"]
+    parts, goals = [], []
+    for row in r["rows"]:
+        pt, f = row["point"], row["fast"]
+        b = f["breakdown_ms"]
+        step_ms = sum(b.values())
+        wait, head = 100 * b["data_wait"] / step_ms, 100 * b["loss_head"] / step_ms
+        ratio = row.get("ratio", {}).get("clips_per_s")
+        parts.append(
+            f"{pt['backbone']} {pt['frames']}x{pt['stride']}: {f['clips_per_s']:.0f} clips/s, wait {wait:.1f}%, "
+            f"head {head:.1f}%" + (f", {ratio:.2f}x baseline" if ratio else "")
+        )
+        goals.append(
+            f"{pt['backbone']}: wait<2% {'met' if wait < 2 else 'missed'}, head<1% {'met' if head < 1 else 'missed'}"
+            + (f", >=3x {'met' if ratio >= 3 else 'missed'}" if ratio else "")
+        )
+    return bool(r["rows"]), "; ".join(parts), "; ".join(goals)
+
+
+def head_cmds(ctx: Ctx):
+    if ctx.dry:
+        return [(_bench(ctx, "kernels", "--batch", "8", "--repeats", "1", "--warmup", "1", "-K", "16", "-D", "8",
+                        "--impls", "triton", "eager", "--device", "cpu"), {"TRITON_INTERPRET": "1"})]  # fmt: skip
+    return [(_bench(ctx, "kernels", "--quick", "--device", "cuda"), {})]
+
+
+def head_summary(ctx: Ctx):
+    r = ctx.last("kernels")["result"]
+    parts, goals = [], []
+    for c in r["cases"]:
+        t = {k: c[k]["ms_median"] for k in ("triton", "eager", "compile") if isinstance(c.get(k), dict)}
+        if "triton" not in t or "eager" not in t:
+            continue
+        tag = f"V={c['V']} B={c['B']} q={c['queue']}"
+        vs_eager = t["eager"] / t["triton"]
+        line = f"{tag}: triton {t['triton']:.3f} ms = {vs_eager:.1f}x eager"
+        met = vs_eager >= 2
+        if "compile" in t:
+            line += f", {t['compile'] / t['triton']:.1f}x compile"
+            met = met and t["compile"] >= t["triton"]
+        parts.append(line)
+        goals.append(f"{tag} {'met' if met else 'missed'}")
+    return bool(parts), "; ".join(parts), "goal >=2x eager, >=1x compile: " + ", ".join(goals)
+
+
+def nvtx_cmds(ctx: Ctx):
+    return [([PY, str(Path(__file__).resolve()), "nvtx", "--trace", str(ctx.scratch / "trace"),
+              "--json", str(ctx.json("nvtx"))], {})]  # fmt: skip
+
+
+def nvtx_summary(ctx: Ctx):
+    r = json.loads(ctx.json("nvtx").read_text())
+    counts = ", ".join(f"{k} {v}" for k, v in r["ranges"].items())
+    return (
+        r["ok"],
+        counts + (f"; on GPU: {r['gpu_ranges']}" if r.get("gpu_ranges") else ""),
+        "; ".join(r["problems"]),
+    )
+
+
+STEPS = [
+    Step("kernels", "compiled Triton kernels vs references", 75, kernels_cmds, kernels_summary),
+    Step("decode", "NVDEC vs CPU frames, alignment, frames/s", 45, decode_cmds, decode_summary),
+    Step("amp", "200 bf16 + 200 fp16 S3D steps", 160, amp_cmds, amp_summary),
+    Step("step", "step breakdown at paper shapes vs baseline", 120, step_cmds, step_summary),
+    Step("loader", "GPU pipeline vs DataLoader, paper clips", 80, loader_cmds, loader_summary),
+    Step("head", "loss head: Triton vs eager vs compile", 45, head_cmds, head_summary),
+    Step("nvtx", "step ranges in the profiler trace", 10, nvtx_cmds, nvtx_summary),
+]
+
+
+# --------------------------------------------------------------------------------------------- runner
+def _run_cmd(cmd: list[str], env_extra: dict[str, str], timeout: float, log) -> tuple[int | None, float]:
+    """Run ``cmd`` in its own process group; on timeout kill the whole group. (returncode | None, seconds)."""
+    env = {**os.environ, **env_extra, "PYTHONUNBUFFERED": "1", DEADLINE_ENV: str(time.time() + timeout)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")]))
+    if "TRITON_INTERPRET" not in env_extra:
+        env.pop("TRITON_INTERPRET", None)
+    t0 = time.perf_counter()
+    log.write(f"$ {' '.join(cmd)}\n")
+    log.flush()
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        rc: int | None = proc.wait(timeout=max(1.0, timeout))
+    except subprocess.TimeoutExpired:
+        rc = None
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # leftovers too (DALI threads, DataLoader workers)
+        proc.wait()
+    return rc, time.perf_counter() - t0
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    data = Path(args.data).resolve()
+    scratch = Path(
+        args.scratch or ("/tmp/vicc_gpu_validate" if not args.dry_run else out / "scratch")
+    ).resolve()
+    scratch.mkdir(parents=True, exist_ok=True)
+    if args.dry_run and not (data / "lb" / "manifest.json").is_file():
+        print(f"dry run: building the tiny sets in {data}", flush=True)
+        make_data(data, tiny=True)
+    for need in ("lb", "codes", "ramps"):
+        if not (data / need / "manifest.json").is_file():
+            print(
+                f"validate: {data / need}/manifest.json is missing: run scripts/gpu/prepare.sh first",
+                file=sys.stderr,
+            )
+            return 2
+    ctx = Ctx(out=out, data=data, dry=args.dry_run, scratch=scratch)
+    only = [s for s in args.only.split(",") if s] if args.only else [s.name for s in STEPS]
+    unknown = set(only) - {s.name for s in STEPS}
+    if unknown:
+        print(
+            f"validate: unknown step(s) {sorted(unknown)}; steps: {[s.name for s in STEPS]}", file=sys.stderr
+        )
+        return 2
+    steps = [s for s in STEPS if s.name in only]
+    for s in steps:  # a previous run's records must not pass for this run's
+        for p in out.glob(f"{s.name}*.json"):
+            p.unlink()
+    for p in (out / "loader.json", out / "kernels.json"):
+        p.unlink(missing_ok=True)
+    record: dict[str, Any] = {"dry_run": args.dry_run, "budget_s": args.budget, "env": _env(), "steps": []}
+    t_start = time.perf_counter()
+    with open(out / "validate.log", "a") as log:
+        for i, s in enumerate(steps):
+            left = args.budget - (time.perf_counter() - t_start)
+            reserve = sum(min(20.0, x.timeout) for x in steps[i + 1 :])  # later steps keep a chance to run
+            limit = min(s.dry_timeout if args.dry_run else s.timeout, left - reserve)
+            row: dict[str, Any] = {"step": s.name, "what": s.what, "limit_s": round(limit, 1)}
+            if limit < 5:
+                row.update(status="skipped", figure="no time left in the budget", goals="", seconds=0.0)
+            else:
+                print(f"[{s.name}] {s.what} (limit {limit:.0f} s) ...", flush=True)
+                t0 = time.perf_counter()
+                rcs = []
+                cmds = s.commands(ctx)
+                for j, (cmd, env_extra) in enumerate(cmds):
+                    # each command gets an equal share of what is left (unused time carries over), so that
+                    # one slow command (bf16 training) cannot starve the next (fp16)
+                    share = (limit - (time.perf_counter() - t0)) / (len(cmds) - j)
+                    rc, _ = _run_cmd(cmd, env_extra, share, log)
+                    rcs.append(rc)
+                    if rc is None:
+                        break
+                row["seconds"] = round(time.perf_counter() - t0, 1)
+                row["returncodes"] = rcs
+                try:
+                    ok, fig, goals = s.summary(ctx)
+                except Exception as exc:  # no or partial record: say so instead of stopping the validation
+                    ok, fig, goals = False, f"no summary: {type(exc).__name__}: {exc}", ""
+                if None in rcs:
+                    status = "timeout"
+                elif any(rc != 0 for rc in rcs) or not ok:
+                    status = "FAIL"
+                else:
+                    status = "pass"
+                row.update(status=status, figure=fig, goals=goals)
+            record["steps"].append(row)
+            record["wall_s"] = round(time.perf_counter() - t_start, 1)
+            _write_json(out / "validate.json", record)  # after every step: a killed run keeps what it did
+            print(f"[{s.name}] {row['status']} {row.get('seconds', 0):.0f} s: {row['figure']}", flush=True)
+            if row["goals"]:
+                print(f"[{s.name}]   {row['goals']}", flush=True)
+    print(_table(record))
+    (out / "summary.md").write_text(_table(record) + "\n")
+    return 0 if all(r["status"] == "pass" for r in record["steps"]) else 1
+
+
+def _table(record: dict[str, Any]) -> str:
+    lines = [
+        f"GPU validation ({'dry run, CPU' if record['dry_run'] else record['env'].get('gpu')}), "
+        f"{record.get('wall_s', 0):.0f} s of a {record['budget_s']:.0f} s budget",
+        "",
+        "| step | status | s | key figure | goals |",
+        "|---|---|---|---|---|",
+    ]
+    for r in record["steps"]:
+        lines.append(
+            f"| {r['step']} | {r['status']} | {r.get('seconds', 0):.0f} | {r['figure']} | {r['goals']} |"
+        )
+    return "\n".join(lines)
+
+
+def _env() -> dict[str, Any]:
+    env: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "host": os.uname().nodename,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    try:
+        env["git_commit"] = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+        env["git_dirty"] = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                                               capture_output=True, text=True).stdout.strip())  # fmt: skip
+    except OSError:
+        env["git_commit"] = None
+    try:
+        q = "--query-gpu=name,driver_version,memory.total"
+        env["gpu"], env["driver"], env["gpu_memory"] = (
+            x.strip()
+            for x in subprocess.run(
+                ["nvidia-smi", q, "--format=csv,noheader"], capture_output=True, text=True, timeout=20
+            )
+            .stdout.splitlines()[0]
+            .split(",")  # fmt: skip
+        )
+    except (OSError, IndexError, ValueError, subprocess.TimeoutExpired):
+        env["gpu"] = None
+    return env
+
+
+def _write_json(path: Path, doc: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------- single steps
+def amp(args: argparse.Namespace) -> int:
+    """Train ``--steps`` steps of configs/ucf101_s3d.yaml (rgb1) with one AMP mode on a replicated copy of
+    ``--root`` and judge the run from its metrics.jsonl: finite, loss falling, clips/s, peak memory."""
+    from_root = Path(args.root)
+    run_dir = Path(args.run)
+    subprocess.run(["rm", "-rf", str(run_dir)], check=True)
+    if args.dry_run:
+        k, epochs, spe = 2, 2, 2
+        size = ["model.backbone=tiny", "data.num_frames=4", "data.crop_size=32", "train.batch_size=2",
+                "method.queue_size=8", "data.threads=1", "data.dtype=float32", "train.log_every_steps=1",
+                "schedule.single_freeze_prototypes=1", "schedule.single_queue_start_rgb=1",
+                f"schedule.steps_per_epoch={spe}"]  # fmt: skip
+        window = "[1,3]"
+    else:  # 48 videos x 25 = 1200 at batch 48: 25 steps per epoch, 8 epochs = 200 steps
+        k, epochs = 25, 8
+        size = ["data.threads=12", "train.log_every_steps=5", "schedule.single_freeze_prototypes=1",
+                "schedule.single_queue_start_rgb=2"]  # fmt: skip
+        window = "[20,25]"
+    dst = replicate(from_root, k, run_dir.parent / "replicated")  # shared with the step benchmark (same k)
+    cmd = [PY, "-m", "vicc_fast.train", "--config", "configs/ucf101_s3d.yaml", f"data.root={dst}",
+           "data.build_if_missing=false", "schedule.phase=rgb1", f"schedule.single_epochs={epochs}",
+           f"train.amp={args.amp}", "train.channels_last=true", f"train.out_dir={run_dir}", "train.resume=never",
+           "eval.after_phase=false", "train.progress=false", "train.ckpt_every_steps=0", *size]  # fmt: skip
+    if args.trace:
+        cmd += ["profile.nvtx=true", f"profile.steps={window}", f"profile.torch_trace={args.trace}"]
+    # stop training a few seconds before the runner's deadline, so that a slow run is still judged
+    deadline = float(os.environ.get(DEADLINE_ENV, time.time() + 3600))
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            cmd, cwd=REPO, capture_output=True, text=True, timeout=max(5.0, deadline - time.time() - 8)
+        )
+        rc, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
+    except subprocess.TimeoutExpired as exc:
+        rc = None
+        stdout, stderr = (x.decode() if isinstance(x, bytes) else (x or "") for x in (exc.stdout, exc.stderr))
+    wall = time.perf_counter() - t0
+    sys.stdout.write(stdout[-4000:])
+    sys.stderr.write(stderr[-4000:])
+    rows = []
+    mpath = run_dir / "metrics.jsonl"
+    if mpath.is_file():
+        rows = [json.loads(x) for x in mpath.read_text().splitlines() if x.strip()]
+    problems = []
+    if rc is None:
+        problems.append(f"stopped at the step's time limit after {wall:.0f} s")
+    elif rc != 0:
+        problems.append(f"train exited {rc}: {(stderr.strip().splitlines() or ['?'])[-1][:300]}")
+    losses = [r["loss"] for r in rows]
+    if not rows:
+        problems.append("no metrics logged")
+    nonfinite = [
+        r["step"] for r in rows if any(isinstance(v, float) and not math.isfinite(v) for v in r.values())
+    ]
+    if nonfinite:
+        problems.append(f"non-finite values at logged steps {nonfinite[:5]}")
+    n = max(1, len(losses) // 5)
+    first = sum(losses[:n]) / n if losses else math.nan
+    last = sum(losses[-n:]) / n if losses else math.nan
+    if losses and not last < first and not args.dry_run:  # a 4-step tiny run need not fall
+        problems.append(f"loss did not fall: first {first:.4f}, last {last:.4f}")
+    steady = rows[len(rows) // 5 :] or rows  # skip the first fifth: cudnn autotuning, allocator, DALI start
+    res = {
+        "amp": args.amp,
+        "steps": rows[-1]["step"] if rows else 0,  # the run-wide step count at the last log
+        "loss_first": first,
+        "loss_last": last,
+        "losses": losses,
+        "clips_per_s": _median([r["clips_per_s"] for r in steady]),
+        "data_wait_pct": _median([r["data_wait_pct"] for r in steady]),
+        "gpu_peak_mem_gib": max((r.get("gpu_peak_mem_gib", 0.0) for r in rows), default=0.0),
+        "wall_s": wall,
+        "command": cmd,
+        "problems": problems,
+        "ok": not problems,
+        "note": "clips/s and data-wait: medians over the logged intervals after the first fifth of the run"
+        + ("; steps 20-24 ran under torch.profiler" if args.trace else ""),
+    }
+    _write_json(Path(args.json), res)
+    print(json.dumps({k: v for k, v in res.items() if k not in ("losses", "command")}, indent=1))
+    return 0 if res["ok"] else 1
+
+
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    if not xs:
+        return math.nan
+    m = len(xs) // 2
+    return xs[m] if len(xs) % 2 else (xs[m - 1] + xs[m]) / 2
+
+
+def replicate(root: Path, k: int, dst: Path) -> Path:
+    """``root`` with every sample ``k`` times (vicc_fast.bench.loader.replicate_shards) at ``dst``."""
+    if (dst / "manifest.json").is_file():
+        return dst
+    sys.path.insert(0, str(REPO))
+    from vicc_fast.bench.loader import replicate_shards
+
+    src = Path(replicate_shards(str(root), k))
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["rm", "-rf", str(dst)], check=True)
+    os.replace(src, dst) if src.parent == dst.parent else subprocess.run(
+        ["mv", str(src), str(dst)], check=True
+    )
+    return dst
+
+
+NVTX_NAMES = ("data", "forward", "backward", "optimizer")
+
+
+def nvtx(args: argparse.Namespace) -> int:
+    """Count the step ranges in the torch.profiler Chrome trace(s) under ``--trace``."""
+    problems = []
+    counts = dict.fromkeys(NVTX_NAMES, 0)
+    gpu = dict.fromkeys(NVTX_NAMES, 0)
+    traces = sorted(Path(args.trace).glob("*.json"))
+    if not traces:
+        problems.append(f"no trace in {args.trace}")
+    for t in traces:
+        for ev in json.loads(t.read_text()).get("traceEvents", []):
+            name = ev.get("name")
+            if name in counts and ev.get("ph") == "X":
+                if ev.get("cat") == "gpu_user_annotation":
+                    gpu[name] += 1
+                elif ev.get("cat") == "user_annotation":
+                    counts[name] += 1
+    missing = [k for k, v in counts.items() if v == 0]
+    if traces and missing:
+        problems.append(f"ranges missing from the trace: {missing}")
+    res = {"traces": [str(t) for t in traces], "ranges": counts, "gpu_ranges": {k: v for k, v in gpu.items() if v},
+           "problems": problems, "ok": not problems}  # fmt: skip
+    _write_json(Path(args.json), res)
+    print(json.dumps(res, indent=1))
+    return 0 if res["ok"] else 1
+
+
+# --------------------------------------------------------------------------------------------- CLI
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="scripts/gpu/validate.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="every step, each under its own timeout, and a summary table")
+    r.add_argument(
+        "--dry-run", action="store_true", help="CPU, tiny shapes: exercises the script without a GPU"
+    )
+    r.add_argument(
+        "--out", default=os.environ.get("OUT") or "benchmarks/tmp/gpu", help="folder for the JSON records"
+    )
+    r.add_argument("--data", default="gpu_data", help="folder of the sets built by prepare.sh (make-data)")
+    r.add_argument("--scratch", default=None, help="scratch folder (replicated shards, runs, trace)")
+    r.add_argument("--only", default="", help=f"comma list of steps: {','.join(s.name for s in STEPS)}")
+    r.add_argument(
+        "--budget", type=float, default=None, help="wall seconds for all steps (default 470 GPU, 290 dry)"
+    )
+    m = sub.add_parser("make-data", help="build the sets that travel to the GPU machine")
+    m.add_argument("--out", required=True, help="output folder")
+    m.add_argument("--tiny", action="store_true", help="small sets for the CPU dry run")
+    a = sub.add_parser("amp", help="one AMP training run, judged from its metrics.jsonl")
+    a.add_argument("--root", required=True, help="shard folder (replicated to 25x, 2x in the dry run)")
+    a.add_argument("--amp", choices=AMP_MODES, required=True, help="mixed precision mode")
+    a.add_argument("--run", required=True, help="run folder")
+    a.add_argument("--json", required=True, help="record to write")
+    a.add_argument(
+        "--trace", default="", help="torch.profiler trace folder (profiles 5 steps, with NVTX ranges)"
+    )
+    a.add_argument("--dry-run", action="store_true", help="tiny CPU run")
+    n = sub.add_parser("nvtx", help="check the step ranges in a torch.profiler trace")
+    n.add_argument("--trace", required=True, help="trace folder")
+    n.add_argument("--json", required=True, help="record to write")
+    rp = sub.add_parser("replicate", help="replicate a shard set K times into DST")
+    rp.add_argument("--root", required=True, help="shard folder")
+    rp.add_argument("--k", type=int, required=True, help="copies of each sample")
+    rp.add_argument("--dst", required=True, help="destination folder")
+    args = p.parse_args(argv)
+    if args.cmd == "run":
+        if args.budget is None:
+            args.budget = 290.0 if args.dry_run else 470.0
+        return run(args)
+    if args.cmd == "make-data":
+        make_data(Path(args.out), args.tiny)
+        return 0
+    if args.cmd == "amp":
+        return amp(args)
+    if args.cmd == "nvtx":
+        return nvtx(args)
+    replicate(Path(args.root), args.k, Path(args.dst))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""scripts/gpu/validate.sh cannot rot between GPU loans: its dry run (every step on the CPU, tiny shapes) passes
+and leaves the records the GPU run leaves; a hanging step costs only its own time limit."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _validate_module():
+    spec = importlib.util.spec_from_file_location("gpu_validate", REPO / "scripts/gpu/validate.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.slow
+def test_dry_run_passes_and_writes_every_record(tmp_path) -> None:
+    out, data = tmp_path / "out", tmp_path / "data"
+    proc = subprocess.run(
+        ["bash", "scripts/gpu/validate.sh", "--dry-run", "--out", str(out), "--data", str(data)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+        env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "HOME": str(tmp_path)},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rec = json.loads((out / "validate.json").read_text())
+    steps = [s["step"] for s in rec["steps"]]
+    assert steps == [s.name for s in _validate_module().STEPS]
+    assert all(s["status"] == "pass" for s in rec["steps"]), rec["steps"]
+    for name in ("kernels", "decode", "loader", "amp_bf16", "amp_fp16", "step", "nvtx"):
+        assert (out / f"{name}.json").is_file(), name
+    amp = json.loads((out / "amp_fp16.json").read_text())
+    assert amp["steps"] == 4 and len(amp["losses"]) == 4 and amp["ok"]
+    nv = json.loads((out / "nvtx.json").read_text())
+    assert all(nv["ranges"][k] >= 1 for k in ("data", "forward", "backward", "optimizer"))
+    dec = json.loads((out / "decode.json").read_text())[-1]["result"]
+    assert dec["alignment"]["clips"] > 0 and not dec["alignment"]["problems"]
+    table = (out / "summary.md").read_text()
+    assert table.count("| pass |") == len(steps)
+
+
+def test_hanging_command_is_killed_with_its_children(tmp_path) -> None:
+    v = _validate_module()
+    marker = tmp_path / "child_alive"
+    # the child of the child would touch the marker after 3 s if the process group were not killed
+    cmd = ["bash", "-c", f"(sleep 3; touch {marker}) & sleep 60"]
+    t0 = time.perf_counter()
+    with open(tmp_path / "log", "w") as log:
+        rc, _ = v._run_cmd(cmd, {}, 1.0, log)
+    assert rc is None and time.perf_counter() - t0 < 10
+    time.sleep(3.5)
+    assert not marker.exists()
+
+
+def test_budget_leaves_later_steps_a_chance(tmp_path) -> None:
+    """With a budget smaller than the steps' limits, every step still runs (each gets a share), none is
+    skipped, and a failing step is reported as FAIL without stopping the others."""
+    v = _validate_module()
+    calls = []
+
+    def cmds(ctx):
+        calls.append(ctx)
+        return [([sys.executable, "-c", "import sys; sys.exit(3)"], {})]
+
+    steps = [v.Step(f"s{i}", "x", 100, cmds, lambda ctx: (True, "fig", "")) for i in range(3)]
+    data = tmp_path / "data"
+    for need in ("lb", "codes", "ramps"):
+        (data / need).mkdir(parents=True)
+        (data / need / "manifest.json").write_text("{}")
+    v.STEPS[:] = steps
+    args = v.argparse.Namespace(out=str(tmp_path / "out"), data=str(data), scratch=str(tmp_path / "s"),
+                                dry_run=False, only="", budget=90.0)  # fmt: skip
+    assert v.run(args) == 1
+    rec = json.loads((tmp_path / "out" / "validate.json").read_text())
+    assert [r["status"] for r in rec["steps"]] == ["FAIL"] * 3
+    assert rec["steps"][0]["limit_s"] <= 90 - 2 * 20
