@@ -100,9 +100,17 @@ def decode_all(root: str | Path, split: str, stream: Stream, gpu: bool, batch: i
 
 
 def compare_decoders(root: str | Path, stream: Stream, gpu: bool, batch: int, threads: int) -> dict[str, Any]:
+    """|gpu - cpu| over the test split, with what explains a difference: its histogram, the share of pixels
+    off by more than 16 levels, the frame offset that matches best (a decoder one frame off shows at +-1), and
+    for each CPU value of channel 0 the mean GPU value (a range / matrix mismatch shows as a slope)."""
     a = decode_all(root, "test", stream, gpu, batch, threads)
     b = decode_all(root, "test", stream, False, batch, threads)
     problems, max_abs, sum_abs, n_px = [], 0, 0.0, 0
+    edges = np.array([0, 1, 2, 4, 8, 16, 32, 64, 128, 256])
+    hist = np.zeros(len(edges) - 1, np.int64)
+    per_channel = np.zeros(3, np.int64)
+    sums, counts = np.zeros(256), np.zeros(256, np.int64)
+    offsets: dict[int, list[float]] = {-1: [], 0: [], 1: []}
     for idx in sorted(b):
         if idx not in a:
             problems.append(f"sample {idx}: missing from the GPU decode")
@@ -112,14 +120,33 @@ def compare_decoders(root: str | Path, stream: Stream, gpu: bool, batch: int, th
             continue
         d = np.abs(a[idx].astype(np.int16) - b[idx].astype(np.int16))
         max_abs = max(max_abs, int(d.max()))
+        per_channel = np.maximum(per_channel, d.reshape(-1, d.shape[-1]).max(0)[:3])
         sum_abs += float(d.sum())
         n_px += d.size
+        hist += np.histogram(d, bins=edges)[0]
+        c0 = b[idx][..., 0].ravel()
+        sums += np.bincount(c0, weights=a[idx][..., 0].ravel().astype(np.float64), minlength=256)
+        counts += np.bincount(c0, minlength=256)
+        f = len(b[idx])
+        for off in offsets:
+            lo, hi = max(0, -off), min(f, f - off)
+            if hi > lo:
+                g, c = a[idx][lo:hi].astype(np.int16), b[idx][lo + off : hi + off].astype(np.int16)
+                offsets[off].append(float(np.abs(g - c).mean()))
     frames = sum(v.shape[0] for v in b.values())
+    mapping = {int(v): round(float(sums[v] / counts[v]), 2) for v in range(256) if counts[v] >= 100}
     return {
         "videos": len(b),
         "frames": frames,
         "max_abs": max_abs,
+        "max_abs_per_channel": per_channel.tolist(),
         "mean_abs": sum_abs / max(1, n_px),
+        "share_above_16": float(hist[5:].sum() / max(1, hist.sum())),
+        "abs_diff_histogram": {f"{lo}-{hi - 1}": int(n) for lo, hi, n in zip(edges[:-1], edges[1:], hist)},
+        "mean_abs_by_frame_offset": {str(k): (float(np.mean(v)) if v else None) for k, v in offsets.items()},
+        "gpu_mean_by_cpu_value_ch0": {
+            str(k): v for k, v in list(mapping.items())[:: max(1, len(mapping) // 24)]
+        },
         "problems": problems,
     }
 

@@ -42,6 +42,7 @@ from vicc_fast.config import (
     ConfigError,
     DataBackend,
     DataDtype,
+    Decoder,
     Device,
     EvalCrop,
     Stream,
@@ -237,6 +238,11 @@ class DaliLoader(_Base):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.gpu = use_gpu_pipeline(self.cfg, self.device)
+        if self.cfg.data.decoder == Decoder.nvdec and not self.gpu:
+            raise ConfigError(
+                "config key 'data.decoder': nvdec decodes on the GPU, but this loader augments on the CPU "
+                f"(data.device={self.cfg.data.device.value}, training device {self.device}): use data.decoder=cpu"
+            )
         self._idx_dir: Path | None = None
 
     def _index_paths(self, shards: list[Shard]) -> list[str] | None:
@@ -287,6 +293,7 @@ class DaliLoader(_Base):
             half=self.dtype == torch.float16 or (self.dtype == torch.bfloat16 and self.gpu),
             height=int(self.manifest.video.get("height", 128)),
             width=int(self.manifest.video.get("width", 171)),
+            nvdec=self.gpu and d.decoder == Decoder.nvdec,
         )
         shards = self.shard_sequence()
         device_id = None
