@@ -69,7 +69,10 @@ for ((i = 0; i < n - 1; i++)); do
     echo "          command: mkdir -p /tmp/gpu && cp .gpu/$p /tmp/gpu/ && ls -l /tmp/gpu"
 done
 echo "  call $n: carry [\".gpu/$last\", \".gpu/SHA256SUMS\", \"gpu_data\"]   timeout_s 600"
-echo "          command: bash scripts/gpu/validate.sh --pack /tmp/gpu"
+echo "          command: VICC_CODE_COMMIT=$(git rev-parse HEAD) bash scripts/gpu/validate.sh --pack /tmp/gpu --out /tmp/vout;"
+echo "                   rc=\$?; tar czf \$OUT/validation.tgz -C /tmp/vout .; cp /tmp/vout/summary.md \$OUT/; exit \$rc"
+echo "  (commit first: the device gets the working tree but this session's starting .git, so the record names the"
+echo "   code by VICC_CODE_COMMIT; \$OUT returns at most 8 files, hence the tarball)"
 echo
 echo "validate.sh copies .gpu/$last beside the others, checks SHA256SUMS, unpacks into /tmp/site, runs every step"
 echo "(scripts/gpu/validate.py, ~8 min budget) and leaves the JSON records and summary.md in \$OUT."

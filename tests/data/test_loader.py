@@ -236,3 +236,12 @@ def test_colour_affine_matches_definitions():
     np.testing.assert_allclose(m[0] @ np.full(3, 90.0), 90.0, atol=1e-3)
     assert abs((m[0] @ x) @ [0.299, 0.587, 0.114] - luma) < 1e-3
     assert np.abs(m[0] @ x - x).max() > 20  # and does change the colour
+
+
+def test_nvdec_on_a_cpu_pipeline_is_a_config_error(codes_root):
+    """data.decoder=nvdec needs the GPU pipeline; on a CPU loader it is one error naming the key."""
+    from vicc_fast.config import ConfigError
+
+    cfg = cfg_for(codes_root, "data.backend=dali", "data.decoder=nvdec")
+    with pytest.raises(ConfigError, match="data.decoder"):
+        loader(cfg)

@@ -36,7 +36,7 @@ def test_dry_run_passes_and_writes_every_record(tmp_path) -> None:
     steps = [s["step"] for s in rec["steps"]]
     assert steps == [s.name for s in _validate_module().STEPS]
     assert all(s["status"] == "pass" for s in rec["steps"]), rec["steps"]
-    for name in ("kernels", "decode", "loader", "amp_bf16", "amp_fp16", "step", "nvtx"):
+    for name in ("kernels", "decode", "loader", "amp_bf16", "amp_fp16", "step", "head", "nvtx"):
         assert (out / f"{name}.json").is_file(), name
     amp = json.loads((out / "amp_fp16.json").read_text())
     assert amp["steps"] == 4 and len(amp["losses"]) == 4 and amp["ok"]
@@ -83,3 +83,29 @@ def test_budget_leaves_later_steps_a_chance(tmp_path) -> None:
     rec = json.loads((tmp_path / "out" / "validate.json").read_text())
     assert [r["status"] for r in rec["steps"]] == ["FAIL"] * 3
     assert rec["steps"][0]["limit_s"] <= 90 - 2 * 20
+
+
+def test_benchmarks_gpu_tables_equal_what_the_records_generate() -> None:
+    """BENCHMARKS.md's GPU validation block is generated from benchmarks/results/gpu/*: no figure can drift."""
+    v = _validate_module()
+    text = (REPO / "BENCHMARKS.md").read_text()
+    block = text.split(v.REPORT_BEGIN, 1)[1].split(v.REPORT_END, 1)[0]
+    want = v.report(v.result_dirs())
+    assert v.REPORT_BEGIN + block + v.REPORT_END == want, (
+        "run: python scripts/gpu/validate.py report --write BENCHMARKS.md"
+    )
+    assert len(v.result_dirs()) >= 2 and "NVIDIA H200" in want
+
+
+def test_step_rows_are_recovered_from_the_log() -> None:
+    v = _validate_module()
+    log = (
+        "[step] s3d 32x1 b48 bf16 cl=on compile=off rgb1 fast    : 713.6 clips/s, step 144.1 ms (data_wait=2.4 "
+        "forward=63.5 loss_head=2.7 backward=69.1 optimizer=6.2 other=0.1) repeats [144.06]\n"
+        "[step] s3d 32x1 b48 bf16 cl=on compile=off rgb1 baseline: 57.0 clips/s, step 1885.6 ms (data_wait=1739.6 "
+        "forward=63.7 loss_head=4.8 backward=69.8 optimizer=7.5 other=0.2) repeats [1885.61]\n"
+    )
+    (row,) = v.step_rows_from_log(log)
+    assert row["point"] == {"backbone": "s3d", "frames": 32, "stride": 1}
+    assert row["fast"]["breakdown_ms"]["loss_head"] == 2.7
+    assert abs(row["ratio"]["clips_per_s"] - 713.6 / 57.0) < 1e-9

@@ -170,7 +170,11 @@ def build_pipeline(
 
     gpu = device_id is not None
     decoder_device = "mixed" if (gpu and spec.nvdec) else "cpu"
-    to_device = (lambda x: x.gpu()) if (gpu and not spec.nvdec) else (lambda x: x)  # augment where it is fast
+    copy_to_gpu = gpu and not spec.nvdec
+
+    def to_device(x):
+        """CPU-decoded frames go to the GPU after the temporal gather: augmentation runs where it is fast."""
+        return x.gpu() if copy_to_gpu else x
     lut = frames_lut_args(frames)
     exts = [f"{s.value}.webm" for s in spec.streams] + ["lbl"]
     dtypes = [types.UINT8] * len(spec.streams) + [types.INT64]
