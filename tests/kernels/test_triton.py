@@ -172,3 +172,16 @@ def test_non_contiguous_inputs():
     torch.testing.assert_close(
         kernels.sinkhorn(s, 0.05, 3, 10, backend="triton"), R.sinkhorn(s, 0.05, 3, 10), atol=Q_ATOL, rtol=0
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prototype_scores_several_column_tiles(dtype):
+    """K = 150 > BLOCK_K = 64: three column tiles, the last one partial; every score compared by value."""
+    from kernels.scoring_triton import BLOCK_K
+
+    K = 150
+    assert K > 2 * BLOCK_K
+    z, c = unit(2, 70, 20, seed=21, dtype=dtype), unit(K, 20, seed=22, dtype=dtype)
+    out = kernels.prototype_scores(z, c, backend="triton")
+    torch.testing.assert_close(out, R.prototype_scores(z, c), atol=SCORES_ATOL, rtol=SCORES_RTOL)
+    assert out.shape == (2, 70, K)

@@ -1,0 +1,65 @@
+"""Loader paths the main loader tests do not take: per-view decoding (data.union_decode=false), RGB/flow
+alignment in eval mode, and the negation of flow x in ten-crop's mirrored crops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.data.conftest import T_VIDEO, cfg_for, frames_from_code
+from tests.data.test_loader import BACKENDS, BOTH, flow_values, loader, rgb_values
+from vicc_fast.config import Stream
+
+
+def test_per_view_decode_keeps_alignment_and_stride(codes_root):
+    """union_decode=false decodes each view on its own (start_frame / stride): view v of RGB and of flow still
+    hold the same frames at the stride, and the views' starts differ for some videos."""
+    cfg = cfg_for(codes_root, "data.backend=dali", "data.union_decode=false", "data.stride=2",
+                  "data.num_frames=6", "data.same_start_prob=0")  # fmt: skip
+    differ = []
+    for b in loader(cfg):
+        firsts = []
+        for v in range(2):
+            f_rgb = frames_from_code(rgb_values(b.views[Stream.rgb][v]).mean(axis=(2, 3))[..., 0])
+            f_flow = frames_from_code(255 - flow_values(b.views[Stream.flow][v]).mean(axis=(2, 3))[..., 1])
+            np.testing.assert_array_equal(f_rgb, f_flow)
+            np.testing.assert_array_equal(np.diff(f_rgb, axis=1), 2)
+            firsts.append(f_rgb[:, 0])
+        differ += (firsts[0] != firsts[1]).tolist()
+    assert any(differ)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_eval_clips_align_rgb_and_flow(codes_root, backend):
+    """In eval mode every clip of RGB and of flow covers the same frames, consecutive at the stride."""
+    cfg = cfg_for(codes_root, f"data.backend={backend}", "data.stride=2", "data.num_frames=6")
+    n = 0
+    for b in loader(cfg, mode="eval"):
+        f_rgb = frames_from_code(rgb_values(b.views[Stream.rgb][0]).mean(axis=(2, 3))[..., 0])
+        f_flow = frames_from_code(255 - flow_values(b.views[Stream.flow][0]).mean(axis=(2, 3))[..., 1])
+        np.testing.assert_array_equal(f_rgb, f_flow)
+        np.testing.assert_array_equal(np.diff(f_rgb, axis=1), 2)
+        assert f_rgb.min() >= 0 and f_rgb.max() <= T_VIDEO - 1
+        n += len(f_rgb)
+    assert n == 5 * 2  # 5 test videos x eval_clips 2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tencrop_mirrors_negate_flow_x_only(ramps_root, backend):
+    """Ten-crop = 5 positions x (plain, mirrored). On the ramp set flow x = y = a horizontal ramp, so a mirrored
+    crop must hold x -> 255 - (reversed ramp) (flipped and negated) and y -> reversed ramp (flipped only)."""
+    cfg = cfg_for(ramps_root, f"data.backend={backend}", "data.eval_crop=tencrop", "data.eval_clips=1")
+    checked = 0
+    for b in loader(cfg, mode="eval", streams=BOTH):
+        f = flow_values(b.views[Stream.flow][0])  # [B * 10, T, h, w, 3], crops of one video consecutive
+        for v in range(0, f.shape[0], 10):
+            crops = f[v : v + 10].mean(axis=1)  # [10, h, w, 3] (static video: the mean over T is any frame)
+            for k in range(5):
+                plain, mirrored = crops[2 * k], crops[2 * k + 1]
+                np.testing.assert_allclose(mirrored[..., 1], plain[..., 1][:, ::-1], atol=3)  # y: flipped
+                np.testing.assert_allclose(
+                    mirrored[..., 0], 255 - plain[..., 0][:, ::-1], atol=3
+                )  # x: negated
+                checked += 1
+            assert np.abs(crops[0][..., 0] - crops[0][..., 1]).max() < 8  # x and y planes cropped alike
+    assert checked == 2 * 5  # 2 test videos x 5 positions
