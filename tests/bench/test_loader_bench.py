@@ -50,3 +50,52 @@ def test_loader_bench_both_backends_with_peer(tmp_path, monkeypatch) -> None:
 def test_bad_peer_is_one_line_error(bad: str) -> None:
     with pytest.raises(SystemExit, match="NAME=SAMPLES_PER_S"):
         L.parse_peer(bad)
+
+
+def test_jpeg_lmdb_baseline_reads_what_the_shards_hold(tmp_path) -> None:
+    """The released data path rebuilt from our shards (JPEG frames in LMDB): one LMDB entry per video with all
+    its frames, and clips whose RGB and flow hold the same frames (the pattern set codes frame numbers)."""
+    import numpy as np
+
+    from data_prep.patterns import frames_from_code, make_set
+    from vicc_fast import config
+    from vicc_fast.bench.decode import flow_values, rgb_values
+    from vicc_fast.bench.jpeg_lmdb import JpegLmdbLoader, build
+    from vicc_fast.config import Stream
+
+    root = make_set(tmp_path / "codes", "codes", n_train=4, n_test=1)
+    info = build(root, tmp_path / "lmdb")
+    assert info["videos"] == 4 and info["lmdb_bytes_per_video"] > 0
+    assert build(root, tmp_path / "lmdb") == info  # built once
+    cfg = config.load(None, [f"data.root={root}", "data.num_frames=5", "data.stride=2", "data.crop_size=32",
+                             "data.color_jitter_prob=0", "data.grayscale_prob=0", "data.threads=1",
+                             "train.batch_size=2"])  # fmt: skip
+    ld = JpegLmdbLoader(tmp_path / "lmdb", cfg, (Stream.rgb, Stream.flow), 2)
+    batches = list(ld)
+    assert len(batches) == len(ld) == 2
+    for b in batches:
+        for v in range(2):
+            r, f = b.views[Stream.rgb][v], b.views[Stream.flow][v]
+            assert r.shape == f.shape == (2, 3, 5, 32, 32)
+            fr = frames_from_code(rgb_values(r).mean(axis=(2, 3))[..., 0])
+            ff = frames_from_code(255 - flow_values(f).mean(axis=(2, 3))[..., 1])  # y is never negated
+            np.testing.assert_array_equal(fr, ff)
+            np.testing.assert_array_equal(np.diff(fr, axis=1), 2)
+            assert float(f[:, 2].abs().max()) == 0.0
+
+
+def test_loader_bench_three_backends(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    root = write_shard_set(tmp_path / "set", [0, 1, 0, 1], [0, 1], ["A", "B"], frames=6).parent
+    args = parse(
+        ["--root", str(root), "--batch", "2", "--steps", "1", "--warmup", "0", "--repeat", "1",
+         "--threads", "1", "--device", "cpu", "--backends", "dali,jpeg_lmdb",
+         "--set", "data.num_frames=4", "data.crop_size=16", "data.dtype=float32"]
+    )  # fmt: skip
+    res = L.run(args)
+    assert res["jpeg_lmdb"]["samples_per_s"] > 0 and res["jpeg_lmdb_build"]["videos"] == 4
+    assert res["ratio_dali_over_jpeg_lmdb"] == pytest.approx(
+        res["dali"]["samples_per_s"] / res["jpeg_lmdb"]["samples_per_s"]
+    )
+    with pytest.raises(SystemExit, match="unknown"):
+        L.run(parse(["--root", str(root), "--backends", "dali,nope"]))

@@ -27,6 +27,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--backend", choices=["dali", "torch", "both"], default="both", help="pipeline(s) to measure"
     )
     p.add_argument(
+        "--backends",
+        default="",
+        help="comma list of dali, torch, jpeg_lmdb (overrides --backend); jpeg_lmdb = the released ViCC/CoCLR "
+        "data path (JPEG frames in LMDB, PIL, DataLoader workers; vicc_fast/bench/jpeg_lmdb.py), built from the "
+        "same shards first (train mode only)",
+    )
+    p.add_argument(
         "--device", choices=["cpu", "cuda"], default=None, help="training device (default: cuda when present)"
     )
     p.add_argument("--batch", type=int, default=8, help="videos per batch")
@@ -120,7 +127,11 @@ def replicate_shards(root: str, k: int) -> str:
 
 
 def _run_once(
-    cfg: config.Config, args: argparse.Namespace, streams: tuple[Stream, ...], device: torch.device
+    cfg: config.Config,
+    args: argparse.Namespace,
+    streams: tuple[Stream, ...],
+    device: torch.device,
+    lmdb_root: str | None = None,
 ) -> dict:
     from vicc_fast.data.loader import build_loader
 
@@ -131,7 +142,12 @@ def _run_once(
     except OSError:
         pass
     t0 = time.perf_counter()
-    ld = build_loader(cfg, split, args.mode, streams, args.views, 0, 1, device)
+    if lmdb_root is not None:
+        from vicc_fast.bench.jpeg_lmdb import JpegLmdbLoader
+
+        ld = JpegLmdbLoader(lmdb_root, cfg, streams, args.views, device)
+    else:
+        ld = build_loader(cfg, split, args.mode, streams, args.views, 0, 1, device)
     need = 1 + args.warmup + args.steps
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     n_clips = n_samples = n_frames = 0
@@ -214,6 +230,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     streams = tuple(Stream(s) for s in args.streams.split(","))
     backends = ["dali", "torch"] if args.backend == "both" else [args.backend]
+    if args.backends:
+        backends = [b for b in args.backends.split(",") if b]
+        bad = sorted(set(backends) - {"dali", "torch", "jpeg_lmdb"})
+        if bad:
+            raise SystemExit(f"--backends: unknown {bad}; choose from dali, torch, jpeg_lmdb")
+    lmdb_root = None
+    if "jpeg_lmdb" in backends:
+        if args.mode != "train":
+            raise SystemExit("--backends jpeg_lmdb: the released data path is measured in train mode only")
+        import hashlib
+        import tempfile
+
+        from vicc_fast.bench.jpeg_lmdb import build
+
+        tag = hashlib.sha1(str(Path(cfg.data.root).resolve()).encode()).hexdigest()[:10]
+        lmdb_root = str(Path(tempfile.gettempdir()) / f"vicc_jpeg_lmdb_{tag}")
+        lmdb_build = build(cfg.data.root, lmdb_root)
     result: dict[str, Any] = {
         "device": str(device),
         "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
@@ -233,11 +266,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "note": "median of --repeat runs per backend, backends alternating (lower middle for an even count); "
         "CPU s/sample counts this process and its workers",
     }
-    cfgs = {name: config.load(args.config, [*overrides, f"data.backend={name}"]) for name in backends}
+    cfgs = {
+        name: config.load(
+            args.config, [*overrides, f"data.backend={'torch' if name == 'jpeg_lmdb' else name}"]
+        )
+        for name in backends
+    }
     runs: dict[str, list[dict]] = {name: [] for name in backends}
-    for _ in range(args.repeat):  # alternating A B A B: a drift of the machine hits both backends alike
+    for _ in range(args.repeat):  # alternating A B A B: a drift of the machine hits every backend alike
         for name in backends:
-            runs[name].append(_run_once(cfgs[name], args, streams, device))
+            root = lmdb_root if name == "jpeg_lmdb" else None
+            runs[name].append(_run_once(cfgs[name], args, streams, device, root))
     for name in backends:
         by_rate = sorted(runs[name], key=lambda r: r["samples_per_s"])
         best = by_rate[(len(by_rate) - 1) // 2]  # the median run (lower middle for an even count)
@@ -246,6 +285,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"{name:6s} {best['samples_per_s']:.2f} samples/s  {best['clips_per_s']:.1f} clips/s  "
             f"{best['cpu_s_per_sample'] * 1000:.0f} CPU ms/sample  first batch {best['time_to_first_batch_s']:.1f} s"
         )
+    if lmdb_root is not None:
+        result["jpeg_lmdb_build"] = lmdb_build
+        for b in backends:
+            if b != "jpeg_lmdb":
+                result[f"ratio_{b}_over_jpeg_lmdb"] = (
+                    result[b]["samples_per_s"] / result["jpeg_lmdb"]["samples_per_s"]
+                )
+                print(f"ratio {b}/jpeg_lmdb: {result[f'ratio_{b}_over_jpeg_lmdb']:.2f}x samples/s")
     if peer:
         peer_name, rate = peer
         result["peer"] = {"name": peer_name, "samples_per_s": rate}
@@ -253,7 +300,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ratio = result[b]["samples_per_s"] / rate
             result[f"ratio_{b}_over_{peer_name}"] = ratio
             print(f"ratio {b}/{peer_name}: {ratio:.2f}x samples/s ({rate} samples/s)")
-    if len(backends) == 2:
+    if "dali" in backends and "torch" in backends:
         result["ratio_dali_over_torch"] = result["dali"]["samples_per_s"] / result["torch"]["samples_per_s"]
         result["cpu_ratio_torch_over_dali"] = (
             result["torch"]["cpu_s_per_sample"] / result["dali"]["cpu_s_per_sample"]
