@@ -267,7 +267,14 @@ class OptimConfig:
     lr: float = _f(0.6, "base learning rate")
     final_lr: float = _f(6e-4, "learning rate at the end of the cosine schedule")
     warmup_epochs: float = _f(0.0, "linear warmup epochs at the start of each phase")
-    weight_decay: float = _f(1e-6, "weight decay (not on biases and norm parameters)")
+    weight_decay: float = _f(
+        1e-6, "weight decay (on every parameter unless optim.exclude_bias_norm, as in the released ViCC code)"
+    )
+    exclude_bias_norm: bool = _f(
+        False,
+        "biases and norm parameters (ndim <= 1) get neither weight decay nor LARS adaptation (solo-learn's "
+        "exclude_bias_n_norm); false = released ViCC/SwAV: SGD wd on every parameter, LARC adapts every one",
+    )
     momentum: float = _f(0.9, "SGD/LARS momentum")
     trust_coefficient: float = _f(0.001, "LARS trust coefficient")
     scale_lr: bool = _f(False, "scale lr linearly with global batch / base_batch")
