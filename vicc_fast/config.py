@@ -241,6 +241,12 @@ class MethodConfig:
     epsilon: float = _f(0.05, "Sinkhorn entropy regularisation epsilon")
     sinkhorn_iters: int = _f(3, "Sinkhorn-Knopp iterations")
     queue_size: int = _f(1920, "feature queue length per view (0 = no queue)")
+    queue_when_full: bool = _f(
+        True,
+        "queued rows join the Sinkhorn assignment only once the queue is full (SwAV / released ViCC: the "
+        "queue fills from its start epoch, is used when its last row is written); false = its valid rows "
+        "are used while it fills",
+    )
     vicc: ViccConfig = field(default_factory=ViccConfig)
     coclr: CoclrConfig = field(default_factory=CoclrConfig)
     goca: GocaConfig = field(default_factory=GocaConfig)

@@ -164,8 +164,12 @@ def test_schedule_and_queue():
     with torch.no_grad():
         m.loss(make_batch(), state_at(phase, phase.queue_start_epoch - 1))
         assert m.queue.filled == 0
-        m.loss(make_batch(), state_at(phase, phase.queue_start_epoch))
+        ons = [m.loss(make_batch(), state_at(phase, phase.queue_start_epoch))["queue_on"].item()]
         assert m.queue.filled == 4
+        ons += [
+            m.loss(make_batch(), state_at(phase, phase.queue_start_epoch))["queue_on"].item() for _ in "abc"
+        ]
+    assert ons == [0.0, 0.0, 0.0, 1.0]  # the queue (12 rows, 4 per step) joins once full, as in SwAV
 
 
 @pytest.mark.parametrize("variant", list(GocaVariant))

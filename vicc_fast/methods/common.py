@@ -75,7 +75,8 @@ def cat_views(views: list[torch.Tensor]) -> torch.Tensor:
 class FeatureQueue(nn.Module):
     """Per-view ring buffers of past embeddings: ``queue`` [V, L, D] (fp32), with the write position and the
     number of valid rows kept as plain ints (no device sync) and saved through the module's extra state.
-    Only valid rows are ever returned, so a queue that is still filling is used without zero rows.
+    Only valid rows are ever returned, so a queue that is still filling is used without zero rows; whether
+    rows join at all while it fills is :meth:`joins` (the released code waits until it is full).
     ``owner`` names the phase the contents belong to (saved too): :meth:`claim` empties the queue only when a
     different phase takes it over, so a run resumed mid-phase keeps the queue it checkpointed.
     """
@@ -101,6 +102,13 @@ class FeatureQueue(nn.Module):
         if owner != self.owner:
             self.reset()
             self.owner = owner
+
+    def joins(self, when_full: bool) -> bool:
+        """Whether the queued rows take part in this step's assignment: once full (``when_full``, SwAV and
+        the released ViCC code: the queue's last row is non-zero), else as soon as it holds a row."""
+        if self.length == 0:
+            return False
+        return self.filled >= self.length if when_full else self.filled > 0
 
     def rows(self, num_views: int) -> torch.Tensor:
         """The valid rows of the first ``num_views`` views: [V, filled, D] (filled may be 0)."""

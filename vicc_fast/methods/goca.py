@@ -226,6 +226,7 @@ class GOCA(Method):
         z = self.embed(batch)  # [V, B, D]
         V, B, _ = z.shape
         use_queue = state.queue_active and self.queue.length > 0
+        queue_joins = use_queue and self.queue.joins(self.cfg.method.queue_when_full)
         with fp32(z.device):
             if self.variant is GocaVariant.sview:
                 P = torch.cat(
@@ -237,7 +238,7 @@ class GOCA(Method):
             else:
                 P = self.protos["shared"](z.reshape(V * B, -1))
             P = P.view(V, B, -1)
-            Q = self.assignments(z.detach(), self.queue.rows(V) if use_queue else None)
+            Q = self.assignments(z.detach(), self.queue.rows(V) if queue_joins else None)
             mask = swap_mask_per_stream(V // 2, 2, torch.device("cpu"))  # host mask: no device sync
             loss = kernels.swapped_loss(P, Q, mask, self.cfg.method.temperature, backend=self.backend)
         if use_queue:
@@ -248,5 +249,5 @@ class GOCA(Method):
         return {
             "loss": loss,
             "proto_max_similarity": max_sim,
-            "queue_on": torch.tensor(float(use_queue), device=z.device),
+            "queue_on": torch.tensor(float(queue_joins), device=z.device),
         }

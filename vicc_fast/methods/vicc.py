@@ -175,12 +175,13 @@ class ViCC(Method):
         V, B, _ = z.shape
         protos = self.protos[phase.train_stream.value]
         use_queue = state.queue_active and self.queue.length > 0
+        queue_joins = use_queue and self.queue.joins(self.cfg.method.queue_when_full)
         with fp32(z.device):
             P = protos(z.reshape(V * B, -1)).view(V, B, -1)  # [V, B, K], the trainable prediction scores
             with torch.no_grad():
                 w = protos.weight.detach()
                 zq = z.detach()
-                if use_queue and self.queue.filled > 0:
+                if queue_joins:
                     zq = torch.cat([zq, self.queue.rows(V)], dim=1)  # batch rows first, then queue rows
                 Q = kernels.assign(
                     zq,
@@ -199,14 +200,15 @@ class ViCC(Method):
             self.queue.push(z.detach(), backend=self.backend)
         out = {"loss": loss}
         if self.diagnostics:
-            out.update(self._diagnostics(P.detach(), Q, phase, n_train_views, use_queue))
+            out.update(self._diagnostics(P.detach(), Q, phase, n_train_views, queue_joins))
         return out
 
     @torch.no_grad()
     def _diagnostics(
         self, P: torch.Tensor, Q: torch.Tensor, phase: PhaseSpec, n_train: int, queue_on: bool
     ) -> dict[str, torch.Tensor]:
-        """Per-target loss terms (each averaged over its predictors), prototype usage entropy, queue on/off."""
+        """Per-target loss terms (each averaged over its predictors), prototype usage entropy, and queue_on:
+        whether queued rows joined this step's assignment."""
         V = P.shape[0]
         logp = torch.log_softmax(P / self.cfg.method.temperature, dim=-1)
         out: dict[str, torch.Tensor] = {}
