@@ -221,7 +221,11 @@ class GocaConfig:
     variant: GocaVariant = _f(GocaVariant.goca, "goca | sview | avg | sep")
     lambda1: float = _f(0.02, "entropy weight of the prior Sinkhorn")
     lambda2: float = _f(0.03, "prior weight of the prior Sinkhorn")
-    proto_reg_steps: int = _f(2, "prototype regularisation gradient steps before each training step")
+    proto_reg_steps: int = _f(
+        0,
+        "prototype regularisation steps after every optimiser step (0 = GOCA paper 3.3/3.4: regularised once "
+        "before training, then fixed; > 0 keeps re-spreading them during training)",
+    )
     proto_reg_lr: float = _f(0.1, "learning rate of the prototype regulariser")
     proto_reg_init_steps: int = _f(
         1000, "prototype regularisation steps at the start of training (the paper's one-off initialisation)"

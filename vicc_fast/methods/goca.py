@@ -8,8 +8,9 @@ lambda1 (eq. 5); the final assignment of a view uses the *other stream's* D' of 
 (eq. 12-13): RGB and flow features interact only through the assignments. Prototypes are not trained by the
 loss: they are placed by the hyperspherical regulariser (eq. 11: minimise the mean over prototypes of the largest
 off-diagonal cosine similarity, re-projected to unit length) -- ``proto_reg_init_steps`` steps when the phase
-starts (the paper's one-off initialisation) and ``proto_reg_steps`` after every optimiser step (i.e. before the
-next one).
+starts, then fixed ("once before the main training phase ... initializing (and fixing) the prototype layer",
+paper 3.3-3.4). ``proto_reg_steps > 0`` (a switch, off by default) adds that many steps after every optimiser
+step (i.e. before the next one).
 
 Baselines (paper section 4.1) as ``method.goca.variant``: ``sview`` (independent backbones, heads and
 prototypes; SwAV per stream), ``avg`` (the two backbones' features averaged before the shared head: one
@@ -157,7 +158,8 @@ class GOCA(Method):
         return self.loss(batch, state)
 
     def after_step(self, state: StepState) -> None:
-        """The regulariser's steps for the next training step (GOCA: "before each step")."""
+        """``proto_reg_steps`` regulariser steps before the next training step (0 by default: the paper fixes
+        the prototypes after the one-off initialisation)."""
         g = self.cfg.method.goca
         for protos in self.protos.values():
             regularise_prototypes_(protos.weight, g.proto_reg_steps, g.proto_reg_lr)
