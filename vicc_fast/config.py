@@ -81,6 +81,11 @@ class Backbone(str, enum.Enum):
     tiny = "tiny"
 
 
+class ResNetSize(str, enum.Enum):
+    paper = "paper"
+    tv18 = "tv18"
+
+
 class MethodName(str, enum.Enum):
     vicc = "vicc"
     coclr = "coclr"
@@ -192,6 +197,11 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     backbone: Backbone = _f(Backbone.s3d, "encoder: s3d | r21d | r3d | tiny (small 3D CNN for CPU demos)")
+    resnet: ResNetSize = _f(
+        ResNetSize.paper,
+        "size of r21d/r3d: paper (one block per stage as in the paper and the released code: R(2+1)D 14.4M, "
+        "R3D 14.2M parameters) | tv18 (torchvision's r2plus1d_18 / r3d_18, two blocks per stage: 31.3M / 33.2M)",
+    )
     tiny_width: int = _f(32, "channel width of the tiny backbone")
     proj_hidden: int = _f(2048, "hidden width of the 2-layer MLP projection head")
     proj_dim: int = _f(128, "output dimension D of the projection head (L2-normalised)")
