@@ -167,8 +167,36 @@ class DataConfig:
     crop_size: int = _f(128, "spatial size of the random resized crop")
     crop_scale: list[float] = _f([0.2, 1.0], "area range [min, max] of the random resized crop")
     aspect_ratio: list[float] = _f([0.75, 1.3333333], "aspect ratio (w/h) range of the random resized crop")
-    same_start_prob: float = _f(0.5, "probability that the two views of a video start at the same frame")
-    hflip: bool = _f(True, "random horizontal flip (flow x is negated with it)")
+    same_start_prob: float = _f(
+        0.5,
+        "probability that the two views of a video start at the same frame (with data.aug_controller: the "
+        "share of the released one-clip transform)",
+    )
+    hflip: bool = _f(True, "random horizontal flip (of both streams of a view, see data.align_streams)")
+    align_streams: bool = _f(
+        True,
+        "RGB view i and flow view i share the crop window, the flip and (data.flow_photometric) the "
+        "photometric draw, as the released code augments them as one sequence; false = independent draws",
+    )
+    flow_photometric: bool = _f(
+        True,
+        "colour jitter, grayscale and blur on flow too (paper 4.1 and released code: flow frames (x, y, 0) are "
+        "jittered like an RGB image); false = flow gets crop and flip only",
+    )
+    flow_flip_negate: bool = _f(
+        False,
+        "negate flow x when a view is flipped (physically right: the motion is mirrored too); false = released "
+        "code: flow frames are flipped like images",
+    )
+    aug_controller: bool = _f(
+        True,
+        "released augmentation controller: with data.same_start_prob both views come from one clip and exactly "
+        "one gets the strong (jitter/grayscale/blur) augmentation; else each view gets it with "
+        "data.strong_aug_prob; views without it get crop and flip only; false = strong augmentation on every view",
+    )
+    strong_aug_prob: float = _f(
+        0.3, "probability of the strong augmentation per view of a two-clip sample (data.aug_controller)"
+    )
     color_jitter_prob: float = _f(0.8, "probability of colour jitter on an RGB view")
     brightness: float = _f(0.4, "colour jitter brightness strength")
     contrast: float = _f(0.4, "colour jitter contrast strength")
@@ -455,6 +483,7 @@ def validate(cfg: Config) -> None:
             "must be [min, max] with 0 < min <= max <= 1",
         ),
         (0 <= cfg.data.same_start_prob <= 1, "data.same_start_prob", "must be in [0, 1]"),
+        (0 <= cfg.data.strong_aug_prob <= 1, "data.strong_aug_prob", "must be in [0, 1]"),
         (cfg.data.threads > 0, "data.threads", "must be > 0"),
         (cfg.data.eval_clips > 0, "data.eval_clips", "must be > 0"),
         (cfg.model.num_prototypes > 0, "model.num_prototypes", "must be > 0"),

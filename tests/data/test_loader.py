@@ -109,10 +109,14 @@ def test_frame_consistent_crop_and_flip(ramps_root, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_flow_flip_negates_x_and_crops_halves_alike(ramps_root, backend):
-    """Flow x and y hold the same ramp: unflipped clips give x == y (so both halves got the same crop);
-    flipped clips give x == 255 - y (x negated) with y's ramp reversed."""
-    cfg = cfg_for(ramps_root, f"data.backend={backend}", "data.crop_scale=[0.3,0.7]")
+@pytest.mark.parametrize("negate", [False, True])
+def test_flow_flip_and_crops_halves_alike(ramps_root, backend, negate):
+    """Flow x and y hold the same ramp: x == y (both halves got the same crop) with the flip as in the released
+    code (default: frames flipped like images); with ``data.flow_flip_negate`` flipped clips give
+    x == 255 - y (x negated), y's ramp reversed either way."""
+    cfg = cfg_for(
+        ramps_root, f"data.backend={backend}", "data.crop_scale=[0.3,0.7]", f"data.flow_flip_negate={negate}"
+    )
     seen = set()
     for b in loader(cfg, streams=(Stream.flow,)):
         for v in b.views[Stream.flow]:
@@ -120,9 +124,87 @@ def test_flow_flip_negates_x_and_crops_halves_alike(ramps_root, backend):
             for x, y in zip(f[..., 0], f[..., 1]):
                 flipped = np.diff(y.mean(axis=(0, 1))).mean() < 0
                 seen.add(bool(flipped))
-                target = 255 - y if flipped else y
+                target = 255 - y if flipped and negate else y
                 assert np.abs(x - target).mean() < 3, "x half not cropped/negated like y"
     assert seen == {True, False}
+
+
+def grid_pairs(cfg, epochs=1):
+    """(RGB view, flow view) pixel values [T, h, w, 3] of every sample and view of ``epochs`` epochs."""
+    ld = loader(cfg)
+    for e in range(epochs):
+        ld.set_epoch(e)
+        for b in ld:
+            for v in range(2):
+                yield from zip(rgb_values(b.views[Stream.rgb][v]), flow_values(b.views[Stream.flow][v]))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("align", [True, False])
+def test_rgb_and_flow_views_share_crop_window_and_flip(grid_root, backend, align):
+    """Grid set: RGB (R, G) and flow (x, y) hold the same horizontal / vertical ramps, so RGB view i and flow
+    view i come out equal pixel for pixel iff they got the same crop window and flip (released code: one
+    sequence per view; default). With ``data.align_streams=false`` they are drawn apart."""
+    cfg = cfg_for(
+        grid_root, f"data.backend={backend}", "data.crop_scale=[0.2,0.6]", f"data.align_streams={align}"
+    )
+    same, flips = [], []
+    for rgb, flo in grid_pairs(cfg):
+        diff = np.abs(rgb[..., :2] - flo[..., :2]).mean()
+        same.append(diff < 4)
+        flips.append(bool(np.diff(rgb[..., 0].mean(axis=(0, 1))).mean() < 0))
+    assert 0 < sum(flips) < len(flips)  # both flipped and unflipped views were checked
+    if align:
+        assert all(same), "RGB view i and flow view i got different crops or flips"
+    else:
+        assert sum(same) < len(same) / 2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("photometric", [True, False])
+def test_flow_photometric_takes_the_rgb_views_draw(grid_root, backend, photometric):
+    """Brightness-only jitter on every view (controller off): RGB R = b * ramp. With ``flow_photometric``
+    (default, released code) flow view i gets the same b (x == R, y == G); without it flow is not jittered."""
+    cfg = cfg_for(
+        grid_root,
+        f"data.backend={backend}",
+        "data.aug_controller=false",
+        "data.color_jitter_prob=1",
+        "data.contrast=0",
+        "data.saturation=0",
+        "data.hue=0",
+        f"data.flow_photometric={photometric}",
+    )
+    ratios = []
+    for rgb, flo in grid_pairs(cfg):
+        ratios.append(rgb[..., 0].mean() / max(flo[..., 0].mean(), 1e-6))
+        if photometric:
+            assert np.abs(rgb[..., :2] - flo[..., :2]).mean() < 4
+    moved = np.abs(np.array(ratios) - 1) > 0.05
+    assert not moved.any() if photometric else moved.sum() > len(moved) / 2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("controller", [True, False])
+def test_augmentation_controller_spares_views(grid_root, backend, controller):
+    """Released controller (default): ~60 % of views get crop + flip only (one-clip: one view of two;
+    two-clip: each view with 1 - 0.3), the rest the strong augmentation; off: every view is jittered.
+    Brightness-only jitter shows which: a view is unjittered when R == flow x (flow not jittered here)."""
+    cfg = cfg_for(
+        grid_root,
+        f"data.backend={backend}",
+        f"data.aug_controller={controller}",
+        "data.flow_photometric=false",
+        "data.color_jitter_prob=1",
+        "data.contrast=0",
+        "data.saturation=0",
+        "data.hue=0",
+    )
+    plain = [
+        abs(rgb[..., 0].mean() / max(flo[..., 0].mean(), 1e-6) - 1) < 0.01 for rgb, flo in grid_pairs(cfg, 2)
+    ]
+    # b ~ U(0.6, 1.4): an unlucky jittered view lands within 1 % of 1 with p = 2.5 %
+    assert sum(plain) >= len(plain) * 0.3 if controller else sum(plain) <= len(plain) * 0.2
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

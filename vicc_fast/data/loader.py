@@ -294,6 +294,11 @@ class DaliLoader(_Base):
             height=int(self.manifest.video.get("height", 128)),
             width=int(self.manifest.video.get("width", 171)),
             nvdec=self.gpu and d.decoder == Decoder.nvdec,
+            align_streams=d.align_streams,
+            flow_photometric=d.flow_photometric,
+            flow_flip_negate=d.flow_flip_negate,
+            aug_controller=d.aug_controller,
+            strong_aug_prob=d.strong_aug_prob,
         )
         shards = self.shard_sequence()
         device_id = None
