@@ -48,8 +48,9 @@ def _with_data(cfg: C.Config, **data: Any) -> C.Config:
 
 def supervised_cfg(cfg: C.Config) -> C.Config:
     """The train-mode pipeline of the linear probe and finetuning: the self-supervised augmentation without
-    Gaussian blur (papers), ``eval.batch_size`` clips per step."""
-    cfg = _with_data(cfg, blur_prob=0.0)
+    Gaussian blur (papers) and without the two-view augmentation controller (a pretraining transform: one view
+    here), ``eval.batch_size`` clips per step."""
+    cfg = _with_data(cfg, blur_prob=0.0, aug_controller=False)
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=cfg.eval.batch_size))
 
 
