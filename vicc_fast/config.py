@@ -303,6 +303,11 @@ class ScheduleConfig:
     single_queue_start_rgb: int = _f(150, "epoch at which the queue starts in rgb1")
     single_queue_start_flow: int = _f(200, "epoch at which the queue starts in flow1")
     single_freeze_prototypes: int = _f(100, "epochs the prototypes stay frozen in single-stream phases")
+    single_lr_epochs: int = _f(
+        0,
+        "length in epochs of ViCC's single-stream phases' cosine lr schedule (0 = single_epochs: the paper's "
+        "text; the released scripts ran a 500-epoch cosine and handed the epoch-299 checkpoint over: 500)",
+    )
     cross_cycles: int = _f(2, "cross-stream cycles (each: RGB then flow)")
     cross_epochs: int = _f(100, "epochs of each cross-stream alternation")
     cross_queue_start: int = _f(25, "epoch of each alternation at which the queue starts")

@@ -148,3 +148,18 @@ def test_schedule_from_config_and_lr_scaling():
     assert scaled_lrs(cfg, 512) == (0.6, 6e-4)
     no_warm = LrSchedule(base=1.0, final=0.0, total=5)
     assert no_warm(0) == 1.0 and no_warm(4) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("name", ["ucf101_s3d", "ucf101_r21d", "ucf101_r3d"])
+def test_paper_configs_run_the_released_stage1_cosine(name):
+    """Released single-stream scripts: --epochs 500 cosine, the epoch-299 checkpoint handed to stage 2, so
+    the rate is still ~0.24 at the hand-off (the paper's text would end the cosine at epoch 300)."""
+    from vicc_fast.methods.vicc import vicc_phases
+
+    cfg = config.load(config.CONFIG_DIR / f"{name}.yaml")
+    phases = {p.name: p for p in vicc_phases(cfg)}
+    assert phases["rgb1"].epochs == 300 and phases["rgb1"].lr_epochs == 500
+    assert phases["cross_rgb_c1"].lr_epochs == 0  # cross-stream: one 100-epoch cosine per alternation
+    s = build_schedule(cfg.optim, 192, steps_per_epoch=10, epochs=phases["flow1"].lr_epochs)
+    assert s(299 * 10 + 9) == pytest.approx(6e-4 + 0.5 * (0.6 - 6e-4) * (1 + math.cos(math.pi * 2999 / 4999)))
+    assert 0.2 < s(2999) < 0.3

@@ -56,6 +56,7 @@ def vicc_phases(cfg: Config) -> list[PhaseSpec]:
             queue_start_epoch=qstart(q, sc.single_epochs),
             freeze_prototypes_epochs=sc.single_freeze_prototypes,
             report=f"{STREAM_LABEL[s]}-1",
+            lr_epochs=sc.single_lr_epochs,
         )
         for s, q in ((Stream.rgb, sc.single_queue_start_rgb), (Stream.flow, sc.single_queue_start_flow))
     ]
