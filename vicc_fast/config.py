@@ -341,6 +341,12 @@ class TrainConfig:
     channels_last: bool = _f(True, "use torch.channels_last_3d activations")
     compile: bool = _f(False, "torch.compile the encoders")
     sync_bn: bool = _f(False, "SyncBatchNorm across ranks")
+    bn_per_view: bool = _f(
+        True,
+        "each view of the trained encoder is forwarded as its own BatchNorm batch, so a video's views never "
+        "share BN statistics (released code: x1 and x2 forwarded separately; gradients flow through both); "
+        "false = all views in one forward (one larger batch: faster, but views share statistics on one rank)",
+    )
     batch_shuffle: bool = _f(
         True,
         "shuffle the batch across ranks around the encoders (BN leakage); no-op on one rank or with sync_bn",

@@ -86,7 +86,10 @@ def method_and_phases(cfg: Config) -> tuple[ViCC, dict[str, PhaseSpec]]:
 
 def embeddings(m: ViCC, batch, phase):
     s, t = phase.train_stream, phase.frozen_stream
-    z_s = m.nets[s.value].embed(torch.cat(batch.views[s]))
+    if m.cfg.train.bn_per_view:  # each view its own BN batch (the default, as released)
+        z_s = torch.cat([m.nets[s.value].embed(v) for v in batch.views[s]])
+    else:
+        z_s = m.nets[s.value].embed(torch.cat(batch.views[s]))
     z_t = None
     if t is not None:
         with torch.no_grad():

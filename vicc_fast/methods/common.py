@@ -60,6 +60,17 @@ class StreamNet(nn.Module):
         return self.head(run(self.backbone, clips))
 
 
+def run_views(
+    run: EncoderRunner, module: nn.Module, views: list[torch.Tensor], per_view: bool
+) -> torch.Tensor:
+    """V views [B, C, T, H, W] through ``module`` -> [V*B, ...], views in order. ``per_view``: one forward per
+    view, so that each view is its own BatchNorm batch and two views of a video never share BN statistics (the
+    released code forwards x1 and x2 separately); else one forward over all views (:func:`cat_views`)."""
+    if per_view and len(views) > 1:
+        return torch.cat([run(module, v) for v in views], dim=0)
+    return run(module, cat_views(views))
+
+
 def cat_views(views: list[torch.Tensor]) -> torch.Tensor:
     """V views [B, C, T, H, W] -> [V*B, C, T, H, W] in one forward (better device use; the memory format of
     the inputs, e.g. channels_last_3d, is kept)."""

@@ -34,9 +34,9 @@ from vicc_fast.methods.base import Method, PhaseSpec, StepState
 from vicc_fast.methods.common import (
     EncoderRunner,
     FeatureQueue,
-    cat_views,
     fp32,
     plain_run,
+    run_views,
     sinkhorn_all_reduce,
     world_size,
 )
@@ -170,7 +170,7 @@ class GOCA(Method):
         feats = {}
         for s in STREAMS:
             vs = batch.views[s][:2]
-            feats[s] = self.run_encoder(self.backbones[s.value], cat_views(vs))  # [2B, F]
+            feats[s] = run_views(self.run_encoder, self.backbones[s.value], vs, self.cfg.train.bn_per_view)
         B = batch.views[Stream.rgb][0].shape[0]
         if self.variant is GocaVariant.avg:
             z = self.heads["shared"]((feats[Stream.rgb] + feats[Stream.flow]) / 2)

@@ -23,6 +23,7 @@ from vicc_fast.methods.common import (
     cat_views,
     fp32,
     plain_run,
+    run_views,
     set_trainable,
     sinkhorn_all_reduce,
     world_size,
@@ -161,7 +162,9 @@ class ViCC(Method):
         s, t = phase.train_stream, phase.frozen_stream
         vs = batch.views[s][: phase.num_views]
         B = vs[0].shape[0]
-        zs = self.nets[s.value].embed(cat_views(vs), self.run_encoder)
+        net = self.nets[s.value]
+        # the frozen stream below runs in eval mode (running BN statistics): one forward serves all its views
+        zs = net.head(run_views(self.run_encoder, net.backbone, vs, self.cfg.train.bn_per_view))
         parts = [zs]
         if t is not None:
             vt = batch.views[t][: phase.num_views]
