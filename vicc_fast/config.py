@@ -389,6 +389,11 @@ class EvalConfig:
     finetune_lr: float = _f(1e-3, "Adam learning rate of end-to-end finetuning (cosine schedule)")
     finetune_weight_decay: float = _f(1e-3, "weight decay of end-to-end finetuning")
     knn_chunk: int = _f(1024, "queries per block of the chunked nearest-neighbour search")
+    retrieval_centre_each: bool = _f(
+        True,
+        "retrieval: centre the test and the train features each by its own mean before L2 normalisation "
+        "(released ViCC/CoCLR code); false = both by the train mean",
+    )
     cache_dir: str = _f("", "feature cache folder (empty = <run>/eval/cache)")
     tsne_max_points: int = _f(2000, "test videos drawn in the t-SNE plot (random subset above this)")
     grid_queries: int = _f(6, "query rows of the retrieval grid picture")

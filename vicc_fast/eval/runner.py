@@ -136,7 +136,10 @@ class Evaluation:
         q = {s: self.features(s, "test")[0] for s in self.streams}
         g = {s: self.features(s, "train")[0] for s in self.streams}
         ql, gl = self.features(self.streams[0], "test")[1], self.features(self.streams[0], "train")[1]
-        res = fused_recall(q, ql, g, gl, list(self.cfg.eval.recall_ks), chunk=self.cfg.eval.knn_chunk)
+        res = fused_recall(
+            q, ql, g, gl, list(self.cfg.eval.recall_ks), chunk=self.cfg.eval.knn_chunk,
+            centre_each=self.cfg.eval.retrieval_centre_each,
+        )  # fmt: skip
         self._record("retrieval", res)
         return res
 
