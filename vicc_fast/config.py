@@ -69,6 +69,11 @@ class DataDtype(str, enum.Enum):
     bfloat16 = "bfloat16"
 
 
+class EvalOptim(str, enum.Enum):
+    sgd = "sgd"
+    adam = "adam"
+
+
 class EvalCrop(str, enum.Enum):
     center = "center"
     tencrop = "tencrop"
@@ -374,19 +379,32 @@ class EvalConfig:
     batch_size: int = _f(
         32, "clips per rank per evaluation step (and per linear-probe / finetune training step)"
     )
-    linear_epochs: int = _f(100, "epochs of the linear probe")
-    finetune_epochs: int = _f(50, "epochs of end-to-end finetuning")
-    finetune_dropout: float = _f(0.5, "dropout before the finetuning classifier")
+    linear_epochs: int = _f(100, "epochs of the linear probe (released lin-*.sh: 100)")
+    finetune_epochs: int = _f(500, "epochs of end-to-end finetuning (released ft-*.sh: 500)")
+    finetune_dropout: float = _f(0.9, "dropout before the finetuning classifier (released: 0.9)")
     kmeans_restarts: int = _f(10, "K-means restarts of the cluster evaluation")
     linear_augment: bool = _f(
         True,
         "linear probe trains on augmented train clips (blur off) through the frozen encoder (papers); "
         "false: on cached clip-averaged eval features (much faster)",
     )
-    linear_lr: float = _f(1e-3, "Adam learning rate of the linear probe (cosine schedule)")
+    linear_optim: EvalOptim = _f(EvalOptim.sgd, "linear-probe optimiser: sgd (momentum 0.9, released) | adam")
+    linear_lr: float = _f(0.1, "learning rate of the linear probe (released: SGD 0.1)")
+    linear_milestones: list[int] = _f(
+        [60, 80], "epochs at which the linear probe's lr drops x0.1 (released); empty = cosine to 0"
+    )
+    linear_l2norm: bool = _f(
+        True,
+        "linear probe on L2-normalised features through an affine BatchNorm1d (released LinearClassifier); "
+        "false = a parameter-free BatchNorm1d on the raw features",
+    )
     linear_weight_decay: float = _f(1e-3, "weight decay of the linear probe")
     linear_batch_size: int = _f(256, "videos per step of the linear probe on cached features")
-    finetune_lr: float = _f(1e-3, "Adam learning rate of end-to-end finetuning (cosine schedule)")
+    finetune_optim: EvalOptim = _f(EvalOptim.sgd, "finetuning optimiser: sgd (momentum 0.9, released) | adam")
+    finetune_lr: float = _f(0.1, "learning rate of end-to-end finetuning (released: SGD 0.1, backbone too)")
+    finetune_milestones: list[int] = _f(
+        [200, 300, 400, 450], "epochs at which the finetuning lr drops x0.1 (released); empty = cosine to 0"
+    )
     finetune_weight_decay: float = _f(1e-3, "weight decay of end-to-end finetuning")
     knn_chunk: int = _f(1024, "queries per block of the chunked nearest-neighbour search")
     retrieval_centre_each: bool = _f(

@@ -148,6 +148,9 @@ class Evaluation:
         from vicc_fast.eval.linear import fit_linear_augmented, fit_linear_on_features, predict, topk_accuracy
 
         e = self.cfg.eval
+        recipe = {
+            "optim": e.linear_optim.value, "milestones": list(e.linear_milestones), "l2norm": e.linear_l2norm,
+        }  # fmt: skip
         res: dict[str, float] = {}
         probs = {}
         for s in self.streams:
@@ -159,13 +162,13 @@ class Evaluation:
                 probe = fit_linear_augmented(
                     enc, self.loader("train", "train", s, cfg), s, tr.shape[1], self.num_classes, self.device,
                     epochs=e.linear_epochs, lr=e.linear_lr, weight_decay=e.linear_weight_decay,
-                    amp=self.cfg.train.amp.value, seed=self.cfg.train.seed, progress=self.progress,
+                    amp=self.cfg.train.amp.value, seed=self.cfg.train.seed, progress=self.progress, **recipe,
                 )  # fmt: skip
             else:
                 probe = fit_linear_on_features(
                     tr.to(self.device), trl.to(self.device), self.num_classes, epochs=e.linear_epochs,
                     lr=e.linear_lr, weight_decay=e.linear_weight_decay, batch_size=e.linear_batch_size,
-                    seed=self.cfg.train.seed, progress=self.progress,
+                    seed=self.cfg.train.seed, progress=self.progress, **recipe,
                 )  # fmt: skip
             probs[s] = predict(probe, te)
             res.update({f"{s.value}/{k}": v for k, v in topk_accuracy(probs[s], tel).items()})
@@ -200,7 +203,8 @@ class Evaluation:
             model = finetune(
                 model, self.loader("train", "train", s, train_cfg), s, self.device, e.finetune_epochs,
                 lr=e.finetune_lr, weight_decay=e.finetune_weight_decay, amp=self.cfg.train.amp,
-                seed=self.cfg.train.seed, progress=self.progress,
+                seed=self.cfg.train.seed, progress=self.progress, optim=e.finetune_optim.value,
+                milestones=list(e.finetune_milestones),
             )  # fmt: skip
             test = self.loader("test", "eval", s, test_cfg)
             probs[s], labels = predict_videos(
