@@ -257,6 +257,16 @@ class CoclrConfig:
     ubernce: bool = _f(
         False, "UberNCE oracle: positives = queue clips of the same class label, in every phase (upper bound)"
     )
+    same_video_positive: bool = _f(
+        True,
+        "co-training: queue entries of the query's own video (its keys from earlier epochs) are positives and "
+        "never mined (CoCLR code: mask_source); false = treated like any other queue entry",
+    )
+    mine_when_full: bool = _f(
+        True,
+        "co-training mines top-K positives only once the queue holds real keys in every row (CoCLR code: "
+        "queue_is_full); false = among the real rows while it fills",
+    )
 
 
 @dataclass
