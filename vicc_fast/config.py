@@ -69,6 +69,11 @@ class DataDtype(str, enum.Enum):
     bfloat16 = "bfloat16"
 
 
+class GrayMode(str, enum.Enum):
+    channel = "channel"
+    luma = "luma"
+
+
 class EvalOptim(str, enum.Enum):
     sgd = "sgd"
     adam = "adam"
@@ -208,6 +213,11 @@ class DataConfig:
     saturation: float = _f(0.4, "colour jitter saturation strength")
     hue: float = _f(0.1, "colour jitter hue strength")
     grayscale_prob: float = _f(0.2, "probability of converting an RGB view to grayscale")
+    grayscale: GrayMode = _f(
+        GrayMode.channel,
+        "grayscale: channel (released RandomGray, 'actually a channel splitting': one random channel copied "
+        "to all three) | luma (0.299 R + 0.587 G + 0.114 B in every channel)",
+    )
     blur_prob: float = _f(0.5, "probability of Gaussian blur on an RGB view")
     blur_sigma: list[float] = _f([0.1, 2.0], "Gaussian blur sigma range [min, max] in pixels")
     dtype: DataDtype = _f(

@@ -55,3 +55,19 @@ def test_crop_window_inside_the_frame():
         top, left, h, w = crop_window(rng, 48, 64, (0.2, 1.0), (0.75, 4 / 3))
         assert top >= 0 and left >= 0 and top + h <= 48 and left + w <= 64
         assert 0.2 * 48 * 64 * 0.9 <= h * w <= 48 * 64
+
+
+def test_grayscale_is_the_released_channel_split():
+    """Released RandomGray ("actually a channel splitting"): one random channel copied to all three."""
+    from vicc_fast.config import GrayMode
+    from vicc_fast.data.augment import _colour
+
+    d = DataConfig(color_jitter_prob=0.0, grayscale_prob=1.0)
+    assert d.grayscale is GrayMode.channel
+    m, t = _colour(np.random.default_rng(4), np.ones(3000, bool), d)
+    x = np.array([200.0, 50.0, 10.0])
+    y = m @ x + t  # [n, 3]
+    assert (y == y[:, :1]).all() and set(np.unique(y[:, 0]).tolist()) == {200.0, 50.0, 10.0}
+    d.grayscale = GrayMode.luma
+    m, t = _colour(np.random.default_rng(4), np.ones(5, bool), d)
+    np.testing.assert_allclose(m @ x + t, 0.299 * 200 + 0.587 * 50 + 0.114 * 10)

@@ -41,6 +41,7 @@ class AugSettings(Protocol):
     flow_flip_negate: bool
     aug_controller: bool
     strong_aug_prob: float
+    grayscale: str
 
 
 @dataclass
@@ -85,7 +86,10 @@ def _colour(rng: np.random.Generator, strong: np.ndarray, p: AugSettings) -> tup
 
     b, c, s = factor(p.brightness), factor(p.contrast), factor(p.saturation)
     h = np.where(jit, rng.uniform(-p.hue, p.hue, n), 0.0)
-    return colour_affine(b, c, s, h, gray)
+    weights = None  # luma
+    if str(getattr(p.grayscale, "value", p.grayscale)) == "channel":  # released RandomGray: one channel copied
+        weights = np.eye(3)[rng.integers(3, size=n)]
+    return colour_affine(b, c, s, h, gray, weights)
 
 
 def fold_rgb(m: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -84,6 +84,7 @@ class PipeSpec:
     flow_flip_negate: bool = False  # negate flow x on flipped views (not in the released code)
     aug_controller: bool = True  # the released one-clip / two-clip controller of the strong augmentation
     strong_aug_prob: float = 0.3
+    grayscale: str = "channel"  # channel (released: one random channel copied to all three) | luma
 
     @property
     def span(self) -> int:
@@ -100,14 +101,21 @@ _YIQ2RGB = np.linalg.inv(_RGB2YIQ)
 
 
 def colour_affine(
-    brightness: np.ndarray, contrast: np.ndarray, saturation: np.ndarray, hue: np.ndarray, gray: np.ndarray
+    brightness: np.ndarray,
+    contrast: np.ndarray,
+    saturation: np.ndarray,
+    hue: np.ndarray,
+    gray: np.ndarray,
+    gray_weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Colour jitter and grayscale as one affine map per sample on [0, 255] RGB, ``y = M x + t``.
 
     brightness, contrast, saturation: [B] factors (1 = unchanged); hue: [B] in turns (0.1 = 36 degrees,
     torchvision's unit); gray: [B] bool. Applied in the order brightness, contrast (about mid-grey 128, as
     DALI's colour ops do; torchvision uses the image mean), saturation (blend with luma), hue (rotation in
-    YIQ), grayscale. Returns M [B, 3, 3], t [B, 3]. Every step maps grey to grey, so t stays (1 - c) * 128.
+    YIQ), grayscale: every channel <- ``gray_weights`` [B, 3] . RGB (rows summing to 1; default luma; a one-hot
+    row is the released code's channel split). Returns M [B, 3, 3], t [B, 3]. Every step maps grey to grey,
+    so t stays (1 - c) * 128.
     """
     n = len(brightness)
     eye = np.broadcast_to(np.eye(3), (n, 3, 3))
@@ -120,7 +128,8 @@ def colour_affine(
     # exactly the identity without a hue shift: the YIQ round trip leaves ~1e-17 cross terms, which would leak
     # into flow's zero third channel
     hue_m = np.where((hue == 0)[:, None, None], eye, _YIQ2RGB @ rot @ _RGB2YIQ)
-    gray_m = np.where(gray[:, None, None], to_luma, eye)
+    w = np.broadcast_to(_LUMA, (n, 3)) if gray_weights is None else gray_weights
+    gray_m = np.where(gray[:, None, None], np.ones((1, 3, 1)) * w[:, None, :], eye)
     m = gray_m @ hue_m @ sat * (brightness * contrast)[:, None, None]
     t = np.repeat(((1 - contrast) * 128.0)[:, None], 3, axis=1)
     return m, t

@@ -299,6 +299,7 @@ class DaliLoader(_Base):
             flow_flip_negate=d.flow_flip_negate,
             aug_controller=d.aug_controller,
             strong_aug_prob=d.strong_aug_prob,
+            grayscale=d.grayscale.value,
         )
         shards = self.shard_sequence()
         device_id = None
