@@ -231,6 +231,12 @@ class DataConfig:
     prefetch: int = _f(2, "batches prepared ahead of the training step")
     eval_clips: int = _f(10, "clips per video in eval mode, uniformly spaced")
     eval_crop: EvalCrop = _f(EvalCrop.center, "eval-mode spatial crop: center | tencrop")
+    eval_crop_fraction: float = _f(
+        224 / 240,
+        "eval crops span this fraction of the frame's shorter side (frames are resized so that a crop_size "
+        "crop does): 224/240 = the released test crops (224 of 240-pixel frames, scaled to 128), so ten-crop's "
+        "four corners differ; 1.0 = the whole shorter side (on 128x171 shards the corners then collapse to two)",
+    )
     on_bad_sample: BadSample = _f(
         BadSample.error, "a sample that fails to decode: error | skip (counted, warned)"
     )
@@ -540,6 +546,7 @@ def validate(cfg: Config) -> None:
         (0 <= cfg.data.strong_aug_prob <= 1, "data.strong_aug_prob", "must be in [0, 1]"),
         (cfg.data.threads > 0, "data.threads", "must be > 0"),
         (cfg.data.eval_clips > 0, "data.eval_clips", "must be > 0"),
+        (0 < cfg.data.eval_crop_fraction <= 1, "data.eval_crop_fraction", "must be in (0, 1]"),
         (cfg.model.num_prototypes > 0, "model.num_prototypes", "must be > 0"),
         (cfg.model.proj_dim > 0, "model.proj_dim", "must be > 0"),
         (cfg.method.temperature > 0, "method.temperature", "must be > 0"),

@@ -318,3 +318,21 @@ def test_colour_affine_matches_definitions():
     np.testing.assert_allclose(m[0] @ np.full(3, 90.0), 90.0, atol=1e-3)
     assert abs((m[0] @ x) @ [0.299, 0.587, 0.114] - luma) < 1e-3
     assert np.abs(m[0] @ x - x).max() > 20  # and does change the colour
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("fraction", [224 / 240, 1.0])
+def test_tencrop_gives_ten_distinct_crops(grid_root, backend, fraction):
+    """Released ten-crop: 224 crops of 240-pixel frames (scaled to the crop size), so the 4 corners, the centre
+    and their flips are 10 different crops (default). Crops spanning the whole shorter side collapse the
+    top and bottom corners (fraction 1.0: 6 distinct of 10)."""
+    cfg = cfg_for(
+        grid_root, f"data.backend={backend}", "data.eval_crop=tencrop", f"data.eval_crop_fraction={fraction}"
+    )
+    b = next(iter(loader(cfg, mode="eval", streams=(Stream.rgb,))))
+    rows = rgb_values(b.views[Stream.rgb][0])[(b.index == b.index[0]).numpy()]  # [crops * clips, T, h, w, 3]
+    sig = {
+        (round(float(r[..., 0].mean())), round(float(r[..., 1].mean())), bool(np.diff(r[..., 0].mean(axis=(0, 1))).mean() < 0))
+        for r in rows
+    }
+    assert len(sig) == (10 if fraction < 1 else 6)

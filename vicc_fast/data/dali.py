@@ -85,6 +85,7 @@ class PipeSpec:
     aug_controller: bool = True  # the released one-clip / two-clip controller of the strong augmentation
     strong_aug_prob: float = 0.3
     grayscale: str = "channel"  # channel (released: one random channel copied to all three) | luma
+    eval_crop_fraction: float = 1.0  # eval crops span this fraction of the shorter side
 
     @property
     def span(self) -> int:
@@ -168,6 +169,12 @@ class ViewSource:
                 a = getattr(d, k)
                 out.append(a.astype(np.int32) if k.startswith("flip_") else a)
         return out
+
+
+def eval_resize(crop: int, fraction: float) -> int:
+    """Shorter side the eval frames are resized to, so that a ``crop`` x ``crop`` crop spans ``fraction`` of
+    it (released ten-crop: 224 of 240 pixels -> 128 crops of 137-pixel frames)."""
+    return max(crop, int(round(crop / fraction)))
 
 
 def frames_lut_args(frames: np.ndarray) -> dict:
@@ -321,8 +328,9 @@ def build_pipeline(
 
     def eval_crops(x, flow: bool):
         """[N*T, H, W, *] -> list of (crop, mirrored) outputs [N*T, c, c, C]."""
-        if min(spec.height, spec.width) != c:
-            x = fn.resize(x, resize_shorter=float(c), antialias=True)
+        shorter = eval_resize(c, spec.eval_crop_fraction)
+        if min(spec.height, spec.width) != shorter:
+            x = fn.resize(x, resize_shorter=float(shorter), antialias=True)
         if spec.tencrop:
             pos = [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.5, 0.5)]
             crops = [(px, py, m) for (px, py) in pos for m in (0, 1)]

@@ -300,6 +300,7 @@ class DaliLoader(_Base):
             aug_controller=d.aug_controller,
             strong_aug_prob=d.strong_aug_prob,
             grayscale=d.grayscale.value,
+            eval_crop_fraction=d.eval_crop_fraction,
         )
         shards = self.shard_sequence()
         device_id = None

@@ -18,7 +18,7 @@ import torch
 
 from vicc_fast.config import Stream
 from vicc_fast.data.batch import Batch
-from vicc_fast.data.dali import FLOW_MEAN, FLOW_STD, RGB_MEAN, RGB_STD
+from vicc_fast.data.dali import FLOW_MEAN, FLOW_STD, RGB_MEAN, RGB_STD, eval_resize
 from vicc_fast.data.loader import _Base
 from vicc_fast.data.manifest import BadSampleError, DataError, rank_range
 
@@ -123,8 +123,9 @@ class _Augment:
     def eval(self, v: torch.Tensor, flow: bool) -> torch.Tensor:
         """[N*T, C, H, W] -> [crops*N*T, c, c, 3]: centre crop, or 4 corners + centre each also flipped."""
         v2, c = self.v2, self.d.crop_size
-        if min(v.shape[-2:]) != c:
-            v = v2.functional.resize(v, c, antialias=True)
+        shorter = eval_resize(c, self.d.eval_crop_fraction)
+        if min(v.shape[-2:]) != shorter:
+            v = v2.functional.resize(v, shorter, antialias=True)
         h, w = v.shape[-2:]
         if self.tencrop:
             pos = [(0, 0), (0, w - c), (h - c, 0), (h - c, w - c), ((h - c + 1) // 2, (w - c + 1) // 2)]
