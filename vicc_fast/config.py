@@ -69,6 +69,11 @@ class DataDtype(str, enum.Enum):
     bfloat16 = "bfloat16"
 
 
+class FlowNorm(str, enum.Enum):
+    imagenet = "imagenet"
+    unit = "unit"
+
+
 class GrayMode(str, enum.Enum):
     channel = "channel"
     luma = "luma"
@@ -192,6 +197,11 @@ class DataConfig:
         True,
         "colour jitter, grayscale and blur on flow too (paper 4.1 and released code: flow frames (x, y, 0) are "
         "jittered like an RGB image); false = flow gets crop and flip only",
+    )
+    flow_normalisation: FlowNorm = _f(
+        FlowNorm.imagenet,
+        "flow input scaling: imagenet (released code: the (x, y, 0) flow image normalised with the RGB "
+        "ImageNet mean/std) | unit (x, y to [-1, 1], the third channel 0)",
     )
     flow_flip_negate: bool = _f(
         False,

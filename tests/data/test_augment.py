@@ -35,7 +35,18 @@ def test_plain_views_get_crop_and_flip_only():
 
 
 def test_flow_map_normalises_and_negates_only_when_asked():
+    from vicc_fast.config import FlowNorm
+
     d = DataConfig(color_jitter_prob=0.0, grayscale_prob=0.0)
+    assert d.flow_normalisation is FlowNorm.imagenet  # released: flow normalised like RGB
+    _, (v,) = draw_views(np.random.default_rng(2), 8, 1, d)
+    px = np.array([200.0, 50.0, 0.0])
+    np.testing.assert_allclose(
+        v.flow_m @ px + v.flow_t,
+        np.broadcast_to((px / 255 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225], (8, 3)),
+        atol=1e-5,
+    )
+    d.flow_normalisation = FlowNorm.unit
     for negate in (False, True):
         d.flow_flip_negate = negate
         _, views = draw_views(np.random.default_rng(2), 64, 1, d)

@@ -20,7 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
-from vicc_fast.data.dali import FLOW_MEAN, FLOW_STD, RGB_MEAN, RGB_STD, colour_affine
+from vicc_fast.data.dali import RGB_MEAN, RGB_STD, colour_affine, flow_norm
 
 
 class AugSettings(Protocol):
@@ -42,6 +42,7 @@ class AugSettings(Protocol):
     aug_controller: bool
     strong_aug_prob: float
     grayscale: str
+    flow_normalisation: str
 
 
 @dataclass
@@ -101,15 +102,21 @@ def fold_rgb(m: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def fold_flow(m: np.ndarray, t: np.ndarray, negate_x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(M, t) on flow pixels (x, y, 0) -> the map followed by the flow normalisation: x, y to
-    (v - 127.5) / 127.5 (x times -1 where ``negate_x`` [n]), the third channel v / 127.5 (0 unless jittered).
-    [n,3,3], [n,3] -> [n,3,3], [n,3] float32."""
+def fold_flow(
+    m: np.ndarray, t: np.ndarray, negate_x: np.ndarray, mode: str = "unit"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(M, t) on flow pixels (x, y, 0) -> x -> 255 - x where ``negate_x`` [n] (the motion mirrored), then the
+    map, then the flow normalisation ``mode`` (:func:`flow_norm`; unit: x, y to (v - 127.5) / 127.5, so the
+    negation is a sign flip). [n,3,3], [n,3] -> [n,3,3], [n,3] float32."""
     n = len(negate_x)
-    scale = np.tile(np.array([1.0 / FLOW_STD] * 3), (n, 1))
-    scale[:, 0] *= np.where(negate_x, -1.0, 1.0)
-    mean = np.array([FLOW_MEAN, FLOW_MEAN, 0.0])
-    return (scale[:, :, None] * m).astype(np.float32), (scale * (t - mean[None, :])).astype(np.float32)
+    d = np.broadcast_to(np.eye(3), (n, 3, 3)).copy()
+    d[:, 0, 0] = np.where(negate_x, -1.0, 1.0)
+    o = np.zeros((n, 3))
+    o[:, 0] = np.where(negate_x, 255.0, 0.0)
+    m2, t2 = m @ d, np.einsum("nij,nj->ni", m, o) + t
+    mean, std = flow_norm(mode)
+    scale = 1.0 / std
+    return (scale[None, :, None] * m2).astype(np.float32), (scale[None, :] * (t2 - mean[None, :])).astype(np.float32)
 
 
 def draw_views(
@@ -144,7 +151,8 @@ def draw_views(
         if not p.flow_photometric:
             blur_flow, (m_f, t_f) = np.zeros(n, bool), identity
         rm, rt = fold_rgb(m_rgb, t_rgb)
-        fm, ft = fold_flow(m_f, t_f, flip_flow & p.flow_flip_negate)
+        mode = str(getattr(p.flow_normalisation, "value", p.flow_normalisation))
+        fm, ft = fold_flow(m_f, t_f, flip_flow & p.flow_flip_negate, mode)
         out.append(
             ViewDraw(st, flip_rgb, flip_flow, blur_rgb, blur_flow, sigma.astype(np.float32), rm, rt, fm, ft)
         )

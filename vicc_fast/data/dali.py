@@ -43,8 +43,18 @@ from vicc_fast.config import Stream
 
 RGB_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 RGB_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
-FLOW_MEAN = 127.5  # stored flow coding: 0 motion <-> 127.5; [0, 255] -> [-1, 1]
+FLOW_MEAN = 127.5  # stored flow coding: 0 motion <-> 127.5; [0, 255] -> [-1, 1] ("unit" normalisation)
 FLOW_STD = 127.5
+
+
+def flow_norm(mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (mean [3], std [3]) on the flow image (x, y, 0) in [0, 255]: ``imagenet`` = the RGB
+    statistics (the released code normalises flow like RGB); ``unit`` = x, y to [-1, 1], the zero plane to 0."""
+    if mode == "imagenet":
+        return np.array(RGB_MEAN), np.array(RGB_STD)
+    if mode == "unit":
+        return np.array([FLOW_MEAN, FLOW_MEAN, 0.0]), np.full(3, FLOW_STD)
+    raise ValueError(f"unknown flow normalisation {mode!r} (imagenet | unit)")
 MAX_LUT_KEYS = 65536  # fn.lookup_table keys live in [0, 65535]
 
 
@@ -86,6 +96,7 @@ class PipeSpec:
     strong_aug_prob: float = 0.3
     grayscale: str = "channel"  # channel (released: one random channel copied to all three) | luma
     eval_crop_fraction: float = 1.0  # eval crops span this fraction of the shorter side
+    flow_normalisation: str = "unit"  # imagenet (released: flow normalised like RGB) | unit
 
     @property
     def span(self) -> int:
@@ -338,9 +349,11 @@ def build_pipeline(
             crops = [(0.5, 0.5, 0)]
         outs = []
         for px, py, m in crops:
-            if flow:
+            if flow:  # x negated on mirrored crops (flow_flip_negate): (255 - v - mu) / s = (v - (255 - mu)) / -s
+                mu, sd = flow_norm(spec.flow_normalisation)
                 neg = m and spec.flow_flip_negate
-                mean, std = [FLOW_MEAN, FLOW_MEAN], [FLOW_STD * (-1.0 if neg else 1.0), FLOW_STD]
+                mean = [255.0 - mu[0] if neg else mu[0], mu[1]]
+                std = [-sd[0] if neg else sd[0], sd[1]]
             else:
                 mean, std = list(RGB_MEAN), list(RGB_STD)
             y = fn.crop_mirror_normalize(
@@ -354,7 +367,10 @@ def build_pipeline(
                 dtype=out_dtype,
                 output_layout="FHWC",
             )
-            outs.append(fn.pad(y, axis_names="C", shape=[3], fill_value=0.0) if flow else y)
+            if flow:  # the zero plane, normalised
+                mu, sd = flow_norm(spec.flow_normalisation)
+                y = fn.pad(y, axis_names="C", shape=[3], fill_value=float(-mu[2] / sd[2]))
+            outs.append(y)
         return outs
 
     def eval_flow_frames(x):

@@ -301,6 +301,7 @@ class DaliLoader(_Base):
             strong_aug_prob=d.strong_aug_prob,
             grayscale=d.grayscale.value,
             eval_crop_fraction=d.eval_crop_fraction,
+            flow_normalisation=d.flow_normalisation.value,
         )
         shards = self.shard_sequence()
         device_id = None

@@ -18,7 +18,7 @@ import torch
 
 from vicc_fast.config import Stream
 from vicc_fast.data.batch import Batch
-from vicc_fast.data.dali import FLOW_MEAN, FLOW_STD, RGB_MEAN, RGB_STD, eval_resize
+from vicc_fast.data.dali import RGB_MEAN, RGB_STD, eval_resize, flow_norm
 from vicc_fast.data.loader import _Base
 from vicc_fast.data.manifest import BadSampleError, DataError, rank_range
 
@@ -112,12 +112,13 @@ class _Augment:
     def _finish_flow(self, v: torch.Tensor, flip: bool) -> torch.Tensor:
         """Eval crops: [T, 2, c, c] uint8 -> [T, c, c, 3] normalised (x, y, 0); x negated on the mirrored
         crops only with ``flow_flip_negate``."""
-        v = (v.float() - FLOW_MEAN) / FLOW_STD
+        v = torch.cat([v.float(), torch.zeros_like(v[:, :1], dtype=torch.float32)], 1)  # (x, y, 0) pixels
         if flip:
             v = v.flip(-1)
             if self.d.flow_flip_negate:
-                v[:, 0] = -v[:, 0]
-        v = torch.cat([v, torch.zeros_like(v[:, :1])], 1)
+                v[:, 0] = 255.0 - v[:, 0]
+        mean, std = flow_norm(self.d.flow_normalisation.value)
+        v = (v - torch.tensor(mean).float().view(1, 3, 1, 1)) / torch.tensor(std).float().view(1, 3, 1, 1)
         return v.permute(0, 2, 3, 1).to(self.out_dtype)
 
     def eval(self, v: torch.Tensor, flow: bool) -> torch.Tensor:
