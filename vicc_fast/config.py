@@ -426,6 +426,12 @@ class EvalConfig:
     )
     linear_optim: EvalOptim = _f(EvalOptim.sgd, "linear-probe optimiser: sgd (momentum 0.9, released) | adam")
     linear_lr: float = _f(0.1, "learning rate of the linear probe (released: SGD 0.1)")
+    released_train_augment: bool = _f(
+        True,
+        "linear probe / finetune train clips as the released classifier: random resized crop + colour jitter "
+        "(0.4, 0.4, 0.4, 0.1) with p=0.3, no flip, grayscale or blur; false = the pretraining augmentation "
+        "without blur (jitter p=data.color_jitter_prob, grayscale, flip)",
+    )
     linear_milestones: list[int] = _f(
         [60, 80], "epochs at which the linear probe's lr drops x0.1 (released); empty = cosine to 0"
     )

@@ -129,3 +129,18 @@ def test_released_probe_recipe_learns_separable_features():
         x, y, 3, epochs=12, lr=0.1, batch_size=20, optim="sgd", milestones=[8, 10], l2norm=True
     )
     assert topk_accuracy(predict(probe, x), y)["top1"] > 90
+
+
+def test_supervised_train_clips_as_the_released_classifier():
+    """Released main_classifier train transform: crop + ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.3), no flip,
+    grayscale or blur; the demo keeps the pretraining augmentation (released_train_augment=false)."""
+    from vicc_fast import config as C
+    from vicc_fast.eval.runner import supervised_cfg
+
+    d = supervised_cfg(C.load(C.CONFIG_DIR / "ucf101_s3d.yaml")).data
+    assert (d.hflip, d.grayscale_prob, d.blur_prob, d.color_jitter_prob, d.aug_controller) == (
+        False, 0.0, 0.0, 0.3, False,
+    )  # fmt: skip
+    assert (d.brightness, d.contrast, d.saturation, d.hue) == (0.4, 0.4, 0.4, 0.1)
+    demo = supervised_cfg(C.load(C.DEFAULT_CONFIG)).data
+    assert demo.hflip and not demo.aug_controller and demo.blur_prob == 0.0

@@ -47,10 +47,15 @@ def _with_data(cfg: C.Config, **data: Any) -> C.Config:
 
 
 def supervised_cfg(cfg: C.Config) -> C.Config:
-    """The train-mode pipeline of the linear probe and finetuning: the self-supervised augmentation without
-    Gaussian blur (papers) and without the two-view augmentation controller (a pretraining transform: one view
-    here), ``eval.batch_size`` clips per step."""
+    """The train-mode pipeline of the linear probe and finetuning, ``eval.batch_size`` clips per step: the
+    released classifier's (``eval.released_train_augment``: crop + jitter p=0.3, no flip / grayscale / blur), or
+    the self-supervised augmentation without Gaussian blur; never the two-view controller (one view here)."""
     cfg = _with_data(cfg, blur_prob=0.0, aug_controller=False)
+    if cfg.eval.released_train_augment:
+        cfg = _with_data(
+            cfg, hflip=False, grayscale_prob=0.0, color_jitter_prob=0.3,
+            brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1,
+        )  # fmt: skip
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=cfg.eval.batch_size))
 
 
