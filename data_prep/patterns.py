@@ -7,6 +7,9 @@ Written through data_prep's codec and shard writer, so they are real shards:
 - ``ramps``: static frames; RGB R = horizontal ramp, G = vertical ramp, B = 128; flow x = y = the horizontal
   ramp. Every frame of a clip must come out the same (same crop and flip on all frames); flow x and y must
   match (same crop on both halves) up to the negation of x on flipped clips.
+- ``grid``: static frames; RGB R = flow x = horizontal ramp, RGB G = flow y = vertical ramp, RGB B = 128. With
+  the same crop window and flip on RGB view i and flow view i (and no photometric change), RGB (R, G) and
+  flow (x, y) come out equal pixel for pixel; a different window or flip breaks that.
 
 Used by the loader tests and by the GPU validation (``scripts/gpu``), which checks the NVDEC path with them.
 """
@@ -50,6 +53,14 @@ def _ramps_video(t: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     return rgb, q
 
 
+def _grid_video(t: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    hr = np.linspace(0, 255, w).astype(np.uint8)[None, :].repeat(h, 0)
+    vr = np.linspace(0, 255, h).astype(np.uint8)[:, None].repeat(w, 1)
+    rgb = np.stack([hr, vr, np.full_like(hr, 128)], -1)[None].repeat(t, 0)
+    q = np.stack([hr, vr], -1)[None].repeat(t, 0)
+    return rgb, q
+
+
 def make_set(
     root: Path,
     kind: str,
@@ -64,7 +75,7 @@ def make_set(
 ) -> Path:
     """Write a shard folder; ``short`` train indices get 6 frames, ``corrupt`` ones a truncated RGB video.
     ``height`` x ``width``: the tests' 48 x 64 by default; NVDEC needs larger frames (scripts/gpu uses 128 x 171)."""
-    make = {"codes": _codes_video, "ramps": _ramps_video}[kind]
+    make = {"codes": _codes_video, "ramps": _ramps_video, "grid": _grid_video}[kind]
     cache: dict[int, tuple[bytes, bytes]] = {}
 
     def encoded(t: int) -> tuple[bytes, bytes]:
@@ -119,10 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     p = argparse.ArgumentParser(
-        prog="python -m data_prep.patterns", description="Write a pattern shard set (codes | ramps)."
+        prog="python -m data_prep.patterns", description="Write a pattern shard set (codes | ramps | grid)."
     )
     p.add_argument("--out", required=True, help="output folder (manifest.json and shards)")
-    p.add_argument("--kind", choices=["codes", "ramps"], required=True, help="pattern (module docstring)")
+    p.add_argument(
+        "--kind", choices=["codes", "ramps", "grid"], required=True, help="pattern (module docstring)"
+    )
     p.add_argument("--train", type=int, default=8, help="training videos")
     p.add_argument("--test", type=int, default=5, help="test videos")
     p.add_argument("--frames", type=int, default=T_VIDEO, help="frames per video")

@@ -69,6 +69,21 @@ class DataDtype(str, enum.Enum):
     bfloat16 = "bfloat16"
 
 
+class FlowNorm(str, enum.Enum):
+    imagenet = "imagenet"
+    unit = "unit"
+
+
+class GrayMode(str, enum.Enum):
+    channel = "channel"
+    luma = "luma"
+
+
+class EvalOptim(str, enum.Enum):
+    sgd = "sgd"
+    adam = "adam"
+
+
 class EvalCrop(str, enum.Enum):
     center = "center"
     tencrop = "tencrop"
@@ -79,6 +94,11 @@ class Backbone(str, enum.Enum):
     r21d = "r21d"
     r3d = "r3d"
     tiny = "tiny"
+
+
+class ResNetSize(str, enum.Enum):
+    paper = "paper"
+    tv18 = "tv18"
 
 
 class MethodName(str, enum.Enum):
@@ -162,14 +182,52 @@ class DataConfig:
     crop_size: int = _f(128, "spatial size of the random resized crop")
     crop_scale: list[float] = _f([0.2, 1.0], "area range [min, max] of the random resized crop")
     aspect_ratio: list[float] = _f([0.75, 1.3333333], "aspect ratio (w/h) range of the random resized crop")
-    same_start_prob: float = _f(0.5, "probability that the two views of a video start at the same frame")
-    hflip: bool = _f(True, "random horizontal flip (flow x is negated with it)")
+    same_start_prob: float = _f(
+        0.5,
+        "probability that the two views of a video start at the same frame (with data.aug_controller: the "
+        "share of the released one-clip transform)",
+    )
+    hflip: bool = _f(True, "random horizontal flip (of both streams of a view, see data.align_streams)")
+    align_streams: bool = _f(
+        True,
+        "RGB view i and flow view i share the crop window, the flip and (data.flow_photometric) the "
+        "photometric draw, as the released code augments them as one sequence; false = independent draws",
+    )
+    flow_photometric: bool = _f(
+        True,
+        "colour jitter, grayscale and blur on flow too (paper 4.1 and released code: flow frames (x, y, 0) are "
+        "jittered like an RGB image); false = flow gets crop and flip only",
+    )
+    flow_normalisation: FlowNorm = _f(
+        FlowNorm.imagenet,
+        "flow input scaling: imagenet (released code: the (x, y, 0) flow image normalised with the RGB "
+        "ImageNet mean/std) | unit (x, y to [-1, 1], the third channel 0)",
+    )
+    flow_flip_negate: bool = _f(
+        False,
+        "negate flow x when a view is flipped (physically right: the motion is mirrored too); false = released "
+        "code: flow frames are flipped like images",
+    )
+    aug_controller: bool = _f(
+        True,
+        "released augmentation controller: with data.same_start_prob both views come from one clip and exactly "
+        "one gets the strong (jitter/grayscale/blur) augmentation; else each view gets it with "
+        "data.strong_aug_prob; views without it get crop and flip only; false = strong augmentation on every view",
+    )
+    strong_aug_prob: float = _f(
+        0.3, "probability of the strong augmentation per view of a two-clip sample (data.aug_controller)"
+    )
     color_jitter_prob: float = _f(0.8, "probability of colour jitter on an RGB view")
     brightness: float = _f(0.4, "colour jitter brightness strength")
     contrast: float = _f(0.4, "colour jitter contrast strength")
     saturation: float = _f(0.4, "colour jitter saturation strength")
     hue: float = _f(0.1, "colour jitter hue strength")
     grayscale_prob: float = _f(0.2, "probability of converting an RGB view to grayscale")
+    grayscale: GrayMode = _f(
+        GrayMode.channel,
+        "grayscale: channel (released RandomGray, 'actually a channel splitting': one random channel copied "
+        "to all three) | luma (0.299 R + 0.587 G + 0.114 B in every channel)",
+    )
     blur_prob: float = _f(0.5, "probability of Gaussian blur on an RGB view")
     blur_sigma: list[float] = _f([0.1, 2.0], "Gaussian blur sigma range [min, max] in pixels")
     dtype: DataDtype = _f(
@@ -183,6 +241,12 @@ class DataConfig:
     prefetch: int = _f(2, "batches prepared ahead of the training step")
     eval_clips: int = _f(10, "clips per video in eval mode, uniformly spaced")
     eval_crop: EvalCrop = _f(EvalCrop.center, "eval-mode spatial crop: center | tencrop")
+    eval_crop_fraction: float = _f(
+        224 / 240,
+        "eval crops span this fraction of the frame's shorter side (frames are resized so that a crop_size "
+        "crop does): 224/240 = the released test crops (224 of 240-pixel frames, scaled to 128), so ten-crop's "
+        "four corners differ; 1.0 = the whole shorter side (on 128x171 shards the corners then collapse to two)",
+    )
     on_bad_sample: BadSample = _f(
         BadSample.error, "a sample that fails to decode: error | skip (counted, warned)"
     )
@@ -192,6 +256,11 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     backbone: Backbone = _f(Backbone.s3d, "encoder: s3d | r21d | r3d | tiny (small 3D CNN for CPU demos)")
+    resnet: ResNetSize = _f(
+        ResNetSize.paper,
+        "size of r21d/r3d: paper (one block per stage as in the paper and the released code: R(2+1)D 14.4M, "
+        "R3D 14.2M parameters) | tv18 (torchvision's r2plus1d_18 / r3d_18, two blocks per stage: 31.3M / 33.2M)",
+    )
     tiny_width: int = _f(32, "channel width of the tiny backbone")
     proj_hidden: int = _f(2048, "hidden width of the 2-layer MLP projection head")
     proj_dim: int = _f(128, "output dimension D of the projection head (L2-normalised)")
@@ -214,6 +283,16 @@ class CoclrConfig:
     ubernce: bool = _f(
         False, "UberNCE oracle: positives = queue clips of the same class label, in every phase (upper bound)"
     )
+    same_video_positive: bool = _f(
+        True,
+        "co-training: queue entries of the query's own video (its keys from earlier epochs) are positives and "
+        "never mined (CoCLR code: mask_source); false = treated like any other queue entry",
+    )
+    mine_when_full: bool = _f(
+        True,
+        "co-training mines top-K positives only once the queue holds real keys in every row (CoCLR code: "
+        "queue_is_full); false = among the real rows while it fills",
+    )
 
 
 @dataclass
@@ -221,7 +300,11 @@ class GocaConfig:
     variant: GocaVariant = _f(GocaVariant.goca, "goca | sview | avg | sep")
     lambda1: float = _f(0.02, "entropy weight of the prior Sinkhorn")
     lambda2: float = _f(0.03, "prior weight of the prior Sinkhorn")
-    proto_reg_steps: int = _f(2, "prototype regularisation gradient steps before each training step")
+    proto_reg_steps: int = _f(
+        0,
+        "prototype regularisation steps after every optimiser step (0 = GOCA paper 3.3/3.4: regularised once "
+        "before training, then fixed; > 0 keeps re-spreading them during training)",
+    )
     proto_reg_lr: float = _f(0.1, "learning rate of the prototype regulariser")
     proto_reg_init_steps: int = _f(
         1000, "prototype regularisation steps at the start of training (the paper's one-off initialisation)"
@@ -241,6 +324,12 @@ class MethodConfig:
     epsilon: float = _f(0.05, "Sinkhorn entropy regularisation epsilon")
     sinkhorn_iters: int = _f(3, "Sinkhorn-Knopp iterations")
     queue_size: int = _f(1920, "feature queue length per view (0 = no queue)")
+    queue_when_full: bool = _f(
+        True,
+        "queued rows join the Sinkhorn assignment only once the queue is full (SwAV / released ViCC: the "
+        "queue fills from its start epoch, is used when its last row is written); false = its valid rows "
+        "are used while it fills",
+    )
     vicc: ViccConfig = field(default_factory=ViccConfig)
     coclr: CoclrConfig = field(default_factory=CoclrConfig)
     goca: GocaConfig = field(default_factory=GocaConfig)
@@ -255,6 +344,11 @@ class ScheduleConfig:
     single_queue_start_rgb: int = _f(150, "epoch at which the queue starts in rgb1")
     single_queue_start_flow: int = _f(200, "epoch at which the queue starts in flow1")
     single_freeze_prototypes: int = _f(100, "epochs the prototypes stay frozen in single-stream phases")
+    single_lr_epochs: int = _f(
+        0,
+        "length in epochs of ViCC's single-stream phases' cosine lr schedule (0 = single_epochs: the paper's "
+        "text; the released scripts ran a 500-epoch cosine and handed the epoch-299 checkpoint over: 500)",
+    )
     cross_cycles: int = _f(2, "cross-stream cycles (each: RGB then flow)")
     cross_epochs: int = _f(100, "epochs of each cross-stream alternation")
     cross_queue_start: int = _f(25, "epoch of each alternation at which the queue starts")
@@ -267,7 +361,14 @@ class OptimConfig:
     lr: float = _f(0.6, "base learning rate")
     final_lr: float = _f(6e-4, "learning rate at the end of the cosine schedule")
     warmup_epochs: float = _f(0.0, "linear warmup epochs at the start of each phase")
-    weight_decay: float = _f(1e-6, "weight decay (not on biases and norm parameters)")
+    weight_decay: float = _f(
+        1e-6, "weight decay (on every parameter unless optim.exclude_bias_norm, as in the released ViCC code)"
+    )
+    exclude_bias_norm: bool = _f(
+        False,
+        "biases and norm parameters (ndim <= 1) get neither weight decay nor LARS adaptation (solo-learn's "
+        "exclude_bias_n_norm); false = released ViCC/SwAV: SGD wd on every parameter, LARC adapts every one",
+    )
     momentum: float = _f(0.9, "SGD/LARS momentum")
     trust_coefficient: float = _f(0.001, "LARS trust coefficient")
     scale_lr: bool = _f(False, "scale lr linearly with global batch / base_batch")
@@ -281,6 +382,12 @@ class TrainConfig:
     channels_last: bool = _f(True, "use torch.channels_last_3d activations")
     compile: bool = _f(False, "torch.compile the encoders")
     sync_bn: bool = _f(False, "SyncBatchNorm across ranks")
+    bn_per_view: bool = _f(
+        True,
+        "each view of the trained encoder is forwarded as its own BatchNorm batch, so a video's views never "
+        "share BN statistics (released code: x1 and x2 forwarded separately; gradients flow through both); "
+        "false = all views in one forward (one larger batch: faster, but views share statistics on one rank)",
+    )
     batch_shuffle: bool = _f(
         True,
         "shuffle the batch across ranks around the encoders (BN leakage); no-op on one rank or with sync_bn",
@@ -308,21 +415,45 @@ class EvalConfig:
     batch_size: int = _f(
         32, "clips per rank per evaluation step (and per linear-probe / finetune training step)"
     )
-    linear_epochs: int = _f(100, "epochs of the linear probe")
-    finetune_epochs: int = _f(50, "epochs of end-to-end finetuning")
-    finetune_dropout: float = _f(0.5, "dropout before the finetuning classifier")
+    linear_epochs: int = _f(100, "epochs of the linear probe (released lin-*.sh: 100)")
+    finetune_epochs: int = _f(500, "epochs of end-to-end finetuning (released ft-*.sh: 500)")
+    finetune_dropout: float = _f(0.9, "dropout before the finetuning classifier (released: 0.9)")
     kmeans_restarts: int = _f(10, "K-means restarts of the cluster evaluation")
     linear_augment: bool = _f(
         True,
         "linear probe trains on augmented train clips (blur off) through the frozen encoder (papers); "
         "false: on cached clip-averaged eval features (much faster)",
     )
-    linear_lr: float = _f(1e-3, "Adam learning rate of the linear probe (cosine schedule)")
+    linear_optim: EvalOptim = _f(EvalOptim.sgd, "linear-probe optimiser: sgd (momentum 0.9, released) | adam")
+    linear_lr: float = _f(0.1, "learning rate of the linear probe (released: SGD 0.1)")
+    released_train_augment: bool = _f(
+        True,
+        "linear probe / finetune train clips as the released classifier: random resized crop + colour jitter "
+        "(0.4, 0.4, 0.4, 0.1) with p=0.3, no flip, grayscale or blur; false = the pretraining augmentation "
+        "without blur (jitter p=data.color_jitter_prob, grayscale, flip)",
+    )
+    linear_milestones: list[int] = _f(
+        [60, 80], "epochs at which the linear probe's lr drops x0.1 (released); empty = cosine to 0"
+    )
+    linear_l2norm: bool = _f(
+        True,
+        "linear probe on L2-normalised features through an affine BatchNorm1d (released LinearClassifier); "
+        "false = a parameter-free BatchNorm1d on the raw features",
+    )
     linear_weight_decay: float = _f(1e-3, "weight decay of the linear probe")
     linear_batch_size: int = _f(256, "videos per step of the linear probe on cached features")
-    finetune_lr: float = _f(1e-3, "Adam learning rate of end-to-end finetuning (cosine schedule)")
+    finetune_optim: EvalOptim = _f(EvalOptim.sgd, "finetuning optimiser: sgd (momentum 0.9, released) | adam")
+    finetune_lr: float = _f(0.1, "learning rate of end-to-end finetuning (released: SGD 0.1, backbone too)")
+    finetune_milestones: list[int] = _f(
+        [200, 300, 400, 450], "epochs at which the finetuning lr drops x0.1 (released); empty = cosine to 0"
+    )
     finetune_weight_decay: float = _f(1e-3, "weight decay of end-to-end finetuning")
     knn_chunk: int = _f(1024, "queries per block of the chunked nearest-neighbour search")
+    retrieval_centre_each: bool = _f(
+        True,
+        "retrieval: centre the test and the train features each by its own mean before L2 normalisation "
+        "(released ViCC/CoCLR code); false = both by the train mean",
+    )
     cache_dir: str = _f("", "feature cache folder (empty = <run>/eval/cache)")
     tsne_max_points: int = _f(2000, "test videos drawn in the t-SNE plot (random subset above this)")
     grid_queries: int = _f(6, "query rows of the retrieval grid picture")
@@ -428,8 +559,10 @@ def validate(cfg: Config) -> None:
             "must be [min, max] with 0 < min <= max <= 1",
         ),
         (0 <= cfg.data.same_start_prob <= 1, "data.same_start_prob", "must be in [0, 1]"),
+        (0 <= cfg.data.strong_aug_prob <= 1, "data.strong_aug_prob", "must be in [0, 1]"),
         (cfg.data.threads > 0, "data.threads", "must be > 0"),
         (cfg.data.eval_clips > 0, "data.eval_clips", "must be > 0"),
+        (0 < cfg.data.eval_crop_fraction <= 1, "data.eval_crop_fraction", "must be in (0, 1]"),
         (cfg.model.num_prototypes > 0, "model.num_prototypes", "must be > 0"),
         (cfg.model.proj_dim > 0, "model.proj_dim", "must be > 0"),
         (cfg.method.temperature > 0, "method.temperature", "must be > 0"),

@@ -23,6 +23,11 @@ def ramps_root(tmp_path_factory) -> Path:
     return make_set(tmp_path_factory.mktemp("ramps"), "ramps", n_test=2)
 
 
+@pytest.fixture(scope="session")
+def grid_root(tmp_path_factory) -> Path:
+    return make_set(tmp_path_factory.mktemp("grid"), "grid", n_test=2)
+
+
 def cfg_for(root: Path, *overrides: str) -> config.Config:
     """A small, augmentation-free configuration over ``root`` (tests switch on what they check)."""
     base = [

@@ -8,7 +8,7 @@ import torch
 
 from tests.data.conftest import cfg_for, frames_from_code, make_set
 from vicc_fast.config import Stream
-from vicc_fast.data.dali import FLOW_MEAN, FLOW_STD, RGB_MEAN, RGB_STD
+from vicc_fast.data.dali import RGB_MEAN, RGB_STD, flow_norm
 from vicc_fast.data.loader import build_loader
 from vicc_fast.data.manifest import BadSampleError
 
@@ -30,8 +30,10 @@ def rgb_values(x: torch.Tensor) -> np.ndarray:
 
 
 def flow_values(x: torch.Tensor) -> np.ndarray:
-    """[B, 3, T, H, W] normalised -> [B, T, H, W, 3] stored coding (x, y, and 127.5 for the zero channel)."""
-    return x.float().permute(0, 2, 3, 4, 1).numpy() * FLOW_STD + FLOW_MEAN
+    """[B, 3, T, H, W] normalised (``data.flow_normalisation``: imagenet, the default) -> [B, T, H, W, 3] the
+    stored coding (x, y) and the zero plane."""
+    mean, std = flow_norm("imagenet")
+    return x.float().permute(0, 2, 3, 4, 1).numpy() * std + mean
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -52,7 +54,7 @@ def test_shapes_dtype_channels_last(codes_root, backend, dtype):
             assert v.is_contiguous(memory_format=torch.channels_last_3d)
     assert b.label.dtype == torch.int64 and b.index.dtype == torch.int64
     assert torch.equal(b.label, b.index % 3)  # the .lbl member: label = index % 3 in this set
-    assert float(b.views[Stream.flow][0][:, 2].abs().max()) == 0.0  # the zero third channel
+    assert np.abs(flow_values(b.views[Stream.flow][0])[..., 2]).max() < 1  # the zero third plane
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -109,10 +111,14 @@ def test_frame_consistent_crop_and_flip(ramps_root, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_flow_flip_negates_x_and_crops_halves_alike(ramps_root, backend):
-    """Flow x and y hold the same ramp: unflipped clips give x == y (so both halves got the same crop);
-    flipped clips give x == 255 - y (x negated) with y's ramp reversed."""
-    cfg = cfg_for(ramps_root, f"data.backend={backend}", "data.crop_scale=[0.3,0.7]")
+@pytest.mark.parametrize("negate", [False, True])
+def test_flow_flip_and_crops_halves_alike(ramps_root, backend, negate):
+    """Flow x and y hold the same ramp: x == y (both halves got the same crop) with the flip as in the released
+    code (default: frames flipped like images); with ``data.flow_flip_negate`` flipped clips give
+    x == 255 - y (x negated), y's ramp reversed either way."""
+    cfg = cfg_for(
+        ramps_root, f"data.backend={backend}", "data.crop_scale=[0.3,0.7]", f"data.flow_flip_negate={negate}"
+    )
     seen = set()
     for b in loader(cfg, streams=(Stream.flow,)):
         for v in b.views[Stream.flow]:
@@ -120,9 +126,87 @@ def test_flow_flip_negates_x_and_crops_halves_alike(ramps_root, backend):
             for x, y in zip(f[..., 0], f[..., 1]):
                 flipped = np.diff(y.mean(axis=(0, 1))).mean() < 0
                 seen.add(bool(flipped))
-                target = 255 - y if flipped else y
+                target = 255 - y if flipped and negate else y
                 assert np.abs(x - target).mean() < 3, "x half not cropped/negated like y"
     assert seen == {True, False}
+
+
+def grid_pairs(cfg, epochs=1):
+    """(RGB view, flow view) pixel values [T, h, w, 3] of every sample and view of ``epochs`` epochs."""
+    ld = loader(cfg)
+    for e in range(epochs):
+        ld.set_epoch(e)
+        for b in ld:
+            for v in range(2):
+                yield from zip(rgb_values(b.views[Stream.rgb][v]), flow_values(b.views[Stream.flow][v]))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("align", [True, False])
+def test_rgb_and_flow_views_share_crop_window_and_flip(grid_root, backend, align):
+    """Grid set: RGB (R, G) and flow (x, y) hold the same horizontal / vertical ramps, so RGB view i and flow
+    view i come out equal pixel for pixel iff they got the same crop window and flip (released code: one
+    sequence per view; default). With ``data.align_streams=false`` they are drawn apart."""
+    cfg = cfg_for(
+        grid_root, f"data.backend={backend}", "data.crop_scale=[0.2,0.6]", f"data.align_streams={align}"
+    )
+    same, flips = [], []
+    for rgb, flo in grid_pairs(cfg):
+        diff = np.abs(rgb[..., :2] - flo[..., :2]).mean()
+        same.append(diff < 4)
+        flips.append(bool(np.diff(rgb[..., 0].mean(axis=(0, 1))).mean() < 0))
+    assert 0 < sum(flips) < len(flips)  # both flipped and unflipped views were checked
+    if align:
+        assert all(same), "RGB view i and flow view i got different crops or flips"
+    else:
+        assert sum(same) < len(same) / 2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("photometric", [True, False])
+def test_flow_photometric_takes_the_rgb_views_draw(grid_root, backend, photometric):
+    """Brightness-only jitter on every view (controller off): RGB R = b * ramp. With ``flow_photometric``
+    (default, released code) flow view i gets the same b (x == R, y == G); without it flow is not jittered."""
+    cfg = cfg_for(
+        grid_root,
+        f"data.backend={backend}",
+        "data.aug_controller=false",
+        "data.color_jitter_prob=1",
+        "data.contrast=0",
+        "data.saturation=0",
+        "data.hue=0",
+        f"data.flow_photometric={photometric}",
+    )
+    ratios = []
+    for rgb, flo in grid_pairs(cfg):
+        ratios.append(rgb[..., 0].mean() / max(flo[..., 0].mean(), 1e-6))
+        if photometric:
+            assert np.abs(rgb[..., :2] - flo[..., :2]).mean() < 4
+    moved = np.abs(np.array(ratios) - 1) > 0.05
+    assert not moved.any() if photometric else moved.sum() > len(moved) / 2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("controller", [True, False])
+def test_augmentation_controller_spares_views(grid_root, backend, controller):
+    """Released controller (default): ~60 % of views get crop + flip only (one-clip: one view of two;
+    two-clip: each view with 1 - 0.3), the rest the strong augmentation; off: every view is jittered.
+    Brightness-only jitter shows which: a view is unjittered when R == flow x (flow not jittered here)."""
+    cfg = cfg_for(
+        grid_root,
+        f"data.backend={backend}",
+        f"data.aug_controller={controller}",
+        "data.flow_photometric=false",
+        "data.color_jitter_prob=1",
+        "data.contrast=0",
+        "data.saturation=0",
+        "data.hue=0",
+    )
+    plain = [
+        abs(rgb[..., 0].mean() / max(flo[..., 0].mean(), 1e-6) - 1) < 0.01 for rgb, flo in grid_pairs(cfg, 2)
+    ]
+    # b ~ U(0.6, 1.4): an unlucky jittered view lands within 1 % of 1 with p = 2.5 %
+    assert sum(plain) >= len(plain) * 0.3 if controller else sum(plain) <= len(plain) * 0.2
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -245,3 +329,25 @@ def test_nvdec_on_a_cpu_pipeline_is_a_config_error(codes_root):
     cfg = cfg_for(codes_root, "data.backend=dali", "data.decoder=nvdec")
     with pytest.raises(ConfigError, match="data.decoder"):
         loader(cfg)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("fraction", [224 / 240, 1.0])
+def test_tencrop_gives_ten_distinct_crops(grid_root, backend, fraction):
+    """Released ten-crop: 224 crops of 240-pixel frames (scaled to the crop size), so the 4 corners, the centre
+    and their flips are 10 different crops (default). Crops spanning the whole shorter side collapse the
+    top and bottom corners (fraction 1.0: 6 distinct of 10)."""
+    cfg = cfg_for(
+        grid_root, f"data.backend={backend}", "data.eval_crop=tencrop", f"data.eval_crop_fraction={fraction}"
+    )
+    b = next(iter(loader(cfg, mode="eval", streams=(Stream.rgb,))))
+    rows = rgb_values(b.views[Stream.rgb][0])[(b.index == b.index[0]).numpy()]  # [crops * clips, T, h, w, 3]
+    sig = {
+        (
+            round(float(r[..., 0].mean())),
+            round(float(r[..., 1].mean())),
+            bool(np.diff(r[..., 0].mean(axis=(0, 1))).mean() < 0),
+        )
+        for r in rows
+    }
+    assert len(sig) == (10 if fraction < 1 else 6)

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from vicc_fast import config
 from vicc_fast.config import OptimConfig, Optimizer
 from vicc_fast.engine.optim import LARS, LrSchedule, build_optimizer, build_schedule, param_groups, scaled_lrs
 
@@ -18,9 +19,29 @@ class Net(nn.Module):
         self.protos = nn.Linear(6, 5, bias=False)
 
 
+def test_lars_default_adapts_and_decays_every_parameter_as_released():
+    """Released ViCC: SGD(momentum 0.9, wd on every parameter) inside LARC(trust 0.001, clip=False): one group
+    holding every parameter, biases and norm parameters included (FIDELITY.md, LARS row)."""
+    net = Net()
+    opt = build_optimizer(OptimConfig(), net.parameters())
+    assert isinstance(opt, LARS) and len(opt.param_groups) == 1
+    (g,) = opt.param_groups
+    assert {id(p) for p in g["params"]} == {id(p) for p in net.parameters()}
+    assert (
+        g["lars"] and g["weight_decay"] == 1e-6 and g["momentum"] == 0.9 and g["trust_coefficient"] == 0.001
+    )
+
+
+@pytest.mark.parametrize("name", ["ucf101_s3d", "ucf101_r21d", "ucf101_r3d", "hmdb51_s3d", "hmdb51_r21d"])
+def test_paper_configs_use_the_released_lars(name):
+    o = config.load(config.CONFIG_DIR / f"{name}.yaml").optim
+    assert (o.name, o.lr, o.final_lr, o.weight_decay, o.momentum) == (Optimizer.lars, 0.6, 6e-4, 1e-6, 0.9)
+    assert o.trust_coefficient == 0.001 and not o.exclude_bias_norm and o.warmup_epochs == 0
+
+
 def test_lars_groups_exclude_biases_and_norm_parameters():
     net = Net()
-    groups = param_groups(net.parameters(), weight_decay=1e-6)
+    groups = param_groups(net.parameters(), weight_decay=1e-6, exclude_bias_norm=True)
     names = {id(p): n for n, p in net.named_parameters()}
     adapted = {names[id(p)] for p in groups[0]["params"]}
     plain = {names[id(p)] for p in groups[1]["params"]}
@@ -28,17 +49,18 @@ def test_lars_groups_exclude_biases_and_norm_parameters():
     assert plain == {"conv.bias", "bn.weight", "bn.bias", "ln.weight", "ln.bias", "fc.bias"}
     assert groups[0]["lars"] and groups[0]["weight_decay"] == 1e-6
     assert not groups[1]["lars"] and groups[1]["weight_decay"] == 0.0
-    opt = build_optimizer(OptimConfig(), net.parameters())
+    opt = build_optimizer(OptimConfig(exclude_bias_norm=True), net.parameters())
     assert isinstance(opt, LARS) and [g["lars"] for g in opt.param_groups] == [True, False]
 
 
-def reference_lars_step(params, bufs, lr, momentum, wd, trust, eps=1e-8):
-    """Straightforward per-parameter LARS (apex LARC clip=False + SGD momentum), biases/norm excluded."""
+def reference_lars_step(params, bufs, lr, momentum, wd, trust, eps=1e-8, exclude=False):
+    """Straightforward per-parameter LARS (apex LARC clip=False + SGD momentum); ``exclude``: biases/norm
+    parameters get a plain step without decay."""
     for i, p in enumerate(params):
         if p.grad is None:
             continue
         g = p.grad.clone()
-        if p.ndim > 1:
+        if p.ndim > 1 or not exclude:
             pn, gn = p.norm().item(), g.norm().item()
             if pn > 0 and gn > 0:  # else: the raw gradient, as apex LARC
                 g = (g + wd * p) * (trust * pn / (gn + wd * pn + eps))
@@ -49,14 +71,15 @@ def reference_lars_step(params, bufs, lr, momentum, wd, trust, eps=1e-8):
         p.data -= lr * bufs[i]
 
 
-def test_lars_matches_per_parameter_reference():
+@pytest.mark.parametrize("exclude", [False, True])
+def test_lars_matches_per_parameter_reference(exclude):
     torch.manual_seed(0)
     shapes = [(5, 4), (5,), (3, 2, 2), (7, 3), (2, 2)]
     a = [nn.Parameter(torch.randn(s)) for s in shapes]
     a[4].data.zero_()  # zero weight: plain step
     b = [nn.Parameter(p.detach().clone()) for p in a]
     wd = 1e-2
-    opt = LARS(param_groups(a, wd), lr=0.5, momentum=0.9, trust_coefficient=0.001)
+    opt = LARS(param_groups(a, wd, exclude), lr=0.5, momentum=0.9, trust_coefficient=0.001)
     bufs = [None] * len(b)
     for it in range(4):
         grads = [torch.randn(s) for s in shapes]
@@ -69,7 +92,7 @@ def test_lars_matches_per_parameter_reference():
         for grp in opt.param_groups:
             grp["lr"] = lr
         opt.step()
-        reference_lars_step(b, bufs, lr, 0.9, wd, 0.001)
+        reference_lars_step(b, bufs, lr, 0.9, wd, 0.001, exclude=exclude)
     for pa, pb in zip(a, b):
         torch.testing.assert_close(pa.detach(), pb.detach(), rtol=1e-6, atol=1e-7)
 
@@ -93,6 +116,10 @@ def test_lars_step_never_syncs_per_parameter(monkeypatch):
 @pytest.mark.parametrize("name", [Optimizer.sgd, Optimizer.adam])
 def test_other_optimizers_keep_the_groups(name):
     opt = build_optimizer(OptimConfig(name=name, weight_decay=0.1), Net().parameters())
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1]  # CoCLR's Adam: wd on every parameter
+    opt = build_optimizer(
+        OptimConfig(name=name, weight_decay=0.1, exclude_bias_norm=True), Net().parameters()
+    )
     assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
 
 
@@ -121,3 +148,18 @@ def test_schedule_from_config_and_lr_scaling():
     assert scaled_lrs(cfg, 512) == (0.6, 6e-4)
     no_warm = LrSchedule(base=1.0, final=0.0, total=5)
     assert no_warm(0) == 1.0 and no_warm(4) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("name", ["ucf101_s3d", "ucf101_r21d", "ucf101_r3d"])
+def test_paper_configs_run_the_released_stage1_cosine(name):
+    """Released single-stream scripts: --epochs 500 cosine, the epoch-299 checkpoint handed to stage 2, so
+    the rate is still ~0.24 at the hand-off (the paper's text would end the cosine at epoch 300)."""
+    from vicc_fast.methods.vicc import vicc_phases
+
+    cfg = config.load(config.CONFIG_DIR / f"{name}.yaml")
+    phases = {p.name: p for p in vicc_phases(cfg)}
+    assert phases["rgb1"].epochs == 300 and phases["rgb1"].lr_epochs == 500
+    assert phases["cross_rgb_c1"].lr_epochs == 0  # cross-stream: one 100-epoch cosine per alternation
+    s = build_schedule(cfg.optim, 192, steps_per_epoch=10, epochs=phases["flow1"].lr_epochs)
+    assert s(299 * 10 + 9) == pytest.approx(6e-4 + 0.5 * (0.6 - 6e-4) * (1 + math.cos(math.pi * 2999 / 4999)))
+    assert 0.2 < s(2999) < 0.3

@@ -90,3 +90,57 @@ def test_linear_augmented_keeps_encoder_frozen():
         feats = torch.cat([enc.eval()(b.views[Stream.rgb][0]) for b in loader.batches])
     labels = torch.cat([b.label for b in loader.batches])
     assert topk_accuracy(predict(probe, feats), labels)["top1"] == 100.0
+
+
+def test_released_linear_and_finetune_protocols_by_default():
+    """Released lin-*.sh / ft-*.sh (main_classifier.py): linear probe SGD 0.1 (momentum 0.9), wd 1e-3, 100
+    epochs, /10 at 60 and 80, L2-normalised features + BN + FC; finetune SGD 0.1, wd 1e-3, dropout 0.9, 500
+    epochs, /10 at 200, 300, 400, 450."""
+    from vicc_fast.config import EvalConfig, EvalOptim
+    from vicc_fast.eval.linear import LinearProbe, lr_at
+
+    e = EvalConfig()
+    assert (e.linear_optim, e.linear_lr, e.linear_weight_decay, e.linear_epochs) == (
+        EvalOptim.sgd,
+        0.1,
+        1e-3,
+        100,
+    )
+    assert e.linear_milestones == [60, 80] and e.linear_l2norm
+    assert (e.finetune_optim, e.finetune_lr, e.finetune_weight_decay) == (EvalOptim.sgd, 0.1, 1e-3)
+    assert (e.finetune_epochs, e.finetune_dropout, e.finetune_milestones) == (500, 0.9, [200, 300, 400, 450])
+    spe = 7
+    assert [
+        lr_at(0.1, ep * spe, 100 * spe, spe, [60, 80]) for ep in (0, 59, 60, 79, 80, 99)
+    ] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    assert lr_at(1.0, 50, 100, 10) == pytest.approx(0.5)  # no milestones: cosine
+    probe = LinearProbe(4, 3, l2norm=True)
+    x = torch.randn(6, 4)
+    probe.eval()
+    torch.testing.assert_close(probe(x), probe(10 * x))  # features are L2-normalised first
+    assert probe.bn.affine
+
+
+def test_released_probe_recipe_learns_separable_features():
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(60) % 3
+    x = torch.nn.functional.one_hot(y, 3).float() * 4 + torch.randn(60, 3, generator=g)
+    probe = fit_linear_on_features(
+        x, y, 3, epochs=12, lr=0.1, batch_size=20, optim="sgd", milestones=[8, 10], l2norm=True
+    )
+    assert topk_accuracy(predict(probe, x), y)["top1"] > 90
+
+
+def test_supervised_train_clips_as_the_released_classifier():
+    """Released main_classifier train transform: crop + ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.3), no flip,
+    grayscale or blur; the demo keeps the pretraining augmentation (released_train_augment=false)."""
+    from vicc_fast import config as C
+    from vicc_fast.eval.runner import supervised_cfg
+
+    d = supervised_cfg(C.load(C.CONFIG_DIR / "ucf101_s3d.yaml")).data
+    assert (d.hflip, d.grayscale_prob, d.blur_prob, d.color_jitter_prob, d.aug_controller) == (
+        False, 0.0, 0.0, 0.3, False,
+    )  # fmt: skip
+    assert (d.brightness, d.contrast, d.saturation, d.hue) == (0.4, 0.4, 0.4, 0.1)
+    demo = supervised_cfg(C.load(C.DEFAULT_CONFIG)).data
+    assert demo.hflip and not demo.aug_controller and demo.blur_prob == 0.0

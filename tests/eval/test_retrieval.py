@@ -114,3 +114,21 @@ def test_centre_normalise():
 def test_bad_shapes(q, g, ql, gl):
     with pytest.raises(ValueError):
         recall_at_k(q, ql.long(), g, gl.long(), (1,))
+
+
+def test_retrieval_centres_each_split_by_its_own_mean_as_released():
+    """Released ViCC/CoCLR retrieval: test and train features each minus their own mean, then L2. A shift of
+    every test feature (a domain offset) is then invisible; centring by the train mean is not."""
+    from vicc_fast.config import EvalConfig
+
+    assert EvalConfig().retrieval_centre_each
+    g = torch.Generator().manual_seed(3)
+    labels_g, labels_q = torch.arange(40) % 4, torch.arange(12) % 4
+    centres = torch.randn(4, 8, generator=g)
+    gal = centres[labels_g] + 0.3 * torch.randn(40, 8, generator=g)
+    qry = centres[labels_q] + 0.3 * torch.randn(12, 8, generator=g)
+    base = fused_recall({Stream.rgb: qry}, labels_q, {Stream.rgb: gal}, labels_g, ks=(1,))
+    shifted = {Stream.rgb: qry + 50.0}
+    own = fused_recall(shifted, labels_q, {Stream.rgb: gal}, labels_g, ks=(1,))
+    by_train = fused_recall(shifted, labels_q, {Stream.rgb: gal}, labels_g, ks=(1,), centre_each=False)
+    assert own == base and by_train["rgb/R@1"] < base["rgb/R@1"]

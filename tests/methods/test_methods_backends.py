@@ -23,7 +23,7 @@ def test_triton_backend_matches_torch(name):
     m_torch.train()
     m_torch.setup_phase(phase)
     m_torch.queue.queue.copy_(F.normalize(torch.randn_like(m_torch.queue.queue), dim=-1))
-    m_torch.queue.filled = 8
+    m_torch.queue.filled = m_torch.queue.length  # a full queue: its rows join the assignment
     m_tri = copy.deepcopy(m_torch)
     m_tri.backend = KernelBackend.triton.value
     m_tri.cfg = copy.deepcopy(cfg)

@@ -179,3 +179,32 @@ def test_bad_settings_are_clear_errors():
 
     with pytest.raises(ConfigError, match="method.coclr.queue_size"):
         build_method(coclr_config(queue_size=0))
+
+
+def test_cotraining_same_video_entries_are_positives_and_never_mined():
+    """CoCLR code (mask_source): queued keys of the query's own video are positives, excluded from top-K;
+    mining starts once the queue is full (queue_is_full)."""
+    c = Config().method.coclr
+    assert c.same_video_positive and c.mine_when_full
+    torch.manual_seed(0)
+    m = build_method(coclr_config(topk=2))
+    phase = {p.name: p for p in m.phases()}["cross_rgb_c1"]
+    m.train()
+    m.setup_phase(phase)
+    batch = make_batch(B=4)
+    with torch.no_grad():
+        z2 = m.nets["flow"].embed(batch.views[Stream.flow][0])
+    q = F.normalize(torch.randn(2, 16, 8), dim=-1)
+    q[1, 5] = z2[0]  # row 5: video 0's own earlier key, the most similar flow feature for query 0
+    m.queue.queue.copy_(q)
+    m.queue_videos.copy_(torch.arange(16) + 100)
+    m.queue_videos[5] = batch.index[0]
+    m.queue.filled = 10  # not full: no mining yet, the same-video entry is already a positive
+    assert m.loss(batch, state_at(phase, 0))["positives"].item() == pytest.approx((2 + 1 + 1 + 1) / 4)
+    m.queue.queue.copy_(q)
+    m.queue_videos.copy_(torch.arange(16) + 100)
+    m.queue_videos[5] = batch.index[0]
+    m.queue.filled = 16
+    out = m.loss(batch, state_at(phase, 0))
+    # query 0: own key + its video's entry + 2 mined others (row 5 not among them); others: own key + 2 mined
+    assert out["positives"].item() == pytest.approx((4 + 3 * 3) / 4)

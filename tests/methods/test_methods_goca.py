@@ -109,8 +109,10 @@ def test_regulariser_equals_eq11_and_lowers_the_max_similarity():
 
 
 def test_prototypes_placed_by_regulariser_not_by_the_loss():
+    """GOCA 3.3-3.4: the regulariser runs once before training, then the prototypes stay fixed (default)."""
+    assert Config().method.goca.proto_reg_steps == 0
     torch.manual_seed(0)
-    cfg = goca_config(proto_reg_steps=0)
+    cfg = goca_config()
     m = build_method(cfg)
     phase = m.phases()[0]
     w_init = m.protos["shared"].weight.detach().clone()
@@ -127,6 +129,11 @@ def test_prototypes_placed_by_regulariser_not_by_the_loss():
     assert torch.equal(m.protos["shared"].weight, w0)  # proto_reg_steps=0: untouched by training
     assert all(p.grad is not None for p in m.backbones["rgb"].parameters())
     assert all(p.grad is not None for p in m.backbones["flow"].parameters())  # joint, end to end
+    m.setup_phase(phase)  # a resumed phase: no second initialisation
+    assert torch.equal(m.protos["shared"].weight, w0)
+    m.cfg.method.goca.proto_reg_steps = 2  # the switch: re-spread after every optimiser step
+    m.after_step(state_at(phase, 0))
+    assert not torch.equal(m.protos["shared"].weight, w0)
 
 
 def test_variants():
@@ -164,8 +171,12 @@ def test_schedule_and_queue():
     with torch.no_grad():
         m.loss(make_batch(), state_at(phase, phase.queue_start_epoch - 1))
         assert m.queue.filled == 0
-        m.loss(make_batch(), state_at(phase, phase.queue_start_epoch))
+        ons = [m.loss(make_batch(), state_at(phase, phase.queue_start_epoch))["queue_on"].item()]
         assert m.queue.filled == 4
+        ons += [
+            m.loss(make_batch(), state_at(phase, phase.queue_start_epoch))["queue_on"].item() for _ in "abc"
+        ]
+    assert ons == [0.0, 0.0, 0.0, 1.0]  # the queue (12 rows, 4 per step) joins once full, as in SwAV
 
 
 @pytest.mark.parametrize("variant", list(GocaVariant))

@@ -86,7 +86,10 @@ def method_and_phases(cfg: Config) -> tuple[ViCC, dict[str, PhaseSpec]]:
 
 def embeddings(m: ViCC, batch, phase):
     s, t = phase.train_stream, phase.frozen_stream
-    z_s = m.nets[s.value].embed(torch.cat(batch.views[s]))
+    if m.cfg.train.bn_per_view:  # each view its own BN batch (the default, as released)
+        z_s = torch.cat([m.nets[s.value].embed(v) for v in batch.views[s]])
+    else:
+        z_s = m.nets[s.value].embed(torch.cat(batch.views[s]))
     z_t = None
     if t is not None:
         with torch.no_grad():
@@ -289,7 +292,11 @@ def test_frozen_stream_never_changes(cfg, name):
     assert all(p.grad is None for p in m.nets[t].parameters())
 
 
-def test_queue_starts_at_configured_epoch_and_is_used(cfg):
+@pytest.mark.parametrize("when_full", [True, False])
+def test_queue_starts_at_configured_epoch_and_is_used(cfg, when_full):
+    """The queue fills from its start epoch; its rows join the assignment once it is full (default: SwAV and
+    the released ViCC code) or from the step after its first rows (``method.queue_when_full=false``)."""
+    cfg.method.queue_when_full = when_full
     m, phases = method_and_phases(cfg)
     phase = replace(phases["cross_rgb_c1"], queue_start_epoch=2)
     m.setup_phase(phase)
@@ -298,24 +305,30 @@ def test_queue_starts_at_configured_epoch_and_is_used(cfg):
     for epoch in range(2):
         out = _sgd_step(m, phase, state_at(phase, epoch), batch, opt)
         assert m.queue.filled == 0 and out["queue_on"].item() == 0.0
-    _sgd_step(m, phase, state_at(phase, 2, 0), batch, opt)
-    assert m.queue.filled == 4  # the queue filled from the first step of epoch 2 ...
+    out = _sgd_step(m, phase, state_at(phase, 2, 0), batch, opt)
+    assert m.queue.filled == 4 and out["queue_on"].item() == 0.0  # the queue filled from epoch 2 ...
     # ... holding all four views' embeddings (s_i, s_j, t_i, t_j)
-    m.eval()
-    with torch.no_grad():
-        z_s, z_t = embeddings(m, batch, phase)
-    m.train()
     assert m.queue.queue[:, :4].abs().sum(-1).gt(0).all()
-    # and is used from the next step: the loss differs from the loss without the queue
-    s1 = state_at(phase, 2, 1)
-    with torch.no_grad():
-        with_q = m.loss(batch, s1)["loss"]
-        assert m.queue.filled == 8
-        m.queue.filled = 0
-        without_q = m.loss(batch, replace(s1, epoch=0))["loss"]
-    assert not torch.allclose(with_q, without_q)
+
+    def with_and_without_queue(step: int) -> tuple[dict, torch.Tensor]:
+        s1 = state_at(phase, 2, step)
+        with torch.no_grad():
+            filled, ptr = m.queue.filled, m.queue.ptr
+            without_q = m.loss(batch, replace(s1, epoch=0))["loss"]  # queue off: untouched
+            out = m.loss(batch, s1)
+        assert (m.queue.filled, m.queue.ptr) == (min(12, filled + 4), (ptr + 4) % 12)
+        return out, without_q
+
+    # length 12, 4 rows per step: full after the third step of epoch 2, so it joins at the fourth
+    joined = []
+    for step in (1, 2, 3):
+        out, without_q = with_and_without_queue(step)
+        on = out["queue_on"].item() == 1.0
+        assert on == (not torch.allclose(out["loss"], without_q))  # queue_on says whether rows joined
+        joined.append(on)
+    assert joined == ([False, False, True] if when_full else [True, True, True])
     for _ in range(5):
-        m.loss(batch, s1)
+        m.loss(batch, state_at(phase, 2, 4))
     assert m.queue.filled == 12  # capped at the configured length
 
 

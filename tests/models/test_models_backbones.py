@@ -3,8 +3,10 @@
 import pytest
 import torch
 
-from vicc_fast.config import Backbone, ModelConfig
-from vicc_fast.models import ProjectionHead, Prototypes, build_encoder, build_head
+from vicc_fast import config
+from vicc_fast.config import Backbone, ModelConfig, ResNetSize
+from vicc_fast.models import PaperResNet, ProjectionHead, Prototypes, VideoResNet, build_encoder, build_head
+from vicc_fast.models.backbones import r21d_mid_channels
 
 torch.set_num_threads(1)
 
@@ -22,6 +24,35 @@ def test_paper_backbones_run_at_128px_channels_last(backbone, frames, dim):
         y = enc(x)
     assert y.shape == (1, dim)
     assert torch.isfinite(y).all()
+
+
+def n_params(m: torch.nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+# ViCC paper Table 4 (R(2+1)D 14.4M) and the issue's R3D (14.2M): one residual block per stage
+@pytest.mark.parametrize(("backbone", "paper_params"), [(Backbone.r21d, 14.4e6), (Backbone.r3d, 14.2e6)])
+def test_paper_resnets_have_the_papers_parameter_count(backbone, paper_params):
+    enc = build_encoder(ModelConfig(backbone=backbone))  # the schema default is the paper's size
+    assert isinstance(enc, PaperResNet)
+    assert abs(n_params(enc) - paper_params) / paper_params < 0.01
+    tv = build_encoder(ModelConfig(backbone=backbone, resnet=ResNetSize.tv18))  # the switch: torchvision -18
+    assert isinstance(tv, VideoResNet) and n_params(tv) > 31e6
+
+
+@pytest.mark.parametrize("name", ["ucf101_r21d", "ucf101_r3d", "hmdb51_r21d"])
+def test_paper_configs_select_the_paper_resnets(name):
+    cfg = config.load(config.CONFIG_DIR / f"{name}.yaml")
+    assert cfg.model.resnet is ResNetSize.paper
+    assert isinstance(build_encoder(cfg.model), PaperResNet)
+
+
+def test_r21d_mid_channels_match_the_full_convolution():
+    """Tran et al. 3.5: the (2+1)D pair has (about) the parameters of the t x d x d convolution."""
+    assert r21d_mid_channels(3, 64, (3, 7, 7)) == 83  # the stem
+    for cin, cout in [(64, 64), (64, 128), (256, 512)]:
+        m = r21d_mid_channels(cin, cout, (3, 3, 3))
+        assert abs((9 * cin * m + 3 * m * cout) - 27 * cin * cout) <= 9 * cin + 3 * cout
 
 
 def test_no_pretrained_weights_loaded():

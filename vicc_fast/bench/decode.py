@@ -230,6 +230,7 @@ def _pattern_cfg(root: str, threads: int, *overrides: str):
             "data.color_jitter_prob=0",
             "data.grayscale_prob=0",
             "data.blur_prob=0",
+            "data.flow_normalisation=unit",  # flow_values below inverts the unit scaling
             "data.dtype=float32",
             f"data.threads={threads}",
             "train.batch_size=2",

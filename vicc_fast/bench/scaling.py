@@ -98,8 +98,10 @@ def comm_model(
     if cfg.train.batch_shuffle and not cfg.train.sync_bn:
         clips = V_train * B * 3 * T * H * H * 4
         feats = V_train * B * feature_dim * 4
+        forwards = V_train if cfg.train.bn_per_view else 1  # one shuffled forward per view, or one for all
         shuffle = {
-            "all_to_all_calls": 3,  # clips there, features back, features' gradient there again
+            # per shuffled forward: clips there, features back, features' gradient there again
+            "all_to_all_calls": 3 * forwards,
             "all_to_all_bytes": clips + 2 * feats,
             # expected bytes leaving (and, by symmetry, arriving at) a rank: the rows that change rank
             "all_to_all_sent_bytes": (world - 1) * (clips + 2 * feats) / world,

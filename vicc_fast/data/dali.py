@@ -8,21 +8,26 @@ Every output is per-sample ``FHWC`` so that PyTorch sees ``[B, T, H, W, C]`` and
 
 Train graph, per sample (one video):
     lbl -> (label, index) -> frames = LUT[index]
-    starts: view 0 uniform in [0, frames - span]; view v > 0 the same start with ``same_start_prob``,
-            else its own uniform draw (span = (T - 1) * stride + 1)
+    draws: ViewSource (host, vicc_fast/data/augment.py) per sample: whether the views share a start (the
+            released controller's one-clip choice, ``same_start_prob``), which views get the strong
+            augmentation, flips, blur flags and sigma, and the colour maps of RGB and flow (normalisation folded)
+    starts: view 0 uniform in [0, frames - span]; view v > 0 the same start when the draw says so, else its
+            own uniform draw (span = (T - 1) * stride + 1)
     decode: when all views fit in one window no longer than the views decoded one by one (``union_decode``)
             the window is decoded once and each view is gathered from it (``sequence_rearrange``); else each
             view is decoded on its own with ``start_frame`` / ``sequence_length`` / ``stride``. RGB and flow
             use the same starts, so view v of both streams covers the same frames.
-    RGB:  random resized crop and flip in one resize (a flipped ROI) -> Gaussian blur (p, conditional) ->
-          colour jitter (p) + grayscale (p) + normalisation folded into one per-sample affine colour map
-          (``coord_transform``; the maps come from ``ColourSource``), all parameters per sample, so every
+    crop: one random crop window per view, shared by RGB view i and flow view i (``align_streams``: the
+          released code augments [rgb_i, flow_i] as one sequence), else one per stream and view.
+    RGB:  crop and flip in one resize (a flipped ROI) -> Gaussian blur (conditional on the draw) -> colour
+          jitter + grayscale + normalisation as one per-sample affine map (``coord_transform``), so every
           frame of a clip gets the same crop / flip / colours.
     flow: the (2H) x W frame holds x above y: reshape [T, 2H, W, 3] -> [2T, H, W, 3] (free) and keep channel 0
           (x and y sit in luma; the decoder's RGB has R = G = B): the x and y planes become consecutive frames,
-          so one random resized crop applies the same window to both halves. [2T, c, c, 1] read as
-          [T, 2(C), c, c], padded with a constant plane, is flipped, normalised (x's std negated on flipped
-          samples: v -> 255 - v is x -> -x), made channel-last and cast by one crop_mirror_normalize.
+          so the view's crop window and flip apply to both halves in one resize -> blur (the RGB view's draw
+          with ``flow_photometric``) -> [T, 2(C), c, c] padded with a zero plane to the (x, y, 0) image the
+          released code jitters, channel-last -> one per-sample affine map (the RGB view's jitter/grayscale
+          with ``flow_photometric``, the normalisation, and x negated on flipped views with ``flow_flip_negate``).
 
 Eval graph: the whole video is decoded once and ``eval_clips`` uniformly spaced clips are gathered from it; centre
 crop, or ten-crop (4 corners + centre, each also flipped); output per sample [clips * crops * T, c, c, 3].
@@ -38,8 +43,18 @@ from vicc_fast.config import Stream
 
 RGB_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 RGB_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
-FLOW_MEAN = 127.5  # stored flow coding: 0 motion <-> 127.5; [0, 255] -> [-1, 1]
+FLOW_MEAN = 127.5  # stored flow coding: 0 motion <-> 127.5; [0, 255] -> [-1, 1] ("unit" normalisation)
 FLOW_STD = 127.5
+
+
+def flow_norm(mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (mean [3], std [3]) on the flow image (x, y, 0) in [0, 255]: ``imagenet`` = the RGB
+    statistics (the released code normalises flow like RGB); ``unit`` = x, y to [-1, 1], the zero plane to 0."""
+    if mode == "imagenet":
+        return np.array(RGB_MEAN), np.array(RGB_STD)
+    if mode == "unit":
+        return np.array([FLOW_MEAN, FLOW_MEAN, 0.0]), np.full(3, FLOW_STD)
+    raise ValueError(f"unknown flow normalisation {mode!r} (imagenet | unit)")
 MAX_LUT_KEYS = 65536  # fn.lookup_table keys live in [0, 65535]
 
 
@@ -71,7 +86,17 @@ class PipeSpec:
     half: bool  # float16 output (else float32)
     height: int  # stored video size (crop/resize decisions at graph build time)
     width: int
-    nvdec: bool = False  # decode with NVDEC ("mixed"); else DALI's CPU decoder (then .gpu() on a GPU pipeline)
+    nvdec: bool = (
+        False  # decode with NVDEC ("mixed"); else DALI's CPU decoder (then .gpu() on a GPU pipeline)
+    )
+    align_streams: bool = True  # RGB view i and flow view i share crop, flip and photometric draws
+    flow_photometric: bool = True  # jitter / grayscale / blur on flow as on RGB (released code)
+    flow_flip_negate: bool = False  # negate flow x on flipped views (not in the released code)
+    aug_controller: bool = True  # the released one-clip / two-clip controller of the strong augmentation
+    strong_aug_prob: float = 0.3
+    grayscale: str = "channel"  # channel (released: one random channel copied to all three) | luma
+    eval_crop_fraction: float = 1.0  # eval crops span this fraction of the shorter side
+    flow_normalisation: str = "unit"  # imagenet (released: flow normalised like RGB) | unit
 
     @property
     def span(self) -> int:
@@ -88,14 +113,21 @@ _YIQ2RGB = np.linalg.inv(_RGB2YIQ)
 
 
 def colour_affine(
-    brightness: np.ndarray, contrast: np.ndarray, saturation: np.ndarray, hue: np.ndarray, gray: np.ndarray
+    brightness: np.ndarray,
+    contrast: np.ndarray,
+    saturation: np.ndarray,
+    hue: np.ndarray,
+    gray: np.ndarray,
+    gray_weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Colour jitter and grayscale as one affine map per sample on [0, 255] RGB, ``y = M x + t``.
 
     brightness, contrast, saturation: [B] factors (1 = unchanged); hue: [B] in turns (0.1 = 36 degrees,
     torchvision's unit); gray: [B] bool. Applied in the order brightness, contrast (about mid-grey 128, as
     DALI's colour ops do; torchvision uses the image mean), saturation (blend with luma), hue (rotation in
-    YIQ), grayscale. Returns M [B, 3, 3], t [B, 3]. Every step maps grey to grey, so t stays (1 - c) * 128.
+    YIQ), grayscale: every channel <- ``gray_weights`` [B, 3] . RGB (rows summing to 1; default luma; a one-hot
+    row is the released code's channel split). Returns M [B, 3, 3], t [B, 3]. Every step maps grey to grey,
+    so t stays (1 - c) * 128.
     """
     n = len(brightness)
     eye = np.broadcast_to(np.eye(3), (n, 3, 3))
@@ -105,40 +137,55 @@ def colour_affine(
     rot = np.zeros((n, 3, 3))
     rot[:, 0, 0] = 1
     rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = np.cos(th), -np.sin(th), np.sin(th), np.cos(th)
-    hue_m = _YIQ2RGB @ rot @ _RGB2YIQ
-    gray_m = np.where(gray[:, None, None], to_luma, eye)
+    # exactly the identity without a hue shift: the YIQ round trip leaves ~1e-17 cross terms, which would leak
+    # into flow's zero third channel
+    hue_m = np.where((hue == 0)[:, None, None], eye, _YIQ2RGB @ rot @ _RGB2YIQ)
+    w = np.broadcast_to(_LUMA, (n, 3)) if gray_weights is None else gray_weights
+    gray_m = np.where(gray[:, None, None], np.ones((1, 3, 1)) * w[:, None, :], eye)
     m = gray_m @ hue_m @ sat * (brightness * contrast)[:, None, None]
     t = np.repeat(((1 - contrast) * 128.0)[:, None], 3, axis=1)
     return m, t
 
 
-class ColourSource:
-    """``fn.external_source`` callable: per batch and view, the affine map of colour jitter (p), grayscale (p)
-    and normalisation, [B, 3, 3] and [B, 3] float32, drawn from a generator seeded like the pipeline."""
+class ViewSource:
+    """``fn.external_source`` callable: per batch, the host-side draws of :func:`augment.draw_views`, seeded
+    like the pipeline. Outputs (batch-major): ``same`` [B] int32 (with two or more views), then per view the fields of
+    :meth:`view_keys` in order: ``flip_<stream>`` [B] int32, ``<stream>_m`` [B, 3, 3], ``<stream>_t`` [B, 3]
+    (colour maps with the normalisation folded in), ``blur_<stream>`` [B] bool, ``sigma`` [B] float32."""
 
     def __init__(self, spec: PipeSpec, batch_size: int, seed: int) -> None:
         self.spec, self.batch_size = spec, batch_size
         self.rng = np.random.default_rng([seed, 0xC0105])
+        self.keys = self.view_keys(spec)
+
+    @staticmethod
+    def view_keys(spec: PipeSpec) -> list[str]:
+        """The per-view outputs the graph of ``spec`` reads (DALI warns about unused ones)."""
+        keys = []
+        for s in spec.streams:
+            keys += [f"flip_{s.value}", f"{s.value}_m", f"{s.value}_t"]
+            if spec.blur_prob > 0 and (s == Stream.rgb or spec.flow_photometric):
+                keys.append(f"blur_{s.value}")
+        if any(k.startswith("blur_") for k in keys):
+            keys.append("sigma")
+        return keys
 
     def __call__(self) -> list[np.ndarray]:
-        sp, n, rng = self.spec, self.batch_size, self.rng
-        inv_std = 1.0 / np.array(RGB_STD)
-        out = []
-        for _ in range(sp.num_views):
-            jit = rng.random(n) < sp.color_jitter_prob
-            gray = rng.random(n) < sp.grayscale_prob
+        from vicc_fast.data.augment import draw_views
 
-            def factor(strength: float, jit=jit) -> np.ndarray:
-                f = rng.uniform(max(0.0, 1 - strength), 1 + strength, n)
-                return np.where(jit, f, 1.0)
-
-            b, c, s = factor(sp.brightness), factor(sp.contrast), factor(sp.saturation)
-            h = np.where(jit, rng.uniform(-sp.hue, sp.hue, n), 0.0)
-            m, t = colour_affine(b, c, s, h, gray)
-            # fold (y - mean) / std into the map
-            out.append((inv_std[None, :, None] * m).astype(np.float32))
-            out.append((inv_std[None, :] * (t - np.array(RGB_MEAN)[None, :])).astype(np.float32))
+        same, views = draw_views(self.rng, self.batch_size, self.spec.num_views, self.spec)
+        out = [same.astype(np.int32)] if self.spec.num_views > 1 else []
+        for d in views:
+            for k in self.keys:
+                a = getattr(d, k)
+                out.append(a.astype(np.int32) if k.startswith("flip_") else a)
         return out
+
+
+def eval_resize(crop: int, fraction: float) -> int:
+    """Shorter side the eval frames are resized to, so that a ``crop`` x ``crop`` crop spans ``fraction`` of
+    it (released ten-crop: 224 of 240 pixels -> 128 crops of 137-pixel frames)."""
+    return max(crop, int(round(crop / fraction)))
 
 
 def frames_lut_args(frames: np.ndarray) -> dict:
@@ -182,14 +229,9 @@ def build_pipeline(
     c = spec.crop_size
     T = spec.num_frames
 
-    def coin(p: float):
-        return fn.random.coin_flip(probability=float(p), dtype=types.BOOL)
-
-    def uniform(lo: float, hi: float):
-        return fn.random.uniform(range=[float(lo), float(hi)])
-
     # ------------------------------------------------------------------ temporal sampling
-    def draw_starts(nframes):
+    def draw_starts(nframes, same_start):
+        """same_start: per-sample int32 0/1 from ViewSource (the controller's one-clip choice)."""
         room = nframes - float(spec.span - 1)  # number of valid starts (>= 1, checked on the host)
 
         def one():
@@ -198,11 +240,7 @@ def build_pipeline(
 
         starts = [one()]
         for _ in range(1, spec.num_views):
-            if spec.same_start_prob >= 1:
-                starts.append(starts[0])
-                continue
-            same = fn.cast(coin(spec.same_start_prob), dtype=types.INT32)
-            starts.append(same * starts[0] + (1 - same) * one())
+            starts.append(same_start * starts[0] + (1 - same_start) * one())
         return starts
 
     def decode_views(encoded, starts, union, flow: bool):
@@ -233,46 +271,43 @@ def build_pipeline(
                 to_device(fn.sequence_rearrange(window, new_order=2 * (s - lo) + types.Constant(offs)))
                 for s in starts
             ]
-        return [to_device(fn.sequence_rearrange(window, new_order=(s - lo) + types.Constant(offs))) for s in starts]
+        return [
+            to_device(fn.sequence_rearrange(window, new_order=(s - lo) + types.Constant(offs)))
+            for s in starts
+        ]
 
     # ------------------------------------------------------------------ spatial augmentation
-    def rrc(x):
-        return fn.random_resized_crop(
-            x,
-            size=[c, c],
-            random_area=list(spec.crop_scale),
-            random_aspect_ratio=list(spec.aspect_ratio),
-            antialias=False,
-        )
-
-    def flip_flag():
-        return fn.cast(coin(0.5), dtype=types.INT32) if spec.hflip else None
-
-    def crop_flip_resize(x, flip):
-        """Random resized crop and horizontal flip in one resampling pass: the flip is a reversed ROI."""
-        anchor, shape = fn.random_crop_generator(
+    def crop_window():
+        """(anchor, shape) of a random resized crop of the stored H x W frame; RGB and flow frames (and the x
+        and y planes of flow) have that size, so one window can serve both streams of a view."""
+        return fn.random_crop_generator(
             types.Constant(np.array([spec.height, spec.width], np.int64)),
             random_area=list(spec.crop_scale),
             random_aspect_ratio=list(spec.aspect_ratio),
         )
+
+    def crop_flip_resize(x, flip, window):
+        """Random resized crop and horizontal flip in one resampling pass: the flip is a reversed ROI."""
+        anchor, shape = window
         y0, x0 = fn.cast(anchor[0], dtype=types.FLOAT), fn.cast(anchor[1], dtype=types.FLOAT)
         h, w = fn.cast(shape[0], dtype=types.FLOAT), fn.cast(shape[1], dtype=types.FLOAT)
-        if flip is None:
-            start, end = fn.stack(y0, x0), fn.stack(y0 + h, x0 + w)
-        else:
-            f = fn.cast(flip, dtype=types.FLOAT)
-            start, end = fn.stack(y0, x0 + f * w), fn.stack(y0 + h, x0 + (1.0 - f) * w)
+        f = fn.cast(flip, dtype=types.FLOAT)
+        start, end = fn.stack(y0, x0 + f * w), fn.stack(y0 + h, x0 + (1.0 - f) * w)
         return fn.resize(x, size=[c, c], roi_start=start, roi_end=end, roi_relative=False, antialias=False)
 
-    def augment_rgb(x, colour):
-        """colour: (M [3, 3], t [3]) per sample from ColourSource: jitter, grayscale and normalisation."""
-        x = crop_flip_resize(x, flip_flag())
-        if spec.blur_prob > 0:
-            sigma = uniform(*spec.blur_sigma)
-            if coin(spec.blur_prob):
-                x = fn.gaussian_blur(x, sigma=sigma)
-        m, t = colour
-        x = fn.coord_transform(x, M=m, T=t, dtype=types.FLOAT)
+    def blur(x, d, stream: str):
+        """Gaussian blur of the samples whose flag (from ViewSource) is set; no flags when blur is off."""
+        if f"blur_{stream}" not in d:
+            return x
+        if d[f"blur_{stream}"]:
+            x = fn.gaussian_blur(x, sigma=d["sigma"])
+        return x
+
+    def augment_rgb(x, window, d):
+        """d: this view's ViewSource outputs (see ViewSource); the colour map folds jitter, grayscale and the
+        normalisation into one per-sample affine map."""
+        x = blur(crop_flip_resize(x, d["flip_rgb"], window), d, "rgb")
+        x = fn.coord_transform(x, M=d["rgb_m"], T=d["rgb_t"], dtype=types.FLOAT)
         return fn.cast(x, dtype=types.FLOAT16) if spec.half else x
 
     def flow_xy(x):
@@ -280,32 +315,23 @@ def build_pipeline(
         x = fn.reshape(x, rel_shape=[2, 0.5, 1, 1], layout="FHWC")
         return x[:, :, :, 0:1]
 
-    def finish_flow(x, flip):
-        """[2T, c, c, 1] uint8 -> [T, c, c, 3] normalised (x, y, 0), x negated when flipped.
+    def finish_flow(x, m, t):
+        """[2T, c, c, 1] uint8 (already cropped and flipped) -> [T, c, c, 3] normalised.
 
-        [2T, c, c, 1] is [T, 2, c, c] read channel-first (free); a third plane of 128 is padded on the small
-        uint8 data, and crop_mirror_normalize flips, normalises (std of x negative on flipped samples: v ->
-        255 - v), turns the layout to channel-last and casts in one pass. Plane 3 gives (128 - 128) / s = 0."""
+        [2T, c, c, 1] is [T, 2, c, c] read channel-first (free); a zero third plane is padded on the small uint8
+        data (the (x, y, 0) image the released code jitters), the layout made channel-last, and one per-sample
+        affine map (ViewSource: jitter/grayscale when the view's draw has them, the normalisation, and x's sign
+        when flips negate it) gives the output; unjittered, plane 3 stays 0."""
         x = fn.reshape(x, shape=[T, 2, c, c], layout="FCHW")
-        x = fn.pad(x, axis_names="C", shape=[3], fill_value=128)
-        if flip is None:
-            std = [FLOW_STD, FLOW_STD, FLOW_STD]
-            mirror = 0
-        else:
-            sign = 1.0 - 2.0 * fn.cast(flip, dtype=types.FLOAT)
-            std = fn.stack(FLOW_STD * sign, types.Constant(FLOW_STD), types.Constant(FLOW_STD))
-            mirror = flip
-        return fn.crop_mirror_normalize(
-            x,
-            mirror=mirror,
-            mean=[FLOW_MEAN, FLOW_MEAN, 128.0],
-            std=std,
-            dtype=out_dtype,
-            output_layout="FHWC",
-        )
+        x = fn.pad(x, axis_names="C", shape=[3], fill_value=0)
+        x = fn.transpose(x, perm=[0, 2, 3, 1], output_layout="FHWC")
+        x = fn.coord_transform(x, M=m, T=t, dtype=types.FLOAT)
+        return fn.cast(x, dtype=types.FLOAT16) if spec.half else x
 
-    def augment_flow(x):
-        return finish_flow(rrc(x), flip_flag())
+    def augment_flow(x, window, d):
+        x = crop_flip_resize(x, d["flip_flow"], window)
+        x = blur(x, d, "flow")
+        return finish_flow(x, d["flow_m"], d["flow_t"])
 
     # ------------------------------------------------------------------ eval
     def eval_indices(nframes):
@@ -317,8 +343,9 @@ def build_pipeline(
 
     def eval_crops(x, flow: bool):
         """[N*T, H, W, *] -> list of (crop, mirrored) outputs [N*T, c, c, C]."""
-        if min(spec.height, spec.width) != c:
-            x = fn.resize(x, resize_shorter=float(c), antialias=True)
+        shorter = eval_resize(c, spec.eval_crop_fraction)
+        if min(spec.height, spec.width) != shorter:
+            x = fn.resize(x, resize_shorter=float(shorter), antialias=True)
         if spec.tencrop:
             pos = [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.5, 0.5)]
             crops = [(px, py, m) for (px, py) in pos for m in (0, 1)]
@@ -326,8 +353,11 @@ def build_pipeline(
             crops = [(0.5, 0.5, 0)]
         outs = []
         for px, py, m in crops:
-            if flow:
-                mean, std = [FLOW_MEAN, FLOW_MEAN], [FLOW_STD * (-1.0 if m else 1.0), FLOW_STD]
+            if flow:  # x negated on mirrored crops (flow_flip_negate): (255 - v - mu) / s = (v - (255 - mu)) / -s
+                mu, sd = flow_norm(spec.flow_normalisation)
+                neg = m and spec.flow_flip_negate
+                mean = [255.0 - mu[0] if neg else mu[0], mu[1]]
+                std = [-sd[0] if neg else sd[0], sd[1]]
             else:
                 mean, std = list(RGB_MEAN), list(RGB_STD)
             y = fn.crop_mirror_normalize(
@@ -341,7 +371,10 @@ def build_pipeline(
                 dtype=out_dtype,
                 output_layout="FHWC",
             )
-            outs.append(fn.pad(y, axis_names="C", shape=[3], fill_value=0.0) if flow else y)
+            if flow:  # the zero plane, normalised
+                mu, sd = flow_norm(spec.flow_normalisation)
+                y = fn.pad(y, axis_names="C", shape=[3], fill_value=float(-mu[2] / sd[2]))
+            outs.append(y)
         return outs
 
     def eval_flow_frames(x):
@@ -371,7 +404,11 @@ def build_pipeline(
         nframes = fn.lookup_table(fn.cast(index, dtype=types.INT32), **lut, dtype=types.FLOAT)
         results = []
         if spec.train:
-            starts = draw_starts(nframes)
+            source = ViewSource(spec, batch_size, seed)
+            k, o = len(source.keys), int(spec.num_views > 1)  # o: the leading `same` output
+            src = fn.external_source(source=source, num_outputs=o + k * spec.num_views, batch=True)
+            draws = [dict(zip(source.keys, src[o + k * v : o + k * (v + 1)])) for v in range(spec.num_views)]
+            starts = draw_starts(nframes, src[0] if o else None)
             if spec.union_decode and spec.num_views > 1:
                 lo, hi = starts[0], starts[0]
                 for s in starts[1:]:
@@ -393,18 +430,12 @@ def build_pipeline(
                     decode_views(e, starts, None, s == Stream.flow) for s, e in zip(spec.streams, encoded)
                 ]
             per_stream = dict(zip(spec.streams, decoded))
+            # one crop window per view for both streams (the released code's shared sequence), or one each
+            shared = [crop_window() for _ in range(spec.num_views)] if spec.align_streams else None
             for stream in spec.streams:
-                if stream == Stream.rgb:
-                    colour = fn.external_source(
-                        source=ColourSource(spec, batch_size, seed),
-                        num_outputs=2 * spec.num_views,
-                        batch=True,
-                    )
-                    results += [
-                        augment_rgb(v, colour[2 * i : 2 * i + 2]) for i, v in enumerate(per_stream[stream])
-                    ]
-                else:
-                    results += [augment_flow(v) for v in per_stream[stream]]
+                windows = shared or [crop_window() for _ in range(spec.num_views)]
+                aug = augment_rgb if stream == Stream.rgb else augment_flow
+                results += [aug(v, windows[i], draws[i]) for i, v in enumerate(per_stream[stream])]
         else:
             idx = eval_indices(nframes)
             for stream, enc in zip(spec.streams, encoded):

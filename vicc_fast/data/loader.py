@@ -294,6 +294,14 @@ class DaliLoader(_Base):
             height=int(self.manifest.video.get("height", 128)),
             width=int(self.manifest.video.get("width", 171)),
             nvdec=self.gpu and d.decoder == Decoder.nvdec,
+            align_streams=d.align_streams,
+            flow_photometric=d.flow_photometric,
+            flow_flip_negate=d.flow_flip_negate,
+            aug_controller=d.aug_controller,
+            strong_aug_prob=d.strong_aug_prob,
+            grayscale=d.grayscale.value,
+            eval_crop_fraction=d.eval_crop_fraction,
+            flow_normalisation=d.flow_normalisation.value,
         )
         shards = self.shard_sequence()
         device_id = None

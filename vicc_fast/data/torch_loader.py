@@ -1,7 +1,8 @@
 """The plain PyTorch input pipeline: ``webdataset`` reads the shards, PyAV decodes, torchvision.transforms.v2
-augments, a ``DataLoader`` runs ``data.threads`` worker processes. The fallback (``data.backend=torch``) and the
-baseline the DALI pipeline is measured against; same samples per rank, same clip sampling, same augmentation
-semantics and output as vicc_fast/data/dali.py (its random numbers differ: it draws from torch's RNG).
+crops, flips and blurs, a ``DataLoader`` runs ``data.threads`` worker processes. The fallback
+(``data.backend=torch``) and the baseline the DALI pipeline is measured against; same samples per rank, same clip
+sampling, same augmentation semantics and output as vicc_fast/data/dali.py: the same host-side draws
+(vicc_fast/data/augment.py: controller, flips, blur, colour maps) and crop-window rule, from its own generator.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 
 from vicc_fast.config import Stream
 from vicc_fast.data.batch import Batch
-from vicc_fast.data.dali import FLOW_MEAN, FLOW_STD, RGB_MEAN, RGB_STD
+from vicc_fast.data.dali import RGB_MEAN, RGB_STD, eval_resize, flow_norm
 from vicc_fast.data.loader import _Base
 from vicc_fast.data.manifest import BadSampleError, DataError, rank_range
 
@@ -62,58 +63,70 @@ def decode_window(data: bytes, start: int, stop: int, flow: bool) -> np.ndarray:
 
 
 class _Augment:
-    """Per-view augmentation with torchvision.transforms.v2 on ``[T, C, H, W]`` uint8 videos: v2 draws one
-    set of parameters per call, so every frame of the clip gets the same crop and colours."""
+    """Per-view augmentation of ``[T, C, H, W]`` uint8 clips with the host draws of
+    :func:`vicc_fast.data.augment.draw_views` (the DALI graph's draws and colour maps): one crop window, flip,
+    blur and colour map per clip, so every frame of a clip gets the same ones."""
 
     def __init__(self, d: Any, train: bool, clips: int, tencrop: bool, out_dtype: torch.dtype) -> None:
         from torchvision.transforms import v2
 
         self.v2 = v2
         self.d, self.train, self.tencrop, self.out_dtype = d, train, tencrop, out_dtype
-        c = d.crop_size
-        self.rrc = v2.RandomResizedCrop(
-            c, scale=tuple(d.crop_scale), ratio=tuple(d.aspect_ratio), antialias=False
-        )
-        self.color = v2.RandomApply(
-            [v2.ColorJitter(d.brightness, d.contrast, d.saturation, d.hue)], p=d.color_jitter_prob
-        )
-        self.gray = v2.RandomGrayscale(p=d.grayscale_prob)
-        sig = tuple(d.blur_sigma)
-        k = 2 * math.ceil(3 * sig[1]) + 1
-        self.blur = v2.RandomApply([v2.GaussianBlur(k, sigma=sig)], p=d.blur_prob)
         self.rgb_mean = torch.tensor(RGB_MEAN).view(1, 3, 1, 1)
         self.rgb_std = torch.tensor(RGB_STD).view(1, 3, 1, 1)
 
-    def _flip(self) -> bool:
-        return bool(self.d.hflip and torch.rand(()) < 0.5)
-
-    def rgb(self, v: torch.Tensor) -> torch.Tensor:
-        """[T, 3, H, W] uint8 -> [T, c, c, 3] normalised."""
-        v = self.rrc(v)
-        v = self.blur(self.gray(self.color(v)))
-        if self._flip():
-            v = v.flip(-1)
-        v = (v.float() - self.rgb_mean) / self.rgb_std
-        return v.permute(0, 2, 3, 1).to(self.out_dtype)
-
-    def flow(self, v: torch.Tensor) -> torch.Tensor:
-        """[T, 2, H, W] uint8 (x, y) -> [T, c, c, 3] normalised (x, y, 0), x negated when flipped."""
-        v = self.rrc(v)
-        return self._finish_flow(v, self._flip())
-
-    def _finish_flow(self, v: torch.Tensor, flip: bool) -> torch.Tensor:
-        v = (v.float() - FLOW_MEAN) / FLOW_STD
+    def _spatial(
+        self, v: torch.Tensor, window: tuple[int, int, int, int], flip: bool, blur: float
+    ) -> torch.Tensor:
+        """Crop ``window`` (top, left, h, w) resized to c x c, flipped, blurred with sigma ``blur`` (0 = none)."""
+        c = self.d.crop_size
+        v = self.v2.functional.resized_crop(v, *window, [c, c], antialias=False)
         if flip:
             v = v.flip(-1)
-            v[:, 0] = -v[:, 0]
+        if blur > 0:
+            k = 2 * math.ceil(3 * float(self.d.blur_sigma[1])) + 1
+            v = self.v2.functional.gaussian_blur(v, [k, k], [blur, blur])
+        return v
+
+    def _affine(self, v: torch.Tensor, m: np.ndarray, t: np.ndarray) -> torch.Tensor:
+        """[T, 3, c, c] pixels -> ``M x + t`` per pixel -> [T, c, c, 3] in the output dtype."""
+        y = (
+            torch.einsum("ij,tjhw->thwi", torch.from_numpy(m).float(), v.float())
+            + torch.from_numpy(t).float()
+        )
+        return y.to(self.out_dtype)
+
+    def rgb(self, v: torch.Tensor, window: tuple[int, int, int, int], draw: Any, i: int) -> torch.Tensor:
+        """[T, 3, H, W] uint8 -> [T, c, c, 3] normalised; ``draw``: the view's ViewDraw, sample ``i``."""
+        sigma = float(draw.sigma[i]) if draw.blur_rgb[i] else 0.0
+        v = self._spatial(v, window, bool(draw.flip_rgb[i]), sigma)
+        return self._affine(v, draw.rgb_m[i], draw.rgb_t[i])
+
+    def flow(self, v: torch.Tensor, window: tuple[int, int, int, int], draw: Any, i: int) -> torch.Tensor:
+        """[T, 2, H, W] uint8 (x, y) -> [T, c, c, 3]: the (x, y, 0) image through the view's flow map."""
+        sigma = float(draw.sigma[i]) if draw.blur_flow[i] else 0.0
+        v = self._spatial(v, window, bool(draw.flip_flow[i]), sigma)
         v = torch.cat([v, torch.zeros_like(v[:, :1])], 1)
+        return self._affine(v, draw.flow_m[i], draw.flow_t[i])
+
+    def _finish_flow(self, v: torch.Tensor, flip: bool) -> torch.Tensor:
+        """Eval crops: [T, 2, c, c] uint8 -> [T, c, c, 3] normalised (x, y, 0); x negated on the mirrored
+        crops only with ``flow_flip_negate``."""
+        v = torch.cat([v.float(), torch.zeros_like(v[:, :1], dtype=torch.float32)], 1)  # (x, y, 0) pixels
+        if flip:
+            v = v.flip(-1)
+            if self.d.flow_flip_negate:
+                v[:, 0] = 255.0 - v[:, 0]
+        mean, std = flow_norm(self.d.flow_normalisation.value)
+        v = (v - torch.tensor(mean).float().view(1, 3, 1, 1)) / torch.tensor(std).float().view(1, 3, 1, 1)
         return v.permute(0, 2, 3, 1).to(self.out_dtype)
 
     def eval(self, v: torch.Tensor, flow: bool) -> torch.Tensor:
         """[N*T, C, H, W] -> [crops*N*T, c, c, 3]: centre crop, or 4 corners + centre each also flipped."""
         v2, c = self.v2, self.d.crop_size
-        if min(v.shape[-2:]) != c:
-            v = v2.functional.resize(v, c, antialias=True)
+        shorter = eval_resize(c, self.d.eval_crop_fraction)
+        if min(v.shape[-2:]) != shorter:
+            v = v2.functional.resize(v, shorter, antialias=True)
         h, w = v.shape[-2:]
         if self.tencrop:
             pos = [(0, 0), (0, w - c), (h - c, 0), (h - c, w - c), ((h - c + 1) // 2, (w - c + 1) // 2)]
@@ -184,16 +197,14 @@ class TorchLoader(_Base):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.aug = _Augment(self.cfg.data, self.train, self.clips, self.crops == 10, self.dtype)
+        video = self.manifest.video
+        self.split_size = (int(video.get("height", 128)), int(video.get("width", 171)))  # stored frame size
 
     # ------------------------------------------------------------------ per sample (in a worker)
-    def _starts(self, nframes: int, rng: np.random.Generator) -> list[int]:
+    def _starts(self, nframes: int, same: bool, rng: np.random.Generator) -> list[int]:
         room = nframes - self.span + 1
         first = int(rng.integers(room))
-        starts = [first]
-        for _ in range(1, self.num_views):
-            same = rng.random() < self.cfg.data.same_start_prob
-            starts.append(first if same else int(rng.integers(room)))
-        return starts
+        return [first] + [first if same else int(rng.integers(room)) for _ in range(1, self.num_views)]
 
     def process(self, sample: dict, rng: np.random.Generator) -> dict | BadSampleError:
         key = sample["__key__"]
@@ -204,19 +215,31 @@ class TorchLoader(_Base):
             d, T = self.cfg.data, self.cfg.data.num_frames
             out: dict[str, Any] = {"label": int(label), "index": int(index)}
             if self.train:
-                starts = self._starts(nframes, rng)
+                from vicc_fast.data.augment import crop_window, draw_views
+
+                same, draws = draw_views(rng, 1, self.num_views, d)
+                starts = self._starts(nframes, bool(same[0]), rng)
+                h, w = self.split_size
+
+                def window() -> tuple[int, int, int, int]:
+                    return crop_window(rng, h, w, tuple(d.crop_scale), tuple(d.aspect_ratio))
+
+                # one window per view for both streams (released code), or one per stream and view
+                shared = [window() for _ in starts] if d.align_streams else None
                 lo, hi = min(starts), max(starts) + self.span
                 union = d.union_decode and (hi - lo) <= self.num_views * self.span
                 for s in self.streams:
                     data = sample[f"{s.value}.webm"]
                     flow = s == Stream.flow
-                    window = decode_window(data, lo, hi, flow) if union else None
+                    frames = decode_window(data, lo, hi, flow) if union else None
+                    wins = shared or [window() for _ in starts]
                     for v, st in enumerate(starts):
-                        if window is not None:
-                            clip = window[st - lo : st - lo + self.span : d.stride]
+                        if frames is not None:
+                            clip = frames[st - lo : st - lo + self.span : d.stride]
                         else:
                             clip = decode_window(data, st, st + self.span, flow)[:: d.stride]
-                        out[f"{s.value}{v}"] = self._augment(clip, flow)
+                        aug = self.aug.flow if flow else self.aug.rgb
+                        out[f"{s.value}{v}"] = aug(self._to_tchw(clip, flow), wins[v], draws[v], 0)
             else:
                 first = (
                     np.linspace(0, nframes - self.span, self.clips).astype(int)
@@ -238,10 +261,6 @@ class TorchLoader(_Base):
             n, h2, w = clip.shape
             return torch.from_numpy(np.ascontiguousarray(clip.reshape(n, 2, h2 // 2, w)))
         return torch.from_numpy(clip).permute(0, 3, 1, 2)
-
-    def _augment(self, clip: np.ndarray, flow: bool) -> torch.Tensor:
-        v = self._to_tchw(clip, flow)
-        return self.aug.flow(v) if flow else self.aug.rgb(v)
 
     # ------------------------------------------------------------------ main process
     def _loader(self):

@@ -1,11 +1,12 @@
 """Optimisers and learning-rate schedules of the engine.
 
-LARS here is SwAV's setting (apex LARC with ``clip=False``): for every adapted parameter ``p`` with gradient
-``g`` the update direction is ``trust * |p| / (|g| + wd |p| + eps) * (g + wd p)`` (the raw ``g`` when ``|p|`` or ``|g|`` is 0), then plain
-momentum SGD. Biases
-and normalisation parameters (every parameter with ``ndim <= 1``) sit in a second group with neither weight decay
-nor adaptation, as in solo-learn's ``exclude_bias_n_norm``. The step is written with ``torch._foreach_*`` ops and
-tensor math only, so it never syncs the host per parameter.
+LARS here is the released ViCC code's (SwAV's) setting: apex LARC with ``clip=False`` and trust 0.001 around
+SGD with momentum 0.9 and weight decay on every parameter. For every adapted parameter ``p`` with gradient ``g``
+the update direction is ``trust * |p| / (|g| + wd |p| + eps) * (g + wd p)`` (the raw ``g``, undecayed, when
+``|p|`` or ``|g|`` is 0), then plain momentum SGD. By default every parameter is decayed and adapted, as
+released; ``optim.exclude_bias_norm`` moves biases and normalisation parameters (every parameter with
+``ndim <= 1``) into a second group with neither weight decay nor adaptation (solo-learn's ``exclude_bias_n_norm``).
+The step is written with ``torch._foreach_*`` ops and tensor math only, so it never syncs the host per parameter.
 """
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ def is_excluded(p: torch.Tensor) -> bool:
     return p.ndim <= 1
 
 
-def param_groups(params: Iterable[nn.Parameter], weight_decay: float) -> list[dict]:
-    """Two groups: adapted weights with weight decay, and biases/norm parameters with neither.
+def param_groups(
+    params: Iterable[nn.Parameter], weight_decay: float, exclude_bias_norm: bool = False
+) -> list[dict]:
+    """The optimiser's groups. Default (released ViCC): one group, every parameter decayed and adapted.
+    With ``exclude_bias_norm``: adapted weights with weight decay, and biases/norm parameters with neither.
 
     Group keys: ``params``, ``weight_decay``, ``lars`` (whether LARS adapts the group's step).
     Empty groups are dropped (torch optimisers refuse them in some versions).
@@ -38,7 +42,7 @@ def param_groups(params: Iterable[nn.Parameter], weight_decay: float) -> list[di
         if id(p) in seen:
             continue
         seen.add(id(p))
-        (plain if is_excluded(p) else adapted).append(p)
+        (plain if exclude_bias_norm and is_excluded(p) else adapted).append(p)
     groups = [
         {"params": adapted, "weight_decay": weight_decay, "lars": True},
         {"params": plain, "weight_decay": 0.0, "lars": False},
@@ -131,7 +135,7 @@ class LARS(torch.optim.Optimizer):
 
 def build_optimizer(cfg: OptimConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
     """The optimiser of one phase; ``lr`` is set by the schedule every step, the value here is a placeholder."""
-    groups = param_groups(params, cfg.weight_decay)
+    groups = param_groups(params, cfg.weight_decay, cfg.exclude_bias_norm)
     if not groups:
         raise ValueError("the phase has no trainable parameters")
     if cfg.name is Optimizer.lars:

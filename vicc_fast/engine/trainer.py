@@ -429,7 +429,9 @@ class Trainer:
             )
         total = phase.epochs * spe
         world = self.dist.world_size
-        schedule = build_schedule(cfg.optim, cfg.train.batch_size * world, spe, phase.epochs)
+        schedule = build_schedule(
+            cfg.optim, cfg.train.batch_size * world, spe, phase.lr_epochs or phase.epochs
+        )
         opt = build_optimizer(cfg.optim, trainable)
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp is C.Amp.fp16)
         start_epoch = start_step = 0

@@ -35,6 +35,7 @@ def feature_settings(cfg: Config) -> dict[str, Any]:
         "crop_size": d.crop_size,
         "eval_clips": d.eval_clips,
         "eval_crop": d.eval_crop.value,
+        "eval_crop_fraction": d.eval_crop_fraction,
         "backend": d.backend.value,
         "data_device": d.device.value,
         "amp": cfg.train.amp.value,

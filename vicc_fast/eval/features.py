@@ -139,6 +139,12 @@ def extract(
     return feats.cpu(), labels.cpu(), torch.arange(n)
 
 
+def centre_each_normalise(*splits: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Each split ``[N_i, F]`` minus its own mean feature, then L2-normalised rows (the released ViCC / CoCLR
+    retrieval: ``test_feature - test_feature.mean(0)``, ``train_feature - train_feature.mean(0)``)."""
+    return tuple(F.normalize(x.float() - x.float().mean(dim=0, keepdim=True), dim=1) for x in splits)
+
+
 def centre_normalise(train: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Subtract the train-set mean feature from every set, then L2-normalise rows.
 

@@ -10,8 +10,7 @@ streams' per-video probabilities.
 from __future__ import annotations
 
 import copy
-import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -62,14 +61,20 @@ def finetune(
     amp: Amp | str | None = None,
     seed: int = 0,
     progress: bool = False,
+    optim: str = "adam",
+    milestones: Sequence[int] = (),
 ) -> FinetuneModel:
-    """Train every parameter of ``model`` with cross-entropy on train-mode clips of ``stream`` (Adam, cosine lr)."""
+    """Train every parameter of ``model`` with cross-entropy on train-mode clips of ``stream`` (``optim``;
+    cosine lr, or /10 at each of ``milestones`` epochs as the released classifier)."""
+    from vicc_fast.eval.linear import lr_at, make_optimizer
+
     torch.manual_seed(seed)
     model.to(device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = make_optimizer(model.parameters(), optim, lr, weight_decay)
     amp = Amp(amp) if amp is not None else Amp.off
     scaler = torch.amp.GradScaler("cuda", enabled=amp is Amp.fp16 and device.type == "cuda")
-    total = max(epochs * len(loader), 1)  # type: ignore[arg-type]
+    spe = len(loader)  # type: ignore[arg-type]
+    total = max(epochs * spe, 1)
     step = 0
     bar = tqdm(total=total, desc=f"finetune {Stream(stream).value}", disable=not progress, leave=False)
     for epoch in range(epochs):
@@ -77,7 +82,7 @@ def finetune(
             loader.set_epoch(epoch)
         for b in loader:
             for g in opt.param_groups:
-                g["lr"] = 0.5 * lr * (1 + math.cos(math.pi * step / total))
+                g["lr"] = lr_at(lr, step, total, spe, milestones)
             x = b.views[stream][0].to(device, non_blocking=True)
             with _autocast(device, amp):
                 loss = F.cross_entropy(model(x).float(), b.label.to(device).long())

@@ -26,17 +26,19 @@ from vicc_fast.eval.features import _autocast
 
 
 class LinearProbe(nn.Module):
-    """``[B, F] -> [B, C]``: BatchNorm1d without affine parameters, then a linear layer."""
+    """``[B, F] -> [B, C]``: BatchNorm1d without affine parameters, then a linear layer; with ``l2norm`` (the
+    released ViCC/CoCLR ``LinearClassifier``): L2-normalised features, an affine BatchNorm1d, the linear layer."""
 
-    def __init__(self, in_dim: int, num_classes: int):
+    def __init__(self, in_dim: int, num_classes: int, l2norm: bool = False):
         super().__init__()
-        self.bn = nn.BatchNorm1d(in_dim, affine=False)
+        self.l2norm = l2norm
+        self.bn = nn.BatchNorm1d(in_dim, affine=l2norm)
         self.fc = nn.Linear(in_dim, num_classes)
         nn.init.normal_(self.fc.weight, std=0.01)
         nn.init.zeros_(self.fc.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.bn(x))
+        return self.fc(self.bn(F.normalize(x, dim=1) if self.l2norm else x))
 
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
@@ -51,10 +53,22 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] 
     return {f"top{k}": 100.0 * hit[:, : min(k, kmax)].any(1).float().mean().item() for k in ks}
 
 
-def _cosine_lr(opt: torch.optim.Optimizer, base: float, step: int, total: int) -> None:
-    lr = 0.5 * base * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
-    for g in opt.param_groups:
-        g["lr"] = lr
+def lr_at(base: float, step: int, total: int, steps_per_epoch: int, milestones: Sequence[int] = ()) -> float:
+    """The rate of ``step`` (0-based, of ``total``): with ``milestones`` (epochs) the released step schedule,
+    ``base * 0.1 ** #{m <= epoch}``; without, a cosine from ``base`` to 0."""
+    if milestones:
+        epoch = step // max(steps_per_epoch, 1)
+        return base * 0.1 ** sum(epoch >= m for m in milestones)
+    return 0.5 * base * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
+
+
+def make_optimizer(params: Iterable[nn.Parameter], name: str, lr: float, weight_decay: float):
+    """``sgd`` (momentum 0.9, as the released classifier) or ``adam``."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r} (sgd | adam)")
 
 
 def _fit(
@@ -65,13 +79,16 @@ def _fit(
     lr: float,
     weight_decay: float,
     progress: bool,
+    optim: str = "adam",
+    milestones: Sequence[int] = (),
 ) -> LinearProbe:
-    opt = torch.optim.Adam(probe.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = make_optimizer(probe.parameters(), optim, lr, weight_decay)
     total, step = epochs * steps_per_epoch, 0
     probe.train()
     for epoch in tqdm(range(epochs), desc="linear probe", disable=not progress, leave=False):
         for x, y in epoch_batches(epoch):
-            _cosine_lr(opt, lr, step, total)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(lr, step, total, steps_per_epoch, milestones)
             loss = F.cross_entropy(probe(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -90,8 +107,12 @@ def fit_linear_on_features(
     batch_size: int = 256,
     seed: int = 0,
     progress: bool = False,
+    optim: str = "adam",
+    milestones: Sequence[int] = (),
+    l2norm: bool = False,
 ) -> LinearProbe:
-    """Train a :class:`LinearProbe` on fixed features ``[N, F]`` with labels ``[N]`` (Adam, cosine lr)."""
+    """Train a :class:`LinearProbe` on fixed features ``[N, F]`` with labels ``[N]`` (``optim``; cosine lr, or
+    /10 at each of ``milestones`` epochs)."""
     if feats.dim() != 2 or labels.shape != (feats.shape[0],):
         raise ValueError(
             f"need feats [N, F] and labels [N], got {tuple(feats.shape)} and {tuple(labels.shape)}"
@@ -102,7 +123,7 @@ def fit_linear_on_features(
         )
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    probe = LinearProbe(feats.shape[1], num_classes).to(feats.device)
+    probe = LinearProbe(feats.shape[1], num_classes, l2norm).to(feats.device)
     n = feats.shape[0]
     bs = min(batch_size, n)
     drop_last = n > bs  # BN needs > 1 sample; a short last batch is folded into the next epoch's shuffle
@@ -114,7 +135,7 @@ def fit_linear_on_features(
             i = perm[a : a + bs]
             yield feats[i].float(), labels[i].long()
 
-    return _fit(probe, batches, max(n // bs, 1), epochs, lr, weight_decay, progress)
+    return _fit(probe, batches, max(n // bs, 1), epochs, lr, weight_decay, progress, optim, milestones)
 
 
 def fit_linear_augmented(
@@ -130,11 +151,14 @@ def fit_linear_augmented(
     amp: str | None = None,
     seed: int = 0,
     progress: bool = False,
+    optim: str = "adam",
+    milestones: Sequence[int] = (),
+    l2norm: bool = False,
 ) -> LinearProbe:
     """Train a :class:`LinearProbe` on a frozen ``encoder`` fed augmented train clips from a train-mode loader
     (one view of ``stream`` per video; ``loader.set_epoch`` reshuffles when the loader has it)."""
     torch.manual_seed(seed)
-    probe = LinearProbe(in_dim, num_classes).to(device)
+    probe = LinearProbe(in_dim, num_classes, l2norm).to(device)
     was_training = encoder.training
     encoder.eval()  # frozen, including batch-norm statistics
 
@@ -148,7 +172,7 @@ def fit_linear_augmented(
 
     try:
         steps = len(loader)  # type: ignore[arg-type]
-        return _fit(probe, batches, steps, epochs, lr, weight_decay, progress)
+        return _fit(probe, batches, steps, epochs, lr, weight_decay, progress, optim, milestones)
     finally:
         encoder.train(was_training)
 

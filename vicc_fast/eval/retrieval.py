@@ -157,13 +157,19 @@ def fused_recall(
     gallery_labels: torch.Tensor,
     ks: Sequence[int],
     chunk: int = DEFAULT_CHUNK,
+    centre_each: bool = True,
 ) -> dict[str, float]:
     """Per-stream and R+F recall from raw (clip-averaged) features; keys ``"{name}/R@{k}"``.
 
-    raw_query/raw_gallery: stream -> ``[N, F]`` features as the encoder produced them. Each stream is centred by
-    its gallery (train) mean and L2-normalised; with two streams, ``rf_sum`` and ``rf_concat`` are added.
+    raw_query/raw_gallery: stream -> ``[N, F]`` features as the encoder produced them. Each stream is centred
+    (``centre_each``: each split by its own mean, as released; else both by the gallery (train) mean) and
+    L2-normalised; with two streams, ``rf_sum`` and ``rf_concat`` are added.
     """
-    from vicc_fast.eval.features import centre_normalise  # local: features imports this module's types
+    from vicc_fast.eval.features import centre_each_normalise
+    from vicc_fast.eval.features import centre_normalise as by_train  # local: features imports this module
+
+    def centre_normalise(gallery: torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return centre_each_normalise(gallery, query) if centre_each else by_train(gallery, query)
 
     out: dict[str, float] = {}
     normed_q: dict[Stream, torch.Tensor] = {}
@@ -235,4 +241,5 @@ def evaluate_phase(
         labels["train"],
         list(cfg.eval.recall_ks),
         cfg.eval.knn_chunk,
+        centre_each=cfg.eval.retrieval_centre_each,
     )

@@ -47,9 +47,15 @@ def _with_data(cfg: C.Config, **data: Any) -> C.Config:
 
 
 def supervised_cfg(cfg: C.Config) -> C.Config:
-    """The train-mode pipeline of the linear probe and finetuning: the self-supervised augmentation without
-    Gaussian blur (papers), ``eval.batch_size`` clips per step."""
-    cfg = _with_data(cfg, blur_prob=0.0)
+    """The train-mode pipeline of the linear probe and finetuning, ``eval.batch_size`` clips per step: the
+    released classifier's (``eval.released_train_augment``: crop + jitter p=0.3, no flip / grayscale / blur), or
+    the self-supervised augmentation without Gaussian blur; never the two-view controller (one view here)."""
+    cfg = _with_data(cfg, blur_prob=0.0, aug_controller=False)
+    if cfg.eval.released_train_augment:
+        cfg = _with_data(
+            cfg, hflip=False, grayscale_prob=0.0, color_jitter_prob=0.3,
+            brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1,
+        )  # fmt: skip
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=cfg.eval.batch_size))
 
 
@@ -135,7 +141,10 @@ class Evaluation:
         q = {s: self.features(s, "test")[0] for s in self.streams}
         g = {s: self.features(s, "train")[0] for s in self.streams}
         ql, gl = self.features(self.streams[0], "test")[1], self.features(self.streams[0], "train")[1]
-        res = fused_recall(q, ql, g, gl, list(self.cfg.eval.recall_ks), chunk=self.cfg.eval.knn_chunk)
+        res = fused_recall(
+            q, ql, g, gl, list(self.cfg.eval.recall_ks), chunk=self.cfg.eval.knn_chunk,
+            centre_each=self.cfg.eval.retrieval_centre_each,
+        )  # fmt: skip
         self._record("retrieval", res)
         return res
 
@@ -144,6 +153,9 @@ class Evaluation:
         from vicc_fast.eval.linear import fit_linear_augmented, fit_linear_on_features, predict, topk_accuracy
 
         e = self.cfg.eval
+        recipe = {
+            "optim": e.linear_optim.value, "milestones": list(e.linear_milestones), "l2norm": e.linear_l2norm,
+        }  # fmt: skip
         res: dict[str, float] = {}
         probs = {}
         for s in self.streams:
@@ -155,13 +167,13 @@ class Evaluation:
                 probe = fit_linear_augmented(
                     enc, self.loader("train", "train", s, cfg), s, tr.shape[1], self.num_classes, self.device,
                     epochs=e.linear_epochs, lr=e.linear_lr, weight_decay=e.linear_weight_decay,
-                    amp=self.cfg.train.amp.value, seed=self.cfg.train.seed, progress=self.progress,
+                    amp=self.cfg.train.amp.value, seed=self.cfg.train.seed, progress=self.progress, **recipe,
                 )  # fmt: skip
             else:
                 probe = fit_linear_on_features(
                     tr.to(self.device), trl.to(self.device), self.num_classes, epochs=e.linear_epochs,
                     lr=e.linear_lr, weight_decay=e.linear_weight_decay, batch_size=e.linear_batch_size,
-                    seed=self.cfg.train.seed, progress=self.progress,
+                    seed=self.cfg.train.seed, progress=self.progress, **recipe,
                 )  # fmt: skip
             probs[s] = predict(probe, te)
             res.update({f"{s.value}/{k}": v for k, v in topk_accuracy(probs[s], tel).items()})
@@ -196,7 +208,8 @@ class Evaluation:
             model = finetune(
                 model, self.loader("train", "train", s, train_cfg), s, self.device, e.finetune_epochs,
                 lr=e.finetune_lr, weight_decay=e.finetune_weight_decay, amp=self.cfg.train.amp,
-                seed=self.cfg.train.seed, progress=self.progress,
+                seed=self.cfg.train.seed, progress=self.progress, optim=e.finetune_optim.value,
+                milestones=list(e.finetune_milestones),
             )  # fmt: skip
             test = self.loader("test", "eval", s, test_cfg)
             probs[s], labels = predict_videos(

@@ -34,6 +34,8 @@ class PhaseSpec:
     report: a short label for result tables (e.g. "RGB-1", "Flow-2"), or "" when the phase is not reported;
     for a joint phase the stage part of the rows' labels ("joint" -> rows "RGB-joint", "Flow-joint", "R+F-joint").
     joint: every stream in ``streams`` is trained at once (GOCA); ``train_stream`` is then their first.
+    lr_epochs: length of the phase's cosine learning-rate schedule in epochs (0 = ``epochs``); longer than the
+    phase, the phase ends before the rate reaches its final value (the released ViCC scripts' stage 1).
     """
 
     name: str
@@ -46,6 +48,7 @@ class PhaseSpec:
     freeze_prototypes_epochs: int
     report: str = ""
     joint: bool = False
+    lr_epochs: int = 0
 
     @property
     def trained_streams(self) -> tuple[Stream, ...]:

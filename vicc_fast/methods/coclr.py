@@ -65,6 +65,12 @@ def topk_positive_mask(sim: torch.Tensor, k: int, valid: torch.Tensor | None = N
     return mask
 
 
+def same_video_mask(videos: torch.Tensor, queue_videos: torch.Tensor) -> torch.Tensor:
+    """Queue entries holding a key of the query's own video (from an earlier epoch). videos: [B] video ids,
+    queue_videos: [L] (-1 = empty) -> [B, L] bool."""
+    return (videos.unsqueeze(1) == queue_videos.unsqueeze(0)) & (queue_videos >= 0).unsqueeze(0)
+
+
 def label_positive_mask(labels: torch.Tensor, queue_labels: torch.Tensor) -> torch.Tensor:
     """UberNCE's oracle positives: queue entries of the same class. labels: [B], queue_labels: [L] (-1 = empty)
     -> [B, L] bool."""
@@ -131,6 +137,7 @@ class CoCLR(Method):
             k.train()  # MoCo's key encoder runs BN in training mode
         self.queue = FeatureQueue(2, c.queue_size, cfg.model.proj_dim)
         self.register_buffer("queue_labels", torch.full((c.queue_size,), -1, dtype=torch.long))
+        self.register_buffer("queue_videos", torch.full((c.queue_size,), -1, dtype=torch.long))
         self.run_encoder: EncoderRunner = plain_run
         self._phase: PhaseSpec | None = None
 
@@ -147,6 +154,7 @@ class CoCLR(Method):
             with torch.no_grad():
                 self.queue.queue.copy_(F.normalize(torch.randn_like(self.queue.queue), dim=-1))
                 self.queue_labels.fill_(-1)
+                self.queue_videos.fill_(-1)
                 self.key_nets[s].load_state_dict(self.nets[s].state_dict())  # CoCLR: f_k.params = f_q.params
 
     def train(self, mode: bool = True) -> CoCLR:
@@ -187,28 +195,40 @@ class CoCLR(Method):
                 if c.ubernce:
                     extra = label_positive_mask(batch.label.to(zq.device), self.queue_labels)
                 elif zt is not None:
+                    same = torch.zeros_like(l_neg, dtype=torch.bool)
+                    if c.same_video_positive:  # positives, and kept out of the mining (CoCLR code)
+                        same = same_video_mask(batch.index.to(zq.device), self.queue_videos)
                     valid = torch.arange(L, device=zq.device) < self.queue.filled
-                    extra = topk_positive_mask(zt @ tq.t(), c.topk, valid)
+                    if c.mine_when_full and self.queue.filled < L:
+                        mined = torch.zeros_like(same)
+                    else:
+                        mined = topk_positive_mask(
+                            (zt @ tq.t()).masked_fill(same, float("-inf")), c.topk, valid
+                        )
+                    extra = mined | same
                 else:
                     extra = torch.zeros_like(l_neg, dtype=torch.bool)
                 pos_mask = torch.cat([torch.ones_like(l_pos, dtype=torch.bool), extra], dim=1)
             loss = multi_instance_nce(logits, pos_mask)
-        self._enqueue(zk, zt, batch.label.to(zq.device))
+        self._enqueue(zk, zt, batch.label.to(zq.device), batch.index.to(zq.device))
         out = {"loss": loss}
         with torch.no_grad():
             out["positives"] = pos_mask.sum(dim=1).float().mean()
             if zt is not None and not c.ubernce:  # how often mined positives share the label (labels read
                 lab = label_positive_mask(batch.label.to(zq.device), self.queue_labels)  # for logging only)
-                out["mined_precision"] = (extra & lab).sum() / extra.sum().clamp_min(1)
+                out["mined_precision"] = (mined & lab).sum() / mined.sum().clamp_min(1)
         return out
 
     @torch.no_grad()
-    def _enqueue(self, zk: torch.Tensor, zt: torch.Tensor | None, labels: torch.Tensor) -> None:
-        zk, labels = _gather(zk), _gather(labels)
+    def _enqueue(
+        self, zk: torch.Tensor, zt: torch.Tensor | None, labels: torch.Tensor, videos: torch.Tensor
+    ) -> None:
+        zk, labels, videos = _gather(zk), _gather(labels), _gather(videos)
         zt = _gather(zt) if zt is not None else torch.zeros_like(zk)
         B, L = zk.shape[0], self.queue.length
         idx = (self.queue.ptr + torch.arange(min(B, L), device=zk.device)) % L
         self.queue_labels[idx] = labels[-L:]
+        self.queue_videos[idx] = videos[-L:]
         self.queue.push(torch.stack([zk, zt]), backend=self.cfg.kernels.backend.value)
 
     def after_step(self, state: StepState) -> None:

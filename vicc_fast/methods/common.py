@@ -60,6 +60,17 @@ class StreamNet(nn.Module):
         return self.head(run(self.backbone, clips))
 
 
+def run_views(
+    run: EncoderRunner, module: nn.Module, views: list[torch.Tensor], per_view: bool
+) -> torch.Tensor:
+    """V views [B, C, T, H, W] through ``module`` -> [V*B, ...], views in order. ``per_view``: one forward per
+    view, so that each view is its own BatchNorm batch and two views of a video never share BN statistics (the
+    released code forwards x1 and x2 separately); else one forward over all views (:func:`cat_views`)."""
+    if per_view and len(views) > 1:
+        return torch.cat([run(module, v) for v in views], dim=0)
+    return run(module, cat_views(views))
+
+
 def cat_views(views: list[torch.Tensor]) -> torch.Tensor:
     """V views [B, C, T, H, W] -> [V*B, C, T, H, W] in one forward (better device use; the memory format of
     the inputs, e.g. channels_last_3d, is kept)."""
@@ -75,7 +86,8 @@ def cat_views(views: list[torch.Tensor]) -> torch.Tensor:
 class FeatureQueue(nn.Module):
     """Per-view ring buffers of past embeddings: ``queue`` [V, L, D] (fp32), with the write position and the
     number of valid rows kept as plain ints (no device sync) and saved through the module's extra state.
-    Only valid rows are ever returned, so a queue that is still filling is used without zero rows.
+    Only valid rows are ever returned, so a queue that is still filling is used without zero rows; whether
+    rows join at all while it fills is :meth:`joins` (the released code waits until it is full).
     ``owner`` names the phase the contents belong to (saved too): :meth:`claim` empties the queue only when a
     different phase takes it over, so a run resumed mid-phase keeps the queue it checkpointed.
     """
@@ -101,6 +113,13 @@ class FeatureQueue(nn.Module):
         if owner != self.owner:
             self.reset()
             self.owner = owner
+
+    def joins(self, when_full: bool) -> bool:
+        """Whether the queued rows take part in this step's assignment: once full (``when_full``, SwAV and
+        the released ViCC code: the queue's last row is non-zero), else as soon as it holds a row."""
+        if self.length == 0:
+            return False
+        return self.filled >= self.length if when_full else self.filled > 0
 
     def rows(self, num_views: int) -> torch.Tensor:
         """The valid rows of the first ``num_views`` views: [V, filled, D] (filled may be 0)."""

@@ -8,8 +8,9 @@ lambda1 (eq. 5); the final assignment of a view uses the *other stream's* D' of 
 (eq. 12-13): RGB and flow features interact only through the assignments. Prototypes are not trained by the
 loss: they are placed by the hyperspherical regulariser (eq. 11: minimise the mean over prototypes of the largest
 off-diagonal cosine similarity, re-projected to unit length) -- ``proto_reg_init_steps`` steps when the phase
-starts (the paper's one-off initialisation) and ``proto_reg_steps`` after every optimiser step (i.e. before the
-next one).
+starts, then fixed ("once before the main training phase ... initializing (and fixing) the prototype layer",
+paper 3.3-3.4). ``proto_reg_steps > 0`` (a switch, off by default) adds that many steps after every optimiser
+step (i.e. before the next one).
 
 Baselines (paper section 4.1) as ``method.goca.variant``: ``sview`` (independent backbones, heads and
 prototypes; SwAV per stream), ``avg`` (the two backbones' features averaged before the shared head: one
@@ -33,9 +34,9 @@ from vicc_fast.methods.base import Method, PhaseSpec, StepState
 from vicc_fast.methods.common import (
     EncoderRunner,
     FeatureQueue,
-    cat_views,
     fp32,
     plain_run,
+    run_views,
     sinkhorn_all_reduce,
     world_size,
 )
@@ -157,7 +158,8 @@ class GOCA(Method):
         return self.loss(batch, state)
 
     def after_step(self, state: StepState) -> None:
-        """The regulariser's steps for the next training step (GOCA: "before each step")."""
+        """``proto_reg_steps`` regulariser steps before the next training step (0 by default: the paper fixes
+        the prototypes after the one-off initialisation)."""
         g = self.cfg.method.goca
         for protos in self.protos.values():
             regularise_prototypes_(protos.weight, g.proto_reg_steps, g.proto_reg_lr)
@@ -168,7 +170,7 @@ class GOCA(Method):
         feats = {}
         for s in STREAMS:
             vs = batch.views[s][:2]
-            feats[s] = self.run_encoder(self.backbones[s.value], cat_views(vs))  # [2B, F]
+            feats[s] = run_views(self.run_encoder, self.backbones[s.value], vs, self.cfg.train.bn_per_view)
         B = batch.views[Stream.rgb][0].shape[0]
         if self.variant is GocaVariant.avg:
             z = self.heads["shared"]((feats[Stream.rgb] + feats[Stream.flow]) / 2)
@@ -226,6 +228,7 @@ class GOCA(Method):
         z = self.embed(batch)  # [V, B, D]
         V, B, _ = z.shape
         use_queue = state.queue_active and self.queue.length > 0
+        queue_joins = use_queue and self.queue.joins(self.cfg.method.queue_when_full)
         with fp32(z.device):
             if self.variant is GocaVariant.sview:
                 P = torch.cat(
@@ -237,7 +240,7 @@ class GOCA(Method):
             else:
                 P = self.protos["shared"](z.reshape(V * B, -1))
             P = P.view(V, B, -1)
-            Q = self.assignments(z.detach(), self.queue.rows(V) if use_queue else None)
+            Q = self.assignments(z.detach(), self.queue.rows(V) if queue_joins else None)
             mask = swap_mask_per_stream(V // 2, 2, torch.device("cpu"))  # host mask: no device sync
             loss = kernels.swapped_loss(P, Q, mask, self.cfg.method.temperature, backend=self.backend)
         if use_queue:
@@ -248,5 +251,5 @@ class GOCA(Method):
         return {
             "loss": loss,
             "proto_max_similarity": max_sim,
-            "queue_on": torch.tensor(float(use_queue), device=z.device),
+            "queue_on": torch.tensor(float(queue_joins), device=z.device),
         }

@@ -23,6 +23,7 @@ from vicc_fast.methods.common import (
     cat_views,
     fp32,
     plain_run,
+    run_views,
     set_trainable,
     sinkhorn_all_reduce,
     world_size,
@@ -56,6 +57,7 @@ def vicc_phases(cfg: Config) -> list[PhaseSpec]:
             queue_start_epoch=qstart(q, sc.single_epochs),
             freeze_prototypes_epochs=sc.single_freeze_prototypes,
             report=f"{STREAM_LABEL[s]}-1",
+            lr_epochs=sc.single_lr_epochs,
         )
         for s, q in ((Stream.rgb, sc.single_queue_start_rgb), (Stream.flow, sc.single_queue_start_flow))
     ]
@@ -160,7 +162,9 @@ class ViCC(Method):
         s, t = phase.train_stream, phase.frozen_stream
         vs = batch.views[s][: phase.num_views]
         B = vs[0].shape[0]
-        zs = self.nets[s.value].embed(cat_views(vs), self.run_encoder)
+        net = self.nets[s.value]
+        # the frozen stream below runs in eval mode (running BN statistics): one forward serves all its views
+        zs = net.head(run_views(self.run_encoder, net.backbone, vs, self.cfg.train.bn_per_view))
         parts = [zs]
         if t is not None:
             vt = batch.views[t][: phase.num_views]
@@ -175,12 +179,13 @@ class ViCC(Method):
         V, B, _ = z.shape
         protos = self.protos[phase.train_stream.value]
         use_queue = state.queue_active and self.queue.length > 0
+        queue_joins = use_queue and self.queue.joins(self.cfg.method.queue_when_full)
         with fp32(z.device):
             P = protos(z.reshape(V * B, -1)).view(V, B, -1)  # [V, B, K], the trainable prediction scores
             with torch.no_grad():
                 w = protos.weight.detach()
                 zq = z.detach()
-                if use_queue and self.queue.filled > 0:
+                if queue_joins:
                     zq = torch.cat([zq, self.queue.rows(V)], dim=1)  # batch rows first, then queue rows
                 Q = kernels.assign(
                     zq,
@@ -199,14 +204,15 @@ class ViCC(Method):
             self.queue.push(z.detach(), backend=self.backend)
         out = {"loss": loss}
         if self.diagnostics:
-            out.update(self._diagnostics(P.detach(), Q, phase, n_train_views, use_queue))
+            out.update(self._diagnostics(P.detach(), Q, phase, n_train_views, queue_joins))
         return out
 
     @torch.no_grad()
     def _diagnostics(
         self, P: torch.Tensor, Q: torch.Tensor, phase: PhaseSpec, n_train: int, queue_on: bool
     ) -> dict[str, torch.Tensor]:
-        """Per-target loss terms (each averaged over its predictors), prototype usage entropy, queue on/off."""
+        """Per-target loss terms (each averaged over its predictors), prototype usage entropy, and queue_on:
+        whether queued rows joined this step's assignment."""
         V = P.shape[0]
         logp = torch.log_softmax(P / self.cfg.method.temperature, dim=-1)
         out: dict[str, torch.Tensor] = {}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from vicc_fast.config import Backbone, ModelConfig
-from vicc_fast.models.backbones import S3D, TinyCNN, VideoResNet
+from vicc_fast.config import Backbone, ModelConfig, ResNetSize
+from vicc_fast.models.backbones import S3D, PaperResNet, TinyCNN, VideoResNet
 from vicc_fast.models.heads import ProjectionHead, Prototypes
 
 
@@ -15,6 +15,8 @@ def build_encoder(model_cfg: ModelConfig) -> nn.Module:
     if backbone is Backbone.s3d:
         return S3D()
     if backbone in (Backbone.r21d, Backbone.r3d):
+        if ResNetSize(model_cfg.resnet) is ResNetSize.paper:
+            return PaperResNet(backbone.value)
         return VideoResNet(backbone.value)
     if backbone is Backbone.tiny:
         return TinyCNN(model_cfg.tiny_width)
@@ -26,4 +28,13 @@ def build_head(model_cfg: ModelConfig, feature_dim: int) -> ProjectionHead:
     return ProjectionHead(feature_dim, model_cfg.proj_hidden, model_cfg.proj_dim)
 
 
-__all__ = ["build_encoder", "build_head", "ProjectionHead", "Prototypes", "S3D", "TinyCNN", "VideoResNet"]
+__all__ = [
+    "build_encoder",
+    "build_head",
+    "PaperResNet",
+    "ProjectionHead",
+    "Prototypes",
+    "S3D",
+    "TinyCNN",
+    "VideoResNet",
+]

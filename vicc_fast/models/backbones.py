@@ -55,6 +55,112 @@ class VideoResNet(nn.Module):
         return self.net(x)
 
 
+def r21d_mid_channels(cin: int, cout: int, kernel: tuple[int, int, int]) -> int:
+    """Channels between the spatial and the temporal convolution of a (2+1)D factorisation, chosen so that it
+    has as many parameters as the full t x d x d convolution (Tran et al. 2018, sec. 3.5):
+    ``floor(t d^2 Nin Nout / (d^2 Nin + t Nout))``. kernel: (t, d, d)."""
+    t, kh, kw = kernel
+    return (t * kh * kw * cin * cout) // (kh * kw * cin + t * cout)
+
+
+def _triple_pad(kernel: tuple[int, int, int]) -> tuple[int, int, int]:
+    return (kernel[0] // 2, kernel[1] // 2, kernel[2] // 2)
+
+
+class Conv2Plus1D(nn.Sequential):
+    """A t x d x d convolution factorised as 1 x d x d (spatial) -> BN -> ReLU -> t x 1 x 1 (temporal), no
+    biases, 'same' padding: the R(2+1)D block of the paper's backbone (VCOP / the released ViCC code)."""
+
+    def __init__(
+        self, cin: int, cout: int, kernel: tuple[int, int, int], stride: tuple[int, int, int] = (1, 1, 1)
+    ) -> None:
+        mid = r21d_mid_channels(cin, cout, kernel)
+        pad = _triple_pad(kernel)
+        super().__init__(
+            nn.Conv3d(
+                cin,
+                mid,
+                (1, kernel[1], kernel[2]),
+                (1, stride[1], stride[2]),
+                (0, pad[1], pad[2]),
+                bias=False,
+            ),
+            nn.BatchNorm3d(mid),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(mid, cout, (kernel[0], 1, 1), (stride[0], 1, 1), (pad[0], 0, 0), bias=False),
+        )
+
+
+def _conv(factorised: bool, cin: int, cout: int, kernel: tuple[int, int, int], stride: tuple[int, int, int]):
+    if factorised:
+        return Conv2Plus1D(cin, cout, kernel, stride)
+    return nn.Conv3d(cin, cout, kernel, stride, _triple_pad(kernel), bias=False)
+
+
+class ZeroPadShortcut(nn.Module):
+    """Hara et al.'s parameter-free shortcut (type A): subsample by ``stride`` and append zero channels.
+    x: [B, Cin, T, H, W] -> [B, Cout, T/s, H/s, W/s]."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.extra, self.stride = cout - cin, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.stride
+        x = x[:, :, ::s, ::s, ::s]
+        return torch.cat([x, x.new_zeros(x.shape[0], self.extra, *x.shape[2:])], dim=1)
+
+
+class _PaperBlock(nn.Module):
+    """conv -> BN -> ReLU -> conv -> BN, plus the input, then ReLU. A block that halves T, H, W passes its
+    input through a strided 1x1x1 conv + BN (``project``) or :class:`ZeroPadShortcut`."""
+
+    def __init__(self, factorised: bool, cin: int, cout: int, downsample: bool, project: bool = True) -> None:
+        super().__init__()
+        s = (2, 2, 2) if downsample else (1, 1, 1)
+        k = (3, 3, 3)
+        self.conv1 = _conv(factorised, cin, cout, k, s)
+        self.bn1 = nn.BatchNorm3d(cout)
+        self.conv2 = _conv(factorised, cout, cout, k, (1, 1, 1))
+        self.bn2 = nn.BatchNorm3d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut: nn.Module = nn.Identity()
+        if downsample and project:
+            self.shortcut = nn.Sequential(_conv(factorised, cin, cout, (1, 1, 1), s), nn.BatchNorm3d(cout))
+        elif downsample:
+            self.shortcut = ZeroPadShortcut(cin, cout, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, Cin, T, H, W] -> [B, Cout, T', H', W']."""
+        res = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        return self.relu(self.shortcut(x) + res)
+
+
+class PaperResNet(_Pooled):
+    """The paper's R(2+1)D / R3D: a 3x7x7 stem (stride 1x2x2, no max-pool) and four stages of ONE basic block
+    each (64, 128, 256, 512 channels; stages 2-4 halve T, H, W); F = 512.
+
+    ``arch="r21d"``: the released ViCC code's ``R2Plus1DNet((1, 1, 1, 1))`` (VCOP's): every convolution
+    factorised (:class:`Conv2Plus1D`), 1x1x1 projection shortcuts; 14.4M parameters (paper Table 4).
+    ``arch="r3d"``: the released code has none; full 3D convolutions in the same layout with the parameter-free
+    shortcut of R3D-18's authors (Hara et al., type A: :class:`ZeroPadShortcut`): 14.2M (the paper's size; with
+    projection shortcuts it would be 14.4M).
+    """
+
+    def __init__(self, arch: str) -> None:
+        if arch not in ("r21d", "r3d"):
+            raise ValueError(f"PaperResNet: arch must be r21d or r3d, not {arch!r}")
+        f = arch == "r21d"
+        widths = (64, 64, 128, 256, 512)
+        layers: list[nn.Module] = [
+            _conv(f, 3, 64, (3, 7, 7), (1, 2, 2)),
+            nn.BatchNorm3d(64),
+            nn.ReLU(inplace=True),
+        ]
+        layers += [_PaperBlock(f, widths[i], widths[i + 1], i > 0, project=f) for i in range(4)]
+        super().__init__(nn.Sequential(*layers), 512)
+
+
 def _conv_bn_relu(cin: int, cout: int, stride: tuple[int, int, int]) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv3d(cin, cout, kernel_size=3, stride=stride, padding=1, bias=False),

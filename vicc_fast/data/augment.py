@@ -1,0 +1,184 @@
+"""Per-sample augmentation draws shared by both input pipelines (DALI and the torch DataLoader baseline).
+
+Everything random about a training sample except its crop window is drawn here, on the host, from a numpy
+generator: whether its views share a start frame, which views get the strong augmentation (the released
+code's controller), flips, blur and the colour maps of RGB and flow with the normalisation folded in. Drawing
+them in one place is what lets RGB view i and flow view i share a draw (``align_streams``) in both backends.
+
+The released code (ViCC ``main_cross.py`` ``get_transform``) augments [rgb_i, flow_i] of view i as ONE frame
+sequence: one crop window, one flip, one colour-jitter / grayscale / blur draw for both streams. Its
+``TransformController`` picks, 50/50, a two-clip transform (two time stamps; each view gets the base (strong)
+augmentation with p = 0.3, else crop + flip only) or a one-clip transform (one time stamp for both views; one
+view strong, the other crop + flip only).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from vicc_fast.data.dali import RGB_MEAN, RGB_STD, colour_affine, flow_norm
+
+
+class AugSettings(Protocol):
+    """The fields of ``DataConfig`` (and of the DALI ``PipeSpec``) the draws read."""
+
+    same_start_prob: float
+    hflip: bool
+    color_jitter_prob: float
+    brightness: float
+    contrast: float
+    saturation: float
+    hue: float
+    grayscale_prob: float
+    blur_prob: float
+    blur_sigma: tuple[float, float] | list[float]
+    align_streams: bool
+    flow_photometric: bool
+    flow_flip_negate: bool
+    aug_controller: bool
+    strong_aug_prob: float
+    grayscale: str
+    flow_normalisation: str
+
+
+@dataclass
+class ViewDraw:
+    """The draws of one view for n samples. flips and blur flags [n] bool, sigma [n]; colour maps applied to
+    [0, 255] pixels and giving normalised values: RGB ``y = M x + t`` on (R, G, B), flow on (x, y, 0)."""
+
+    strong: np.ndarray
+    flip_rgb: np.ndarray
+    flip_flow: np.ndarray
+    blur_rgb: np.ndarray
+    blur_flow: np.ndarray
+    sigma: np.ndarray
+    rgb_m: np.ndarray  # [n, 3, 3] float32
+    rgb_t: np.ndarray  # [n, 3]
+    flow_m: np.ndarray
+    flow_t: np.ndarray
+
+
+def strong_views(rng: np.random.Generator, same: np.ndarray, num_views: int, p: AugSettings) -> np.ndarray:
+    """[V, n] bool: which views get the strong augmentation. Controller off: all. On: a one-clip sample
+    (``same``) has exactly one strong view, chosen uniformly; a two-clip sample each view with
+    ``strong_aug_prob``."""
+    n = len(same)
+    if not p.aug_controller:
+        return np.ones((num_views, n), bool)
+    which = rng.integers(num_views, size=n)
+    one_clip = np.arange(num_views)[:, None] == which[None, :]
+    two_clip = rng.random((num_views, n)) < p.strong_aug_prob
+    return np.where(same[None, :], one_clip, two_clip)
+
+
+def _colour(rng: np.random.Generator, strong: np.ndarray, p: AugSettings) -> tuple[np.ndarray, np.ndarray]:
+    """Colour jitter (p) + grayscale (p) of strong samples as one affine map on [0, 255]: M [n,3,3], t [n,3]."""
+    n = len(strong)
+    jit = strong & (rng.random(n) < p.color_jitter_prob)
+    gray = strong & (rng.random(n) < p.grayscale_prob)
+
+    def factor(strength: float) -> np.ndarray:
+        f = rng.uniform(max(0.0, 1 - strength), 1 + strength, n)
+        return np.where(jit, f, 1.0)
+
+    b, c, s = factor(p.brightness), factor(p.contrast), factor(p.saturation)
+    h = np.where(jit, rng.uniform(-p.hue, p.hue, n), 0.0)
+    weights = None  # luma
+    if str(getattr(p.grayscale, "value", p.grayscale)) == "channel":  # released RandomGray: one channel copied
+        weights = np.eye(3)[rng.integers(3, size=n)]
+    return colour_affine(b, c, s, h, gray, weights)
+
+
+def fold_rgb(m: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(M, t) on [0, 255] RGB -> the same map followed by ImageNet normalisation. [n,3,3], [n,3]."""
+    inv_std = 1.0 / np.array(RGB_STD)
+    return (
+        (inv_std[None, :, None] * m).astype(np.float32),
+        (inv_std[None, :] * (t - np.array(RGB_MEAN)[None, :])).astype(np.float32),
+    )
+
+
+def fold_flow(
+    m: np.ndarray, t: np.ndarray, negate_x: np.ndarray, mode: str = "unit"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(M, t) on flow pixels (x, y, 0) -> x -> 255 - x where ``negate_x`` [n] (the motion mirrored), then the
+    map, then the flow normalisation ``mode`` (:func:`flow_norm`; unit: x, y to (v - 127.5) / 127.5, so the
+    negation is a sign flip). [n,3,3], [n,3] -> [n,3,3], [n,3] float32."""
+    n = len(negate_x)
+    d = np.broadcast_to(np.eye(3), (n, 3, 3)).copy()
+    d[:, 0, 0] = np.where(negate_x, -1.0, 1.0)
+    o = np.zeros((n, 3))
+    o[:, 0] = np.where(negate_x, 255.0, 0.0)
+    m2, t2 = m @ d, np.einsum("nij,nj->ni", m, o) + t
+    mean, std = flow_norm(mode)
+    scale = 1.0 / std
+    return (scale[None, :, None] * m2).astype(np.float32), (scale[None, :] * (t2 - mean[None, :])).astype(np.float32)
+
+
+def draw_views(
+    rng: np.random.Generator, n: int, num_views: int, p: AugSettings
+) -> tuple[np.ndarray, list[ViewDraw]]:
+    """Draws of n samples: ``same`` [n] bool (views start at the same frame) and one :class:`ViewDraw` per
+    view. With ``align_streams`` flow view i takes RGB view i's flip, blur and (``flow_photometric``) colour
+    draw; else its own."""
+    same = rng.random(n) < p.same_start_prob
+    strong = strong_views(rng, same, num_views, p)
+    identity = colour_affine(*(np.ones(n),) * 3, np.zeros(n), np.zeros(n, bool))
+    out = []
+    for v in range(num_views):
+        st = strong[v]
+
+        def flip() -> np.ndarray:
+            return rng.random(n) < 0.5 if p.hflip else np.zeros(n, bool)
+
+        def blur(st: np.ndarray = st) -> tuple[np.ndarray, np.ndarray]:
+            sigma = rng.uniform(float(p.blur_sigma[0]), float(p.blur_sigma[1]), n)
+            return st & (rng.random(n) < p.blur_prob), sigma
+
+        flip_rgb = flip()
+        blur_rgb, sigma = blur()
+        m_rgb, t_rgb = _colour(rng, st, p)
+        if p.align_streams:
+            flip_flow, blur_flow, m_f, t_f = flip_rgb, blur_rgb, m_rgb, t_rgb
+        else:
+            flip_flow = flip()
+            blur_flow, _ = blur()  # one sigma per view keeps the DALI graph's inputs the same in both modes
+            m_f, t_f = _colour(rng, st, p)
+        if not p.flow_photometric:
+            blur_flow, (m_f, t_f) = np.zeros(n, bool), identity
+        rm, rt = fold_rgb(m_rgb, t_rgb)
+        mode = str(getattr(p.flow_normalisation, "value", p.flow_normalisation))
+        fm, ft = fold_flow(m_f, t_f, flip_flow & p.flow_flip_negate, mode)
+        out.append(
+            ViewDraw(st, flip_rgb, flip_flow, blur_rgb, blur_flow, sigma.astype(np.float32), rm, rt, fm, ft)
+        )
+    return same, out
+
+
+def crop_window(
+    rng: np.random.Generator, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float]
+) -> tuple[int, int, int, int]:
+    """A random-resized-crop window (top, left, h, w) of an height x width frame, torchvision's rule: up to
+    10 tries of area in ``scale`` x the frame and log-uniform aspect w/h in ``ratio``, else the central crop
+    with the aspect clamped to ``ratio``."""
+    area = height * width
+    log_r = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(*log_r))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
