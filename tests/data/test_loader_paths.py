@@ -45,10 +45,13 @@ def test_eval_clips_align_rgb_and_flow(codes_root, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_tencrop_mirrors_negate_flow_x_only(ramps_root, backend):
+@pytest.mark.parametrize("negate", [True, False])
+def test_tencrop_mirrors_flip_flow_and_negate_x_when_asked(ramps_root, backend, negate):
     """Ten-crop = 5 positions x (plain, mirrored). On the ramp set flow x = y = a horizontal ramp, so a mirrored
-    crop must hold x -> 255 - (reversed ramp) (flipped and negated) and y -> reversed ramp (flipped only)."""
-    cfg = cfg_for(ramps_root, f"data.backend={backend}", "data.eval_crop=tencrop", "data.eval_clips=1")
+    crop holds y -> reversed ramp (flipped) and x -> reversed ramp, negated (255 - v) with data.flow_flip_negate
+    (physically right) or not (the released code, the default)."""
+    cfg = cfg_for(ramps_root, f"data.backend={backend}", "data.eval_crop=tencrop", "data.eval_clips=1",
+                  f"data.flow_flip_negate={str(negate).lower()}")  # fmt: skip
     checked = 0
     for b in loader(cfg, mode="eval", streams=BOTH):
         f = flow_values(b.views[Stream.flow][0])  # [B * 10, T, h, w, 3], crops of one video consecutive
@@ -57,9 +60,8 @@ def test_tencrop_mirrors_negate_flow_x_only(ramps_root, backend):
             for k in range(5):
                 plain, mirrored = crops[2 * k], crops[2 * k + 1]
                 np.testing.assert_allclose(mirrored[..., 1], plain[..., 1][:, ::-1], atol=3)  # y: flipped
-                np.testing.assert_allclose(
-                    mirrored[..., 0], 255 - plain[..., 0][:, ::-1], atol=3
-                )  # x: negated
+                want_x = plain[..., 0][:, ::-1]
+                np.testing.assert_allclose(mirrored[..., 0], 255 - want_x if negate else want_x, atol=3)
                 checked += 1
             assert np.abs(crops[0][..., 0] - crops[0][..., 1]).max() < 8  # x and y planes cropped alike
     assert checked == 2 * 5  # 2 test videos x 5 positions
