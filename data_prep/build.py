@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from data_prep import codec, shards
 from data_prep.sources import DataSourceError, Record, Source, class_names, load_records
-from vicc_fast.atomic import write_bytes, write_text
+from vicc_fast.atomic import write_bytes, write_error, write_text
 from vicc_fast.config import FlowMethod, SyntheticConfig
 
 WORK_DIR = ".work"
@@ -320,8 +320,6 @@ def process_video(rec: Record, work: Path, settings: VideoSettings, strict: bool
     rgb = codec.encode_rgb(frames, fps=fps, crf=settings.rgb_crf)
     fl = codec.encode_flow(q, fps=fps, crf=settings.flow_crf)
     d = _cache_dir(work, rec.video_id)
-    write_bytes(d / "rgb.webm", rgb)
-    write_bytes(d / "flow.webm", fl)
     meta = {
         "video_id": rec.video_id,
         "source": str(rec.path),
@@ -338,7 +336,13 @@ def process_video(rec: Record, work: Path, settings: VideoSettings, strict: bool
         "flow_bytes": len(fl),
         "decode": dataclasses.asdict(check),
     }
-    write_text(d / "meta.json", json.dumps(meta, indent=1))  # last: marks the cache entry complete
+    target = d / "rgb.webm"
+    try:
+        write_bytes(target, rgb)
+        write_bytes(target := d / "flow.webm", fl)
+        write_text(target := d / "meta.json", json.dumps(meta, indent=1))  # last: marks the entry complete
+    except OSError as exc:
+        raise shards.ShardWriteError(exc.errno, write_error(target, exc, "build cache file")) from exc
     return meta
 
 
@@ -715,6 +719,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except (DataSourceError, BuildError, shards.ShardFormatError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except shards.ShardWriteError as e:
+        print(f"error: {e.strerror}", file=sys.stderr)
         return 2
     return 0
 

@@ -300,3 +300,38 @@ def test_truncated_webm_is_caught_by_its_duration(tmp_path):
     _, _, half = build.read_video(cut(p, 0.5))
     assert half.short and "s of the 2.40 s its container declares" in half.message(), half
     assert half.problem(strict=False) is not None
+
+
+_BUILD_UNDER_LIMIT = """
+import resource, signal, sys
+from data_prep import build
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the process instead of failing the write
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), int(sys.argv[1])))
+sys.exit(build.main(sys.argv[2:]))
+"""
+
+
+def test_disk_full_while_writing_a_shard(tmp_path):
+    """RLIMIT_FSIZE in a child process stands in for a full disk (same failed write, no root needed)."""
+    import subprocess
+    import sys
+
+    good = write_mp4(tmp_path / "g.mp4", moving_frames(8, 24, 32))
+    root = folder_set(tmp_path / "src", {f"{c}/{i}.mp4": good for c in "ab" for i in range(3)})
+    out = tmp_path / "out"
+    args = ["--source", "folder", "--root", str(root), "--out", str(out), "--flow", "dis", "--height", str(H),
+            "--width", str(W), "--workers", "1", "--no-progress"]  # fmt: skip
+    assert build.main([*args, "--shard-size", "1"]) == 0
+    before = {p.name: p.read_bytes() for p in out.glob("*.tar")}
+    small = max(len(b) for b in before.values())
+    # repack into bigger shards (cache reused): the first shard write exceeds the limit
+    r = subprocess.run(
+        [sys.executable, "-c", _BUILD_UNDER_LIMIT, str(small + 512), *args, "--shard-size", "4"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert f"could not write shard file {out / 'train-000000.tar'}: file size limit hit" in r.stderr, r.stderr
+    assert "the previous train-000000.tar is unchanged" in r.stderr
+    assert (out / "train-000000.tar").read_bytes() == before["train-000000.tar"]
+    assert not list(out.glob(".*.tmp")) and not (out / "manifest.json").exists()  # an unfinished build
+    assert build.main([*args, "--shard-size", "4"]) == 0  # with space again, the build finishes
