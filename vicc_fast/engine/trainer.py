@@ -69,6 +69,7 @@ def validate_training(cfg: C.Config, world_size: int = 1, device: torch.device |
         (o.final_lr <= o.lr, "optim.final_lr", "must be <= optim.lr"),
         (t.ckpt_every_steps >= 0, "train.ckpt_every_steps", "must be >= 0 (0 = phase ends only)"),
         (t.log_every_steps > 0, "train.log_every_steps", "must be > 0"),
+        (t.launcher_check_s >= 0, "train.launcher_check_s", "must be >= 0 (0 = off)"),
         (bool(t.out_dir), "train.out_dir", "must not be empty"),
         (s.steps_per_epoch >= 0, "schedule.steps_per_epoch", "must be >= 0 (0 = whole epoch)"),
         (s.single_queue_start_rgb >= 0, "schedule.single_queue_start_rgb", "must be >= 0"),
