@@ -194,21 +194,33 @@ def read_video(
     skipped and decoding goes on; the returned DecodeCheck says what happened, and the caller decides
     (DecodeCheck.problem).
     """
+    info: dict[str, Any] = {}
+    frames = list(iter_video(path, height, width, info))
+    return np.stack(frames), info["fps"], info["check"]
+
+
+def iter_video(
+    path: str | Path, height: int | None, width: int | None, info: dict[str, Any]
+) -> Iterator[np.ndarray]:
+    """The frames of read_video one at a time (a long video is never held whole). ``info["fps"]`` is set
+    before the first frame; ``info["check"]`` (DecodeCheck) once all are yielded. Raises VideoError as
+    read_video does, a too-short video after its last frame."""
     p = Path(path)
     if not p.is_file():
         raise VideoError("file not found")
     if p.stat().st_size == 0:
         raise VideoError("zero-length file")
-    frames: list[np.ndarray] = []
+    n = 0
     errors: list[str] = []
     corrupt = 0
-    times: list[float] = []
+    first_time = last_time = None
     try:
         with av.open(str(p), "r") as c:
             if not c.streams.video:
                 raise VideoError("no video stream (audio-only or data file)")
             s = c.streams.video[0]
             fps = float(s.average_rate or s.guessed_rate or 0) or 25.0
+            info["fps"] = fps
             declared, declared_seconds = _declared(c, s)
             packets = c.demux(s)
             while True:
@@ -217,32 +229,34 @@ def read_video(
                 except StopIteration:
                     break
                 except av.error.FFmpegError as e:  # the container itself is damaged: nothing after it is read
-                    errors.append(f"after {len(frames)} frames: {e}")
+                    errors.append(f"after {n} frames: {e}")
                     break
                 try:
                     decoded = packet.decode()
                 except av.error.FFmpegError as e:
                     # one damaged packet (a bad sector, a cut): skip it and go on, as players do; reported
-                    errors.append(f"after {len(frames)} frames: {e}")
+                    errors.append(f"after {n} frames: {e}")
                     continue
                 for f in decoded:
                     corrupt += bool(f.is_corrupt)
                     if f.time is not None:
-                        times.append(f.time)
+                        first_time = f.time if first_time is None else min(first_time, f.time)
+                        last_time = f.time if last_time is None else max(last_time, f.time)
                     rgb = f.to_ndarray(format="rgb24")
                     if k := round((f.rotation or 0) / 90) % 4:
                         # phone videos store the picture sideways plus a display matrix; players turn it upright
                         rgb = np.ascontiguousarray(np.rot90(rgb, k))  # counter-clockwise, as frame.rotation
-                    frames.append(rgb if height is None else _resize(rgb, height, width or rgb.shape[1]))
+                    n += 1
+                    yield rgb if height is None else _resize(rgb, height, width or rgb.shape[1])
     except av.error.FFmpegError as e:
         raise VideoError(f"unreadable video: {e}") from e
-    if not frames and errors:
+    if not n and errors:
         raise VideoError(
             f"unreadable video: no frame decodes ({len(errors)} decode error(s), first {errors[0]})"
         )
-    span = (max(times) - min(times) + 1 / fps) if times else None
+    span = (last_time - first_time + 1 / fps) if first_time is not None and last_time is not None else None
     check = DecodeCheck(
-        decoded=len(frames),
+        decoded=n,
         declared=declared,
         declared_seconds=declared_seconds,
         decoded_seconds=span,
@@ -251,10 +265,10 @@ def read_video(
         first_error=errors[0] if errors else None,
         corrupt=corrupt,
     )
-    if len(frames) < MIN_FRAMES:
+    if n < MIN_FRAMES:
         detail = f" ({check.message()})" if check.message() else ""
-        raise VideoError(f"too short: {len(frames)} decodable frame(s), need at least {MIN_FRAMES}{detail}")
-    return np.stack(frames), fps, check
+        raise VideoError(f"too short: {n} decodable frame(s), need at least {MIN_FRAMES}{detail}")
+    info["check"] = check
 
 
 def _resize(frame: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -313,12 +327,35 @@ def process_video(rec: Record, work: Path, settings: VideoSettings, strict: bool
     """
     from data_prep import flow  # imported here: worker processes import it on first use
 
-    frames, fps, check = read_video(rec.path, settings.height, settings.width)
+    # One pass, frame by frame: decode, resize, encode RGB, flow of each pair, encode flow. Memory stays flat
+    # in the video's length (a 20x longer video holds no more frames); the outputs are byte-identical to
+    # encode_rgb / encode_flow of the whole arrays (the same encoder calls in the same order).
+    if min(settings.height, settings.width) < 8:
+        raise flow.FlowError(f"frames of {settings.height}x{settings.width} are too small for optical flow")
+    info: dict[str, Any] = {}
+    est = flow.estimator(flow.parse_method(settings.flow_method))
+    rgb_w = flow_w = None
+    prev_grey = last_q = None
+    frames = flow_frames = 0
+    for frame in iter_video(rec.path, settings.height, settings.width, info):
+        if rgb_w is None:
+            rgb_w = codec.RGBWriter(fps=info["fps"], crf=settings.rgb_crf)
+            flow_w = codec.FlowWriter(fps=info["fps"], crf=settings.flow_crf)
+        rgb_w.add(frame)
+        frames += 1
+        grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+        if prev_grey is not None:
+            last_q = flow.quantize_flow(est(prev_grey, grey), settings.flow_bound)
+            flow_w.add(last_q)
+            flow_frames += 1
+        prev_grey = grey
+    check: DecodeCheck = info["check"]
     if (problem := check.problem(strict)) is not None:
-        raise VideoError(problem)  # before the flow: a rejected video costs no flow computation
-    q = flow.quantize_flow(flow.compute_flow(frames, settings.flow_method), settings.flow_bound)
-    rgb = codec.encode_rgb(frames, fps=fps, crf=settings.rgb_crf)
-    fl = codec.encode_flow(q, fps=fps, crf=settings.flow_crf)
+        raise VideoError(problem)
+    flow_w.add(last_q)  # the last flow frame repeats the one before (flow.compute_flow)
+    fps = info["fps"]
+    rgb, fl = rgb_w.finish(), flow_w.finish()
+    flow_frames += 1
     d = _cache_dir(work, rec.video_id)
     meta = {
         "video_id": rec.video_id,
@@ -326,8 +363,8 @@ def process_video(rec: Record, work: Path, settings: VideoSettings, strict: bool
         "source_stamp": _source_stamp(rec.path),
         "settings": dataclasses.asdict(settings),
         "fps": fps,
-        "frames": int(frames.shape[0]),
-        "flow_frames": int(q.shape[0]),
+        "frames": frames,
+        "flow_frames": flow_frames,
         "height": settings.height,
         "width": settings.width,
         "rgb_sha256": hashlib.sha256(rgb).hexdigest(),

@@ -335,3 +335,20 @@ def test_disk_full_while_writing_a_shard(tmp_path):
     assert (out / "train-000000.tar").read_bytes() == before["train-000000.tar"]
     assert not list(out.glob(".*.tmp")) and not (out / "manifest.json").exists()  # an unfinished build
     assert build.main([*args, "--shard-size", "4"]) == 0  # with space again, the build finishes
+
+
+def test_streaming_processing_matches_the_whole_array_path(tmp_path):
+    """process_video works frame by frame (flat memory in the video length): the same bytes as encoding the
+    whole decoded array and its flow at once."""
+    from data_prep import codec, flow
+    from data_prep.sources import Record
+
+    src = write_video(tmp_path / "v.avi", moving_frames(14, 30, 41))
+    settings = build.VideoSettings(height=H, width=W, flow_method="dis")
+    meta = build.process_video(Record(src, 0, "a", "train", "a/v"), tmp_path / "work", settings)
+    frames, fps, _ = build.read_video(src, H, W)
+    q = flow.quantize_flow(flow.compute_flow(frames, "dis"), settings.flow_bound)
+    d = build._cache_dir(tmp_path / "work", "a/v")
+    assert (d / "rgb.webm").read_bytes() == codec.encode_rgb(frames, fps=fps, crf=settings.rgb_crf)
+    assert (d / "flow.webm").read_bytes() == codec.encode_flow(q, fps=fps, crf=settings.flow_crf)
+    assert (meta["frames"], meta["flow_frames"]) == (14, 14)
