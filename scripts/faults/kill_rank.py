@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             p.send_signal(signal.SIGTERM)  # the run checkpoints and stops
             p.wait(timeout=120)
             tail = samples[len(samples) // 5 :]  # after warm-up
-            report.update(steps=steps, epochs=steps // 4, samples=samples[:: max(1, len(samples) // 20)],
+            spe = 2  # 8 training videos, 2 ranks, 2 per rank and step
+            report.update(steps=steps, epochs=steps // spe, samples=samples[:: max(1, len(samples) // 20)],
                           rss_growth_after_warmup_mib=round(tail[-1]["rss_mib"] - tail[0]["rss_mib"], 1),
                           rss_max_mib=max(s["rss_mib"] for s in samples),
                           fds_min_max=[min(s["fds"] for s in tail), max(s["fds"] for s in tail)])  # fmt: skip
