@@ -84,7 +84,7 @@ def test_train_cli_refuses_a_locked_run_folder(tmp_path, capsys):
 
 def test_worker_stops_cleanly_when_torchrun_is_killed(tiny_shards, tmp_path):
     """torchrun SIGKILLed: its worker (own session, so it gets no signal) sees the launcher gone, writes a
-    checkpoint, stops with exit code 3 and releases the run folder; a resubmitted run resumes from it."""
+    checkpoint, stops and releases the run folder (a resubmitted run may take it and resume)."""
     out = tmp_path / "run"
     args = [f"data.root={tiny_shards}", *TINY_MODEL, "data.backend=torch", "method.queue_size=0",
             "schedule.single_epochs=200", "schedule.phase=rgb1", "train.batch_size=4", "train.amp='off'",
