@@ -30,7 +30,8 @@ previous phase's checkpoint in train.out_dir. train.resume=auto continues the la
 exactly where it stopped (a damaged one is reported and the newest good one used).
 
 Exit codes: 0 done, 1 error, 2 bad settings, 3 stopped on request (SIGTERM/SIGUSR1/Ctrl-C, or the torchrun
-launcher gone: a checkpoint was written; rerun to resume), 4 the run folder is locked by another live run.
+launcher gone: a checkpoint was written; rerun to resume), 4 the run folder is locked by another live run,
+5 another rank was lost (the message names it).
 """
 
 
@@ -130,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from vicc_fast.engine import distributed as D
     from vicc_fast.engine.checkpoint import CheckpointError
+    from vicc_fast.engine.heartbeat import Heartbeat
     from vicc_fast.engine.runlock import LauncherWatch, RunLock, RunLockError, launched_by_torchrun
     from vicc_fast.engine.trainer import (
         NonFiniteLossError,
@@ -144,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     info = D.init_distributed(cfg.train.device)
     lock = RunLock(cfg.train.out_dir)
     watch = None
+    beat = Heartbeat(info.rank, info.world_size).start() if info.distributed else None
     try:
         _lock_run_folder(lock, info, D)
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank (DDP also broadcasts them)
@@ -182,7 +185,25 @@ def main(argv: list[str] | None = None) -> int:
     except RunLockError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 4
+    except Exception as exc:
+        # a failed collective names a socket, not a rank: say which rank is gone (heartbeats), then stop
+        lost = beat.lost() if beat is not None else None
+        if lost is None:
+            raise
+        from vicc_fast.engine.checkpoint import latest_path
+
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        print(
+            f"error: rank {info.rank}: lost {lost}: its process died or its node went away ({first}); "
+            f"the checkpoint {latest_path(cfg.train.out_dir)} is intact: resume with train.resume=auto once "
+            "every rank runs again",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 5
     finally:
+        if beat is not None:
+            beat.stop()
         if watch is not None:
             watch.stop()
         lock.release()

@@ -116,3 +116,40 @@ def test_worker_stops_cleanly_when_torchrun_is_killed(tiny_shards, tmp_path):
     state = ckpt.load(ckpt.latest_path(out))  # intact and loadable
     assert state["phase"] == "rgb1" and state["global_step"] > 0
     assert not lock.exists()  # released: a resubmitted run may take the folder
+
+
+@pytest.mark.slow
+def test_lost_gloo_rank_is_named(tiny_shards, tmp_path):
+    """Two gloo ranks without torchrun, rank 1 SIGKILLed: rank 0's next collective fails; it names the lost
+    rank (heartbeats in the store), keeps its checkpoint and exits with code 5 instead of hanging."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "run"
+    args = [f"data.root={tiny_shards}", *TINY_MODEL, "data.backend=torch", "method.queue_size=0",
+            "schedule.single_epochs=100000", "schedule.phase=rgb1", "train.batch_size=2", "train.amp='off'",
+            f"train.out_dir={out}", "train.progress=false", "train.ckpt_every_steps=5", "train.log_every_steps=1",
+            "eval.after_phase=false", "train.device=cpu"]  # fmt: skip
+    procs = []
+    for r in range(2):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+               "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2"}  # fmt: skip
+        procs.append(subprocess.Popen([sys.executable, "-m", "vicc_fast.train", *args], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not ckpt.latest_path(out).is_file():
+            assert procs[0].poll() is None, procs[0].communicate()[0]
+            time.sleep(0.2)
+        procs[1].kill()
+        procs[1].wait()
+        text = procs[0].communicate(timeout=300)[0]  # a hang would end here, not in silence
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert procs[0].returncode == 5, text
+    assert f"error: rank 0: lost rank 1 (host {socket.gethostname()}, PID {procs[1].pid})" in text, text
+    assert ckpt.load(ckpt.latest_path(out))["phase"] == "rgb1"
