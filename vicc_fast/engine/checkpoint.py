@@ -216,13 +216,14 @@ def load_rank_buffers(out_dir: str | Path, rank: int, run_step: int, method: nn.
 
 
 def prune_rank_buffers(out_dir: str | Path, rank: int, keep: int) -> None:
-    """Remove this rank's buffers older than the two newest up to ``keep`` (the second serves previous.pt)."""
+    """Keep this rank's buffers of ``keep`` and of the save before it (previous.pt's); remove the others, also
+    newer ones left by a trajectory abandoned when a resume fell back to an older checkpoint."""
     folder = ckpt_dir(out_dir) / "ranks"
     files = sorted(folder.glob(f"rank{rank:03d}-*.pt"))
     steps = [int(p.stem.split("-")[1]) for p in files]
     kept = sorted((s for s in steps if s <= keep), reverse=True)[:2]
     for p, step in zip(files, steps, strict=True):
-        if step not in kept and step <= keep:
+        if step not in kept:
             p.unlink(missing_ok=True)
 
 
