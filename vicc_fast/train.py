@@ -14,8 +14,13 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vicc_fast import config as C
+
+if TYPE_CHECKING:  # imported lazily at run time: `--help` and config errors must not pay for torch
+    from vicc_fast.engine.distributed import DistInfo
+    from vicc_fast.engine.runlock import RunLock
 
 USAGE = """\
 torchrun --standalone --nproc_per_node=N -m vicc_fast.train [--config FILE ...] [key=value ...]
@@ -88,7 +93,7 @@ def install_stop_handlers(trainer) -> None:  # noqa: ANN001  (engine.trainer.Tra
         signal.signal(sig, handler)
 
 
-def _lock_run_folder(lock, info, D) -> None:  # noqa: ANN001  (RunLock, DistInfo, the distributed module)
+def _lock_run_folder(lock: RunLock, info: DistInfo) -> None:
     """Rank 0 locks train.out_dir (engine.runlock); every rank learns whether it could, so a refused run
     exits on all ranks instead of leaving the others waiting at the next collective."""
     from vicc_fast.engine.runlock import RunLockError
@@ -148,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     watch = None
     beat = Heartbeat(info.rank, info.world_size).start() if info.distributed else None
     try:
-        _lock_run_folder(lock, info, D)
+        _lock_run_folder(lock, info)
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank (DDP also broadcasts them)
         method = build_method(cfg)  # before the data: a bad model/method setting fails without work done
         if not select_phases(method.phases(), cfg.schedule.phase):
