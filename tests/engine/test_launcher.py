@@ -153,3 +153,35 @@ def test_lost_gloo_rank_is_named(tiny_shards, tmp_path):
     assert procs[0].returncode == 5, text
     assert f"error: rank 0: lost rank 1 (host {socket.gethostname()}, PID {procs[1].pid})" in text, text
     assert ckpt.load(ckpt.latest_path(out))["phase"] == "rgb1"
+
+
+_HOLD_WITH_CHILD = textwrap.dedent(
+    """
+    import multiprocessing as mp, sys, time
+    from vicc_fast.engine.runlock import RunLock
+    RunLock(sys.argv[1]).acquire()
+    child = mp.get_context("fork").Process(target=time.sleep, args=(120,), daemon=False)
+    child.start()  # like a DataLoader worker: forked while the lock is held
+    print(child.pid, flush=True)
+    time.sleep(120)
+    """
+)
+
+
+def test_forked_children_do_not_keep_a_dead_runs_lock(tmp_path):
+    out = tmp_path / "run"
+    owner = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_WITH_CHILD, str(out)], stdout=subprocess.PIPE, text=True
+    )
+    child = int(owner.stdout.readline())
+    try:
+        owner.kill()
+        owner.wait()
+        assert Path(f"/proc/{child}").exists()  # the forked child lives on
+        lines: list[str] = []
+        lock = RunLock(out)
+        lock.acquire(lines.append)  # not refused: the child closed its copy of the lock at fork
+        assert any("taking over the stale lock" in ln for ln in lines)
+        lock.release()
+    finally:
+        os.kill(child, 9)

@@ -27,6 +27,22 @@ from typing import Any
 
 LOCK_NAME = "run.lock"
 
+_HELD: set[int] = set()
+"""File descriptors of the locks this process holds."""
+
+
+def _drop_in_child() -> None:
+    # A forked child (DataLoader workers) shares the lock's open file, and flock is only released when every
+    # copy is closed: a SIGKILLed run's workers would keep its folder locked until they exit. The child closes
+    # its copies (the parent's lock is unaffected). exec'd children never get it (os.open makes it CLOEXEC).
+    for fd in list(_HELD):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_drop_in_child)
+
 
 class RunLockError(RuntimeError):
     """The run folder is owned by another live run; the message names it (host, PID, since, command)."""
@@ -97,6 +113,7 @@ class RunLock:
             os.write(fd, json.dumps(me).encode())
             os.fsync(fd)
             self._fd = fd
+            _HELD.add(fd)
             return
         raise RunLockError(f"cannot lock run folder {self.out_dir}: {self.path} keeps changing")
 
@@ -106,6 +123,7 @@ class RunLock:
             return
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+        _HELD.discard(self._fd)
         os.close(self._fd)
         self._fd = None
 
