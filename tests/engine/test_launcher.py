@@ -159,9 +159,16 @@ _HOLD_WITH_CHILD = textwrap.dedent(
     """
     import multiprocessing as mp, sys, time
     from vicc_fast.engine.runlock import RunLock
+    def work(started):
+        started.set()  # after the fork hooks ran
+        time.sleep(120)
+
     RunLock(sys.argv[1]).acquire()
-    child = mp.get_context("fork").Process(target=time.sleep, args=(120,), daemon=False)
+    ctx = mp.get_context("fork")
+    started = ctx.Event()
+    child = ctx.Process(target=work, args=(started,), daemon=False)
     child.start()  # like a DataLoader worker: forked while the lock is held
+    started.wait(60)
     print(child.pid, flush=True)
     time.sleep(120)
     """
