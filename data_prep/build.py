@@ -11,6 +11,11 @@ Stages:
 
 Bad input stops the build with one error naming the file; with --skip-bad the video is rejected instead,
 recorded with its reason in manifest.json["rejected"], and the count is printed.
+
+Nothing is lost silently: a video that decodes fewer frames than its container declares (truncated, cut
+mid-packet) or whose decoder reports an error mid-stream is either rejected (bad input, as above) or kept
+with a warning naming both numbers, printed and recorded in manifest.json["warnings"]. It is rejected when
+less than MIN_DECODED_SHARE of the declared frames decode, and under --strict on any shortfall or error.
 """
 
 from __future__ import annotations
@@ -37,14 +42,23 @@ from tqdm import tqdm
 
 from data_prep import codec, shards
 from data_prep.sources import DataSourceError, Record, Source, class_names, load_records
-from vicc_fast.atomic import write_bytes, write_text
+from vicc_fast.atomic import write_bytes, write_error, write_text
 from vicc_fast.config import FlowMethod, SyntheticConfig
 
 WORK_DIR = ".work"
-CACHE_VERSION = 1
-"""Bump when the per-video processing changes in a way the settings below do not capture."""
+CACHE_VERSION = 2
+"""Bump when the per-video processing changes in a way the settings below do not capture (2: meta.json
+records the decode check, so entries cached before it existed are decoded again)."""
 MIN_FRAMES = 2
 """Flow needs a pair of frames."""
+MIN_DECODED_SHARE = 0.9
+"""Below this share of the frames its container declares, a video is rejected (not kept shortened): a
+video missing a tenth of its frames has lost the end of the action, not a damaged trailing packet.
+Between this share and 100 % it is kept with a warning (both numbers in the build output and the manifest)."""
+DURATION_SLACK_FRAMES = 1
+"""Frame durations the decoded time span may fall short of the declared duration (compared when the
+container stores no frame count, e.g. Matroska/WebM) before the video counts as short: the last frame's
+own duration is not known exactly."""
 DEFAULT_SHARD_SIZE = 100
 
 
@@ -83,39 +97,178 @@ class BuildReport:
 
 
 # ------------------------------------------------------------------------------------ per-video work
+@dataclass(frozen=True)
+class DecodeCheck:
+    """What decoding a source found, compared with what its container declares.
+
+    declared: the frame count the container stores (AVI, MP4), else None. declared_seconds: its duration
+    when it stores no frame count (Matroska/WebM); then the decoded time span (first to last frame, plus one
+    frame) is compared with it instead, which also holds for variable frame rate. decoded: frames decoded;
+    decoded_seconds: their time span. errors: packets the decoder refused (skipped; decoding goes on after
+    them) or a demuxer error that ended the file early; first_error: the first of them. corrupt: frames the
+    decoder flagged as corrupt (kept: concealed by the decoder, but reported).
+    """
+
+    decoded: int
+    declared: int | None = None
+    declared_seconds: float | None = None
+    decoded_seconds: float | None = None
+    frame_seconds: float = 0.04
+    errors: int = 0
+    first_error: str | None = None
+    corrupt: int = 0
+
+    @property
+    def share(self) -> float | None:
+        """Decoded share of what the container declares (frames, else duration), None when it declares neither."""
+        if self.declared:
+            return self.decoded / self.declared
+        if self.declared_seconds and self.decoded_seconds is not None:
+            return self.decoded_seconds / self.declared_seconds
+        return None
+
+    @property
+    def short(self) -> bool:
+        if self.declared:
+            return self.decoded < self.declared
+        if self.declared_seconds and self.decoded_seconds is not None:
+            slack = DURATION_SLACK_FRAMES * self.frame_seconds + 1e-3
+            return self.decoded_seconds < self.declared_seconds - slack
+        return False
+
+    def message(self) -> str | None:
+        """One line saying what is wrong (both numbers), or None when nothing is."""
+        parts = []
+        if self.short and self.declared:
+            parts.append(
+                f"decoded {self.decoded} of the {self.declared} frames its container declares "
+                f"({100 * (self.share or 0):.0f}%)"
+            )
+        elif self.short:
+            parts.append(
+                f"decoded {self.decoded} frames covering {self.decoded_seconds:.2f} s of the "
+                f"{self.declared_seconds:.2f} s its container declares ({100 * (self.share or 0):.0f}%)"
+            )
+        if self.errors:
+            parts.append(f"{self.errors} decode error(s), the first {self.first_error}")
+        if self.corrupt:
+            parts.append(f"{self.corrupt} frame(s) flagged corrupt by the decoder")
+        return "; ".join(parts) or None
+
+    def problem(self, strict: bool) -> str | None:
+        """Why the video must be rejected, or None when it is kept (perhaps with a warning)."""
+        msg = self.message()
+        if msg is None:
+            return None
+        if strict:
+            return f"{msg} (rejected under --strict)"
+        if self.short and (self.share or 0) < MIN_DECODED_SHARE:
+            return f"{msg}: below the {100 * MIN_DECODED_SHARE:.0f}% floor, truncated or damaged"
+        return None
+
+
+def _declared(container, stream) -> tuple[int | None, float | None]:
+    """(stored frame count, None) or (None, duration in seconds) or (None, None)."""
+    if stream.frames and stream.frames > 0:
+        return int(stream.frames), None
+    if stream.duration and stream.time_base:
+        seconds = float(stream.duration * stream.time_base)
+    elif container.duration:
+        seconds = container.duration / 1_000_000  # AV_TIME_BASE
+    else:
+        return None, None
+    return None, (seconds if seconds > 0 else None)
+
+
 def read_video(
     path: str | Path, height: int | None = None, width: int | None = None
-) -> tuple[np.ndarray, float, str | None]:
-    """All frames of a video file -> ([T, H, W, 3] uint8 RGB, fps, note). Raises VideoError saying why not.
+) -> tuple[np.ndarray, float, DecodeCheck]:
+    """All frames of a video file -> ([T, H, W, 3] uint8 RGB, fps, decode check). Raises VideoError saying why
+    not.
 
     With height and width, each frame is resized as it is decoded (a long source video is never held at
-    its full resolution).
+    its full resolution). Grayscale and high-bit-depth sources are converted to 8-bit RGB; a rotation in
+    the container's display matrix is applied (the frames come out upright, as a player shows them).
 
-    note is None, or says why decoding stopped early (a damaged tail, common in UCF101/HMDB51 .avi files:
-    the frames before it are kept, and the build reports the note).
+    A packet the decoder refuses (a damaged tail, common in UCF101/HMDB51 .avi files, or a bad sector) is
+    skipped and decoding goes on; the returned DecodeCheck says what happened, and the caller decides
+    (DecodeCheck.problem).
     """
+    info: dict[str, Any] = {}
+    frames = list(iter_video(path, height, width, info))
+    return np.stack(frames), info["fps"], info["check"]
+
+
+def iter_video(
+    path: str | Path, height: int | None, width: int | None, info: dict[str, Any]
+) -> Iterator[np.ndarray]:
+    """The frames of read_video one at a time (a long video is never held whole). ``info["fps"]`` is set
+    before the first frame; ``info["check"]`` (DecodeCheck) once all are yielded. Raises VideoError as
+    read_video does, a too-short video after its last frame."""
     p = Path(path)
     if not p.is_file():
         raise VideoError("file not found")
     if p.stat().st_size == 0:
         raise VideoError("zero-length file")
-    frames, note = [], None
+    n = 0
+    errors: list[str] = []
+    corrupt = 0
+    first_time = last_time = None
     try:
         with av.open(str(p), "r") as c:
             if not c.streams.video:
-                raise VideoError("no video stream")
+                raise VideoError("no video stream (audio-only or data file)")
             s = c.streams.video[0]
             fps = float(s.average_rate or s.guessed_rate or 0) or 25.0
-            for f in c.decode(s):
-                rgb = f.to_ndarray(format="rgb24")
-                frames.append(rgb if height is None else _resize(rgb, height, width or rgb.shape[1]))
+            info["fps"] = fps
+            declared, declared_seconds = _declared(c, s)
+            packets = c.demux(s)
+            while True:
+                try:
+                    packet = next(packets)
+                except StopIteration:
+                    break
+                except av.error.FFmpegError as e:  # the container itself is damaged: nothing after it is read
+                    errors.append(f"after {n} frames: {e}")
+                    break
+                try:
+                    decoded = packet.decode()
+                except av.error.FFmpegError as e:
+                    # one damaged packet (a bad sector, a cut): skip it and go on, as players do; reported
+                    errors.append(f"after {n} frames: {e}")
+                    continue
+                for f in decoded:
+                    corrupt += bool(f.is_corrupt)
+                    if f.time is not None:
+                        first_time = f.time if first_time is None else min(first_time, f.time)
+                        last_time = f.time if last_time is None else max(last_time, f.time)
+                    rgb = f.to_ndarray(format="rgb24")
+                    if k := round((f.rotation or 0) / 90) % 4:
+                        # phone videos store the picture sideways plus a display matrix; players turn it upright
+                        rgb = np.ascontiguousarray(np.rot90(rgb, k))  # counter-clockwise, as frame.rotation
+                    n += 1
+                    yield rgb if height is None else _resize(rgb, height, width or rgb.shape[1])
     except av.error.FFmpegError as e:
-        if not frames:
-            raise VideoError(f"unreadable video: {e}") from e
-        note = f"decoding stopped after {len(frames)} frames: {e}"
-    if len(frames) < MIN_FRAMES:
-        raise VideoError(f"too short: {len(frames)} decodable frame(s), need at least {MIN_FRAMES}")
-    return np.stack(frames), fps, note
+        raise VideoError(f"unreadable video: {e}") from e
+    if not n and errors:
+        raise VideoError(
+            f"unreadable video: no frame decodes ({len(errors)} decode error(s), first {errors[0]})"
+        )
+    span = (last_time - first_time + 1 / fps) if first_time is not None and last_time is not None else None
+    check = DecodeCheck(
+        decoded=n,
+        declared=declared,
+        declared_seconds=declared_seconds,
+        decoded_seconds=span,
+        frame_seconds=1 / fps,
+        errors=len(errors),
+        first_error=errors[0] if errors else None,
+        corrupt=corrupt,
+    )
+    if n < MIN_FRAMES:
+        detail = f" ({check.message()})" if check.message() else ""
+        raise VideoError(f"too short: {n} decodable frame(s), need at least {MIN_FRAMES}{detail}")
+    info["check"] = check
 
 
 def _resize(frame: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -142,6 +295,10 @@ def _source_stamp(path: Path) -> dict[str, int]:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+def _check_of(meta: dict[str, Any]) -> DecodeCheck:
+    return DecodeCheck(**meta["decode"])
+
+
 def cached_meta(rec: Record, work: Path, settings: VideoSettings) -> dict[str, Any] | None:
     """The cached per-video result when it is complete and still valid, else None."""
     d = _cache_dir(work, rec.video_id)
@@ -156,42 +313,73 @@ def cached_meta(rec: Record, work: Path, settings: VideoSettings) -> dict[str, A
         for name in ("rgb", "flow"):
             if shards.sha256_file(d / f"{name}.webm") != meta[f"{name}_sha256"]:
                 return None
-    except (OSError, ValueError, KeyError):
+        _check_of(meta)
+    except (OSError, ValueError, KeyError, TypeError):
         return None
     return meta
 
 
-def process_video(rec: Record, work: Path, settings: VideoSettings) -> dict[str, Any]:
+def process_video(rec: Record, work: Path, settings: VideoSettings, strict: bool = False) -> dict[str, Any]:
     """Decode, resize, flow, encode one video into its cache folder; returns its meta (also cached).
 
-    Raises VideoError (bad input) or flow/codec errors; the caller turns those into rejects or a BuildError.
+    Raises VideoError (bad input, including a decode check that fails: DecodeCheck.problem) or flow/codec
+    errors; the caller turns those into rejects or a BuildError.
     """
     from data_prep import flow  # imported here: worker processes import it on first use
 
-    frames, fps, note = read_video(rec.path, settings.height, settings.width)
-    q = flow.quantize_flow(flow.compute_flow(frames, settings.flow_method), settings.flow_bound)
-    rgb = codec.encode_rgb(frames, fps=fps, crf=settings.rgb_crf)
-    fl = codec.encode_flow(q, fps=fps, crf=settings.flow_crf)
+    # One pass, frame by frame: decode, resize, encode RGB, flow of each pair, encode flow. Memory stays flat
+    # in the video's length (a 20x longer video holds no more frames); the outputs are byte-identical to
+    # encode_rgb / encode_flow of the whole arrays (the same encoder calls in the same order).
+    if min(settings.height, settings.width) < 8:
+        raise flow.FlowError(f"frames of {settings.height}x{settings.width} are too small for optical flow")
+    info: dict[str, Any] = {}
+    est = flow.estimator(flow.parse_method(settings.flow_method))
+    rgb_w = flow_w = None
+    prev_grey = last_q = None
+    frames = flow_frames = 0
+    for frame in iter_video(rec.path, settings.height, settings.width, info):
+        if rgb_w is None:
+            rgb_w = codec.RGBWriter(fps=info["fps"], crf=settings.rgb_crf)
+            flow_w = codec.FlowWriter(fps=info["fps"], crf=settings.flow_crf)
+        rgb_w.add(frame)
+        frames += 1
+        grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+        if prev_grey is not None:
+            last_q = flow.quantize_flow(est(prev_grey, grey), settings.flow_bound)
+            flow_w.add(last_q)
+            flow_frames += 1
+        prev_grey = grey
+    check: DecodeCheck = info["check"]
+    if (problem := check.problem(strict)) is not None:
+        raise VideoError(problem)
+    flow_w.add(last_q)  # the last flow frame repeats the one before (flow.compute_flow)
+    fps = info["fps"]
+    rgb, fl = rgb_w.finish(), flow_w.finish()
+    flow_frames += 1
     d = _cache_dir(work, rec.video_id)
-    write_bytes(d / "rgb.webm", rgb)
-    write_bytes(d / "flow.webm", fl)
     meta = {
         "video_id": rec.video_id,
         "source": str(rec.path),
         "source_stamp": _source_stamp(rec.path),
         "settings": dataclasses.asdict(settings),
         "fps": fps,
-        "frames": int(frames.shape[0]),
-        "flow_frames": int(q.shape[0]),
+        "frames": frames,
+        "flow_frames": flow_frames,
         "height": settings.height,
         "width": settings.width,
         "rgb_sha256": hashlib.sha256(rgb).hexdigest(),
         "flow_sha256": hashlib.sha256(fl).hexdigest(),
         "rgb_bytes": len(rgb),
         "flow_bytes": len(fl),
-        "note": note,
+        "decode": dataclasses.asdict(check),
     }
-    write_text(d / "meta.json", json.dumps(meta, indent=1))  # last: marks the cache entry complete
+    target = d / "rgb.webm"
+    try:
+        write_bytes(target, rgb)
+        write_bytes(target := d / "flow.webm", fl)
+        write_text(target := d / "meta.json", json.dumps(meta, indent=1))  # last: marks the entry complete
+    except OSError as exc:
+        raise shards.ShardWriteError(exc.errno, write_error(target, exc, "build cache file")) from exc
     return meta
 
 
@@ -203,12 +391,14 @@ _EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def _work_item(rec: Record, work: Path, settings: VideoSettings) -> tuple[str, dict[str, Any] | str]:
+def _work_item(
+    rec: Record, work: Path, settings: VideoSettings, strict: bool = False
+) -> tuple[str, dict[str, Any] | str]:
     """Pool task: ("ok", meta) or ("bad", reason). Unexpected exceptions (bugs) propagate."""
     from data_prep.flow import FlowError
 
     try:
-        return "ok", process_video(rec, work, settings)
+        return "ok", process_video(rec, work, settings, strict)
     except (*_EXPECTED_ERRORS, FlowError) as e:
         return "bad", str(e) or type(e).__name__
 
@@ -281,8 +471,12 @@ def build(
     extra_settings: dict[str, Any] | None = None,
     progress: bool = True,
     log=print,
+    strict: bool = False,
 ) -> BuildReport:
-    """Build shards + manifest from records (sources.load_records) into out_dir; see the module docstring."""
+    """Build shards + manifest from records (sources.load_records) into out_dir; see the module docstring.
+
+    strict: reject every video whose decode check finds anything (a shortfall against its declared frame
+    count, a decode error, corrupt frames) instead of keeping it with a warning."""
     t0 = time.perf_counter()
     method = FlowMethod(flow_method)
     if height < 2 or width < 2:
@@ -309,7 +503,11 @@ def build(
         if rec.problem is not None:
             bad[rec.video_id] = rec.problem
         elif (meta := cached_meta(rec, work, settings)) is not None:
-            results[rec.video_id] = meta
+            # the decode check is judged again: a rerun with --strict rejects what a lenient build kept
+            if (problem := _check_of(meta).problem(strict)) is not None:
+                bad[rec.video_id] = problem
+            else:
+                results[rec.video_id] = meta
         else:
             todo.append(rec)
     reused = len(results)
@@ -334,11 +532,11 @@ def build(
     try:
         if workers == 1 or len(todo) <= 1:
             for rec in todo:
-                collect(rec, *_work_item(rec, work, settings))
+                collect(rec, *_work_item(rec, work, settings, strict))
         else:
             ctx = mp.get_context("spawn")  # no fork of a process that may hold threads (OpenCV, DALI)
             with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
-                futs = {pool.submit(_work_item, rec, work, settings): rec for rec in todo}
+                futs = {pool.submit(_work_item, rec, work, settings, strict): rec for rec in todo}
                 try:
                     for fut in cf.as_completed(futs):
                         collect(futs[fut], *fut.result())
@@ -362,13 +560,24 @@ def build(
         raise BuildError(f"no usable videos: all {len(records)} were rejected (see the reasons above)")
     _remove_stale(out, {n for infos in split_infos.values() for i in infos for n in (i.tar, i.index)})
     fps_values = [m["fps"] for m in accepted_all]
-    warnings = [
-        {"video": str(r.path), "warning": results[r.video_id]["note"]}
-        for r in records
-        if results.get(r.video_id, {}).get("note")
-    ]
+    warnings = []
+    for r in records:
+        if r.video_id in results and (msg := (check := _check_of(results[r.video_id])).message()):
+            warnings.append(
+                {
+                    "video": str(r.path),
+                    "warning": msg,
+                    "declared_frames": check.declared,
+                    "decoded_frames": check.decoded,
+                    "declared_seconds": check.declared_seconds,
+                    "decoded_seconds": check.decoded_seconds,
+                }
+            )
     for w in warnings:
-        log(f"warning: {w['video']}: {w['warning']} (kept those frames)")
+        log(
+            f"warning: {w['video']}: {w['warning']} (kept the {w['decoded_frames']} decoded frames; "
+            "--strict rejects such videos)"
+        )
     manifest = shards.make_manifest(
         classes=classes,
         splits=split_infos,
@@ -383,6 +592,8 @@ def build(
             **dataclasses.asdict(settings),
             "shard_size": shard_size,
             "skip_bad": skip_bad,
+            "strict": strict,
+            "min_decoded_share": MIN_DECODED_SHARE,
             "limit": limit,
             "fps_values": sorted(set(fps_values)),
             **(extra_settings or {}),
@@ -400,6 +611,8 @@ def build(
     )
     if rejected:
         log(f"rejected {len(rejected)} video(s); reasons in {path} under 'rejected'")
+    if warnings:
+        log(f"kept {len(warnings)} video(s) with a warning; listed in {path} under 'warnings'")
     return report
 
 
@@ -510,6 +723,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="reject unreadable/empty/missing videos (recorded with reasons in manifest.json) instead of stopping",
     )
     p.add_argument(
+        "--strict",
+        action="store_true",
+        help="treat every video that decodes fewer frames than its container declares, or hits a decode error "
+        "or corrupt frame, as bad input (default: kept with a warning unless under "
+        f"{100 * MIN_DECODED_SHARE:.0f}%% of its frames decode)",
+    )
+    p.add_argument(
         "--limit", type=int, default=None, help="at most N videos per split, evenly spread (quick tries)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -532,9 +752,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             limit=a.limit,
             extra_settings={"source": a.source, "root": str(Path(a.root).resolve()), "split_id": a.split},
             progress=not a.no_progress,
+            strict=a.strict,
         )
     except (DataSourceError, BuildError, shards.ShardFormatError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except shards.ShardWriteError as e:
+        print(f"error: {e.strerror}", file=sys.stderr)
         return 2
     return 0
 

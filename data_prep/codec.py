@@ -105,18 +105,64 @@ def _finish(container, stream, buf: io.BytesIO) -> bytes:
     return buf.getvalue()
 
 
+class RGBWriter:
+    """Encode RGB frames one at a time (a long video is never held whole): ``add`` each [H, W, 3] uint8 frame,
+    then ``finish`` -> VP9 WebM bytes. encode_rgb is this writer over an array (identical bytes)."""
+
+    def __init__(self, fps: float = 25.0, crf: int = RGB_CRF) -> None:
+        self.fps, self.crf = fps, crf
+        self.buf = io.BytesIO()
+        self.container = _open_webm(self.buf)
+        self.stream = None
+
+    def _open(self, h: int, w: int) -> None:
+        self.stream = _vp9_stream(self.container, w, h, self.fps, self.crf)
+
+    def _frame(self, frame: np.ndarray):
+        return av.VideoFrame.from_ndarray(frame, format="rgb24")
+
+    def add(self, frame: np.ndarray) -> None:
+        if self.stream is None:
+            self._open(*frame.shape[:2])
+        for packet in self.stream.encode(self._frame(frame)):
+            self.container.mux(packet)
+
+    def finish(self) -> bytes:
+        if self.stream is None:
+            raise CodecError("no frames to encode")
+        return _finish(self.container, self.stream, self.buf)
+
+
+class FlowWriter(RGBWriter):
+    """Encode quantised flow frames [H, W, 2] uint8 one at a time (the encode_flow format)."""
+
+    def __init__(self, fps: float = 25.0, crf: int = FLOW_CRF) -> None:
+        super().__init__(fps, crf)
+
+    def _open(self, h: int, w: int) -> None:
+        super()._open(2 * h, w)
+        # Full range: the decoder maps Y straight to R = G = B (no 16..235 expansion); see module docstring.
+        self.stream.codec_context.color_range = av.video.reformatter.ColorRange.JPEG
+        self.chroma = np.full(((2 * h + 1) // 2, (w + 1) // 2), NEUTRAL_CHROMA, np.uint8)
+
+    def _frame(self, q: np.ndarray):
+        luma = np.concatenate([q[..., 0], q[..., 1]], axis=0)  # flow_to_luma of one frame
+        h2, w = luma.shape
+        frame = av.VideoFrame(w, h2, "yuv420p")
+        frame.color_range = av.video.reformatter.ColorRange.JPEG
+        _write_plane(frame.planes[0], luma)
+        _write_plane(frame.planes[1], self.chroma)
+        _write_plane(frame.planes[2], self.chroma)
+        return frame
+
+
 def encode_rgb(frames: np.ndarray, fps: float = 25.0, crf: int = RGB_CRF) -> bytes:
     """frames: [T, H, W, 3] uint8 RGB -> VP9 WebM bytes (yuv420p, limited range BT.601)."""
     frames = _check_frames(frames, channels=3)
-    t, h, w, _ = frames.shape
-    buf = io.BytesIO()
-    container = _open_webm(buf)
-    stream = _vp9_stream(container, w, h, fps, crf)
-    for i in range(t):
-        frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
-        for packet in stream.encode(frame):
-            container.mux(packet)
-    return _finish(container, stream, buf)
+    w = RGBWriter(fps, crf)
+    for f in frames:
+        w.add(f)
+    return w.finish()
 
 
 def flow_to_luma(q: np.ndarray) -> np.ndarray:
@@ -150,24 +196,10 @@ def _read_plane(plane, height: int, width: int) -> np.ndarray:
 def encode_flow(q: np.ndarray, fps: float = 25.0, crf: int = FLOW_CRF) -> bytes:
     """q: [T, H, W, 2] uint8 quantised flow -> VP9 WebM bytes of (2H) x W luma frames, full range."""
     q = _check_frames(q, channels=2)
-    luma = flow_to_luma(q)
-    t, h2, w = luma.shape
-    cw, ch = (w + 1) // 2, (h2 + 1) // 2
-    chroma = np.full((ch, cw), NEUTRAL_CHROMA, np.uint8)
-    buf = io.BytesIO()
-    container = _open_webm(buf)
-    stream = _vp9_stream(container, w, h2, fps, crf)
-    # Full range: the decoder maps Y straight to R = G = B (no 16..235 expansion); see module docstring.
-    stream.codec_context.color_range = av.video.reformatter.ColorRange.JPEG
-    for i in range(t):
-        frame = av.VideoFrame(w, h2, "yuv420p")
-        frame.color_range = av.video.reformatter.ColorRange.JPEG
-        _write_plane(frame.planes[0], luma[i])
-        _write_plane(frame.planes[1], chroma)
-        _write_plane(frame.planes[2], chroma)
-        for packet in stream.encode(frame):
-            container.mux(packet)
-    return _finish(container, stream, buf)
+    w = FlowWriter(fps, crf)
+    for f in q:
+        w.add(f)
+    return w.finish()
 
 
 def _check_frames(frames: np.ndarray, channels: int) -> np.ndarray:

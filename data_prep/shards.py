@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from vicc_fast.atomic import atomic_write, write_text
+from vicc_fast.atomic import atomic_write, write_error, write_text
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -38,6 +38,11 @@ EXTENSIONS = (RGB_EXT, FLOW_EXT, LABEL_EXT, JSON_EXT)
 
 class ShardFormatError(ValueError):
     """A shard folder, manifest or sample that does not follow the shard format; the message names it."""
+
+
+class ShardWriteError(OSError):
+    """A shard, index or manifest that could not be written (disk full, quota, size limit); the message says
+    what happened and where. The file's previous version, if any, is untouched (atomic writes)."""
 
 
 def sample_key(split: str, index: int) -> str:
@@ -190,9 +195,14 @@ def write_shard(tar_path: Path, samples: Iterable[Sample]) -> ShardInfo:
                 tf.addfile(info, io.BytesIO(data))
     if not keys:
         raise ShardFormatError(f"{tar_path}: refusing to write an empty shard")
-    write_text(idx_path, format_dali_index(entries))
-    with atomic_write(tar_path, "wb") as f:
-        f.write(buf.getbuffer())
+    target = idx_path
+    try:
+        write_text(idx_path, format_dali_index(entries))
+        target = tar_path
+        with atomic_write(tar_path, "wb") as f:
+            f.write(buf.getbuffer())
+    except OSError as exc:
+        raise ShardWriteError(exc.errno, write_error(target, exc, "shard file")) from exc
     _readable(idx_path, tar_path)
     return ShardInfo(
         tar=tar_path.name, index=idx_path.name, sha256=hw.sha256.hexdigest(), num_samples=len(keys), keys=keys
@@ -262,7 +272,10 @@ def make_manifest(
 def write_manifest(out_dir: str | Path, manifest: dict[str, Any]) -> Path:
     """Write manifest.json atomically (call it last: its presence marks a finished build)."""
     path = Path(out_dir) / MANIFEST
-    write_text(path, json.dumps(manifest, indent=1, sort_keys=False) + "\n")
+    try:
+        write_text(path, json.dumps(manifest, indent=1, sort_keys=False) + "\n")
+    except OSError as exc:
+        raise ShardWriteError(exc.errno, write_error(path, exc, "manifest")) from exc
     _readable(path)
     return path
 

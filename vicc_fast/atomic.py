@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -52,3 +53,23 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_write(path, "w") as f:
         f.write(text)
+
+
+_NO_SPACE = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file size limit hit",
+}
+
+
+def write_error(path: str | os.PathLike, exc: OSError, what: str = "file") -> str:
+    """The message for a failed atomic write: what happened (disk full, quota, size limit, other) and where,
+    and that the file's previous version (if any) is untouched, as atomic_write guarantees."""
+    why = _NO_SPACE.get(exc.errno or 0, exc.strerror or type(exc).__name__)
+    p = Path(path)
+    kept = (
+        f"the previous {p.name} is unchanged and loadable"
+        if p.is_file()
+        else f"no earlier {p.name} existed; nothing was left behind"
+    )
+    return f"could not write {what} {p}: {why} ({exc}); {kept}. Free space in {p.parent} and run again"

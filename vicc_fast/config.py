@@ -399,6 +399,11 @@ class TrainConfig:
     ckpt_every_steps: int = _f(
         500, "checkpoint every N steps (and always at phase ends); 0 = phase ends only"
     )
+    launcher_check_s: float = _f(
+        5.0,
+        "under torchrun: every N s check that the launcher still runs; once it is gone (killed hard), "
+        "checkpoint after the current step and stop (exit code 3); 0 = off",
+    )
     log_every_steps: int = _f(10, "TensorBoard scalars every N steps")
     progress: bool = _f(True, "progress bar on rank 0")
     deterministic: bool = _f(

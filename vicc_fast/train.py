@@ -14,8 +14,13 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vicc_fast import config as C
+
+if TYPE_CHECKING:  # imported lazily at run time: `--help` and config errors must not pay for torch
+    from vicc_fast.engine.distributed import DistInfo
+    from vicc_fast.engine.runlock import RunLock
 
 USAGE = """\
 torchrun --standalone --nproc_per_node=N -m vicc_fast.train [--config FILE ...] [key=value ...]
@@ -27,7 +32,11 @@ torchrun --standalone --nproc_per_node=N -m vicc_fast.train [--config FILE ...] 
 
 Phases: schedule.phase=all runs the whole schedule; rgb1 | flow1 | cross run one part, each starting from the
 previous phase's checkpoint in train.out_dir. train.resume=auto continues the latest checkpoint of train.out_dir
-exactly where it stopped.
+exactly where it stopped (a damaged one is reported and the newest good one used).
+
+Exit codes: 0 done, 1 error, 2 bad settings, 3 stopped on request (SIGTERM/SIGUSR1/Ctrl-C, or the torchrun
+launcher gone: a checkpoint was written; rerun to resume), 4 the run folder is locked by another live run,
+5 another rank was lost (the message names it).
 """
 
 
@@ -84,6 +93,29 @@ def install_stop_handlers(trainer) -> None:  # noqa: ANN001  (engine.trainer.Tra
         signal.signal(sig, handler)
 
 
+def _lock_run_folder(lock: RunLock, info: DistInfo) -> None:
+    """Rank 0 locks train.out_dir (engine.runlock); every rank learns whether it could, so a refused run
+    exits on all ranks instead of leaving the others waiting at the next collective."""
+    from vicc_fast.engine.runlock import RunLockError
+
+    err = None
+    if info.is_main:
+        try:
+            lock.acquire(lambda m: print(m, file=sys.stderr, flush=True))
+        except RunLockError as exc:
+            err = exc
+    if info.distributed:
+        import torch
+        import torch.distributed as dist
+
+        flag = torch.tensor([float(err is not None)], device=info.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and err is None:
+            err = RunLockError(f"rank 0 could not lock run folder {lock.out_dir} (see its message)")
+    if err is not None:
+        raise err
+
+
 def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     path, overrides = parse_args(sys.argv[1:] if argv is None else argv)
@@ -104,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from vicc_fast.engine import distributed as D
     from vicc_fast.engine.checkpoint import CheckpointError
+    from vicc_fast.engine.heartbeat import Heartbeat
+    from vicc_fast.engine.runlock import LauncherWatch, RunLock, RunLockError, launched_by_torchrun
     from vicc_fast.engine.trainer import (
         NonFiniteLossError,
         ResumeError,
@@ -115,7 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     from vicc_fast.methods import build_method
 
     info = D.init_distributed(cfg.train.device)
+    lock = RunLock(cfg.train.out_dir)
+    watch = None
+    beat = Heartbeat(info.rank, info.world_size).start() if info.distributed else None
     try:
+        _lock_run_folder(lock, info)
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank (DDP also broadcasts them)
         method = build_method(cfg)  # before the data: a bad model/method setting fails without work done
         if not select_phases(method.phases(), cfg.schedule.phase):
@@ -125,6 +163,13 @@ def main(argv: list[str] | None = None) -> int:
         ensure_data(cfg, info.is_main)
         trainer = Trainer(cfg, method, info)
         install_stop_handlers(trainer)
+        if launched_by_torchrun() and cfg.train.launcher_check_s > 0:
+
+            def launcher_gone(msg: str) -> None:
+                print(f"rank {info.rank}: {msg}", file=sys.stderr, flush=True)
+                trainer.request_stop()
+
+            watch = LauncherWatch(launcher_gone, cfg.train.launcher_check_s).start()
         if info.is_main:
             Path(cfg.train.out_dir).mkdir(parents=True, exist_ok=True)
             from vicc_fast import atomic
@@ -142,7 +187,31 @@ def main(argv: list[str] | None = None) -> int:
     except (NonFiniteLossError, ResumeError, CheckpointError, C.ConfigError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except RunLockError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 4
+    except Exception as exc:
+        # a failed collective names a socket, not a rank: say which rank is gone (heartbeats), then stop
+        lost = beat.lost() if beat is not None else None
+        if lost is None:
+            raise
+        from vicc_fast.engine.checkpoint import latest_path
+
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        print(
+            f"error: rank {info.rank}: lost {lost}: its process died or its node went away ({first}); "
+            f"the checkpoint {latest_path(cfg.train.out_dir)} is intact: resume with train.resume=auto once "
+            "every rank runs again",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 5
     finally:
+        if beat is not None:
+            beat.stop()
+        if watch is not None:
+            watch.stop()
+        lock.release()
         D.shutdown()
 
 

@@ -232,6 +232,7 @@ def test_eval_hook_results_and_table(tmp_path):
         ("optim.warmup_epochs=-1", "optim.warmup_epochs"),
         ("optim.final_lr=2.0", "optim.final_lr"),
         ("train.log_every_steps=0", "train.log_every_steps"),
+        ("train.launcher_check_s=-1", "train.launcher_check_s"),
         ("train.resume=/nonexistent/x.pt", "train.resume"),
         ("profile.steps=[5,2]", "profile.steps"),
         ("profile.torch_trace=/tmp/x", "profile.torch_trace"),

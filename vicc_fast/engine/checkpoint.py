@@ -10,10 +10,13 @@ and ``format_version``. Everything is stored as tensors and plain Python values,
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import pickle
 import random
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +35,73 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; the message names the file."""
 
 
-def save(path: str | Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically: a crash leaves either the old file or the new one."""
+def write_error(path: str | Path, exc: OSError, what: str = "checkpoint") -> str:
+    """What happened and where, for a failed checkpoint write (atomic.write_error), and how to go on."""
+    return atomic.write_error(path, exc, what).replace("run again", "resume (train.resume=auto)")
+
+
+def save(path: str | Path, state: dict[str, Any], keep_previous: Path | None = None) -> None:
+    """Write ``state`` to ``path`` atomically: a crash or a full disk leaves either the old file or the new one.
+
+    keep_previous: before ``path`` is replaced, its current version is hard-linked there (no copy, no extra
+    space until the next save), so a resume has an older good checkpoint when the newest one is damaged later.
+    A failed write (disk full, quota, RLIMIT_FSIZE) raises CheckpointError saying so and where.
+    """
+    p = Path(path)
     buf = io.BytesIO()
     torch.save({"format_version": FORMAT_VERSION, **state}, buf)
-    atomic.write_bytes(path, buf.getvalue())
+    try:
+        if keep_previous is not None and p.is_file():
+            _link_over(p, keep_previous)
+        atomic.write_bytes(p, buf.getvalue())
+    except OSError as exc:
+        raise CheckpointError(write_error(p, exc)) from exc
+
+
+def _link_over(src: Path, dst: Path) -> None:
+    """Make dst another name of src's file, atomically (link to a temp name, rename over dst)."""
+    tmp = dst.with_name(f".{dst.name}.link")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    try:
+        os.link(src, tmp)
+    except OSError:  # a file system without hard links: copy instead (atomic too)
+        atomic.write_bytes(dst, src.read_bytes())
+        return
+    os.replace(tmp, dst)
+
+
+def find_resume(
+    out_dir: str | Path, log: Callable[[str], None] = print
+) -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint ``train.resume=auto`` continues: last.pt, or when that is damaged (truncated, corrupt,
+    not a checkpoint) or missing, the newest good one of the others (previous.pt, the phase checkpoints),
+    by their run step. Each damaged file is reported through ``log`` by name. None when there is none."""
+    last = latest_path(out_dir)
+    if last.is_file():
+        try:
+            return last, load(last)
+        except CheckpointError as exc:
+            log(f"warning: {exc}; resuming from the newest good checkpoint instead")
+    good: list[tuple[int, float, Path, dict[str, Any]]] = []
+    for p in sorted(ckpt_dir(out_dir).glob("*.pt")):
+        if p == last:
+            continue
+        try:
+            st = load(p)
+        except CheckpointError as exc:
+            log(f"warning: {exc}; skipped")
+            continue
+        good.append((int(st.get("global_step", 0)), p.stat().st_mtime, p, st))
+    if not good:
+        if last.is_file():
+            raise CheckpointError(
+                f"checkpoint {last} is damaged and {ckpt_dir(out_dir)} holds no other good one"
+            )
+        return None
+    _, _, p, st = max(good, key=lambda g: (g[0], g[1]))
+    log(f"resuming from {p} (run step {int(st.get('global_step', 0))})")
+    return p, st
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -126,7 +191,11 @@ def method_buffers(method: nn.Module) -> dict[str, Any]:
 def save_rank_buffers(out_dir: str | Path, rank: int, run_step: int, method: nn.Module) -> None:
     buf = io.BytesIO()
     torch.save(method_buffers(method), buf)
-    atomic.write_bytes(rank_buffers_path(out_dir, rank, run_step), buf.getvalue())
+    p = rank_buffers_path(out_dir, rank, run_step)
+    try:
+        atomic.write_bytes(p, buf.getvalue())
+    except OSError as exc:
+        raise CheckpointError(write_error(p, exc, "rank buffers")) from exc
 
 
 def load_rank_buffers(out_dir: str | Path, rank: int, run_step: int, method: nn.Module) -> bool:
@@ -147,9 +216,14 @@ def load_rank_buffers(out_dir: str | Path, rank: int, run_step: int, method: nn.
 
 
 def prune_rank_buffers(out_dir: str | Path, rank: int, keep: int) -> None:
+    """Keep this rank's buffers of ``keep`` and of the save before it (previous.pt's); remove the others, also
+    newer ones left by a trajectory abandoned when a resume fell back to an older checkpoint."""
     folder = ckpt_dir(out_dir) / "ranks"
-    for p in folder.glob(f"rank{rank:03d}-*.pt"):
-        if p != rank_buffers_path(out_dir, rank, keep):
+    files = sorted(folder.glob(f"rank{rank:03d}-*.pt"))
+    steps = [int(p.stem.split("-")[1]) for p in files]
+    kept = sorted((s for s in steps if s <= keep), reverse=True)[:2]
+    for p, step in zip(files, steps, strict=True):
+        if step not in kept:
             p.unlink(missing_ok=True)
 
 
@@ -189,6 +263,11 @@ def ckpt_dir(out_dir: str | Path) -> Path:
 def latest_path(out_dir: str | Path) -> Path:
     """The rolling checkpoint: written every N steps and at every phase end; ``resume=auto`` reads it."""
     return ckpt_dir(out_dir) / "last.pt"
+
+
+def previous_path(out_dir: str | Path) -> Path:
+    """The rolling checkpoint before last.pt (a hard link to its old file): resume falls back to it."""
+    return ckpt_dir(out_dir) / "previous.pt"
 
 
 def phase_path(out_dir: str | Path, phase_name: str) -> Path:

@@ -69,6 +69,7 @@ def validate_training(cfg: C.Config, world_size: int = 1, device: torch.device |
         (o.final_lr <= o.lr, "optim.final_lr", "must be <= optim.lr"),
         (t.ckpt_every_steps >= 0, "train.ckpt_every_steps", "must be >= 0 (0 = phase ends only)"),
         (t.log_every_steps > 0, "train.log_every_steps", "must be > 0"),
+        (t.launcher_check_s >= 0, "train.launcher_check_s", "must be >= 0 (0 = off)"),
         (bool(t.out_dir), "train.out_dir", "must not be empty"),
         (s.steps_per_epoch >= 0, "schedule.steps_per_epoch", "must be >= 0 (0 = whole epoch)"),
         (s.single_queue_start_rgb >= 0, "schedule.single_queue_start_rgb", "must be >= 0"),
@@ -295,14 +296,14 @@ class Trainer:
         return evaluate_phase
 
     # ------------------------------------------------------------------------------------------ resume
-    def _resume_source(self) -> Path | None:
+    def _resume_source(self) -> tuple[Path, dict] | None:
+        """(checkpoint, its state) to resume from; auto skips a damaged last.pt, saying so (checkpoint.find_resume)."""
         r = self.cfg.train.resume
         if r == "never":
             return None
         if r == "auto":
-            p = ckpt.latest_path(self.out_dir)
-            return p if p.is_file() else None
-        return Path(r)
+            return ckpt.find_resume(self.out_dir, self.logger.write)
+        return Path(r), ckpt.load(r, map_location="cpu")
 
     def _load_results(self) -> None:
         p = self.out_dir / "results.json"
@@ -314,10 +315,10 @@ class Trainer:
 
     def _restore(self, phases: list[PhaseSpec]) -> tuple[_Position | None, str | None]:
         """Load the resume checkpoint, if any: (mid-phase position or None, name of a phase awaiting evaluation)."""
-        src = self._resume_source()
-        if src is None:
+        found = self._resume_source()
+        if found is None:
             return None, None
-        state = ckpt.load(src, map_location="cpu")
+        src, state = found
         self._load_method(state, src)
         self.completed = list(state.get("completed", []))
         self.run_step = int(state.get("global_step", 0))
@@ -644,7 +645,7 @@ class Trainer:
                 # the loader epoch the position falls in (set_epoch argument): order and augmentations follow it
                 "loader_epoch": self._epoch_offset(phase) + min(epoch, phase.epochs - 1),
             }
-            ckpt.save(ckpt.latest_path(self.out_dir), state)
+            ckpt.save(ckpt.latest_path(self.out_dir), state, keep_previous=ckpt.previous_path(self.out_dir))
             if phase_end:
                 ckpt.save(ckpt.phase_path(self.out_dir, phase.name), state)
         barrier()
