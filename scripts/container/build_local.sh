@@ -144,5 +144,7 @@ with open(sys.argv[1], "w") as f:
 print("record:", sys.argv[1])
 PY
 
-[[ ${CHECKS} == 1 ]] && exec "${ROOT}/scripts/container/check_image.sh" --tag "${TAG}" "${CHECK_ARGS[@]}"
+# The check's record goes next to the build's (a test's temporary record must not overwrite the committed one).
+[[ ${CHECKS} == 1 ]] && exec "${ROOT}/scripts/container/check_image.sh" --tag "${TAG}" \
+    --record "$(dirname "${RECORD}")/container_check.json" "${CHECK_ARGS[@]}"
 exit 0

@@ -8,10 +8,16 @@
 #      the shards and the checkpoint must appear on the host, owned by the image's user;
 #   4. a few fast tests from the source tree in the image (pytest installed into a throw-away container).
 #
-#   scripts/container/check_image.sh [--tag TAG] [--no-tests] [--keep]
+#   scripts/container/check_image.sh [--tag TAG] [--no-tests] [--keep] [--record FILE]
+#
+# --record: the JSON record of what was checked and how long the training run took (default
+# benchmarks/results/container_check.json); --keep: leave the volume folders in place.
 set -euo pipefail
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+ARGS="$*"
+RECORD="${ROOT}/benchmarks/results/container_check.json"
 TAG=localhost/vicc_fast:local
 TESTS=1
 KEEP=0
@@ -20,6 +26,7 @@ while [[ $# -gt 0 ]]; do
         --tag) TAG=${2:?--tag needs a value}; shift 2 ;;
         --no-tests) TESTS=0; shift ;;
         --keep) KEEP=1; shift ;;
+        --record) RECORD=${2:?--record needs a value}; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "error: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -73,14 +80,17 @@ ck="${vol}/runs/cluster_tiny/checkpoints/rgb1.pt"
 [[ -f ${ck} ]] || die "no checkpoint ${ck} in the runs volume"
 [[ $(stat -c %u "${ck}") == 1000 ]] || die "checkpoint owned by uid $(stat -c %u "${ck}"), expected 1000"
 log "training through the entry point: ${train_s} s; shards and checkpoints on the host volumes, uid 1000"
-echo "{\"container_train_s\": ${train_s}}" > "${STATE}/check_times.json"
 
 # ------------------------------------------------------------------------------------------- 4. fast tests
+tests_line="not run (--no-tests)"
 if [[ ${TESTS} == 1 ]]; then
     mounts=()
     for d in /opt/wheels /opt/pypi /opt/pypi-more; do [[ -d $d ]] && mounts+=(-v "$d:$d:ro"); done
     [[ -f /etc/pip.conf ]] && mounts+=(-v /etc/pip.conf:/etc/pip.conf:ro)
     [[ -d /etc/xdg/pip ]] && mounts+=(-v /etc/xdg/pip:/etc/xdg/pip:ro)
+    # The host's CA bundle: PyPI is reached through a proxy whose certificate only the host's bundle holds.
+    [[ -f /etc/ssl/certs/ca-certificates.crt ]] \
+        && mounts+=(-v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
     # pytest is a test extra, not in the image: install it into this throw-away container only (as root, the
     # venv is root-owned), then run the tests as the image's user from a copy of the source tree it can write.
     podman run --rm --network=host --user 0 "${mounts[@]}" --entrypoint bash "${TAG}" -c '
@@ -90,7 +100,33 @@ if [[ ${TESTS} == 1 ]]; then
         cd /tmp/src && runuser -u vicc -- env PATH="$PATH" python -m pytest -q -p no:cacheprovider \
             tests/test_config.py tests/engine/test_e2e.py' > "${STATE}/tests.log" 2>&1 \
         || { tail -n 30 "${STATE}/tests.log"; die "tests failed in the image"; }
-    log "tests in the image: $(tail -n 1 "${STATE}/tests.log")"
+    tests_line=$(tail -n 1 "${STATE}/tests.log")
+    log "tests in the image: ${tests_line}"
 fi
+mkdir -p "$(dirname "${RECORD}")"
+python3 - "${RECORD}" <<PY
+import json, os, sys, time
+rec = {
+    "benchmark": "container_check",
+    "command": "scripts/container/check_image.sh ${ARGS}".strip(),
+    "env": {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpu_count": os.cpu_count(),
+            "note": "measured here: 2 CPU cores shared with other work"},
+    "result": {
+        "image": "${TAG}",
+        "entrypoint|cmd|volumes|workdir|user": """${meta}""",
+        "id_inside": "${who}",
+        "help_lines": $(wc -l < "${STATE}/help.txt"),
+        "train_command": "${run_cmd[*]}",
+        "train_wall_s": ${train_s},
+        "train_note": "wall time of podman run: container start, synthetic shard build (20 videos), 16 steps, eval",
+        "checkpoint_owner_uid": $(stat -c %u "${ck}"),
+        "tests": "tests/test_config.py tests/engine/test_e2e.py: ${tests_line}",
+    },
+}
+with open(sys.argv[1], "w") as f:
+    json.dump(rec, f, indent=2)
+    f.write("\n")
+print("record:", sys.argv[1])
+PY
 [[ ${KEEP} == 1 ]] || rm -rf "${vol}"
 log "image ${TAG}: all checks passed"

@@ -42,8 +42,9 @@ def compare(a: Path, b: Path, atol: float) -> dict:
     la, lb = losses(a), losses(b)
     ca, cb = ckpt.load(ckpt.latest_path(a)), ckpt.load(ckpt.latest_path(b))
     # Weights and optimiser state; the RNG states differ by design between launchers (per-process generators).
-    ta, tb = tensors({"method": ca["method"], "optimizer": ca["optimizer"]}), tensors(
-        {"method": cb["method"], "optimizer": cb["optimizer"]}
+    ta, tb = (
+        tensors({"method": ca["method"], "optimizer": ca["optimizer"]}),
+        tensors({"method": cb["method"], "optimizer": cb["optimizer"]}),
     )
     common = sorted(set(la) & set(lb))
     loss_diff = max((abs(la[k] - lb[k]) for k in common), default=float("inf"))
@@ -73,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_a", type=Path)
     ap.add_argument("run_b", type=Path)
-    ap.add_argument("--atol", type=float, default=0.0, help="largest allowed absolute difference (default: 0)")
+    ap.add_argument(
+        "--atol", type=float, default=0.0, help="largest allowed absolute difference (default: 0)"
+    )
     args = ap.parse_args(argv)
     try:
         res = compare(args.run_a, args.run_b, args.atol)

@@ -33,7 +33,6 @@ CTLD_PORT=16817
 HOSTS_TAG="# vicc_fast local_cluster"
 export SLURM_CONF="${STATE}/slurm.conf"
 export MASTER_PORT=${MASTER_PORT:-29731}
-RECORD="${ROOT}/benchmarks/results/slurm_local.json"
 
 die() { echo "error: $*" >&2; exit 1; }
 log() { echo "[$(date -u +%T)] $*"; }
