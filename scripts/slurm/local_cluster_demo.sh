@@ -157,7 +157,8 @@ if want nodefail; then
     # (torchrun agent, worker), plus their step daemon (the parent of the agent).
     victims=$(cat "${STATE}/slurmd.vicc-n2.pid")
     for p in /proc/[0-9]*; do
-        env=$(tr '\0' '\n' < "${p}/environ" 2>/dev/null) || continue
+        # Processes may vanish between the glob and the read: skip those quietly.
+        env=$( { tr '\0' '\n' < "${p}/environ"; } 2>/dev/null) || continue
         if grep -qx "SLURMD_NODENAME=vicc-n2" <<< "${env}" && grep -qx "SLURM_JOB_ID=${j}" <<< "${env}"; then
             victims+=" ${p#/proc/} $(awk '{print $4}' "${p}/stat")"
         fi
@@ -167,17 +168,24 @@ if want nodefail; then
     t0=$(now)
     # shellcheck disable=SC2086
     kill -9 ${victims} 2>/dev/null || true
-    st=$(wait_done "${j}" 180)
+    # The job leaves RUNNING either as FAILED (the surviving rank's torchrun gives up first) or, once the
+    # controller has noticed the silent node, as NODE_FAIL, which --requeue turns into PENDING at once.
+    for _ in $(seq 180); do
+        st=$(field "${j}" JobState)
+        [[ ${st} == RUNNING || ${st} == COMPLETING ]] || break
+        sleep 1
+    done
     fail_s=$(since "${t0}")
     reason=$(field "${j}" Reason)
     node_state=$(sinfo -h -n vicc-n2 -o %T)
     log "job ${j}: ${st} (${reason}) after ${fail_s} s; vicc-n2 ${node_state}"
     out="${STATE}/nodefail-${j}.out"
-    fail_msg=$(grep -m 3 -E 'error|Error|failed|FAILED' "${out}" | cut -c1-200 | python -c 'import json,sys; print(json.dumps(sys.stdin.read()))')
+    fail_msg=$(grep -m 4 -E 'Connection closed by peer|Node failure|NODE FAILURE' "${out}" | cut -c1-200 | python -c 'import json,sys; print(json.dumps(sys.stdin.read()))')
     # The node comes back (ReturnToService=2 makes it usable), the job is requeued and resumes.
     slurmd -f "${SLURM_CONF}" -N vicc-n2
     for _ in $(seq 60); do [[ $(sinfo -h -n vicc-n2 -o %T) == idle ]] && break; sleep 1; done
-    scontrol requeue "${j}" 2>&1 || true
+    # A FAILED job needs the requeue; one Slurm already requeued (NODE_FAIL) is PENDING and only waits.
+    if [[ $(field "${j}" JobState) != PENDING ]]; then scontrol requeue "${j}"; fi
     st2=$(wait_done "${j}" 300)
     cmp=$(compare "${RUNS}/nodefail" "${RUNS}/torchrun_long")
     log "job ${j} after requeue: ${st2}; resumed vs uninterrupted: ${cmp}"
