@@ -67,7 +67,7 @@ export CONTAINERS_CONF="${STATE}/containers.conf"
 log() { echo "[$(date -u +%T)] $*"; }
 
 # ---------------------------------------------------------------------------------------------- base image
-base_s=null
+base_s=None  # a Python literal: the record is written by python3 below
 if [[ -z "${BASE}" ]]; then
     if [[ ${REBUILD_BASE} == 0 ]] && podman image exists "${LOCAL_BASE}"; then
         BASE=${LOCAL_BASE}
