@@ -102,9 +102,14 @@ for d in /opt/wheels /opt/pypi /opt/pypi-more; do [[ -d $d ]] && mounts+=(-v "$d
 [[ -f /etc/ssl/certs/ca-certificates.crt ]] && mounts+=(-v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
 build_cmd=(podman build --network=host --build-arg "BASE_IMAGE=${BASE}" "${mounts[@]}" -t "${TAG}" "${ROOT}")
 log "${build_cmd[*]}"
+# The image this tag named before: each rebuild leaves it dangling (GBs); it is removed after the build below.
+old_id=$(podman image inspect --format '{{.Id}}' "${TAG}" 2>/dev/null || true)
 t0=${EPOCHREALTIME}
 "${build_cmd[@]}" > "${STATE}/build.log" 2>&1 || { tail -n 30 "${STATE}/build.log"; die "podman build failed (log: ${STATE}/build.log)"; }
 build_s=$(awk -v a="${EPOCHREALTIME}" -v b="${t0}" 'BEGIN{printf "%.1f", a-b}')
+if [[ -n ${old_id} && ${old_id} != "$(podman image inspect --format '{{.Id}}' "${TAG}")" ]]; then
+    podman rmi "${old_id}" >/dev/null 2>&1 || log "kept the previous image ${old_id:0:12} (still in use)"
+fi
 size=$(podman image inspect --format '{{.Size}}' "${TAG}")
 base_size=$(podman image inspect --format '{{.Size}}' "${BASE}")
 log "built ${TAG} in ${build_s} s: $((size / 1000000)) MB (base $((base_size / 1000000)) MB)"
