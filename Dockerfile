@@ -12,8 +12,11 @@
 # CUDA 13.0 (>= 580) for torch; NVDEC (DALI's "mixed" video decoder) needs the driver's `video` capability.
 # See docs/cluster.md ("Container") for how this file was checked without a Docker engine.
 
+# BASE_IMAGE: any Debian bookworm image with Python 3.11 as `python` and its venv module; the default is the
+# public one. scripts/container/build_local.sh passes a debootstrap-made base where no registry is reachable.
 ARG PYTHON_VERSION=3.11
-FROM python:${PYTHON_VERSION}-slim-bookworm
+ARG BASE_IMAGE=python:${PYTHON_VERSION}-slim-bookworm
+FROM ${BASE_IMAGE}
 
 # DALI CUDA variant: the default must equal the pin in pyproject.toml (tests/test_packaging.py checks it).
 ARG DALI_CUDA=cuda120

@@ -37,6 +37,13 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 DEPS: list[str] = PYPROJECT["project"]["dependencies"]
 SBATCH = ROOT / "scripts" / "slurm" / "train.sbatch"
 MULTINODE = ROOT / "scripts" / "multinode_torchrun.sh"
+# The podman and local-Slurm scripts (run for real by tests/scripts/test_cluster.py, on request): linted here.
+CLUSTER_SCRIPTS = [
+    ROOT / "scripts" / "container" / "build_local.sh",
+    ROOT / "scripts" / "container" / "check_image.sh",
+    ROOT / "scripts" / "slurm" / "local_cluster.sh",
+    ROOT / "scripts" / "slurm" / "local_cluster_demo.sh",
+]
 
 
 # ------------------------------------------------------------------------------------------- Dockerfile
@@ -171,7 +178,8 @@ def test_install_steps_replayed_on_a_wheel(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "tool,args", [("hadolint", ["Dockerfile"]), ("shellcheck", [str(SBATCH), str(MULTINODE)])]
+    "tool,args",
+    [("hadolint", ["Dockerfile"]), ("shellcheck", [str(p) for p in (SBATCH, MULTINODE, *CLUSTER_SCRIPTS)])],
 )
 def test_linters_when_installed(tool: str, args: list[str]) -> None:
     exe = shutil.which(tool)
@@ -187,6 +195,16 @@ def test_scripts_parse(script: Path) -> None:
     subprocess.run(["bash", "-n", script], check=True)
     assert os.access(script, os.X_OK)
     assert "train.resume=auto" in script.read_text()
+
+
+@pytest.mark.parametrize("script", CLUSTER_SCRIPTS, ids=lambda p: p.name)
+def test_cluster_scripts_parse_and_answer_help(script: Path) -> None:
+    subprocess.run(["bash", "-n", script], check=True)
+    assert os.access(script, os.X_OK)
+    text = script.read_text()
+    assert "set -euo pipefail" in text
+    out = subprocess.run(["bash", script, "--help"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and len(out.stdout.splitlines()) > 3, out
 
 
 def test_sbatch_directives() -> None:
