@@ -32,7 +32,8 @@ sequentially in float32, we sum pairwise), and the threshold step at pixels whos
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +43,8 @@ import torch.nn.functional as F
 MIN_LEVEL_SIZE = 16
 """OpenCV drops pyramid levels narrower or lower than this."""
 _FLT_EPSILON = float(np.finfo(np.float32).eps)
+_GPU_CHECK_EVERY = 5
+_NETWORKS: dict[int, tuple[tuple[int, int, bool, bool], ...]] = {}
 
 
 @dataclass(frozen=True)
@@ -160,15 +163,63 @@ def warp_bicubic(img: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(img, grid, mode="bicubic", padding_mode="zeros", align_corners=True)
 
 
+def median_network(n: int) -> tuple[tuple[int, int, bool, bool], ...]:
+    """Compare-exchange steps that leave the median of n values (n odd) on wire n // 2.
+
+    Batcher's odd-even merge sort for the next power of two, without the comparators that touch the absent
+    (+inf) wires and without those that cannot reach the median wire. Each step is (a, b, min_needed,
+    max_needed): wire a gets min(x_a, x_b), wire b max(x_a, x_b), each only where a later step or the result
+    reads it. 5x5: 113 comparators, 196 min/max operations.
+    """
+    size = 1
+    while size < n:
+        size *= 2
+    net = []
+    p = 1
+    while p < size:
+        k = p
+        while k >= 1:
+            for j in range(k % p, size - k, 2 * k):
+                for i in range(min(k, size - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p) and i + j + k < n:
+                        net.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    needed, steps = {n // 2}, []
+    for a, b in reversed(net):
+        if a in needed or b in needed:
+            steps.append((a, b, a in needed, b in needed))
+            needed |= {a, b}
+    _NETWORKS[n] = tuple(reversed(steps))
+    return _NETWORKS[n]
+
+
 def median_blur(x: torch.Tensor, ksize: int = 5) -> torch.Tensor:
-    """[..., H, W] -> [..., H, W]: median of each ksize x ksize window, border replicated (``cv2.medianBlur``)."""
+    """[..., H, W] -> [..., H, W]: median of each ksize x ksize window, border replicated (``cv2.medianBlur``).
+
+    A selection network of elementwise min / max over the ksize^2 shifted images (:func:`median_network`):
+    under ``torch.compile`` it fuses into one pass, where sorting unfolded windows does not.
+    """
     r = ksize // 2
-    lead = x.shape[:-2]
-    flat = x.reshape(-1, 1, *x.shape[-2:])
+    h, w = x.shape[-2:]
+    flat = x.reshape(-1, 1, h, w)
     padded = F.pad(flat, (r, r, r, r), mode="replicate")
+    v = [padded[..., dy : dy + h, dx : dx + w] for dy in range(ksize) for dx in range(ksize)]
+    for a, b, need_min, need_max in median_network(ksize * ksize):
+        lo = torch.minimum(v[a], v[b]) if need_min else None
+        hi = torch.maximum(v[a], v[b]) if need_max else None
+        v[a], v[b] = lo, hi
+    return v[ksize * ksize // 2].reshape(x.shape)
+
+
+def median_blur_sort(x: torch.Tensor, ksize: int = 5) -> torch.Tensor:
+    """The same as :func:`median_blur` by sorting unfolded windows: ~4x faster than the network in eager mode,
+    not fusable by ``torch.compile``. [..., H, W] -> [..., H, W]."""
+    r = ksize // 2
+    h, w = x.shape[-2:]
+    padded = F.pad(x.reshape(-1, 1, h, w), (r, r, r, r), mode="replicate")
     windows = padded.unfold(2, ksize, 1).unfold(3, ksize, 1)  # [B, 1, H, W, k, k], a view
-    med = windows.reshape(*windows.shape[:4], ksize * ksize).median(-1).values
-    return med.reshape(*lead, *x.shape[-2:])
+    return windows.reshape(*windows.shape[:4], ksize * ksize).median(-1).values.reshape(x.shape)
 
 
 def forward_gradient(u: torch.Tensor) -> torch.Tensor:
@@ -213,11 +264,58 @@ def tv_step(
 
 
 # ------------------------------------------------------------------------------------------ the method
-def _one_level(i0: torch.Tensor, i1: torch.Tensor, u: torch.Tensor, prm: TVL1Params) -> torch.Tensor:
+def masked_tv_step(
+    u: torch.Tensor,
+    p: torch.Tensor,
+    active: torch.Tensor,
+    iw: torch.Tensor,
+    rho_c: torch.Tensor,
+    lt_grad: torch.Tensor,
+    inv_grad: torch.Tensor,
+    eps2: float,
+    lt: float,
+    theta: float,
+    taut: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`tv_step` for the pairs where active [N] (bool) is set; the others keep u and p.
+
+    Returns (u', p', active'): a pair goes inactive once its step changed u by <= eps2 * H * W in squared
+    sum (OpenCV's stopping rule, epsilon^2 times the level's area).
+    """
+    u_new, p_new, error = tv_step(u, p, iw, rho_c, lt_grad, inv_grad, lt, theta, taut)
+    keep = active.view(-1, 1, 1, 1)
+    u = torch.where(keep, u_new, u)
+    p = torch.where(keep.unsqueeze(1), p_new, p)
+    return u, p, active & (error > eps2 * u.shape[-2] * u.shape[-1])
+
+
+def masked_median(u: torch.Tensor, active: torch.Tensor, ksize: int) -> torch.Tensor:
+    """u [N, C, H, W] -> :func:`median_blur` of u for the pairs where active [N] is set, u elsewhere."""
+    return torch.where(active.view(-1, 1, 1, 1), median_blur(u, ksize), u)
+
+
+def _masked_median_eager(u: torch.Tensor, active: torch.Tensor, ksize: int) -> torch.Tensor:
+    return torch.where(active.view(-1, 1, 1, 1), median_blur_sort(u, ksize), u)
+
+
+@functools.cache
+def _compiled(fn: Callable) -> Callable:
+    # dynamic shapes: one graph for every pyramid level and batch size (the default recompile limit is 8)
+    return torch.compile(fn, dynamic=True)
+
+
+def _one_level(
+    i0: torch.Tensor, i1: torch.Tensor, u: torch.Tensor, prm: TVL1Params, compile: bool
+) -> torch.Tensor:
     """procOneScale: i0, i1 [N, H, W] float32, u [N, 2, H, W] initial flow -> refined flow [N, 2, H, W]."""
     n, h, w = i0.shape
-    scaled_eps = prm.epsilon * prm.epsilon * h * w
     lt, theta, taut = prm.lambda_ * prm.theta, prm.theta, prm.tau / prm.theta
+    eps2 = prm.epsilon * prm.epsilon
+    step = _compiled(masked_tv_step) if compile else masked_tv_step
+    median = _compiled(masked_median) if compile else _masked_median_eager
+    # Asking whether any pair is still active waits for the device; on a GPU that stalls the launch queue,
+    # so it is asked every few steps there. Inactive pairs are frozen, so this changes time, not results.
+    check_every = 1 if u.device.type == "cpu" else _GPU_CHECK_EVERY
     i1_and_grad = torch.cat((i1.unsqueeze(1), centered_gradient(i1)), 1)  # [N, 3, H, W]
     p = torch.zeros(n, 2, 2, h, w, dtype=u.dtype, device=u.device)
     for _ in range(prm.warps):
@@ -227,36 +325,34 @@ def _one_level(i0: torch.Tensor, i1: torch.Tensor, u: torch.Tensor, prm: TVL1Par
         rho_c = i1w - (iw * u).sum(1) - i0
         lt_grad = lt * grad
         inv_grad = torch.where(grad > _FLT_EPSILON, 1.0 / grad.clamp_min(_FLT_EPSILON), 0.0)
-        # A pair stops (for this warp) once one inner step changes its flow by <= scaled_eps; it is then
-        # frozen by `active` so that its result does not depend on the other pairs of the batch.
+        # Each pair stops (for this warp) on its own, as it would alone; see masked_tv_step.
         active = torch.ones(n, dtype=torch.bool, device=u.device)
-        all_active = True
+        done = False
         for _ in range(prm.outer_iterations):
             if prm.median_filtering > 1:
-                med = median_blur(u, prm.median_filtering)
-                u = med if all_active else torch.where(active.view(n, 1, 1, 1), med, u)
-            for _ in range(prm.inner_iterations):
-                u_new, p_new, error = tv_step(u, p, iw, rho_c, lt_grad, inv_grad, lt, theta, taut)
-                if all_active:
-                    u, p = u_new, p_new
-                else:
-                    u = torch.where(active.view(n, 1, 1, 1), u_new, u)
-                    p = torch.where(active.view(n, 1, 1, 1, 1), p_new, p)
-                active = active & (error > scaled_eps)
-                n_active = int(active.sum())
-                all_active = n_active == n
-                if n_active == 0:
+                u = median(u, active, prm.median_filtering)
+            for k in range(prm.inner_iterations):
+                u, p, active = step(u, p, active, iw, rho_c, lt_grad, inv_grad, eps2, lt, theta, taut)
+                if (k + 1) % check_every == 0 and not bool(active.any()):
+                    done = True
                     break
-            if not active.any():
+            if done or not bool(active.any()):
                 break
     return u
 
 
-def tvl1(i0: torch.Tensor, i1: torch.Tensor, params: TVL1Params | None = None) -> torch.Tensor:
+def tvl1(
+    i0: torch.Tensor, i1: torch.Tensor, params: TVL1Params | None = None, compile: bool = False
+) -> torch.Tensor:
     """TV-L1 flow from I0 to I1 for a batch of grey pairs.
 
     i0, i1: [N, H, W] (uint8, or float in [0, 255]) on any device, H, W >= 16 -> [N, H, W, 2] float32 flow on
     that device, x right then y down, in pixels: I0(x) ~ I1(x + flow(x)).
+
+    compile: run the inner iteration and the median through ``torch.compile`` (one fused kernel per step
+    instead of ~25 elementwise launches: ~25x faster on CPU, and Triton kernels on a GPU); the first call
+    of a process compiles for tens of seconds (cached on disk for later processes). Results agree with the
+    eager path to float rounding.
     """
     prm = params or TVL1Params()
     prm.validate()
@@ -272,7 +368,7 @@ def tvl1(i0: torch.Tensor, i1: torch.Tensor, params: TVL1Params | None = None) -
         levels.append(tuple(resize_linear(x, size, (step, step)) for x in levels[-1]))
     u = torch.zeros(n, 2, *sizes[-1], dtype=torch.float32, device=i0.device)
     for s in range(len(sizes) - 1, -1, -1):
-        u = _one_level(*levels[s], u, prm)
+        u = _one_level(*levels[s], u, prm, compile)
         if s > 0:
             u = resize_linear(u, sizes[s - 1]) * step
     return u.permute(0, 2, 3, 1).contiguous()
@@ -283,6 +379,7 @@ def compute_flow_torch(
     device: str | torch.device = "cpu",
     batch_size: int = 64,
     params: TVL1Params | None = None,
+    compile: bool = False,
 ) -> np.ndarray:
     """Drop-in for ``data_prep.flow.compute_flow(frames, "tvl1")`` computed by :func:`tvl1` on `device`.
 
@@ -299,13 +396,18 @@ def compute_flow_torch(
     with torch.inference_mode():
         for start in range(0, t - 1, batch_size):
             stop = min(start + batch_size, t - 1)
-            out[start:stop] = tvl1(grey[start:stop], grey[start + 1 : stop + 1], params).cpu().numpy()
+            out[start:stop] = (
+                tvl1(grey[start:stop], grey[start + 1 : stop + 1], params, compile).cpu().numpy()
+            )
     out[-1] = out[-2]
     return out
 
 
 def tvl1_pairs(
-    pairs: Sequence[tuple[np.ndarray, np.ndarray]], device: str | torch.device = "cpu", **params: float
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+    device: str | torch.device = "cpu",
+    compile: bool = False,
+    **params: float,
 ) -> np.ndarray:
     """Convenience for numpy callers: [(I0, I1) [H, W] uint8 grey] -> [N, H, W, 2] float32 numpy."""
     dev = torch.device(device)
@@ -313,7 +415,7 @@ def tvl1_pairs(
     i1 = torch.from_numpy(np.stack([b for _, b in pairs])).to(dev)
     prm = dataclasses.replace(TVL1Params(), **params)
     with torch.inference_mode():
-        return tvl1(i0, i1, prm).cpu().numpy()
+        return tvl1(i0, i1, prm, compile).cpu().numpy()
 
 
 __all__ = [
@@ -324,6 +426,8 @@ __all__ = [
     "divergence",
     "forward_gradient",
     "median_blur",
+    "median_blur_sort",
+    "median_network",
     "pyramid_sizes",
     "resize_linear",
     "rgb_to_grey",
