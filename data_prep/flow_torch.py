@@ -300,8 +300,17 @@ def _masked_median_eager(u: torch.Tensor, active: torch.Tensor, ksize: int) -> t
 
 @functools.cache
 def _compiled(fn: Callable) -> Callable:
-    # dynamic shapes: one graph for every pyramid level and batch size (the default recompile limit is 8)
-    return torch.compile(fn, dynamic=True)
+    """fn through torch.compile with dynamic shapes: one graph for every pyramid level and batch size (the
+    default recompile limit is 8). Duck sizing is off while it runs: it would tie a batch of 2 to the
+    flow's two components and recompile for every other batch size."""
+    compiled = torch.compile(fn, dynamic=True)
+
+    @functools.wraps(fn)
+    def run(*args):
+        with torch.fx.experimental._config.patch(use_duck_shape=False):
+            return compiled(*args)
+
+    return run
 
 
 def _one_level(
@@ -311,6 +320,8 @@ def _one_level(
     n, h, w = i0.shape
     lt, theta, taut = prm.lambda_ * prm.theta, prm.theta, prm.tau / prm.theta
     eps2 = prm.epsilon * prm.epsilon
+    if prm.median_filtering > 1:
+        median_network(prm.median_filtering**2)  # a cached constant before torch.compile traces the median
     step = _compiled(masked_tv_step) if compile else masked_tv_step
     median = _compiled(masked_median) if compile else _masked_median_eager
     # Asking whether any pair is still active waits for the device; on a GPU that stalls the launch queue,
@@ -361,6 +372,9 @@ def tvl1(
     n, h, w = i0.shape
     if min(h, w) < MIN_LEVEL_SIZE:
         raise ValueError(f"frames of {h}x{w} are too small for TV-L1 (need >= {MIN_LEVEL_SIZE} px)")
+    if compile and n == 1:
+        # torch.compile specialises size 1 (a second compile of tens of seconds); the pair twice costs less
+        return tvl1(i0.expand(2, h, w), i1.expand(2, h, w), prm, compile)[:1]
     sizes = pyramid_sizes(h, w, prm.nscales, prm.scale_step)
     step = 1.0 / prm.scale_step
     levels = [(i0.to(torch.float32), i1.to(torch.float32))]
@@ -372,6 +386,11 @@ def tvl1(
         if s > 0:
             u = resize_linear(u, sizes[s - 1]) * step
     return u.permute(0, 2, 3, 1).contiguous()
+
+
+def default_device() -> str:
+    """ "cuda" when a GPU is visible, else "cpu"."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def compute_flow_torch(
@@ -423,6 +442,7 @@ __all__ = [
     "TVL1Params",
     "centered_gradient",
     "compute_flow_torch",
+    "default_device",
     "divergence",
     "forward_gradient",
     "median_blur",
