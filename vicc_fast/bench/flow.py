@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from data_prep.flow import compute_flow, dequantize_flow, endpoint_error, quantize_flow
+from data_prep.flow_torch import default_batch
 from data_prep.synthetic import decode_video, generate
 from vicc_fast.config import FlowMethod, SyntheticConfig
 
@@ -63,7 +64,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=True,
         help="tvl1-torch through torch.compile (compiled before the timing)",
     )
-    p.add_argument("--batch", type=int, default=64, help="tvl1-torch frame pairs per call")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="tvl1-torch frame pairs per call (default: data_prep.flow_torch.default_batch: 8 CPU, 256 GPU)",
+    )
     p.add_argument(
         "--repeats", type=int, default=1, help="timed passes per method, alternating order; medians reported"
     )
@@ -79,6 +85,7 @@ def _torch_runner(items: list, args: argparse.Namespace) -> Callable[[], list[np
     from data_prep.flow_torch import rgb_to_grey, tvl1
 
     dev = torch.device(args.device)
+    batch = args.batch or default_batch(dev)
     lengths = [v.shape[0] for _, v, _ in items]
     frames = np.concatenate([v for _, v, _ in items])
     # pair k = (frame a[k], frame a[k] + 1) inside one video
@@ -90,8 +97,8 @@ def _torch_runner(items: list, args: argparse.Namespace) -> Callable[[], list[np
             grey = rgb_to_grey(torch.from_numpy(frames).to(dev))
             idx = torch.from_numpy(first).to(dev)
             parts = [
-                tvl1(grey[idx[k : k + args.batch]], grey[idx[k : k + args.batch] + 1], compile=args.compile)
-                for k in range(0, len(first), args.batch)
+                tvl1(grey[idx[k : k + batch]], grey[idx[k : k + batch] + 1], compile=args.compile)
+                for k in range(0, len(first), batch)
             ]
             flow = torch.cat(parts).cpu().numpy()
         out, k = [], 0
@@ -138,7 +145,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "pairs": pairs,
         "size": [args.height, args.width],
         "threads": args.threads,
-        "tvl1_torch": {"device": args.device, "compile": args.compile, "batch": args.batch},
+        "tvl1_torch": {"device": args.device, "compile": args.compile, "batch": args.batch or default_batch(args.device)},
         "load_avg_1min_at_start": os.getloadavg()[0],
         "repeats": args.repeats,
         "zero_flow_epe": round(zero, 4),
