@@ -74,6 +74,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--repeats", type=int, default=1, help="timed passes per method, alternating order; medians reported"
     )
     p.add_argument(
+        "--profile",
+        action="store_true",
+        help="one more tvl1-torch pass with each block timed (inner step, median, warp, resize): where time goes",
+    )
+    p.add_argument(
         "--workdir",
         default=os.path.join(tempfile.gettempdir(), "vicc_fast_bench"),
         help="where the synthetic set with ground-truth flow is generated (reused when settings match)",
@@ -145,7 +150,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "pairs": pairs,
         "size": [args.height, args.width],
         "threads": args.threads,
-        "tvl1_torch": {"device": args.device, "compile": args.compile, "batch": args.batch or default_batch(args.device)},
+        "tvl1_torch": {
+            "device": args.device,
+            "compile": args.compile,
+            "batch": args.batch or default_batch(args.device),
+        },
         "load_avg_1min_at_start": os.getloadavg()[0],
         "repeats": args.repeats,
         "zero_flow_epe": round(zero, 4),
@@ -194,6 +203,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if ref in seconds and ref is not m:
                 ratios = [r / s for s, r in zip(seconds[m], seconds[ref])]  # > 1: m is faster
                 result["methods"][m.value][f"speed_over_{ref.value}"] = round(statistics.median(ratios), 3)
+    if args.profile and FlowMethod.tvl1_torch in runners:
+        result["tvl1_torch_profile"] = profile_blocks(
+            runners[FlowMethod.tvl1_torch], args.device, args.compile
+        )
     if FlowMethod.tvl1 in flows and FlowMethod.tvl1_torch in flows:
         result["vs_opencv_tvl1"] = compare(flows[FlowMethod.tvl1_torch], flows[FlowMethod.tvl1], items)
     return result
@@ -217,3 +230,62 @@ def compare(ours: list[np.ndarray], theirs: list[np.ndarray], items: list) -> di
         "uint8_values_differing_by_more_than_1": round(float((diff > 1).mean()), 6),
         "uint8_max_difference": int(diff.max()),
     }
+
+
+def profile_blocks(run_once: Callable[[], Any], device: str, compiled: bool) -> dict[str, Any]:
+    """Seconds, calls and share of one tvl1-torch pass spent in each block of data_prep.flow_torch.
+
+    The blocks are timed by wrapping the module's functions for the pass (the device is synchronised around
+    each call, which itself costs a little on a GPU); they are restored afterwards.
+    """
+    import data_prep.flow_torch as ft
+
+    seconds: dict[str, float] = {}
+    calls: dict[str, int] = {}
+
+    def timed(name: str, fn: Callable) -> Callable:
+        def wrapper(*a: Any, **k: Any) -> Any:
+            _sync(device)
+            t0 = time.perf_counter()
+            out = fn(*a, **k)
+            _sync(device)
+            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
+            calls[name] = calls.get(name, 0) + 1
+            return out
+
+        return wrapper
+
+    names = {"masked_tv_step": "inner step", "masked_median": "median", "_masked_median_eager": "median"}
+    # compiled blocks come from ft._compiled(fn) (cached), so wrap what it returns; eager ones directly
+    patches = {
+        "warp_bicubic": timed("warp", ft.warp_bicubic),
+        "resize_linear": timed("resize", ft.resize_linear),
+    }
+    original_compiled = ft._compiled
+    if compiled:
+        patches["_compiled"] = lambda fn: timed(names[fn.__name__], original_compiled(fn))
+    else:
+        patches["masked_tv_step"] = timed("inner step", ft.masked_tv_step)
+        patches["_masked_median_eager"] = timed("median", ft._masked_median_eager)
+    saved = {k: getattr(ft, k) for k in patches}
+    try:
+        for k, v in patches.items():
+            setattr(ft, k, v)
+        _sync(device)
+        t0 = time.perf_counter()
+        run_once()
+        _sync(device)
+        total = time.perf_counter() - t0
+    finally:
+        for k, v in saved.items():
+            setattr(ft, k, v)
+    blocks = {
+        name: {
+            "seconds": round(sec, 3),
+            "calls": calls[name],
+            "ms_per_call": round(1000 * sec / calls[name], 3),
+            "share": round(sec / total, 3),
+        }
+        for name, sec in sorted(seconds.items(), key=lambda kv: -kv[1])
+    }
+    return {"compiled": compiled, "total_s": round(total, 3), "blocks": blocks}
