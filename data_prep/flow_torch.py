@@ -363,7 +363,7 @@ def tvl1(
     that device, x right then y down, in pixels: I0(x) ~ I1(x + flow(x)).
 
     compile: run the inner iteration and the median through ``torch.compile`` (one fused kernel per step
-    instead of ~25 elementwise launches: the step measured 26x faster on the CPU; Triton kernels on a GPU);
+    instead of ~25 elementwise launches: on the CPU the step measured 17x, a whole pass 9x faster; Triton on a GPU);
     the first call of a process compiles for tens of seconds (cached on disk for later processes). Results
     agree with the eager path to float rounding.
     """
@@ -396,9 +396,9 @@ def default_device() -> str:
 
 
 def default_batch(device: str | torch.device) -> int:
-    """Pairs per call: 8 on the CPU, where a batch that outgrows the caches is slower per pair (measured at
-    128x171, 1 thread, compiled: 2-8 pairs 0.72x OpenCV's speed, 32 pairs 0.43x); 256 on a GPU, which needs
-    many pairs per launch to fill."""
+    """Pairs per call: 8 on the CPU, where a batch that outgrows the caches is slower per pair (1 thread,
+    compiled: 0.75x / 0.60x OpenCV's speed at 128x171 / 240x320 with 8 pairs, 0.25x / 0.34x with 64;
+    benchmarks/results/flow_torch_cpu.json); 256 on a GPU, which needs many pairs per launch to fill."""
     return 8 if torch.device(device).type == "cpu" else 256
 
 
