@@ -165,7 +165,7 @@ def cached_meta(rec: Record, work: Path, settings: VideoSettings) -> dict[str, A
 class FlowDevice:
     """Where and how ``tvl1-torch`` runs (not part of the cache key: devices agree to float rounding)."""
 
-    device: str = "cpu"
+    device: str = field(default_factory=lambda: _default_device())  # cuda when visible, else cpu
     compile: bool = True
 
 
@@ -317,7 +317,7 @@ def build(
 ) -> BuildReport:
     """Build shards + manifest from records (sources.load_records) into out_dir; see the module docstring.
 
-    flow_device: device and torch.compile switch of ``tvl1-torch`` (default: the CPU, compiled).
+    flow_device: device and torch.compile switch of ``tvl1-torch`` (default: cuda when visible, compiled).
     """
     t0 = time.perf_counter()
     method = FlowMethod(flow_method)
