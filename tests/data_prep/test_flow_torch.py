@@ -111,6 +111,11 @@ def test_median_network_and_sort_are_cv2_median_blur(ksize):
     np.testing.assert_array_equal(median_blur_sort(torch.from_numpy(x), ksize).numpy(), ref)
 
 
+def test_median_network_for_7x7_equals_sorting():  # cv2.medianBlur takes float images only up to 5x5
+    x = torch.from_numpy(np.random.default_rng(5).normal(size=(3, 30, 33)).astype(np.float32))
+    torch.testing.assert_close(median_blur(x, 7), median_blur_sort(x, 7), atol=0, rtol=0)
+
+
 def test_gradients_and_divergence_follow_opencv_borders():
     img = torch.from_numpy(_texture(9, 11))
     g = centered_gradient(img[None])[0]
