@@ -426,8 +426,9 @@ def default_device() -> str:
 
 def default_batch(device: str | torch.device) -> int:
     """Pairs per call: 8 on the CPU, where a batch that outgrows the caches is slower per pair (1 thread,
-    compiled: 0.75x / 0.60x OpenCV's speed at 128x171 / 240x320 with 8 pairs, 0.25x / 0.34x with 64;
-    benchmarks/results/flow_torch_cpu.json); 256 on a GPU, which needs many pairs per launch to fill."""
+    compiled, before the separable median: 0.75x / 0.60x OpenCV's speed at 128x171 / 240x320 with 8 pairs,
+    0.25x / 0.34x with 64; benchmarks/results/flow_torch_cpu.json); 256 on a GPU, which needs many pairs per
+    launch to fill."""
     return 8 if torch.device(device).type == "cpu" else 256
 
 
