@@ -200,7 +200,8 @@ def median_network(ksize: int) -> MedianNetwork:
        step or the result reads it (backward pruning). The median ends on out_wire.
 
     5x5: 9 column comparators + 138 min / max operations per pixel, against 202 for a pruned network on
-    the 25 values, and 2.1x faster compiled on the CPU; exact (tests compare with cv2.medianBlur).
+    the 25 values: 10.1 against 24.5 ms per call compiled on the CPU (bench flow --profile records in
+    benchmarks/results/flow_torch_cpu.json); exact (tests compare with cv2.medianBlur).
     """
     if ksize in _NETWORKS:  # a plain dict, not functools.cache, which torch.compile warns about
         return _NETWORKS[ksize]
