@@ -4,7 +4,8 @@
   frame i to i+1 (x right, y down); the last flow frame repeats the one before, so a flow video has as many
   frames as its RGB video.
 - Methods (:class:`vicc_fast.config.FlowMethod`): ``tvl1`` (OpenCV-contrib DualTVL1 with OpenCV's defaults, the
-  TV-L1 of ViCC / CoCLR; ~0.1 s per 128x171 pair on one core), ``dis`` (DIS, medium preset, ~30x faster) and
+  TV-L1 of ViCC / CoCLR; ~0.1 s per 128x171 pair on one core), ``tvl1-torch`` (the same algorithm and defaults
+  in batched PyTorch, :mod:`data_prep.flow_torch`, on the CPU or a GPU), ``dis`` (DIS, medium preset, ~30x faster) and
   ``farneback`` (dense polynomial expansion). All run on the grey-level image, as the usual TV-L1 extraction
   tools do.
 - :func:`quantize_flow` / :func:`dequantize_flow`: truncate to [-bound, bound] (bound 20 as in the papers), map
@@ -42,6 +43,8 @@ class FlowEstimator:
 
     def __init__(self, method: FlowMethod | str) -> None:
         self.method = parse_method(method)
+        if self.method is FlowMethod.tvl1_torch:
+            raise FlowError("tvl1-torch has no OpenCV object: use compute_flow or data_prep.flow_torch")
         self._impl = None  # Farneback is a plain function in OpenCV
         self._reset: tuple = ()
         if self.method is FlowMethod.tvl1:
@@ -90,14 +93,31 @@ def _check_frames(frames: np.ndarray) -> None:
         raise FlowError(f"frames of {frames.shape[1]}x{frames.shape[2]} are too small for optical flow")
 
 
-def compute_flow(frames: np.ndarray, method: FlowMethod | str = FlowMethod.tvl1) -> np.ndarray:
+def compute_flow(
+    frames: np.ndarray,
+    method: FlowMethod | str = FlowMethod.tvl1,
+    *,
+    device: str | None = None,
+    compile: bool = False,
+) -> np.ndarray:
     """Dense flow between consecutive frames.
 
     frames: [T, H, W, 3] uint8 RGB, T >= 2 -> [T, H, W, 2] float32, flow[i] = displacement i -> i+1 in pixels
     (x right, y down); flow[T-1] = flow[T-2].
+    device, compile: for ``tvl1-torch`` only (see :func:`data_prep.flow_torch.tvl1`); device None = "cuda"
+    when available, else "cpu".
     """
     _check_frames(frames)
-    est = estimator(parse_method(method))
+    method = parse_method(method)
+    if method is FlowMethod.tvl1_torch:
+        from data_prep import flow_torch  # torch is imported only by the processes that use it
+
+        if frames.shape[1] < flow_torch.MIN_LEVEL_SIZE or frames.shape[2] < flow_torch.MIN_LEVEL_SIZE:
+            raise FlowError(
+                f"frames of {frames.shape[1]}x{frames.shape[2]} are too small for TV-L1 (< 16 px)"
+            )
+        return flow_torch.compute_flow_torch(frames, device or flow_torch.default_device(), compile=compile)
+    est = estimator(method)
     grey = [cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in frames]
     t, h, w, _ = frames.shape
     out = np.empty((t, h, w, 2), dtype=np.float32)

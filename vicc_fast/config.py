@@ -134,6 +134,7 @@ class KernelBackend(str, enum.Enum):
 
 class FlowMethod(str, enum.Enum):
     tvl1 = "tvl1"
+    tvl1_torch = "tvl1-torch"  # the same TV-L1 in batched PyTorch (data_prep/flow_torch.py), CPU or GPU
     dis = "dis"
     farneback = "farneback"
 
@@ -159,7 +160,7 @@ class SyntheticConfig:
     width: int = _f(171, "video width in pixels")
     seed: int = _f(0, "seed: the same seed writes byte-identical videos")
     flow_method: FlowMethod = _f(
-        FlowMethod.tvl1, "optical flow used when building shards: tvl1|dis|farneback"
+        FlowMethod.tvl1, "optical flow used when building shards: tvl1|tvl1-torch|dis|farneback"
     )
 
 

@@ -1,25 +1,38 @@
-"""Optical flow methods on the synthetic set: frames/s (frame pairs per second) and end-point error.
+"""Optical flow methods on the synthetic set: frame pairs/s and end-point error, and tvl1-torch against OpenCV.
 
 Frames are decoded from the written source videos (codec noise included, as in a real build) and scored against
 the exact ground-truth flow of the generator (camera pan included). Reported per method: pairs/s on
-`--threads` OpenCV threads (1 = what one process-pool worker of data_prep.build gets), mean EPE, EPE after the
+`--threads` threads (1 = what one process-pool worker of data_prep.build gets), mean EPE, EPE after the
 papers' [-20, 20] -> uint8 quantisation, and the zero-flow EPE as the baseline.
+
+Speed on shared cores is noisy: with --repeats R every method is timed R times over the whole set, in
+alternating order (forward, then backward), and the record gives the median pairs/s and the median of the
+per-repeat ratios to OpenCV's TV-L1 and DIS (ratios taken within one repeat, so a load change hits both).
+
+tvl1-torch (data_prep.flow_torch) runs on --device with the pairs of all videos batched --batch at a time; its
+first call (the torch.compile compilation) is outside the timing. When tvl1 is measured too, ``vs_opencv_tvl1``
+gives the mean EPE between the two flows, the ratio of their EPEs against the truth, and the share of stored
+uint8 values that differ after quantisation.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
-from tqdm import tqdm
+import torch
 
 from data_prep.flow import compute_flow, dequantize_flow, endpoint_error, quantize_flow
+from data_prep.flow_torch import default_batch
 from data_prep.synthetic import decode_video, generate
 from vicc_fast.config import FlowMethod, SyntheticConfig
 
@@ -37,12 +50,75 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--height", type=int, default=128, help="video height")
     p.add_argument("--width", type=int, default=171, help="video width")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic set")
-    p.add_argument("--threads", type=int, default=1, help="OpenCV threads (1 = one pool worker)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="OpenCV and torch CPU threads (1 = one pool worker)"
+    )
+    p.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="device of tvl1-torch (default: cuda when available)",
+    )
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="tvl1-torch through torch.compile (compiled before the timing)",
+    )
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="tvl1-torch frame pairs per call (default: data_prep.flow_torch.default_batch: 8 CPU, 256 GPU)",
+    )
+    p.add_argument(
+        "--repeats", type=int, default=1, help="timed passes per method, alternating order; medians reported"
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="one more tvl1-torch pass with each block timed (inner step, median, warp, resize): where time goes",
+    )
     p.add_argument(
         "--workdir",
         default=os.path.join(tempfile.gettempdir(), "vicc_fast_bench"),
         help="where the synthetic set with ground-truth flow is generated (reused when settings match)",
     )
+
+
+def _torch_runner(items: list, args: argparse.Namespace) -> Callable[[], list[np.ndarray]]:
+    """A function computing tvl1-torch flow for every video, the pairs of all videos batched together."""
+    from data_prep.flow_torch import rgb_to_grey, tvl1
+
+    dev = torch.device(args.device)
+    batch = args.batch or default_batch(dev)
+    lengths = [v.shape[0] for _, v, _ in items]
+    frames = np.concatenate([v for _, v, _ in items])
+    # pair k = (frame a[k], frame a[k] + 1) inside one video
+    starts = np.cumsum([0, *lengths[:-1]])
+    first = np.concatenate([s + np.arange(n - 1) for s, n in zip(starts, lengths)])
+
+    def run() -> list[np.ndarray]:
+        with torch.inference_mode():
+            grey = rgb_to_grey(torch.from_numpy(frames).to(dev))
+            idx = torch.from_numpy(first).to(dev)
+            parts = [
+                tvl1(grey[idx[k : k + batch]], grey[idx[k : k + batch] + 1], compile=args.compile)
+                for k in range(0, len(first), batch)
+            ]
+            flow = torch.cat(parts).cpu().numpy()
+        out, k = [], 0
+        for n in lengths:
+            f = flow[k : k + n - 1]
+            out.append(np.concatenate([f, f[-1:]]))  # the last flow frame repeats, as in compute_flow
+            k += n - 1
+        return out
+
+    return run
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -67,31 +143,149 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pairs = sum(v.shape[0] - 1 for _, v, _ in items)
     zero = float(np.mean([endpoint_error(np.zeros_like(g[:-1]), g[:-1]) for _, _, g in items]))
     cv2.setNumThreads(args.threads)
+    torch.set_num_threads(args.threads)
     result: dict[str, Any] = {
+        "command": "python -m vicc_fast.bench " + " ".join(sys.argv[1:]),
         "videos": len(items),
         "pairs": pairs,
         "size": [args.height, args.width],
         "threads": args.threads,
+        "tvl1_torch": {
+            "device": args.device,
+            "compile": args.compile,
+            "batch": args.batch or default_batch(args.device),
+        },
+        "load_avg_1min_at_start": os.getloadavg()[0],
+        "repeats": args.repeats,
         "zero_flow_epe": round(zero, 4),
         "methods": {},
     }
+    runners: dict[FlowMethod, Callable[[], list[np.ndarray]]] = {}
     for method in methods:
-        compute_flow(items[0][1][:2], method)  # build the OpenCV object outside the timing
-        seconds, epe, epe_q, per_class = 0.0, [], [], {}
-        for cls, frames, gt in tqdm(items, desc=method.value, unit="video"):
+        if method is FlowMethod.tvl1_torch:
+            runners[method] = _torch_runner(items, args)
+        else:
+            runners[method] = lambda m=method: [compute_flow(v, m) for _, v, _ in items]
+    # outside the timing: OpenCV builds its objects, torch.compile compiles (every batch shape of the run)
+    warm = {m: runners[m]() for m in methods if m is FlowMethod.tvl1_torch and args.compile}
+    for m in methods:
+        if m is not FlowMethod.tvl1_torch:
+            compute_flow(items[0][1][:2], m)
+    seconds: dict[FlowMethod, list[float]] = {m: [] for m in methods}
+    flows: dict[FlowMethod, list[np.ndarray]] = dict(warm)
+    for rep in range(args.repeats):
+        for m in methods if rep % 2 == 0 else methods[::-1]:
+            _sync(args.device)
             t0 = time.perf_counter()
-            flow = compute_flow(frames, method)
-            seconds += time.perf_counter() - t0
+            out = runners[m]()
+            _sync(args.device)
+            seconds[m].append(time.perf_counter() - t0)
+            flows.setdefault(m, out)
+            print(f"repeat {rep} {m.value}: {pairs / seconds[m][-1]:.2f} pairs/s", file=sys.stderr)
+    for m in methods:
+        epe, epe_q, per_class = [], [], {}
+        for (cls, _, gt), flow in zip(items, flows[m]):
             e = endpoint_error(flow[:-1], gt[:-1])
             epe.append(e)
             epe_q.append(endpoint_error(dequantize_flow(quantize_flow(flow[:-1])), gt[:-1]))
             per_class[cls] = round(e, 4)
-        result["methods"][method.value] = {
-            "pairs_per_s": round(pairs / seconds, 2),
-            "ms_per_pair": round(1000 * seconds / pairs, 2),
+        med = statistics.median(seconds[m])
+        result["methods"][m.value] = {
+            "pairs_per_s": round(pairs / med, 2),
+            "ms_per_pair": round(1000 * med / pairs, 2),
+            "pairs_per_s_each_repeat": [round(pairs / s, 2) for s in seconds[m]],
             "epe": round(float(np.mean(epe)), 4),
             "epe_quantized": round(float(np.mean(epe_q)), 4),
             "epe_over_zero_flow": round(float(np.mean(epe)) / zero, 3),
             "epe_per_class": per_class,
         }
+        for ref in (FlowMethod.tvl1, FlowMethod.dis):
+            if ref in seconds and ref is not m:
+                ratios = [r / s for s, r in zip(seconds[m], seconds[ref])]  # > 1: m is faster
+                result["methods"][m.value][f"speed_over_{ref.value}"] = round(statistics.median(ratios), 3)
+    if args.profile and FlowMethod.tvl1_torch in runners:
+        result["tvl1_torch_profile"] = profile_blocks(
+            runners[FlowMethod.tvl1_torch], args.device, args.compile
+        )
+    if FlowMethod.tvl1 in flows and FlowMethod.tvl1_torch in flows:
+        result["vs_opencv_tvl1"] = compare(flows[FlowMethod.tvl1_torch], flows[FlowMethod.tvl1], items)
     return result
+
+
+def compare(ours: list[np.ndarray], theirs: list[np.ndarray], items: list) -> dict[str, Any]:
+    """tvl1-torch against OpenCV's TV-L1 over the same videos: EPE between them, EPE ratio against the truth,
+    and the share of stored uint8 values (both components) that differ after quantisation."""
+    a = np.concatenate([f[:-1] for f in ours])
+    b = np.concatenate([f[:-1] for f in theirs])
+    gt = np.concatenate([g[:-1] for _, _, g in items])
+    qa, qb = quantize_flow(a).astype(np.int16), quantize_flow(b).astype(np.int16)
+    diff = np.abs(qa - qb)
+    ea, eb = endpoint_error(a, gt), endpoint_error(b, gt)
+    return {
+        "epe_between": round(endpoint_error(a, b), 4),
+        "epe_torch": round(ea, 4),
+        "epe_opencv": round(eb, 4),
+        "epe_ratio_torch_over_opencv": round(ea / eb, 4),
+        "uint8_values_differing": round(float((diff > 0).mean()), 5),
+        "uint8_values_differing_by_more_than_1": round(float((diff > 1).mean()), 6),
+        "uint8_max_difference": int(diff.max()),
+    }
+
+
+def profile_blocks(run_once: Callable[[], Any], device: str, compiled: bool) -> dict[str, Any]:
+    """Seconds, calls and share of one tvl1-torch pass spent in each block of data_prep.flow_torch.
+
+    The blocks are timed by wrapping the module's functions for the pass (the device is synchronised around
+    each call, which itself costs a little on a GPU); they are restored afterwards.
+    """
+    import data_prep.flow_torch as ft
+
+    seconds: dict[str, float] = {}
+    calls: dict[str, int] = {}
+
+    def timed(name: str, fn: Callable) -> Callable:
+        def wrapper(*a: Any, **k: Any) -> Any:
+            _sync(device)
+            t0 = time.perf_counter()
+            out = fn(*a, **k)
+            _sync(device)
+            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
+            calls[name] = calls.get(name, 0) + 1
+            return out
+
+        return wrapper
+
+    names = {"masked_tv_step": "inner step", "masked_median": "median", "_masked_median_eager": "median"}
+    # compiled blocks come from ft._compiled(fn) (cached), so wrap what it returns; eager ones directly
+    patches = {
+        "warp_bicubic": timed("warp", ft.warp_bicubic),
+        "resize_linear": timed("resize", ft.resize_linear),
+    }
+    original_compiled = ft._compiled
+    if compiled:
+        patches["_compiled"] = lambda fn: timed(names[fn.__name__], original_compiled(fn))
+    else:
+        patches["masked_tv_step"] = timed("inner step", ft.masked_tv_step)
+        patches["_masked_median_eager"] = timed("median", ft._masked_median_eager)
+    saved = {k: getattr(ft, k) for k in patches}
+    try:
+        for k, v in patches.items():
+            setattr(ft, k, v)
+        _sync(device)
+        t0 = time.perf_counter()
+        run_once()
+        _sync(device)
+        total = time.perf_counter() - t0
+    finally:
+        for k, v in saved.items():
+            setattr(ft, k, v)
+    blocks = {
+        name: {
+            "seconds": round(sec, 3),
+            "calls": calls[name],
+            "ms_per_call": round(1000 * sec / calls[name], 3),
+            "share": round(sec / total, 3),
+        }
+        for name, sec in sorted(seconds.items(), key=lambda kv: -kv[1])
+    }
+    return {"compiled": compiled, "total_s": round(total, 3), "blocks": blocks}

@@ -1,0 +1,28 @@
+"""bench flow on a tiny synthetic set: every method timed and scored, tvl1-torch compared with OpenCV's TV-L1."""
+
+from __future__ import annotations
+
+import argparse
+
+from vicc_fast.bench import flow as flow_bench
+
+
+def test_flow_bench_compares_tvl1_torch_with_opencv(tmp_path):
+    p = argparse.ArgumentParser()
+    flow_bench.add_arguments(p)
+    args = p.parse_args(
+        ["--methods", "tvl1,tvl1-torch,dis", "--classes", "2", "--frames", "3", "--height", "32"]
+        + ["--width", "43", "--device", "cpu", "--no-compile", "--repeats", "2", "--workdir", str(tmp_path)]
+        + ["--profile"]
+    )
+    r = flow_bench.run(args)
+    assert r["pairs"] == 4 and r["repeats"] == 2
+    torch_row = r["methods"]["tvl1-torch"]
+    assert len(torch_row["pairs_per_s_each_repeat"]) == 2
+    assert torch_row["speed_over_tvl1"] > 0 and torch_row["speed_over_dis"] > 0
+    cmp = r["vs_opencv_tvl1"]
+    assert cmp["epe_between"] < 0.1 and 0.8 < cmp["epe_ratio_torch_over_opencv"] < 1.2
+    assert 0 <= cmp["uint8_values_differing"] < 0.2
+    prof = r["tvl1_torch_profile"]
+    assert {"inner step", "median", "warp", "resize"} <= set(prof["blocks"])
+    assert 0 < sum(b["share"] for b in prof["blocks"].values()) <= 1.01
