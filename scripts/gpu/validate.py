@@ -19,6 +19,7 @@ Steps (GPU figures are the issue's goals; a missed goal is reported, not a faile
   step      python -m vicc_fast.bench step --paper: data-wait (< 2 %), loss head (< 1 %), >= 3x the baseline
   head      python -m vicc_fast.bench kernels --quick: Triton loss head vs eager vs torch.compile (>= 2x, >= 1x)
   nvtx      the step ranges (data, forward, backward, optimizer) in the amp step's torch.profiler trace
+  flow      (only with --only) bench flow --methods tvl1-torch at 320x240: pairs/s (goal >= 700) and EPE
 
 Only the standard library is imported here: the parent process stays small and starts in milliseconds.
 """
@@ -94,6 +95,7 @@ class Step:
     timeout: float  # seconds on the GPU (the dry run has its own)
     commands: Callable[[Ctx], list[tuple[list[str], dict[str, str]]]]
     summary: Callable[[Ctx], tuple[bool, str, str]]  # (ok, key figure, goals) from the step's JSON
+    default: bool = True  # in the default run; the others only when --only names them
 
 
 @dataclass
@@ -347,6 +349,28 @@ def head_summary(ctx: Ctx):
     return bool(parts), "; ".join(parts), "goal >=2x eager, >=1x compile: " + ", ".join(goals)
 
 
+def flow_cmds(ctx: Ctx):
+    """tvl1-torch (data_prep/flow_torch.py) at UCF101's 320x240: pairs/s (goal >= 700 on one H100) and EPE."""
+    work = ["--workdir", str(ctx.scratch / "flowset")]
+    if ctx.dry:
+        args = ["--device", "cpu", "--no-compile", "--classes", "1", "--frames", "3", "--height", "32",
+                "--width", "40", "--repeats", "1"]  # fmt: skip
+    else:
+        args = ["--device", "cuda", "--classes", "4", "--frames", "65", "--height", "240", "--width", "320",
+                "--batch", "256", "--repeats", "2"]  # fmt: skip
+    return [(_bench(ctx, "flow", "--methods", "tvl1-torch", *args, *work), {})]
+
+
+def flow_summary(ctx: Ctx):
+    r = ctx.last("flow", "result")["result"]
+    m = r["methods"]["tvl1-torch"]
+    h, w = r["size"]
+    pps = m["pairs_per_s"]
+    fig = f"{pps:.0f} pairs/s at {w}x{h} ({r['tvl1_torch']}), EPE {m['epe']:.3f} px ({r['pairs']} pairs)"
+    goal = f">= 700 pairs/s at 320x240: {'met' if pps >= 700 else 'missed'}" if (h, w) == (240, 320) else ""
+    return True, fig, goal
+
+
 def nvtx_cmds(ctx: Ctx):
     return [([PY, str(Path(__file__).resolve()), "nvtx", "--trace", str(ctx.scratch / "trace"),
               "--json", str(ctx.json("nvtx"))], {})]  # fmt: skip
@@ -370,6 +394,8 @@ STEPS = [
     Step("loader", "GPU pipeline vs DataLoader, paper clips", 60, loader_cmds, loader_summary),
     Step("head", "loss head: Triton vs eager vs compile", 45, head_cmds, head_summary),
     Step("nvtx", "step ranges in the profiler trace", 10, nvtx_cmds, nvtx_summary),
+    # not in the default run, which must fit 8 minutes: `--only flow` (about 1-2 min with compilation)
+    Step("flow", "TV-L1 in PyTorch (tvl1-torch) at 320x240", 150, flow_cmds, flow_summary, default=False),
 ]
 
 
@@ -416,7 +442,7 @@ def run(args: argparse.Namespace) -> int:
             )
             return 2
     ctx = Ctx(out=out, data=data, dry=args.dry_run, scratch=scratch)
-    only = [s for s in args.only.split(",") if s] if args.only else [s.name for s in STEPS]
+    only = [s for s in args.only.split(",") if s] if args.only else [s.name for s in STEPS if s.default]
     unknown = set(only) - {s.name for s in STEPS}
     if unknown:
         print(

@@ -35,7 +35,7 @@ def test_dry_run_passes_and_writes_every_record(tmp_path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rec = json.loads((out / "validate.json").read_text())
     steps = [s["step"] for s in rec["steps"]]
-    assert steps == [s.name for s in _validate_module().STEPS]
+    assert steps == [s.name for s in _validate_module().STEPS if s.default]
     assert all(s["status"] == "pass" for s in rec["steps"]), rec["steps"]
     for name in ("kernels", "decode", "loader", "amp_bf16", "amp_fp16", "step", "head", "nvtx"):
         assert (out / f"{name}.json").is_file(), name
@@ -110,3 +110,14 @@ def test_step_rows_are_recovered_from_the_log() -> None:
     assert row["point"] == {"backbone": "s3d", "frames": 32, "stride": 1}
     assert row["fast"]["breakdown_ms"]["loss_head"] == 2.7
     assert abs(row["ratio"]["clips_per_s"] - 713.6 / 57.0) < 1e-9
+
+
+def test_flow_step_runs_when_asked(tmp_path) -> None:
+    """The opt-in flow step (tvl1-torch) in a dry run: a record with pairs/s and EPE."""
+    v = _validate_module()
+    args = v.argparse.Namespace(out=str(tmp_path / "out"), data=str(tmp_path / "data"), scratch=None,
+                                dry_run=True, only="flow", budget=900.0)  # fmt: skip
+    assert v.run(args) == 0
+    rec = json.loads((tmp_path / "out" / "validate.json").read_text())
+    assert [r["step"] for r in rec["steps"]] == ["flow"] and rec["steps"][0]["status"] == "pass"
+    assert "pairs/s" in rec["steps"][0]["figure"]
