@@ -24,13 +24,10 @@ import functools
 import cv2
 import numpy as np
 
+from data_prep.frames import FlowError, check_frames
 from vicc_fast.config import FlowMethod
 
 FLOW_BOUND = 20.0  # pixels; ViCC / CoCLR truncate flow to [-20, 20]
-
-
-class FlowError(ValueError):
-    """Input that flow cannot be computed from (wrong dtype, shape or too few frames)."""
 
 
 def worker_init() -> None:
@@ -80,19 +77,6 @@ def estimator(method: FlowMethod) -> FlowEstimator:
     return FlowEstimator(method)
 
 
-def _check_frames(frames: np.ndarray) -> None:
-    if not isinstance(frames, np.ndarray):
-        raise FlowError(f"frames must be a numpy array, got {type(frames).__name__}")
-    if frames.dtype != np.uint8:
-        raise FlowError(f"frames must be uint8 RGB, got dtype {frames.dtype}")
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise FlowError(f"frames must have shape [T, H, W, 3], got {list(frames.shape)}")
-    if frames.shape[0] < 2:
-        raise FlowError(f"flow needs at least 2 frames, got {frames.shape[0]}")
-    if min(frames.shape[1:3]) < 8:
-        raise FlowError(f"frames of {frames.shape[1]}x{frames.shape[2]} are too small for optical flow")
-
-
 def compute_flow(
     frames: np.ndarray,
     method: FlowMethod | str = FlowMethod.tvl1,
@@ -107,7 +91,7 @@ def compute_flow(
     device, compile: for ``tvl1-torch`` only (see :func:`data_prep.flow_torch.tvl1`); device None = "cuda"
     when available, else "cpu".
     """
-    _check_frames(frames)
+    check_frames(frames)
     method = parse_method(method)
     if method is FlowMethod.tvl1_torch:
         from data_prep import flow_torch  # torch is imported only by the processes that use it

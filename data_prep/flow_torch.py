@@ -445,9 +445,9 @@ def compute_flow_torch(
     frames: [T, H, W, 3] uint8 RGB, T >= 2 -> [T, H, W, 2] float32 numpy, flow[i] = displacement i -> i+1,
     flow[T-1] = flow[T-2]. Pairs are processed batch_size at a time (default :func:`default_batch`).
     """
-    from data_prep.flow import _check_frames
+    from data_prep.frames import check_frames
 
-    _check_frames(frames)
+    check_frames(frames)
     dev = torch.device(device)
     batch_size = batch_size or default_batch(dev)
     grey = rgb_to_grey(torch.from_numpy(np.ascontiguousarray(frames)).to(dev))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.patterns import H, NUM_CLASSES, T_VIDEO, W, code, frames_from_code, make_set
+from data_prep.patterns import NUM_CLASSES, T_VIDEO, H, W, code, frames_from_code, make_set
 from vicc_fast import config
 
 __all__ = ["H", "NUM_CLASSES", "T_VIDEO", "W", "cfg_for", "code", "frames_from_code", "make_set"]

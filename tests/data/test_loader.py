@@ -8,7 +8,7 @@ import torch
 
 from tests.data.conftest import cfg_for, frames_from_code, make_set
 from vicc_fast.config import Stream
-from vicc_fast.data.dali import RGB_MEAN, RGB_STD, flow_norm
+from vicc_fast.data.augment import RGB_MEAN, RGB_STD, flow_norm
 from vicc_fast.data.loader import build_loader
 from vicc_fast.data.manifest import BadSampleError
 
@@ -302,7 +302,7 @@ def test_short_video_named(tmp_path, backend):
 
 
 def test_colour_affine_matches_definitions():
-    from vicc_fast.data.dali import colour_affine
+    from vicc_fast.data.augment import colour_affine
 
     one, zero = np.ones(1), np.zeros(1)
     m, t = colour_affine(one, one, one, zero, np.zeros(1, bool))

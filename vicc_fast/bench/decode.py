@@ -203,7 +203,7 @@ def out_of_bounds(eq: dict[str, Any], bounds: dict[str, float]) -> list[str]:
 # --------------------------------------------------------------------------------------------- alignment
 def rgb_values(x: torch.Tensor) -> np.ndarray:
     """A loader's RGB view [B, 3, T, H, W] (normalised) -> [B, T, H, W, 3] in [0, 255]."""
-    from vicc_fast.data.dali import RGB_MEAN, RGB_STD
+    from vicc_fast.data.augment import RGB_MEAN, RGB_STD
 
     a = x.float().permute(0, 2, 3, 4, 1).cpu().numpy()
     return a * np.array(RGB_STD) + np.array(RGB_MEAN)
@@ -211,7 +211,7 @@ def rgb_values(x: torch.Tensor) -> np.ndarray:
 
 def flow_values(x: torch.Tensor) -> np.ndarray:
     """A loader's flow view [B, 3, T, H, W] -> [B, T, H, W, 3] stored coding (x, y, and 127.5 for channel 3)."""
-    from vicc_fast.data.dali import FLOW_MEAN, FLOW_STD
+    from vicc_fast.data.augment import FLOW_MEAN, FLOW_STD
 
     return x.float().permute(0, 2, 3, 4, 1).cpu().numpy() * FLOW_STD + FLOW_MEAN
 

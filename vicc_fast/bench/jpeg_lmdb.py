@@ -115,7 +115,7 @@ class _Clips:
     transforms: one crop window, flip and colour draw per clip, applied frame by frame."""
 
     def __init__(self, cfg: Config) -> None:
-        from vicc_fast.data.dali import RGB_MEAN, RGB_STD
+        from vicc_fast.data.augment import RGB_MEAN, RGB_STD
 
         self.d = cfg.data
         self.mean = torch.tensor(RGB_MEAN).view(3, 1, 1) / 255

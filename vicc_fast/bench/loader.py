@@ -222,7 +222,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.replicate > 1:
         config.load(args.config, overrides)  # validates before the copy
         if not (Path(cfg.data.root) / "manifest.json").is_file():
-            from vicc_fast.data.loader import ensure_shards
+            from vicc_fast.data.base import ensure_shards
 
             ensure_shards(cfg)
         overrides.append(f"data.root={replicate_shards(cfg.data.root, args.replicate)}")

@@ -40,21 +40,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from vicc_fast.config import Stream
+from vicc_fast.data.augment import RGB_MEAN, RGB_STD, flow_norm
 
-RGB_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-RGB_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
-FLOW_MEAN = 127.5  # stored flow coding: 0 motion <-> 127.5; [0, 255] -> [-1, 1] ("unit" normalisation)
-FLOW_STD = 127.5
-
-
-def flow_norm(mode: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel (mean [3], std [3]) on the flow image (x, y, 0) in [0, 255]: ``imagenet`` = the RGB
-    statistics (the released code normalises flow like RGB); ``unit`` = x, y to [-1, 1], the zero plane to 0."""
-    if mode == "imagenet":
-        return np.array(RGB_MEAN), np.array(RGB_STD)
-    if mode == "unit":
-        return np.array([FLOW_MEAN, FLOW_MEAN, 0.0]), np.full(3, FLOW_STD)
-    raise ValueError(f"unknown flow normalisation {mode!r} (imagenet | unit)")
 MAX_LUT_KEYS = 65536  # fn.lookup_table keys live in [0, 65535]
 
 
@@ -105,46 +92,6 @@ class PipeSpec:
     def output_names(self) -> list[str]:
         names = [f"{s.value}{v}" for s in self.streams for v in range(self.num_views if self.train else 1)]
         return [*names, "label", "index"]
-
-
-_LUMA = np.array([0.299, 0.587, 0.114])
-_RGB2YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-_YIQ2RGB = np.linalg.inv(_RGB2YIQ)
-
-
-def colour_affine(
-    brightness: np.ndarray,
-    contrast: np.ndarray,
-    saturation: np.ndarray,
-    hue: np.ndarray,
-    gray: np.ndarray,
-    gray_weights: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Colour jitter and grayscale as one affine map per sample on [0, 255] RGB, ``y = M x + t``.
-
-    brightness, contrast, saturation: [B] factors (1 = unchanged); hue: [B] in turns (0.1 = 36 degrees,
-    torchvision's unit); gray: [B] bool. Applied in the order brightness, contrast (about mid-grey 128, as
-    DALI's colour ops do; torchvision uses the image mean), saturation (blend with luma), hue (rotation in
-    YIQ), grayscale: every channel <- ``gray_weights`` [B, 3] . RGB (rows summing to 1; default luma; a one-hot
-    row is the released code's channel split). Returns M [B, 3, 3], t [B, 3]. Every step maps grey to grey,
-    so t stays (1 - c) * 128.
-    """
-    n = len(brightness)
-    eye = np.broadcast_to(np.eye(3), (n, 3, 3))
-    to_luma = np.ones((3, 1)) * _LUMA[None, :]  # 1 w^T: every channel <- luma
-    sat = saturation[:, None, None] * eye + (1 - saturation)[:, None, None] * to_luma
-    th = 2 * np.pi * hue
-    rot = np.zeros((n, 3, 3))
-    rot[:, 0, 0] = 1
-    rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = np.cos(th), -np.sin(th), np.sin(th), np.cos(th)
-    # exactly the identity without a hue shift: the YIQ round trip leaves ~1e-17 cross terms, which would leak
-    # into flow's zero third channel
-    hue_m = np.where((hue == 0)[:, None, None], eye, _YIQ2RGB @ rot @ _RGB2YIQ)
-    w = np.broadcast_to(_LUMA, (n, 3)) if gray_weights is None else gray_weights
-    gray_m = np.where(gray[:, None, None], np.ones((1, 3, 1)) * w[:, None, :], eye)
-    m = gray_m @ hue_m @ sat * (brightness * contrast)[:, None, None]
-    t = np.repeat(((1 - contrast) * 128.0)[:, None], 3, axis=1)
-    return m, t
 
 
 class ViewSource:
@@ -222,6 +169,7 @@ def build_pipeline(
     def to_device(x):
         """CPU-decoded frames go to the GPU after the temporal gather: augmentation runs where it is fast."""
         return x.gpu() if copy_to_gpu else x
+
     lut = frames_lut_args(frames)
     exts = [f"{s.value}.webm" for s in spec.streams] + ["lbl"]
     dtypes = [types.UINT8] * len(spec.streams) + [types.INT64]
@@ -353,7 +301,9 @@ def build_pipeline(
             crops = [(0.5, 0.5, 0)]
         outs = []
         for px, py, m in crops:
-            if flow:  # x negated on mirrored crops (flow_flip_negate): (255 - v - mu) / s = (v - (255 - mu)) / -s
+            if (
+                flow
+            ):  # x negated on mirrored crops (flow_flip_negate): (255 - v - mu) / s = (v - (255 - mu)) / -s
                 mu, sd = flow_norm(spec.flow_normalisation)
                 neg = m and spec.flow_flip_negate
                 mean = [255.0 - mu[0] if neg else mu[0], mu[1]]

@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 from vicc_fast.config import Stream
+from vicc_fast.data.augment import RGB_MEAN, RGB_STD, flow_norm
+from vicc_fast.data.base import BaseLoader
 from vicc_fast.data.batch import Batch
-from vicc_fast.data.dali import RGB_MEAN, RGB_STD, eval_resize, flow_norm
-from vicc_fast.data.loader import _Base
+from vicc_fast.data.dali import eval_resize
 from vicc_fast.data.manifest import BadSampleError, DataError, rank_range
 
 
@@ -191,7 +192,7 @@ class _ClipDataset(torch.utils.data.IterableDataset):
             yield self.o.process(buf.pop(int(rng.integers(len(buf)))), rng)
 
 
-class TorchLoader(_Base):
+class TorchLoader(BaseLoader):
     """``data.backend=torch``: the DataLoader baseline with the DALI loader's interface and semantics."""
 
     def __init__(self, *args, **kwargs) -> None:
