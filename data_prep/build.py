@@ -493,7 +493,9 @@ def _samples(split: str, accepted: list[tuple[Record, dict]], work: Path) -> Ite
             "flow_frames": meta["flow_frames"],
             "height": meta["height"],
             "width": meta["width"],
-            "source": str(rec.path),
+            # relative to the data set's videos folder (manifest settings name the root): an absolute path
+            # would make the shard bytes, and their hashes, depend on where the source folder lies
+            "source": f"{rec.video_id}{rec.path.suffix}",
         }
         rgb, fl = (d / "rgb.webm").read_bytes(), (d / "flow.webm").read_bytes()
         if (

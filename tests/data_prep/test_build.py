@@ -225,3 +225,18 @@ def test_interrupted_rebuild_leaves_no_complete_looking_folder(built, tmp_path, 
     monkeypatch.setattr(shards, "write_shard", real)
     again = build.build(load_records("ucf101", root), out, log=lambda *_: None, **KW)
     assert again.reused == 6 and verify.verify(out, progress=False, report=lambda _: None) == 0
+
+
+def test_shards_do_not_depend_on_where_the_source_lies(built, tmp_path):
+    """The same videos built from another folder give byte-identical shards (the sample .json names its video
+    relative to the data set, not by absolute path)."""
+    root, out, _ = built
+    moved = shutil.copytree(root, tmp_path / "elsewhere" / "ucf")
+    out2 = tmp_path / "out2"
+    build.build(load_records("ucf101", moved), out2, log=lambda *_: None, **KW)
+    tars = sorted(p.name for p in out.glob("*.tar"))
+    assert tars and tars == sorted(p.name for p in out2.glob("*.tar"))
+    for name in tars:
+        assert shards.sha256_file(out / name) == shards.sha256_file(out2 / name), name
+    meta = json.loads(dict(shards.iter_tar_samples(out2 / "train-000000.tar"))["train000000"]["json"])
+    assert meta["source"] == f"{meta['video_id']}.avi"
