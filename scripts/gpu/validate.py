@@ -32,16 +32,21 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
+# run as a script (sys.path[0] is scripts/gpu): the project's own modules, imported lazily by the single steps
+# and the decode summary, must be importable where the project is not installed (the GPU machine)
+sys.path.insert(0, str(REPO))
 PY = sys.executable
 STREAMS = ("two-stream", "rgb")
 DEADLINE_ENV = "VICC_VALIDATE_DEADLINE"  # epoch seconds at which the runner kills the command
@@ -78,13 +83,17 @@ def make_data(out: Path, tiny: bool) -> None:
             [PY, "-m", "data_prep.build", "--source", "ucf101", "--root", str(out / "src_demo"),
              "--out", str(out / "demo"), "--flow", "dis", "--no-progress", "--height", "64", "--width", "64"],
         ]  # fmt: skip
+    built = {
+        "src_lb": out / "lb",
+        "src_demo": out / "demo",
+    }  # a source folder is only needed to build its set
     for cmd in steps:
         target = Path(cmd[cmd.index("--out") + 1])
-        if (target / "manifest.json").is_file() or (target / "splits").is_dir() or any(target.glob("*.avi")):
+        if (built.get(target.name, target) / "manifest.json").is_file():
             continue  # built before (an interrupted prepare resumes)
         subprocess.run(cmd, check=True, cwd=REPO, env=env)
-    for s in ("src_lb", "src_demo"):  # sources are not needed on the GPU machine
-        subprocess.run(["rm", "-rf", str(out / s)], check=True)
+    for name in built:  # sources are not needed on the GPU machine
+        shutil.rmtree(out / name, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------- steps
@@ -92,7 +101,7 @@ def make_data(out: Path, tiny: bool) -> None:
 class Step:
     name: str
     what: str
-    timeout: float  # seconds on the GPU (the dry run has its own)
+    timeout: float  # seconds on the GPU (the dry run is bounded by its budget only)
     commands: Callable[[Ctx], list[tuple[list[str], dict[str, str]]]]
     summary: Callable[[Ctx], tuple[bool, str, str]]  # (ok, key figure, goals) from the step's JSON
     default: bool = True  # in the default run; the others only when --only names them
@@ -104,7 +113,6 @@ class Ctx:
     data: Path
     dry: bool
     scratch: Path
-    results: dict[str, Any] = field(default_factory=dict)
 
     def json(self, name: str) -> Path:
         return self.out / f"{name}.json"
@@ -126,25 +134,11 @@ def _bench(ctx: Ctx, name: str, *args: str, record: str = "") -> list[str]:
 
 
 def kernels_cmds(ctx: Ctx):
-    if ctx.dry:
-        return [([PY, "-m", "kernels.check", "--device", "cpu", "--sizes", "small", "-k", "sinkhorn",
-                  "--json", str(ctx.json("kernels"))], {"TRITON_INTERPRET": "1"})]  # fmt: skip
-    return [
-        (
-            [
-                PY,
-                "-m",
-                "kernels.check",
-                "--device",
-                "cuda",
-                "--sizes",
-                "both",
-                "--json",
-                str(ctx.json("kernels")),
-            ],
-            {},
-        )
-    ]
+    if ctx.dry:  # the interpreter, small shapes, one family of kernels: a minute at most
+        shapes, env = ["--device", "cpu", "--sizes", "small", "-k", "sinkhorn"], {"TRITON_INTERPRET": "1"}
+    else:
+        shapes, env = ["--device", "cuda", "--sizes", "both"], {}
+    return [([PY, "-m", "kernels.check", *shapes, "--json", str(ctx.json("kernels"))], env)]
 
 
 def kernels_summary(ctx: Ctx):
@@ -400,13 +394,12 @@ STEPS = [
 
 
 # --------------------------------------------------------------------------------------------- runner
-def _run_cmd(cmd: list[str], env_extra: dict[str, str], timeout: float, log) -> tuple[int | None, float]:
-    """Run ``cmd`` in its own process group; on timeout kill the whole group. (returncode | None, seconds)."""
+def _run_cmd(cmd: list[str], env_extra: dict[str, str], timeout: float, log) -> int | None:
+    """Run ``cmd`` in its own process group; on timeout kill the whole group. The return code, None on timeout."""
     env = {**os.environ, **env_extra, "PYTHONUNBUFFERED": "1", DEADLINE_ENV: str(time.time() + timeout)}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")]))
     if "TRITON_INTERPRET" not in env_extra:
         env.pop("TRITON_INTERPRET", None)
-    t0 = time.perf_counter()
     log.write(f"$ {' '.join(cmd)}\n")
     log.flush()
     proc = subprocess.Popen(
@@ -420,7 +413,7 @@ def _run_cmd(cmd: list[str], env_extra: dict[str, str], timeout: float, log) -> 
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # leftovers too (DALI threads, DataLoader workers)
         proc.wait()
-    return rc, time.perf_counter() - t0
+    return rc
 
 
 def run(args: argparse.Namespace) -> int:
@@ -453,8 +446,6 @@ def run(args: argparse.Namespace) -> int:
     for s in steps:  # a previous run's records must not pass for this run's
         for p in out.glob(f"{s.name}*.json"):
             p.unlink()
-    for p in (out / "loader.json", out / "kernels.json"):
-        p.unlink(missing_ok=True)
     record: dict[str, Any] = {"dry_run": args.dry_run, "budget_s": args.budget, "env": _env(), "steps": []}
     t_start = time.perf_counter()
     with open(out / "validate.log", "a") as log:
@@ -475,7 +466,7 @@ def run(args: argparse.Namespace) -> int:
                     # each command gets an equal share of what is left (unused time carries over), so that
                     # one slow command (bf16 training) cannot starve the next (fp16)
                     share = (limit - (time.perf_counter() - t0)) / (len(cmds) - j)
-                    rc, _ = _run_cmd(cmd, env_extra, share, log)
+                    rc = _run_cmd(cmd, env_extra, share, log)
                     rcs.append(rc)
                     if rc is None:
                         break
@@ -621,9 +612,8 @@ def amp(args: argparse.Namespace) -> int:
     """Train 200 steps (4 in the dry run) of configs/ucf101_s3d.yaml (rgb1) with one AMP mode on ``--root`` (the
     replicated set) and judge the run from its metrics.jsonl: finite, loss falling before the queue joins,
     clips/s, data-wait, peak memory."""
-    from_root = Path(args.root)
     run_dir = Path(args.run)
-    subprocess.run(["rm", "-rf", str(run_dir)], check=True)
+    shutil.rmtree(run_dir, ignore_errors=True)
     if args.dry_run:
         epochs, spe = 2, 2
         size = ["model.backbone=tiny", "data.num_frames=4", "data.crop_size=32", "train.batch_size=2",
@@ -636,8 +626,8 @@ def amp(args: argparse.Namespace) -> int:
         size = ["data.threads=12", "train.log_every_steps=5", "schedule.single_freeze_prototypes=1",
                 "schedule.single_queue_start_rgb=2"]  # fmt: skip
         window = "[5,8]"  # early: a run cut short by its time limit still leaves its trace
-    dst = from_root  # already replicated (the step's first command): 25x on the GPU, 2x in the dry run
-    cmd = [PY, "-m", "vicc_fast.train", "--config", "configs/ucf101_s3d.yaml", f"data.root={dst}",
+    # --root is already replicated (the step's first command): 25x on the GPU, 2x in the dry run
+    cmd = [PY, "-m", "vicc_fast.train", "--config", "configs/ucf101_s3d.yaml", f"data.root={args.root}",
            "data.build_if_missing=false", "schedule.phase=rgb1", f"schedule.single_epochs={epochs}",
            f"train.amp={args.amp}", "train.channels_last=true", f"train.out_dir={run_dir}", "train.resume=never",
            "eval.after_phase=false", "train.progress=false", "train.ckpt_every_steps=0", *size]  # fmt: skip
@@ -716,26 +706,19 @@ def _fifths(xs: list[float]) -> tuple[float, float]:
 
 
 def _median(xs: list[float]) -> float:
-    xs = sorted(xs)
-    if not xs:
-        return math.nan
-    m = len(xs) // 2
-    return xs[m] if len(xs) % 2 else (xs[m - 1] + xs[m]) / 2
+    return statistics.median(xs) if xs else math.nan
 
 
 def replicate(root: Path, k: int, dst: Path) -> Path:
     """``root`` with every sample ``k`` times (vicc_fast.bench.loader.replicate_shards) at ``dst``."""
     if (dst / "manifest.json").is_file():
         return dst
-    sys.path.insert(0, str(REPO))
     from vicc_fast.bench.loader import replicate_shards
 
-    src = Path(replicate_shards(str(root), k))
+    src = replicate_shards(str(root), k)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["rm", "-rf", str(dst)], check=True)
-    os.replace(src, dst) if src.parent == dst.parent else subprocess.run(
-        ["mv", str(src), str(dst)], check=True
-    )
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.move(src, dst)
     return dst
 
 

@@ -59,9 +59,9 @@ def test_jpeg_lmdb_baseline_reads_what_the_shards_hold(tmp_path) -> None:
 
     from data_prep.patterns import frames_from_code, make_set
     from vicc_fast import config
-    from vicc_fast.bench.decode import flow_values, rgb_values
     from vicc_fast.bench.jpeg_lmdb import JpegLmdbLoader, build
     from vicc_fast.config import Stream
+    from vicc_fast.data.augment import flow_values, rgb_values
 
     root = make_set(tmp_path / "codes", "codes", n_train=4, n_test=1)
     info = build(root, tmp_path / "lmdb")

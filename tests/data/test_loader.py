@@ -8,7 +8,8 @@ import torch
 
 from tests.data.conftest import cfg_for, frames_from_code, make_set
 from vicc_fast.config import Stream
-from vicc_fast.data.augment import RGB_MEAN, RGB_STD, flow_norm
+from vicc_fast.data import augment
+from vicc_fast.data.augment import rgb_values
 from vicc_fast.data.loader import build_loader
 from vicc_fast.data.manifest import BadSampleError
 
@@ -23,17 +24,9 @@ def loader(cfg, mode="train", streams=BOTH, views=2, rank=0, world=1, split=None
     )
 
 
-def rgb_values(x: torch.Tensor) -> np.ndarray:
-    """[B, 3, T, H, W] normalised -> [B, T, H, W, 3] in [0, 255]."""
-    a = x.float().permute(0, 2, 3, 4, 1).numpy()
-    return a * np.array(RGB_STD) + np.array(RGB_MEAN)
-
-
 def flow_values(x: torch.Tensor) -> np.ndarray:
-    """[B, 3, T, H, W] normalised (``data.flow_normalisation``: imagenet, the default) -> [B, T, H, W, 3] the
-    stored coding (x, y) and the zero plane."""
-    mean, std = flow_norm("imagenet")
-    return x.float().permute(0, 2, 3, 4, 1).numpy() * std + mean
+    """Flow views as the loader normalises them by default (``data.flow_normalisation=imagenet``)."""
+    return augment.flow_values(x, "imagenet")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -201,21 +201,6 @@ def out_of_bounds(eq: dict[str, Any], bounds: dict[str, float]) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------- alignment
-def rgb_values(x: torch.Tensor) -> np.ndarray:
-    """A loader's RGB view [B, 3, T, H, W] (normalised) -> [B, T, H, W, 3] in [0, 255]."""
-    from vicc_fast.data.augment import RGB_MEAN, RGB_STD
-
-    a = x.float().permute(0, 2, 3, 4, 1).cpu().numpy()
-    return a * np.array(RGB_STD) + np.array(RGB_MEAN)
-
-
-def flow_values(x: torch.Tensor) -> np.ndarray:
-    """A loader's flow view [B, 3, T, H, W] -> [B, T, H, W, 3] stored coding (x, y, and 127.5 for channel 3)."""
-    from vicc_fast.data.augment import FLOW_MEAN, FLOW_STD
-
-    return x.float().permute(0, 2, 3, 4, 1).cpu().numpy() * FLOW_STD + FLOW_MEAN
-
-
 def _pattern_cfg(root: str, threads: int, *overrides: str):
     from vicc_fast import config
 
@@ -242,6 +227,7 @@ def _pattern_cfg(root: str, threads: int, *overrides: str):
 def check_alignment(codes: str, ramps: str | None, device: torch.device, threads: int) -> dict[str, Any]:
     """The loader on ``device``: frame numbers of RGB view i == flow view i, stride 2; one crop per clip."""
     from data_prep.patterns import frames_from_code
+    from vicc_fast.data.augment import flow_values, rgb_values
     from vicc_fast.data.loader import build_loader
 
     both = (Stream.rgb, Stream.flow)

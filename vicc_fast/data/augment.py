@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:  # the draws run in DALI's external source: numpy only at run time
+    import torch
 
 # The colour statistics and the colour algebra live here, with the draws that use them; the DALI graph
 # (dali.py) and the DataLoader baseline import them from here.
@@ -36,6 +39,22 @@ def flow_norm(mode: str) -> tuple[np.ndarray, np.ndarray]:
     if mode == "unit":
         return np.array([FLOW_MEAN, FLOW_MEAN, 0.0]), np.full(3, FLOW_STD)
     raise ValueError(f"unknown flow normalisation {mode!r} (imagenet | unit)")
+
+
+def rgb_values(x: torch.Tensor) -> np.ndarray:
+    """A loader's RGB view [B, 3, T, H, W] (normalised) -> [B, T, H, W, 3] back in [0, 255]: what the pattern
+    checks (tests, the GPU decode check) read the frame numbers, crops and flips from."""
+    return _values(x, np.array(RGB_MEAN), np.array(RGB_STD))
+
+
+def flow_values(x: torch.Tensor, mode: str = "unit") -> np.ndarray:
+    """A loader's flow view [B, 3, T, H, W] normalised with ``mode`` (``data.flow_normalisation``) -> [B, T, H,
+    W, 3] in the stored coding: x, y in [0, 255] and the zero plane."""
+    return _values(x, *flow_norm(mode))
+
+
+def _values(x: torch.Tensor, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    return x.float().permute(0, 2, 3, 4, 1).cpu().numpy() * std + mean
 
 
 _LUMA = np.array([0.299, 0.587, 0.114])
