@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,8 +59,6 @@ def build(shard_root: str | Path, out: str | Path, split: str = "train", quality
     m = load_manifest(shard_root)
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
-        import shutil
-
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     envs = {s: lmdb.open(str(tmp / f"{s.value}.lmdb"), map_size=1 << 36, subdir=True) for s in Stream}
@@ -103,8 +102,6 @@ def build(shard_root: str | Path, out: str | Path, split: str = "train", quality
     }
     (tmp / "build.json").write_text(json.dumps(info, indent=1))
     if out.exists():
-        import shutil
-
         shutil.rmtree(out)
     tmp.rename(out)
     return info
