@@ -1,0 +1,192 @@
+"""Doc tables generated from committed records, so that a number cannot drift from its source.
+
+    python -m vicc_fast.bench report            # print every generated block
+    python -m vicc_fast.bench report --write    # rewrite the blocks in the docs
+    python -m vicc_fast.bench report --check    # exit 1 when a doc differs from its records (the tests do this)
+
+A block sits between ``<!-- NAME:begin ... -->`` and ``<!-- NAME:end -->`` in a markdown file; everything between
+the markers is generated. Blocks: the demo (README.md: ViCC's per-phase kNN over the seeds of
+``benchmarks/results/demo/vicc_seed*.json``), the comparison (README.md: stage-2 / joint rows; and
+configs/compare/README.md: every row) over the seeds that have a record for every method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from vicc_fast.atomic import write_text
+
+ROOT = Path(__file__).resolve().parents[2]
+RECORDS = Path("benchmarks/results/demo")
+METHOD_NAMES = {"vicc": "ViCC", "coclr": "CoCLR", "goca": "GOCA", "sview": "SView"}
+DEMO_ROWS = ("RGB-1", "Flow-1", "RGB-2", "Flow-2", "R+F-2")
+DEMO_COLS = ("R@1", "R@5", "R@10")
+COMPARE_COLS = ("R@1", "R@5", "R@10", "R@20", "linear", "kmeans acc", "kmeans nmi", "proto acc")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--records", default=str(RECORDS), help="folder of the demo/comparison records")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--write", action="store_true", help="rewrite the generated blocks in the docs")
+    g.add_argument("--check", action="store_true", help="exit 1 when a doc's block differs from its records")
+
+
+def load_records(folder: str | Path) -> list[dict[str, Any]]:
+    """Every ``*_seed*.json`` record, sorted by method then seed."""
+    recs = []
+    for p in sorted(Path(folder).glob("*_seed*.json")):
+        try:
+            rec = json.loads(p.read_text())
+        except ValueError as exc:
+            raise ValueError(f"{p}: not a JSON record ({exc})") from None
+        if rec.get("record") != "demo_run":
+            raise ValueError(f"{p}: not a demo_run record")
+        recs.append(rec)
+    order = list(METHOD_NAMES)
+    return sorted(recs, key=lambda r: (order.index(r["method"]), r["seed"]))
+
+
+def mean_spread(values: list[float]) -> str:
+    """'m ± s' (sample standard deviation) for two or more values, the value alone for one."""
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def _label(row: str) -> str:
+    return "R+F" if row == "R+F-2" else row
+
+
+def demo_block(recs: list[dict[str, Any]]) -> str:
+    """README: the default command's kNN table over seeds, the per-seed R@1 and the RGB-2 / RGB-1 ratio."""
+    vicc = [r for r in recs if r["method"] == "vicc"]
+    if not vicc:
+        return "(no ViCC records yet: `python -m vicc_fast.bench demo --seeds 0,1,2`)"
+    seeds = [r["seed"] for r in vicc]
+    head = ["", *(f"{c} (mean ± sd)" for c in DEMO_COLS), *(f"R@1 seed {s}" for s in seeds)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+    for row in DEMO_ROWS:
+        cells = [mean_spread([r["rows"][row][c] for r in vicc]) for c in DEMO_COLS]
+        cells += [f"{r['rows'][row]['R@1']:.2f}" for r in vicc]
+        lines.append("| " + " | ".join([_label(row), *cells]) + " |")
+    ratios = [r["rows"]["RGB-2"]["R@1"] / max(r["rows"]["RGB-1"]["R@1"], 1e-9) for r in vicc]
+    walls = [r["timing"]["train"] for r in vicc]
+    commits = sorted({r["env"]["git_commit"][:7] for r in vicc if r["env"].get("git_commit")})
+    lines += [
+        "",
+        f"RGB-2 / RGB-1 R@1 per seed: {', '.join(f'{x:.2f}x' for x in ratios)}. "
+        f"Wall time of the training command per seed: "
+        + ", ".join(
+            f"{w['wall_s'] / 60:.1f} min (load {w['load_before']:.1f} -> {w['load_after']:.1f})"
+            for w in walls
+        )
+        + f". {len(vicc)} seed(s), code at {', '.join(commits)}, machine: {_machine(vicc)}; records: "
+        f"`{RECORDS}/vicc_seed*.json`.",
+    ]
+    return "\n".join(lines)
+
+
+def _machine(recs: list[dict[str, Any]]) -> str:
+    envs = {(r["env"].get("cpu_count"), r["env"].get("gpu")) for r in recs}
+    return "; ".join(f"{gpu or 'no GPU'}, {n} CPU cores" for n, gpu in sorted(envs, key=str))
+
+
+def _complete_seeds(recs: list[dict[str, Any]]) -> list[int]:
+    """Seeds with a record of every method that has any record (the comparison must be like for like)."""
+    methods = {r["method"] for r in recs}
+    by_seed: dict[int, set[str]] = {}
+    for r in recs:
+        by_seed.setdefault(r["seed"], set()).add(r["method"])
+    return sorted(s for s, ms in by_seed.items() if ms == methods)
+
+
+def compare_block(recs: list[dict[str, Any]], stage2_only: bool) -> str:
+    """Method/model rows, mean ± sd over the seeds every method has; stage2_only keeps stage-2 / joint rows."""
+    seeds = _complete_seeds(recs)
+    use = [r for r in recs if r["seed"] in seeds]
+    methods = list(dict.fromkeys(r["method"] for r in use))
+    if len(methods) < 2:
+        return "(no comparison records yet: `python -m vicc_fast.bench demo --methods vicc,coclr,goca,sview`)"
+    head = ["method", "model", *COMPARE_COLS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+    for m in methods:
+        mine = [r for r in use if r["method"] == m]
+        labels = [lb for lb in mine[0]["rows"] if not lb.endswith("(concat)")]
+        if stage2_only:
+            labels = [lb for lb in labels if lb.endswith(("-2", "-joint")) or lb == "R+F"]
+        for lb in labels:
+            cells = []
+            for c in COMPARE_COLS:
+                vals = [r["rows"].get(lb, {}).get(c) for r in mine]
+                cells.append("–" if any(v is None for v in vals) else mean_spread(vals))
+            lines.append("| " + " | ".join([METHOD_NAMES[m], lb, *cells]) + " |")
+    walls = {
+        METHOD_NAMES[m]: statistics.median(
+            sum(v["wall_s"] for k, v in r["timing"].items() if isinstance(v, dict) and "wall_s" in v)
+            for r in use
+            if r["method"] == m
+        )
+        for m in methods
+    }
+    lines += [
+        "",
+        f"Mean ± sd over seeds {', '.join(map(str, seeds))}; median wall time per method (training with its "
+        "per-phase kNN, then the protocols): "
+        + ", ".join(f"{k} {v / 60:.1f} min" for k, v in walls.items())
+        + f". Machine: {_machine(use)}; records: `{RECORDS}/<method>_seed<n>.json`.",
+    ]
+    return "\n".join(lines)
+
+
+# (doc, block name) -> generator
+BLOCKS: dict[tuple[str, str], Callable[[list[dict[str, Any]]], str]] = {
+    ("README.md", "demo-table"): demo_block,
+    ("README.md", "compare-table"): lambda recs: compare_block(recs, stage2_only=True),
+    ("configs/compare/README.md", "compare-table"): lambda recs: compare_block(recs, stage2_only=False),
+}
+
+
+def _pattern(name: str) -> re.Pattern[str]:
+    return re.compile(rf"(<!-- {name}:begin[^\n]*-->\n)(.*?)(<!-- {name}:end -->)", re.S)
+
+
+def render(doc_text: str, name: str, body: str, doc: str = "") -> str:
+    """``doc_text`` with block ``name``'s content replaced by ``body``; an error names a missing marker."""
+    pat = _pattern(name)
+    if not pat.search(doc_text):
+        raise ValueError(f"{doc or 'document'}: no '<!-- {name}:begin -->' ... '<!-- {name}:end -->' markers")
+    return pat.sub(lambda m: m.group(1) + "\n" + body + "\n\n" + m.group(3), doc_text, count=1)
+
+
+def generated(records: str | Path = RECORDS, root: Path = ROOT) -> dict[str, str]:
+    """doc path -> its text with every block regenerated from the records."""
+    recs = load_records(root / records)
+    out: dict[str, str] = {}
+    for (doc, name), gen in BLOCKS.items():
+        text = out.get(doc) or (root / doc).read_text()
+        out[doc] = render(text, name, gen(recs), doc)
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    docs = generated(args.records)
+    stale = [d for d, text in docs.items() if (ROOT / d).read_text() != text]
+    if args.write:
+        for d in stale:
+            write_text(ROOT / d, docs[d])
+            print(f"rewrote {d}")
+    elif args.check and stale:
+        raise SystemExit(
+            f"out of date with {args.records}: {', '.join(stale)} (python -m vicc_fast.bench report --write)"
+        )
+    else:
+        recs = load_records(ROOT / args.records)
+        for (doc, name), gen in BLOCKS.items():
+            print(f"## {doc} / {name}\n\n{gen(recs)}\n")
+    return {"stale": stale if not args.write else []}
