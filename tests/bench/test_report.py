@@ -1,0 +1,91 @@
+"""Doc tables generated from the demo records (vicc_fast/bench/report.py) and the record writer's parts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from vicc_fast.bench import demo, report
+
+ROWS = ("RGB-1", "Flow-1", "R+F-1", "RGB-2", "Flow-2", "R+F-2")
+
+
+def fake_record(method: str, seed: int, r1: dict[str, float]) -> dict:
+    rows = {lb: {"R@1": r1.get(lb, 50.0), "R@5": 80.0, "R@10": 90.0, "R@20": 95.0, "linear": 30.0} for lb in ROWS}
+    t = {"wall_s": 600.0, "load_before": 0.1, "load_after": 2.0}
+    return {"record": "demo_run", "method": method, "seed": seed, "rows": rows,
+            "timing": {"commands": ["x"], "train": t, "linear": dict(t, wall_s=60.0)},
+            "env": {"git_commit": "abcdef0123", "cpu_count": 2, "gpu": None}}  # fmt: skip
+
+
+def write(folder: Path, rec: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / demo.record_name(rec["method"], rec["seed"])).write_text(json.dumps(rec))
+
+
+def test_committed_tables_equal_what_the_records_generate() -> None:
+    """README.md and configs/compare/README.md blocks are generated from benchmarks/results/demo: no drift."""
+    for doc, text in report.generated().items():
+        assert (report.ROOT / doc).read_text() == text, (
+            f"{doc} is out of date with its records: python -m vicc_fast.bench report --write"
+        )
+
+
+def test_demo_table_is_mean_and_spread_over_seeds_with_each_seeds_ratio(tmp_path) -> None:
+    for seed, (a, b) in enumerate([(10.0, 30.0), (12.0, 42.0), (14.0, 42.0)]):
+        write(tmp_path, fake_record("vicc", seed, {"RGB-1": a, "RGB-2": b}))
+    block = report.demo_block(report.load_records(tmp_path))
+    rgb2 = next(ln for ln in block.splitlines() if ln.startswith("| RGB-2 "))
+    assert "38.0 ± 6.9" in rgb2 and "| 30.00 | 42.00 | 42.00 |" in rgb2
+    assert "3.00x, 3.50x, 3.00x" in block
+    assert "10.0 min (load 0.1 -> 2.0)" in block
+
+
+def test_comparison_uses_only_seeds_every_method_has(tmp_path) -> None:
+    write(tmp_path, fake_record("vicc", 0, {"RGB-2": 40.0}))
+    write(tmp_path, fake_record("vicc", 1, {"RGB-2": 20.0}))
+    write(tmp_path, fake_record("goca", 0, {"RGB-2": 10.0}))
+    block = report.compare_block(report.load_records(tmp_path), stage2_only=True)
+    assert "| ViCC | RGB-2 | 40.0 |" in block and "over seeds 0;" in block
+    assert "RGB-1" not in block and "| GOCA | RGB-2 | 10.0 |" in block
+    full = report.compare_block(report.load_records(tmp_path), stage2_only=False)
+    assert "| ViCC | RGB-1 |" in full
+
+
+def test_render_replaces_only_the_block_and_names_a_missing_marker() -> None:
+    doc = "a\n<!-- t:begin (cmd) -->\nold\n<!-- t:end -->\nb\n"
+    assert report.render(doc, "t", "new") == "a\n<!-- t:begin (cmd) -->\n\nnew\n\n<!-- t:end -->\nb\n"
+    with pytest.raises(ValueError, match="README.md: no '<!-- u:begin"):
+        report.render(doc, "u", "x", "README.md")
+
+
+def test_a_foreign_json_in_the_records_folder_is_an_error_naming_it(tmp_path) -> None:
+    (tmp_path / "vicc_seed0.json").write_text('{"benchmark": "loader"}')
+    with pytest.raises(ValueError, match="vicc_seed0.json: not a demo_run record"):
+        report.load_records(tmp_path)
+
+
+def test_weights_digest_sees_one_changed_value_and_ignores_key_order(tmp_path) -> None:
+    a = {"method": {"w": torch.zeros(3), "b": torch.ones(2)}, "epoch": 1}
+    b = {"method": {"b": torch.ones(2), "w": torch.zeros(3)}, "epoch": 2}
+    for name, state in (("a", a), ("b", b)):
+        torch.save(state, tmp_path / f"{name}.pt")
+    assert demo.weights_digest(tmp_path / "a.pt") == demo.weights_digest(tmp_path / "b.pt")
+    b["method"]["w"][1] = 1e-30
+    torch.save(b, tmp_path / "b.pt")
+    assert demo.weights_digest(tmp_path / "a.pt") != demo.weights_digest(tmp_path / "b.pt")
+
+
+def test_commands_are_the_readmes() -> None:
+    run = Path("runs/x")
+    assert demo.train_command("vicc", 1, run) == [
+        "torchrun", "--standalone", "--nproc_per_node=1", "-m", "vicc_fast.train",
+        "train.seed=1", "train.out_dir=runs/x",
+    ]  # fmt: skip
+    cmd = demo.train_command("goca", 0, run)
+    assert cmd[5:9] == ["--config", "configs/synthetic_demo.yaml", "--config", "configs/compare/goca.yaml"]
+    for m in demo.METHODS[1:]:
+        assert (report.ROOT / f"configs/compare/{m}.yaml").is_file()
