@@ -14,7 +14,9 @@ ROWS = ("RGB-1", "Flow-1", "R+F-1", "RGB-2", "Flow-2", "R+F-2")
 
 
 def fake_record(method: str, seed: int, r1: dict[str, float]) -> dict:
-    rows = {lb: {"R@1": r1.get(lb, 50.0), "R@5": 80.0, "R@10": 90.0, "R@20": 95.0, "linear": 30.0} for lb in ROWS}
+    rows = {
+        lb: {"R@1": r1.get(lb, 50.0), "R@5": 80.0, "R@10": 90.0, "R@20": 95.0, "linear": 30.0} for lb in ROWS
+    }
     t = {"wall_s": 600.0, "load_before": 0.1, "load_after": 2.0}
     return {"record": "demo_run", "method": method, "seed": seed, "rows": rows,
             "timing": {"commands": ["x"], "train": t, "linear": dict(t, wall_s=60.0)},
