@@ -120,6 +120,11 @@ class Optimizer(str, enum.Enum):
     adam = "adam"
 
 
+class LrScheduleKind(str, enum.Enum):
+    cosine = "cosine"
+    step = "step"
+
+
 class Amp(str, enum.Enum):
     off = "off"
     bf16 = "bf16"
@@ -362,6 +367,22 @@ class OptimConfig:
     lr: float = _f(0.6, "base learning rate")
     final_lr: float = _f(6e-4, "learning rate at the end of the cosine schedule")
     warmup_epochs: float = _f(0.0, "linear warmup epochs at the start of each phase")
+    schedule: LrScheduleKind = _f(
+        LrScheduleKind.cosine,
+        "lr schedule of every phase: cosine (from optim.lr to optim.final_lr, ViCC) | step (optim.lr, "
+        "multiplied by optim.gamma at each milestone epoch of the phase: the CoCLR code's --schedule)",
+    )
+    milestones: list[int] = _f(
+        [],
+        "optim.schedule=step: epochs of a single-stream (initialisation) or joint phase from which the lr is "
+        "multiplied by optim.gamma once more (CoCLR's released InfoNCE runs: [250, 280] of 300)",
+    )
+    cross_milestones: list[int] = _f(
+        [],
+        "optim.schedule=step: the same for each cross-stream (co-training) alternation (CoCLR's released "
+        "cycles: [80] of 100)",
+    )
+    gamma: float = _f(0.1, "optim.schedule=step: lr factor at each milestone (CoCLR: 0.1)")
     weight_decay: float = _f(
         1e-6, "weight decay (on every parameter unless optim.exclude_bias_norm, as in the released ViCC code)"
     )
@@ -553,6 +574,11 @@ def load(
     return cfg
 
 
+def _increasing(epochs: Sequence[int]) -> bool:
+    """Milestones: strictly increasing epochs > 0 (an lr drop at epoch 0 would just be a smaller optim.lr)."""
+    return all(e > 0 for e in epochs) and all(a < b for a, b in zip(epochs, epochs[1:]))
+
+
 def validate(cfg: Config) -> None:
     """Value checks the type system cannot express; each failure names its key."""
     checks: list[tuple[bool, str, str]] = [
@@ -580,6 +606,9 @@ def validate(cfg: Config) -> None:
         (cfg.schedule.cross_cycles >= 0, "schedule.cross_cycles", "must be >= 0"),
         (cfg.optim.lr > 0, "optim.lr", "must be > 0"),
         (cfg.optim.final_lr >= 0, "optim.final_lr", "must be >= 0"),
+        (0 < cfg.optim.gamma <= 1, "optim.gamma", "must be in (0, 1]"),
+        (_increasing(cfg.optim.milestones), "optim.milestones", "must be increasing epochs > 0"),
+        (_increasing(cfg.optim.cross_milestones), "optim.cross_milestones", "must be increasing epochs > 0"),
         (cfg.train.batch_size > 1, "train.batch_size", "must be > 1 (Sinkhorn needs a batch)"),
         (len(cfg.profile.steps) in (0, 2), "profile.steps", "must be [] or [start, stop]"),
     ]

@@ -3,8 +3,8 @@
 The engine knows nothing about ViCC (see methods/base.py). Per phase it: calls ``setup_phase``; gives
 ``requires_grad`` only to ``trainable_parameters`` (so DDP and autograd skip the rest); builds the loader with the
 phase's streams and views; runs ``epochs x steps_per_epoch`` steps of autocast forward -> ``loss`` -> backward ->
-``after_backward`` -> optimiser -> ``after_step`` with the lr of :class:`~vicc_fast.engine.optim.LrSchedule`;
-checkpoints every ``train.ckpt_every_steps`` steps and at the end; then calls the evaluation hook.
+``after_backward`` -> optimiser -> ``after_step`` with the lr of :func:`~vicc_fast.engine.optim.build_schedule`
+(cosine or step, a function of the step within the phase); checkpoints every ``train.ckpt_every_steps`` steps and at the end; then calls the evaluation hook.
 
 Exact resume: the torch RNG is re-seeded from (seed, rank, phase, step) at every step, the loader order and
 augmentations are a function of (seed, epoch) (``set_epoch``), and a mid-epoch checkpoint records the next step:
@@ -431,7 +431,11 @@ class Trainer:
         total = phase.epochs * spe
         world = self.dist.world_size
         schedule = build_schedule(
-            cfg.optim, cfg.train.batch_size * world, spe, phase.lr_epochs or phase.epochs
+            cfg.optim,
+            cfg.train.batch_size * world,
+            spe,
+            phase.lr_epochs or phase.epochs,
+            cross=phase.frozen_stream is not None,
         )
         opt = build_optimizer(cfg.optim, trainable)
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp is C.Amp.fp16)
