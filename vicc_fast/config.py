@@ -481,6 +481,21 @@ class EvalConfig:
         "retrieval: centre the test and the train features each by its own mean before L2 normalisation "
         "(released ViCC/CoCLR code); false = both by the train mean",
     )
+    retrieval_clip_l2norm: bool = _f(
+        True,
+        "retrieval: each clip's feature is L2-normalised before the per-video average (released test_retrieval: "
+        "its classifier's L2 norm, on with the default --train_what last); false = raw clip features averaged",
+    )
+    retrieval_crop: EvalCrop = _f(
+        EvalCrop.center,
+        "retrieval clips' spatial crop: center (released test_retrieval: CenterCrop 224 of the 240-pixel frames "
+        "scaled to 128, --ten_crop unused there; the crop spans data.eval_crop_fraction) | tencrop",
+    )
+    retrieval_train_clips: int = _f(
+        1,
+        "clips per train (gallery) video in retrieval: 1 = released test_retrieval (its train split samples one "
+        "clip per video, a random window there, the middle one here); 0 = data.eval_clips, as the test videos",
+    )
     cache_dir: str = _f("", "feature cache folder (empty = <run>/eval/cache)")
     tsne_max_points: int = _f(2000, "test videos drawn in the t-SNE plot (random subset above this)")
     grid_queries: int = _f(6, "query rows of the retrieval grid picture")
@@ -594,6 +609,7 @@ def validate(cfg: Config) -> None:
         (0 <= cfg.data.strong_aug_prob <= 1, "data.strong_aug_prob", "must be in [0, 1]"),
         (cfg.data.threads > 0, "data.threads", "must be > 0"),
         (cfg.data.eval_clips > 0, "data.eval_clips", "must be > 0"),
+        (cfg.eval.retrieval_train_clips >= 0, "eval.retrieval_train_clips", "must be >= 0 (0 = data.eval_clips)"),
         (0 < cfg.data.eval_crop_fraction <= 1, "data.eval_crop_fraction", "must be in (0, 1]"),
         (cfg.model.num_prototypes > 0, "model.num_prototypes", "must be > 0"),
         (cfg.model.proj_dim > 0, "model.proj_dim", "must be > 0"),
