@@ -358,6 +358,12 @@ class ScheduleConfig:
     cross_cycles: int = _f(2, "cross-stream cycles (each: RGB then flow)")
     cross_epochs: int = _f(100, "epochs of each cross-stream alternation")
     cross_queue_start: int = _f(25, "epoch of each alternation at which the queue starts")
+    cross_batch_size: int = _f(
+        0,
+        "clips per rank per step in the cross-stream phases (0 = train.batch_size; the released ViCC cross-stream "
+        "scripts: 24, their single-stream ones 48); the lr keeps the one of train.batch_size (optim.scale_lr "
+        "reads train.batch_size x ranks), as the released runs kept lr 0.6",
+    )
     steps_per_epoch: int = _f(0, "cap on steps per epoch (0 = one clip pair per video)")
 
 
@@ -620,6 +626,11 @@ def validate(cfg: Config) -> None:
         (cfg.schedule.single_epochs >= 0, "schedule.single_epochs", "must be >= 0"),
         (cfg.schedule.cross_epochs >= 0, "schedule.cross_epochs", "must be >= 0"),
         (cfg.schedule.cross_cycles >= 0, "schedule.cross_cycles", "must be >= 0"),
+        (
+            cfg.schedule.cross_batch_size == 0 or cfg.schedule.cross_batch_size > 1,
+            "schedule.cross_batch_size",
+            "must be 0 (= train.batch_size) or > 1 (Sinkhorn needs a batch)",
+        ),
         (cfg.optim.lr > 0, "optim.lr", "must be > 0"),
         (cfg.optim.final_lr >= 0, "optim.final_lr", "must be >= 0"),
         (0 < cfg.optim.gamma <= 1, "optim.gamma", "must be in (0, 1]"),

@@ -348,3 +348,30 @@ def test_step_schedule_through_the_trainer_and_an_exact_resume(tmp_path, monkeyp
     want, got = ref.state_dict(), resumed.state_dict()
     for k in want:
         assert torch.equal(want[k], got[k]), k
+
+
+def test_cross_phases_load_schedule_cross_batch_size_and_keep_the_lr(tmp_path, monkeypatch):
+    """schedule.cross_batch_size: the cross-stream phases' loaders get that many clips per rank (released ViCC
+    cross.sh: 24, single-stream 48), single-stream phases train.batch_size; 0 = train.batch_size everywhere.
+    The lr scaling keeps reading train.batch_size, so the cross phases run the released lr 0.6 at 4 x 24."""
+    import vicc_fast.data.loader as loader_mod
+    from vicc_fast.engine.optim import build_schedule
+    from vicc_fast.engine.trainer import phase_batch_size
+
+    asked = []
+    monkeypatch.setattr(loader_mod, "build_loader", lambda cfg, **kw: asked.append(cfg.train.batch_size))
+    m = TinyMethod()
+    single, cross = m.phases()[0], m.phases()[-1]
+    assert not single.cross and cross.cross
+    cfg = make_cfg(tmp_path, "train.batch_size=8", "schedule.cross_batch_size=4")
+    tr = Trainer(cfg, m, tensorboard=False)
+    tr._default_loader(single), tr._default_loader(cross)
+    assert asked == [8, 4] and cfg.train.batch_size == 8  # the run's config is not changed
+    off = make_cfg(tmp_path, "train.batch_size=8")
+    assert [phase_batch_size(off, p) for p in (single, cross)] == [8, 8]
+    paper = C.load(C.CONFIG_DIR / "ucf101_s3d.yaml")
+    assert [phase_batch_size(paper, p) for p in (single, cross)] == [48, 24]
+    lr = build_schedule(paper.optim, paper.train.batch_size * 4, 10, 100, cross=True)(0)
+    assert lr == pytest.approx(0.6)
+    with pytest.raises(C.ConfigError, match="schedule.cross_batch_size"):
+        make_cfg(tmp_path, "schedule.cross_batch_size=1")

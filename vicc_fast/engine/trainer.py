@@ -15,6 +15,8 @@ computes what the uninterrupted one would have.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -109,6 +111,22 @@ def validate_training(cfg: C.Config, world_size: int = 1, device: torch.device |
 
 
 # ---------------------------------------------------------------------------------------------- phases
+def phase_batch_size(cfg: C.Config, phase: PhaseSpec) -> int:
+    """Clips per rank per step of ``phase``: ``schedule.cross_batch_size`` in cross-stream phases when set
+    (the released ViCC cross-stream scripts' 24), else ``train.batch_size``."""
+    if phase.cross and cfg.schedule.cross_batch_size > 0:
+        return cfg.schedule.cross_batch_size
+    return cfg.train.batch_size
+
+
+def phase_cfg(cfg: C.Config, phase: PhaseSpec) -> C.Config:
+    """The config the phase's train loader reads: ``train.batch_size`` = :func:`phase_batch_size`."""
+    batch = phase_batch_size(cfg, phase)
+    if batch == cfg.train.batch_size:
+        return cfg
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=batch))
+
+
 def select_phases(phases: list[PhaseSpec], which: C.Phase) -> list[PhaseSpec]:
     """rgb1 / flow1 = the single-stream phase of that stream; cross = every phase with a frozen stream."""
     if which is C.Phase.all:
@@ -276,7 +294,7 @@ class Trainer:
         from vicc_fast.data.loader import build_loader
 
         return build_loader(
-            self.cfg,
+            phase_cfg(self.cfg, phase),
             split="train",
             mode="train",
             streams=phase.streams,
@@ -435,7 +453,7 @@ class Trainer:
             cfg.train.batch_size * world,
             spe,
             phase.lr_epochs or phase.epochs,
-            cross=phase.frozen_stream is not None,
+            cross=phase.cross,
         )
         opt = build_optimizer(cfg.optim, trainable)
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp is C.Amp.fp16)
