@@ -615,7 +615,11 @@ def validate(cfg: Config) -> None:
         (0 <= cfg.data.strong_aug_prob <= 1, "data.strong_aug_prob", "must be in [0, 1]"),
         (cfg.data.threads > 0, "data.threads", "must be > 0"),
         (cfg.data.eval_clips > 0, "data.eval_clips", "must be > 0"),
-        (cfg.eval.retrieval_train_clips >= 0, "eval.retrieval_train_clips", "must be >= 0 (0 = data.eval_clips)"),
+        (
+            cfg.eval.retrieval_train_clips >= 0,
+            "eval.retrieval_train_clips",
+            "must be >= 0 (0 = data.eval_clips)",
+        ),
         (0 < cfg.data.eval_crop_fraction <= 1, "data.eval_crop_fraction", "must be in (0, 1]"),
         (cfg.model.num_prototypes > 0, "model.num_prototypes", "must be > 0"),
         (cfg.model.proj_dim > 0, "model.proj_dim", "must be > 0"),

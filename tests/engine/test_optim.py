@@ -176,7 +176,13 @@ def test_paper_configs_run_the_released_stage1_cosine(name):
 def test_step_schedule_drops_by_gamma_at_each_milestone_epoch():
     """CoCLR's adjust_learning_rate: lr x 0.1 for every milestone with epoch >= milestone, constant within an
     epoch; milestones are epochs of the phase, turned into steps here (10 steps per epoch)."""
-    cfg = OptimConfig(name=Optimizer.adam, lr=1e-3, schedule=LrScheduleKind.step, milestones=[250, 280], cross_milestones=[80])
+    cfg = OptimConfig(
+        name=Optimizer.adam,
+        lr=1e-3,
+        schedule=LrScheduleKind.step,
+        milestones=[250, 280],
+        cross_milestones=[80],
+    )
     s = build_schedule(cfg, 64, steps_per_epoch=10, epochs=300)
     assert isinstance(s, StepLrSchedule) and s.milestones == (2500, 2800)
     assert s(0) == s(2499) == pytest.approx(1e-3)  # the whole of epoch 249 at the base rate

@@ -243,7 +243,12 @@ def test_paper_config_trains_coclrs_recipe():
         False,
         False,
     )
-    assert (o.schedule, o.milestones, o.cross_milestones, o.gamma) == (C.LrScheduleKind.step, [250, 280], [80], 0.1)
+    assert (o.schedule, o.milestones, o.cross_milestones, o.gamma) == (
+        C.LrScheduleKind.step,
+        [250, 280],
+        [80],
+        0.1,
+    )
     phases = coclr_phases(cfg)
     assert [(p.name, p.epochs) for p in phases] == [
         ("rgb1", 300),
@@ -254,7 +259,7 @@ def test_paper_config_trains_coclrs_recipe():
         ("cross_flow_c2", 100),
     ]
     spe = 10
-    init = build_schedule(o, 128, spe, phases[0].epochs, cross=phases[0].frozen_stream is not None)
-    co = build_schedule(o, 128, spe, phases[2].epochs, cross=phases[2].frozen_stream is not None)
+    init = build_schedule(o, 128, spe, phases[0].epochs, cross=phases[0].cross)
+    co = build_schedule(o, 128, spe, phases[2].epochs, cross=phases[2].cross)
     assert [init(t * spe) for t in (249, 250, 279, 280, 299)] == pytest.approx([1e-3, 1e-4, 1e-4, 1e-5, 1e-5])
     assert [co(t * spe) for t in (79, 80, 99)] == pytest.approx([1e-3, 1e-4, 1e-4])

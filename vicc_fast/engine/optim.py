@@ -202,7 +202,9 @@ class StepLrSchedule:
 Schedule = Callable[[int], float]  # step within the phase -> its lr: LrSchedule | StepLrSchedule
 
 
-def milestone_steps(milestones: Sequence[int], steps_per_epoch: int, epochs: int, key: str) -> tuple[int, ...]:
+def milestone_steps(
+    milestones: Sequence[int], steps_per_epoch: int, epochs: int, key: str
+) -> tuple[int, ...]:
     """Milestone epochs of a phase -> 0-based steps: epoch e starts at step e x steps_per_epoch.
 
     A milestone at or past the phase's last epoch would never fire; raises ValueError naming ``key``.

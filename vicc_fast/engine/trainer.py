@@ -16,7 +16,6 @@ computes what the uninterrupted one would have.
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import time
 from collections.abc import Callable, Iterable

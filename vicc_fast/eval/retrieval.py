@@ -248,7 +248,12 @@ def evaluate_phase(
         for s in streams:
             loader = loader_factory(retrieval_cfg(cfg, split), split, s)
             f, lbl, _ = extract(
-                encoders[s], loader, device, stream=s, amp=cfg.train.amp, clip_l2norm=cfg.eval.retrieval_clip_l2norm
+                encoders[s],
+                loader,
+                device,
+                stream=s,
+                amp=cfg.train.amp,
+                clip_l2norm=cfg.eval.retrieval_clip_l2norm,
             )
             feats[split][s] = f
             if split in labels and not torch.equal(labels[split], lbl):
