@@ -120,6 +120,11 @@ class Optimizer(str, enum.Enum):
     adam = "adam"
 
 
+class LrScheduleKind(str, enum.Enum):
+    cosine = "cosine"
+    step = "step"
+
+
 class Amp(str, enum.Enum):
     off = "off"
     bf16 = "bf16"
@@ -353,6 +358,12 @@ class ScheduleConfig:
     cross_cycles: int = _f(2, "cross-stream cycles (each: RGB then flow)")
     cross_epochs: int = _f(100, "epochs of each cross-stream alternation")
     cross_queue_start: int = _f(25, "epoch of each alternation at which the queue starts")
+    cross_batch_size: int = _f(
+        0,
+        "clips per rank per step in the cross-stream phases (0 = train.batch_size; the released ViCC cross-stream "
+        "scripts: 24, their single-stream ones 48); the lr keeps the one of train.batch_size (optim.scale_lr "
+        "reads train.batch_size x ranks), as the released runs kept lr 0.6",
+    )
     steps_per_epoch: int = _f(0, "cap on steps per epoch (0 = one clip pair per video)")
 
 
@@ -362,6 +373,22 @@ class OptimConfig:
     lr: float = _f(0.6, "base learning rate")
     final_lr: float = _f(6e-4, "learning rate at the end of the cosine schedule")
     warmup_epochs: float = _f(0.0, "linear warmup epochs at the start of each phase")
+    schedule: LrScheduleKind = _f(
+        LrScheduleKind.cosine,
+        "lr schedule of every phase: cosine (from optim.lr to optim.final_lr, ViCC) | step (optim.lr, "
+        "multiplied by optim.gamma at each milestone epoch of the phase: the CoCLR code's --schedule)",
+    )
+    milestones: list[int] = _f(
+        [],
+        "optim.schedule=step: epochs of a single-stream (initialisation) or joint phase from which the lr is "
+        "multiplied by optim.gamma once more (CoCLR's released InfoNCE runs: [250, 280] of 300)",
+    )
+    cross_milestones: list[int] = _f(
+        [],
+        "optim.schedule=step: the same for each cross-stream (co-training) alternation (CoCLR's released "
+        "cycles: [80] of 100)",
+    )
+    gamma: float = _f(0.1, "optim.schedule=step: lr factor at each milestone (CoCLR: 0.1)")
     weight_decay: float = _f(
         1e-6, "weight decay (on every parameter unless optim.exclude_bias_norm, as in the released ViCC code)"
     )
@@ -460,6 +487,21 @@ class EvalConfig:
         "retrieval: centre the test and the train features each by its own mean before L2 normalisation "
         "(released ViCC/CoCLR code); false = both by the train mean",
     )
+    retrieval_clip_l2norm: bool = _f(
+        True,
+        "retrieval: each clip's feature is L2-normalised before the per-video average (released test_retrieval: "
+        "its classifier's L2 norm, on with the default --train_what last); false = raw clip features averaged",
+    )
+    retrieval_crop: EvalCrop = _f(
+        EvalCrop.center,
+        "retrieval clips' spatial crop: center (released test_retrieval: CenterCrop 224 of the 240-pixel frames "
+        "scaled to 128, --ten_crop unused there; the crop spans data.eval_crop_fraction) | tencrop",
+    )
+    retrieval_train_clips: int = _f(
+        1,
+        "clips per train (gallery) video in retrieval: 1 = released test_retrieval (its train split samples one "
+        "clip per video, a random window there, the middle one here); 0 = data.eval_clips, as the test videos",
+    )
     cache_dir: str = _f("", "feature cache folder (empty = <run>/eval/cache)")
     tsne_max_points: int = _f(2000, "test videos drawn in the t-SNE plot (random subset above this)")
     grid_queries: int = _f(6, "query rows of the retrieval grid picture")
@@ -553,6 +595,11 @@ def load(
     return cfg
 
 
+def _increasing(epochs: Sequence[int]) -> bool:
+    """Milestones: strictly increasing epochs > 0 (an lr drop at epoch 0 would just be a smaller optim.lr)."""
+    return all(e > 0 for e in epochs) and all(a < b for a, b in zip(epochs, epochs[1:]))
+
+
 def validate(cfg: Config) -> None:
     """Value checks the type system cannot express; each failure names its key."""
     checks: list[tuple[bool, str, str]] = [
@@ -568,6 +615,11 @@ def validate(cfg: Config) -> None:
         (0 <= cfg.data.strong_aug_prob <= 1, "data.strong_aug_prob", "must be in [0, 1]"),
         (cfg.data.threads > 0, "data.threads", "must be > 0"),
         (cfg.data.eval_clips > 0, "data.eval_clips", "must be > 0"),
+        (
+            cfg.eval.retrieval_train_clips >= 0,
+            "eval.retrieval_train_clips",
+            "must be >= 0 (0 = data.eval_clips)",
+        ),
         (0 < cfg.data.eval_crop_fraction <= 1, "data.eval_crop_fraction", "must be in (0, 1]"),
         (cfg.model.num_prototypes > 0, "model.num_prototypes", "must be > 0"),
         (cfg.model.proj_dim > 0, "model.proj_dim", "must be > 0"),
@@ -578,8 +630,16 @@ def validate(cfg: Config) -> None:
         (cfg.schedule.single_epochs >= 0, "schedule.single_epochs", "must be >= 0"),
         (cfg.schedule.cross_epochs >= 0, "schedule.cross_epochs", "must be >= 0"),
         (cfg.schedule.cross_cycles >= 0, "schedule.cross_cycles", "must be >= 0"),
+        (
+            cfg.schedule.cross_batch_size == 0 or cfg.schedule.cross_batch_size > 1,
+            "schedule.cross_batch_size",
+            "must be 0 (= train.batch_size) or > 1 (Sinkhorn needs a batch)",
+        ),
         (cfg.optim.lr > 0, "optim.lr", "must be > 0"),
         (cfg.optim.final_lr >= 0, "optim.final_lr", "must be >= 0"),
+        (0 < cfg.optim.gamma <= 1, "optim.gamma", "must be in (0, 1]"),
+        (_increasing(cfg.optim.milestones), "optim.milestones", "must be increasing epochs > 0"),
+        (_increasing(cfg.optim.cross_milestones), "optim.cross_milestones", "must be increasing epochs > 0"),
         (cfg.train.batch_size > 1, "train.batch_size", "must be > 1 (Sinkhorn needs a batch)"),
         (len(cfg.profile.steps) in (0, 2), "profile.steps", "must be [] or [start, stop]"),
     ]

@@ -5,8 +5,16 @@ import torch
 from torch import nn
 
 from vicc_fast import config
-from vicc_fast.config import OptimConfig, Optimizer
-from vicc_fast.engine.optim import LARS, LrSchedule, build_optimizer, build_schedule, param_groups, scaled_lrs
+from vicc_fast.config import LrScheduleKind, OptimConfig, Optimizer
+from vicc_fast.engine.optim import (
+    LARS,
+    LrSchedule,
+    StepLrSchedule,
+    build_optimizer,
+    build_schedule,
+    param_groups,
+    scaled_lrs,
+)
 
 
 class Net(nn.Module):
@@ -163,3 +171,46 @@ def test_paper_configs_run_the_released_stage1_cosine(name):
     s = build_schedule(cfg.optim, 192, steps_per_epoch=10, epochs=phases["flow1"].lr_epochs)
     assert s(299 * 10 + 9) == pytest.approx(6e-4 + 0.5 * (0.6 - 6e-4) * (1 + math.cos(math.pi * 2999 / 4999)))
     assert 0.2 < s(2999) < 0.3
+
+
+def test_step_schedule_drops_by_gamma_at_each_milestone_epoch():
+    """CoCLR's adjust_learning_rate: lr x 0.1 for every milestone with epoch >= milestone, constant within an
+    epoch; milestones are epochs of the phase, turned into steps here (10 steps per epoch)."""
+    cfg = OptimConfig(
+        name=Optimizer.adam,
+        lr=1e-3,
+        schedule=LrScheduleKind.step,
+        milestones=[250, 280],
+        cross_milestones=[80],
+    )
+    s = build_schedule(cfg, 64, steps_per_epoch=10, epochs=300)
+    assert isinstance(s, StepLrSchedule) and s.milestones == (2500, 2800)
+    assert s(0) == s(2499) == pytest.approx(1e-3)  # the whole of epoch 249 at the base rate
+    assert s(2500) == s(2799) == pytest.approx(1e-4)  # the first step of epoch 250 drops
+    assert s(2800) == s(2999) == pytest.approx(1e-5)
+    c = build_schedule(cfg, 64, steps_per_epoch=10, epochs=100, cross=True)
+    assert c(799) == pytest.approx(1e-3) and c(800) == c(999) == pytest.approx(1e-4)
+    warm = StepLrSchedule(base=1.0, milestones=(4,), gamma=0.5, warmup=2)
+    assert [warm(t) for t in range(6)] == pytest.approx([0.5, 1.0, 1.0, 1.0, 0.5, 0.5])
+    # a pure function of the step: the same step gives the same rate whatever ran before (exact resume)
+    assert [s(t) for t in (2800, 0, 2500)] == [s(2800), s(0), s(2500)]
+
+
+@pytest.mark.parametrize(
+    "over, key",
+    [
+        (["optim.milestones=[280,250]"], "optim.milestones"),
+        (["optim.cross_milestones=[0]"], "optim.cross_milestones"),
+        (["optim.gamma=0"], "optim.gamma"),
+    ],
+)
+def test_step_schedule_bad_values_name_their_key(over, key):
+    with pytest.raises(config.ConfigError, match=key):
+        config.load(None, over)
+
+
+def test_step_milestone_past_the_phase_end_is_refused():
+    cfg = OptimConfig(schedule=LrScheduleKind.step, cross_milestones=[100])
+    with pytest.raises(ValueError, match="optim.cross_milestones.*never drop"):
+        build_schedule(cfg, 64, steps_per_epoch=10, epochs=100, cross=True)
+    assert build_schedule(cfg, 64, steps_per_epoch=10, epochs=100)(999) == cfg.lr  # single: no milestones

@@ -62,6 +62,7 @@ def test_paper_configs_load_with_the_papers_numbers():
             25,
         )
         assert not cfg.method.vicc.cross_freeze_prototypes
+        assert s.cross_batch_size == 24  # released cross.sh: --batch_size 24 per GPU
         o = cfg.optim
         assert (o.name.value, o.lr, o.final_lr, o.weight_decay, o.trust_coefficient) == (
             "lars",

@@ -295,3 +295,83 @@ def test_stop_request_checkpoints_then_resume_is_exact(tmp_path):
     Trainer(cfg, resumed, loader_factory=loader_factory(4), tensorboard=False).run()
     for k, v in ref.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+def test_step_schedule_through_the_trainer_and_an_exact_resume(tmp_path, monkeypatch):
+    """optim.schedule=step: every step's lr is base x gamma^(milestones passed), milestones in epochs of each
+    phase (optim.milestones for rgb1/flow1, optim.cross_milestones for the cross phase); killed mid-phase after
+    the drop and resumed, the run ends with the uninterrupted run's parameters (the rate is a function of the
+    step alone)."""
+    import vicc_fast.engine.trainer as trainer_mod
+
+    over = (
+        "train.ckpt_every_steps=4",
+        "optim.schedule=step",
+        "optim.warmup_epochs=0",
+        "optim.milestones=[1]",
+        "optim.cross_milestones=[1]",
+        "optim.gamma=0.5",
+    )
+    seen: list[float] = []
+    real_set_lr = trainer_mod.set_lr
+
+    def record(opt, lr):  # noqa: ANN001, ANN202
+        seen.append(lr)
+        real_set_lr(opt, lr)
+
+    monkeypatch.setattr(trainer_mod, "set_lr", record)
+
+    def fresh():
+        torch.manual_seed(0)
+        return TinyMethod(epochs=2, freeze=1, queue_start=1)
+
+    ref = fresh()
+    cfg = make_cfg(tmp_path / "a", *over)
+    Trainer(cfg, ref, loader_factory=loader_factory(4), tensorboard=False).run()
+    rates = list(seen)
+    assert len(rates) == 3 * 2 * 6  # three phases of 2 epochs x 6 steps
+    for p in range(3):  # each phase: epoch 0 at 0.5, epoch 1 at 0.25 (the cross phase by cross_milestones)
+        assert rates[12 * p : 12 * p + 12] == pytest.approx([0.5] * 6 + [0.25] * 6)
+
+    cfg = make_cfg(tmp_path / "b", *over)
+
+    def killer(phase, state):  # noqa: ANN001, ANN202
+        if phase.name == "flow1" and state.global_step == 10:  # after the drop; checkpoint after step 7
+            raise Crash
+
+    with pytest.raises(Crash):
+        Trainer(cfg, fresh(), loader_factory=loader_factory(4), step_hook=killer, tensorboard=False).run()
+    seen.clear()
+    resumed = fresh()
+    Trainer(cfg, resumed, loader_factory=loader_factory(4), tensorboard=False).run()
+    assert seen[:4] == pytest.approx([0.25] * 4)  # flow1 resumes at step 8, past the drop
+    want, got = ref.state_dict(), resumed.state_dict()
+    for k in want:
+        assert torch.equal(want[k], got[k]), k
+
+
+def test_cross_phases_load_schedule_cross_batch_size_and_keep_the_lr(tmp_path, monkeypatch):
+    """schedule.cross_batch_size: the cross-stream phases' loaders get that many clips per rank (released ViCC
+    cross.sh: 24, single-stream 48), single-stream phases train.batch_size; 0 = train.batch_size everywhere.
+    The lr scaling keeps reading train.batch_size, so the cross phases run the released lr 0.6 at 4 x 24."""
+    import vicc_fast.data.loader as loader_mod
+    from vicc_fast.engine.optim import build_schedule
+    from vicc_fast.engine.trainer import phase_batch_size
+
+    asked = []
+    monkeypatch.setattr(loader_mod, "build_loader", lambda cfg, **kw: asked.append(cfg.train.batch_size))
+    m = TinyMethod()
+    single, cross = m.phases()[0], m.phases()[-1]
+    assert not single.cross and cross.cross
+    cfg = make_cfg(tmp_path, "train.batch_size=8", "schedule.cross_batch_size=4")
+    tr = Trainer(cfg, m, tensorboard=False)
+    tr._default_loader(single), tr._default_loader(cross)
+    assert asked == [8, 4] and cfg.train.batch_size == 8  # the run's config is not changed
+    off = make_cfg(tmp_path, "train.batch_size=8")
+    assert [phase_batch_size(off, p) for p in (single, cross)] == [8, 8]
+    paper = C.load(C.CONFIG_DIR / "ucf101_s3d.yaml")
+    assert [phase_batch_size(paper, p) for p in (single, cross)] == [48, 24]
+    lr = build_schedule(paper.optim, paper.train.batch_size * 4, 10, 100, cross=True)(0)
+    assert lr == pytest.approx(0.6)
+    with pytest.raises(C.ConfigError, match="schedule.cross_batch_size"):
+        make_cfg(tmp_path, "schedule.cross_batch_size=1")

@@ -102,3 +102,17 @@ def test_extract_low_precision_clips_under_amp():
     b.views[Stream.rgb][0] = b.views[Stream.rgb][0].to(torch.bfloat16)
     feats, _, _ = extract(enc, ListLoader([b], 2), torch.device("cpu"), amp="bf16")
     assert feats.dtype == torch.float32 and feats.shape == (2, 4) and torch.isfinite(feats).all()
+
+
+def test_extract_l2_normalises_each_clip_before_the_video_average_as_released():
+    """Released test_retrieval: clips go through LinearClassifier with use_l2_norm (--train_what last, the
+    default), so each clip is a unit vector before feature.mean(0). A long clip then weighs no more than a
+    short one; averaging raw clips (the switch) lets the larger norm win."""
+    from vicc_fast.config import EvalConfig
+
+    assert EvalConfig().retrieval_clip_l2norm
+    loader = ListLoader([_batch([[3.0, 0, 0], [0, 1.0, 0], [0, 0, 2.0]], [0, 0, 1], [0, 0, 1])], 2)
+    released, _, _ = extract(MeanEncoder(), loader, torch.device("cpu"), clip_l2norm=True)
+    raw, _, _ = extract(MeanEncoder(), loader, torch.device("cpu"))
+    assert torch.allclose(released, torch.tensor([[0.5, 0.5, 0], [0, 0, 1.0]]))
+    assert torch.allclose(raw, torch.tensor([[1.5, 0.5, 0], [0, 0, 2.0]]))

@@ -128,3 +128,33 @@ def test_evaluate_phase_joint_reports_both_streams_and_fusion():
     res = evaluate_phase(cfg, FakeMethod(), joint, 0, 1, torch.device("cpu"), loader_factory=factory())
     assert set(res) == {f"{s}/R@1" for s in ("rgb", "flow", "rf_sum", "rf_concat")}
     assert joint.row_labels() == {Stream.rgb: "RGB-joint", Stream.flow: "Flow-joint"}
+
+
+def test_evaluate_phase_reads_features_as_the_released_retrieval(monkeypatch):
+    """The per-phase retrieval asks its loaders for retrieval_cfg's settings (one centre-cropped clip per train
+    video) and normalises each clip before the video average (eval.retrieval_clip_l2norm)."""
+    cfg = C.load(None, ["eval.recall_ks=[1]", "data.eval_crop=tencrop"])
+    asked = []
+    inner = factory()
+
+    def spy(c, split, stream):  # noqa: ANN001, ANN202
+        asked.append((split, c.data.eval_crop, c.data.eval_clips))
+        return inner(c, split, stream)
+
+    dev = torch.device("cpu")
+    evaluate_phase(cfg, FakeMethod(), phase(Stream.rgb, None), 0, 1, dev, loader_factory=spy)
+    assert asked == [("train", C.EvalCrop.center, 1), ("test", C.EvalCrop.center, cfg.data.eval_clips)]
+    calls = []
+    import vicc_fast.eval.features as feats
+
+    real = feats.extract
+
+    def record(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        calls.append(k.get("clip_l2norm"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(feats, "extract", record)
+    evaluate_phase(cfg, FakeMethod(), phase(Stream.rgb, None), 0, 1, dev, loader_factory=factory())
+    off = C.load(None, ["eval.recall_ks=[1]", "eval.retrieval_clip_l2norm=false"])
+    evaluate_phase(off, FakeMethod(), phase(Stream.rgb, None), 0, 1, dev, loader_factory=factory())
+    assert calls == [True, True, False, False]

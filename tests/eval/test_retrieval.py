@@ -132,3 +132,23 @@ def test_retrieval_centres_each_split_by_its_own_mean_as_released():
     own = fused_recall(shifted, labels_q, {Stream.rgb: gal}, labels_g, ks=(1,))
     by_train = fused_recall(shifted, labels_q, {Stream.rgb: gal}, labels_g, ks=(1,), centre_each=False)
     assert own == base and by_train["rgb/R@1"] < base["rgb/R@1"]
+
+
+def test_retrieval_reads_one_centre_cropped_clip_per_train_video_as_released():
+    """Released test_retrieval: CenterCrop (its --ten_crop is unused there) and, for the train split
+    (mode='train' in its dataset), one clip per video; test videos keep the eval clips. The demo keeps its
+    own data.eval_clips and crop for both splits."""
+    from vicc_fast import config as C
+    from vicc_fast.eval.retrieval import retrieval_cfg
+
+    assert (C.EvalConfig().retrieval_crop, C.EvalConfig().retrieval_train_clips) == (C.EvalCrop.center, 1)
+    paper = C.load(C.CONFIG_DIR / "ucf101_s3d.yaml")
+    assert (paper.data.eval_crop, paper.data.eval_clips) == (C.EvalCrop.tencrop, 10)
+    train, test = retrieval_cfg(paper, "train").data, retrieval_cfg(paper, "test").data
+    assert (train.eval_crop, train.eval_clips) == (C.EvalCrop.center, 1)
+    assert (test.eval_crop, test.eval_clips) == (C.EvalCrop.center, 10)
+    assert paper.data.eval_crop is C.EvalCrop.tencrop  # the linear probe / finetune test keep ten-crop
+    demo = C.load(C.DEFAULT_CONFIG)
+    for split in ("train", "test"):
+        assert retrieval_cfg(demo, split).data == demo.data
+    assert not demo.eval.retrieval_clip_l2norm and not demo.eval.retrieval_centre_each

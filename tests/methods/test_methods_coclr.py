@@ -208,3 +208,58 @@ def test_cotraining_same_video_entries_are_positives_and_never_mined():
     out = m.loss(batch, state_at(phase, 0))
     # query 0: own key + its video's entry + 2 mined others (row 5 not among them); others: own key + 2 mined
     assert out["positives"].item() == pytest.approx((4 + 3 * 3) / 4)
+
+
+def test_coclr_schema_defaults_are_the_papers():
+    """CoCLR appendix A.3 (UCF101) and section 4.1: m 0.999, queue 2048, tau 0.07, K = 5; the released code's
+    same-video positives and mining from a full queue. A drifting default fails here."""
+    c = Config().method.coclr
+    assert (c.momentum, c.queue_size, c.temperature, c.topk) == (0.999, 2048, 0.07, 5)
+    assert c.same_video_positive and c.mine_when_full and not c.ubernce
+
+
+def test_paper_config_trains_coclrs_recipe():
+    """configs/ucf101_coclr_s3d.yaml: the paper's hyper-parameters, phases and the released lr drops (InfoNCE
+    main_nce.py --epochs 300 --schedule 250 280; each co-training alternation main_coclr.py --epochs 100
+    --schedule 80), Adam 1e-3 / wd 1e-5 on every parameter, 32 clips per GPU."""
+    from vicc_fast import config as C
+    from vicc_fast.engine.optim import build_schedule
+
+    cfg = C.load(C.CONFIG_DIR / "ucf101_coclr_s3d.yaml")
+    assert cfg.method.name is MethodName.coclr
+    assert cfg.method.coclr == Config().method.coclr  # the paper's numbers, pinned above
+    assert (cfg.model.backbone, cfg.data.num_frames, cfg.data.stride, cfg.data.crop_size) == (
+        C.Backbone.s3d,
+        32,
+        1,
+        128,
+    )
+    assert (cfg.model.proj_hidden, cfg.model.proj_dim, cfg.train.batch_size) == (1024, 128, 32)
+    o = cfg.optim
+    assert (o.name, o.lr, o.weight_decay, o.exclude_bias_norm, o.scale_lr) == (
+        C.Optimizer.adam,
+        1e-3,
+        1e-5,
+        False,
+        False,
+    )
+    assert (o.schedule, o.milestones, o.cross_milestones, o.gamma) == (
+        C.LrScheduleKind.step,
+        [250, 280],
+        [80],
+        0.1,
+    )
+    phases = coclr_phases(cfg)
+    assert [(p.name, p.epochs) for p in phases] == [
+        ("rgb1", 300),
+        ("flow1", 300),
+        ("cross_rgb_c1", 100),
+        ("cross_flow_c1", 100),
+        ("cross_rgb_c2", 100),
+        ("cross_flow_c2", 100),
+    ]
+    spe = 10
+    init = build_schedule(o, 128, spe, phases[0].epochs, cross=phases[0].cross)
+    co = build_schedule(o, 128, spe, phases[2].epochs, cross=phases[2].cross)
+    assert [init(t * spe) for t in (249, 250, 279, 280, 299)] == pytest.approx([1e-3, 1e-4, 1e-4, 1e-5, 1e-5])
+    assert [co(t * spe) for t in (79, 80, 99)] == pytest.approx([1e-3, 1e-4, 1e-4])

@@ -12,13 +12,14 @@ The step is written with ``torch._foreach_*`` ops and tensor math only, so it ne
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from vicc_fast.config import OptimConfig, Optimizer
+from vicc_fast.config import LrScheduleKind, OptimConfig, Optimizer
 
 
 def is_excluded(p: torch.Tensor) -> bool:
@@ -177,14 +178,63 @@ def scaled_lrs(cfg: OptimConfig, global_batch: int) -> tuple[float, float]:
     return cfg.lr * factor, cfg.final_lr * factor
 
 
-def build_schedule(cfg: OptimConfig, global_batch: int, steps_per_epoch: int, epochs: int) -> LrSchedule:
+@dataclass(frozen=True)
+class StepLrSchedule:
+    """Linear warmup from 0 to ``base`` over ``warmup`` steps, then ``base * gamma ** n`` where ``n`` counts the
+    milestones at or before step ``t`` (CoCLR's ``adjust_learning_rate``: ``lr *= 0.1 if epoch >= milestone``).
+
+    ``milestones``: increasing 0-based steps within the phase (a milestone epoch e is step e x steps_per_epoch,
+    so the rate drops with the first step of epoch e, constant within an epoch as released). ``lr(t)`` depends on
+    ``t`` alone, so a resumed run continues the same rates.
+    """
+
+    base: float
+    milestones: tuple[int, ...]
+    gamma: float = 0.1
+    warmup: int = 0
+
+    def __call__(self, t: int) -> float:
+        if self.warmup > 0 and t < self.warmup:
+            return self.base * (t + 1) / self.warmup
+        return self.base * self.gamma ** bisect_right(self.milestones, t)
+
+
+Schedule = Callable[[int], float]  # step within the phase -> its lr: LrSchedule | StepLrSchedule
+
+
+def milestone_steps(
+    milestones: Sequence[int], steps_per_epoch: int, epochs: int, key: str
+) -> tuple[int, ...]:
+    """Milestone epochs of a phase -> 0-based steps: epoch e starts at step e x steps_per_epoch.
+
+    A milestone at or past the phase's last epoch would never fire; raises ValueError naming ``key``.
+    """
+    late = [m for m in milestones if m >= epochs]
+    if late:
+        raise ValueError(
+            f"config key '{key}': milestones {late} fall at or after the phase's end (epoch {epochs}): "
+            "they would never drop the lr"
+        )
+    return tuple(int(m) * steps_per_epoch for m in milestones)
+
+
+def build_schedule(
+    cfg: OptimConfig, global_batch: int, steps_per_epoch: int, epochs: int, cross: bool = False
+) -> Schedule:
+    """The lr of every step of one phase: ``optim.schedule`` cosine (over ``epochs``) or step (at
+    ``optim.milestones``, or ``optim.cross_milestones`` when ``cross``: a cross-stream / co-training phase)."""
     base, final = scaled_lrs(cfg, global_batch)
-    return LrSchedule(
-        base=base,
-        final=final,
-        total=steps_per_epoch * epochs,
-        warmup=int(round(cfg.warmup_epochs * steps_per_epoch)),
-    )
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    if LrScheduleKind(cfg.schedule) is LrScheduleKind.step:
+        key = "optim.cross_milestones" if cross else "optim.milestones"
+        marks = cfg.cross_milestones if cross else cfg.milestones
+        return StepLrSchedule(
+            base=base,
+            milestones=milestone_steps(marks, steps_per_epoch, epochs, key),
+            gamma=cfg.gamma,
+            warmup=warmup,
+        )
+    return LrSchedule(base=base, final=final, total=steps_per_epoch * epochs, warmup=warmup)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -3,8 +3,8 @@
 The engine knows nothing about ViCC (see methods/base.py). Per phase it: calls ``setup_phase``; gives
 ``requires_grad`` only to ``trainable_parameters`` (so DDP and autograd skip the rest); builds the loader with the
 phase's streams and views; runs ``epochs x steps_per_epoch`` steps of autocast forward -> ``loss`` -> backward ->
-``after_backward`` -> optimiser -> ``after_step`` with the lr of :class:`~vicc_fast.engine.optim.LrSchedule`;
-checkpoints every ``train.ckpt_every_steps`` steps and at the end; then calls the evaluation hook.
+``after_backward`` -> optimiser -> ``after_step`` with the lr of :func:`~vicc_fast.engine.optim.build_schedule`
+(cosine or step, a function of the step within the phase); checkpoints every ``train.ckpt_every_steps`` steps and at the end; then calls the evaluation hook.
 
 Exact resume: the torch RNG is re-seeded from (seed, rank, phase, step) at every step, the loader order and
 augmentations are a function of (seed, epoch) (``set_epoch``), and a mid-epoch checkpoint records the next step:
@@ -15,6 +15,7 @@ computes what the uninterrupted one would have.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -109,6 +110,22 @@ def validate_training(cfg: C.Config, world_size: int = 1, device: torch.device |
 
 
 # ---------------------------------------------------------------------------------------------- phases
+def phase_batch_size(cfg: C.Config, phase: PhaseSpec) -> int:
+    """Clips per rank per step of ``phase``: ``schedule.cross_batch_size`` in cross-stream phases when set
+    (the released ViCC cross-stream scripts' 24), else ``train.batch_size``."""
+    if phase.cross and cfg.schedule.cross_batch_size > 0:
+        return cfg.schedule.cross_batch_size
+    return cfg.train.batch_size
+
+
+def phase_cfg(cfg: C.Config, phase: PhaseSpec) -> C.Config:
+    """The config the phase's train loader reads: ``train.batch_size`` = :func:`phase_batch_size`."""
+    batch = phase_batch_size(cfg, phase)
+    if batch == cfg.train.batch_size:
+        return cfg
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=batch))
+
+
 def select_phases(phases: list[PhaseSpec], which: C.Phase) -> list[PhaseSpec]:
     """rgb1 / flow1 = the single-stream phase of that stream; cross = every phase with a frozen stream."""
     if which is C.Phase.all:
@@ -276,7 +293,7 @@ class Trainer:
         from vicc_fast.data.loader import build_loader
 
         return build_loader(
-            self.cfg,
+            phase_cfg(self.cfg, phase),
             split="train",
             mode="train",
             streams=phase.streams,
@@ -431,7 +448,11 @@ class Trainer:
         total = phase.epochs * spe
         world = self.dist.world_size
         schedule = build_schedule(
-            cfg.optim, cfg.train.batch_size * world, spe, phase.lr_epochs or phase.epochs
+            cfg.optim,
+            cfg.train.batch_size * world,
+            spe,
+            phase.lr_epochs or phase.epochs,
+            cross=phase.cross,
         )
         opt = build_optimizer(cfg.optim, trainable)
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp is C.Amp.fp16)

@@ -42,7 +42,15 @@ def feature_settings(cfg: Config) -> dict[str, Any]:
     }
 
 
-def cache_key(weights_sha256: str, stream: Stream, split: str, cfg: Config, manifest_sha256: str) -> str:
+def cache_key(
+    weights_sha256: str,
+    stream: Stream,
+    split: str,
+    cfg: Config,
+    manifest_sha256: str,
+    clip_l2norm: bool = False,
+) -> str:
+    """The features' identity; ``clip_l2norm``: clip features normalised before the video average (retrieval)."""
     doc = {
         "format": FORMAT,
         "weights": weights_sha256,
@@ -51,6 +59,8 @@ def cache_key(weights_sha256: str, stream: Stream, split: str, cfg: Config, mani
         "manifest": manifest_sha256,
         **feature_settings(cfg),
     }
+    if clip_l2norm:  # only when set, so the keys of features cached before this setting existed still match
+        doc["clip_l2norm"] = True
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 

@@ -61,6 +61,17 @@ def _pick_stream(batch: Batch, stream: Stream | None) -> torch.Tensor:
     return views[0]
 
 
+def clip_rows(f: torch.Tensor, l2norm: bool) -> torch.Tensor:
+    """Encoder output ``[B, F, ...]`` -> float32 clip rows ``[B, F']``, unit length with ``l2norm``.
+
+    The released retrieval (ViCC/CoCLR ``test_retrieval``) encodes clips through ``LinearClassifier`` with
+    ``use_l2_norm`` on (``--train_what last``, the default), so every clip is normalised before the video
+    average: each clip then weighs alike, whatever its feature norm.
+    """
+    f = f.float().flatten(1)
+    return F.normalize(f, dim=1) if l2norm else f
+
+
 @torch.no_grad()
 def encode_clips(
     encoder: nn.Module,
@@ -71,8 +82,9 @@ def encode_clips(
     amp: Amp | str | None = None,
     progress: bool = False,
     desc: str = "features",
+    clip_l2norm: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """This rank's per-video sums of clip features.
+    """This rank's per-video sums of clip features (each clip's row L2-normalised first with ``clip_l2norm``).
 
     Returns ``(sums [N, F] float32, clip_counts [N] float32, labels [N] int64)`` on ``device``, zero for
     videos this rank did not see; ``N = num_videos``.
@@ -91,7 +103,7 @@ def encode_clips(
                 raise ValueError(f"loader yielded video index {int(index.max())} outside [0, {num_videos})")
             with _autocast(device, amp):
                 f = encoder(x)
-            f = f.float().flatten(1)
+            f = clip_rows(f, clip_l2norm)
             if sums is None:
                 sums = torch.zeros(num_videos, f.shape[1], device=device)
             sums.index_add_(0, index, f)
@@ -112,8 +124,10 @@ def extract(
     amp: Amp | str | None = None,
     progress: bool = False,
     desc: str = "features",
+    clip_l2norm: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-video features of ``encoder`` over an eval ``loader`` (clip features averaged per video).
+    """Per-video features of ``encoder`` over an eval ``loader`` (clip features averaged per video; with
+    ``clip_l2norm`` each clip's feature is L2-normalised before the average, as the released retrieval).
 
     loader: iterable of :class:`Batch` with ``num_samples`` (videos in the split) or ``len()``-able by videos.
     Returns ``(feats [N, F] float32, labels [N] int64, index [N] int64)`` on CPU, identical on every rank
@@ -123,7 +137,7 @@ def extract(
     n = int(getattr(loader, "num_samples", 0) or 0)
     if n <= 0:
         raise ValueError("eval loader reports no videos (num_samples == 0)")
-    sums, counts, labels = encode_clips(encoder, loader, device, n, stream, amp, progress, desc)
+    sums, counts, labels = encode_clips(encoder, loader, device, n, stream, amp, progress, desc, clip_l2norm)
     seen = (counts > 0).to(torch.int64)
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         # Each video lives on exactly one rank, so summing rows assembles the whole split everywhere.

@@ -4,9 +4,15 @@ Protocol of CoCLR / ViCC (section 4): every test video is a query, every train v
 counts as a hit at k if any of its k nearest gallery videos shares its class. Numbers are percentages, as the
 papers report them.
 
-R+F fusion, both forms reported:
-- ``sum``: the similarity of a pair is the sum of its RGB and its flow cosine similarity (CoCLR's two-stream
-  retrieval). Summing cosine similarities equals the dot product of the concatenated per-stream normalised
+Features as the released ``test_retrieval`` (ViCC and CoCLR ``main_classifier.py``) builds them, by default
+(``eval.retrieval_*``, :func:`retrieval_cfg`): centre-cropped clips, each clip's feature L2-normalised, averaged
+per video (one clip per train video; ``data.eval_clips`` uniformly spaced clips per test video, where the
+released code takes every half-overlapping window), then each split centred by its own mean and L2-normalised.
+
+R+F fusion, both forms reported (the released code has no R+F retrieval; the papers average the two streams'
+similarity scores, CoCLR Table 3, ViCC Table 1 "averaging predictions"):
+- ``sum``: the similarity of a pair is the sum of its RGB and its flow cosine similarity (it ranks the gallery
+  as the papers' average does). Summing cosine similarities equals the dot product of the concatenated per-stream normalised
   features, which is how it is computed here (one matrix product, same chunking).
 - ``concat``: the raw (clip-averaged, not yet normalised) features of the two streams are concatenated, then
   centred and normalised as one vector; each stream then weighs in by its own feature norm, so this differs from
@@ -15,12 +21,13 @@ R+F fusion, both forms reported:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from vicc_fast.config import Stream
+from vicc_fast.config import Config, Stream
 
 DEFAULT_CHUNK = 1024
 DEFAULT_GALLERY_CHUNK = 65536
@@ -197,6 +204,17 @@ def fused_recall(
     return out
 
 
+def retrieval_cfg(cfg: Config, split: str) -> Config:
+    """The config the retrieval features of ``split`` are read with: ``eval.retrieval_crop`` as the eval crop,
+    and for the train (gallery) split ``eval.retrieval_train_clips`` clips per video when > 0 (released
+    ``test_retrieval``: a centre crop, one clip of each train video, half-overlapping windows of each test one).
+    Everything else (frames, crop fraction, backend) as ``cfg``."""
+    data = dataclasses.replace(cfg.data, eval_crop=cfg.eval.retrieval_crop)
+    if split == "train" and cfg.eval.retrieval_train_clips > 0:
+        data = dataclasses.replace(data, eval_clips=cfg.eval.retrieval_train_clips)
+    return dataclasses.replace(cfg, data=data)
+
+
 def evaluate_phase(
     cfg,  # noqa: ANN001  vicc_fast.config.Config (untyped here to keep this module import-light)
     method,  # noqa: ANN001  vicc_fast.methods.base.Method
@@ -228,8 +246,15 @@ def evaluate_phase(
     labels: dict[str, torch.Tensor] = {}
     for split in ("train", "test"):
         for s in streams:
-            loader = loader_factory(cfg, split, s)
-            f, lbl, _ = extract(encoders[s], loader, device, stream=s, amp=cfg.train.amp)
+            loader = loader_factory(retrieval_cfg(cfg, split), split, s)
+            f, lbl, _ = extract(
+                encoders[s],
+                loader,
+                device,
+                stream=s,
+                amp=cfg.train.amp,
+                clip_l2norm=cfg.eval.retrieval_clip_l2norm,
+            )
             feats[split][s] = f
             if split in labels and not torch.equal(labels[split], lbl):
                 raise RuntimeError(f"{split}: labels differ between streams (loader order is not stable)")

@@ -24,7 +24,7 @@ from vicc_fast.eval import plots, report
 from vicc_fast.eval.cache import FeatureCache, cache_key, feature_settings
 from vicc_fast.eval.features import centre_normalise, extract
 from vicc_fast.eval.inputs import EvalInputError, check_dataset, encoder_sha256, load_checkpoint, thumbnail
-from vicc_fast.eval.retrieval import fused_recall, nearest_neighbours
+from vicc_fast.eval.retrieval import fused_recall, nearest_neighbours, retrieval_cfg
 
 
 def run_dir_of(ckpt: Path) -> Path:
@@ -103,9 +103,18 @@ class Evaluation:
 
         return build_loader(cfg or self.cfg, split, mode, (stream,), 1, 0, 1, self.device)
 
-    def features(self, stream: Stream, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw clip-averaged features ``[N, F]`` and labels ``[N]`` of a split, from the cache when present."""
-        key = cache_key(self.weights_sha[stream], stream, split, self.cfg, self.data.manifest_sha256)
+    def features(
+        self, stream: Stream, split: str, retrieval: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw clip-averaged features ``[N, F]`` and labels ``[N]`` of a split, from the cache when present.
+
+        ``retrieval``: read as the retrieval protocol reads them (:func:`retrieval_cfg`: its crop and train
+        clips; clip features L2-normalised before the average with ``eval.retrieval_clip_l2norm``)."""
+        cfg = retrieval_cfg(self.cfg, split) if retrieval else self.cfg
+        clip_l2norm = retrieval and self.cfg.eval.retrieval_clip_l2norm
+        key = cache_key(
+            self.weights_sha[stream], stream, split, cfg, self.data.manifest_sha256, clip_l2norm=clip_l2norm
+        )
 
         def compute() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             t0 = time.perf_counter()
@@ -120,12 +129,13 @@ class Evaluation:
                 enc = enc.to(memory_format=torch.channels_last_3d)
             return extract(
                 enc,
-                self.loader(split, "eval", stream),
+                self.loader(split, "eval", stream, cfg),
                 self.device,
                 stream=stream,
                 amp=self.cfg.train.amp,
                 progress=self.progress,
                 desc=f"{split} {stream.value} features",
+                clip_l2norm=clip_l2norm,
             )
 
         feats, labels, _ = self.cache.get(key, compute, name=f"{split}_{stream.value}")
@@ -138,9 +148,10 @@ class Evaluation:
 
     # ------------------------------------------------------------------------------------------ protocols
     def retrieval(self) -> dict[str, float]:
-        q = {s: self.features(s, "test")[0] for s in self.streams}
-        g = {s: self.features(s, "train")[0] for s in self.streams}
-        ql, gl = self.features(self.streams[0], "test")[1], self.features(self.streams[0], "train")[1]
+        q = {s: self.features(s, "test", retrieval=True)[0] for s in self.streams}
+        g = {s: self.features(s, "train", retrieval=True)[0] for s in self.streams}
+        ql = self.features(self.streams[0], "test", retrieval=True)[1]
+        gl = self.features(self.streams[0], "train", retrieval=True)[1]
         res = fused_recall(
             q, ql, g, gl, list(self.cfg.eval.recall_ks), chunk=self.cfg.eval.knn_chunk,
             centre_each=self.cfg.eval.retrieval_centre_each,

@@ -51,6 +51,11 @@ class PhaseSpec:
     lr_epochs: int = 0
 
     @property
+    def cross(self) -> bool:
+        """A cross-stream / co-training phase: one stream trained against the other, frozen."""
+        return self.frozen_stream is not None
+
+    @property
     def trained_streams(self) -> tuple[Stream, ...]:
         """The streams whose encoders this phase optimises (evaluation reports each of them)."""
         return self.streams if self.joint else (self.train_stream,)
