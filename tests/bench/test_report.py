@@ -20,7 +20,7 @@ def fake_record(method: str, seed: int, r1: dict[str, float]) -> dict:
     t = {"wall_s": 600.0, "load_before": 0.1, "load_after": 2.0}
     return {"record": "demo_run", "method": method, "seed": seed, "rows": rows,
             "timing": {"commands": ["x"], "train": t, "linear": dict(t, wall_s=60.0)},
-            "env": {"git_commit": "abcdef0123", "cpu_count": 2, "gpu": None}}  # fmt: skip
+            "env": {"git_commit": "abcdef0123", "cpu_count": 2, "gpu": None}, "eval_results": {}}  # fmt: skip
 
 
 def write(folder: Path, rec: dict) -> None:

@@ -6,7 +6,7 @@
 
 A block sits between ``<!-- NAME:begin ... -->`` and ``<!-- NAME:end -->`` in a markdown file; everything between
 the markers is generated. Blocks: the demo (README.md: ViCC's per-phase kNN over the seeds of
-``benchmarks/results/demo/vicc_seed*.json``), the comparison (README.md: stage-2 / joint rows; and
+``benchmarks/results/demo/vicc_seed*.json``; and every protocol of ViCC), the comparison (README.md: stage-2 / joint rows; and
 configs/compare/README.md: every row) over the seeds that have a record for every method.
 """
 
@@ -106,33 +106,43 @@ def _complete_seeds(recs: list[dict[str, Any]]) -> list[int]:
     return sorted(s for s, ms in by_seed.items() if ms == methods)
 
 
-def compare_block(recs: list[dict[str, Any]], stage2_only: bool) -> str:
-    """Method/model rows, mean ± sd over the seeds every method has; stage2_only keeps stage-2 / joint rows."""
+def compare_block(
+    recs: list[dict[str, Any]],
+    stage2_only: bool,
+    methods: tuple[str, ...] = (),
+    columns: tuple[str, ...] = COMPARE_COLS,
+) -> str:
+    """Method/model rows, mean ± sd over the seeds every method has (``methods``: only these; empty = all);
+    stage2_only keeps stage-2 / joint rows."""
+    recs = [r for r in recs if not methods or r["method"] in methods]
     seeds = _complete_seeds(recs)
-    use = [r for r in recs if r["seed"] in seeds]
-    methods = list(dict.fromkeys(r["method"] for r in use))
-    if len(methods) < 2:
-        return "(no comparison records yet: `python -m vicc_fast.bench demo --methods vicc,coclr,goca,sview`)"
-    head = ["method", "model", *COMPARE_COLS]
+    use = [r for r in recs if r["seed"] in seeds and r.get("eval_results") is not None]
+    present = list(dict.fromkeys(r["method"] for r in use))
+    if not present or (not methods and len(present) < 2):
+        return (
+            "(no records with evaluations yet: `python -m vicc_fast.bench demo --methods vicc,coclr,goca,sview "
+            "--protocols retrieval,cluster,linear`)"
+        )
+    head = ["method", "model", *columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
-    for m in methods:
+    for m in present:
         mine = [r for r in use if r["method"] == m]
         labels = [lb for lb in mine[0]["rows"] if not lb.endswith("(concat)")]
         if stage2_only:
             labels = [lb for lb in labels if lb.endswith(("-2", "-joint")) or lb == "R+F"]
         for lb in labels:
             cells = []
-            for c in COMPARE_COLS:
+            for c in columns:
                 vals = [r["rows"].get(lb, {}).get(c) for r in mine]
                 cells.append("–" if any(v is None for v in vals) else mean_spread(vals))
             lines.append("| " + " | ".join([METHOD_NAMES[m], lb, *cells]) + " |")
     walls = {
         METHOD_NAMES[m]: statistics.median(
-            sum(v["wall_s"] for k, v in r["timing"].items() if isinstance(v, dict) and "wall_s" in v)
+            sum(v["wall_s"] for v in r["timing"].values() if isinstance(v, dict) and "wall_s" in v)
             for r in use
             if r["method"] == m
         )
-        for m in methods
+        for m in present
     }
     lines += [
         "",
@@ -147,6 +157,9 @@ def compare_block(recs: list[dict[str, Any]], stage2_only: bool) -> str:
 # (doc, block name) -> generator
 BLOCKS: dict[tuple[str, str], Callable[[list[dict[str, Any]]], str]] = {
     ("README.md", "demo-table"): demo_block,
+    ("README.md", "vicc-eval-table"): lambda recs: compare_block(
+        recs, stage2_only=False, methods=("vicc",), columns=(*COMPARE_COLS, "proto nmi")
+    ),
     ("README.md", "compare-table"): lambda recs: compare_block(recs, stage2_only=True),
     ("configs/compare/README.md", "compare-table"): lambda recs: compare_block(recs, stage2_only=False),
 }
