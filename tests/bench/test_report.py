@@ -17,8 +17,19 @@ def fake_record(method: str, seed: int, r1: dict[str, float]) -> dict:
     rows = {
         lb: {"R@1": r1.get(lb, 50.0), "R@5": 80.0, "R@10": 90.0, "R@20": 95.0, "linear": 30.0} for lb in ROWS
     }
+    phases = {
+        "rgb1": {"report": "RGB-1", "rows": {"rgb": "RGB-1"}, "metrics": {}},
+        "flow1": {"report": "Flow-1", "rows": {"flow": "Flow-1"}, "metrics": {}},
+        "cross_flow_c2": {"report": "RGB-2", "rows": {"rgb": "RGB-2", "flow": "Flow-2"}, "metrics": {}},
+    }
+    for ph in phases.values():
+        for stream, label in ph["rows"].items():
+            ph["metrics"].update({f"{stream}/{c}": v for c, v in rows[label].items() if c.startswith("R@")})
+        if len(ph["rows"]) == 2:
+            ph["metrics"].update({f"rf_sum/{c}": v for c, v in rows["R+F-2"].items() if c.startswith("R@")})
     t = {"wall_s": 600.0, "load_before": 0.1, "load_after": 2.0}
     return {"record": "demo_run", "method": method, "seed": seed, "rows": rows,
+            "engine_results": {"phases": phases},
             "timing": {"commands": ["x"], "train": t, "linear": dict(t, wall_s=60.0)},
             "env": {"git_commit": "abcdef0123", "cpu_count": 2, "gpu": None}, "eval_results": {}}  # fmt: skip
 
