@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from vicc_fast.checkpoint import CheckpointError
     from vicc_fast.engine import distributed as D
-    from vicc_fast.engine.checkpoint import CheckpointError
     from vicc_fast.engine.heartbeat import Heartbeat
     from vicc_fast.engine.runlock import LauncherWatch, RunLock, RunLockError, launched_by_torchrun
     from vicc_fast.engine.trainer import (
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         lost = beat.lost() if beat is not None else None
         if lost is None:
             raise
-        from vicc_fast.engine.checkpoint import latest_path
+        from vicc_fast.checkpoint import latest_path
 
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         print(

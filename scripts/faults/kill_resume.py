@@ -129,7 +129,7 @@ def train_part(
 ) -> dict[str, Any]:
     import torch
 
-    from vicc_fast.engine import checkpoint as ckpt
+    from vicc_fast import checkpoint as ckpt
 
     _, shards = make_sources(work)
     cmd = [

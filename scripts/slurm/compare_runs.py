@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from vicc_fast.engine import checkpoint as ckpt
+from vicc_fast import checkpoint as ckpt
 
 
 def losses(run: Path) -> dict[tuple[str, int], float]:

@@ -78,10 +78,58 @@ def test_jpeg_lmdb_baseline_reads_what_the_shards_hold(tmp_path) -> None:
             r, f = b.views[Stream.rgb][v], b.views[Stream.flow][v]
             assert r.shape == f.shape == (2, 3, 5, 32, 32)
             fr = frames_from_code(rgb_values(r).mean(axis=(2, 3))[..., 0])
-            ff = frames_from_code(255 - flow_values(f).mean(axis=(2, 3))[..., 1])  # y is never negated
+            # flow is normalised like RGB (ImageNet mean/std), as the released code does
+            ff = frames_from_code(255 - flow_values(f, "imagenet").mean(axis=(2, 3))[..., 1])
             np.testing.assert_array_equal(fr, ff)
             np.testing.assert_array_equal(np.diff(fr, axis=1), 2)
-            assert float(f[:, 2].abs().max()) == 0.0
+
+
+def _grid_batches(tmp_path, *over: str) -> list:
+    from data_prep.patterns import make_set
+    from vicc_fast import config
+    from vicc_fast.bench.jpeg_lmdb import JpegLmdbLoader, build
+    from vicc_fast.config import Stream
+
+    root = make_set(tmp_path / "grid", "grid", n_train=4, n_test=1)
+    build(root, tmp_path / "lmdb")
+    cfg = config.load(None, [f"data.root={root}", "data.num_frames=3", "data.crop_size=24", "data.threads=1",
+                             "train.batch_size=4", *over])  # fmt: skip
+    return list(JpegLmdbLoader(tmp_path / "lmdb", cfg, (Stream.rgb, Stream.flow), 2))
+
+
+def test_jpeg_lmdb_augments_rgb_and_flow_as_one_sequence(tmp_path) -> None:
+    """The released transform sees [rgb_i, flow_i] as one frame sequence: one crop and one flip for both, flow x
+    not negated on a flip, flow normalised like RGB. On the grid pattern (RGB R = flow x, RGB G = flow y) the two
+    streams then come out equal pixel for pixel; another window, flip or a negated x would break that."""
+    import numpy as np
+
+    from vicc_fast.config import Stream
+    from vicc_fast.data.augment import flow_values, rgb_values
+
+    for b in _grid_batches(tmp_path, "data.color_jitter_prob=0", "data.grayscale_prob=0", "data.blur_prob=0"):
+        for v in range(2):
+            r = rgb_values(b.views[Stream.rgb][v])[..., :2]
+            f = flow_values(b.views[Stream.flow][v], "imagenet")[..., :2]
+            assert np.abs(r - f).max() < 12  # JPEG and bicubic: a few levels; a mirrored ramp is off by ~100
+
+
+def test_jpeg_lmdb_gives_flow_the_strong_augmentation(tmp_path) -> None:
+    """With every view strong (controller off) and grayscale certain, flow gets the channel split too (the
+    released code applies the base transform to flow frames as images): its three channels are one."""
+    import numpy as np
+
+    from vicc_fast.config import Stream
+    from vicc_fast.data.augment import flow_values
+
+    over = [
+        "data.aug_controller=false",
+        "data.grayscale_prob=1",
+        "data.color_jitter_prob=0",
+        "data.blur_prob=0",
+    ]
+    for b in _grid_batches(tmp_path, *over):
+        f = flow_values(b.views[Stream.flow][0], "imagenet")
+        assert np.abs(f - f[..., :1]).max() < 1e-3
 
 
 def test_loader_bench_three_backends(tmp_path, monkeypatch) -> None:

@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from vicc_fast import checkpoint as ckpt
 from vicc_fast import config as C
 from vicc_fast.config import FlowMethod, SyntheticConfig
-from vicc_fast.engine import checkpoint as ckpt
 from vicc_fast.engine.trainer import Trainer, results_table
+from vicc_fast.eval.inputs import load_checkpoint
 from vicc_fast.methods import build_method
 
 
@@ -73,8 +74,9 @@ def test_two_phases_through_the_real_loader_with_exact_resume(shards, tmp_path):
     table = results_table(res, ref.phases()).splitlines()
     assert [ln.split()[0] for ln in table[1:]] == ["RGB-1", "Flow-1"]
     assert 0 <= res["flow1"]["metrics"]["flow/R@1"] <= 100
-    encoders, saved_cfg = ckpt.load_encoders(ckpt.phase_path(cfg.train.out_dir, "rgb1"))
-    assert saved_cfg.model == cfg.model and set(encoders) == {C.Stream.rgb, C.Stream.flow}
+    saved = load_checkpoint(ckpt.phase_path(cfg.train.out_dir, "rgb1"))  # what evaluation reads
+    encoders = saved.encoders
+    assert saved.cfg.model == cfg.model and set(encoders) == {C.Stream.rgb, C.Stream.flow}
     assert not encoders[C.Stream.rgb].training
     # rgb1.pt holds the RGB encoder as it was at the end of rgb1 (flow1 never touches it)
     for k, v in encoders[C.Stream.rgb].state_dict().items():

@@ -13,7 +13,8 @@ import textwrap
 import pytest
 import torch
 
-from vicc_fast.engine import checkpoint as ckpt
+from vicc_fast import checkpoint as ckpt
+from vicc_fast.engine.resume import find_resume
 from vicc_fast.engine.trainer import Trainer
 
 from .test_trainer import make_cfg
@@ -70,14 +71,14 @@ def test_all_checkpoints_damaged_is_an_error_naming_them(tmp_path):
         p.write_bytes(b"garbage")
     lines: list[str] = []
     with pytest.raises(ckpt.CheckpointError, match=r"last\.pt is damaged and .* holds no other good one"):
-        ckpt.find_resume(cfg.train.out_dir, lines.append)
+        find_resume(cfg.train.out_dir, lines.append)
     assert any("previous.pt" in ln and "skipped" in ln for ln in lines)
 
 
 _DISK_FULL = textwrap.dedent(
     """
     import resource, signal, sys, torch
-    from vicc_fast.engine import checkpoint as ckpt
+    from vicc_fast import checkpoint as ckpt
     path = sys.argv[1]
     ckpt.save(path, {"config": {}, "method": {"w": torch.zeros(10)}, "phase": "a", "epoch": 0, "step": 1,
                      "optimizer": None, "scaler": None, "rng": {}})

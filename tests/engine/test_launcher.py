@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from vicc_fast.engine import checkpoint as ckpt
+from vicc_fast import checkpoint as ckpt
 from vicc_fast.engine.runlock import LOCK_NAME, RunLock, RunLockError
 
 from .test_e2e import TINY_MODEL

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
+from vicc_fast import checkpoint as ckpt
 from vicc_fast import config as C
-from vicc_fast.engine import checkpoint as ckpt
 from vicc_fast.engine.trainer import (
     NonFiniteLossError,
     ResumeError,

@@ -76,7 +76,7 @@ TINY = ["model.backbone=tiny", "model.tiny_width=4", "model.proj_hidden=8", "mod
 
 def save_tiny_ckpt(path, completed, phase=None, overrides=()):
     """A real checkpoint (engine format) of a randomly initialised tiny ViCC that claims `completed` phases."""
-    from vicc_fast.engine import checkpoint as ckpt
+    from vicc_fast import checkpoint as ckpt
     from vicc_fast.methods import build_method
 
     cfg = C.load(None, [*TINY, *overrides])

@@ -5,10 +5,15 @@ What the released ViCC loader does (it builds on CoCLR's), written by us from it
 - storage: one LMDB per stream; per video one key (``%09d``, the sample index) holding a msgpack list of JPEG
   frames; flow frames are RGB JPEGs of (x, y, 0) in the stored [0, 255] coding; meta keys ``__len__``,
   ``__vlen__`` (frames per video), ``__labels__``;
-- per sample: both streams' frame lists read in one transaction, two clips sampled independently (a uniform
-  start each, T frames at the stride), every frame decoded by PIL, then frame-consistent transforms per clip on
-  PIL images, RGB and flow of one clip as one sequence (the same crop and flip): random resized crop, horizontal
-  flip, colour jitter (p) and grayscale (p) on RGB, to tensor, normalise;
+- per sample (``UCF101_2STREAM_LMDB_2CLIP`` + ``main_cross.get_transform``): both streams' frame lists read in
+  one transaction; two clips sampled independently (a uniform start each, T frames at the stride) and all 4T
+  frames decoded by PIL, even when the one-clip transform then keeps only one clip; then RGB and flow of a clip
+  augmented as ONE frame sequence: one crop window (bicubic resize), one colour jitter (brightness, contrast,
+  saturation, hue in random order), one grayscale (a channel split), one Gaussian blur and one flip for both
+  streams. A controller picks the one-clip transform (both views from one clip, exactly one strong) or the
+  two-clip transform (each view strong with p = 0.3); a view that is not strong gets crop and flip only. Flow
+  frames are images to it: jittered, blurred, flipped without negating x, and normalised with the RGB ImageNet
+  mean/std (on the GPU in the released code; on the host here, the same arithmetic);
 - a ``torch.utils.data.DataLoader`` with ``data.threads`` worker processes batches the samples.
 
 :func:`build` converts our shards into that layout (so both read the same videos); :class:`JpegLmdbLoader`
@@ -20,10 +25,10 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import shutil
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +36,7 @@ import numpy as np
 import torch
 
 from vicc_fast.config import Config, Stream
+from vicc_fast.data.augment import RGB_MEAN, RGB_STD, crop_window, flow_norm, strong_views
 from vicc_fast.data.batch import Batch
 
 JPEG_QUALITY = 90
@@ -107,69 +113,117 @@ def build(shard_root: str | Path, out: str | Path, split: str = "train", quality
     return info
 
 
-class _Clips:
-    """Frame-consistent transforms of one clip on PIL images, as the released code's ``consistent`` PIL
-    transforms: one crop window, flip and colour draw per clip, applied frame by frame."""
+@dataclass
+class _Look:
+    """How one stream of one view is augmented: crop window (left, top, width, height), flip, and the strong
+    augmentation's photometric draws (None where not applied): colour jitter as ((op, factor), ...) in the order
+    applied, the channel a grayscale keeps, the blur radius (PIL's Gaussian radius is the sigma)."""
+
+    window: tuple[int, int, int, int]
+    flip: bool
+    jitter: tuple[tuple[str, float], ...] | None = None
+    gray_channel: int | None = None
+    blur: float | None = None
+
+
+def _draw_look(rng: np.random.Generator, d: Any, w: int, h: int, strong: bool) -> _Look:
+    """One view's draws on a w x h frame from ``data.*`` (the released base transform when ``strong``, else its
+    crop-and-flip-only null transform)."""
+    top, left, ch, cw = crop_window(rng, h, w, tuple(d.crop_scale), tuple(d.aspect_ratio))
+    flip = bool(d.hflip and rng.random() < 0.5)
+    look = _Look((left, top, cw, ch), flip)
+    if not strong:
+        return look
+    if rng.random() < d.color_jitter_prob:
+        ops = [
+            ("brightness", rng.uniform(max(0.0, 1 - d.brightness), 1 + d.brightness)),
+            ("contrast", rng.uniform(max(0.0, 1 - d.contrast), 1 + d.contrast)),
+            ("saturation", rng.uniform(max(0.0, 1 - d.saturation), 1 + d.saturation)),
+            ("hue", rng.uniform(-d.hue, d.hue)),
+        ]
+        look.jitter = tuple(ops[k] for k in rng.permutation(4))  # torchvision's random order, as released
+    if rng.random() < d.grayscale_prob:
+        look.gray_channel = int(rng.integers(3))
+    if rng.random() < d.blur_prob:
+        look.blur = float(rng.uniform(*d.blur_sigma))
+    return look
+
+
+def _photometric_off(look: _Look) -> _Look:
+    return _Look(look.window, look.flip)
+
+
+def _augment(frames: list, look: _Look, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """PIL frames of one stream of one view -> [3, T, size, size] normalised ``(x / 255 - mean) / std``, in the
+    released base transform's order: crop + bicubic resize, jitter, grayscale, blur, flip, to tensor."""
+    import torchvision.transforms.functional as TF
+    from PIL import Image, ImageFilter
+
+    adjust = {
+        "brightness": TF.adjust_brightness,
+        "contrast": TF.adjust_contrast,
+        "saturation": TF.adjust_saturation,
+        "hue": TF.adjust_hue,
+    }
+    x, y, cw, ch = look.window
+    out = []
+    for im in frames:
+        im = im.resize((size, size), Image.BICUBIC, box=(x, y, x + cw, y + ch))
+        for op, f in look.jitter or ():
+            im = adjust[op](im, f)
+        if look.gray_channel is not None:  # the released RandomGray: one channel copied to all three
+            im = Image.merge("RGB", [im.getchannel(look.gray_channel)] * 3)
+        if look.blur is not None:
+            im = im.filter(ImageFilter.GaussianBlur(radius=look.blur))
+        if look.flip:
+            im = im.transpose(Image.FLIP_LEFT_RIGHT)
+        out.append((TF.to_tensor(im) - mean) / std)
+    return torch.stack(out, 1)
+
+
+class _Views:
+    """The released per-sample augmentation, with its probabilities and switches read from ``data.*`` (whose
+    defaults are the released choices; the project's loaders read the same keys, so all backends do the same
+    work per sample under one config)."""
 
     def __init__(self, cfg: Config) -> None:
-        from vicc_fast.data.augment import RGB_MEAN, RGB_STD
-
         self.d = cfg.data
-        self.mean = torch.tensor(RGB_MEAN).view(3, 1, 1) / 255
-        self.std = torch.tensor(RGB_STD).view(3, 1, 1) / 255
-
-    def _window(self, w: int, h: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
-        """torchvision's RandomResizedCrop draw: (left, top, width, height)."""
-        area = w * h
-        lo, hi = self.d.crop_scale
-        r_lo, r_hi = (math.log(x) for x in self.d.aspect_ratio)
-        for _ in range(10):
-            a = area * rng.uniform(lo, hi)
-            ratio = math.exp(rng.uniform(r_lo, r_hi))
-            cw, ch = round(math.sqrt(a * ratio)), round(math.sqrt(a / ratio))
-            if 0 < cw <= w and 0 < ch <= h:
-                return int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1)), cw, ch
-        s = min(w, h)
-        return (w - s) // 2, (h - s) // 2, s, s
-
-    def __call__(self, rgb: list, flow: list, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """PIL frames of one clip -> RGB [3, T, c, c] normalised and flow [3, T, c, c] in [-1, 1]."""
-        import torchvision.transforms.functional as TF
-        from PIL import Image
-
-        c = self.d.crop_size
-        x, y, cw, ch = self._window(*rgb[0].size, rng)
-        flip = self.d.hflip and rng.random() < 0.5
-        jitter = rng.random() < self.d.color_jitter_prob
-        gray = rng.random() < self.d.grayscale_prob
-        b, k, s = (
-            rng.uniform(max(0.0, 1 - f), 1 + f)
-            for f in (self.d.brightness, self.d.contrast, self.d.saturation)
+        self.rgb_norm = (
+            torch.tensor(RGB_MEAN).view(3, 1, 1) / 255,
+            torch.tensor(RGB_STD).view(3, 1, 1) / 255,
         )
-        hue = rng.uniform(-self.d.hue, self.d.hue)
+        mean, std = flow_norm(str(getattr(self.d.flow_normalisation, "value", self.d.flow_normalisation)))
+        self.flow_norm = (
+            torch.tensor(mean).float().view(3, 1, 1) / 255,
+            torch.tensor(std).float().view(3, 1, 1) / 255,
+        )
 
-        def geom(im):
-            im = im.resize((c, c), Image.BILINEAR, box=(x, y, x + cw, y + ch))
-            return im.transpose(Image.FLIP_LEFT_RIGHT) if flip else im
-
-        out_rgb = []
-        for im in rgb:
-            im = geom(im)
-            if jitter:
-                im = TF.adjust_hue(
-                    TF.adjust_saturation(TF.adjust_contrast(TF.adjust_brightness(im, b), k), s), hue
-                )
-            if gray:
-                im = TF.to_grayscale(im, num_output_channels=3)
-            out_rgb.append((TF.to_tensor(im) - self.mean) / self.std)
-        out_flow = []
-        for im in flow:
-            t = TF.to_tensor(geom(im)) * 2 - 1  # [0, 255] coding -> [-1, 1]
-            if flip:
-                t[0] = -t[0]
-            t[2] = 0
-            out_flow.append(t)
-        return torch.stack(out_rgb, 1), torch.stack(out_flow, 1)
+    def __call__(
+        self, clips: list[tuple[list, list]], rng: np.random.Generator
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """clips: per view its decoded (RGB frames, flow frames), PIL images of one size -> per view (RGB [3, T,
+        c, c], flow [3, T, c, c]). With probability ``same_start_prob`` every view takes one clip, drawn among
+        them (the released one-clip transform discards the other after decoding it)."""
+        d = self.d
+        same = rng.random(1) < d.same_start_prob
+        if same[0]:
+            k = int(rng.integers(len(clips)))
+            clips = [clips[k]] * len(clips)
+        strong = strong_views(rng, same, len(clips), d)[:, 0]
+        w, h = clips[0][0][0].size
+        out = []
+        for (rgb, flow), st in zip(clips, strong, strict=True):
+            look_rgb = _draw_look(rng, d, w, h, bool(st))
+            look_flow = look_rgb if d.align_streams else _draw_look(rng, d, w, h, bool(st))
+            if not d.flow_photometric:
+                look_flow = _photometric_off(look_flow)
+            r = _augment(rgb, look_rgb, d.crop_size, *self.rgb_norm)
+            f = _augment(flow, look_flow, d.crop_size, *self.flow_norm)
+            if look_flow.flip and d.flow_flip_negate:  # mirrored motion: x -> 255 - x before normalising
+                mean, std = self.flow_norm
+                f[0] = (1 - (f[0] * std[0] + mean[0]) - mean[0]) / std[0]
+            out.append((r, f))
+        return out
 
 
 class _Dataset(torch.utils.data.Dataset):
@@ -186,7 +240,7 @@ class _Dataset(torch.utils.data.Dataset):
             self.labels = msgpack.loads(txn.get(b"__labels__"))
             self.keys = msgpack.loads(txn.get(b"__keys__"))
         self.envs: dict[Stream, Any] | None = None  # opened in each worker (an LMDB handle does not fork)
-        self.clips = _Clips(cfg)
+        self.views = _Views(cfg)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -216,12 +270,16 @@ class _Dataset(torch.utils.data.Dataset):
             with self.envs[s].begin() as txn:
                 raw[s] = msgpack.loads(txn.get(_key(self.keys[i])))
         out: dict[str, Any] = {"label": self.labels[i], "index": self.keys[i]}
-        for v in range(self.num_views):
+        clips = []
+        for _ in range(self.num_views):  # every clip is decoded, as the released double sampler's frames are
             start = int(rng.integers(0, self.vlen[i] - span + 1))
             idx = range(start, start + span, d.stride)
-            rgb = [Image.open(io.BytesIO(raw[Stream.rgb][j])).convert("RGB") for j in idx]
-            flow = [Image.open(io.BytesIO(raw[Stream.flow][j])).convert("RGB") for j in idx]
-            r, f = self.clips(rgb, flow, rng)
+            rgb, flow = (
+                [Image.open(io.BytesIO(raw[s][j])).convert("RGB") for j in idx]
+                for s in (Stream.rgb, Stream.flow)
+            )
+            clips.append((rgb, flow))
+        for v, (r, f) in enumerate(self.views(clips, rng)):
             out[f"rgb{v}"], out[f"flow{v}"] = r, f
         return out
 

@@ -6,10 +6,10 @@
 - optim.py: LARS (SwAV/apex LARC, trust 0.001, no clipping; biases and norm parameters neither decayed nor
   adapted; ``torch._foreach`` math, no host sync per parameter), SGD/Adam with the same groups, warmup + cosine lr
   per step, lr scaled by global batch / base_batch when ``optim.scale_lr``.
-- checkpoint.py: atomic ``save``/``load``/``load_encoders``; run folder layout::
+- resume.py: which checkpoint ``train.resume=auto`` continues (a damaged last.pt falls back to the newest good
+  one), each rank's own buffers, RNG states. The checkpoint file itself (save, load, checks, the run folder's
+  ``checkpoints/`` layout) is ``vicc_fast/checkpoint.py``, which evaluation reads too. The rest of a run folder::
 
-      out_dir/checkpoints/last.pt            every train.ckpt_every_steps steps and at every phase end (resume=auto)
-      out_dir/checkpoints/<phase>.pt         kept at each phase end (evaluation, later phases)
       out_dir/checkpoints/ranks/rank<r>-<step>.pt   ranks > 0: their own buffers (queues, BN statistics)
       out_dir/results.json                   evaluation results per phase
       out_dir/tb/                            TensorBoard: <phase>/<loss term>, lr, clips_per_s, data_wait_pct,

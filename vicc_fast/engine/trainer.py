@@ -28,9 +28,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from vicc_fast import atomic
+from vicc_fast import checkpoint as ckpt
 from vicc_fast import config as C
 from vicc_fast.data.batch import Batch
-from vicc_fast.engine import checkpoint as ckpt
+from vicc_fast.engine import resume
 from vicc_fast.engine.distributed import BatchShuffle, DistInfo, barrier, derive_seed
 from vicc_fast.engine.logging import Meter, Profiler, RunLogger, nvtx_range
 from vicc_fast.engine.optim import build_optimizer, build_schedule, grad_norm, set_lr
@@ -314,12 +315,12 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ resume
     def _resume_source(self) -> tuple[Path, dict] | None:
-        """(checkpoint, its state) to resume from; auto skips a damaged last.pt, saying so (checkpoint.find_resume)."""
+        """(checkpoint, its state) to resume from; auto skips a damaged last.pt, saying so (resume.find_resume)."""
         r = self.cfg.train.resume
         if r == "never":
             return None
         if r == "auto":
-            return ckpt.find_resume(self.out_dir, self.logger.write)
+            return resume.find_resume(self.out_dir, self.logger.write)
         return Path(r), ckpt.load(r, map_location="cpu")
 
     def _load_results(self) -> None:
@@ -339,7 +340,7 @@ class Trainer:
         self._load_method(state, src)
         self.completed = list(state.get("completed", []))
         self.run_step = int(state.get("global_step", 0))
-        ckpt.restore_rng(state["rng"])
+        resume.restore_rng(state["rng"])
         self._load_results()
         known = {p.name for p in phases}
         unknown = [n for n in self.completed if n not in known]
@@ -360,7 +361,7 @@ class Trainer:
         ckpt.load_method_state(self.method, state["method"], src)
         if self.dist.distributed and not self.dist.is_main:
             step = int(state.get("global_step", 0))
-            if not ckpt.load_rank_buffers(self.out_dir, self.dist.rank, step, self.method):
+            if not resume.load_rank_buffers(self.out_dir, self.dist.rank, step, self.method):
                 self.logger.write(f"rank {self.dist.rank}: no saved buffers of its own, starts from rank 0's")
 
     # ------------------------------------------------------------------------------------------ run
@@ -648,7 +649,7 @@ class Trainer:
             # Buffers (feature queues, BN statistics) differ per rank: each rank keeps its own beside last.pt,
             # written before it, named by the run step so that last.pt always finds the matching set.
             if not self.dist.is_main:
-                ckpt.save_rank_buffers(self.out_dir, self.dist.rank, self.run_step, self.method)
+                resume.save_rank_buffers(self.out_dir, self.dist.rank, self.run_step, self.method)
             barrier()
         if self.dist.is_main:
             state = {
@@ -659,7 +660,7 @@ class Trainer:
                 "step": step,
                 "optimizer": _to_cpu(optimizer),
                 "scaler": scaler,
-                "rng": ckpt.capture_rng(),
+                "rng": resume.capture_rng(),
                 "completed": list(self.completed),
                 "global_step": self.run_step,
                 "steps_per_epoch": getattr(self, "_spe", 0),
@@ -671,7 +672,7 @@ class Trainer:
                 ckpt.save(ckpt.phase_path(self.out_dir, phase.name), state)
         barrier()
         if self.dist.distributed and not self.dist.is_main:
-            ckpt.prune_rank_buffers(self.out_dir, self.dist.rank, keep=self.run_step)
+            resume.prune_rank_buffers(self.out_dir, self.dist.rank, keep=self.run_step)
 
 
 def _to_cpu(obj: Any) -> Any:

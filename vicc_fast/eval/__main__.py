@@ -132,8 +132,8 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from vicc_fast.checkpoint import CheckpointError
     from vicc_fast.data.manifest import DataError
-    from vicc_fast.engine.checkpoint import CheckpointError
     from vicc_fast.eval.inputs import EvalInputError
 
     try:

@@ -1,7 +1,7 @@
 """What an evaluation starts from, checked before any compute: the checkpoint and the shard set.
 
 - :func:`load_checkpoint`: the trained method from a checkpoint (a truncated or foreign file, or one whose
-  weights do not fit the backbone its config names, is a :class:`~vicc_fast.engine.checkpoint.CheckpointError`
+  weights do not fit the backbone its config names, is a :class:`~vicc_fast.checkpoint.CheckpointError`
   naming the file), the config it was trained with plus the caller's ``key=value`` overrides (``model.*``
   cannot be overridden: the weights fix the architecture), and which table row each stream's encoder belongs
   to (RGB-1 after ``rgb1``, RGB-2 after the cross-stream stage, ...).
@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
+from vicc_fast import checkpoint as ckpt
 from vicc_fast import config as C
 from vicc_fast.config import Stream
 from vicc_fast.methods.base import STREAM_LABEL
@@ -128,7 +129,6 @@ def stage_checkpoints(run_dir: str | Path) -> list[Path]:
     Reads ``<run>/checkpoints/<phase>.pt`` (the engine keeps one per finished phase) and picks, for each stage,
     the latest phase whose checkpoint exists; falls back to ``last.pt`` when no phase checkpoint exists.
     """
-    from vicc_fast.engine import checkpoint as ckpt
     from vicc_fast.methods import build_method
 
     folder = Path(run_dir) / "checkpoints"
@@ -152,15 +152,11 @@ def stage_checkpoints(run_dir: str | Path) -> list[Path]:
 
 def load_checkpoint(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedCheckpoint:
     """The method stored in checkpoint ``path`` (CPU, eval mode) with its config and stream labels."""
-    from vicc_fast.engine import checkpoint as ckpt
     from vicc_fast.methods import build_method
 
     p = Path(path)
     state = ckpt.load(p, map_location="cpu")
-    try:
-        trained_cfg = C.from_dict(state["config"])
-    except C.ConfigError as exc:
-        raise ckpt.CheckpointError(f"checkpoint {p}: stored config is invalid: {exc}") from None
+    trained_cfg = ckpt.stored_config(state, p)
     cfg = apply_overrides(trained_cfg, overrides)
     method = build_method(trained_cfg)
     ckpt.load_method_state(method, state["method"], p)  # strict: another backbone is a CheckpointError
