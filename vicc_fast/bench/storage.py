@@ -91,7 +91,7 @@ def _per_video(out: Path) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from data_prep import build, synthetic
+    from data_prep import build, codec, synthetic
     from data_prep.sources import Source, load_records
 
     sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
@@ -154,6 +154,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "videos": len(records),
         },
         "flow_method": args.flow,
-        "codec": {"rgb_crf": build.codec.RGB_CRF, "flow_crf": build.codec.FLOW_CRF, "gop": build.codec.GOP},
+        "codec": {"rgb_crf": codec.RGB_CRF, "flow_crf": codec.FLOW_CRF, "gop": codec.GOP},
         "rows": rows,
     }
