@@ -90,6 +90,15 @@ def _per_video(out: Path) -> dict[str, Any]:
     }
 
 
+def _versions() -> dict[str, Any]:
+    """PyAV, its FFmpeg libraries and OpenCV, which together decide the stored bytes."""
+    import av
+    import cv2
+
+    libs = {k: ".".join(map(str, v)) for k, v in getattr(av, "library_versions", {}).items()}
+    return {"av": av.__version__, "ffmpeg_libraries": libs, "opencv": cv2.__version__}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from data_prep import build, codec, synthetic
     from data_prep.sources import Source, load_records
@@ -155,5 +164,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "flow_method": args.flow,
         "codec": {"rgb_crf": codec.RGB_CRF, "flow_crf": codec.FLOW_CRF, "gop": codec.GOP},
+        "versions": _versions(),  # the bytes depend on the encoder (libvpx via PyAV) and OpenCV's flow
         "rows": rows,
     }
