@@ -4,7 +4,9 @@
 
 Stages:
 1. per video (process pool, progress bar): decode (PyAV), resize to --height x --width, flow
-   (data_prep.flow), quantise, encode both streams (data_prep.codec), and cache the result under
+   (data_prep.flow; with --flow-at source computed between the source frames, optionally capped at
+   --flow-short-side, then resized to the stored size with its vectors scaled, as the released pipelines do),
+   quantise, encode both streams (data_prep.codec), and cache the result under
    ``<out>/.work/``. A rerun skips every video whose cached outputs still match their recorded sha256 and
    settings (resumable: an interrupted build loses at most the videos in flight).
 2. pack: samples in split-list order into ``{split}-{NNNNNN}.tar`` + DALI ``.idx``, then manifest.json.
@@ -32,6 +34,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +65,17 @@ own duration is not known exactly."""
 DEFAULT_SHARD_SIZE = 100
 
 
+class FlowAt(str, Enum):
+    """Where optical flow is computed (``--flow-at``)."""
+
+    stored = "stored"
+    """between the frames resized to --height x --width (cheap; the demo's default)"""
+    source = "source"
+    """between the source frames (shorter side capped at --flow-short-side), then the flow field is resized
+    to --height x --width with x scaled by width / source width and y by height / source height: the
+    released ViCC / CoCLR recipe (TV-L1 at UCF101's 320x240)"""
+
+
 class BuildError(RuntimeError):
     """A build that cannot finish; the message names the video or file and the reason."""
 
@@ -83,6 +97,17 @@ class VideoSettings:
     gop: int = codec.GOP
     cpu_used: int = codec.CPU_USED
     cache_version: int = CACHE_VERSION
+    flow_at: str = FlowAt.stored.value
+    flow_short_side: int | None = None
+    """with flow_at source: cap on the shorter side of the frames flow is computed at (None: the source size)"""
+
+    def key(self) -> dict[str, Any]:
+        """The cache key: every field, except that flow at the stored size (the only recipe before flow_at
+        existed) leaves flow_at and flow_short_side out, so caches built before them stay valid."""
+        d = dataclasses.asdict(self)
+        if self.flow_at == FlowAt.stored.value:
+            del d["flow_at"], d["flow_short_side"]
+        return d
 
 
 @dataclass
@@ -305,7 +330,7 @@ def cached_meta(rec: Record, work: Path, settings: VideoSettings) -> dict[str, A
     try:
         meta = json.loads((d / "meta.json").read_text())
         if (
-            meta.get("settings") != dataclasses.asdict(settings)
+            meta.get("settings") != settings.key()
             or meta.get("video_id") != rec.video_id
             or meta.get("source_stamp") != _source_stamp(rec.path)
         ):
@@ -344,6 +369,8 @@ def process_video(
     # One pass, frame by frame: decode, resize, encode RGB, flow of each pair, encode flow. Memory stays flat
     # in the video's length (a 20x longer video holds no more frames); the outputs are byte-identical to
     # encode_rgb / encode_flow of the whole arrays (the same encoder calls in the same order).
+    # With flow_at source the decoder hands over full-size frames (one at a time, or a tvl1-torch chunk): each
+    # is resized for the RGB stream and, separately, to the flow size; the flow is resized to the stored size.
     if min(settings.height, settings.width) < 8:
         raise flow.FlowError(f"frames of {settings.height}x{settings.width} are too small for optical flow")
     info: dict[str, Any] = {}
@@ -364,32 +391,48 @@ def process_video(
     rgb_w = flow_w = None
     prev_grey = last_q = None
     frames = flow_frames = 0
+    stored = (settings.height, settings.width)
+    at_source = FlowAt(settings.flow_at) is FlowAt.source
+    flow_hw: tuple[int, int] | None = None if at_source else stored
+
+    def to_stored(raw: np.ndarray) -> np.ndarray:
+        """[N, fh, fw, 2] flow at the flow size -> [N, H, W, 2] at the stored size, vectors scaled."""
+        return flow.resize_flow(raw, *stored) if at_source else raw
 
     def flush() -> None:
         nonlocal pending, last_q, flow_frames
         if len(pending) < 2:
             return
         raw = flow.compute_flow(np.stack(pending), method, device=device, compile=fd.compile)[:-1]
-        for q in flow.quantize_flow(raw, settings.flow_bound):
+        for q in flow.quantize_flow(to_stored(raw), settings.flow_bound):
             flow_w.add(q)
             flow_frames += 1
             last_q = q
         pending = pending[-1:]
 
-    for frame in iter_video(rec.path, settings.height, settings.width, info):
+    for decoded in iter_video(rec.path, *((None, None) if at_source else stored), info):
         if rgb_w is None:
             rgb_w = codec.RGBWriter(fps=info["fps"], crf=settings.rgb_crf)
             flow_w = codec.FlowWriter(fps=info["fps"], crf=settings.flow_crf)
+        if flow_hw is None:
+            # from the first frame: a (rare) mid-stream size change is resized to it, so every pair matches
+            flow_hw = flow.flow_size(*decoded.shape[:2], settings.flow_short_side)
+            if min(flow_hw) < 8:
+                raise flow.FlowError(
+                    f"source frames of {flow_hw[0]}x{flow_hw[1]} are too small for optical flow"
+                )
+        frame = _resize(decoded, *stored) if at_source else decoded
+        flow_frame = _resize(decoded, *flow_hw) if at_source else decoded
         rgb_w.add(frame)
         frames += 1
         if torch_flow:
-            pending.append(frame)
+            pending.append(flow_frame)
             if len(pending) > chunk:
                 flush()
             continue
-        grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+        grey = cv2.cvtColor(flow_frame, cv2.COLOR_RGB2GRAY)
         if prev_grey is not None:
-            last_q = flow.quantize_flow(est(prev_grey, grey), settings.flow_bound)
+            last_q = flow.quantize_flow(to_stored(est(prev_grey, grey)[None])[0], settings.flow_bound)
             flow_w.add(last_q)
             flow_frames += 1
         prev_grey = grey
@@ -407,7 +450,7 @@ def process_video(
         "video_id": rec.video_id,
         "source": str(rec.path),
         "source_stamp": _source_stamp(rec.path),
-        "settings": dataclasses.asdict(settings),
+        "settings": settings.key(),
         "fps": fps,
         "frames": frames,
         "flow_frames": flow_frames,
@@ -542,12 +585,17 @@ def build(
     log=print,
     strict: bool = False,
     flow_device: FlowDevice | None = None,
+    flow_at: FlowAt | str = FlowAt.stored,
+    flow_short_side: int | None = None,
 ) -> BuildReport:
     """Build shards + manifest from records (sources.load_records) into out_dir; see the module docstring.
 
     strict: reject every video whose decode check finds anything (a shortfall against its declared frame
     count, a decode error, corrupt frames) instead of keeping it with a warning.
     flow_device: device and torch.compile switch of ``tvl1-torch`` (default: cuda when visible, compiled).
+    flow_at: FlowAt.stored (flow between the resized frames) or FlowAt.source (between the source frames, the
+    shorter side capped at flow_short_side when given, then resized to height x width; see FlowAt). Part of
+    the cache key: a rebuild under the other setting recomputes every video.
     """
     t0 = time.perf_counter()
     method = FlowMethod(flow_method)
@@ -558,6 +606,18 @@ def build(
         raise BuildError(f"--shard-size must be >= 1, got {shard_size}")
     if workers < 1:
         raise BuildError(f"--workers must be >= 1, got {workers}")
+    try:
+        at = FlowAt(flow_at)
+    except ValueError:
+        raise BuildError(f"--flow-at must be one of {[a.value for a in FlowAt]}, got {flow_at!r}") from None
+    if flow_short_side is not None and at is not FlowAt.source:
+        raise BuildError(
+            "--flow-short-side applies to --flow-at source only (stored flow is at --height x --width)"
+        )
+    if flow_short_side is not None and flow_short_side < 16:
+        raise BuildError(
+            f"--flow-short-side must be >= 16 px (TV-L1's smallest pyramid level), got {flow_short_side}"
+        )
     classes = class_names(records)  # before subsetting: the full class list
     records = _subset(records, limit)
     ids = [r.video_id for r in records]
@@ -567,7 +627,13 @@ def build(
     out = Path(out_dir)
     work = out / WORK_DIR
     work.mkdir(parents=True, exist_ok=True)
-    settings = VideoSettings(height=height, width=width, flow_method=method.value)
+    settings = VideoSettings(
+        height=height,
+        width=width,
+        flow_method=method.value,
+        flow_at=at.value,
+        flow_short_side=flow_short_side,
+    )
 
     results: dict[str, dict[str, Any]] = {}
     bad: dict[str, str] = {}
@@ -806,6 +872,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="run tvl1-torch's inner iteration through torch.compile (fused kernels, ~10x faster; the first "
         "video of each process compiles for tens of seconds)",
     )
+    p.add_argument(
+        "--flow-at",
+        default=FlowAt.stored.value,
+        choices=[a.value for a in FlowAt],
+        help="stored: flow between the frames resized to --height x --width (cheaper; the demo's choice); "
+        "source: flow between the source frames (e.g. UCF101's 320x240), then the flow field resized to "
+        "--height x --width with x scaled by width/source width and y by height/source height (the released "
+        "ViCC/CoCLR recipe)",
+    )
+    p.add_argument(
+        "--flow-short-side",
+        type=int,
+        default=None,
+        help="with --flow-at source: shrink sources whose shorter side is longer than this before flow "
+        "(aspect kept; 240 is the released pipelines' frame size); default: the source size, uncapped",
+    )
     p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="max videos per tar shard")
     p.add_argument(
         "--workers", type=int, default=os.cpu_count() or 1, help="processes computing flow/encoding"
@@ -853,6 +935,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=not a.no_progress,
             strict=a.strict,
             flow_device=FlowDevice(a.device or _default_device(), a.flow_compile),
+            flow_at=a.flow_at,
+            flow_short_side=a.flow_short_side,
         )
     except (DataSourceError, BuildError, shards.ShardFormatError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -12,6 +12,9 @@
   linearly to [0, 255] uint8 with rounding; the round trip errs by at most half a step (bound / 255) inside the
   bound. The zero third channel of the papers is added at load time, not stored.
 - :func:`endpoint_error`: mean end-point error, the score against the synthetic ground truth.
+- :func:`flow_size` / :func:`resize_flow`: the "flow at the source resolution, then resize" recipe of the
+  released ViCC / CoCLR pipelines (``data_prep.build --flow-at source``): the size flow is computed at, and the
+  resampling of a flow field to the stored size with its vectors scaled to the new pixel units.
 
 OpenCV flow objects are built once per process (:func:`estimator` caches them) and pool workers should call
 :func:`worker_init` so OpenCV does not start its own threads on top of the process pool.
@@ -145,6 +148,49 @@ def endpoint_error(pred: np.ndarray, gt: np.ndarray) -> float:
     return float(np.sqrt((d * d).sum(-1)).mean())
 
 
+def flow_size(height: int, width: int, short_side: int | None = None) -> tuple[int, int]:
+    """Size (h, w) flow is computed at for a source of height x width: the source itself, or, when its shorter
+    side exceeds `short_side`, the source scaled (aspect kept, rounded) so that its shorter side is `short_side`
+    (the released pipelines' cap: frames are extracted with the shorter side 240)."""
+    if height < 1 or width < 1:
+        raise FlowError(f"source size must be positive, got {height}x{width}")
+    if short_side is None or min(height, width) <= short_side:
+        return height, width
+    if short_side < 8:
+        raise FlowError(f"short_side must be >= 8 px (or None: no cap), got {short_side}")
+    scale = short_side / min(height, width)
+    # the shorter side is exactly short_side (no rounding drift); the other keeps the aspect ratio
+    if height <= width:
+        return short_side, max(short_side, round(width * scale))
+    return max(short_side, round(height * scale)), short_side
+
+
+def resize_flow(flow: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resample flow fields to height x width and scale the vectors to the new pixel units.
+
+    flow: [..., h, w, 2] float (x right, y down, in pixels of the h x w grid) -> [..., height, width, 2]
+    float32, x multiplied by width / w and y by height / h: a displacement of d source pixels is d * width / w
+    stored pixels. Shrinking averages over each target pixel's area (cv2.INTER_AREA, as the frames are
+    shrunk: no aliasing of motion boundaries), enlarging interpolates bilinearly.
+    """
+    flow = np.asarray(flow)
+    if not np.issubdtype(flow.dtype, np.floating):
+        raise FlowError(f"flow must be floating point, got dtype {flow.dtype}")
+    if flow.ndim < 3 or flow.shape[-1] != 2:
+        raise FlowError(f"flow must have shape [..., H, W, 2], got {list(flow.shape)}")
+    if height < 1 or width < 1:
+        raise FlowError(f"target size must be positive, got {height}x{width}")
+    h, w = flow.shape[-3:-1]
+    scale = np.array([width / w, height / h], dtype=np.float32)
+    lead = flow.shape[:-3]
+    fields = flow.reshape(-1, h, w, 2).astype(np.float32, copy=False)
+    if (h, w) == (height, width):
+        return (fields * scale).reshape(*lead, height, width, 2)
+    interp = cv2.INTER_AREA if height <= h and width <= w else cv2.INTER_LINEAR
+    out = np.stack([cv2.resize(f, (width, height), interpolation=interp) for f in fields])
+    return (out * scale).reshape(*lead, height, width, 2)
+
+
 __all__ = [
     "FLOW_BOUND",
     "FlowError",
@@ -153,7 +199,9 @@ __all__ = [
     "dequantize_flow",
     "endpoint_error",
     "estimator",
+    "flow_size",
     "parse_method",
     "quantize_flow",
+    "resize_flow",
     "worker_init",
 ]

@@ -26,3 +26,25 @@ def test_flow_bench_compares_tvl1_torch_with_opencv(tmp_path):
     prof = r["tvl1_torch_profile"]
     assert {"inner step", "median", "warp", "resize"} <= set(prof["blocks"])
     assert 0 < sum(b["share"] for b in prof["blocks"].values()) <= 1.01
+
+
+def test_flow_bench_compares_the_two_build_recipes_per_video(tmp_path):
+    """--stored-size: flow at the source size then resized vs flow at the stored size, OpenCV's TV-L1 and
+    tvl1-torch, each timed per repeat (structure only: no timing is asserted)."""
+    p = argparse.ArgumentParser()
+    flow_bench.add_arguments(p)
+    args = p.parse_args(
+        ["--methods", "tvl1,tvl1-torch", "--classes", "1", "--frames", "3", "--height", "32", "--width", "48"]
+        + ["--stored-size", "16x24", "--device", "cpu", "--no-compile", "--repeats", "2"]
+        + ["--workdir", str(tmp_path)]
+    )
+    r = flow_bench.run(args)
+    assert r["mode"] == "recipes" and r["source_size"] == [32, 48] and r["stored_size"] == [16, 24]
+    assert (r["videos"], r["frames_per_video"], r["repeats"]) == (1, 3, 2)
+    assert set(r["methods"]) == {"tvl1", "tvl1-torch"}
+    for row in r["methods"].values():
+        for variant in ("source", "stored"):
+            assert len(row[variant]["s_per_video_each_repeat"]) == 2  # both variants ran every repeat
+            assert row[variant]["s_per_video"] > 0
+            assert 0 <= row[variant]["epe_at_stored_size"] < r["zero_flow_epe_at_stored_size"] + 1
+        assert row["cost_source_over_stored"] > 0 and row["epe_between_recipes"] >= 0

@@ -1,4 +1,4 @@
-"""Benchmarks: `python -m vicc_fast.bench {loader,kernels,flow,step,scaling,supervised,all} ... --json OUT`.
+"""Benchmarks: `python -m vicc_fast.bench {loader,decode,kernels,flow,storage,step,scaling,supervised,all} ... --json OUT`.
 
 Each sub-benchmark is a module here exposing ``add_arguments(parser)`` and ``run(args) -> dict``; the
 dispatcher in ``__main__`` prints the dict and appends it (with machine, versions and git commit) to the JSON

@@ -15,6 +15,7 @@ BENCHMARKS = {
     "decode": "NVDEC vs CPU decoding: frame equality, RGB/flow alignment on the GPU path, frames/s",
     "kernels": "Loss head fwd+bwd time: Triton vs eager vs torch.compile",
     "flow": "Optical flow frames/s and EPE per method on the synthetic set",
+    "storage": "Shard bytes per video (RGB and flow streams) at several stored sizes, same sources",
     "step": "Training step breakdown: data-wait / forward / loss / backward / optimiser",
     "scaling": "Throughput per rank with 1, 2, 4 ranks",
     "supervised": "Supervised upper bound of the synthetic demo set (tiny RGB model trained on labels)",

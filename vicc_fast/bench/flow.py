@@ -13,6 +13,14 @@ tvl1-torch (data_prep.flow_torch) runs on --device with the pairs of all videos 
 first call (the torch.compile compilation) is outside the timing. When tvl1 is measured too, ``vs_opencv_tvl1``
 gives the mean EPE between the two flows, the ratio of their EPEs against the truth, and the share of stored
 uint8 values that differ after quantisation.
+
+With ``--stored-size HxW`` it compares instead the two recipes of ``data_prep.build --flow-at`` per video, for
+each of --methods: ``source`` (flow between the --height x --width source frames, then the flow field resized to
+the stored size with its vectors scaled: the released ViCC / CoCLR recipe) against ``stored`` (frames resized
+to the stored size, flow between them). Both variants include resizing the RGB frames for storage (what a build
+does besides decoding, which they share); their cost per video is timed --repeats times in alternating order,
+and the record gives medians, the median per-repeat cost ratio source / stored, and each variant's EPE at the
+stored size against the resized ground truth.
 """
 
 from __future__ import annotations
@@ -68,7 +76,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--batch",
         type=int,
         default=None,
-        help="tvl1-torch frame pairs per call (default: data_prep.flow_torch.default_batch: 8 CPU, 256 GPU)",
+        help="tvl1-torch frame pairs per call (default: data_prep.flow_torch.default_batch: 8 CPU, 256 GPU; "
+        "--stored-size always uses the default, as data_prep.build does)",
     )
     p.add_argument(
         "--repeats", type=int, default=1, help="timed passes per method, alternating order; medians reported"
@@ -77,6 +86,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--profile",
         action="store_true",
         help="one more tvl1-torch pass with each block timed (inner step, median, warp, resize): where time goes",
+    )
+    p.add_argument(
+        "--stored-size",
+        default=None,
+        help="HEIGHTxWIDTH (e.g. 128x171): compare the build's two recipes per video instead, flow at the "
+        "--height x --width source then resized to this size vs frames resized to it then flow (see above)",
     )
     p.add_argument(
         "--workdir",
@@ -144,6 +159,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     zero = float(np.mean([endpoint_error(np.zeros_like(g[:-1]), g[:-1]) for _, _, g in items]))
     cv2.setNumThreads(args.threads)
     torch.set_num_threads(args.threads)
+    if args.stored_size:
+        return run_recipes(args, methods, items)
     result: dict[str, Any] = {
         "command": "python -m vicc_fast.bench " + " ".join(sys.argv[1:]),
         "videos": len(items),
@@ -210,6 +227,93 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if FlowMethod.tvl1 in flows and FlowMethod.tvl1_torch in flows:
         result["vs_opencv_tvl1"] = compare(flows[FlowMethod.tvl1_torch], flows[FlowMethod.tvl1], items)
     return result
+
+
+def _recipe_runner(
+    method: FlowMethod, variant: str, items: list, stored: tuple[int, int], args: argparse.Namespace
+) -> Callable[[], list[np.ndarray]]:
+    """A function computing every video's stored flow [T, H, W, 2] by one recipe, as data_prep.build does:
+    the RGB frames resized for storage in both, flow per video (tvl1-torch in default_batch chunks)."""
+    from data_prep.build import resize_frames
+    from data_prep.flow import resize_flow
+
+    def flow_of(frames: np.ndarray) -> np.ndarray:
+        return compute_flow(frames, method, device=args.device, compile=args.compile)
+
+    def run() -> list[np.ndarray]:
+        out = []
+        for _, src, _ in items:
+            rgb = resize_frames(src, *stored)
+            out.append(resize_flow(flow_of(src), *stored) if variant == "source" else flow_of(rgb))
+        return out
+
+    return run
+
+
+def run_recipes(args: argparse.Namespace, methods: list[FlowMethod], items: list) -> dict[str, Any]:
+    """Cost per video and EPE of flow at the source size then resized vs flow at the stored size."""
+    from data_prep.build import FlowAt
+    from data_prep.flow import resize_flow
+    from vicc_fast.bench.storage import parse_size
+
+    load = os.getloadavg()[0]
+    stored = parse_size(args.stored_size)
+    variants = [FlowAt.source.value, FlowAt.stored.value]
+    keys = [(m, v) for m in methods for v in variants]
+    runners = {k: _recipe_runner(*k, items, stored, args) for k in keys}
+    gt = [resize_flow(g[:-1], *stored) for _, _, g in items]
+    # outside the timing: OpenCV builds its objects (one pair), torch.compile compiles every shape (a full pass)
+    first_pair = [(items[0][0], items[0][1][:2], items[0][2])]
+    for m, v in keys:
+        compiled = m is FlowMethod.tvl1_torch and args.compile
+        (runners[m, v] if compiled else _recipe_runner(m, v, first_pair, stored, args))()
+    seconds: dict[tuple[FlowMethod, str], list[float]] = {k: [] for k in keys}
+    flows: dict[tuple[FlowMethod, str], list[np.ndarray]] = {}
+    for rep in range(args.repeats):
+        for k in keys if rep % 2 == 0 else keys[::-1]:
+            _sync(args.device)
+            t0 = time.perf_counter()
+            out = runners[k]()
+            _sync(args.device)
+            seconds[k].append(time.perf_counter() - t0)
+            flows.setdefault(k, out)
+            print(
+                f"repeat {rep} {k[0].value} at {k[1]}: {seconds[k][-1] / len(items):.3f} s/video",
+                file=sys.stderr,
+            )
+    rows: dict[str, Any] = {}
+    for m in methods:
+        row: dict[str, Any] = {}
+        for v in variants:
+            sec = seconds[m, v]
+            epe = [endpoint_error(f[:-1], g) for f, g in zip(flows[m, v], gt)]
+            row[v] = {
+                "s_per_video": round(statistics.median(sec) / len(items), 4),
+                "s_per_video_each_repeat": [round(x / len(items), 4) for x in sec],
+                "epe_at_stored_size": round(float(np.mean(epe)), 4),
+            }
+        ratios = [a / b for a, b in zip(seconds[m, variants[0]], seconds[m, variants[1]])]
+        row["cost_source_over_stored"] = round(statistics.median(ratios), 3)
+        a = np.concatenate([f[:-1] for f in flows[m, variants[0]]])
+        b = np.concatenate([f[:-1] for f in flows[m, variants[1]]])
+        row["epe_between_recipes"] = round(endpoint_error(a, b), 4)
+        rows[m.value] = row
+    return {
+        "command": "python -m vicc_fast.bench " + " ".join(sys.argv[1:]),
+        "mode": "recipes",
+        "videos": len(items),
+        "frames_per_video": int(items[0][1].shape[0]),
+        "source_size": [args.height, args.width],
+        "stored_size": list(stored),
+        "threads": args.threads,
+        "tvl1_torch": {"device": args.device, "compile": args.compile, "batch": default_batch(args.device)},
+        "load_avg_1min_at_start": load,
+        "repeats": args.repeats,
+        "zero_flow_epe_at_stored_size": round(
+            float(np.mean([endpoint_error(np.zeros_like(g), g) for g in gt])), 4
+        ),
+        "methods": rows,
+    }
 
 
 def compare(ours: list[np.ndarray], theirs: list[np.ndarray], items: list) -> dict[str, Any]:
