@@ -75,3 +75,16 @@ def test_another_model_is_a_clear_error(tmp_path):
     st = ckpt.load(p)
     with pytest.raises(ckpt.CheckpointError, match=r"last\.pt does not match this model.*queue"):
         ckpt.load_method_state(TinyMethod(queue=16), st["method"], p)
+
+
+def test_a_config_saved_before_a_key_existed_warns_naming_the_key(tmp_path):
+    state = _state(TinyMethod())
+    del state["config"]["eval"]["retrieval_crop"]
+    with pytest.warns(UserWarning, match=r"old\.pt was saved before the config keys eval\.retrieval_crop:"):
+        cfg = ckpt.stored_config(state, tmp_path / "old.pt")
+    assert cfg.eval.retrieval_crop == C.load(None).eval.retrieval_crop  # today's default
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ckpt.stored_config(_state(TinyMethod()), tmp_path / "new.pt")  # a complete config: no warning

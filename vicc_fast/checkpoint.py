@@ -22,6 +22,7 @@ import contextlib
 import io
 import os
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -102,9 +103,18 @@ def stored_config(state: dict[str, Any], path: str | Path) -> C.Config:
     """The config a loaded checkpoint ``state`` (from ``path``) was trained with; an invalid one is a
     CheckpointError naming the file and the key."""
     try:
-        return C.from_dict(state["config"])
+        cfg = C.from_dict(state["config"])
     except C.ConfigError as exc:
         raise CheckpointError(f"checkpoint {path}: stored config is invalid: {exc}") from None
+    absent = C.absent_keys(state["config"])
+    if absent:
+        # Not an error (old runs stay usable), but never silent: a key added later may change a protocol.
+        warnings.warn(
+            f"checkpoint {path} was saved before the config keys {', '.join(absent)}: they take today's "
+            "defaults (pass key=value to keep an earlier behaviour)",
+            stacklevel=2,
+        )
+    return cfg
 
 
 def load_config(path: str | Path) -> C.Config:

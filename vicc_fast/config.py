@@ -668,6 +668,19 @@ def from_dict(d: dict[str, Any]) -> Config:
     return cfg
 
 
+def absent_keys(d: dict[str, Any]) -> list[str]:
+    """Schema keys a saved config dict lacks (it was written before they existed): they take today's defaults."""
+
+    def has(node: Any, parts: list[str]) -> bool:
+        for part in parts:
+            if not isinstance(node, dict) or part not in node:
+                return False
+            node = node[part]
+        return True
+
+    return [k for k, _, _ in describe() if not has(d, k.split("."))]
+
+
 def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
     """(key, default, help) for every leaf key, in schema order: the body of ``--help``."""
     rows: list[tuple[str, str, str]] = []
