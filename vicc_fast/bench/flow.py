@@ -136,6 +136,30 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def alternate(
+    runners: dict[Any, Callable[[], list[np.ndarray]]],
+    keys: list,
+    repeats: int,
+    device: str,
+    describe: Callable[[Any, float], str],
+    flows: dict | None = None,
+) -> tuple[dict[Any, list[float]], dict[Any, list[np.ndarray]]]:
+    """Time every runner ``repeats`` times, alternating the order each round (A B, B A, ...) so drift on a shared
+    machine hits both alike; returns (key -> seconds per repeat, key -> first output, or ``flows``' entry)."""
+    seconds: dict[Any, list[float]] = {k: [] for k in keys}
+    out_flows: dict[Any, list[np.ndarray]] = dict(flows or {})
+    for rep in range(repeats):
+        for k in keys if rep % 2 == 0 else keys[::-1]:
+            _sync(device)
+            t0 = time.perf_counter()
+            out = runners[k]()
+            _sync(device)
+            seconds[k].append(time.perf_counter() - t0)
+            out_flows.setdefault(k, out)
+            print(f"repeat {rep} {describe(k, seconds[k][-1])}", file=sys.stderr)
+    return seconds, out_flows
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     methods = [FlowMethod(m.strip()) for m in args.methods.split(",") if m.strip()]
     cfg = SyntheticConfig(
@@ -188,17 +212,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for m in methods:
         if m is not FlowMethod.tvl1_torch:
             compute_flow(items[0][1][:2], m)
-    seconds: dict[FlowMethod, list[float]] = {m: [] for m in methods}
-    flows: dict[FlowMethod, list[np.ndarray]] = dict(warm)
-    for rep in range(args.repeats):
-        for m in methods if rep % 2 == 0 else methods[::-1]:
-            _sync(args.device)
-            t0 = time.perf_counter()
-            out = runners[m]()
-            _sync(args.device)
-            seconds[m].append(time.perf_counter() - t0)
-            flows.setdefault(m, out)
-            print(f"repeat {rep} {m.value}: {pairs / seconds[m][-1]:.2f} pairs/s", file=sys.stderr)
+    seconds, flows = alternate(
+        runners, methods, args.repeats, args.device, lambda m, s: f"{m.value}: {pairs / s:.2f} pairs/s", warm
+    )
     for m in methods:
         epe, epe_q, per_class = [], [], {}
         for (cls, _, gt), flow in zip(items, flows[m]):
@@ -267,20 +283,13 @@ def run_recipes(args: argparse.Namespace, methods: list[FlowMethod], items: list
     for m, v in keys:
         compiled = m is FlowMethod.tvl1_torch and args.compile
         (runners[m, v] if compiled else _recipe_runner(m, v, first_pair, stored, args))()
-    seconds: dict[tuple[FlowMethod, str], list[float]] = {k: [] for k in keys}
-    flows: dict[tuple[FlowMethod, str], list[np.ndarray]] = {}
-    for rep in range(args.repeats):
-        for k in keys if rep % 2 == 0 else keys[::-1]:
-            _sync(args.device)
-            t0 = time.perf_counter()
-            out = runners[k]()
-            _sync(args.device)
-            seconds[k].append(time.perf_counter() - t0)
-            flows.setdefault(k, out)
-            print(
-                f"repeat {rep} {k[0].value} at {k[1]}: {seconds[k][-1] / len(items):.3f} s/video",
-                file=sys.stderr,
-            )
+    seconds, flows = alternate(
+        runners,
+        keys,
+        args.repeats,
+        args.device,
+        lambda k, s: f"{k[0].value} at {k[1]}: {s / len(items):.3f} s/video",
+    )
     rows: dict[str, Any] = {}
     for m in methods:
         row: dict[str, Any] = {}
