@@ -40,7 +40,7 @@ def write(folder: Path, rec: dict) -> None:
 
 
 def test_committed_tables_equal_what_the_records_generate() -> None:
-    """README.md and configs/compare/README.md blocks are generated from benchmarks/results/demo: no drift."""
+    """README.md and configs/compare/README.md blocks are generated from benchmarks/results/{demo,compare}."""
     for doc, text in report.generated().items():
         assert (report.ROOT / doc).read_text() == text, (
             f"{doc} is out of date with its records: python -m vicc_fast.bench report --write"

@@ -6,8 +6,12 @@
 
 A block sits between ``<!-- NAME:begin ... -->`` and ``<!-- NAME:end -->`` in a markdown file; everything between
 the markers is generated. Blocks: the demo (README.md: ViCC's per-phase kNN over the seeds of
-``benchmarks/results/demo/vicc_seed*.json``; and every protocol of ViCC), the comparison (README.md: stage-2 / joint rows; and
-configs/compare/README.md: every row) over the seeds that have a record for every method.
+``benchmarks/results/demo/vicc_seed*.json``; and every protocol of ViCC), the comparison (README.md: stage-2 / joint
+rows; and configs/compare/README.md: every row, from ``benchmarks/results/compare/``) over the seeds that have a
+record for every method. The two folders are apart because a comparison is only like for like when every method's
+records come from one demo recipe: a change of the demo recipe starts a new set of demo records at once, while the
+comparison keeps the records of the recipe it was run with (each names its commit and resolved config) until it
+is run again.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from vicc_fast.eval.report import rows_from_engine
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORDS = Path("benchmarks/results/demo")
+COMPARE_RECORDS = Path("benchmarks/results/compare")
 METHOD_NAMES = {"vicc": "ViCC", "coclr": "CoCLR", "goca": "GOCA", "sview": "SView"}
 DEMO_ROWS = ("RGB-1", "Flow-1", "RGB-2", "Flow-2", "R+F-2")
 DEMO_COLS = ("R@1", "R@5", "R@10")
@@ -32,7 +37,8 @@ COMPARE_COLS = ("R@1", "R@5", "R@10", "R@20", "linear", "kmeans acc", "kmeans nm
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--records", default=str(RECORDS), help="folder of the demo/comparison records")
+    p.add_argument("--records", default=str(RECORDS), help="folder of the demo records")
+    p.add_argument("--compare-records", default=str(COMPARE_RECORDS), help="folder of the comparison records")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--write", action="store_true", help="rewrite the generated blocks in the docs")
     g.add_argument("--check", action="store_true", help="exit 1 when a doc's block differs from its records")
@@ -80,7 +86,6 @@ def demo_block(recs: list[dict[str, Any]]) -> str:
         lines.append("| " + " | ".join([_label(row), *cells]) + " |")
     ratios = [rr["RGB-2"]["R@1"] / max(rr["RGB-1"]["R@1"], 1e-9) for rr in rows]
     walls = [r["timing"]["train"] for r in vicc]
-    commits = sorted({r["env"]["git_commit"][:7] for r in vicc if r["env"].get("git_commit")})
     lines += [
         "",
         f"RGB-2 / RGB-1 R@1 per seed: {', '.join(f'{x:.2f}x' for x in ratios)}. "
@@ -89,10 +94,17 @@ def demo_block(recs: list[dict[str, Any]]) -> str:
             f"{w['wall_s'] / 60:.1f} min (load {w['load_before']:.1f} -> {w['load_after']:.1f})"
             for w in walls
         )
-        + f". {len(vicc)} seed(s), code at {', '.join(commits)}, machine: {_machine(vicc)}; records: "
+        + f". {len(vicc)} seed(s), code at {_commits(vicc)}, machine: {_machine(vicc)}; records: "
         f"`{RECORDS}/vicc_seed*.json`.",
     ]
     return "\n".join(lines)
+
+
+def _commits(recs: list[dict[str, Any]]) -> str:
+    return (
+        ", ".join(sorted({r["env"]["git_commit"][:7] for r in recs if r["env"].get("git_commit")}))
+        or "unknown"
+    )
 
 
 def _machine(recs: list[dict[str, Any]]) -> str:
@@ -114,6 +126,7 @@ def compare_block(
     stage2_only: bool,
     methods: tuple[str, ...] = (),
     columns: tuple[str, ...] = COMPARE_COLS,
+    folder: Path = COMPARE_RECORDS,
 ) -> str:
     """Method/model rows, mean ± sd over the seeds every method has (``methods``: only these; empty = all);
     stage2_only keeps stage-2 / joint rows."""
@@ -152,19 +165,25 @@ def compare_block(
         f"Mean ± sd over seeds {', '.join(map(str, seeds))}; median wall time per method (training with its "
         "per-phase kNN, then the protocols): "
         + ", ".join(f"{k} {v / 60:.1f} min" for k, v in walls.items())
-        + f". Machine: {_machine(use)}; records: `{RECORDS}/<method>_seed<n>.json`.",
+        + f". Code at {_commits(use)}; machine: {_machine(use)}; records: `{folder}/<method>_seed<n>.json`.",
     ]
     return "\n".join(lines)
 
 
-# (doc, block name) -> generator
-BLOCKS: dict[tuple[str, str], Callable[[list[dict[str, Any]]], str]] = {
-    ("README.md", "demo-table"): demo_block,
-    ("README.md", "vicc-eval-table"): lambda recs: compare_block(
-        recs, stage2_only=False, methods=("vicc",), columns=(*COMPARE_COLS, "proto nmi")
+# (doc, block name) -> (which records: "demo" | "compare", generator)
+BLOCKS: dict[tuple[str, str], tuple[str, Callable[[list[dict[str, Any]]], str]]] = {
+    ("README.md", "demo-table"): ("demo", demo_block),
+    ("README.md", "vicc-eval-table"): (
+        "demo",
+        lambda recs: compare_block(
+            recs, stage2_only=False, methods=("vicc",), columns=(*COMPARE_COLS, "proto nmi"), folder=RECORDS
+        ),
     ),
-    ("README.md", "compare-table"): lambda recs: compare_block(recs, stage2_only=True),
-    ("configs/compare/README.md", "compare-table"): lambda recs: compare_block(recs, stage2_only=False),
+    ("README.md", "compare-table"): ("compare", lambda recs: compare_block(recs, stage2_only=True)),
+    ("configs/compare/README.md", "compare-table"): (
+        "compare",
+        lambda recs: compare_block(recs, stage2_only=False),
+    ),
 }
 
 
@@ -180,18 +199,32 @@ def render(doc_text: str, name: str, body: str, doc: str = "") -> str:
     return pat.sub(lambda m: m.group(1) + "\n" + body + "\n\n" + m.group(3), doc_text, count=1)
 
 
-def generated(records: str | Path = RECORDS, root: Path = ROOT) -> dict[str, str]:
-    """doc path -> its text with every block regenerated from the records."""
-    recs = load_records(root / records)
+def blocks(
+    records: str | Path = RECORDS, compare_records: str | Path = COMPARE_RECORDS, root: Path = ROOT
+) -> dict[tuple[str, str], str]:
+    """(doc, block name) -> the block's generated content (each records folder read once)."""
+    recs = {"demo": load_records(root / records), "compare": load_records(root / compare_records)}
+    return {key: gen(recs[which]) for key, (which, gen) in BLOCKS.items()}
+
+
+def documents(found: dict[tuple[str, str], str], root: Path = ROOT) -> dict[str, str]:
+    """doc path -> its text with the blocks ``found`` put in."""
     out: dict[str, str] = {}
-    for (doc, name), gen in BLOCKS.items():
-        text = out.get(doc) or (root / doc).read_text()
-        out[doc] = render(text, name, gen(recs), doc)
+    for (doc, name), body in found.items():
+        out[doc] = render(out.get(doc) or (root / doc).read_text(), name, body, doc)
     return out
 
 
+def generated(
+    records: str | Path = RECORDS, compare_records: str | Path = COMPARE_RECORDS, root: Path = ROOT
+) -> dict[str, str]:
+    """doc path -> its text with every block regenerated from the records."""
+    return documents(blocks(records, compare_records, root), root)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    docs = generated(args.records)
+    found = blocks(args.records, args.compare_records)
+    docs = documents(found)
     stale = [d for d, text in docs.items() if (ROOT / d).read_text() != text]
     if args.write:
         for d in stale:
@@ -202,7 +235,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"out of date with {args.records}: {', '.join(stale)} (python -m vicc_fast.bench report --write)"
         )
     else:
-        recs = load_records(ROOT / args.records)
-        for (doc, name), gen in BLOCKS.items():
-            print(f"## {doc} / {name}\n\n{gen(recs)}\n")
+        for (doc, name), body in found.items():
+            print(f"## {doc} / {name}\n\n{body}\n")
     return {"stale": stale if not args.write else []}
