@@ -102,3 +102,36 @@ def test_commands_are_the_readmes() -> None:
     assert cmd[5:9] == ["--config", "configs/synthetic_demo.yaml", "--config", "configs/compare/goca.yaml"]
     for m in demo.METHODS[1:]:
         assert (report.ROOT / f"configs/compare/{m}.yaml").is_file()
+
+
+def test_collect_records_a_finished_run_folder_and_names_an_unfinished_one(tmp_path) -> None:
+    """The record of one run folder: its rows (engine + evaluation), config, a digest per phase, and timing."""
+    rec = fake_record("vicc", 3, {"RGB-2": 40.0})
+    run = tmp_path / "vicc_seed3"
+    with pytest.raises(FileNotFoundError, match="vicc_seed3/results.json is missing"):
+        demo.collect(run, "vicc", 3, {})
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps(rec["engine_results"]))
+    (run / "config.yaml").write_text("train:\n  seed: 3\n")
+    for i, ph in enumerate(rec["engine_results"]["phases"]):
+        torch.save({"method": {"w": torch.full((2,), float(i))}}, run / "checkpoints" / f"{ph}.pt")
+    out = demo.collect(run, "vicc", 3, rec["timing"])
+    assert out["record"] == "demo_run" and (out["method"], out["seed"]) == ("vicc", 3)
+    assert out["config"] == {"train": {"seed": 3}} and out["timing"] == rec["timing"]
+    assert out["rows"]["RGB-2"]["R@1"] == 40.0 and out["eval_results"] is None
+    digests = out["weights_sha256"]
+    assert list(digests) == ["rgb1", "flow1", "cross_flow_c2"] and len(set(digests.values())) == 3
+    # the record reads back as a record
+    write(tmp_path / "recs", out)
+    assert report.load_records(tmp_path / "recs")[0]["rows"]["RGB-2"]["R@1"] == 40.0
+
+
+def test_demo_and_comparison_blocks_read_their_own_folders(tmp_path) -> None:
+    write(tmp_path / "demo", fake_record("vicc", 0, {"RGB-1": 10.0, "RGB-2": 40.0}))
+    write(tmp_path / "cmp", fake_record("vicc", 0, {"RGB-2": 20.0}))
+    write(tmp_path / "cmp", fake_record("goca", 0, {"RGB-2": 30.0}))
+    found = report.blocks(tmp_path / "demo", tmp_path / "cmp", root=tmp_path)
+    assert "4.00x" in found[("README.md", "demo-table")]
+    cmp = found[("README.md", "compare-table")]
+    assert "| ViCC | RGB-2 | 20.0 |" in cmp and "| GOCA | RGB-2 | 30.0 |" in cmp
+    assert "Code at abcdef0" in cmp
