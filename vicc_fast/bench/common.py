@@ -13,6 +13,22 @@ from typing import Any
 from vicc_fast.atomic import write_text
 
 
+def cpu_description(cpuinfo: str | None = None) -> dict[str, Any]:
+    """CPU model and widest vector extension: float sums are bit-exact on one machine, not across these."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return {"cpu_model": platform.processor() or None, "cpu_simd": None}
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    simd = next((f for f in ("avx512f", "avx2", "avx", "sse4_2") if f in flags), None)
+    return {"cpu_model": fields.get("model name") or platform.processor() or None, "cpu_simd": simd}
+
+
 def environment() -> dict[str, Any]:
     """Machine, versions and git commit, so a figure can always be traced to where it was measured."""
     import torch
@@ -23,6 +39,8 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
+        **cpu_description(),
+        "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
     for mod in ("triton", "nvidia.dali"):
