@@ -147,3 +147,26 @@ def test_loader_bench_three_backends(tmp_path, monkeypatch) -> None:
     )
     with pytest.raises(SystemExit, match="unknown"):
         L.run(parse(["--root", str(root), "--backends", "dali,nope"]))
+
+
+def test_jpeg_lmdb_single_stream_reads_only_its_own_stream(tmp_path) -> None:
+    """A single-stream run is the released stage-1 dataset: it opens, reads and decodes its own stream's LMDB
+    only (decoding both, as the two-stream dataset does, doubled the RGB-only baseline's work). With the flow
+    LMDB gone, RGB-only still iterates and two-stream fails naming it."""
+    import shutil
+
+    from data_prep.patterns import make_set
+    from vicc_fast import config
+    from vicc_fast.bench.jpeg_lmdb import JpegLmdbLoader, build
+    from vicc_fast.config import Stream
+
+    root = make_set(tmp_path / "grid", "grid", n_train=4, n_test=1)
+    build(root, tmp_path / "lmdb")
+    shutil.rmtree(tmp_path / "lmdb" / "flow.lmdb")
+    cfg = config.load(None, [f"data.root={root}", "data.num_frames=3", "data.crop_size=24", "data.threads=1",
+                             "train.batch_size=2"])  # fmt: skip
+    batches = list(JpegLmdbLoader(tmp_path / "lmdb", cfg, (Stream.rgb,), 2))
+    assert len(batches) == 2 and set(batches[0].views) == {Stream.rgb}
+    assert batches[0].views[Stream.rgb][1].shape == (2, 3, 3, 24, 24)
+    with pytest.raises(Exception, match="flow.lmdb"):
+        list(JpegLmdbLoader(tmp_path / "lmdb", cfg, (Stream.rgb, Stream.flow), 2))

@@ -6,7 +6,8 @@ What the released ViCC loader does (it builds on CoCLR's), written by us from it
   frames; flow frames are RGB JPEGs of (x, y, 0) in the stored [0, 255] coding; meta keys ``__len__``,
   ``__vlen__`` (frames per video), ``__labels__``;
 - per sample (``UCF101_2STREAM_LMDB_2CLIP`` + ``main_cross.get_transform``): both streams' frame lists read in
-  one transaction; two clips sampled independently (a uniform start each, T frames at the stride) and all 4T
+  one transaction (a single-stream run reads its own stream's LMDB only, as the stage-1 datasets
+  ``UCF101LMDB_2CLIP`` / ``UCF101Flow_LMDB_2CLIP`` do); two clips sampled independently (a uniform start each, T frames at the stride) and all 4T
   frames decoded by PIL, even when the one-clip transform then keeps only one clip; then RGB and flow of a clip
   augmented as ONE frame sequence: one crop window (bicubic resize), one colour jitter (brightness, contrast,
   saturation, hue in random order), one grayscale (a channel split), one Gaussian blur and one flip for both
@@ -199,30 +200,35 @@ class _Views:
         )
 
     def __call__(
-        self, clips: list[tuple[list, list]], rng: np.random.Generator
-    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """clips: per view its decoded (RGB frames, flow frames), PIL images of one size -> per view (RGB [3, T,
-        c, c], flow [3, T, c, c]). With probability ``same_start_prob`` every view takes one clip, drawn among
-        them (the released one-clip transform discards the other after decoding it)."""
+        self, clips: list[dict[Stream, list]], rng: np.random.Generator
+    ) -> list[dict[Stream, torch.Tensor]]:
+        """clips: per view its decoded frames per stream (RGB and flow, or the one stream of a single-stream
+        run), PIL images of one size -> per view and stream [3, T, c, c]. With probability ``same_start_prob``
+        every view takes one clip, drawn among them (the released one-clip transform discards the other after
+        decoding it)."""
         d = self.d
         same = rng.random(1) < d.same_start_prob
         if same[0]:
             k = int(rng.integers(len(clips)))
             clips = [clips[k]] * len(clips)
         strong = strong_views(rng, same, len(clips), d)[:, 0]
-        w, h = clips[0][0][0].size
+        w, h = next(iter(clips[0].values()))[0].size
         out = []
-        for (rgb, flow), st in zip(clips, strong, strict=True):
+        for frames, st in zip(clips, strong, strict=True):
             look_rgb = _draw_look(rng, d, w, h, bool(st))
             look_flow = look_rgb if d.align_streams else _draw_look(rng, d, w, h, bool(st))
             if not d.flow_photometric:
                 look_flow = _photometric_off(look_flow)
-            r = _augment(rgb, look_rgb, d.crop_size, *self.rgb_norm)
-            f = _augment(flow, look_flow, d.crop_size, *self.flow_norm)
-            if look_flow.flip and d.flow_flip_negate:  # mirrored motion: x -> 255 - x before normalising
-                mean, std = self.flow_norm
-                f[0] = (1 - (f[0] * std[0] + mean[0]) - mean[0]) / std[0]
-            out.append((r, f))
+            view: dict[Stream, torch.Tensor] = {}
+            if Stream.rgb in frames:
+                view[Stream.rgb] = _augment(frames[Stream.rgb], look_rgb, d.crop_size, *self.rgb_norm)
+            if Stream.flow in frames:
+                f = _augment(frames[Stream.flow], look_flow, d.crop_size, *self.flow_norm)
+                if look_flow.flip and d.flow_flip_negate:  # mirrored motion: x -> 255 - x before normalising
+                    mean, std = self.flow_norm
+                    f[0] = (1 - (f[0] * std[0] + mean[0]) - mean[0]) / std[0]
+                view[Stream.flow] = f
+            out.append(view)
         return out
 
 
@@ -260,13 +266,15 @@ class _Dataset(torch.utils.data.Dataset):
                     meminit=False,
                     subdir=True,
                 )  # fmt: skip
-                for s in Stream
+                for s in self.streams
             }
         rng = np.random.default_rng([self.seed, i])
         d = self.cfg.data
         span = (d.num_frames - 1) * d.stride + 1
+        # The released two-stream dataset (cross-stream stage) reads and decodes both streams of every sample;
+        # its single-stream datasets (stage 1) open only their own stream's LMDB.
         raw = {}
-        for s in Stream:  # the released two-stream dataset reads both streams for every sample
+        for s in self.streams:
             with self.envs[s].begin() as txn:
                 raw[s] = msgpack.loads(txn.get(_key(self.keys[i])))
         out: dict[str, Any] = {"label": self.labels[i], "index": self.keys[i]}
@@ -274,13 +282,10 @@ class _Dataset(torch.utils.data.Dataset):
         for _ in range(self.num_views):  # every clip is decoded, as the released double sampler's frames are
             start = int(rng.integers(0, self.vlen[i] - span + 1))
             idx = range(start, start + span, d.stride)
-            rgb, flow = (
-                [Image.open(io.BytesIO(raw[s][j])).convert("RGB") for j in idx]
-                for s in (Stream.rgb, Stream.flow)
-            )
-            clips.append((rgb, flow))
-        for v, (r, f) in enumerate(self.views(clips, rng)):
-            out[f"rgb{v}"], out[f"flow{v}"] = r, f
+            clips.append({s: [Image.open(io.BytesIO(raw[s][j])).convert("RGB") for j in idx] for s in raw})
+        for v, view in enumerate(self.views(clips, rng)):
+            for s, x in view.items():
+                out[f"{s.value}{v}"] = x
         return out
 
 

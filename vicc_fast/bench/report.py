@@ -108,8 +108,17 @@ def _commits(recs: list[dict[str, Any]]) -> str:
 
 
 def _machine(recs: list[dict[str, Any]]) -> str:
-    envs = {(r["env"].get("cpu_count"), r["env"].get("gpu")) for r in recs}
-    return "; ".join(f"{gpu or 'no GPU'}, {n} CPU cores" for n, gpu in sorted(envs, key=str))
+    """Each distinct machine of the records: GPU, cores, and the CPU model where the record names it (records
+    before it did say so)."""
+    envs = {
+        (r["env"].get("cpu_count"), r["env"].get("gpu"), r["env"].get("cpu_model"), r["env"].get("cpu_simd"))
+        for r in recs
+    }
+    out = []
+    for n, gpu, model, simd in sorted(envs, key=str):
+        cpu = f"{model} ({simd})" if model and simd else model or "CPU model not recorded"
+        out.append(f"{gpu or 'no GPU'}, {n} CPU cores, {cpu}")
+    return "; ".join(out)
 
 
 def _complete_seeds(recs: list[dict[str, Any]]) -> list[int]:
