@@ -135,3 +135,45 @@ def test_demo_and_comparison_blocks_read_their_own_folders(tmp_path) -> None:
     cmp = found[("README.md", "compare-table")]
     assert "| ViCC | RGB-2 | 20.0 |" in cmp and "| GOCA | RGB-2 | 30.0 |" in cmp
     assert "Code at abcdef0" in cmp
+
+
+def _loader_run(streams: list[str], dali: float, jl: float) -> dict:
+    def backend(sps: float) -> dict:
+        return {
+            "samples_per_s": sps,
+            "all_samples_per_s": [sps - 1, sps, sps + 1],
+            "cpu_s_per_sample": 2 / sps,
+        }
+
+    return {
+        "benchmark": "loader",
+        "env": {"cpu_count": 2, "gpu": None, "git_commit": "abcdef0123"},
+        "result": {
+            "streams": streams,
+            "load_avg_1min_at_start": 0.5,
+            "dali": backend(dali),
+            "torch": backend(5.0),
+            "jpeg_lmdb": backend(jl),
+            "ratio_dali_over_jpeg_lmdb": dali / jl,
+            "jpeg_lmdb_build": {
+                "lmdb_bytes_per_video": 300e3,
+                "shard_bytes_per_video": 100e3,
+                "jpeg_quality": 90,
+            },
+        },
+    }
+
+
+def test_loader_table_takes_the_last_run_of_each_stream_set(tmp_path) -> None:
+    runs = [_loader_run(["rgb", "flow"], 10, 8), _loader_run(["rgb"], 20, 7), _loader_run(["rgb"], 21, 14)]
+    path = tmp_path / "loader.json"
+    path.write_text(json.dumps(runs))
+    table = report.loader_block(report.load_bench(path))
+    rows = [line for line in table.splitlines() if line.startswith("| ")][1:]
+    assert [r.split(" | ")[0] for r in rows] == ["| two-stream", "| rgb only"]
+    assert "**21.00** (20.00, 21.00, 22.00)" in rows[1] and "1.50x" in rows[1]  # the later RGB-only run
+    assert "1.25x" in rows[0] and "300 kB" in table and "3.0x" in table
+    assert report.load_bench(tmp_path / "missing.json") == []
+    path.write_text("{}")
+    with pytest.raises(ValueError, match="loader.json"):
+        report.load_bench(path)

@@ -11,7 +11,8 @@ rows; and configs/compare/README.md: every row, from ``benchmarks/results/compar
 record for every method. The two folders are apart because a comparison is only like for like when every method's
 records come from one demo recipe: a change of the demo recipe starts a new set of demo records at once, while the
 comparison keeps the records of the recipe it was run with (each names its commit and resolved config) until it
-is run again.
+is run again. The data README's three-loader table comes from ``benchmarks/results/loader_three_cpu.json``
+(``python -m vicc_fast.bench loader --backends dali,torch,jpeg_lmdb ... --json``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from vicc_fast.eval.report import rows_from_engine
 ROOT = Path(__file__).resolve().parents[2]
 RECORDS = Path("benchmarks/results/demo")
 COMPARE_RECORDS = Path("benchmarks/results/compare")
+LOADER_RECORD = Path("benchmarks/results/loader_three_cpu.json")
+LOADER_BACKENDS = ("dali", "torch", "jpeg_lmdb")
 METHOD_NAMES = {"vicc": "ViCC", "coclr": "CoCLR", "goca": "GOCA", "sview": "SView"}
 DEMO_ROWS = ("RGB-1", "Flow-1", "RGB-2", "Flow-2", "R+F-2")
 DEMO_COLS = ("R@1", "R@5", "R@10")
@@ -179,7 +182,57 @@ def compare_block(
     return "\n".join(lines)
 
 
-# (doc, block name) -> (which records: "demo" | "compare", generator)
+def load_bench(path: str | Path) -> list[dict[str, Any]]:
+    """A ``--json`` benchmark file (a list of runs, appended in order); missing: none."""
+    p = Path(path)
+    if not p.exists():
+        return []
+    try:
+        runs = json.loads(p.read_text())
+    except ValueError as exc:
+        raise ValueError(f"{p}: not a JSON record ({exc})") from None
+    if not isinstance(runs, list):
+        raise ValueError(f"{p}: expected a list of benchmark runs")
+    return runs
+
+
+def loader_block(runs: list[dict[str, Any]]) -> str:
+    """Data README: the three loaders side by side per stream set (the last run of each set counts)."""
+    latest: dict[tuple[str, ...], dict[str, Any]] = {}
+    for r in runs:
+        if r.get("benchmark") == "loader" and all(b in r["result"] for b in LOADER_BACKENDS):
+            latest[tuple(r["result"]["streams"])] = r
+    if not latest:
+        return f"(no three-loader record yet: `{LOADER_RECORD}`)"
+    head = ["streams", *(f"{b} samples/s (runs)" for b in LOADER_BACKENDS)]
+    head += ["CPU ms/sample " + " / ".join(LOADER_BACKENDS), "dali / jpeg_lmdb", "load at start"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+    for streams, r in sorted(latest.items(), key=lambda kv: -len(kv[0])):
+        res = r["result"]
+        cells = [
+            f"**{res[b]['samples_per_s']:.2f}** ({', '.join(f'{x:.2f}' for x in res[b]['all_samples_per_s'])})"
+            for b in LOADER_BACKENDS
+        ]
+        cpu = " / ".join(f"{1000 * res[b]['cpu_s_per_sample']:.0f}" for b in LOADER_BACKENDS)
+        name = "two-stream" if len(streams) == 2 else f"{'+'.join(streams)} only"
+        lines.append(
+            f"| {name} | {' | '.join(cells)} | {cpu} | {res['ratio_dali_over_jpeg_lmdb']:.2f}x"
+            f" | {res['load_avg_1min_at_start']:.1f} |"
+        )
+    build = next(iter(latest.values()))["result"]["jpeg_lmdb_build"]
+    used = list(latest.values())
+    lines += [
+        "",
+        f"Medians (bold) of alternating runs, one process each. Storage from the same build: "
+        f"{build['lmdb_bytes_per_video'] / 1000:.0f} kB per video in the LMDB of JPEG frames (quality "
+        f"{build['jpeg_quality']}) against {build['shard_bytes_per_video'] / 1000:.0f} kB in our shards, "
+        f"{build['lmdb_bytes_per_video'] / build['shard_bytes_per_video']:.1f}x. Code at {_commits(used)}; machine: "
+        f"{_machine(used)}; record: `{LOADER_RECORD}`.",
+    ]
+    return "\n".join(lines)
+
+
+# (doc, block name) -> (which records: "demo" | "compare" | "loader", generator)
 BLOCKS: dict[tuple[str, str], tuple[str, Callable[[list[dict[str, Any]]], str]]] = {
     ("README.md", "demo-table"): ("demo", demo_block),
     ("README.md", "vicc-eval-table"): (
@@ -193,6 +246,7 @@ BLOCKS: dict[tuple[str, str], tuple[str, Callable[[list[dict[str, Any]]], str]]]
         "compare",
         lambda recs: compare_block(recs, stage2_only=False),
     ),
+    ("vicc_fast/data/README.md", "loader-three-table"): ("loader", loader_block),
 }
 
 
@@ -212,7 +266,11 @@ def blocks(
     records: str | Path = RECORDS, compare_records: str | Path = COMPARE_RECORDS, root: Path = ROOT
 ) -> dict[tuple[str, str], str]:
     """(doc, block name) -> the block's generated content (each records folder read once)."""
-    recs = {"demo": load_records(root / records), "compare": load_records(root / compare_records)}
+    recs = {
+        "demo": load_records(root / records),
+        "compare": load_records(root / compare_records),
+        "loader": load_bench(root / LOADER_RECORD),
+    }
     return {key: gen(recs[which]) for key, (which, gen) in BLOCKS.items()}
 
 
