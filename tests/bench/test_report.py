@@ -177,3 +177,15 @@ def test_loader_table_takes_the_last_run_of_each_stream_set(tmp_path) -> None:
     path.write_text("{}")
     with pytest.raises(ValueError, match="loader.json"):
         report.load_bench(path)
+
+
+def test_supervised_line_comes_from_the_last_supervised_run(tmp_path) -> None:
+    def run(acc: float) -> dict:
+        res = {"accuracy": acc, "knn_r1": 0.8, "chance": 0.125, "num_train": 256, "num_test": 64,
+               "total_seconds": 600.0, "settings": {"clip_len": 16, "size": 64, "epochs": 25},
+               "static_control": {"accuracy": 0.14, "knn_r1": 0.12}}  # fmt: skip
+        return {"benchmark": "supervised", "env": {"cpu_count": 2, "gpu": None}, "result": res}
+
+    line = report.supervised_block([run(0.5), run(0.9)])
+    assert "accuracy 0.90" in line and "0.14 / 0.12 from a single frame" in line and "10.0 min" in line
+    assert "no record yet" in report.supervised_block([])
