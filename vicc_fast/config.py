@@ -89,6 +89,11 @@ class EvalCrop(str, enum.Enum):
     tencrop = "tencrop"
 
 
+class EvalWindows(str, enum.Enum):
+    overlap = "overlap"
+    uniform = "uniform"
+
+
 class Backbone(str, enum.Enum):
     s3d = "s3d"
     r21d = "r21d"
@@ -245,7 +250,13 @@ class DataConfig:
     )
     threads: int = _f(2, "DALI CPU threads / DataLoader workers per rank")
     prefetch: int = _f(2, "batches prepared ahead of the training step")
-    eval_clips: int = _f(10, "clips per video in eval mode, uniformly spaced")
+    eval_windows: EvalWindows = _f(
+        EvalWindows.overlap,
+        "eval-mode clips per video: overlap = every window of num_frames * stride frames, starting at frame 0 "
+        "with a step of num_frames * stride // 2 - 1 (the released test sampler, 'half overlap - 1': the count "
+        "grows with the video's length) | uniform = data.eval_clips uniformly spaced windows",
+    )
+    eval_clips: int = _f(10, "clips per video in eval mode with data.eval_windows=uniform, uniformly spaced")
     eval_crop: EvalCrop = _f(EvalCrop.center, "eval-mode spatial crop: center | tencrop")
     eval_crop_fraction: float = _f(
         224 / 240,

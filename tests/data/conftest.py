@@ -41,6 +41,7 @@ def cfg_for(root: Path, *overrides: str) -> config.Config:
         "data.dtype=float32",
         "data.threads=2",
         "data.prefetch=1",
+        "data.eval_windows=uniform",
         "data.eval_clips=2",
         "train.batch_size=2",
         "eval.batch_size=4",

@@ -78,3 +78,36 @@ def test_one_crop_per_clip_to_the_pixel(ramps_root, backend):
                 a = rgb_values(v) if s == Stream.rgb else flow_values(v)
                 per_frame = np.abs(a - a[:, :1]).mean(axis=(2, 3, 4))  # [B, T]
                 assert per_frame.max() < 0.25, per_frame
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("tencrop", [False, True])
+def test_overlap_windows_are_the_released_test_sampler(tmp_path, backend, tencrop):
+    """data.eval_windows=overlap reads every window the released test sampler does ("half overlap - 1": starts
+    0, step T*stride//2 - 1, as many as fit), so their number follows each video's length: on a split mixing
+    24- and 6-frame videos in one batch, each video's clips start exactly at clip_starts(...), RGB and flow
+    alike, and no padding clip reaches the batch."""
+    from data_prep.patterns import make_set
+    from vicc_fast.config import EvalWindows
+    from vicc_fast.data.windows import clip_starts
+
+    root = make_set(tmp_path / "mixed", "codes", n_train=5, n_test=1, short=(1, 3))
+    over = [f"data.backend={backend}", "data.num_frames=4", "data.stride=1", "data.eval_windows=overlap"]
+    if tencrop:
+        over += ["data.eval_crop=tencrop"]
+    cfg = cfg_for(root, *over, "eval.batch_size=64")
+    crops = 10 if tencrop else 1
+    seen = {}
+    for b in loader(cfg, mode="eval", split="train"):
+        f_rgb = frames_from_code(rgb_values(b.views[Stream.rgb][0]).mean(axis=(2, 3))[..., 0])
+        f_flow = frames_from_code(255 - flow_values(b.views[Stream.flow][0]).mean(axis=(2, 3))[..., 1])
+        np.testing.assert_array_equal(f_rgb, f_flow)
+        for i in np.unique(b.index.numpy()):
+            rows = b.index.numpy() == i
+            seen[int(i)] = f_rgb[rows][:, 0]  # crop-major: crops x windows first frames
+    frames = {0: 24, 1: 6, 2: 24, 3: 6, 4: 24}
+    assert sorted(seen) == list(range(5))
+    for i, n in frames.items():
+        want = clip_starts(n, 4, 1, EvalWindows.overlap, 0)
+        assert len(want) == (21 if n == 24 else 3)  # step 1: every start that fits
+        np.testing.assert_array_equal(seen[i], np.tile(want, crops))

@@ -23,6 +23,7 @@ from vicc_fast.config import (
     DataDtype,
     Device,
     EvalCrop,
+    EvalWindows,
     Stream,
 )
 from vicc_fast.data.batch import Batch
@@ -38,6 +39,7 @@ from vicc_fast.data.manifest import (
     rank_range,
     shard_order,
 )
+from vicc_fast.data.windows import overlap_count
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +119,15 @@ class BaseLoader:
         self.epoch = 0
         self.crops = 10 if (not self.train and cfg.data.eval_crop == EvalCrop.tencrop) else 1
         self.clips = 1 if self.train else cfg.data.eval_clips
+        # eval windows per video: None = self.clips each; with overlapping windows, a count per sample index
+        self.window_counts: np.ndarray | None = None
+        if not self.train and cfg.data.eval_windows == EvalWindows.overlap:
+            self.window_counts = overlap_count(self.split.frames, cfg.data.num_frames, cfg.data.stride)
         if self.train:
             self.batch_size = cfg.train.batch_size
         else:
-            self.batch_size = max(1, cfg.eval.batch_size // (self.clips * self.crops))  # videos per step
+            per_video = self.clips if self.window_counts is None else float(np.mean(self.window_counts))
+            self.batch_size = max(1, int(cfg.eval.batch_size // (per_video * self.crops)))  # videos per step
         for i in np.nonzero(self.split.frames < self.span)[0]:
             shard, key = self.split.locate(int(i))
             reason = f"{int(self.split.frames[i])} frames, a clip of {cfg.data.num_frames} at stride {cfg.data.stride} needs {self.span}"
@@ -171,13 +178,20 @@ class BaseLoader:
     def to_batch(
         self, views: dict[Stream, list[torch.Tensor]], label: torch.Tensor, index: torch.Tensor
     ) -> Batch:
-        """Views arrive as ``[B, T, H, W, C]`` (or ``[B, clips * T, H, W, C]`` in eval): permute to
-        ``[B', C, T, H, W]``, which is ``channels_last_3d`` without a copy; cast and move."""
+        """Views arrive as ``[B, T, H, W, C]`` (or ``[B, crops * clips * T, H, W, C]`` in eval; with overlapping
+        windows each sample's clips first, zero padding after): permute to ``[B', C, T, H, W]``, which is
+        ``channels_last_3d`` without a copy; cast and move."""
         T = self.cfg.data.num_frames
+        index = index.reshape(-1).to(torch.int64)
+        reps = None  # clips per sample when they vary (overlapping eval windows)
+        if self.window_counts is not None:
+            reps = torch.from_numpy(self.window_counts[index.cpu().numpy()] * self.crops)
         out: dict[Stream, list[torch.Tensor]] = {}
         for s, vs in views.items():
             conv = []
             for v in vs:
+                if reps is not None:  # drop each sample's padding: [sum(reps) * T, H, W, C]
+                    v = torch.cat([v[i, : int(r) * T] for i, r in enumerate(reps)])[None]
                 b, f, h, w, c = v.shape
                 v = v.reshape(b * (f // T), T, h, w, c).permute(0, 4, 1, 2, 3)
                 v = v.to(self.device, dtype=self.dtype, non_blocking=True)
@@ -186,10 +200,10 @@ class BaseLoader:
                 conv.append(v)
             out[s] = conv
         label = label.reshape(-1).to(torch.int64)
-        index = index.reshape(-1).to(torch.int64)
-        reps = self.clips * self.crops
-        if reps > 1:
-            label, index = label.repeat_interleave(reps), index.repeat_interleave(reps)
+        if reps is not None:
+            label, index = (x.repeat_interleave(reps.to(x.device)) for x in (label, index))
+        elif self.clips * self.crops > 1:
+            label, index = (x.repeat_interleave(self.clips * self.crops) for x in (label, index))
         return Batch(views=out, label=label.to(self.device), index=index.to(self.device))
 
     def explain(self, exc: BaseException) -> list[BadSampleError]:

@@ -29,8 +29,11 @@ Train graph, per sample (one video):
           released code jitters, channel-last -> one per-sample affine map (the RGB view's jitter/grayscale
           with ``flow_photometric``, the normalisation, and x negated on flipped views with ``flow_flip_negate``).
 
-Eval graph: the whole video is decoded once and ``eval_clips`` uniformly spaced clips are gathered from it; centre
-crop, or ten-crop (4 corners + centre, each also flipped); output per sample [clips * crops * T, c, c, 3].
+Eval graph: the whole video is decoded once and its eval clips are gathered from it (``eval_windows``: every
+half-overlapping window, their number looked up per sample, or ``eval_clips`` uniformly spaced; see
+vicc_fast/data/windows.py); centre crop, or ten-crop (4 corners + centre, each also flipped); output per sample
+[crops * clips * T, c, c, 3], with overlapping windows zero-padded along the first axis to the batch's longest
+(the loader drops the padding by the sample's window count).
 """
 
 from __future__ import annotations
@@ -39,8 +42,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vicc_fast.config import Stream
+from vicc_fast.config import EvalWindows, Stream
 from vicc_fast.data.augment import RGB_MEAN, RGB_STD, flow_norm
+from vicc_fast.data.windows import overlap_count, overlap_step
 
 MAX_LUT_KEYS = 65536  # fn.lookup_table keys live in [0, 65535]
 
@@ -84,6 +88,7 @@ class PipeSpec:
     grayscale: str = "channel"  # channel (released: one random channel copied to all three) | luma
     eval_crop_fraction: float = 1.0  # eval crops span this fraction of the shorter side
     flow_normalisation: str = "unit"  # imagenet (released: flow normalised like RGB) | unit
+    eval_windows: str = "uniform"  # overlap (released test sampler) | uniform (eval_clips evenly spaced)
 
     @property
     def span(self) -> int:
@@ -282,7 +287,17 @@ def build_pipeline(
         return finish_flow(x, d["flow_m"], d["flow_t"])
 
     # ------------------------------------------------------------------ eval
-    def eval_indices(nframes):
+    def eval_indices(nframes, index):
+        if spec.eval_windows == EvalWindows.overlap.value:
+            # every window's frame indices back to back; each sample keeps the first count * T of them
+            counts = overlap_count(frames, T, spec.stride)
+            starts = np.arange(int(counts.max()) if len(counts) else 1) * overlap_step(T, spec.stride)
+            table = (starts[:, None] + np.arange(T)[None] * spec.stride).reshape(-1).astype(np.int32)
+            count = fn.lookup_table(
+                fn.cast(index, dtype=types.INT32), **frames_lut_args(counts), dtype=types.FLOAT
+            )
+            n = fn.cast(count, dtype=types.INT32) * T
+            return fn.slice(types.Constant(table, device="cpu"), n * 0, n, axes=[0])
         n = spec.eval_clips
         frac = np.repeat(np.linspace(0.0, 1.0, n) if n > 1 else np.array([0.5]), T).astype(np.float32)
         offs = np.tile(np.arange(T, dtype=np.int32) * spec.stride, n)
@@ -387,7 +402,7 @@ def build_pipeline(
                 aug = augment_rgb if stream == Stream.rgb else augment_flow
                 results += [aug(v, windows[i], draws[i]) for i, v in enumerate(per_stream[stream])]
         else:
-            idx = eval_indices(nframes)
+            idx = eval_indices(nframes, index)
             for stream, enc in zip(spec.streams, encoded):
                 video = fn.decoders.video(
                     enc, device=decoder_device, start_frame=0, end_frame=fn.cast(nframes, dtype=types.INT32)
@@ -397,7 +412,10 @@ def build_pipeline(
                     video = eval_flow_frames(video)
                 video = to_device(video)
                 crops = eval_crops(video, flow=stream == Stream.flow)
-                results.append(crops[0] if len(crops) == 1 else fn.cat(*crops, axis_name="F"))
+                y = crops[0] if len(crops) == 1 else fn.cat(*crops, axis_name="F")
+                if spec.eval_windows == EvalWindows.overlap.value:
+                    y = fn.pad(y, axis_names="F", fill_value=0.0)  # to the batch's longest sample
+                results.append(y)
         return (*results, label, index)
 
     return pipe(

@@ -14,8 +14,9 @@ Semantics shared by both backends (``data.backend=dali|torch``):
 - train: an epoch is one clip pair (``num_views`` clips) per video of this rank's part of the split; the order
   is a function of (seed, epoch) only, so a run restarted at an epoch boundary sees the same batches. Every rank
   yields ``len(loader)`` full batches (the ragged tail is dropped) so that collectives never wait.
-- eval: each video exactly once across all ranks (ranks may differ by one step), ``eval_clips`` uniformly spaced
-  clips per video (x10 with ten-crop), batch = videos x clips; ``index`` tells which video each clip is.
+- eval: each video exactly once across all ranks (ranks may differ by one step), its eval clips
+  (``data.eval_windows``: every half-overlapping window, or ``eval_clips`` uniformly spaced; x10 with ten-crop),
+  batch = videos x their clips; ``index`` tells which video each clip is.
 - bad data: a sample whose video is shorter than a clip or fails to decode raises :class:`BadSampleError`
   naming its shard and key; with ``data.on_bad_sample=skip`` it is counted (``loader.skipped``), warned about
   and left out.
@@ -122,6 +123,7 @@ class DaliLoader(BaseLoader):
             grayscale=d.grayscale.value,
             eval_crop_fraction=d.eval_crop_fraction,
             flow_normalisation=d.flow_normalisation.value,
+            eval_windows=d.eval_windows.value,
         )
         shards = self.shard_sequence()
         device_id = None

@@ -22,6 +22,7 @@ from vicc_fast.data.base import BaseLoader
 from vicc_fast.data.batch import Batch
 from vicc_fast.data.dali import eval_resize
 from vicc_fast.data.manifest import BadSampleError, DataError, rank_range
+from vicc_fast.data.windows import clip_starts
 
 
 class VideoDecodeError(RuntimeError):
@@ -242,11 +243,7 @@ class TorchLoader(BaseLoader):
                         aug = self.aug.flow if flow else self.aug.rgb
                         out[f"{s.value}{v}"] = aug(self._to_tchw(clip, flow), wins[v], draws[v], 0)
             else:
-                first = (
-                    np.linspace(0, nframes - self.span, self.clips).astype(int)
-                    if self.clips > 1
-                    else [(nframes - self.span) // 2]
-                )
+                first = clip_starts(nframes, T, d.stride, d.eval_windows, self.clips)
                 idx = np.concatenate([f + np.arange(T) * d.stride for f in first])
                 for s in self.streams:
                     flow = s == Stream.flow
@@ -305,7 +302,13 @@ class TorchLoader(BaseLoader):
         views = {s: [] for s in self.streams}
         for n in names:
             s = Stream(n.rstrip("0123456789"))
-            views[s].append(torch.stack([it[n] for it in items]))
+            xs = [it[n] for it in items]
+            longest = max(len(x) for x in xs)  # overlapping eval windows: zero-pad as the DALI graph does
+            xs = [
+                torch.cat([x, x.new_zeros(longest - len(x), *x.shape[1:])]) if len(x) < longest else x
+                for x in xs
+            ]
+            views[s].append(torch.stack(xs))
         label = torch.tensor([it["label"] for it in items])
         index = torch.tensor([it["index"] for it in items])
         return self.to_batch(views, label, index)

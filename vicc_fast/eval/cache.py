@@ -34,6 +34,7 @@ def feature_settings(cfg: Config) -> dict[str, Any]:
         "stride": d.stride,
         "crop_size": d.crop_size,
         "eval_clips": d.eval_clips,
+        "eval_windows": d.eval_windows.value,
         "eval_crop": d.eval_crop.value,
         "eval_crop_fraction": d.eval_crop_fraction,
         "backend": d.backend.value,

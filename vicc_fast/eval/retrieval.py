@@ -6,8 +6,8 @@ papers report them.
 
 Features as the released ``test_retrieval`` (ViCC and CoCLR ``main_classifier.py``) builds them, by default
 (``eval.retrieval_*``, :func:`retrieval_cfg`): centre-cropped clips, each clip's feature L2-normalised, averaged
-per video (one clip per train video; ``data.eval_clips`` uniformly spaced clips per test video, where the
-released code takes every half-overlapping window), then each split centred by its own mean and L2-normalised.
+per video (one clip per train video; every half-overlapping window of each test video, ``data.eval_windows``, as
+the released code), then each split centred by its own mean and L2-normalised.
 
 R+F fusion, both forms reported (the released code has no R+F retrieval; the papers average the two streams'
 similarity scores, CoCLR Table 3, ViCC Table 1 "averaging predictions"):
@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from vicc_fast.config import Config, Stream
+from vicc_fast.config import Config, EvalWindows, Stream
 
 DEFAULT_CHUNK = 1024
 DEFAULT_GALLERY_CHUNK = 65536
@@ -210,8 +210,10 @@ def retrieval_cfg(cfg: Config, split: str) -> Config:
     ``test_retrieval``: a centre crop, one clip of each train video, half-overlapping windows of each test one).
     Everything else (frames, crop fraction, backend) as ``cfg``."""
     data = dataclasses.replace(cfg.data, eval_crop=cfg.eval.retrieval_crop)
-    if split == "train" and cfg.eval.retrieval_train_clips > 0:
-        data = dataclasses.replace(data, eval_clips=cfg.eval.retrieval_train_clips)
+    if split == "train" and cfg.eval.retrieval_train_clips > 0:  # a fixed count: evenly spaced windows
+        data = dataclasses.replace(
+            data, eval_clips=cfg.eval.retrieval_train_clips, eval_windows=EvalWindows.uniform
+        )
     return dataclasses.replace(cfg, data=data)
 
 
