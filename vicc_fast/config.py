@@ -92,6 +92,7 @@ class EvalCrop(str, enum.Enum):
 class EvalWindows(str, enum.Enum):
     overlap = "overlap"
     uniform = "uniform"
+    random = "random"
 
 
 class Backbone(str, enum.Enum):
@@ -254,7 +255,9 @@ class DataConfig:
         EvalWindows.overlap,
         "eval-mode clips per video: overlap = every window of num_frames * stride frames, starting at frame 0 "
         "with a step of num_frames * stride // 2 - 1 (the released test sampler, 'half overlap - 1': the count "
-        "grows with the video's length) | uniform = data.eval_clips uniformly spaced windows",
+        "grows with the video's length) | uniform = data.eval_clips uniformly spaced windows | random = "
+        "data.eval_clips windows at random starts drawn per video from train.seed (the released train-mode "
+        "sampler)",
     )
     eval_clips: int = _f(10, "clips per video in eval mode with data.eval_windows=uniform, uniformly spaced")
     eval_crop: EvalCrop = _f(EvalCrop.center, "eval-mode spatial crop: center | tencrop")
@@ -508,10 +511,16 @@ class EvalConfig:
         "retrieval clips' spatial crop: center (released test_retrieval: CenterCrop 224 of the 240-pixel frames "
         "scaled to 128, --ten_crop unused there; the crop spans data.eval_crop_fraction) | tencrop",
     )
+    retrieval_train_windows: EvalWindows = _f(
+        EvalWindows.random,
+        "retrieval: where the eval.retrieval_train_clips clips of a train (gallery) video lie: random (released "
+        "test_retrieval reads the train split in train mode: one random window, here drawn from train.seed so "
+        "reruns agree) | uniform (the middle window for one clip) | overlap",
+    )
     retrieval_train_clips: int = _f(
         1,
         "clips per train (gallery) video in retrieval: 1 = released test_retrieval (its train split samples one "
-        "clip per video, a random window there, the middle one here); 0 = data.eval_clips, as the test videos",
+        "clip per video, where eval.retrieval_train_windows says); 0 = data.eval_clips, as the test videos",
     )
     cache_dir: str = _f("", "feature cache folder (empty = <run>/eval/cache)")
     tsne_max_points: int = _f(2000, "test videos drawn in the t-SNE plot (random subset above this)")

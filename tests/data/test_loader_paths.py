@@ -111,3 +111,25 @@ def test_overlap_windows_are_the_released_test_sampler(tmp_path, backend, tencro
         want = clip_starts(n, 4, 1, EvalWindows.overlap, 0)
         assert len(want) == (21 if n == 24 else 3)  # step 1: every start that fits
         np.testing.assert_array_equal(seen[i], np.tile(want, crops))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_random_windows_read_the_host_drawn_starts(tmp_path, backend):
+    """data.eval_windows=random: each video's clips start where the host drew them (BaseLoader.random_starts,
+    from train.seed), the same on both backends, RGB and flow alike."""
+    from data_prep.patterns import make_set
+
+    root = make_set(tmp_path / "rand", "codes", n_train=5, n_test=1)
+    cfg = cfg_for(root, f"data.backend={backend}", "data.num_frames=4", "data.eval_windows=random",
+                  "data.eval_clips=2", "train.seed=5")  # fmt: skip
+    ld = loader(cfg, mode="eval", split="train")
+    assert ld.random_starts.shape == (5, 2) and len(np.unique(ld.random_starts)) > 2
+    seen = 0
+    for b in ld:
+        f_rgb = frames_from_code(rgb_values(b.views[Stream.rgb][0]).mean(axis=(2, 3))[..., 0])
+        f_flow = frames_from_code(255 - flow_values(b.views[Stream.flow][0]).mean(axis=(2, 3))[..., 1])
+        np.testing.assert_array_equal(f_rgb, f_flow)
+        for j, i in enumerate(b.index.numpy()[::2]):
+            np.testing.assert_array_equal(f_rgb[2 * j : 2 * j + 2, 0], ld.random_starts[i])
+            seen += 1
+    assert seen == 5

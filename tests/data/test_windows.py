@@ -36,3 +36,18 @@ def test_uniform_windows_span_the_video_and_one_clip_is_the_middle():
     np.testing.assert_array_equal(clip_starts(40, 8, 2, EvalWindows.uniform, 1), [12])
     assert overlap_step(2, 1) == 1  # never a zero step
     np.testing.assert_array_equal(overlap_count(np.array([8, 30]), 8, 1), [1, 8])
+
+
+def test_random_windows_lie_where_the_released_train_sampler_draws_and_follow_the_seed():
+    """start = floor(u * (frames - T * stride)): among range(total - T * ds) as released, 0 when that is
+    empty; the draws are a function of the seed."""
+    from vicc_fast.data.windows import random_fractions
+
+    u = random_fractions(50, 2, seed=3)
+    assert u.shape == (50, 2) and np.array_equal(u, random_fractions(50, 2, seed=3))
+    assert not np.array_equal(u, random_fractions(50, 2, seed=4))
+    starts = np.stack([clip_starts(40, 8, 2, EvalWindows.random, 2, f) for f in u])
+    assert starts.min() >= 0 and starts.max() <= 40 - 16 - 1 and len(np.unique(starts)) > 10
+    assert clip_starts(16, 8, 2, EvalWindows.random, 1, u[0, :1]).tolist() == [0]
+    with pytest.raises(ValueError, match="2 fractions"):
+        clip_starts(40, 8, 2, EvalWindows.random, 2, None)

@@ -147,9 +147,9 @@ def test_retrieval_reads_one_centre_cropped_clip_per_train_video_as_released():
     train, test = retrieval_cfg(paper, "train").data, retrieval_cfg(paper, "test").data
     assert (train.eval_crop, train.eval_clips) == (C.EvalCrop.center, 1)
     assert (test.eval_crop, test.eval_clips) == (C.EvalCrop.center, 10)
-    # test videos: every half-overlapping window (released test sampler); the one train clip: the middle window
+    # test videos: every half-overlapping window (released test sampler); the one train clip: a random window
     assert C.DataConfig().eval_windows is C.EvalWindows.overlap
-    assert (test.eval_windows, train.eval_windows) == (C.EvalWindows.overlap, C.EvalWindows.uniform)
+    assert (test.eval_windows, train.eval_windows) == (C.EvalWindows.overlap, C.EvalWindows.random)
     for name in ("ucf101_s3d", "ucf101_r21d", "ucf101_r3d", "hmdb51_s3d", "hmdb51_r21d", "ucf101_coclr_s3d"):
         assert C.load(C.CONFIG_DIR / f"{name}.yaml").data.eval_windows is C.EvalWindows.overlap
     assert paper.data.eval_crop is C.EvalCrop.tencrop  # the linear probe / finetune test keep ten-crop

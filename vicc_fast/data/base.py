@@ -39,7 +39,7 @@ from vicc_fast.data.manifest import (
     rank_range,
     shard_order,
 )
-from vicc_fast.data.windows import overlap_count
+from vicc_fast.data.windows import clip_starts, overlap_count, random_fractions
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,18 @@ class BaseLoader:
         self.window_counts: np.ndarray | None = None
         if not self.train and cfg.data.eval_windows == EvalWindows.overlap:
             self.window_counts = overlap_count(self.split.frames, cfg.data.num_frames, cfg.data.stride)
+        # random eval windows: every video's clip starts drawn once, here, for both backends: [N, clips]
+        self.random_starts: np.ndarray | None = None
+        if not self.train and cfg.data.eval_windows == EvalWindows.random:
+            u = random_fractions(len(self.split.frames), self.clips, cfg.train.seed)
+            self.random_starts = np.stack(
+                [
+                    clip_starts(
+                        int(n), cfg.data.num_frames, cfg.data.stride, EvalWindows.random, self.clips, f
+                    )
+                    for n, f in zip(self.split.frames, u, strict=True)
+                ]
+            ).reshape(len(self.split.frames), self.clips)
         if self.train:
             self.batch_size = cfg.train.batch_size
         else:

@@ -88,7 +88,9 @@ class PipeSpec:
     grayscale: str = "channel"  # channel (released: one random channel copied to all three) | luma
     eval_crop_fraction: float = 1.0  # eval crops span this fraction of the shorter side
     flow_normalisation: str = "unit"  # imagenet (released: flow normalised like RGB) | unit
-    eval_windows: str = "uniform"  # overlap (released test sampler) | uniform (eval_clips evenly spaced)
+    eval_windows: str = (
+        "uniform"  # overlap (released test sampler) | uniform (eval_clips evenly spaced) | random
+    )
 
     @property
     def span(self) -> int:
@@ -162,6 +164,7 @@ def build_pipeline(
     prefetch: int,
     device_id: int | None,
     seed: int,
+    eval_starts: np.ndarray | None = None,
 ):
     """Build (not yet start) the DALI pipeline of ``spec`` over ``paths``; outputs as ``spec.output_names()``."""
     from nvidia.dali import fn, pipeline_def, types
@@ -298,6 +301,20 @@ def build_pipeline(
             )
             n = fn.cast(count, dtype=types.INT32) * T
             return fn.slice(types.Constant(table, device="cpu"), n * 0, n, axes=[0])
+        if spec.eval_windows == EvalWindows.random.value:  # host-drawn starts per video, looked up
+            if eval_starts is None:
+                raise ValueError("random eval windows need the per-video starts (eval_starts)")
+            ii = fn.cast(index, dtype=types.INT32)
+            starts = [
+                fn.cast(
+                    fn.lookup_table(ii, **frames_lut_args(eval_starts[:, k]), dtype=types.FLOAT),
+                    dtype=types.INT32,
+                )
+                for k in range(eval_starts.shape[1])
+            ]
+            first = fn.reshape(fn.stack(*starts), shape=[-1, 1])  # [clips, 1]
+            offs = types.Constant((np.arange(T, dtype=np.int32) * spec.stride)[None])  # [1, T]
+            return fn.reshape(first + offs, shape=[-1])
         n = spec.eval_clips
         frac = np.repeat(np.linspace(0.0, 1.0, n) if n > 1 else np.array([0.5]), T).astype(np.float32)
         offs = np.tile(np.arange(T, dtype=np.int32) * spec.stride, n)

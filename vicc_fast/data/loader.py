@@ -143,6 +143,7 @@ class DaliLoader(BaseLoader):
             prefetch=d.prefetch,
             device_id=device_id,
             seed=self.epoch_seed(),
+            eval_starts=self.random_starts,
         )
         return spec, pipe
 

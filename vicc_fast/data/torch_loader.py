@@ -243,7 +243,10 @@ class TorchLoader(BaseLoader):
                         aug = self.aug.flow if flow else self.aug.rgb
                         out[f"{s.value}{v}"] = aug(self._to_tchw(clip, flow), wins[v], draws[v], 0)
             else:
-                first = clip_starts(nframes, T, d.stride, d.eval_windows, self.clips)
+                if self.random_starts is not None:
+                    first = self.random_starts[index]
+                else:
+                    first = clip_starts(nframes, T, d.stride, d.eval_windows, self.clips)
                 idx = np.concatenate([f + np.arange(T) * d.stride for f in first])
                 for s in self.streams:
                     flow = s == Stream.flow

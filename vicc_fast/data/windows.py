@@ -3,7 +3,8 @@
 ``overlap`` is the released test sampler ("half overlap - 1" in the CoCLR/ViCC datasets): windows of
 ``num_frames * stride`` frames starting at 0, ``num_frames * stride // 2 - 1`` apart, as many as fit, so a longer
 video gives more clips. ``uniform`` is ``clips`` windows spread evenly from the first frame to the last.
-A clip reads ``num_frames`` frames at ``stride`` from its start (its span is ``(num_frames - 1) * stride + 1``).
+``random`` is ``clips`` windows at random starts (the released train-mode sampler, which ``test_retrieval`` uses
+for its gallery), drawn per video from a seed so that two runs read the same clips. A clip reads ``num_frames`` frames at ``stride`` from its start (its span is ``(num_frames - 1) * stride + 1``).
 """
 
 from __future__ import annotations
@@ -26,9 +27,27 @@ def overlap_count(frames: np.ndarray | int, num_frames: int, stride: int) -> np.
     return np.maximum(available, 0) // overlap_step(num_frames, stride) + 1
 
 
-def clip_starts(frames: int, num_frames: int, stride: int, windows: EvalWindows, clips: int) -> np.ndarray:
-    """First frame of each eval clip of a video of ``frames`` frames: [W] (``overlap``) or [clips]
-    (``uniform``)."""
+def random_fractions(num_videos: int, clips: int, seed: int) -> np.ndarray:
+    """[num_videos, clips] draws in [0, 1), a function of (seed, shape) only: video i's random windows."""
+    return np.random.default_rng([seed, 0x57A27]).random((num_videos, clips))
+
+
+def clip_starts(
+    frames: int,
+    num_frames: int,
+    stride: int,
+    windows: EvalWindows,
+    clips: int,
+    fractions: np.ndarray | None = None,
+) -> np.ndarray:
+    """First frame of each eval clip of a video of ``frames`` frames: [W] (``overlap``) or [clips] (``uniform``;
+    ``random`` with this video's [clips] ``fractions``: start = floor(u * (frames - num_frames * stride)), as
+    the released train sampler draws among ``range(total - num_frames * ds)``, or 0 when that is empty)."""
+    if windows == EvalWindows.random:
+        if fractions is None or len(fractions) != clips:
+            raise ValueError(f"random windows need {clips} fractions per video")
+        room = max(frames - num_frames * stride, 0)
+        return (np.asarray(fractions) * room).astype(np.int64)
     if windows == EvalWindows.overlap:
         return np.arange(int(overlap_count(frames, num_frames, stride))) * overlap_step(num_frames, stride)
     span = (num_frames - 1) * stride + 1

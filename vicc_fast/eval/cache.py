@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from vicc_fast import atomic
-from vicc_fast.config import Config, Stream
+from vicc_fast.config import Config, EvalWindows, Stream
 
 FORMAT = 1
 Features = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # feats [N, F], labels [N], index [N]
@@ -35,6 +35,8 @@ def feature_settings(cfg: Config) -> dict[str, Any]:
         "crop_size": d.crop_size,
         "eval_clips": d.eval_clips,
         "eval_windows": d.eval_windows.value,
+        # random windows are drawn from the seed: another seed reads other clips
+        "windows_seed": cfg.train.seed if d.eval_windows == EvalWindows.random else None,
         "eval_crop": d.eval_crop.value,
         "eval_crop_fraction": d.eval_crop_fraction,
         "backend": d.backend.value,

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from vicc_fast.config import Config, EvalWindows, Stream
+from vicc_fast.config import Config, Stream
 
 DEFAULT_CHUNK = 1024
 DEFAULT_GALLERY_CHUNK = 65536
@@ -210,9 +210,9 @@ def retrieval_cfg(cfg: Config, split: str) -> Config:
     ``test_retrieval``: a centre crop, one clip of each train video, half-overlapping windows of each test one).
     Everything else (frames, crop fraction, backend) as ``cfg``."""
     data = dataclasses.replace(cfg.data, eval_crop=cfg.eval.retrieval_crop)
-    if split == "train" and cfg.eval.retrieval_train_clips > 0:  # a fixed count: evenly spaced windows
+    if split == "train" and cfg.eval.retrieval_train_clips > 0:
         data = dataclasses.replace(
-            data, eval_clips=cfg.eval.retrieval_train_clips, eval_windows=EvalWindows.uniform
+            data, eval_clips=cfg.eval.retrieval_train_clips, eval_windows=cfg.eval.retrieval_train_windows
         )
     return dataclasses.replace(cfg, data=data)
 
