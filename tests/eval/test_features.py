@@ -116,3 +116,23 @@ def test_extract_l2_normalises_each_clip_before_the_video_average_as_released():
     raw, _, _ = extract(MeanEncoder(), loader, torch.device("cpu"))
     assert torch.allclose(released, torch.tensor([[0.5, 0.5, 0], [0, 0, 1.0]]))
     assert torch.allclose(raw, torch.tensor([[1.5, 0.5, 0], [0, 0, 2.0]]))
+
+
+def test_in_chunks_never_forwards_more_than_the_budget_and_equals_one_forward():
+    """Overlapping eval windows can put every window of a long video in one batch: the encoder sees at most
+    ``rows`` clips at a time, and the result equals one forward."""
+    from vicc_fast.eval.features import in_chunks
+
+    seen = []
+    lin = torch.nn.Linear(4, 3)
+
+    def fn(x):
+        seen.append(x.shape[0])
+        return lin(x)
+
+    x = torch.randn(23, 4)
+    torch.testing.assert_close(in_chunks(fn, x, 5), lin(x))
+    assert max(seen) == 5 and sum(seen) == 23
+    seen.clear()
+    in_chunks(fn, x, None)
+    assert seen == [23]

@@ -139,6 +139,7 @@ class BaseLoader:
             self.batch_size = cfg.train.batch_size
         else:
             per_video = self.clips if self.window_counts is None else float(np.mean(self.window_counts))
+            self.max_clips = cfg.eval.batch_size  # the most clips a consumer should forward at once
             self.batch_size = max(1, int(cfg.eval.batch_size // (per_video * self.crops)))  # videos per step
         for i in np.nonzero(self.split.frames < self.span)[0]:
             shard, key = self.split.locate(int(i))

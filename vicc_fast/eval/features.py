@@ -72,6 +72,17 @@ def clip_rows(f: torch.Tensor, l2norm: bool) -> torch.Tensor:
     return F.normalize(f, dim=1) if l2norm else f
 
 
+def in_chunks(fn: Any, x: torch.Tensor, rows: int | None) -> torch.Tensor:
+    """``fn`` over ``x`` [B, ...] in pieces of at most ``rows`` rows (None or 0: at once), outputs concatenated.
+
+    An eval batch with overlapping windows holds every window of its videos, so one long video can bring
+    many times ``eval.batch_size`` clips (the loader sizes batches by the mean window count): the encoder
+    never sees more than ``rows`` at a time."""
+    if not rows or x.shape[0] <= rows:
+        return fn(x)
+    return torch.cat([fn(x[i : i + rows]) for i in range(0, x.shape[0], rows)])
+
+
 @torch.no_grad()
 def encode_clips(
     encoder: nn.Module,
@@ -102,7 +113,7 @@ def encode_clips(
             if index.numel() and (int(index.min()) < 0 or int(index.max()) >= num_videos):
                 raise ValueError(f"loader yielded video index {int(index.max())} outside [0, {num_videos})")
             with _autocast(device, amp):
-                f = encoder(x)
+                f = in_chunks(encoder, x, getattr(loader, "max_clips", None))
             f = clip_rows(f, clip_l2norm)
             if sums is None:
                 sums = torch.zeros(num_videos, f.shape[1], device=device)

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from vicc_fast.config import Amp, Stream
 from vicc_fast.data.batch import Batch
-from vicc_fast.eval.features import _autocast, feature_dim
+from vicc_fast.eval.features import _autocast, feature_dim, in_chunks
 
 
 class FinetuneModel(nn.Module):
@@ -117,7 +117,8 @@ def predict_videos(
     labels = torch.zeros(num_videos, dtype=torch.int64)
     for b in tqdm(loader, desc=f"test {Stream(stream).value}", disable=not progress, leave=False):
         with _autocast(device, amp):
-            logits = model(b.views[stream][0].to(device, non_blocking=True))
+            x = b.views[stream][0].to(device, non_blocking=True)
+            logits = in_chunks(model, x, getattr(loader, "max_clips", None))
         probs = logits.float().softmax(1).cpu()
         idx = b.index.cpu().long()
         if total is None:
