@@ -18,7 +18,7 @@ BENCHMARKS = {
     "storage": "Shard bytes per video (RGB and flow streams) at several stored sizes, same sources",
     "step": "Training step breakdown: data-wait / forward / loss / backward / optimiser",
     "scaling": "Throughput per rank with 1, 2, 4 ranks",
-    "supervised": "Supervised upper bound of the synthetic demo set (tiny RGB model trained on labels)",
+    "supervised": "Supervised reference on the synthetic demo set (tiny RGB model trained on labels)",
     "demo": "The demo / method comparison over seeds as committed records (train + evaluate per seed)",
     "report": "README / comparison tables generated from the demo records (--write, --check)",
 }

@@ -234,10 +234,10 @@ def loader_block(runs: list[dict[str, Any]]) -> str:
 
 
 def supervised_block(runs: list[dict[str, Any]]) -> str:
-    """README: the supervised bound of the demo set (the last ``bench supervised`` run of the record)."""
+    """README: the supervised reference on the demo set (the last ``bench supervised`` run of the record)."""
     sup = [r for r in runs if r.get("benchmark") == "supervised"]
     if not sup:
-        return f"(the supervised bound has no record yet: `python -m vicc_fast.bench supervised --json {SUPERVISED_RECORD}`)"
+        return f"(the supervised reference has no record yet: `python -m vicc_fast.bench supervised --json {SUPERVISED_RECORD}`)"
     r = sup[-1]
     res, st = r["result"], r["result"]["settings"]
     static = res.get("static_control")

@@ -1,4 +1,4 @@
-"""Supervised upper bound of the synthetic demo set: can a tiny RGB 3D CNN learn the motion classes from labels?
+"""Supervised reference on the synthetic demo set: can a tiny RGB 3D CNN learn the motion classes from labels?
 
 The synthetic classes are defined by motion only, so this is the check that the motion survives the frame size
 the demo trains at (e.g. 64x64): a supervised tiny RGB model, trained on clips decoded from the source videos
