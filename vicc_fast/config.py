@@ -487,6 +487,12 @@ class EvalConfig:
         "linear probe on L2-normalised features through an affine BatchNorm1d (released LinearClassifier); "
         "false = a parameter-free BatchNorm1d on the raw features",
     )
+    linear_test_clips: bool = _f(
+        True,
+        "linear probe test as released: every eval clip and crop of a test video through the frozen encoder "
+        "and the probe, softmax probabilities averaged per video (the finetune test's protocol); false = the "
+        "probe applied to the cached clip-averaged feature of each test video (one pass fewer)",
+    )
     linear_weight_decay: float = _f(1e-3, "weight decay of the linear probe")
     linear_batch_size: int = _f(256, "videos per step of the linear probe on cached features")
     finetune_optim: EvalOptim = _f(EvalOptim.sgd, "finetuning optimiser: sgd (momentum 0.9, released) | adam")

@@ -106,7 +106,7 @@ def test_released_linear_and_finetune_protocols_by_default():
         1e-3,
         100,
     )
-    assert e.linear_milestones == [60, 80] and e.linear_l2norm
+    assert e.linear_milestones == [60, 80] and e.linear_l2norm and e.linear_test_clips
     assert (e.finetune_optim, e.finetune_lr, e.finetune_weight_decay) == (EvalOptim.sgd, 0.1, 1e-3)
     assert (e.finetune_epochs, e.finetune_dropout, e.finetune_milestones) == (500, 0.9, [200, 300, 400, 450])
     spe = 7
@@ -144,3 +144,27 @@ def test_supervised_train_clips_as_the_released_classifier():
     assert (d.brightness, d.contrast, d.saturation, d.hue) == (0.4, 0.4, 0.4, 0.1)
     demo = supervised_cfg(C.load(C.DEFAULT_CONFIG)).data
     assert demo.hflip and not demo.aug_controller and demo.blur_prob == 0.0
+
+
+def test_probe_test_averages_each_clips_probabilities_as_released():
+    """eval.linear_test_clips: every clip of a test video through the encoder and the probe, the softmax
+    probabilities averaged per video; with L2-normalised probe features that differs from the probe on the
+    averaged feature (the cached path)."""
+    from vicc_fast.config import Stream
+    from vicc_fast.data.batch import Batch
+    from vicc_fast.eval.finetune import predict_videos
+    from vicc_fast.eval.linear import LinearProbe, ProbeOnEncoder
+
+    torch.manual_seed(0)
+    probe = LinearProbe(4, 3, l2norm=True).eval()
+    enc = torch.nn.Flatten()  # [B, 4, 1, 1, 1] -> [B, 4]
+    clips = torch.randn(5, 4, 1, 1, 1) * torch.tensor([1.0, 3.0, 0.2, 5.0, 1.0])[:, None, None, None, None]
+    index = torch.tensor([0, 0, 0, 1, 1])
+    batches = [Batch(views={Stream.rgb: [clips]}, label=torch.tensor([2, 2, 2, 1, 1]), index=index)]
+    probs, labels = predict_videos(ProbeOnEncoder(enc, probe), batches, Stream.rgb, torch.device("cpu"), 2)
+    with torch.no_grad():
+        per_clip = probe(clips.flatten(1)).softmax(1)
+        want = torch.stack([per_clip[:3].mean(0), per_clip[3:].mean(0)])
+        averaged = probe(torch.stack([clips[:3].flatten(1).mean(0), clips[3:].flatten(1).mean(0)])).softmax(1)
+    torch.testing.assert_close(probs, want)
+    assert labels.tolist() == [2, 1] and not torch.allclose(probs, averaged)

@@ -6,8 +6,9 @@ layer is trained with cross-entropy. Two training inputs:
   (random crops, flips, colour jitter; Gaussian blur off) and encoded by the frozen backbone;
 - ``augment=False``: the classifier trains on the cached, clip-averaged eval features of the train videos
   (no augmentation; seconds instead of an encoder pass per epoch).
-Test videos are classified from their clip-averaged eval features (a linear classifier's logits of averaged
-features are the averaged logits of the clips).
+Test videos, as released (``eval.linear_test_clips``): every eval clip and crop through the frozen encoder and
+the probe, the softmax probabilities averaged per video; or the probe on each video's cached clip-averaged eval
+feature (one encoder pass fewer; with L2-normalised probe features not the same thing).
 """
 
 from __future__ import annotations
@@ -23,6 +24,18 @@ from tqdm import tqdm
 from vicc_fast.config import Stream
 from vicc_fast.data.batch import Batch
 from vicc_fast.eval.features import _autocast
+
+
+class ProbeOnEncoder(nn.Module):
+    """``[B, C, T, H, W] -> [B, classes]``: a frozen encoder's flattened float features through ``probe`` (the
+    released linear classifier's test path, one clip at a time)."""
+
+    def __init__(self, encoder: nn.Module, probe: nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.probe = encoder, probe
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.probe(self.encoder(x).float().flatten(1))
 
 
 class LinearProbe(nn.Module):

@@ -160,8 +160,14 @@ class Evaluation:
         return res
 
     def linear(self) -> dict[str, float]:
-        from vicc_fast.eval.finetune import fuse_probabilities
-        from vicc_fast.eval.linear import fit_linear_augmented, fit_linear_on_features, predict, topk_accuracy
+        from vicc_fast.eval.finetune import fuse_probabilities, predict_videos
+        from vicc_fast.eval.linear import (
+            ProbeOnEncoder,
+            fit_linear_augmented,
+            fit_linear_on_features,
+            predict,
+            topk_accuracy,
+        )
 
         e = self.cfg.eval
         recipe = {
@@ -169,9 +175,9 @@ class Evaluation:
         }  # fmt: skip
         res: dict[str, float] = {}
         probs = {}
+        tel = None
         for s in self.streams:
             tr, trl = self.features(s, "train")
-            te, tel = self.features(s, "test")
             if e.linear_augment:
                 cfg = supervised_cfg(self.cfg)
                 enc = self.ck.encoders[s].to(self.device)
@@ -186,9 +192,17 @@ class Evaluation:
                     lr=e.linear_lr, weight_decay=e.linear_weight_decay, batch_size=e.linear_batch_size,
                     seed=self.cfg.train.seed, progress=self.progress, **recipe,
                 )  # fmt: skip
-            probs[s] = predict(probe, te)
+            if e.linear_test_clips:
+                model = ProbeOnEncoder(self.ck.encoders[s].to(self.device), probe).eval()
+                test = self.loader("test", "eval", s, self.cfg)
+                probs[s], tel = predict_videos(
+                    model, test, s, self.device, self.data.num_samples["test"], self.cfg.train.amp, self.progress
+                )  # fmt: skip
+            else:
+                te, tel = self.features(s, "test")
+                probs[s] = predict(probe, te)
             res.update({f"{s.value}/{k}": v for k, v in topk_accuracy(probs[s], tel).items()})
-        if len(probs) == 2:
+        if len(probs) == 2 and tel is not None:
             res.update(
                 {f"rf/{k}": v for k, v in topk_accuracy(fuse_probabilities(*probs.values()), tel).items()}
             )
