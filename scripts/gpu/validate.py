@@ -20,6 +20,8 @@ Steps (GPU figures are the issue's goals; a missed goal is reported, not a faile
   head      python -m vicc_fast.bench kernels --quick: Triton loss head vs eager vs torch.compile (>= 2x, >= 1x)
   nvtx      the step ranges (data, forward, backward, optimizer) in the amp step's torch.profiler trace
   flow      (only with --only) bench flow --methods tvl1-torch at 320x240: pairs/s (goal >= 700) and EPE
+  evalwin   (only with --only) bench loader --mode eval with the released overlapping test windows, centre and
+            ten-crop: both backends run them on the GPU; clips/s
 
 Only the standard library is imported here: the parent process stays small and starts in milliseconds.
 """
@@ -365,6 +367,36 @@ def flow_summary(ctx: Ctx):
     return True, fig, goal
 
 
+def evalwin_cmds(ctx: Ctx):
+    """The eval pipelines with the released test windows (data.eval_windows=overlap, the default: each video's
+    count looked up, the batch padded, the padding dropped), centre crop and ten-crop, both backends."""
+    if ctx.dry:
+        common = ["--device", "cpu", "--batch", "2", "--steps", "2", "--warmup", "0", "--repeat", "1",
+                  "--threads", "1", "--replicate", "2"]  # fmt: skip
+        sets = ["data.num_frames=4", "data.crop_size=32", "data.dtype=float32"]
+    else:
+        common = ["--device", "cuda", "--batch", "16", "--steps", "6", "--warmup", "2", "--repeat", "1",
+                  "--threads", "12", "--replicate", "8"]  # fmt: skip
+        sets = []
+    root = ["--root", str(ctx.data / "lb"), "--mode", "eval"]
+    return [
+        (_bench(ctx, "loader", *root, *common, "--set", *sets, record="evalwin"), {}),
+        (
+            _bench(ctx, "loader", *root, *common, "--set", *sets, "data.eval_crop=tencrop", record="evalwin"),
+            {},
+        ),
+    ]
+
+
+def evalwin_summary(ctx: Ctx):
+    doc = json.loads(ctx.json("evalwin").read_text())[-2:]
+    parts = []
+    for tag, rec in zip(("centre", "ten-crop"), doc):
+        r = rec["result"]
+        parts.append(f"{tag} {r['dali']['clips_per_s']:.0f} vs {r['torch']['clips_per_s']:.0f} clips/s")
+    return True, "; ".join(parts), ""
+
+
 def nvtx_cmds(ctx: Ctx):
     return [([PY, str(Path(__file__).resolve()), "nvtx", "--trace", str(ctx.scratch / "trace"),
               "--json", str(ctx.json("nvtx"))], {})]  # fmt: skip
@@ -390,6 +422,15 @@ STEPS = [
     Step("nvtx", "step ranges in the profiler trace", 10, nvtx_cmds, nvtx_summary),
     # not in the default run, which must fit 8 minutes: `--only flow` (about 1-2 min with compilation)
     Step("flow", "TV-L1 in PyTorch (tvl1-torch) at 320x240", 150, flow_cmds, flow_summary, default=False),
+    # `--only evalwin`: the released test windows through the GPU eval pipeline (about 1 min)
+    Step(
+        "evalwin",
+        "eval pipelines, overlapping test windows",
+        90,
+        evalwin_cmds,
+        evalwin_summary,
+        default=False,
+    ),
 ]
 
 

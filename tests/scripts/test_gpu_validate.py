@@ -121,3 +121,14 @@ def test_flow_step_runs_when_asked(tmp_path) -> None:
     rec = json.loads((tmp_path / "out" / "validate.json").read_text())
     assert [r["step"] for r in rec["steps"]] == ["flow"] and rec["steps"][0]["status"] == "pass"
     assert "pairs/s" in rec["steps"][0]["figure"]
+
+
+def test_evalwin_step_runs_when_asked(tmp_path) -> None:
+    """The opt-in eval-windows step in a dry run: both backends read the overlapping test windows."""
+    v = _validate_module()
+    args = v.argparse.Namespace(out=str(tmp_path / "out"), data=str(tmp_path / "data"), scratch=None,
+                                dry_run=True, only="evalwin", budget=900.0)  # fmt: skip
+    assert v.run(args) == 0
+    rec = json.loads((tmp_path / "out" / "validate.json").read_text())
+    assert [r["step"] for r in rec["steps"]] == ["evalwin"] and rec["steps"][0]["status"] == "pass"
+    assert "ten-crop" in rec["steps"][0]["figure"]
