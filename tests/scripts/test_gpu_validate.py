@@ -112,23 +112,14 @@ def test_step_rows_are_recovered_from_the_log() -> None:
     assert abs(row["ratio"]["clips_per_s"] - 713.6 / 57.0) < 1e-9
 
 
-def test_flow_step_runs_when_asked(tmp_path) -> None:
-    """The opt-in flow step (tvl1-torch) in a dry run: a record with pairs/s and EPE."""
+@pytest.mark.parametrize("step,figure", [("flow", "pairs/s"), ("evalwin", "ten-crop")])
+def test_opt_in_steps_run_when_asked(tmp_path, step, figure) -> None:
+    """The opt-in steps in a dry run: flow (tvl1-torch: a record with pairs/s and EPE) and evalwin (both
+    backends read the overlapping test windows, centre and ten-crop)."""
     v = _validate_module()
     args = v.argparse.Namespace(out=str(tmp_path / "out"), data=str(tmp_path / "data"), scratch=None,
-                                dry_run=True, only="flow", budget=900.0)  # fmt: skip
+                                dry_run=True, only=step, budget=900.0)  # fmt: skip
     assert v.run(args) == 0
     rec = json.loads((tmp_path / "out" / "validate.json").read_text())
-    assert [r["step"] for r in rec["steps"]] == ["flow"] and rec["steps"][0]["status"] == "pass"
-    assert "pairs/s" in rec["steps"][0]["figure"]
-
-
-def test_evalwin_step_runs_when_asked(tmp_path) -> None:
-    """The opt-in eval-windows step in a dry run: both backends read the overlapping test windows."""
-    v = _validate_module()
-    args = v.argparse.Namespace(out=str(tmp_path / "out"), data=str(tmp_path / "data"), scratch=None,
-                                dry_run=True, only="evalwin", budget=900.0)  # fmt: skip
-    assert v.run(args) == 0
-    rec = json.loads((tmp_path / "out" / "validate.json").read_text())
-    assert [r["step"] for r in rec["steps"]] == ["evalwin"] and rec["steps"][0]["status"] == "pass"
-    assert "ten-crop" in rec["steps"][0]["figure"]
+    assert [r["step"] for r in rec["steps"]] == [step] and rec["steps"][0]["status"] == "pass"
+    assert figure in rec["steps"][0]["figure"]
