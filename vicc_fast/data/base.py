@@ -141,11 +141,17 @@ class BaseLoader:
             per_video = self.clips if self.window_counts is None else float(np.mean(self.window_counts))
             self.max_clips = cfg.eval.batch_size  # the most clips a consumer should forward at once
             self.batch_size = max(1, int(cfg.eval.batch_size // (per_video * self.crops)))  # videos per step
-        for i in np.nonzero(self.split.frames < self.span)[0]:
+        short = np.nonzero(self.split.frames < self.span)[0]
+        for i in short:
             shard, key = self.split.locate(int(i))
             reason = f"{int(self.split.frames[i])} frames, a clip of {cfg.data.num_frames} at stride {cfg.data.stride} needs {self.span}"
-            if not self.skip:
-                raise BadSampleError(shard.tar, key, reason)
+            if not self.skip:  # one error for the first, with how many more there are and the way out
+                raise BadSampleError(
+                    shard.tar,
+                    key,
+                    f"{reason} ({len(short)} video(s) of split '{split}' are shorter than a clip; "
+                    "data.on_bad_sample=skip leaves them out, counted and warned)",
+                )
             self.excluded[key] = reason
         if self.excluded:
             warnings.warn(f"{len(self.excluded)} bad samples left out of split '{split}'", stacklevel=2)
