@@ -259,7 +259,7 @@ class DataConfig:
         "data.eval_clips windows at random starts drawn per video from train.seed (the released train-mode "
         "sampler)",
     )
-    eval_clips: int = _f(10, "clips per video in eval mode with data.eval_windows=uniform, uniformly spaced")
+    eval_clips: int = _f(10, "clips per video in eval mode with data.eval_windows=uniform or random")
     eval_crop: EvalCrop = _f(EvalCrop.center, "eval-mode spatial crop: center | tencrop")
     eval_crop_fraction: float = _f(
         224 / 240,

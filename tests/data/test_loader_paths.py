@@ -85,11 +85,10 @@ def test_one_crop_per_clip_to_the_pixel(ramps_root, backend):
 def test_overlap_windows_are_the_released_test_sampler(tmp_path, backend, tencrop):
     """data.eval_windows=overlap reads every window the released test sampler does ("half overlap - 1": starts
     0, step T*stride//2 - 1, as many as fit), so their number follows each video's length: on a split mixing
-    24- and 6-frame videos in one batch, each video's clips start exactly at clip_starts(...), RGB and flow
+    24- and 6-frame videos in one batch, each video's clips start exactly at overlap_starts(...), RGB and flow
     alike, and no padding clip reaches the batch."""
     from data_prep.patterns import make_set
-    from vicc_fast.config import EvalWindows
-    from vicc_fast.data.windows import clip_starts
+    from vicc_fast.data.windows import overlap_starts
 
     root = make_set(tmp_path / "mixed", "codes", n_train=5, n_test=1, short=(1, 3))
     over = [f"data.backend={backend}", "data.num_frames=4", "data.stride=1", "data.eval_windows=overlap"]
@@ -108,28 +107,29 @@ def test_overlap_windows_are_the_released_test_sampler(tmp_path, backend, tencro
     frames = {0: 24, 1: 6, 2: 24, 3: 6, 4: 24}
     assert sorted(seen) == list(range(5))
     for i, n in frames.items():
-        want = clip_starts(n, 4, 1, EvalWindows.overlap, 0)
+        want = overlap_starts(n, 4, 1)
         assert len(want) == (21 if n == 24 else 3)  # step 1: every start that fits
         np.testing.assert_array_equal(seen[i], np.tile(want, crops))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_random_windows_read_the_host_drawn_starts(tmp_path, backend):
-    """data.eval_windows=random: each video's clips start where the host drew them (BaseLoader.random_starts,
-    from train.seed), the same on both backends, RGB and flow alike."""
+@pytest.mark.parametrize("windows", ["random", "uniform"])
+def test_fixed_count_windows_read_the_host_computed_starts(tmp_path, backend, windows):
+    """data.eval_windows=random / uniform: each video's clips start where the host put them
+    (BaseLoader.eval_starts; random ones drawn from train.seed), the same on both backends, RGB and flow alike."""
     from data_prep.patterns import make_set
 
     root = make_set(tmp_path / "rand", "codes", n_train=5, n_test=1)
-    cfg = cfg_for(root, f"data.backend={backend}", "data.num_frames=4", "data.eval_windows=random",
-                  "data.eval_clips=2", "train.seed=5")  # fmt: skip
+    cfg = cfg_for(root, f"data.backend={backend}", "data.num_frames=4", f"data.eval_windows={windows}",
+                  "data.eval_clips=3", "train.seed=5")  # fmt: skip
     ld = loader(cfg, mode="eval", split="train")
-    assert ld.random_starts.shape == (5, 2) and len(np.unique(ld.random_starts)) > 2
+    assert ld.eval_starts.shape == (5, 3) and len(np.unique(ld.eval_starts)) > 2
     seen = 0
     for b in ld:
         f_rgb = frames_from_code(rgb_values(b.views[Stream.rgb][0]).mean(axis=(2, 3))[..., 0])
         f_flow = frames_from_code(255 - flow_values(b.views[Stream.flow][0]).mean(axis=(2, 3))[..., 1])
         np.testing.assert_array_equal(f_rgb, f_flow)
-        for j, i in enumerate(b.index.numpy()[::2]):
-            np.testing.assert_array_equal(f_rgb[2 * j : 2 * j + 2, 0], ld.random_starts[i])
+        for j, i in enumerate(b.index.numpy()[::3]):
+            np.testing.assert_array_equal(f_rgb[3 * j : 3 * j + 3, 0], ld.eval_starts[i])
             seen += 1
     assert seen == 5

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vicc_fast.config import EvalWindows
-from vicc_fast.data.windows import clip_starts, overlap_count, overlap_step
+from vicc_fast.data.windows import fixed_starts, overlap_count, overlap_starts, overlap_step
 
 
 def released_test_windows(total: int, num_frames: int, ds: int) -> np.ndarray:
@@ -25,15 +25,15 @@ def test_overlap_windows_equal_the_released_test_sampler(total, num_frames, ds):
     if total < (num_frames - 1) * ds + 1:
         pytest.skip("shorter than a clip: our loaders reject such videos")
     want = released_test_windows(total, num_frames, ds)
-    starts = clip_starts(total, num_frames, ds, EvalWindows.overlap, clips=10)
+    starts = overlap_starts(total, num_frames, ds)
     np.testing.assert_array_equal(starts, want[:, 0])
     assert int(overlap_count(total, num_frames, ds)) == len(want)
     assert (starts + (num_frames - 1) * ds).max() < total
 
 
 def test_uniform_windows_span_the_video_and_one_clip_is_the_middle():
-    np.testing.assert_array_equal(clip_starts(40, 8, 2, EvalWindows.uniform, 3), [0, 12, 25])
-    np.testing.assert_array_equal(clip_starts(40, 8, 2, EvalWindows.uniform, 1), [12])
+    np.testing.assert_array_equal(fixed_starts([40], 8, 2, EvalWindows.uniform, 3, 0), [[0, 12, 25]])
+    np.testing.assert_array_equal(fixed_starts([40], 8, 2, EvalWindows.uniform, 1, 0), [[12]])
     assert overlap_step(2, 1) == 1  # never a zero step
     np.testing.assert_array_equal(overlap_count(np.array([8, 30]), 8, 1), [1, 8])
 
@@ -46,8 +46,9 @@ def test_random_windows_lie_where_the_released_train_sampler_draws_and_follow_th
     u = random_fractions(50, 2, seed=3)
     assert u.shape == (50, 2) and np.array_equal(u, random_fractions(50, 2, seed=3))
     assert not np.array_equal(u, random_fractions(50, 2, seed=4))
-    starts = np.stack([clip_starts(40, 8, 2, EvalWindows.random, 2, f) for f in u])
+    starts = fixed_starts(np.full(50, 40), 8, 2, EvalWindows.random, 2, seed=3)
+    np.testing.assert_array_equal(starts, (u * (40 - 16)).astype(np.int64))
     assert starts.min() >= 0 and starts.max() <= 40 - 16 - 1 and len(np.unique(starts)) > 10
-    assert clip_starts(16, 8, 2, EvalWindows.random, 1, u[0, :1]).tolist() == [0]
-    with pytest.raises(ValueError, match="2 fractions"):
-        clip_starts(40, 8, 2, EvalWindows.random, 2, None)
+    assert fixed_starts([16], 8, 2, EvalWindows.random, 1, seed=3).tolist() == [[0]]
+    with pytest.raises(ValueError, match="overlap_starts"):
+        fixed_starts([40], 8, 2, EvalWindows.overlap, 2, 0)

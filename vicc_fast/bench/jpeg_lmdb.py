@@ -5,16 +5,16 @@ What the released ViCC loader does (it builds on CoCLR's), written by us from it
 - storage: one LMDB per stream; per video one key (``%09d``, the sample index) holding a msgpack list of JPEG
   frames; flow frames are RGB JPEGs of (x, y, 0) in the stored [0, 255] coding; meta keys ``__len__``,
   ``__vlen__`` (frames per video), ``__labels__``;
-- per sample (``UCF101_2STREAM_LMDB_2CLIP`` + ``main_cross.get_transform``): both streams' frame lists read in
-  one transaction (a single-stream run reads its own stream's LMDB only, as the stage-1 datasets
-  ``UCF101LMDB_2CLIP`` / ``UCF101Flow_LMDB_2CLIP`` do); two clips sampled independently (a uniform start each, T frames at the stride) and all 4T
-  frames decoded by PIL, even when the one-clip transform then keeps only one clip; then RGB and flow of a clip
-  augmented as ONE frame sequence: one crop window (bicubic resize), one colour jitter (brightness, contrast,
+- per sample (``UCF101_2STREAM_LMDB_2CLIP`` + ``main_cross.get_transform``): both streams' frame lists read in one
+  transaction (a single-stream run reads its own stream's LMDB only, as the stage-1 datasets ``UCF101LMDB_2CLIP`` /
+  ``UCF101Flow_LMDB_2CLIP`` do); two clips sampled independently (a uniform start each, T frames at the stride) and
+  all 4T frames decoded by PIL, even when the one-clip transform then keeps only one clip; then RGB and flow of a
+  clip augmented as ONE frame sequence: one crop window (bicubic resize), one colour jitter (brightness, contrast,
   saturation, hue in random order), one grayscale (a channel split), one Gaussian blur and one flip for both
-  streams. A controller picks the one-clip transform (both views from one clip, exactly one strong) or the
-  two-clip transform (each view strong with p = 0.3); a view that is not strong gets crop and flip only. Flow
-  frames are images to it: jittered, blurred, flipped without negating x, and normalised with the RGB ImageNet
-  mean/std (on the GPU in the released code; on the host here, the same arithmetic);
+  streams. A controller picks the one-clip transform (both views from one clip, exactly one strong) or the two-clip
+  transform (each view strong with p = 0.3); a view that is not strong gets crop and flip only. Flow frames are
+  images to it: jittered, blurred, flipped without negating x, and normalised with the RGB ImageNet mean/std (on the
+  GPU in the released code; on the host here, the same arithmetic);
 - a ``torch.utils.data.DataLoader`` with ``data.threads`` worker processes batches the samples.
 
 :func:`build` converts our shards into that layout (so both read the same videos); :class:`JpegLmdbLoader`

@@ -39,7 +39,7 @@ from vicc_fast.data.manifest import (
     rank_range,
     shard_order,
 )
-from vicc_fast.data.windows import clip_starts, overlap_count, random_fractions
+from vicc_fast.data.windows import fixed_starts, overlap_count
 
 log = logging.getLogger(__name__)
 
@@ -119,22 +119,18 @@ class BaseLoader:
         self.epoch = 0
         self.crops = 10 if (not self.train and cfg.data.eval_crop == EvalCrop.tencrop) else 1
         self.clips = 1 if self.train else cfg.data.eval_clips
-        # eval windows per video: None = self.clips each; with overlapping windows, a count per sample index
+        # eval clips, computed once on the host for both backends: with overlapping windows a count per sample
+        # index (their starts follow from it); otherwise self.clips starts per sample index, [N, clips]
         self.window_counts: np.ndarray | None = None
-        if not self.train and cfg.data.eval_windows == EvalWindows.overlap:
-            self.window_counts = overlap_count(self.split.frames, cfg.data.num_frames, cfg.data.stride)
-        # random eval windows: every video's clip starts drawn once, here, for both backends: [N, clips]
-        self.random_starts: np.ndarray | None = None
-        if not self.train and cfg.data.eval_windows == EvalWindows.random:
-            u = random_fractions(len(self.split.frames), self.clips, cfg.train.seed)
-            self.random_starts = np.stack(
-                [
-                    clip_starts(
-                        int(n), cfg.data.num_frames, cfg.data.stride, EvalWindows.random, self.clips, f
-                    )
-                    for n, f in zip(self.split.frames, u, strict=True)
-                ]
-            ).reshape(len(self.split.frames), self.clips)
+        self.eval_starts: np.ndarray | None = None
+        if not self.train:
+            d = cfg.data
+            if d.eval_windows == EvalWindows.overlap:
+                self.window_counts = overlap_count(self.split.frames, d.num_frames, d.stride)
+            else:
+                self.eval_starts = fixed_starts(
+                    self.split.frames, d.num_frames, d.stride, d.eval_windows, self.clips, cfg.train.seed
+                )
         if self.train:
             self.batch_size = cfg.train.batch_size
         else:

@@ -30,10 +30,10 @@ Train graph, per sample (one video):
           with ``flow_photometric``, the normalisation, and x negated on flipped views with ``flow_flip_negate``).
 
 Eval graph: the whole video is decoded once and its eval clips are gathered from it (``eval_windows``: every
-half-overlapping window, their number looked up per sample, or ``eval_clips`` uniformly spaced; see
-vicc_fast/data/windows.py); centre crop, or ten-crop (4 corners + centre, each also flipped); output per sample
-[crops * clips * T, c, c, 3], with overlapping windows zero-padded along the first axis to the batch's longest
-(the loader drops the padding by the sample's window count).
+half-overlapping window, their number looked up per sample, or a fixed count whose starts the loader computed on the
+host, looked up per sample; see vicc_fast/data/windows.py); centre crop, or ten-crop (4 corners + centre, each also
+flipped); output per sample [crops * clips * T, c, c, 3], with overlapping windows zero-padded along the first axis
+to the batch's longest (the loader drops the padding by the sample's window count).
 """
 
 from __future__ import annotations
@@ -72,7 +72,6 @@ class PipeSpec:
     blur_prob: float
     blur_sigma: tuple[float, float]
     union_decode: bool
-    eval_clips: int
     tencrop: bool
     half: bool  # float16 output (else float32)
     height: int  # stored video size (crop/resize decisions at graph build time)
@@ -88,9 +87,9 @@ class PipeSpec:
     grayscale: str = "channel"  # channel (released: one random channel copied to all three) | luma
     eval_crop_fraction: float = 1.0  # eval crops span this fraction of the shorter side
     flow_normalisation: str = "unit"  # imagenet (released: flow normalised like RGB) | unit
-    eval_windows: str = (
-        "uniform"  # overlap (released test sampler) | uniform (eval_clips evenly spaced) | random
-    )
+    # eval clips: overlap (the released test sampler; counts looked up per sample) | uniform | random (starts
+    # computed on the host, build_pipeline's eval_starts)
+    eval_windows: str = "uniform"
 
     @property
     def span(self) -> int:
@@ -290,7 +289,7 @@ def build_pipeline(
         return finish_flow(x, d["flow_m"], d["flow_t"])
 
     # ------------------------------------------------------------------ eval
-    def eval_indices(nframes, index):
+    def eval_indices(index):
         if spec.eval_windows == EvalWindows.overlap.value:
             # every window's frame indices back to back; each sample keeps the first count * T of them
             counts = overlap_count(frames, T, spec.stride)
@@ -301,25 +300,20 @@ def build_pipeline(
             )
             n = fn.cast(count, dtype=types.INT32) * T
             return fn.slice(types.Constant(table, device="cpu"), n * 0, n, axes=[0])
-        if spec.eval_windows == EvalWindows.random.value:  # host-drawn starts per video, looked up
-            if eval_starts is None:
-                raise ValueError("random eval windows need the per-video starts (eval_starts)")
-            ii = fn.cast(index, dtype=types.INT32)
-            starts = [
-                fn.cast(
-                    fn.lookup_table(ii, **frames_lut_args(eval_starts[:, k]), dtype=types.FLOAT),
-                    dtype=types.INT32,
-                )
-                for k in range(eval_starts.shape[1])
-            ]
-            first = fn.reshape(fn.stack(*starts), shape=[-1, 1])  # [clips, 1]
-            offs = types.Constant((np.arange(T, dtype=np.int32) * spec.stride)[None])  # [1, T]
-            return fn.reshape(first + offs, shape=[-1])
-        n = spec.eval_clips
-        frac = np.repeat(np.linspace(0.0, 1.0, n) if n > 1 else np.array([0.5]), T).astype(np.float32)
-        offs = np.tile(np.arange(T, dtype=np.int32) * spec.stride, n)
-        first = fn.cast(types.Constant(frac) * (nframes - float(spec.span)), dtype=types.INT32)
-        return first + types.Constant(offs)
+        # a fixed count per video: its host-computed starts, looked up
+        if eval_starts is None:
+            raise ValueError(f"{spec.eval_windows} eval windows need the per-video starts (eval_starts)")
+        ii = fn.cast(index, dtype=types.INT32)
+        starts = [
+            fn.cast(
+                fn.lookup_table(ii, **frames_lut_args(eval_starts[:, k]), dtype=types.FLOAT),
+                dtype=types.INT32,
+            )
+            for k in range(eval_starts.shape[1])
+        ]
+        first = fn.reshape(fn.stack(*starts), shape=[-1, 1])  # [clips, 1]
+        offs = types.Constant((np.arange(T, dtype=np.int32) * spec.stride)[None])  # [1, T]
+        return fn.reshape(first + offs, shape=[-1])
 
     def eval_crops(x, flow: bool):
         """[N*T, H, W, *] -> list of (crop, mirrored) outputs [N*T, c, c, C]."""
@@ -419,7 +413,7 @@ def build_pipeline(
                 aug = augment_rgb if stream == Stream.rgb else augment_flow
                 results += [aug(v, windows[i], draws[i]) for i, v in enumerate(per_stream[stream])]
         else:
-            idx = eval_indices(nframes, index)
+            idx = eval_indices(index)
             for stream, enc in zip(spec.streams, encoded):
                 video = fn.decoders.video(
                     enc, device=decoder_device, start_frame=0, end_frame=fn.cast(nframes, dtype=types.INT32)

@@ -107,7 +107,6 @@ class DaliLoader(BaseLoader):
             blur_prob=d.blur_prob,
             blur_sigma=(float(d.blur_sigma[0]), float(d.blur_sigma[1])),
             union_decode=d.union_decode,
-            eval_clips=self.clips,
             tencrop=self.crops == 10,
             # DALI has no bfloat16: on the GPU emit float16 and cast there (cheap); on the CPU float32 (the
             # cheapest cast to bfloat16 there)
@@ -143,7 +142,7 @@ class DaliLoader(BaseLoader):
             prefetch=d.prefetch,
             device_id=device_id,
             seed=self.epoch_seed(),
-            eval_starts=self.random_starts,
+            eval_starts=self.eval_starts,
         )
         return spec, pipe
 

@@ -22,7 +22,7 @@ from vicc_fast.data.base import BaseLoader
 from vicc_fast.data.batch import Batch
 from vicc_fast.data.dali import eval_resize
 from vicc_fast.data.manifest import BadSampleError, DataError, rank_range
-from vicc_fast.data.windows import clip_starts
+from vicc_fast.data.windows import overlap_starts
 
 
 class VideoDecodeError(RuntimeError):
@@ -243,10 +243,10 @@ class TorchLoader(BaseLoader):
                         aug = self.aug.flow if flow else self.aug.rgb
                         out[f"{s.value}{v}"] = aug(self._to_tchw(clip, flow), wins[v], draws[v], 0)
             else:
-                if self.random_starts is not None:
-                    first = self.random_starts[index]
+                if self.eval_starts is not None:
+                    first = self.eval_starts[index]
                 else:
-                    first = clip_starts(nframes, T, d.stride, d.eval_windows, self.clips)
+                    first = overlap_starts(nframes, T, d.stride)
                 idx = np.concatenate([f + np.arange(T) * d.stride for f in first])
                 for s in self.streams:
                     flow = s == Stream.flow
