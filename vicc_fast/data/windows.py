@@ -1,12 +1,12 @@
 """Which clips of a video the eval loaders read: pure functions of frame counts, shared by both backends.
 
 ``overlap`` is the released test sampler ("half overlap - 1" in the CoCLR/ViCC datasets): windows of
-``num_frames * stride`` frames starting at 0, ``num_frames * stride // 2 - 1`` apart, as many as fit, so a
-longer video gives more clips. ``uniform`` is ``clips`` windows spread evenly from the first frame to the last. ``random`` is ``clips``
-windows at random starts (the released train-mode sampler, which ``test_retrieval`` uses for its gallery), drawn per
-video from a seed so that two runs read the same clips. A clip reads ``num_frames`` frames at ``stride`` from its
-start (its span is ``(num_frames - 1) * stride + 1``). The loaders compute the starts here, on the host, and both
-backends read them: the DALI graph looks them up per sample.
+``num_frames * stride`` frames starting at 0, ``num_frames * stride // 2 - 1`` apart, as many as fit, so a longer
+video gives more clips. ``uniform`` is ``clips`` windows spread evenly from the first frame to the last. ``random``
+is ``clips`` windows at random starts (the released train-mode sampler, which ``test_retrieval`` uses for its
+gallery), drawn per video from a seed so that two runs read the same clips. A clip reads ``num_frames`` frames at
+``stride`` from its start (its span is ``(num_frames - 1) * stride + 1``). The loaders compute the starts here, on
+the host, and both backends read them: the DALI graph looks them up per sample.
 """
 
 from __future__ import annotations
