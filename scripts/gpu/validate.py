@@ -185,18 +185,23 @@ def decode_summary(ctx: Ctx):
     return ok, fig, "; ".join(filter(None, [probes, *problems[:3], verdict, json.dumps(BOUNDS)]))
 
 
-def loader_cmds(ctx: Ctx):
+def _loader_args(ctx: Ctx, steps: int, repeat: int) -> tuple[list[str], list[str]]:
+    """``bench loader``'s shared arguments and ``--set`` overrides: tiny CPU shapes in the dry run; on the GPU the
+    paper's clip (32 frames, 128 px crops, 2 views per stream), the same CPU threads for both backends."""
     if ctx.dry:
-        common = ["--device", "cpu", "--batch", "2", "--steps", "2", "--warmup", "0", "--repeat", "1",
-                  "--threads", "1", "--replicate", "2",
-                  "--set", "data.num_frames=4", "data.crop_size=32", "data.dtype=float32"]  # fmt: skip
-    else:  # the paper's clip: 32 frames, 128 px crops, 2 views per stream; same CPU threads for both backends
-        common = ["--device", "cuda", "--batch", "16", "--steps", "8", "--warmup", "2", "--repeat", "2",
-                  "--threads", "12", "--replicate", "8"]  # fmt: skip
+        return (["--device", "cpu", "--batch", "2", "--steps", "2", "--warmup", "0", "--repeat", "1",
+                 "--threads", "1", "--replicate", "2"],
+                ["data.num_frames=4", "data.crop_size=32", "data.dtype=float32"])  # fmt: skip
+    return (["--device", "cuda", "--batch", "16", "--steps", str(steps), "--warmup", "2", "--repeat", str(repeat),
+             "--threads", "12", "--replicate", "8"], [])  # fmt: skip
+
+
+def loader_cmds(ctx: Ctx):
+    common, sets = _loader_args(ctx, steps=8, repeat=2)
     root = ["--root", str(ctx.data / "lb")]
     return [
-        (_bench(ctx, "loader", *root, *common), {}),
-        (_bench(ctx, "loader", *root, *common, "--streams", "rgb"), {}),
+        (_bench(ctx, "loader", *root, *common, "--set", *sets), {}),
+        (_bench(ctx, "loader", *root, *common, "--set", *sets, "--streams", "rgb"), {}),
     ]
 
 
@@ -370,21 +375,12 @@ def flow_summary(ctx: Ctx):
 def evalwin_cmds(ctx: Ctx):
     """The eval pipelines with the released test windows (data.eval_windows=overlap, the default: each video's
     count looked up, the batch padded, the padding dropped), centre crop and ten-crop, both backends."""
-    if ctx.dry:
-        common = ["--device", "cpu", "--batch", "2", "--steps", "2", "--warmup", "0", "--repeat", "1",
-                  "--threads", "1", "--replicate", "2"]  # fmt: skip
-        sets = ["data.num_frames=4", "data.crop_size=32", "data.dtype=float32"]
-    else:
-        common = ["--device", "cuda", "--batch", "16", "--steps", "6", "--warmup", "2", "--repeat", "1",
-                  "--threads", "12", "--replicate", "8"]  # fmt: skip
-        sets = []
+    common, sets = _loader_args(ctx, steps=6, repeat=1)
     root = ["--root", str(ctx.data / "lb"), "--mode", "eval"]
+    tencrop = [*sets, "data.eval_crop=tencrop"]
     return [
         (_bench(ctx, "loader", *root, *common, "--set", *sets, record="evalwin"), {}),
-        (
-            _bench(ctx, "loader", *root, *common, "--set", *sets, "data.eval_crop=tencrop", record="evalwin"),
-            {},
-        ),
+        (_bench(ctx, "loader", *root, *common, "--set", *tencrop, record="evalwin"), {}),
     ]
 
 
