@@ -79,6 +79,11 @@ class GrayMode(str, enum.Enum):
     luma = "luma"
 
 
+class ColorJitterMode(str, enum.Enum):
+    released = "released"
+    affine = "affine"
+
+
 class EvalOptim(str, enum.Enum):
     sgd = "sgd"
     adam = "adam"
@@ -234,6 +239,14 @@ class DataConfig:
     contrast: float = _f(0.4, "colour jitter contrast strength")
     saturation: float = _f(0.4, "colour jitter saturation strength")
     hue: float = _f(0.1, "colour jitter hue strength")
+    color_jitter: ColorJitterMode = _f(
+        ColorJitterMode.released,
+        "how colour jitter is applied: released (torchvision/PIL ColorJitter as the released code runs it: "
+        "brightness, contrast, saturation and hue in a random order per view, contrast about the frame's mean "
+        "luma, values clipped to [0, 255] after each; hue as a YIQ rotation, not PIL's HSV shift) | affine (the "
+        "four folded into one affine map with grayscale and normalisation, contrast about 128, no clipping: "
+        "one pass, cheaper on the CPU)",
+    )
     grayscale_prob: float = _f(0.2, "probability of converting an RGB view to grayscale")
     grayscale: GrayMode = _f(
         GrayMode.channel,

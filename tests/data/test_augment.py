@@ -75,10 +75,120 @@ def test_grayscale_is_the_released_channel_split():
 
     d = DataConfig(color_jitter_prob=0.0, grayscale_prob=1.0)
     assert d.grayscale is GrayMode.channel
-    m, t = _colour(np.random.default_rng(4), np.ones(3000, bool), d)
+    col = _colour(np.random.default_rng(4), np.ones(3000, bool), d)
+    m, t = col.m, col.t
     x = np.array([200.0, 50.0, 10.0])
     y = m @ x + t  # [n, 3]
     assert (y == y[:, :1]).all() and set(np.unique(y[:, 0]).tolist()) == {200.0, 50.0, 10.0}
     d.grayscale = GrayMode.luma
-    m, t = _colour(np.random.default_rng(4), np.ones(5, bool), d)
+    col = _colour(np.random.default_rng(4), np.ones(5, bool), d)
+    m, t = col.m, col.t
     np.testing.assert_allclose(m @ x + t, 0.299 * 200 + 0.587 * 50 + 0.114 * 10)
+
+
+def _frames(seed: int = 0) -> np.ndarray:
+    """[3, 12, 10, 3] uint8 frames: ramps plus noise, darker or brighter per frame (their means differ from
+    128, where contrast about the mean and contrast about 128 part)."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 1, 10)[None, :, None] * np.array([160.0, 90.0, 40.0])
+    base = np.stack([ramp.repeat(12, 0) + off for off in (10.0, 60.0, 120.0)])
+    return np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+
+
+def test_released_jitter_steps_match_torchvision_colorjitter():
+    """The released ColorJitter (torchvision functional ops in a shuffled order, each clipping, contrast about
+    the frame's mean luma) against torchvision's own ops, for every op order and strong factors; hue is left
+    out (PIL shifts hue in HSV, we rotate in YIQ: FIDELITY row 3). The one-map jitter (contrast about 128, no
+    clipping) is far from it on the same draws, so the comparison can fail."""
+    import itertools
+
+    import torch
+    from torchvision.transforms.v2 import functional as tvf
+
+    from vicc_fast.data.augment import colour_affine, jitter_slots, jitter_steps_np
+
+    x = _frames()
+    xt = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255  # [T, 3, H, W]
+    ops = [tvf.adjust_brightness, tvf.adjust_contrast, tvf.adjust_saturation]
+    factors = np.array([1.35, 0.55, 1.4])
+    worst_one_map = 0.0
+    for perm in itertools.permutations(range(3)):
+        order = np.array([[*perm, 3]])
+        m, a = jitter_slots(*(factors[i : i + 1] for i in range(3)), np.zeros(1), order)
+        ours = jitter_steps_np(x, m[0], a[0])
+        ref = xt
+        for i in perm:
+            ref = ops[i](ref, float(factors[i]))
+        ref = ref.permute(0, 2, 3, 1).numpy() * 255
+        # PIL rounds the mean luma (so do we); torchvision's tensor op does not: half a level times |1 - c|
+        np.testing.assert_allclose(ours, ref, atol=0.5)
+        mo, to = colour_affine(*(factors[i : i + 1] for i in range(3)), np.zeros(1), np.zeros(1, bool))
+        one_map = x.astype(np.float64) @ mo[0].T + to[0]
+        worst_one_map = max(worst_one_map, float(np.abs(one_map - ref).max()))
+    assert worst_one_map > 20
+
+
+def test_released_jitter_is_the_default_with_a_random_order_per_view():
+    """Schema default as released; every op order occurs; the flow view takes the RGB view's steps
+    (aligned streams, flow photometric: one draw per [rgb_i, flow_i] sequence); unjittered samples carry
+    identity steps; the one-map mode draws no steps."""
+    from vicc_fast.config import ColorJitterMode
+    from vicc_fast.data.augment import JITTER_OPS
+
+    d = DataConfig(color_jitter_prob=0.8, aug_controller=False)
+    assert d.color_jitter is ColorJitterMode.released
+    _, views = draw_views(np.random.default_rng(5), 4000, 2, d)
+    for v in views:
+        assert abs(v.jit_rgb.mean() - 0.8) < 0.03
+        np.testing.assert_array_equal(v.rgb_jm, v.flow_jm)
+        np.testing.assert_array_equal(v.jit_rgb, v.jit_flow)
+        # the contrast step is the one with a mean term; where it sits varies over all four positions
+        pos = np.argmax(np.abs(v.rgb_ja[v.jit_rgb]) > 0, axis=1)
+        assert set(pos.tolist()) == set(range(len(JITTER_OPS)))
+        plain = ~v.jit_rgb
+        np.testing.assert_allclose(v.rgb_jm[plain], np.broadcast_to(np.eye(3), (plain.sum(), 4, 3, 3)))
+        assert not v.rgb_ja[plain].any()
+    d.color_jitter = ColorJitterMode.affine
+    _, views = draw_views(np.random.default_rng(5), 10, 2, d)
+    assert views[0].jit_rgb is None and views[0].rgb_jm is None
+
+
+def test_dali_and_torch_jitter_steps_equal_the_reference():
+    """The DALI graph's steps (inside a conditional, as the train graph runs them) and the DataLoader
+    baseline's equal augment.jitter_steps_np; an unjittered sample passes through."""
+    import torch
+    from nvidia.dali import fn, pipeline_def, types
+
+    from vicc_fast.data.augment import jitter_slots, jitter_steps_np
+    from vicc_fast.data.dali import jitter_steps
+    from vicc_fast.data.torch_loader import _Augment
+
+    x = _frames(1)
+    m, a = jitter_slots(
+        np.array([1.3, 0.7]),
+        np.array([0.5, 1.6]),
+        np.array([1.5, 0.2]),
+        np.array([0.08, -0.1]),
+        np.array([[1, 3, 0, 2], [2, 0, 3, 1]]),
+    )
+    flags = [np.array(True), np.array(False)]
+
+    @pipeline_def(batch_size=2, num_threads=1, device_id=None, enable_conditionals=True)
+    def pipe():
+        v = fn.external_source(source=lambda: [x, x], batch=True, layout="FHWC")
+        jm = fn.external_source(source=lambda: list(m), batch=True)
+        ja = fn.external_source(source=lambda: list(a), batch=True)
+        jit = fn.external_source(source=lambda: flags, batch=True)
+        y = fn.cast(v, dtype=types.FLOAT)
+        if jit:
+            y = jitter_steps(y, jm, ja)
+        return y
+
+    p = pipe()
+    p.build()
+    (out,) = p.run()
+    ref = jitter_steps_np(x, m[0], a[0])
+    np.testing.assert_allclose(np.array(out[0]), ref, atol=1e-3)
+    np.testing.assert_array_equal(np.array(out[1]), x.astype(np.float32))
+    got = _Augment._jitter_steps(torch.from_numpy(x).permute(0, 3, 1, 2), m[0], a[0])
+    np.testing.assert_allclose(got.permute(0, 2, 3, 1).numpy(), ref, atol=1e-3)

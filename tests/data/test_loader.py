@@ -180,6 +180,45 @@ def test_flow_photometric_takes_the_rgb_views_draw(grid_root, backend, photometr
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["released", "affine"])
+def test_contrast_centre_through_the_loader(grid_root, backend, mode):
+    """Contrast-only jitter on every RGB view, flow unjittered: flow (x, y) and the set's B = 128 rebuild the
+    RGB view before jitter, x0. Fitting out = c x0 + k on unclipped pixels, k / (1 - c) is the contrast
+    centre: the frame's mean luma with the released jitter (torchvision/PIL), 128 with the one-map jitter;
+    released values stay in [0, 255]."""
+    cfg = cfg_for(
+        grid_root,
+        f"data.backend={backend}",
+        f"data.color_jitter={mode}",
+        "data.aug_controller=false",
+        "data.flow_photometric=false",
+        "data.color_jitter_prob=1",
+        "data.brightness=0",
+        "data.saturation=0",
+        "data.hue=0",
+        "data.contrast=0.9",
+        "data.crop_scale=[0.1,0.3]",
+    )
+    checked, outside = 0, 0.0
+    for rgb, flo in grid_pairs(cfg, 3):
+        x0 = np.concatenate([flo[..., :2], np.full_like(flo[..., :1], 128.0)], -1)
+        ok = (rgb > 2) & (rgb < 253)
+        c, k = np.polyfit(x0[ok], rgb[ok], 1)
+        outside = max(outside, float(-rgb.min()), float(rgb.max() - 255))
+        luma = x0.mean(axis=(0, 1, 2)) @ [0.299, 0.587, 0.114]
+        # x0 is only close to the decoded RGB (the baseline's decoder is off by ~1.3 levels, which the fit
+        # divides by 1 - c): views with a clear contrast change and a mean away from 128 decide
+        if abs(1 - c) < 0.5 or abs(luma - 128) < 10:
+            continue
+        expected = np.floor(luma + 0.5) if mode == "released" else 128.0
+        assert abs(k / (1 - c) - expected) < 4, (k / (1 - c), expected, luma)
+        checked += 1
+    assert checked >= 3
+    if mode == "released":
+        assert outside < 0.5
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("controller", [True, False])
 def test_augmentation_controller_spares_views(grid_root, backend, controller):
     """Released controller (default): ~60 % of views get crop + flip only (one-clip: one view of two;

@@ -57,7 +57,8 @@ def _values(x: torch.Tensor, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     return x.float().permute(0, 2, 3, 4, 1).cpu().numpy() * std + mean
 
 
-_LUMA = np.array([0.299, 0.587, 0.114])
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 luma, PIL's "L" conversion
+_LUMA = np.array(LUMA)
 _RGB2YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
 _YIQ2RGB = np.linalg.inv(_RGB2YIQ)
 
@@ -97,6 +98,49 @@ def colour_affine(
     return m, t
 
 
+# The released ColorJitter's four operations, in the index order of :func:`jitter_slots`' ``order``.
+JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
+
+
+def jitter_slots(
+    brightness: np.ndarray, contrast: np.ndarray, saturation: np.ndarray, hue: np.ndarray, order: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The released colour jitter as four steps per sample, each ``x <- clip(M_k x + a_k * mean_luma(x), 0,
+    255)`` on [0, 255] RGB, where mean_luma is the frame's mean of 0.299 R + 0.587 G + 0.114 B (rounded, as
+    PIL's contrast takes it) at that step.
+
+    brightness, contrast, saturation: [n] factors; hue: [n] in turns; order: [n, 4] a permutation of the
+    :data:`JITTER_OPS` indices per sample (torchvision's ColorJitter shuffles its ops). Step k applies op
+    ``order[:, k]``: brightness ``b x``; contrast ``c x + (1 - c) mean`` (PIL: blend with a grey image of the
+    frame's mean luma); saturation ``s x + (1 - s) luma(x)``; hue a rotation in YIQ (PIL shifts H in HSV: the
+    one step not reproduced exactly). Returns M [n, 4, 3, 3], a [n, 4] (a = 1 - c at the contrast step, else 0).
+    """
+    n = len(brightness)
+    one, zero = np.ones(n), np.zeros(n)
+    no_gray = np.zeros(n, bool)
+    # each op alone as colour_affine's map; contrast about 0 here, its mean term goes in ``a``
+    ops_m = [
+        colour_affine(brightness, one, one, zero, no_gray)[0],
+        contrast[:, None, None] * np.broadcast_to(np.eye(3), (n, 3, 3)),
+        colour_affine(one, one, saturation, zero, no_gray)[0],
+        colour_affine(one, one, one, hue, no_gray)[0],
+    ]
+    ops_a = [zero, 1.0 - contrast, zero, zero]
+    stacked_m, stacked_a = np.stack(ops_m, 1), np.stack(ops_a, 1)  # [n, op, 3, 3], [n, op]
+    rows = np.arange(n)[:, None]
+    return stacked_m[rows, order].astype(np.float32), stacked_a[rows, order].astype(np.float32)
+
+
+def jitter_steps_np(x: np.ndarray, m: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """Reference of :func:`jitter_slots`' steps on one clip: x [T, H, W, 3] in [0, 255], m [4, 3, 3], a [4]
+    -> [T, H, W, 3] float64 (the DALI graph and the DataLoader baseline compute the same)."""
+    y = np.asarray(x, dtype=np.float64)
+    for mk, ak in zip(m, a):
+        mean = np.floor(y.mean(axis=(1, 2)) @ _LUMA + 0.5)[:, None, None, None]  # [T, 1, 1, 1]
+        y = np.clip(y @ np.asarray(mk, np.float64).T + float(ak) * mean, 0.0, 255.0)
+    return y
+
+
 class AugSettings(Protocol):
     """The fields of ``DataConfig`` (and of the DALI ``PipeSpec``) the draws read."""
 
@@ -117,6 +161,7 @@ class AugSettings(Protocol):
     strong_aug_prob: float
     grayscale: str
     flow_normalisation: str
+    color_jitter: str
 
 
 @dataclass
@@ -134,6 +179,15 @@ class ViewDraw:
     rgb_t: np.ndarray  # [n, 3]
     flow_m: np.ndarray
     flow_t: np.ndarray
+    # data.color_jitter=released: the jitter runs as steps before the map (rgb_m / flow_m then hold grayscale
+    # and the normalisation only): which samples are jittered [n] bool, and the steps of jitter_slots,
+    # [n, 4, 3, 3] and [n, 4] float32. None with the one-map jitter.
+    jit_rgb: np.ndarray | None = None
+    jit_flow: np.ndarray | None = None
+    rgb_jm: np.ndarray | None = None
+    rgb_ja: np.ndarray | None = None
+    flow_jm: np.ndarray | None = None
+    flow_ja: np.ndarray | None = None
 
 
 def strong_views(rng: np.random.Generator, same: np.ndarray, num_views: int, p: AugSettings) -> np.ndarray:
@@ -149,8 +203,27 @@ def strong_views(rng: np.random.Generator, same: np.ndarray, num_views: int, p: 
     return np.where(same[None, :], one_clip, two_clip)
 
 
-def _colour(rng: np.random.Generator, strong: np.ndarray, p: AugSettings) -> tuple[np.ndarray, np.ndarray]:
-    """Colour jitter (p) + grayscale (p) of strong samples as one affine map on [0, 255]: M [n,3,3], t [n,3]."""
+@dataclass
+class _Colour:
+    """One stream's colour draw of n samples: the map ``y = m x + t`` on [0, 255] RGB, and with the released
+    jitter its steps (``jit`` [n] bool, ``jm`` [n, 4, 3, 3], ``ja`` [n, 4]) run before the map."""
+
+    m: np.ndarray
+    t: np.ndarray
+    jit: np.ndarray | None = None
+    jm: np.ndarray | None = None
+    ja: np.ndarray | None = None
+
+
+def released_jitter(p: AugSettings) -> bool:
+    return str(getattr(p.color_jitter, "value", p.color_jitter)) == "released"
+
+
+def _colour(rng: np.random.Generator, strong: np.ndarray, p: AugSettings) -> _Colour:
+    """Colour jitter (p) + grayscale (p) of strong samples. One-map jitter (``data.color_jitter=affine``): both
+    folded into one affine map on [0, 255], M [n,3,3], t [n,3]; released: the map is the grayscale only and the
+    jitter comes as :func:`jitter_slots` steps (the op order drawn after every other draw, so the one-map
+    mode's draws are unchanged)."""
     n = len(strong)
     jit = strong & (rng.random(n) < p.color_jitter_prob)
     gray = strong & (rng.random(n) < p.grayscale_prob)
@@ -166,7 +239,13 @@ def _colour(rng: np.random.Generator, strong: np.ndarray, p: AugSettings) -> tup
         str(getattr(p.grayscale, "value", p.grayscale)) == "channel"
     ):  # released RandomGray: one channel copied
         weights = np.eye(3)[rng.integers(3, size=n)]
-    return colour_affine(b, c, s, h, gray, weights)
+    if not released_jitter(p):
+        return _Colour(*colour_affine(b, c, s, h, gray, weights))
+    order = rng.permuted(np.tile(np.arange(len(JITTER_OPS)), (n, 1)), axis=1)
+    jm, ja = jitter_slots(b, c, s, h, order)
+    one = np.ones(n)
+    m, t = colour_affine(one, one, one, np.zeros(n), gray, weights)
+    return _Colour(m, t, jit, jm, ja)
 
 
 def fold_rgb(m: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -205,7 +284,12 @@ def draw_views(
     draw; else its own."""
     same = rng.random(n) < p.same_start_prob
     strong = strong_views(rng, same, num_views, p)
-    identity = colour_affine(*(np.ones(n),) * 3, np.zeros(n), np.zeros(n, bool))
+    identity = _Colour(*colour_affine(*(np.ones(n),) * 3, np.zeros(n), np.zeros(n, bool)))
+    if released_jitter(p):
+        identity.jit = np.zeros(n, bool)
+        identity.jm, identity.ja = jitter_slots(
+            *(np.ones(n),) * 3, np.zeros(n), np.tile(np.arange(4), (n, 1))
+        )
     out = []
     for v in range(num_views):
         st = strong[v]
@@ -219,20 +303,37 @@ def draw_views(
 
         flip_rgb = flip()
         blur_rgb, sigma = blur()
-        m_rgb, t_rgb = _colour(rng, st, p)
+        col_rgb = _colour(rng, st, p)
         if p.align_streams:
-            flip_flow, blur_flow, m_f, t_f = flip_rgb, blur_rgb, m_rgb, t_rgb
+            flip_flow, blur_flow, col_flow = flip_rgb, blur_rgb, col_rgb
         else:
             flip_flow = flip()
             blur_flow, _ = blur()  # one sigma per view keeps the DALI graph's inputs the same in both modes
-            m_f, t_f = _colour(rng, st, p)
+            col_flow = _colour(rng, st, p)
         if not p.flow_photometric:
-            blur_flow, (m_f, t_f) = np.zeros(n, bool), identity
-        rm, rt = fold_rgb(m_rgb, t_rgb)
+            blur_flow, col_flow = np.zeros(n, bool), identity
+        rm, rt = fold_rgb(col_rgb.m, col_rgb.t)
         mode = str(getattr(p.flow_normalisation, "value", p.flow_normalisation))
-        fm, ft = fold_flow(m_f, t_f, flip_flow & p.flow_flip_negate, mode)
+        fm, ft = fold_flow(col_flow.m, col_flow.t, flip_flow & p.flow_flip_negate, mode)
         out.append(
-            ViewDraw(st, flip_rgb, flip_flow, blur_rgb, blur_flow, sigma.astype(np.float32), rm, rt, fm, ft)
+            ViewDraw(
+                st,
+                flip_rgb,
+                flip_flow,
+                blur_rgb,
+                blur_flow,
+                sigma.astype(np.float32),
+                rm,
+                rt,
+                fm,
+                ft,
+                col_rgb.jit,
+                col_flow.jit,
+                col_rgb.jm,
+                col_rgb.ja,
+                col_flow.jm,
+                col_flow.ja,
+            )
         )
     return same, out
 

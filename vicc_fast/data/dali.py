@@ -19,15 +19,18 @@ Train graph, per sample (one video):
             use the same starts, so view v of both streams covers the same frames.
     crop: one random crop window per view, shared by RGB view i and flow view i (``align_streams``: the
           released code augments [rgb_i, flow_i] as one sequence), else one per stream and view.
-    RGB:  crop and flip in one resize (a flipped ROI) -> Gaussian blur (conditional on the draw) -> colour
-          jitter + grayscale + normalisation as one per-sample affine map (``coord_transform``), so every
-          frame of a clip gets the same crop / flip / colours.
+    RGB:  crop and flip in one resize (a flipped ROI) -> colour jitter as released (``color_jitter=released``,
+          conditional on the draw: four ordered steps, each an affine map + the frame's mean luma for contrast,
+          clipped to [0, 255]; ``jitter_steps``) -> Gaussian blur (conditional on the draw) -> grayscale +
+          normalisation as one per-sample affine map (``coord_transform``), so every frame of a clip gets the
+          same crop / flip / colours. ``color_jitter=affine``: blur first, and the jitter folded into the map.
     flow: the (2H) x W frame holds x above y: reshape [T, 2H, W, 3] -> [2T, H, W, 3] (free) and keep channel 0
           (x and y sit in luma; the decoder's RGB has R = G = B): the x and y planes become consecutive frames,
-          so the view's crop window and flip apply to both halves in one resize -> blur (the RGB view's draw
-          with ``flow_photometric``) -> [T, 2(C), c, c] padded with a zero plane to the (x, y, 0) image the
-          released code jitters, channel-last -> one per-sample affine map (the RGB view's jitter/grayscale
-          with ``flow_photometric``, the normalisation, and x negated on flipped views with ``flow_flip_negate``).
+          so the view's crop window and flip apply to both halves in one resize -> [T, 2(C), c, c] padded with a
+          zero plane to the (x, y, 0) image the released code jitters, channel-last -> the RGB view's jitter
+          steps and blur (``flow_photometric``; with the one-map jitter the planes are blurred before the pad)
+          -> one per-sample affine map (grayscale, the normalisation, x negated on flipped views with
+          ``flow_flip_negate``: after the jitter steps, which see the stored x).
 
 Eval graph: the whole video is decoded once and its eval clips are gathered from it (``eval_windows``: every
 half-overlapping window, their number looked up per sample, or a fixed count whose starts the loader computed on the
@@ -43,7 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vicc_fast.config import EvalWindows, Stream
-from vicc_fast.data.augment import RGB_MEAN, RGB_STD, flow_norm
+from vicc_fast.data.augment import LUMA, RGB_MEAN, RGB_STD, flow_norm
 from vicc_fast.data.windows import overlap_count, overlap_step
 
 MAX_LUT_KEYS = 65536  # fn.lookup_table keys live in [0, 65535]
@@ -90,6 +93,9 @@ class PipeSpec:
     # eval clips: overlap (the released test sampler; counts looked up per sample) | uniform | random (starts
     # computed on the host, build_pipeline's eval_starts)
     eval_windows: str = "uniform"
+    color_jitter: str = (
+        "affine"  # released (ordered steps with clipping, ViewSource's jm/ja) | affine (one map)
+    )
 
     @property
     def span(self) -> int:
@@ -117,6 +123,9 @@ class ViewSource:
         keys = []
         for s in spec.streams:
             keys += [f"flip_{s.value}", f"{s.value}_m", f"{s.value}_t"]
+            jittered = spec.color_jitter_prob > 0 and (s == Stream.rgb or spec.flow_photometric)
+            if spec.color_jitter == "released" and jittered:
+                keys += [f"jit_{s.value}", f"{s.value}_jm", f"{s.value}_ja"]
             if spec.blur_prob > 0 and (s == Stream.rgb or spec.flow_photometric):
                 keys.append(f"blur_{s.value}")
         if any(k.startswith("blur_") for k in keys):
@@ -133,6 +142,23 @@ class ViewSource:
                 a = getattr(d, k)
                 out.append(a.astype(np.int32) if k.startswith("flip_") else a)
         return out
+
+
+def jitter_steps(x, m, a):
+    """The released colour jitter's steps (augment.jitter_slots) in a DALI graph: x [F, H, W, 3] float in
+    [0, 255]; m [4, 3, 3], a [4] per sample. Step k: ``clip(M_k x + a_k * round(mean luma of the frame), 0,
+    255)``, the mean taken afresh at each step as PIL's contrast does (augment.jitter_steps_np is the
+    reference)."""
+    from nvidia.dali import fn
+    from nvidia.dali import math as dmath
+
+    for k in range(4):
+        mean = fn.reductions.mean(x, axis_names="HW", keep_dims=True)  # [F, 1, 1, 3]
+        # a list, not an array: an array argument becomes a constant node, which DALI cannot split in an
+        # ``if`` branch
+        luma = dmath.floor(fn.coord_transform(mean, M=list(LUMA)) + 0.5)  # [F, 1, 1, 1]
+        x = dmath.clamp(fn.coord_transform(x, M=m[k]) + a[k] * luma, 0.0, 255.0)
+    return x
 
 
 def eval_resize(crop: int, fraction: float) -> int:
@@ -258,35 +284,55 @@ def build_pipeline(
             x = fn.gaussian_blur(x, sigma=d["sigma"])
         return x
 
+    def released_jitter(x, d, stream: str):
+        """The released colour jitter (data.color_jitter=released) on the samples whose draw has it: ordered
+        steps with clipping (jitter_steps); float [F, H, W, 3] out, [0, 255]. Without the draw's keys (jitter
+        off, or flow without photometric augmentation): just the cast."""
+        x = fn.cast(x, dtype=types.FLOAT)
+        if f"jit_{stream}" not in d:
+            return x
+        if d[f"jit_{stream}"]:
+            x = jitter_steps(x, d[f"{stream}_jm"], d[f"{stream}_ja"])
+        return x
+
     def augment_rgb(x, window, d):
         """d: this view's ViewSource outputs (see ViewSource); the colour map folds jitter, grayscale and the
-        normalisation into one per-sample affine map."""
-        x = blur(crop_flip_resize(x, d["flip_rgb"], window), d, "rgb")
-        x = fn.coord_transform(x, M=d["rgb_m"], T=d["rgb_t"], dtype=types.FLOAT)
-        return fn.cast(x, dtype=types.FLOAT16) if spec.half else x
+        normalisation into one per-sample affine map. With the released jitter the order is the released
+        code's: crop and flip, jitter steps, blur, then the map (grayscale and the normalisation)."""
+        x = crop_flip_resize(x, d["flip_rgb"], window)
+        if spec.color_jitter == "released":
+            x = released_jitter(x, d, "rgb")
+        return finish(blur(x, d, "rgb"), d["rgb_m"], d["rgb_t"])
 
     def flow_xy(x):
         """[T, 2H, W, 3] -> [2T, H, W, 1]: x_0, y_0, x_1, y_1, ... as frames, luma channel only."""
         x = fn.reshape(x, rel_shape=[2, 0.5, 1, 1], layout="FHWC")
         return x[:, :, :, 0:1]
 
-    def finish_flow(x, m, t):
-        """[2T, c, c, 1] uint8 (already cropped and flipped) -> [T, c, c, 3] normalised.
-
-        [2T, c, c, 1] is [T, 2, c, c] read channel-first (free); a zero third plane is padded on the small uint8
-        data (the (x, y, 0) image the released code jitters), the layout made channel-last, and one per-sample
-        affine map (ViewSource: jitter/grayscale when the view's draw has them, the normalisation, and x's sign
-        when flips negate it) gives the output; unjittered, plane 3 stays 0."""
+    def flow_image(x):
+        """[2T, c, c, 1] uint8 -> [T, c, c, 3]: [T, 2, c, c] read channel-first (free), a zero third plane padded
+        on the small uint8 data (the (x, y, 0) image the released code jitters), made channel-last."""
         x = fn.reshape(x, shape=[T, 2, c, c], layout="FCHW")
         x = fn.pad(x, axis_names="C", shape=[3], fill_value=0)
-        x = fn.transpose(x, perm=[0, 2, 3, 1], output_layout="FHWC")
+        return fn.transpose(x, perm=[0, 2, 3, 1], output_layout="FHWC")
+
+    def finish(x, m, t):
+        """One per-sample affine map (ViewSource: jitter/grayscale when the view's draw has them, the
+        normalisation, and flow x's sign when flips negate it) to the output dtype; unjittered, flow's plane 3
+        stays 0."""
         x = fn.coord_transform(x, M=m, T=t, dtype=types.FLOAT)
         return fn.cast(x, dtype=types.FLOAT16) if spec.half else x
 
     def augment_flow(x, window, d):
+        """[2T, h, w, 1] -> [T, c, c, 3]: crop and flip both planes in one resize, then as RGB (the released
+        code augments the (x, y, 0) image): one-map jitter: blur the planes, then the map; released jitter:
+        the steps on the (x, y, 0) image, blur, the map."""
         x = crop_flip_resize(x, d["flip_flow"], window)
-        x = blur(x, d, "flow")
-        return finish_flow(x, d["flow_m"], d["flow_t"])
+        if spec.color_jitter == "released":
+            x = blur(released_jitter(flow_image(x), d, "flow"), d, "flow")
+        else:
+            x = flow_image(blur(x, d, "flow"))
+        return finish(x, d["flow_m"], d["flow_t"])
 
     # ------------------------------------------------------------------ eval
     def eval_indices(index):

@@ -123,6 +123,7 @@ class DaliLoader(BaseLoader):
             eval_crop_fraction=d.eval_crop_fraction,
             flow_normalisation=d.flow_normalisation.value,
             eval_windows=d.eval_windows.value,
+            color_jitter=d.color_jitter.value,
         )
         shards = self.shard_sequence()
         device_id = None

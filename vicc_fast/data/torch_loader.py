@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from vicc_fast.config import Stream
-from vicc_fast.data.augment import RGB_MEAN, RGB_STD, flow_norm
+from vicc_fast.data.augment import LUMA, RGB_MEAN, RGB_STD, flow_norm
 from vicc_fast.data.base import BaseLoader
 from vicc_fast.data.batch import Batch
 from vicc_fast.data.dali import eval_resize
@@ -85,10 +85,7 @@ class _Augment:
         v = self.v2.functional.resized_crop(v, *window, [c, c], antialias=False)
         if flip:
             v = v.flip(-1)
-        if blur > 0:
-            k = 2 * math.ceil(3 * float(self.d.blur_sigma[1])) + 1
-            v = self.v2.functional.gaussian_blur(v, [k, k], [blur, blur])
-        return v
+        return self._blur(v, blur)
 
     def _affine(self, v: torch.Tensor, m: np.ndarray, t: np.ndarray) -> torch.Tensor:
         """[T, 3, c, c] pixels -> ``M x + t`` per pixel -> [T, c, c, 3] in the output dtype."""
@@ -98,18 +95,50 @@ class _Augment:
         )
         return y.to(self.out_dtype)
 
+    def _blur(self, v: torch.Tensor, sigma: float) -> torch.Tensor:
+        if sigma <= 0:
+            return v
+        k = 2 * math.ceil(3 * float(self.d.blur_sigma[1])) + 1
+        return self.v2.functional.gaussian_blur(v, [k, k], [sigma, sigma])
+
+    @staticmethod
+    def _jitter_steps(v: torch.Tensor, m: np.ndarray, a: np.ndarray) -> torch.Tensor:
+        """The released jitter's steps (augment.jitter_slots; augment.jitter_steps_np is the reference):
+        [T, 3, c, c] -> float [T, 3, c, c] in [0, 255]."""
+        y = v.float()
+        luma = torch.tensor(LUMA).view(1, 3, 1, 1)
+        for mk, ak in zip(m, a):
+            mean = torch.floor((y.mean(dim=(2, 3), keepdim=True) * luma).sum(1, keepdim=True) + 0.5)
+            y = (torch.einsum("ij,tjhw->tihw", torch.from_numpy(mk).float(), y) + float(ak) * mean).clamp(
+                0, 255
+            )
+        return y
+
+    def _view(
+        self, v: torch.Tensor, window: tuple[int, int, int, int], draw: Any, i: int, stream: str
+    ) -> torch.Tensor:
+        """One view of ``stream``: crop, flip, then (one-map jitter) blur and the map, or (released jitter)
+        the jitter steps on the (x, y, 0) / RGB image, blur, the map (grayscale, normalisation)."""
+        sigma = float(draw.sigma[i]) if getattr(draw, f"blur_{stream}")[i] else 0.0
+        flip = bool(getattr(draw, f"flip_{stream}")[i])
+        m, t = getattr(draw, f"{stream}_m")[i], getattr(draw, f"{stream}_t")[i]
+        jit = getattr(draw, f"jit_{stream}")
+        v = self._spatial(v, window, flip, 0.0 if jit is not None else sigma)
+        if stream == "flow":
+            v = torch.cat([v, torch.zeros_like(v[:, :1])], 1)
+        if jit is not None:
+            if jit[i]:
+                v = self._jitter_steps(v, getattr(draw, f"{stream}_jm")[i], getattr(draw, f"{stream}_ja")[i])
+            v = self._blur(v.float(), sigma)
+        return self._affine(v, m, t)
+
     def rgb(self, v: torch.Tensor, window: tuple[int, int, int, int], draw: Any, i: int) -> torch.Tensor:
         """[T, 3, H, W] uint8 -> [T, c, c, 3] normalised; ``draw``: the view's ViewDraw, sample ``i``."""
-        sigma = float(draw.sigma[i]) if draw.blur_rgb[i] else 0.0
-        v = self._spatial(v, window, bool(draw.flip_rgb[i]), sigma)
-        return self._affine(v, draw.rgb_m[i], draw.rgb_t[i])
+        return self._view(v, window, draw, i, "rgb")
 
     def flow(self, v: torch.Tensor, window: tuple[int, int, int, int], draw: Any, i: int) -> torch.Tensor:
         """[T, 2, H, W] uint8 (x, y) -> [T, c, c, 3]: the (x, y, 0) image through the view's flow map."""
-        sigma = float(draw.sigma[i]) if draw.blur_flow[i] else 0.0
-        v = self._spatial(v, window, bool(draw.flip_flow[i]), sigma)
-        v = torch.cat([v, torch.zeros_like(v[:, :1])], 1)
-        return self._affine(v, draw.flow_m[i], draw.flow_t[i])
+        return self._view(v, window, draw, i, "flow")
 
     def _finish_flow(self, v: torch.Tensor, flip: bool) -> torch.Tensor:
         """Eval crops: [T, 2, c, c] uint8 -> [T, c, c, 3] normalised (x, y, 0); x negated on the mirrored
