@@ -274,6 +274,16 @@ class DataConfig:
     )
     eval_clips: int = _f(10, "clips per video in eval mode with data.eval_windows=uniform or random")
     eval_crop: EvalCrop = _f(EvalCrop.center, "eval-mode spatial crop: center | tencrop")
+    eval_color_jitter_prob: float = _f(
+        0.3,
+        "eval mode: probability per video, stream and crop of a colour jitter of all its clips, after the crop "
+        "(the released test transforms end with ColorJitter(0.2, 0.2, 0.2, 0.1, p=0.3): retrieval, probe and "
+        "finetune tests, RGB and flow); 0 = none (deterministic eval features)",
+    )
+    eval_color_jitter: list[float] = _f(
+        [0.2, 0.2, 0.2, 0.1],
+        "eval-mode jitter strengths [brightness, contrast, saturation, hue], applied as data.color_jitter=released",
+    )
     eval_crop_fraction: float = _f(
         224 / 240,
         "eval crops span this fraction of the frame's shorter side (frames are resized so that a crop_size "

@@ -38,6 +38,7 @@ def cfg_for(root: Path, *overrides: str) -> config.Config:
         "data.color_jitter_prob=0",
         "data.grayscale_prob=0",
         "data.blur_prob=0",
+        "data.eval_color_jitter_prob=0",
         "data.dtype=float32",
         "data.threads=2",
         "data.prefetch=1",

@@ -192,3 +192,14 @@ def test_dali_and_torch_jitter_steps_equal_the_reference():
     np.testing.assert_array_equal(np.array(out[1]), x.astype(np.float32))
     got = _Augment._jitter_steps(torch.from_numpy(x).permute(0, 3, 1, 2), m[0], a[0])
     np.testing.assert_allclose(got.permute(0, 2, 3, 1).numpy(), ref, atol=1e-3)
+
+
+def test_eval_jitter_draws_as_released():
+    """p = 0.3 per (video, crop); factors in the released ranges; identity steps when not jittered."""
+    from vicc_fast.data.augment import draw_eval_jitter
+
+    jit, m, a = draw_eval_jitter(np.random.default_rng(7), 20000, 0.3, (0.2, 0.2, 0.2, 0.1))
+    assert abs(jit.mean() - 0.3) < 0.015
+    np.testing.assert_allclose(m[~jit], np.broadcast_to(np.eye(3), ((~jit).sum(), 4, 3, 3)))
+    contrast = 1 - a[jit].sum(1)  # the one step with a mean term has a = 1 - c
+    assert 0.8 <= contrast.min() < 0.81 and 1.19 < contrast.max() <= 1.2

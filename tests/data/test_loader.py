@@ -383,3 +383,46 @@ def test_tencrop_gives_ten_distinct_crops(grid_root, backend, fraction):
         for r in rows
     }
     assert len(sig) == (10 if fraction < 1 else 6)
+
+
+def _eval_views(cfg, stream):
+    """Per test video: its eval views [clips * T, c, c, 3] in pixel values."""
+    out = {}
+    for b in loader(cfg, mode="eval"):
+        vals = (rgb_values if stream == Stream.rgb else flow_values)(b.views[stream][0])
+        for i in sorted(set(b.index.tolist())):
+            out[i] = vals[(b.index == i).numpy()].reshape(-1, *vals.shape[2:])
+    return out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_eval_jitter_is_one_released_draw_per_video_and_stream(grid_root, backend):
+    """Released test transforms end with ColorJitter(0.2, 0.2, 0.2, 0.1, p=0.3, consistent=True): one draw for
+    all clips of a video. Contrast-only at p = 1: every frame of a video's RGB and flow clips is
+    ``clip(c x0 + (1 - c) mean_luma(frame))`` of the unjittered eval frames x0 with ONE c per video and
+    stream, the draws differ between videos, and a second eval run reads the same draws. Schema default: on,
+    with the released strengths."""
+    from vicc_fast.config import DataConfig
+    from vicc_fast.data.augment import jitter_slots, jitter_steps_np
+
+    d = DataConfig()
+    assert d.eval_color_jitter_prob == 0.3 and d.eval_color_jitter == [0.2, 0.2, 0.2, 0.1]
+    base = [f"data.backend={backend}", "data.eval_clips=2"]
+    plain = cfg_for(grid_root, *base)
+    jit = cfg_for(grid_root, *base, "data.eval_color_jitter_prob=1", "data.eval_color_jitter=[0,0.9,0,0]")
+    cs = []
+    for stream in BOTH:
+        x0s, ys, again = _eval_views(plain, stream), _eval_views(jit, stream), _eval_views(jit, stream)
+        for i, x0 in x0s.items():
+            y = ys[i]
+            np.testing.assert_array_equal(y, again[i])
+            best = None  # the one contrast factor that explains every frame of the video
+            for c in np.linspace(0.1, 1.9, 721):
+                m, a = jitter_slots(
+                    np.ones(1), np.array([c]), np.ones(1), np.zeros(1), np.array([[1, 0, 2, 3]])
+                )
+                err = float(np.abs(jitter_steps_np(x0, m[0], a[0]) - y).max())
+                best = min(best or (err, c), (err, c))
+            assert best[0] < 1.5, (stream, i, best)
+            cs.append(best[1])
+    assert len(set(np.round(cs, 2).tolist())) >= len(cs) - 1  # drawn per video and stream

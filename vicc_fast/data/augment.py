@@ -203,6 +203,34 @@ def strong_views(rng: np.random.Generator, same: np.ndarray, num_views: int, p: 
     return np.where(same[None, :], one_clip, two_clip)
 
 
+def _jitter_factors(
+    rng: np.random.Generator, jit: np.ndarray, strengths: tuple[float, float, float, float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """torchvision ColorJitter's factors for n samples, neutral where ``jit`` [n] is False: brightness,
+    contrast, saturation uniform in [max(0, 1 - x), 1 + x], hue uniform in [-x, x] (turns). 4 x [n]."""
+    n = len(jit)
+
+    def factor(strength: float) -> np.ndarray:
+        f = rng.uniform(max(0.0, 1 - strength), 1 + strength, n)
+        return np.where(jit, f, 1.0)
+
+    b, c, s = (factor(float(x)) for x in strengths[:3])
+    hue = float(strengths[3])
+    return b, c, s, np.where(jit, rng.uniform(-hue, hue, n), 0.0)
+
+
+def draw_eval_jitter(
+    rng: np.random.Generator, n: int, prob: float, strengths: tuple[float, float, float, float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The released test-time ColorJitter(consistent=True, p) of n (video, crop) pairs: one draw for all of a
+    pair's frames. Returns jit [n] bool and the released steps (:func:`jitter_slots`, identity where not
+    jittered) m [n, 4, 3, 3], a [n, 4] float32."""
+    jit = rng.random(n) < prob
+    b, c, s, h = _jitter_factors(rng, jit, strengths)
+    order = rng.permuted(np.tile(np.arange(len(JITTER_OPS)), (n, 1)), axis=1)
+    return (jit, *jitter_slots(b, c, s, h, order))
+
+
 @dataclass
 class _Colour:
     """One stream's colour draw of n samples: the map ``y = m x + t`` on [0, 255] RGB, and with the released
@@ -227,13 +255,7 @@ def _colour(rng: np.random.Generator, strong: np.ndarray, p: AugSettings) -> _Co
     n = len(strong)
     jit = strong & (rng.random(n) < p.color_jitter_prob)
     gray = strong & (rng.random(n) < p.grayscale_prob)
-
-    def factor(strength: float) -> np.ndarray:
-        f = rng.uniform(max(0.0, 1 - strength), 1 + strength, n)
-        return np.where(jit, f, 1.0)
-
-    b, c, s = factor(p.brightness), factor(p.contrast), factor(p.saturation)
-    h = np.where(jit, rng.uniform(-p.hue, p.hue, n), 0.0)
+    b, c, s, h = _jitter_factors(rng, jit, (p.brightness, p.contrast, p.saturation, p.hue))
     weights = None  # luma
     if (
         str(getattr(p.grayscale, "value", p.grayscale)) == "channel"

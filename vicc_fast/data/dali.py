@@ -35,7 +35,8 @@ Train graph, per sample (one video):
 Eval graph: the whole video is decoded once and its eval clips are gathered from it (``eval_windows``: every
 half-overlapping window, their number looked up per sample, or a fixed count whose starts the loader computed on the
 host, looked up per sample; see vicc_fast/data/windows.py); centre crop, or ten-crop (4 corners + centre, each also
-flipped); output per sample [crops * clips * T, c, c, 3], with overlapping windows zero-padded along the first axis
+flipped), each crop with the released test-time colour jitter when its draw says (``eval_jitter_prob``,
+EvalJitterSource; the jitter steps before the normalisation); output per sample [crops * clips * T, c, c, 3], with overlapping windows zero-padded along the first axis
 to the batch's longest (the loader drops the padding by the sample's window count).
 """
 
@@ -93,9 +94,11 @@ class PipeSpec:
     # eval clips: overlap (the released test sampler; counts looked up per sample) | uniform | random (starts
     # computed on the host, build_pipeline's eval_starts)
     eval_windows: str = "uniform"
-    color_jitter: str = (
-        "affine"  # released (ordered steps with clipping, ViewSource's jm/ja) | affine (one map)
-    )
+    # colour jitter: released (ordered steps with clipping, ViewSource's jm/ja) | affine (one map)
+    color_jitter: str = "affine"
+    # eval mode: the released test-time jitter, per (video, stream, crop) with this probability (EvalJitterSource)
+    eval_jitter_prob: float = 0.0
+    eval_jitter: tuple[float, float, float, float] = (0.2, 0.2, 0.2, 0.1)
 
     @property
     def span(self) -> int:
@@ -144,6 +147,29 @@ class ViewSource:
         return out
 
 
+class EvalJitterSource:
+    """``fn.external_source`` callable of the eval graph: per batch, for every stream and crop (in that order),
+    the released test-time jitter draw of each video (augment.draw_eval_jitter): ``jit`` [B] bool, ``m``
+    [B, 4, 3, 3], ``a`` [B, 4]. Seeded like the pipeline, so an eval run reads the same draws every time."""
+
+    def __init__(self, spec: PipeSpec, batch_size: int, crops: int, seed: int) -> None:
+        self.spec, self.batch_size, self.crops = spec, batch_size, crops
+        self.rng = np.random.default_rng([seed, 0xE7A1])
+
+    def num_outputs(self) -> int:
+        return 3 * len(self.spec.streams) * self.crops
+
+    def __call__(self) -> list[np.ndarray]:
+        from vicc_fast.data.augment import draw_eval_jitter
+
+        out = []
+        for _ in range(len(self.spec.streams) * self.crops):
+            out += draw_eval_jitter(
+                self.rng, self.batch_size, self.spec.eval_jitter_prob, self.spec.eval_jitter
+            )
+        return out
+
+
 def jitter_steps(x, m, a):
     """The released colour jitter's steps (augment.jitter_slots) in a DALI graph: x [F, H, W, 3] float in
     [0, 255]; m [4, 3, 3], a [4] per sample. Step k: ``clip(M_k x + a_k * round(mean luma of the frame), 0,
@@ -157,7 +183,8 @@ def jitter_steps(x, m, a):
         # a list, not an array: an array argument becomes a constant node, which DALI cannot split in an
         # ``if`` branch
         luma = dmath.floor(fn.coord_transform(mean, M=list(LUMA)) + 0.5)  # [F, 1, 1, 1]
-        x = dmath.clamp(fn.coord_transform(x, M=m[k]) + a[k] * luma, 0.0, 255.0)
+        ak = a[k].gpu() if x.device == "gpu" else a[k]  # a per-sample CPU scalar cannot meet GPU data
+        x = dmath.clamp(fn.coord_transform(x, M=m[k]) + ak * luma, 0.0, 255.0)
     return x
 
 
@@ -361,8 +388,44 @@ def build_pipeline(
         offs = types.Constant((np.arange(T, dtype=np.int32) * spec.stride)[None])  # [1, T]
         return fn.reshape(first + offs, shape=[-1])
 
-    def eval_crops(x, flow: bool):
-        """[N*T, H, W, *] -> list of (crop, mirrored) outputs [N*T, c, c, C]."""
+    def jittered_crop(x, px, py, m, flow: bool, jitter):
+        """With the test-time jitter: the crop in [0, 255] (flow: x negated on mirrored crops with
+        flow_flip_negate, the zero plane padded), the released jitter steps where the draw says, then the
+        normalisation. jitter: this crop's (jit, m, a) from EvalJitterSource."""
+        if flow:
+            neg = m and spec.flow_flip_negate
+            mean, std = [255.0 if neg else 0.0, 0.0], [-1.0 if neg else 1.0, 1.0]
+            norm_mean, norm_std = flow_norm(spec.flow_normalisation)
+        else:
+            mean, std = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
+            norm_mean, norm_std = np.array(RGB_MEAN), np.array(RGB_STD)
+        y = fn.crop_mirror_normalize(
+            x,
+            crop=[c, c],
+            crop_pos_x=px,
+            crop_pos_y=py,
+            mirror=m,
+            mean=mean,
+            std=std,
+            dtype=types.FLOAT,
+            output_layout="FHWC",
+        )
+        if flow:
+            y = fn.pad(y, axis_names="C", shape=[3], fill_value=0.0)
+        jit, jm, ja = jitter
+        if jit:
+            y = jitter_steps(y, jm, ja)
+        scale = 1.0 / np.asarray(norm_std, np.float64)
+        return fn.coord_transform(
+            y,
+            M=np.diag(scale).reshape(-1).tolist(),
+            T=(-np.asarray(norm_mean) * scale).tolist(),
+            dtype=out_dtype,
+        )
+
+    def eval_crops(x, flow: bool, jitter=None):
+        """[N*T, H, W, *] -> list of (crop, mirrored) outputs [N*T, c, c, C]; jitter: per crop the test-time
+        jitter draws (EvalJitterSource), or None."""
         shorter = eval_resize(c, spec.eval_crop_fraction)
         if min(spec.height, spec.width) != shorter:
             x = fn.resize(x, resize_shorter=float(shorter), antialias=True)
@@ -372,7 +435,10 @@ def build_pipeline(
         else:
             crops = [(0.5, 0.5, 0)]
         outs = []
-        for px, py, m in crops:
+        for i, (px, py, m) in enumerate(crops):
+            if jitter is not None:
+                outs.append(jittered_crop(x, px, py, m, flow, jitter[i]))
+                continue
             if (
                 flow
             ):  # x negated on mirrored crops (flow_flip_negate): (255 - v - mu) / s = (v - (255 - mu)) / -s
@@ -404,7 +470,7 @@ def build_pipeline(
         x = fn.reshape(flow_xy(x), shape=[-1, 2, spec.height, spec.width], layout="")
         return fn.transpose(x, perm=[0, 2, 3, 1], output_layout="FHWC")
 
-    @pipeline_def(enable_conditionals=spec.train)
+    @pipeline_def(enable_conditionals=spec.train or spec.eval_jitter_prob > 0)
     def pipe():
         outs = fn.readers.webdataset(
             paths=paths,
@@ -460,7 +526,14 @@ def build_pipeline(
                 results += [aug(v, windows[i], draws[i]) for i, v in enumerate(per_stream[stream])]
         else:
             idx = eval_indices(index)
-            for stream, enc in zip(spec.streams, encoded):
+            ncrops = 10 if spec.tencrop else 1
+            jitter = None  # per stream, per crop: (jit, m, a)
+            if spec.eval_jitter_prob > 0:
+                source = EvalJitterSource(spec, batch_size, ncrops, seed)
+                src = fn.external_source(source=source, num_outputs=source.num_outputs(), batch=True)
+                triples = [tuple(src[3 * j : 3 * j + 3]) for j in range(len(spec.streams) * ncrops)]
+                jitter = [triples[i * ncrops : (i + 1) * ncrops] for i in range(len(spec.streams))]
+            for si, (stream, enc) in enumerate(zip(spec.streams, encoded)):
                 video = fn.decoders.video(
                     enc, device=decoder_device, start_frame=0, end_frame=fn.cast(nframes, dtype=types.INT32)
                 )
@@ -468,7 +541,7 @@ def build_pipeline(
                 if stream == Stream.flow:
                     video = eval_flow_frames(video)
                 video = to_device(video)
-                crops = eval_crops(video, flow=stream == Stream.flow)
+                crops = eval_crops(video, flow=stream == Stream.flow, jitter=jitter[si] if jitter else None)
                 y = crops[0] if len(crops) == 1 else fn.cat(*crops, axis_name="F")
                 if spec.eval_windows == EvalWindows.overlap.value:
                     y = fn.pad(y, axis_names="F", fill_value=0.0)  # to the batch's longest sample

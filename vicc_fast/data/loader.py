@@ -124,6 +124,8 @@ class DaliLoader(BaseLoader):
             flow_normalisation=d.flow_normalisation.value,
             eval_windows=d.eval_windows.value,
             color_jitter=d.color_jitter.value,
+            eval_jitter_prob=0.0 if self.train else d.eval_color_jitter_prob,
+            eval_jitter=tuple(float(x) for x in d.eval_color_jitter),
         )
         shards = self.shard_sequence()
         device_id = None

@@ -152,8 +152,33 @@ class _Augment:
         v = (v - torch.tensor(mean).float().view(1, 3, 1, 1)) / torch.tensor(std).float().view(1, 3, 1, 1)
         return v.permute(0, 2, 3, 1).to(self.out_dtype)
 
-    def eval(self, v: torch.Tensor, flow: bool) -> torch.Tensor:
-        """[N*T, C, H, W] -> [crops*N*T, c, c, 3]: centre crop, or 4 corners + centre each also flipped."""
+    def _jittered_eval(
+        self, crop: torch.Tensor, mirror: bool, flow: bool, rng: np.random.Generator
+    ) -> torch.Tensor:
+        """One eval crop [N*T, C, c, c] uint8 with the released test-time jitter (augment.draw_eval_jitter, one
+        draw for all its frames): mirrored, flow's x negated with flow_flip_negate and its zero plane added,
+        the jitter steps, the normalisation -> [N*T, c, c, 3]."""
+        from vicc_fast.data.augment import draw_eval_jitter
+
+        v = crop.float()
+        if mirror:
+            v = v.flip(-1)
+        if flow:
+            if mirror and self.d.flow_flip_negate:
+                v[:, 0] = 255.0 - v[:, 0]
+            v = torch.cat([v, torch.zeros_like(v[:, :1])], 1)
+            mean, std = flow_norm(self.d.flow_normalisation.value)
+        else:
+            mean, std = np.array(RGB_MEAN), np.array(RGB_STD)
+        jit, jm, ja = draw_eval_jitter(rng, 1, float(self.d.eval_color_jitter_prob), self.d.eval_color_jitter)
+        if jit[0]:
+            v = self._jitter_steps(v, jm[0], ja[0])
+        v = (v - torch.tensor(mean).float().view(1, 3, 1, 1)) / torch.tensor(std).float().view(1, 3, 1, 1)
+        return v.permute(0, 2, 3, 1).to(self.out_dtype)
+
+    def eval(self, v: torch.Tensor, flow: bool, rng: np.random.Generator | None = None) -> torch.Tensor:
+        """[N*T, C, H, W] -> [crops*N*T, c, c, 3]: centre crop, or 4 corners + centre each also flipped; with
+        ``data.eval_color_jitter_prob`` each crop gets the released test-time jitter draw from ``rng``."""
         v2, c = self.v2, self.d.crop_size
         shorter = eval_resize(c, self.d.eval_crop_fraction)
         if min(v.shape[-2:]) != shorter:
@@ -165,8 +190,14 @@ class _Augment:
         else:
             wins = [((h - c + 1) // 2, (w - c + 1) // 2, False)]
         outs = []
+        prob = float(self.d.eval_color_jitter_prob)
         for y, x, m in wins:
             crop = v[..., y : y + c, x : x + c]
+            if prob > 0:
+                if rng is None:
+                    raise ValueError("the eval-mode colour jitter needs the sample's generator")
+                outs.append(self._jittered_eval(crop, m, flow, rng))
+                continue
             if flow:
                 outs.append(self._finish_flow(crop, m))
             else:
@@ -280,7 +311,7 @@ class TorchLoader(BaseLoader):
                 for s in self.streams:
                     flow = s == Stream.flow
                     video = decode_window(sample[f"{s.value}.webm"], 0, nframes, flow)[idx]
-                    out[f"{s.value}0"] = self.aug.eval(self._to_tchw(video, flow), flow)
+                    out[f"{s.value}0"] = self.aug.eval(self._to_tchw(video, flow), flow, rng)
             return out
         except (VideoDecodeError, KeyError, ValueError) as exc:
             return BadSampleError(url, key, f"video fails to decode ({exc})")
