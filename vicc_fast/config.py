@@ -62,6 +62,11 @@ class BadSample(str, enum.Enum):
     skip = "skip"
 
 
+class ShortVideos(str, enum.Enum):
+    pad = "pad"
+    reject = "reject"
+
+
 class DataDtype(str, enum.Enum):
     auto = "auto"
     float32 = "float32"
@@ -292,6 +297,13 @@ class DataConfig:
     )
     on_bad_sample: BadSample = _f(
         BadSample.error, "a sample that fails to decode: error | skip (counted, warned)"
+    )
+    short_videos: ShortVideos = _f(
+        ShortVideos.pad,
+        "videos shorter than a clip's span ((num_frames - 1) * stride + 1 frames): pad = as the released "
+        "UCF101/HMDB51 loaders, left out (counted, one warning, never an error) when they have at most "
+        "num_frames // 2 * stride + 1 frames, else read left-padded with their first frame (frame 0 repeated, then "
+        "0, stride, 2 * stride, ...; one clip in eval) | reject = such a video is a bad sample (data.on_bad_sample)",
     )
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 

@@ -324,11 +324,13 @@ def test_corrupt_sample_named(tmp_path, backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_short_video_named(tmp_path, backend):
+    """data.short_videos=reject: a video shorter than a clip is a bad sample, named (or skipped)."""
     root = make_set(tmp_path / "short", "codes", n_train=4, n_test=1, short=(1, 2))
+    reject = "data.short_videos=reject"
     with pytest.raises(BadSampleError, match=r"train000001.*6 frames.*2 video\(s\).*on_bad_sample=skip"):
-        loader(cfg_for(root, f"data.backend={backend}"))
+        loader(cfg_for(root, f"data.backend={backend}", reject))
     with pytest.warns(UserWarning, match="2 bad sample"):
-        ld = loader(cfg_for(root, f"data.backend={backend}", "data.on_bad_sample=skip"))
+        ld = loader(cfg_for(root, f"data.backend={backend}", reject, "data.on_bad_sample=skip"))
     assert ld.num_samples == 2 and ld.skipped == 2
     assert not {1, 2} & {i for b in ld for i in b.index.tolist()}
 

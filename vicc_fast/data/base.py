@@ -24,6 +24,7 @@ from vicc_fast.config import (
     Device,
     EvalCrop,
     EvalWindows,
+    ShortVideos,
     Stream,
 )
 from vicc_fast.data.batch import Batch
@@ -39,7 +40,7 @@ from vicc_fast.data.manifest import (
     rank_range,
     shard_order,
 )
-from vicc_fast.data.windows import fixed_starts, overlap_count
+from vicc_fast.data.windows import drop_bound, fixed_starts, overlap_count, pad_start
 
 log = logging.getLogger(__name__)
 
@@ -137,20 +138,55 @@ class BaseLoader:
             per_video = self.clips if self.window_counts is None else float(np.mean(self.window_counts))
             self.max_clips = cfg.eval.batch_size  # the most clips a consumer should forward at once
             self.batch_size = max(1, int(cfg.eval.batch_size // (per_video * self.crops)))  # videos per step
+        # per sample index, the first frame of a left-padded clip (< 0) or 0: both backends read it
+        self.pad_starts = np.zeros(self.split.num_samples, np.int64)
+        if cfg.data.short_videos == ShortVideos.pad:
+            self._pad_short_videos(split)
+        else:
+            self._reject_short_videos(split)
+
+    def _pad_short_videos(self, split: str) -> None:
+        """``data.short_videos=pad``: as the released loaders, leave out the videos of at most
+        :func:`drop_bound` frames and read the other videos shorter than a clip left-padded. The left-out ones are
+        not bad samples (the released code filters them when it lists the split), so even
+        ``data.on_bad_sample=error`` only counts them (``skipped``) and warns once."""
+        d = self.cfg.data
+        frames = self.split.frames
+        bound = drop_bound(d.num_frames, d.stride)
+        dropped = np.nonzero(frames <= bound)[0]
+        for i in dropped:
+            _, key = self.split.locate(int(i))
+            self.excluded[key] = (
+                f"{int(frames[i])} frames: at most num_frames // 2 * stride + 1 = {bound}, the released loader "
+                "drops such videos"
+            )
+        padded = (frames < self.span) & (frames > bound)
+        self.pad_starts[padded] = pad_start(frames[padded], d.num_frames, d.stride)
+        if len(dropped):
+            warnings.warn(
+                f"{len(dropped)} video(s) of split '{split}' left out: at most {bound} frames, which the released "
+                f"loader drops (a clip of {d.num_frames} at stride {d.stride}; data.short_videos=pad)",
+                stacklevel=3,
+            )
+
+    def _reject_short_videos(self, split: str) -> None:
+        """``data.short_videos=reject``: a video shorter than a clip is a bad sample (``data.on_bad_sample``)."""
+        d = self.cfg.data
         short = np.nonzero(self.split.frames < self.span)[0]
         for i in short:
             shard, key = self.split.locate(int(i))
-            reason = f"{int(self.split.frames[i])} frames, a clip of {cfg.data.num_frames} at stride {cfg.data.stride} needs {self.span}"
+            reason = f"{int(self.split.frames[i])} frames, a clip of {d.num_frames} at stride {d.stride} needs {self.span}"
             if not self.skip:  # one error for the first, with how many more there are and the way out
                 raise BadSampleError(
                     shard.tar,
                     key,
                     f"{reason} ({len(short)} video(s) of split '{split}' are shorter than a clip; "
-                    "data.on_bad_sample=skip leaves them out, counted and warned)",
+                    "data.on_bad_sample=skip leaves them out, counted and warned; data.short_videos=pad reads "
+                    "them left-padded as the released loaders do)",
                 )
             self.excluded[key] = reason
         if self.excluded:
-            warnings.warn(f"{len(self.excluded)} bad samples left out of split '{split}'", stacklevel=2)
+            warnings.warn(f"{len(self.excluded)} bad samples left out of split '{split}'", stacklevel=3)
 
     # ---------------------------------------------------------------- sizes
     @property

@@ -12,11 +12,13 @@ Train graph, per sample (one video):
             released controller's one-clip choice, ``same_start_prob``), which views get the strong
             augmentation, flips, blur flags and sigma, and the colour maps of RGB and flow (normalisation folded)
     starts: view 0 uniform in [0, frames - span]; view v > 0 the same start when the draw says so, else its
-            own uniform draw (span = (T - 1) * stride + 1)
+            own uniform draw (span = (T - 1) * stride + 1); a video shorter than a clip (``short_videos=pad``)
+            takes its negative pad start instead (the draws are made all the same, so the others' stay put)
     decode: when all views fit in one window no longer than the views decoded one by one (``union_decode``)
             the window is decoded once and each view is gathered from it (``sequence_rearrange``); else each
             view is decoded on its own with ``start_frame`` / ``sequence_length`` / ``stride``. RGB and flow
-            use the same starts, so view v of both streams covers the same frames.
+            use the same starts, so view v of both streams covers the same frames. A padded video always
+            takes the window path, its window [max(lo, 0), hi) and its indices clamped at 0 (frame 0 repeated).
     crop: one random crop window per view, shared by RGB view i and flow view i (``align_streams``: the
           released code augments [rgb_i, flow_i] as one sequence), else one per stream and view.
     RGB:  crop and flip in one resize (a flipped ROI) -> colour jitter as released (``color_jitter=released``,
@@ -34,10 +36,11 @@ Train graph, per sample (one video):
 
 Eval graph: the whole video is decoded once and its eval clips are gathered from it (``eval_windows``: every
 half-overlapping window, their number looked up per sample, or a fixed count whose starts the loader computed on the
-host, looked up per sample; see vicc_fast/data/windows.py); centre crop, or ten-crop (4 corners + centre, each also
-flipped), each crop with the released test-time colour jitter when its draw says (``eval_jitter_prob``,
-EvalJitterSource; the jitter steps before the normalisation); output per sample [crops * clips * T, c, c, 3], with overlapping windows zero-padded along the first axis
-to the batch's longest (the loader drops the padding by the sample's window count).
+host, looked up per sample; see vicc_fast/data/windows.py; a padded video's clips start at its pad start, indices
+clamped at 0); centre crop, or ten-crop (4 corners + centre, each also flipped), each crop with the released
+test-time colour jitter when its draw says (``eval_jitter_prob``, EvalJitterSource; the jitter steps before the
+normalisation); output per sample [crops * clips * T, c, c, 3], with overlapping windows zero-padded along the
+first axis to the batch's longest (the loader drops the padding by the sample's window count).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vicc_fast.config import EvalWindows, Stream
+from vicc_fast.config import EvalWindows, ShortVideos, Stream
 from vicc_fast.data.augment import LUMA, RGB_MEAN, RGB_STD, flow_norm
 from vicc_fast.data.windows import overlap_count, overlap_step
 
@@ -99,6 +102,9 @@ class PipeSpec:
     # eval mode: the released test-time jitter, per (video, stream, crop) with this probability (EvalJitterSource)
     eval_jitter_prob: float = 0.0
     eval_jitter: tuple[float, float, float, float] = (0.2, 0.2, 0.2, 0.1)
+    # videos shorter than a clip: pad (released: read left-padded, build_pipeline's pad_starts) | reject (never
+    # read: the loader leaves them out or raises)
+    short_videos: str = ShortVideos.pad.value
 
     @property
     def span(self) -> int:
@@ -217,8 +223,14 @@ def build_pipeline(
     device_id: int | None,
     seed: int,
     eval_starts: np.ndarray | None = None,
+    pad_starts: np.ndarray | None = None,
 ):
-    """Build (not yet start) the DALI pipeline of ``spec`` over ``paths``; outputs as ``spec.output_names()``."""
+    """Build (not yet start) the DALI pipeline of ``spec`` over ``paths``; outputs as ``spec.output_names()``.
+
+    ``pad_starts``: [len(frames)] the first frame of each video's left-padded clip (< 0; 0 for a video read as
+    usual; vicc_fast/data/windows.py pad_start), with ``spec.short_videos=pad``. The graph gains its padding ops only
+    when some video has one: a split without short videos gets the graph it had before padding existed, op for op.
+    """
     from nvidia.dali import fn, pipeline_def, types
     from nvidia.dali import math as dmath
 
@@ -236,11 +248,25 @@ def build_pipeline(
     out_dtype = types.FLOAT16 if spec.half else types.FLOAT
     c = spec.crop_size
     T = spec.num_frames
+    padding = (
+        spec.short_videos == ShortVideos.pad.value and pad_starts is not None and bool((pad_starts < 0).any())
+    )
+    pad_lut = frames_lut_args(pad_starts) if padding else None
+
+    def pad_of(index):
+        """Per sample: its pad start (int32, < 0 for a padded video, else 0)."""
+        return fn.cast(
+            fn.lookup_table(fn.cast(index, dtype=types.INT32), **pad_lut, dtype=types.FLOAT),
+            dtype=types.INT32,
+        )
 
     # ------------------------------------------------------------------ temporal sampling
-    def draw_starts(nframes, same_start):
-        """same_start: per-sample int32 0/1 from ViewSource (the controller's one-clip choice)."""
-        room = nframes - float(spec.span - 1)  # number of valid starts (>= 1, checked on the host)
+    def draw_starts(nframes, same_start, pad=None):
+        """same_start: per-sample int32 0/1 from ViewSource (the controller's one-clip choice). pad: per-sample
+        pad start (int32, :func:`pad_of`) or None. A padded video takes it for every view; the uniform draws are
+        made for every sample all the same (same operators, same order), so the other videos' starts do not
+        move."""
+        room = nframes - float(spec.span - 1)  # number of valid starts (>= 1 unless the video is padded)
 
         def one():
             s = fn.cast(fn.random.uniform(range=[0.0, 1.0]) * room, dtype=types.INT32)
@@ -249,11 +275,16 @@ def build_pipeline(
         starts = [one()]
         for _ in range(1, spec.num_views):
             starts.append(same_start * starts[0] + (1 - same_start) * one())
-        return starts
+        if pad is None:
+            return starts
+        short = fn.cast(pad < 0, dtype=types.INT32)
+        return [short * pad + (1 - short) * s for s in starts]
 
-    def decode_views(encoded, starts, union, flow: bool):
+    def decode_views(encoded, starts, union, flow: bool, clamp: bool = False):
         """One clip per view, frames start + j * stride: RGB [T, h, w, 3] uint8; flow [2T, h, w, 1] (the x and
-        y planes of each frame as consecutive frames, see flow_xy)."""
+        y planes of each frame as consecutive frames, see flow_xy). ``clamp`` (the padding graph, with a union
+        window): frames max(0, start + j * stride) from the window [max(lo, 0), hi), so a negative (pad) start
+        repeats frame 0; for a start >= 0 the same frames as without it."""
         if union is None:
             clips = [
                 fn.decoders.video(
@@ -268,10 +299,27 @@ def build_pipeline(
             ]
             return [to_device(flow_xy(c)) for c in clips] if flow else [to_device(c) for c in clips]
         lo, hi = union
+        if clamp:
+            lo = dmath.max(lo, 0)
         window = fn.decoders.video(
             encoded, device=decoder_device, start_frame=lo, end_frame=hi, pad_mode="none"
         )
         offs = np.arange(T, dtype=np.int32) * spec.stride
+        if clamp:  # each frame's index in the window: max(s + j * stride, 0) - lo
+            if flow:  # x and y planes of frame j at 2 * index and 2 * index + 1
+                window = flow_xy(window)
+                rep2 = types.Constant(np.repeat(offs, 2).astype(np.int32))
+                xy = types.Constant(np.tile(np.array([0, 1], np.int32), T))
+                return [
+                    to_device(fn.sequence_rearrange(window, new_order=2 * (dmath.max(s + rep2, 0) - lo) + xy))
+                    for s in starts
+                ]
+            return [
+                to_device(
+                    fn.sequence_rearrange(window, new_order=dmath.max(s + types.Constant(offs), 0) - lo)
+                )
+                for s in starts
+            ]
         if flow:  # gather planes after dropping the two redundant channels: a third of the bytes to move
             window = flow_xy(window)
             offs = (np.repeat(2 * offs, 2) + np.tile([0, 1], T)).astype(np.int32)
@@ -372,7 +420,10 @@ def build_pipeline(
                 fn.cast(index, dtype=types.INT32), **frames_lut_args(counts), dtype=types.FLOAT
             )
             n = fn.cast(count, dtype=types.INT32) * T
-            return fn.slice(types.Constant(table, device="cpu"), n * 0, n, axes=[0])
+            idx = fn.slice(types.Constant(table, device="cpu"), n * 0, n, axes=[0])
+            if padding:  # a padded video has one window: shifted to its pad start, clamped at frame 0
+                idx = dmath.max(idx + pad_of(index), 0)
+            return idx
         # a fixed count per video: its host-computed starts, looked up
         if eval_starts is None:
             raise ValueError(f"{spec.eval_windows} eval windows need the per-video starts (eval_starts)")
@@ -386,7 +437,10 @@ def build_pipeline(
         ]
         first = fn.reshape(fn.stack(*starts), shape=[-1, 1])  # [clips, 1]
         offs = types.Constant((np.arange(T, dtype=np.int32) * spec.stride)[None])  # [1, T]
-        return fn.reshape(first + offs, shape=[-1])
+        idx = first + offs
+        if padding:  # a padded video's starts are its pad start (windows.fixed_starts): repeat frame 0
+            idx = dmath.max(idx, 0)
+        return fn.reshape(idx, shape=[-1])
 
     def jittered_crop(x, px, py, m, flow: bool, jitter):
         """With the test-time jitter: the crop in [0, 255] (flow: x negated on mirrored crops with
@@ -496,17 +550,31 @@ def build_pipeline(
             k, o = len(source.keys), int(spec.num_views > 1)  # o: the leading `same` output
             src = fn.external_source(source=source, num_outputs=o + k * spec.num_views, batch=True)
             draws = [dict(zip(source.keys, src[o + k * v : o + k * (v + 1)])) for v in range(spec.num_views)]
-            starts = draw_starts(nframes, src[0] if o else None)
+            pad = pad_of(index) if padding else None
+            starts = draw_starts(nframes, src[0] if o else None, pad)
             if spec.union_decode and spec.num_views > 1:
                 lo, hi = starts[0], starts[0]
                 for s in starts[1:]:
                     lo, hi = dmath.min(lo, s), dmath.max(hi, s)
                 hi = hi + spec.span
-                # one window when it is no longer than the views decoded one by one
+                # one window when it is no longer than the views decoded one by one (always for a padded video:
+                # all its views start at its pad start)
                 use_union = (hi - lo) <= spec.num_views * spec.span
                 if use_union:
                     decoded = [
-                        decode_views(e, starts, (lo, hi), s == Stream.flow)
+                        decode_views(e, starts, (lo, hi), s == Stream.flow, clamp=padding)
+                        for s, e in zip(spec.streams, encoded)
+                    ]
+                else:
+                    decoded = [
+                        decode_views(e, starts, None, s == Stream.flow) for s, e in zip(spec.streams, encoded)
+                    ]
+            elif padding:
+                # a padded video needs the clamped gather; its views share one start, so the window is one span
+                short = pad < 0
+                if short:
+                    decoded = [
+                        decode_views(e, starts, (pad, pad + spec.span), s == Stream.flow, clamp=True)
                         for s, e in zip(spec.streams, encoded)
                     ]
                 else:

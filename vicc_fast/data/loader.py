@@ -17,9 +17,13 @@ Semantics shared by both backends (``data.backend=dali|torch``):
 - eval: each video exactly once across all ranks (ranks may differ by one step), its eval clips
   (``data.eval_windows``: every half-overlapping window, or ``eval_clips`` uniformly spaced; x10 with ten-crop),
   batch = videos x their clips; ``index`` tells which video each clip is.
-- bad data: a sample whose video is shorter than a clip or fails to decode raises :class:`BadSampleError`
-  naming its shard and key; with ``data.on_bad_sample=skip`` it is counted (``loader.skipped``), warned about
-  and left out.
+- short videos (``data.short_videos``): with ``pad`` (the default, the released loaders) a video of at most
+  ``num_frames // 2 * stride + 1`` frames is left out (counted in ``loader.skipped``, one warning, never an error)
+  and a longer one shorter than a clip is read left-padded with its first frame (vicc_fast/data/windows.py); with
+  ``reject`` a video shorter than a clip is a bad sample.
+- bad data: a sample that fails to decode (or, with ``data.short_videos=reject``, is shorter than a clip) raises
+  :class:`BadSampleError` naming its shard and key; with ``data.on_bad_sample=skip`` it is counted
+  (``loader.skipped``), warned about and left out.
 """
 
 from __future__ import annotations
@@ -126,6 +130,7 @@ class DaliLoader(BaseLoader):
             color_jitter=d.color_jitter.value,
             eval_jitter_prob=0.0 if self.train else d.eval_color_jitter_prob,
             eval_jitter=tuple(float(x) for x in d.eval_color_jitter),
+            short_videos=d.short_videos.value,
         )
         shards = self.shard_sequence()
         device_id = None
@@ -146,6 +151,7 @@ class DaliLoader(BaseLoader):
             device_id=device_id,
             seed=self.epoch_seed(),
             eval_starts=self.eval_starts,
+            pad_starts=self.pad_starts,
         )
         return spec, pipe
 

@@ -22,7 +22,7 @@ from vicc_fast.data.base import BaseLoader
 from vicc_fast.data.batch import Batch
 from vicc_fast.data.dali import eval_resize
 from vicc_fast.data.manifest import BadSampleError, DataError, rank_range
-from vicc_fast.data.windows import overlap_starts
+from vicc_fast.data.windows import clip_indices, overlap_starts
 
 
 class VideoDecodeError(RuntimeError):
@@ -263,7 +263,11 @@ class TorchLoader(BaseLoader):
         self.split_size = (int(video.get("height", 128)), int(video.get("width", 171)))  # stored frame size
 
     # ------------------------------------------------------------------ per sample (in a worker)
-    def _starts(self, nframes: int, same: bool, rng: np.random.Generator) -> list[int]:
+    def _starts(self, nframes: int, same: bool, pad: int, rng: np.random.Generator) -> list[int]:
+        """Each view's first frame: uniform draws, or for a padded video (``pad`` < 0, BaseLoader.pad_starts) its
+        pad start for every view (no draw)."""
+        if pad < 0:
+            return [pad] * self.num_views
         room = nframes - self.span + 1
         first = int(rng.integers(room))
         return [first] + [first if same else int(rng.integers(room)) for _ in range(1, self.num_views)]
@@ -280,7 +284,8 @@ class TorchLoader(BaseLoader):
                 from vicc_fast.data.augment import crop_window, draw_views
 
                 same, draws = draw_views(rng, 1, self.num_views, d)
-                starts = self._starts(nframes, bool(same[0]), rng)
+                pad = int(self.pad_starts[index])
+                starts = self._starts(nframes, bool(same[0]), pad, rng)
                 h, w = self.split_size
 
                 def window() -> tuple[int, int, int, int]:
@@ -289,14 +294,17 @@ class TorchLoader(BaseLoader):
                 # one window per view for both streams (released code), or one per stream and view
                 shared = [window() for _ in starts] if d.align_streams else None
                 lo, hi = min(starts), max(starts) + self.span
-                union = d.union_decode and (hi - lo) <= self.num_views * self.span
+                # a padded video's clip repeats frame 0: read from the window [0, hi) by clamped indices
+                union = pad < 0 or (d.union_decode and (hi - lo) <= self.num_views * self.span)
                 for s in self.streams:
                     data = sample[f"{s.value}.webm"]
                     flow = s == Stream.flow
-                    frames = decode_window(data, lo, hi, flow) if union else None
+                    frames = decode_window(data, max(lo, 0), hi, flow) if union else None
                     wins = shared or [window() for _ in starts]
                     for v, st in enumerate(starts):
-                        if frames is not None:
+                        if pad < 0:
+                            clip = frames[clip_indices(st, T, d.stride)]
+                        elif frames is not None:
                             clip = frames[st - lo : st - lo + self.span : d.stride]
                         else:
                             clip = decode_window(data, st, st + self.span, flow)[:: d.stride]
@@ -307,7 +315,9 @@ class TorchLoader(BaseLoader):
                     first = self.eval_starts[index]
                 else:
                     first = overlap_starts(nframes, T, d.stride)
-                idx = np.concatenate([f + np.arange(T) * d.stride for f in first])
+                idx = clip_indices(first, T, d.stride).reshape(
+                    -1
+                )  # a padded video's one clip repeats frame 0
                 for s in self.streams:
                     flow = s == Stream.flow
                     video = decode_window(sample[f"{s.value}.webm"], 0, nframes, flow)[idx]
