@@ -136,3 +136,30 @@ def test_in_chunks_never_forwards_more_than_the_budget_and_equals_one_forward():
     seen.clear()
     in_chunks(fn, x, None)
     assert seen == [23]
+
+
+def test_left_out_videos_get_no_row_and_the_kept_ones_keep_their_index(tmp_path):
+    """A real eval loader over a split with two videos the released filter drops (6 frames, clips of 12:
+    data.short_videos=pad leaves them out): features and test probabilities come for the kept videos only,
+    in index order, named by their split indices, instead of an error about videos without clips."""
+    import numpy as np
+
+    from data_prep.patterns import make_set
+    from tests.data.conftest import cfg_for
+    from vicc_fast.data.loader import build_loader
+    from vicc_fast.eval.finetune import predict_videos
+
+    root = make_set(tmp_path / "s", "codes", n_train=4, n_test=1, short=(1, 2))
+    cfg = cfg_for(root, "data.num_frames=12")
+    with pytest.warns(UserWarning, match="left out"):
+        ld = build_loader(cfg, "train", "eval", (Stream.rgb,), 1, 0, 1, torch.device("cpu"))
+    assert ld.num_videos == 4 and ld.num_samples == 2 and ld.excluded_indices().tolist() == [1, 2]
+    feats, labels, index = extract(MeanEncoder(), ld, torch.device("cpu"))
+    assert index.tolist() == [0, 3] and feats.shape == (2, 3) and np.isfinite(feats.numpy()).all()
+
+    class Probs(nn.Module):
+        def forward(self, x):
+            return torch.stack([x.mean(dim=(1, 2, 3, 4)), -x.mean(dim=(1, 2, 3, 4))], 1)
+
+    probs, plabels = predict_videos(Probs(), ld, Stream.rgb, torch.device("cpu"), ld.num_videos)
+    assert probs.shape == (2, 2) and torch.equal(plabels, labels)

@@ -90,5 +90,5 @@ def test_finetune_learns_and_test_averages_clips_and_crops():
 
 def test_predict_videos_missing_video():
     model = FinetuneModel(SmallEncoder(), 3).eval()
-    with pytest.raises(RuntimeError, match="1 of 3 videos without a clip"):
+    with pytest.raises(RuntimeError, match="1 of 3 kept videos without a clip"):
         predict_videos(model, ListLoader([_clips([0, 1], [0, 1], 0)], 3), Stream.rgb, torch.device("cpu"), 3)

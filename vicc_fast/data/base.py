@@ -198,6 +198,18 @@ class BaseLoader:
     def skipped(self) -> int:
         return len(self.excluded)
 
+    @property
+    def num_videos(self) -> int:
+        """Videos in the split, the left-out ones included: the range of ``Batch.index``."""
+        return self.split.num_samples
+
+    def excluded_indices(self) -> np.ndarray:
+        """Split indices of the videos left out so far (recorded rejections: too short to pad, or bad with
+        ``data.on_bad_sample=skip``; a skip found while decoding joins once the loader has met it)."""
+        if not self.excluded:
+            return np.zeros(0, dtype=np.int64)
+        return np.array([i for i, k in enumerate(self.split.keys) if k in self.excluded], dtype=np.int64)
+
     def rank_samples(self) -> int:
         lo, hi = rank_range(self.num_samples, self.rank, self.world)
         return hi - lo

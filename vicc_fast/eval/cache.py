@@ -42,6 +42,13 @@ def feature_settings(cfg: Config) -> dict[str, Any]:
         "backend": d.backend.value,
         "data_device": d.device.value,
         "amp": cfg.train.amp.value,
+        "flow_normalisation": d.flow_normalisation.value,
+        "flow_flip_negate": d.flow_flip_negate,
+        "short_videos": d.short_videos.value,
+        # the test-time jitter is drawn from the seed too: another seed perturbs other videos
+        "eval_jitter": [d.eval_color_jitter_prob, *map(float, d.eval_color_jitter), cfg.train.seed]
+        if d.eval_color_jitter_prob > 0
+        else None,
     }
 
 

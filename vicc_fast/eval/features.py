@@ -127,6 +127,20 @@ def encode_clips(
     return sums, counts, labels
 
 
+def left_out(loader: Any, num_videos: int, device: torch.device | None = None) -> torch.Tensor:
+    """[num_videos] bool: the videos ``loader`` left out as recorded rejections (``excluded_indices``; none for
+    a loader without it), OR-ed over ranks when torch.distributed is initialised (a decode failure is met by
+    one rank only). Call after iterating the loader."""
+    mask = torch.zeros(num_videos, dtype=torch.int64, device=device)
+    get = getattr(loader, "excluded_indices", None)
+    if get is not None:
+        idx = torch.as_tensor(get(), dtype=torch.long, device=device)
+        mask[idx] = 1
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(mask)
+    return mask > 0
+
+
 def extract(
     encoder: nn.Module,
     loader: Any,
@@ -140,12 +154,14 @@ def extract(
     """Per-video features of ``encoder`` over an eval ``loader`` (clip features averaged per video; with
     ``clip_l2norm`` each clip's feature is L2-normalised before the average, as the released retrieval).
 
-    loader: iterable of :class:`Batch` with ``num_samples`` (videos in the split) or ``len()``-able by videos.
-    Returns ``(feats [N, F] float32, labels [N] int64, index [N] int64)`` on CPU, identical on every rank
-    (all-reduced when torch.distributed is initialised), rows in video-index order. Raises when some video got
-    no clip or a video was seen by more than one rank.
+    loader: iterable of :class:`Batch` with ``num_videos`` (videos in the split, the range of the batch index)
+    or ``num_samples``; videos it left out (``excluded_indices``: too short to pad, or bad under
+    ``data.on_bad_sample=skip``) get no row. Returns ``(feats [N, F] float32, labels [N] int64, index [N]
+    int64)`` on CPU, identical on every rank (all-reduced when torch.distributed is initialised), rows in
+    video-index order, ``index`` the videos' split indices. Raises when a kept video got no clip or a video was
+    seen by more than one rank.
     """
-    n = int(getattr(loader, "num_samples", 0) or 0)
+    n = int(getattr(loader, "num_videos", 0) or getattr(loader, "num_samples", 0) or 0)
     if n <= 0:
         raise ValueError("eval loader reports no videos (num_samples == 0)")
     sums, counts, labels = encode_clips(encoder, loader, device, n, stream, amp, progress, desc, clip_l2norm)
@@ -154,14 +170,16 @@ def extract(
         # Each video lives on exactly one rank, so summing rows assembles the whole split everywhere.
         for t in (sums, counts, labels, seen):
             dist.all_reduce(t)
-    missing = int((seen == 0).sum())
+    keep = ~left_out(loader, n, seen.device)
+    missing = int(((seen == 0) & keep).sum())
     dup = int((seen > 1).sum())
     if missing or dup:
         raise RuntimeError(
-            f"eval loader must cover each of the {n} videos once: {missing} got no clip, {dup} seen by several ranks"
+            f"eval loader must cover each of the {int(keep.sum())} kept videos once: {missing} got no clip, "
+            f"{dup} seen by several ranks"
         )
-    feats = sums / counts[:, None]
-    return feats.cpu(), labels.cpu(), torch.arange(n)
+    feats = sums[keep] / counts[keep][:, None]
+    return feats.cpu(), labels[keep].cpu(), torch.arange(n)[keep.cpu()]
 
 
 def centre_each_normalise(*splits: torch.Tensor) -> tuple[torch.Tensor, ...]:

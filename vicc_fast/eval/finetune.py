@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from vicc_fast.config import Amp, Stream
 from vicc_fast.data.batch import Batch
-from vicc_fast.eval.features import _autocast, feature_dim, in_chunks
+from vicc_fast.eval.features import _autocast, feature_dim, in_chunks, left_out
 
 
 class FinetuneModel(nn.Module):
@@ -109,7 +109,9 @@ def predict_videos(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-video class probabilities averaged over all clips and crops the eval loader yields.
 
-    Returns ``(probs [num_videos, C], labels [num_videos])`` on CPU; raises if a video got no clip.
+    Returns ``(probs [K, C], labels [K])`` on CPU for the K of ``num_videos`` videos the loader kept (rows in
+    video-index order, as :func:`vicc_fast.eval.features.extract`; left-out videos, ``excluded_indices``, get
+    no row); raises if a kept video got no clip.
     """
     model.eval()
     total: torch.Tensor | None = None
@@ -126,10 +128,11 @@ def predict_videos(
         total.index_add_(0, idx, probs)
         counts.index_add_(0, idx, torch.ones(idx.shape[0]))
         labels[idx] = b.label.cpu().long()
-    if total is None or bool((counts == 0).any()):
-        missing = num_videos if total is None else int((counts == 0).sum())
-        raise RuntimeError(f"test loader left {missing} of {num_videos} videos without a clip")
-    return total / counts[:, None], labels
+    keep = ~left_out(loader, num_videos)
+    if total is None or bool(((counts == 0) & keep).any()):  # no clip at all, or a kept video without one
+        missing = int(keep.sum()) if total is None else int(((counts == 0) & keep).sum())
+        raise RuntimeError(f"test loader left {missing} of {int(keep.sum())} kept videos without a clip")
+    return total[keep] / counts[keep][:, None], labels[keep]
 
 
 def fuse_probabilities(*probs: torch.Tensor) -> torch.Tensor:

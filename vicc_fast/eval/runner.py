@@ -138,8 +138,9 @@ class Evaluation:
                 clip_l2norm=clip_l2norm,
             )
 
-        feats, labels, _ = self.cache.get(key, compute, name=f"{split}_{stream.value}")
-        expected = torch.from_numpy(self.data.labels[split])
+        feats, labels, index = self.cache.get(key, compute, name=f"{split}_{stream.value}")
+        # rows of the videos the loader kept (index: their split indices; data.short_videos drops some)
+        expected = torch.from_numpy(self.data.labels[split])[index.long()]
         if not torch.equal(labels.long(), expected):
             raise RuntimeError(
                 f"{self.data.root}: {split} labels from the loader disagree with the shards' .lbl members"
