@@ -72,8 +72,11 @@ def make_set(
     corrupt: tuple[int, ...] = (),
     height: int = H,
     width: int = W,
+    ucf_names: bool = False,
 ) -> Path:
     """Write a shard folder; ``short`` train indices get 6 frames, ``corrupt`` ones a truncated RGB video.
+    ``ucf_names``: video ids named as UCF101's clips, two per group (``v_P_g<i // 2>_c<i % 2 + 1>``), so
+    videos 2k and 2k + 1 share a source video.
     ``height`` x ``width``: the tests' 48 x 64 by default; NVDEC needs larger frames (scripts/gpu uses 128 x 171)."""
     make = {"codes": _codes_video, "ramps": _ramps_video, "grid": _grid_video}[kind]
     cache: dict[int, tuple[bytes, bytes]] = {}
@@ -95,7 +98,7 @@ def make_set(
             key = shards.sample_key(split, i)
             meta = {
                 "key": key,
-                "video_id": f"v{i}",
+                "video_id": f"P/v_P_g{i // 2:02d}_c{i % 2 + 1:02d}" if ucf_names else f"v{i}",
                 "label": i % NUM_CLASSES,
                 "class_name": f"c{i % NUM_CLASSES}",
                 "split": split,

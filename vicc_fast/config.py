@@ -343,6 +343,12 @@ class CoclrConfig:
         "co-training: queue entries of the query's own video (its keys from earlier epochs) are positives and "
         "never mined (CoCLR code: mask_source); false = treated like any other queue entry",
     )
+    same_source: bool = _f(
+        True,
+        "with same_video_positive, 'own video' means its source video, as the CoCLR code's video_source.json: "
+        "UCF101 clips of one group (v_Class_gNN_c01, _c02, ...: cut from one long video) count as one; other "
+        "names are their own source; false = the clip's own video only",
+    )
     mine_when_full: bool = _f(
         True,
         "co-training mines top-K positives only once the queue holds real keys in every row (CoCLR code: "

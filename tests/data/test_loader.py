@@ -428,3 +428,16 @@ def test_eval_jitter_is_one_released_draw_per_video_and_stream(grid_root, backen
             assert best[0] < 1.5, (stream, i, best)
             cs.append(best[1])
     assert len(set(np.round(cs, 2).tolist())) >= len(cs) - 1  # drawn per video and stream
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batches_carry_source_video_ids(tmp_path, backend):
+    """UCF101-named clips (two per group): batch.source is the group's id (its first index) for every clip,
+    in train and eval (CoCLR's same-source positives read it); other names: each video its own source."""
+    root = make_set(tmp_path / "ucf", "codes", n_train=6, n_test=2, ucf_names=True)
+    for mode in ("train", "eval"):
+        for b in loader(cfg_for(root, f"data.backend={backend}"), mode=mode):
+            assert torch.equal(b.source, b.index // 2 * 2)
+    plain = make_set(tmp_path / "plain", "codes", n_train=4, n_test=1)
+    for b in loader(cfg_for(plain, f"data.backend={backend}")):
+        assert torch.equal(b.source, b.index)

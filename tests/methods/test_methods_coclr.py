@@ -210,12 +210,52 @@ def test_cotraining_same_video_entries_are_positives_and_never_mined():
     assert out["positives"].item() == pytest.approx((4 + 3 * 3) / 4)
 
 
+def test_sibling_clips_of_one_source_are_positives_as_the_coclr_code():
+    """CoCLR's mask_source compares source videos (video_source.json: UCF101's v_X_gNN_c01, _c02, ... are cut
+    from one long video): a queued key of a sibling clip (another index, the same source) is a positive with
+    method.coclr.same_source (default); with it off only the clip's own video counts; the queue stores the
+    source ids."""
+    assert Config().method.coclr.same_source
+    torch.manual_seed(0)
+    for same_source, expected in ((True, (2 + 1 + 1 + 1) / 4), (False, 1.0)):
+        m = build_method(coclr_config(topk=2, same_source=same_source))
+        phase = {p.name: p for p in m.phases()}["cross_rgb_c1"]
+        m.train()
+        m.setup_phase(phase)
+        batch = make_batch(B=4)
+        batch.source = batch.index + 1000  # each clip's source: a group id shared with index + 1000 elsewhere
+        m.queue.queue.copy_(F.normalize(torch.randn(2, 16, 8), dim=-1))
+        m.queue_videos.copy_(torch.arange(16) + 100)
+        m.queue_videos[5] = batch.source[0] if same_source else batch.index[0] + 1000  # a sibling's key
+        m.queue.filled = 10  # not full: no mining, only the own-source entry adds a positive
+        out = m.loss(batch, state_at(phase, 0))
+        assert out["positives"].item() == pytest.approx(expected)
+        enqueued = m.queue_videos[(m.queue.ptr - 4 + torch.arange(4)) % 16]
+        assert enqueued.tolist() == (batch.source if same_source else batch.index).tolist()
+
+
+def test_source_groups_are_ucf101s_clip_groups():
+    """manifest.source_group: UCF101 v_<Class>_g<NN>_c<MM> -> v_<Class>_g<NN> (any folder, extension);
+    HMDB51 / Kinetics / synthetic names are their own source; load_sample_meta numbers them per split."""
+    from vicc_fast.data.manifest import source_group
+
+    assert source_group("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01") == "v_ApplyEyeMakeup_g08"
+    assert source_group("v_ApplyEyeMakeup_g08_c04.avi") == "v_ApplyEyeMakeup_g08"
+    assert source_group("YoYo/v_YoYo_g25_c05") != source_group("YoYo/v_YoYo_g24_c05")
+    for own in (
+        "brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0",
+        "abseiling/0347ZoDXyP0_000095_000105",
+        "v3",
+    ):
+        assert source_group(own) == own
+
+
 def test_coclr_schema_defaults_are_the_papers():
     """CoCLR appendix A.3 (UCF101) and section 4.1: m 0.999, queue 2048, tau 0.07, K = 5; the released code's
     same-video positives and mining from a full queue. A drifting default fails here."""
     c = Config().method.coclr
     assert (c.momentum, c.queue_size, c.temperature, c.topk) == (0.999, 2048, 0.07, 5)
-    assert c.same_video_positive and c.mine_when_full and not c.ubernce
+    assert c.same_video_positive and c.same_source and c.mine_when_full and not c.ubernce
 
 
 def test_paper_config_trains_coclrs_recipe():

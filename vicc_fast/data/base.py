@@ -267,7 +267,10 @@ class BaseLoader:
             label, index = (x.repeat_interleave(reps.to(x.device)) for x in (label, index))
         elif self.clips * self.crops > 1:
             label, index = (x.repeat_interleave(self.clips * self.crops) for x in (label, index))
-        return Batch(views=out, label=label.to(self.device), index=index.to(self.device))
+        source = None
+        if self.split.sources is not None:
+            source = torch.from_numpy(self.split.sources)[index.cpu()].to(self.device)
+        return Batch(views=out, label=label.to(self.device), index=index.to(self.device), source=source)
 
     def explain(self, exc: BaseException) -> list[BadSampleError]:
         """The sample(s) behind a pipeline failure: named in DALI's message, or found by scanning the split;

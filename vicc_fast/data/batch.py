@@ -20,11 +20,14 @@ class Batch:
         ``B = videos x clips`` clips; ``index`` then repeats per clip.
     label: ``[B]`` int64 class labels (evaluation and tests only; training never reads them).
     index: ``[B]`` int64 video indices into the split's sample list (stable across runs).
+    source: ``[B]`` int64 source-video ids (manifest.source_group: UCF101 clips cut from one long video share
+        one; any other video is its own source), or None.
     """
 
     views: dict[Stream, list[torch.Tensor]]
     label: torch.Tensor
     index: torch.Tensor
+    source: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -35,4 +38,5 @@ class Batch:
             views={s: [v.to(device, non_blocking=non_blocking) for v in vs] for s, vs in self.views.items()},
             label=self.label.to(device, non_blocking=non_blocking),
             index=self.index.to(device, non_blocking=non_blocking),
+            source=None if self.source is None else self.source.to(device, non_blocking=non_blocking),
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,7 @@ class Split:
     # filled by load_sample_meta(): per sample in index order
     frames: np.ndarray | None = None  # [N] int64 frame count of each video
     labels: np.ndarray | None = None  # [N] int64
+    sources: np.ndarray | None = None  # [N] int64 source-video id (source_group; the group's first index)
 
     @property
     def keys(self) -> list[str]:
@@ -179,12 +181,26 @@ def _shard_json(shard: Shard) -> dict[str, bytes]:
     return out
 
 
+_UCF_CLIP = re.compile(r"^(v_.+_g\d+)_c\d+$")
+
+
+def source_group(video_id: str) -> str:
+    """The source video of a sample: UCF101's ``v_<Class>_g<NN>_c<MM>`` clips of one group were cut from one
+    long video (the CoCLR code's video_source.json groups them), so ``.../v_X_g08_c03`` -> ``v_X_g08``; any
+    other id is its own source."""
+    stem = video_id.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    m = _UCF_CLIP.match(stem)
+    return m.group(1) if m else video_id
+
+
 def load_sample_meta(split: Split, size: tuple[int, int] | None = None) -> Split:
     """Fill ``split.frames`` and ``split.labels`` from each sample's ``.json`` (index order); with ``size``
     (the manifest's (height, width)) a sample of another size is a BadSampleError (the pipelines draw crop
     windows from the manifest size)."""
     frames = np.zeros(split.num_samples, np.int64)
     labels = np.zeros(split.num_samples, np.int64)
+    sources = np.arange(split.num_samples, dtype=np.int64)  # ids: first index of each source group
+    first: dict[str, int] = {}
     i = 0
     for shard in split.shards:
         try:
@@ -208,8 +224,9 @@ def load_sample_meta(split: Split, size: tuple[int, int] | None = None) -> Split
                 )
             if int(meta.get("index", i)) != i:
                 raise BadSampleError(shard.tar, key, f".json index {meta.get('index')} != position {i}")
+            sources[i] = first.setdefault(source_group(str(meta.get("video_id", key))), i)
             i += 1
-    split.frames, split.labels = frames, labels
+    split.frames, split.labels, split.sources = frames, labels, sources
     return split
 
 

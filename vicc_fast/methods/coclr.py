@@ -197,7 +197,7 @@ class CoCLR(Method):
                 elif zt is not None:
                     same = torch.zeros_like(l_neg, dtype=torch.bool)
                     if c.same_video_positive:  # positives, and kept out of the mining (CoCLR code)
-                        same = same_video_mask(batch.index.to(zq.device), self.queue_videos)
+                        same = same_video_mask(self._video_ids(batch).to(zq.device), self.queue_videos)
                     valid = torch.arange(L, device=zq.device) < self.queue.filled
                     if c.mine_when_full and self.queue.filled < L:
                         mined = torch.zeros_like(same)
@@ -210,7 +210,7 @@ class CoCLR(Method):
                     extra = torch.zeros_like(l_neg, dtype=torch.bool)
                 pos_mask = torch.cat([torch.ones_like(l_pos, dtype=torch.bool), extra], dim=1)
             loss = multi_instance_nce(logits, pos_mask)
-        self._enqueue(zk, zt, batch.label.to(zq.device), batch.index.to(zq.device))
+        self._enqueue(zk, zt, batch.label.to(zq.device), self._video_ids(batch).to(zq.device))
         out = {"loss": loss}
         with torch.no_grad():
             out["positives"] = pos_mask.sum(dim=1).float().mean()
@@ -218,6 +218,13 @@ class CoCLR(Method):
                 lab = label_positive_mask(batch.label.to(zq.device), self.queue_labels)  # for logging only)
                 out["mined_precision"] = (mined & lab).sum() / mined.sum().clamp_min(1)
         return out
+
+    def _video_ids(self, batch: Batch) -> torch.Tensor:
+        """[B] the ids same_video_positive compares: source videos (method.coclr.same_source, the CoCLR code's
+        video_source.json groups) when the batch carries them, else the clips' own video indices."""
+        if self.cfg.method.coclr.same_source and batch.source is not None:
+            return batch.source
+        return batch.index
 
     @torch.no_grad()
     def _enqueue(
