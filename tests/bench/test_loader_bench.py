@@ -46,6 +46,27 @@ def test_loader_bench_both_backends_with_peer(tmp_path, monkeypatch) -> None:
     assert len(set(keys)) == 8 and keys[0] == shards.sample_key("train", 0)
 
 
+def test_loader_bench_variants_measure_each_configuration(tmp_path, monkeypatch) -> None:
+    """--variants: every backend under each configuration (the overrides reach the loader: a variant that
+    cannot build fails), with the first variant's ratio to the others."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    root = write_shard_set(tmp_path / "set", [0, 1, 0, 1], [0, 1], ["A", "B"], frames=6).parent
+    common = ["--root", str(root), "--batch", "2", "--steps", "1", "--warmup", "0", "--repeat", "1",
+              "--threads", "1", "--device", "cpu", "--backend", "dali",
+              "--set", "data.num_frames=4", "data.crop_size=16", "data.dtype=float32"]  # fmt: skip
+    res = L.run(
+        parse([*common, "--variants", "rel:data.color_jitter=released", "aff:data.color_jitter=affine"])
+    )
+    assert res["variants"] == {"rel": ["data.color_jitter=released"], "aff": ["data.color_jitter=affine"]}
+    assert res["ratio_dali_rel_over_aff"] == pytest.approx(
+        res["dali/rel"]["samples_per_s"] / res["dali/aff"]["samples_per_s"]
+    )
+    with pytest.raises(SystemExit, match="NAME:KEY=VALUE"):
+        L.run(parse([*common, "--variants", "rel"]))
+    with pytest.raises(Exception, match="color_jitter"):
+        L.run(parse([*common, "--variants", "bad:data.color_jitter=nope"]))
+
+
 @pytest.mark.parametrize("bad", ["orig", "orig=x", "=3", "orig=-1"])
 def test_bad_peer_is_one_line_error(bad: str) -> None:
     with pytest.raises(SystemExit, match="NAME=SAMPLES_PER_S"):

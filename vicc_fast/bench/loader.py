@@ -62,6 +62,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "ViCC loader on this repo's 2-core CI machine: vicc_original=9.9 (two-stream) or 16.6 (--streams rgb); "
         "the output gives each backend's ratio to it",
     )
+    p.add_argument(
+        "--variants",
+        nargs="*",
+        default=[],
+        metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+        help="measure each backend under several configurations, alternating with everything else, e.g. "
+        "released:data.color_jitter=released affine:data.color_jitter=affine; the output gives each backend's "
+        "ratio of the first variant to the others (samples/s and CPU per sample)",
+    )
     p.add_argument("--config", default=None, help="YAML config (default: schema defaults)")
     p.add_argument(
         "--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. data.num_frames=16"
@@ -213,8 +222,24 @@ def parse_peer(text: str | None) -> tuple[str, float] | None:
     return name, v
 
 
+def parse_variants(items: list[str]) -> list[tuple[str, list[str]]]:
+    """``["released:data.color_jitter=released", ...]`` -> [("released", ["data.color_jitter=released"]), ...];
+    none -> one unnamed variant; a malformed item is a one-line error."""
+    out = []
+    for item in items:
+        name, _, sets = item.partition(":")
+        overrides = [x for x in sets.split(",") if x]
+        if not name or not overrides or any("=" not in x for x in overrides):
+            raise SystemExit(f"--variants {item!r}: expected NAME:KEY=VALUE[,KEY=VALUE]")
+        out.append((name, overrides))
+    if len({n for n, _ in out}) != len(out):
+        raise SystemExit("--variants: names must differ")
+    return out or [("", [])]
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     peer = parse_peer(args.peer)
+    variants = parse_variants(list(getattr(args, "variants", []) or []))
     overrides = list(args.set) + [f"data.threads={args.threads}", f"train.batch_size={args.batch}"]
     if args.root:
         overrides.append(f"data.root={args.root}")
@@ -266,18 +291,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "note": "median of --repeat runs per backend, backends alternating (lower middle for an even count); "
         "CPU s/sample counts this process and its workers",
     }
+    # one entry per backend and variant ("dali" alone without --variants, else "dali/<variant>")
+    entries = {(f"{b}/{v}" if v else b): (b, extra) for b in backends for v, extra in variants}
+    if variants[0][0]:
+        result["variants"] = {v: extra for v, extra in variants}
     cfgs = {
-        name: config.load(
-            args.config, [*overrides, f"data.backend={'torch' if name == 'jpeg_lmdb' else name}"]
+        label: config.load(
+            args.config, [*overrides, *extra, f"data.backend={'torch' if b == 'jpeg_lmdb' else b}"]
         )
-        for name in backends
+        for label, (b, extra) in entries.items()
     }
-    runs: dict[str, list[dict]] = {name: [] for name in backends}
-    for _ in range(args.repeat):  # alternating A B A B: a drift of the machine hits every backend alike
-        for name in backends:
-            root = lmdb_root if name == "jpeg_lmdb" else None
-            runs[name].append(_run_once(cfgs[name], args, streams, device, root))
-    for name in backends:
+    runs: dict[str, list[dict]] = {label: [] for label in entries}
+    for _ in range(args.repeat):  # alternating A B A B: a drift of the machine hits every entry alike
+        for label, (b, _) in entries.items():
+            root = lmdb_root if b == "jpeg_lmdb" else None
+            runs[label].append(_run_once(cfgs[label], args, streams, device, root))
+    for name in entries:
         by_rate = sorted(runs[name], key=lambda r: r["samples_per_s"])
         best = by_rate[(len(by_rate) - 1) // 2]  # the median run (lower middle for an even count)
         result[name] = {**best, "all_samples_per_s": [round(r["samples_per_s"], 3) for r in runs[name]]}
@@ -285,6 +314,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"{name:6s} {best['samples_per_s']:.2f} samples/s  {best['clips_per_s']:.1f} clips/s  "
             f"{best['cpu_s_per_sample'] * 1000:.0f} CPU ms/sample  first batch {best['time_to_first_batch_s']:.1f} s"
         )
+    if variants[0][0]:
+        first = variants[0][0]
+        for b in backends:
+            for v, _ in variants[1:]:
+                a, o = result[f"{b}/{first}"], result[f"{b}/{v}"]
+                result[f"ratio_{b}_{first}_over_{v}"] = a["samples_per_s"] / o["samples_per_s"]
+                result[f"cpu_ratio_{b}_{first}_over_{v}"] = a["cpu_s_per_sample"] / o["cpu_s_per_sample"]
+                print(
+                    f"{b}: {first}/{v} {result[f'ratio_{b}_{first}_over_{v}']:.2f}x samples/s, "
+                    f"{result[f'cpu_ratio_{b}_{first}_over_{v}']:.2f}x CPU per sample"
+                )
+        return result
     if lmdb_root is not None:
         result["jpeg_lmdb_build"] = lmdb_build
         for b in backends:
