@@ -420,10 +420,10 @@ def test_eval_jitter_is_one_released_draw_per_video_and_stream(grid_root, backen
             np.testing.assert_array_equal(y, again[i])
             best = None  # the one contrast factor that explains every frame of the video
             for c in np.linspace(0.1, 1.9, 721):
-                m, a = jitter_slots(
+                steps = jitter_slots(
                     np.ones(1), np.array([c]), np.ones(1), np.zeros(1), np.array([[1, 0, 2, 3]])
                 )
-                err = float(np.abs(jitter_steps_np(x0, m[0], a[0]) - y).max())
+                err = float(np.abs(jitter_steps_np(x0, steps[0]) - y).max())
                 best = min(best or (err, c), (err, c))
             assert best[0] < 1.5, (stream, i, best)
             cs.append(best[1])

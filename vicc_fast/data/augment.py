@@ -100,44 +100,68 @@ def colour_affine(
 
 # The released ColorJitter's four operations, in the index order of :func:`jitter_slots`' ``order``.
 JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
+# What step k of the released jitter does (jitter_slots' ``kind``): brightness/contrast, the colour matrix, nothing
+STEP_BC, STEP_MATRIX, STEP_SKIP = 0, 1, 2
+
+
+@dataclass
+class JitterSteps:
+    """The released colour jitter of n samples as four steps on uint8 frames (:func:`jitter_slots`): step k of
+    sample i is ``kind[i, k]``: STEP_BC ``y = b (m + c (x - m))`` with m the frame's mean luma (rounded,
+    PIL's contrast centre), STEP_MATRIX ``y = M x``, STEP_SKIP nothing; every step rounds and clips to
+    [0, 255] (8-bit frames between PIL's ops). kind [n, 4] int32, b, c [n, 4] float32, m [n, 3, 3] float32."""
+
+    kind: np.ndarray
+    b: np.ndarray
+    c: np.ndarray
+    m: np.ndarray
+
+    def __getitem__(self, i: int) -> JitterSteps:
+        return JitterSteps(self.kind[i], self.b[i], self.c[i], self.m[i])
 
 
 def jitter_slots(
     brightness: np.ndarray, contrast: np.ndarray, saturation: np.ndarray, hue: np.ndarray, order: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """The released colour jitter as four steps per sample, each ``x <- clip(M_k x + a_k * mean_luma(x), 0,
-    255)`` on [0, 255] RGB, where mean_luma is the frame's mean of 0.299 R + 0.587 G + 0.114 B (rounded, as
-    PIL's contrast takes it) at that step.
+) -> JitterSteps:
+    """The released colour jitter (torchvision's ColorJitter on PIL frames) as :class:`JitterSteps`.
 
     brightness, contrast, saturation: [n] factors; hue: [n] in turns; order: [n, 4] a permutation of the
-    :data:`JITTER_OPS` indices per sample (torchvision's ColorJitter shuffles its ops). Step k applies op
-    ``order[:, k]``: brightness ``b x``; contrast ``c x + (1 - c) mean`` (PIL: blend with a grey image of the
-    frame's mean luma); saturation ``s x + (1 - s) luma(x)``; hue a rotation in YIQ (PIL shifts H in HSV: the
-    one step not reproduced exactly). Returns M [n, 4, 3, 3], a [n, 4] (a = 1 - c at the contrast step, else 0).
-    """
+    :data:`JITTER_OPS` indices per sample (torchvision shuffles its ops). Brightness ``b x`` and contrast ``c x
+    + (1 - c) mean`` (PIL: a blend with a grey image of the frame's mean luma) are STEP_BC steps at their
+    positions. Saturation (``s x + (1 - s) luma(x)``) and hue (a rotation in YIQ; PIL shifts H in HSV, the one
+    op not reproduced) are one matrix at the first of their two positions, the other position skipped: both
+    keep each pixel's luma and map grey to grey, so without clipping all four ops commute and the order
+    matters only through the clipping between them; merging the two costs one clip between them (and one
+    resampling pass of the frames)."""
     n = len(brightness)
-    one, zero = np.ones(n), np.zeros(n)
-    no_gray = np.zeros(n, bool)
-    # each op alone as colour_affine's map; contrast about 0 here, its mean term goes in ``a``
-    ops_m = [
-        colour_affine(brightness, one, one, zero, no_gray)[0],
-        contrast[:, None, None] * np.broadcast_to(np.eye(3), (n, 3, 3)),
-        colour_affine(one, one, saturation, zero, no_gray)[0],
-        colour_affine(one, one, one, hue, no_gray)[0],
-    ]
-    ops_a = [zero, 1.0 - contrast, zero, zero]
-    stacked_m, stacked_a = np.stack(ops_m, 1), np.stack(ops_a, 1)  # [n, op, 3, 3], [n, op]
-    rows = np.arange(n)[:, None]
-    return stacked_m[rows, order].astype(np.float32), stacked_a[rows, order].astype(np.float32)
+    one = np.ones(n)
+    k = np.arange(4)[None, :]
+    is_bc = order < 2
+    first_sh = np.where(is_bc, 4, k).min(1, keepdims=True)  # position of the first of saturation / hue
+    kind = np.where(is_bc, STEP_BC, np.where(k == first_sh, STEP_MATRIX, STEP_SKIP)).astype(np.int32)
+    b = np.where(order == 0, brightness[:, None], 1.0).astype(np.float32)
+    c = np.where(order == 1, contrast[:, None], 1.0).astype(np.float32)
+    m = colour_affine(one, one, saturation, hue, np.zeros(n, bool))[0].astype(np.float32)
+    return JitterSteps(kind, b, c, m)
 
 
-def jitter_steps_np(x: np.ndarray, m: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """Reference of :func:`jitter_slots`' steps on one clip: x [T, H, W, 3] in [0, 255], m [4, 3, 3], a [4]
-    -> [T, H, W, 3] float64 (the DALI graph and the DataLoader baseline compute the same)."""
+def mean_luma(x: np.ndarray) -> np.ndarray:
+    """[T, H, W, 3] -> [T] each frame's mean luma, rounded as PIL's contrast centre."""
+    return np.floor(np.asarray(x, np.float64).mean(axis=(1, 2)) @ _LUMA + 0.5)
+
+
+def jitter_steps_np(x: np.ndarray, steps: JitterSteps) -> np.ndarray:
+    """Reference of the released jitter's steps on one clip: x [T, H, W, 3] in [0, 255], ``steps`` one
+    sample's :class:`JitterSteps` -> [T, H, W, 3] float64 of 8-bit values (the DALI graph and the DataLoader
+    baseline compute the same, up to float32 rounding)."""
     y = np.asarray(x, dtype=np.float64)
-    for mk, ak in zip(m, a):
-        mean = np.floor(y.mean(axis=(1, 2)) @ _LUMA + 0.5)[:, None, None, None]  # [T, 1, 1, 1]
-        y = np.clip(y @ np.asarray(mk, np.float64).T + float(ak) * mean, 0.0, 255.0)
+    for kind, b, c in zip(steps.kind, steps.b, steps.c):
+        if kind == STEP_BC:
+            centre = mean_luma(y)[:, None, None, None]
+            y = float(b) * (centre + float(c) * (y - centre))
+        elif kind == STEP_MATRIX:
+            y = y @ np.asarray(steps.m, np.float64).T
+        y = np.clip(np.floor(y + 0.5), 0.0, 255.0)  # halves up, as DALI's uint8 outputs
     return y
 
 
@@ -180,14 +204,12 @@ class ViewDraw:
     flow_m: np.ndarray
     flow_t: np.ndarray
     # data.color_jitter=released: the jitter runs as steps before the map (rgb_m / flow_m then hold grayscale
-    # and the normalisation only): which samples are jittered [n] bool, and the steps of jitter_slots,
-    # [n, 4, 3, 3] and [n, 4] float32. None with the one-map jitter.
+    # and the normalisation only): which samples are jittered [n] bool, and their JitterSteps. None with the
+    # one-map jitter.
     jit_rgb: np.ndarray | None = None
     jit_flow: np.ndarray | None = None
-    rgb_jm: np.ndarray | None = None
-    rgb_ja: np.ndarray | None = None
-    flow_jm: np.ndarray | None = None
-    flow_ja: np.ndarray | None = None
+    rgb_steps: JitterSteps | None = None
+    flow_steps: JitterSteps | None = None
 
 
 def strong_views(rng: np.random.Generator, same: np.ndarray, num_views: int, p: AugSettings) -> np.ndarray:
@@ -221,26 +243,25 @@ def _jitter_factors(
 
 def draw_eval_jitter(
     rng: np.random.Generator, n: int, prob: float, strengths: tuple[float, float, float, float]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, JitterSteps]:
     """The released test-time ColorJitter(consistent=True, p) of n (video, crop) pairs: one draw for all of a
     pair's frames. Returns jit [n] bool and the released steps (:func:`jitter_slots`, identity where not
-    jittered) m [n, 4, 3, 3], a [n, 4] float32."""
+    jittered)."""
     jit = rng.random(n) < prob
     b, c, s, h = _jitter_factors(rng, jit, strengths)
     order = rng.permuted(np.tile(np.arange(len(JITTER_OPS)), (n, 1)), axis=1)
-    return (jit, *jitter_slots(b, c, s, h, order))
+    return jit, jitter_slots(b, c, s, h, order)
 
 
 @dataclass
 class _Colour:
     """One stream's colour draw of n samples: the map ``y = m x + t`` on [0, 255] RGB, and with the released
-    jitter its steps (``jit`` [n] bool, ``jm`` [n, 4, 3, 3], ``ja`` [n, 4]) run before the map."""
+    jitter its steps (``jit`` [n] bool, ``steps``) run before the map."""
 
     m: np.ndarray
     t: np.ndarray
     jit: np.ndarray | None = None
-    jm: np.ndarray | None = None
-    ja: np.ndarray | None = None
+    steps: JitterSteps | None = None
 
 
 def released_jitter(p: AugSettings) -> bool:
@@ -264,10 +285,9 @@ def _colour(rng: np.random.Generator, strong: np.ndarray, p: AugSettings) -> _Co
     if not released_jitter(p):
         return _Colour(*colour_affine(b, c, s, h, gray, weights))
     order = rng.permuted(np.tile(np.arange(len(JITTER_OPS)), (n, 1)), axis=1)
-    jm, ja = jitter_slots(b, c, s, h, order)
     one = np.ones(n)
     m, t = colour_affine(one, one, one, np.zeros(n), gray, weights)
-    return _Colour(m, t, jit, jm, ja)
+    return _Colour(m, t, jit, jitter_slots(b, c, s, h, order))
 
 
 def fold_rgb(m: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -309,9 +329,7 @@ def draw_views(
     identity = _Colour(*colour_affine(*(np.ones(n),) * 3, np.zeros(n), np.zeros(n, bool)))
     if released_jitter(p):
         identity.jit = np.zeros(n, bool)
-        identity.jm, identity.ja = jitter_slots(
-            *(np.ones(n),) * 3, np.zeros(n), np.tile(np.arange(4), (n, 1))
-        )
+        identity.steps = jitter_slots(*(np.ones(n),) * 3, np.zeros(n), np.tile(np.arange(4), (n, 1)))
     out = []
     for v in range(num_views):
         st = strong[v]
@@ -351,10 +369,8 @@ def draw_views(
                 ft,
                 col_rgb.jit,
                 col_flow.jit,
-                col_rgb.jm,
-                col_rgb.ja,
-                col_flow.jm,
-                col_flow.ja,
+                col_rgb.steps,
+                col_flow.steps,
             )
         )
     return same, out

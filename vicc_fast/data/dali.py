@@ -134,7 +134,7 @@ class ViewSource:
             keys += [f"flip_{s.value}", f"{s.value}_m", f"{s.value}_t"]
             jittered = spec.color_jitter_prob > 0 and (s == Stream.rgb or spec.flow_photometric)
             if spec.color_jitter == "released" and jittered:
-                keys += [f"jit_{s.value}", f"{s.value}_jm", f"{s.value}_ja"]
+                keys += [f"jit_{s.value}", *(f"{s.value}_j{f}" for f in STEP_FIELDS)]
             if spec.blur_prob > 0 and (s == Stream.rgb or spec.flow_photometric):
                 keys.append(f"blur_{s.value}")
         if any(k.startswith("blur_") for k in keys):
@@ -148,49 +148,80 @@ class ViewSource:
         out = [same.astype(np.int32)] if self.spec.num_views > 1 else []
         for d in views:
             for k in self.keys:
+                stream, _, field = k.partition("_j")
+                if field in STEP_FIELDS:  # <stream>_j<field>: a field of the view's JitterSteps
+                    out.append(getattr(getattr(d, f"{stream}_steps"), field))
+                    continue
                 a = getattr(d, k)
                 out.append(a.astype(np.int32) if k.startswith("flip_") else a)
         return out
 
 
+# the JitterSteps fields an external source hands the graph, in this order
+STEP_FIELDS = ("kind", "b", "c", "m")
+
+
 class EvalJitterSource:
     """``fn.external_source`` callable of the eval graph: per batch, for every stream and crop (in that order),
-    the released test-time jitter draw of each video (augment.draw_eval_jitter): ``jit`` [B] bool, ``m``
-    [B, 4, 3, 3], ``a`` [B, 4]. Seeded like the pipeline, so an eval run reads the same draws every time."""
+    the released test-time jitter draw of each video (augment.draw_eval_jitter): ``jit`` [B] bool, then the
+    :data:`STEP_FIELDS` of its JitterSteps. Seeded like the pipeline, so an eval run reads the same draws."""
 
     def __init__(self, spec: PipeSpec, batch_size: int, crops: int, seed: int) -> None:
         self.spec, self.batch_size, self.crops = spec, batch_size, crops
         self.rng = np.random.default_rng([seed, 0xE7A1])
 
     def num_outputs(self) -> int:
-        return 3 * len(self.spec.streams) * self.crops
+        return (1 + len(STEP_FIELDS)) * len(self.spec.streams) * self.crops
 
     def __call__(self) -> list[np.ndarray]:
         from vicc_fast.data.augment import draw_eval_jitter
 
         out = []
         for _ in range(len(self.spec.streams) * self.crops):
-            out += draw_eval_jitter(
+            jit, steps = draw_eval_jitter(
                 self.rng, self.batch_size, self.spec.eval_jitter_prob, self.spec.eval_jitter
             )
+            out += [jit, *(getattr(steps, f) for f in STEP_FIELDS)]
         return out
 
 
-def jitter_steps(x, m, a):
-    """The released colour jitter's steps (augment.jitter_slots) in a DALI graph: x [F, H, W, 3] float in
-    [0, 255]; m [4, 3, 3], a [4] per sample. Step k: ``clip(M_k x + a_k * round(mean luma of the frame), 0,
-    255)``, the mean taken afresh at each step as PIL's contrast does (augment.jitter_steps_np is the
-    reference)."""
-    from nvidia.dali import fn
+def _centre(x):
+    """[F, H, W, 3] -> [F] float: each frame's mean luma, rounded (PIL's contrast centre)."""
+    from nvidia.dali import fn, types
     from nvidia.dali import math as dmath
 
+    mean = fn.reductions.mean(x, axis_names="HW", dtype=types.FLOAT)  # [F, 3] (uint8 in: not truncated)
+    return dmath.floor(mean[:, 0] * LUMA[0] + mean[:, 1] * LUMA[1] + mean[:, 2] * LUMA[2] + 0.5)
+
+
+def jitter_steps(x, kind, b, c, m, arithmetic: bool | None = None):
+    """The released colour jitter's steps (augment.JitterSteps) in a DALI graph, on the samples of an ``if``
+    branch: x [F, H, W, 3] uint8; per sample kind [4], b [4], c [4], m [3, 3]. Brightness / contrast steps are
+    ``fn.brightness_contrast`` about each frame's mean luma (a per-frame argument: one cheap pass; on a GPU,
+    where argument inputs must live on the host, the same formula in arithmetic ops), the colour matrix one
+    ``fn.coord_transform``; every step writes uint8 (rounded, saturated: PIL's 8-bit frames).
+    ``arithmetic``: the GPU formula (default: on GPU data), selectable so the CPU tests run it too.
+    augment.jitter_steps_np is the reference."""
+    from nvidia.dali import fn, types
+    from nvidia.dali import math as dmath
+
+    gpu = x.device == "gpu"
+    arithmetic = gpu if arithmetic is None else arithmetic
     for k in range(4):
-        mean = fn.reductions.mean(x, axis_names="HW", keep_dims=True)  # [F, 1, 1, 3]
-        # a list, not an array: an array argument becomes a constant node, which DALI cannot split in an
-        # ``if`` branch
-        luma = dmath.floor(fn.coord_transform(mean, M=list(LUMA)) + 0.5)  # [F, 1, 1, 1]
-        ak = a[k].gpu() if x.device == "gpu" else a[k]  # a per-sample CPU scalar cannot meet GPU data
-        x = dmath.clamp(fn.coord_transform(x, M=m[k]) + ak * luma, 0.0, 255.0)
+        kk = kind[k]
+        if kk == 0:  # STEP_BC
+            centre = _centre(x)
+            if arithmetic:
+                bk, ck = (b[k].gpu(), c[k].gpu()) if gpu else (b[k], c[k])
+                ctr = fn.reshape(centre, shape=[-1, 1, 1, 1])
+                y = bk * (ctr + ck * (fn.cast(x, dtype=types.FLOAT) - ctr))
+                x = fn.cast(dmath.clamp(y, 0.0, 255.0), dtype=types.UINT8)  # cast rounds to nearest
+            else:
+                x = fn.brightness_contrast(
+                    x, brightness=b[k], contrast=c[k], contrast_center=fn.per_frame(centre)
+                )
+        elif kk == 1:  # STEP_MATRIX
+            x = fn.coord_transform(x, M=m, dtype=types.UINT8)
     return x
 
 
@@ -360,14 +391,13 @@ def build_pipeline(
         return x
 
     def released_jitter(x, d, stream: str):
-        """The released colour jitter (data.color_jitter=released) on the samples whose draw has it: ordered
-        steps with clipping (jitter_steps); float [F, H, W, 3] out, [0, 255]. Without the draw's keys (jitter
-        off, or flow without photometric augmentation): just the cast."""
-        x = fn.cast(x, dtype=types.FLOAT)
+        """The released colour jitter (data.color_jitter=released) on the samples whose draw has it: the
+        view's JitterSteps (jitter_steps), uint8 in and out. Without the draw's keys (jitter off, or flow
+        without photometric augmentation): unchanged."""
         if f"jit_{stream}" not in d:
             return x
         if d[f"jit_{stream}"]:
-            x = jitter_steps(x, d[f"{stream}_jm"], d[f"{stream}_ja"])
+            x = jitter_steps(x, *(d[f"{stream}_j{f}"] for f in STEP_FIELDS))
         return x
 
     def augment_rgb(x, window, d):
@@ -445,7 +475,7 @@ def build_pipeline(
     def jittered_crop(x, px, py, m, flow: bool, jitter):
         """With the test-time jitter: the crop in [0, 255] (flow: x negated on mirrored crops with
         flow_flip_negate, the zero plane padded), the released jitter steps where the draw says, then the
-        normalisation. jitter: this crop's (jit, m, a) from EvalJitterSource."""
+        normalisation. jitter: this crop's (jit, *steps) from EvalJitterSource."""
         if flow:
             neg = m and spec.flow_flip_negate
             mean, std = [255.0 if neg else 0.0, 0.0], [-1.0 if neg else 1.0, 1.0]
@@ -461,14 +491,14 @@ def build_pipeline(
             mirror=m,
             mean=mean,
             std=std,
-            dtype=types.FLOAT,
+            dtype=types.UINT8,
             output_layout="FHWC",
         )
         if flow:
-            y = fn.pad(y, axis_names="C", shape=[3], fill_value=0.0)
-        jit, jm, ja = jitter
+            y = fn.pad(y, axis_names="C", shape=[3], fill_value=0)
+        jit, *steps = jitter
         if jit:
-            y = jitter_steps(y, jm, ja)
+            y = jitter_steps(y, *steps)
         scale = 1.0 / np.asarray(norm_std, np.float64)
         return fn.coord_transform(
             y,
@@ -595,12 +625,13 @@ def build_pipeline(
         else:
             idx = eval_indices(index)
             ncrops = 10 if spec.tencrop else 1
-            jitter = None  # per stream, per crop: (jit, m, a)
+            jitter = None  # per stream, per crop: (jit, kind, b, c, m)
             if spec.eval_jitter_prob > 0:
                 source = EvalJitterSource(spec, batch_size, ncrops, seed)
                 src = fn.external_source(source=source, num_outputs=source.num_outputs(), batch=True)
-                triples = [tuple(src[3 * j : 3 * j + 3]) for j in range(len(spec.streams) * ncrops)]
-                jitter = [triples[i * ncrops : (i + 1) * ncrops] for i in range(len(spec.streams))]
+                w = 1 + len(STEP_FIELDS)  # jit, then the steps' fields, per (stream, crop)
+                draws = [tuple(src[w * j : w * (j + 1)]) for j in range(len(spec.streams) * ncrops)]
+                jitter = [draws[i * ncrops : (i + 1) * ncrops] for i in range(len(spec.streams))]
             for si, (stream, enc) in enumerate(zip(spec.streams, encoded)):
                 video = fn.decoders.video(
                     enc, device=decoder_device, start_frame=0, end_frame=fn.cast(nframes, dtype=types.INT32)

@@ -102,16 +102,20 @@ class _Augment:
         return self.v2.functional.gaussian_blur(v, [k, k], [sigma, sigma])
 
     @staticmethod
-    def _jitter_steps(v: torch.Tensor, m: np.ndarray, a: np.ndarray) -> torch.Tensor:
-        """The released jitter's steps (augment.jitter_slots; augment.jitter_steps_np is the reference):
-        [T, 3, c, c] -> float [T, 3, c, c] in [0, 255]."""
+    def _jitter_steps(v: torch.Tensor, steps: Any) -> torch.Tensor:
+        """The released jitter's steps (one sample's augment.JitterSteps; augment.jitter_steps_np is the
+        reference): [T, 3, c, c] -> float [T, 3, c, c] of 8-bit values."""
+        from vicc_fast.data.augment import STEP_BC, STEP_MATRIX
+
         y = v.float()
         luma = torch.tensor(LUMA).view(1, 3, 1, 1)
-        for mk, ak in zip(m, a):
-            mean = torch.floor((y.mean(dim=(2, 3), keepdim=True) * luma).sum(1, keepdim=True) + 0.5)
-            y = (torch.einsum("ij,tjhw->tihw", torch.from_numpy(mk).float(), y) + float(ak) * mean).clamp(
-                0, 255
-            )
+        for kind, b, c in zip(steps.kind, steps.b, steps.c):
+            if kind == STEP_BC:
+                centre = torch.floor((y.mean(dim=(2, 3), keepdim=True) * luma).sum(1, keepdim=True) + 0.5)
+                y = float(b) * (centre + float(c) * (y - centre))
+            elif kind == STEP_MATRIX:
+                y = torch.einsum("ij,tjhw->tihw", torch.from_numpy(np.asarray(steps.m)).float(), y)
+            y = torch.floor(y + 0.5).clamp(0, 255)  # halves up, as the reference and DALI
         return y
 
     def _view(
@@ -128,7 +132,7 @@ class _Augment:
             v = torch.cat([v, torch.zeros_like(v[:, :1])], 1)
         if jit is not None:
             if jit[i]:
-                v = self._jitter_steps(v, getattr(draw, f"{stream}_jm")[i], getattr(draw, f"{stream}_ja")[i])
+                v = self._jitter_steps(v, getattr(draw, f"{stream}_steps")[i])
             v = self._blur(v.float(), sigma)
         return self._affine(v, m, t)
 
@@ -170,9 +174,9 @@ class _Augment:
             mean, std = flow_norm(self.d.flow_normalisation.value)
         else:
             mean, std = np.array(RGB_MEAN), np.array(RGB_STD)
-        jit, jm, ja = draw_eval_jitter(rng, 1, float(self.d.eval_color_jitter_prob), self.d.eval_color_jitter)
+        jit, steps = draw_eval_jitter(rng, 1, float(self.d.eval_color_jitter_prob), self.d.eval_color_jitter)
         if jit[0]:
-            v = self._jitter_steps(v, jm[0], ja[0])
+            v = self._jitter_steps(v, steps[0])
         v = (v - torch.tensor(mean).float().view(1, 3, 1, 1)) / torch.tensor(std).float().view(1, 3, 1, 1)
         return v.permute(0, 2, 3, 1).to(self.out_dtype)
 
