@@ -22,8 +22,9 @@ Train graph, per sample (one video):
     crop: one random crop window per view, shared by RGB view i and flow view i (``align_streams``: the
           released code augments [rgb_i, flow_i] as one sequence), else one per stream and view.
     RGB:  crop and flip in one resize (a flipped ROI) -> colour jitter as released (``color_jitter=released``,
-          conditional on the draw: four ordered steps, each an affine map + the frame's mean luma for contrast,
-          clipped to [0, 255]; ``jitter_steps``) -> Gaussian blur (conditional on the draw) -> grayscale +
+          conditional on the draw: the view's steps in its drawn order, brightness / contrast about each frame's
+          mean luma as ``brightness_contrast`` and saturation + hue as one colour matrix, 8-bit frames between
+          them; ``jitter_steps``) -> Gaussian blur (conditional on the draw) -> grayscale +
           normalisation as one per-sample affine map (``coord_transform``), so every frame of a clip gets the
           same crop / flip / colours. ``color_jitter=affine``: blur first, and the jitter folded into the map.
     flow: the (2H) x W frame holds x above y: reshape [T, 2H, W, 3] -> [2T, H, W, 3] (free) and keep channel 0
@@ -97,7 +98,7 @@ class PipeSpec:
     # eval clips: overlap (the released test sampler; counts looked up per sample) | uniform | random (starts
     # computed on the host, build_pipeline's eval_starts)
     eval_windows: str = "uniform"
-    # colour jitter: released (ordered steps with clipping, ViewSource's jm/ja) | affine (one map)
+    # colour jitter: released (ordered 8-bit steps, ViewSource's <stream>_j* outputs) | affine (one map)
     color_jitter: str = "affine"
     # eval mode: the released test-time jitter, per (video, stream, crop) with this probability (EvalJitterSource)
     eval_jitter_prob: float = 0.0
