@@ -473,17 +473,19 @@ def build_pipeline(
             idx = dmath.max(idx, 0)
         return fn.reshape(idx, shape=[-1])
 
-    def jittered_crop(x, px, py, m, flow: bool, jitter):
-        """With the test-time jitter: the crop in [0, 255] (flow: x negated on mirrored crops with
-        flow_flip_negate, the zero plane padded), the released jitter steps where the draw says, then the
-        normalisation. jitter: this crop's (jit, *steps) from EvalJitterSource."""
+    def eval_crop(x, px, py, m, flow: bool, raw: bool = False):
+        """One eval crop at (px, py), mirrored when ``m``: [N*T, c, c, 3], normalised in the output dtype, or
+        (``raw``) 8-bit values. Flow: x negated on mirrored crops with flow_flip_negate ((255 - v - mu) / s =
+        (v - (255 - mu)) / -s), then the zero plane (normalised)."""
+        if raw:
+            mu, sd = np.zeros(3), np.ones(3)
+        else:
+            mu, sd = flow_norm(spec.flow_normalisation) if flow else (np.array(RGB_MEAN), np.array(RGB_STD))
+        mean, std = [float(v) for v in mu], [float(v) for v in sd]
         if flow:
             neg = m and spec.flow_flip_negate
-            mean, std = [255.0 if neg else 0.0, 0.0], [-1.0 if neg else 1.0, 1.0]
-            norm_mean, norm_std = flow_norm(spec.flow_normalisation)
-        else:
-            mean, std = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
-            norm_mean, norm_std = np.array(RGB_MEAN), np.array(RGB_STD)
+            mean = [255.0 - mean[0] if neg else mean[0], mean[1]]
+            std = [-std[0] if neg else std[0], std[1]]
         y = fn.crop_mirror_normalize(
             x,
             crop=[c, c],
@@ -492,20 +494,24 @@ def build_pipeline(
             mirror=m,
             mean=mean,
             std=std,
-            dtype=types.UINT8,
+            dtype=types.UINT8 if raw else out_dtype,
             output_layout="FHWC",
         )
         if flow:
-            y = fn.pad(y, axis_names="C", shape=[3], fill_value=0)
+            y = fn.pad(y, axis_names="C", shape=[3], fill_value=0 if raw else float(-mu[2] / sd[2]))
+        return y
+
+    def jittered_crop(x, px, py, m, flow: bool, jitter):
+        """With the test-time jitter: the 8-bit crop, the released jitter steps where the draw says, then the
+        normalisation. jitter: this crop's (jit, *steps) from EvalJitterSource."""
+        y = eval_crop(x, px, py, m, flow, raw=True)
         jit, *steps = jitter
         if jit:
             y = jitter_steps(y, *steps)
-        scale = 1.0 / np.asarray(norm_std, np.float64)
+        mu, sd = flow_norm(spec.flow_normalisation) if flow else (np.array(RGB_MEAN), np.array(RGB_STD))
+        scale = 1.0 / np.asarray(sd, np.float64)
         return fn.coord_transform(
-            y,
-            M=np.diag(scale).reshape(-1).tolist(),
-            T=(-np.asarray(norm_mean) * scale).tolist(),
-            dtype=out_dtype,
+            y, M=np.diag(scale).reshape(-1).tolist(), T=(-np.asarray(mu) * scale).tolist(), dtype=out_dtype
         )
 
     def eval_crops(x, flow: bool, jitter=None):
@@ -519,36 +525,9 @@ def build_pipeline(
             crops = [(px, py, m) for (px, py) in pos for m in (0, 1)]
         else:
             crops = [(0.5, 0.5, 0)]
-        outs = []
-        for i, (px, py, m) in enumerate(crops):
-            if jitter is not None:
-                outs.append(jittered_crop(x, px, py, m, flow, jitter[i]))
-                continue
-            if (
-                flow
-            ):  # x negated on mirrored crops (flow_flip_negate): (255 - v - mu) / s = (v - (255 - mu)) / -s
-                mu, sd = flow_norm(spec.flow_normalisation)
-                neg = m and spec.flow_flip_negate
-                mean = [255.0 - mu[0] if neg else mu[0], mu[1]]
-                std = [-sd[0] if neg else sd[0], sd[1]]
-            else:
-                mean, std = list(RGB_MEAN), list(RGB_STD)
-            y = fn.crop_mirror_normalize(
-                x,
-                crop=[c, c],
-                crop_pos_x=px,
-                crop_pos_y=py,
-                mirror=m,
-                mean=mean,
-                std=std,
-                dtype=out_dtype,
-                output_layout="FHWC",
-            )
-            if flow:  # the zero plane, normalised
-                mu, sd = flow_norm(spec.flow_normalisation)
-                y = fn.pad(y, axis_names="C", shape=[3], fill_value=float(-mu[2] / sd[2]))
-            outs.append(y)
-        return outs
+        if jitter is not None:
+            return [jittered_crop(x, px, py, m, flow, jitter[i]) for i, (px, py, m) in enumerate(crops)]
+        return [eval_crop(x, px, py, m, flow) for px, py, m in crops]
 
     def eval_flow_frames(x):
         """[F, 2H, W, 3] -> [F, H, W, 2] (x, y) uint8."""
