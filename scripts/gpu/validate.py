@@ -20,6 +20,8 @@ Steps (GPU figures are the issue's goals; a missed goal is reported, not a faile
   head      python -m vicc_fast.bench kernels --quick: Triton loss head vs eager vs torch.compile (>= 2x, >= 1x)
   nvtx      the step ranges (data, forward, backward, optimizer) in the amp step's torch.profiler trace
   flow      (only with --only) bench flow --methods tvl1-torch at 320x240: pairs/s (goal >= 700) and EPE
+  augment   (only with --only) bench augment: the released colour jitter's DALI steps on the GPU vs the CPU
+            reference (max / mean level difference) and ms per clip beside the one-map jitter
   evalwin   (only with --only) bench loader --mode eval with the released overlapping test windows, centre and
             ten-crop: both backends run them on the GPU; clips/s
 
@@ -372,6 +374,39 @@ def flow_summary(ctx: Ctx):
     return True, fig, goal
 
 
+def augment_cmds(ctx: Ctx):
+    """The released colour jitter's DALI steps on the GPU (its arithmetic contrast step) against the CPU
+    reference, and their cost per clip beside the one-map jitter."""
+    if ctx.dry:
+        args = [
+            "--device",
+            "cpu",
+            "--frames",
+            "4",
+            "--size",
+            "16",
+            "--batch",
+            "2",
+            "--iters",
+            "1",
+            "--repeat",
+            "1",
+        ]
+    else:
+        args = ["--device", "cuda", "--threads", "4", "--repeat", "3"]
+    return [(_bench(ctx, "augment", *args), {})]
+
+
+def augment_summary(ctx: Ctx):
+    r = ctx.last("augment")["result"]
+    ms, ref = r["ms_per_clip"], r["released_vs_reference"]
+    fig = (
+        f"released {ms['released']:.2f} vs one-map {ms['affine']:.2f} ms/clip; vs reference max |d| "
+        f"{ref['max_abs']:.0f}, mean {ref['mean_abs']:.3f}"
+    )
+    return bool(r["agrees_with_reference"]), fig, "max |d| <= 3, mean < 0.3 levels"
+
+
 def evalwin_cmds(ctx: Ctx):
     """The eval pipelines with the released test windows (data.eval_windows=overlap, the default: each video's
     count looked up, the batch padded, the padding dropped), centre crop and ten-crop, both backends."""
@@ -418,6 +453,15 @@ STEPS = [
     Step("nvtx", "step ranges in the profiler trace", 10, nvtx_cmds, nvtx_summary),
     # not in the default run, which must fit 8 minutes: `--only flow` (about 1-2 min with compilation)
     Step("flow", "TV-L1 in PyTorch (tvl1-torch) at 320x240", 150, flow_cmds, flow_summary, default=False),
+    # `--only augment`: the released colour jitter's steps on the GPU against the CPU reference (under 30 s)
+    Step(
+        "augment",
+        "released colour jitter on the GPU vs reference",
+        45,
+        augment_cmds,
+        augment_summary,
+        default=False,
+    ),
     # `--only evalwin`: the released test windows through the GPU eval pipeline (about 1 min)
     Step(
         "evalwin",

@@ -112,10 +112,13 @@ def test_step_rows_are_recovered_from_the_log() -> None:
     assert abs(row["ratio"]["clips_per_s"] - 713.6 / 57.0) < 1e-9
 
 
-@pytest.mark.parametrize("step,figure", [("flow", "pairs/s"), ("evalwin", "ten-crop")])
+@pytest.mark.parametrize(
+    "step,figure", [("flow", "pairs/s"), ("evalwin", "ten-crop"), ("augment", "vs reference max |d|")]
+)
 def test_opt_in_steps_run_when_asked(tmp_path, step, figure) -> None:
-    """The opt-in steps in a dry run: flow (tvl1-torch: a record with pairs/s and EPE) and evalwin (both
-    backends read the overlapping test windows, centre and ten-crop)."""
+    """The opt-in steps in a dry run: flow (tvl1-torch: a record with pairs/s and EPE), evalwin (both
+    backends read the overlapping test windows, centre and ten-crop) and augment (the released jitter's steps
+    against the reference: passes only when they agree)."""
     v = _validate_module()
     args = v.argparse.Namespace(out=str(tmp_path / "out"), data=str(tmp_path / "data"), scratch=None,
                                 dry_run=True, only=step, budget=900.0)  # fmt: skip

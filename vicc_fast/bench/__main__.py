@@ -13,6 +13,7 @@ from vicc_fast.bench.common import environment, write_json
 BENCHMARKS = {
     "loader": "Input pipeline clips/s: DALI vs the PyTorch DataLoader baseline",
     "decode": "NVDEC vs CPU decoding: frame equality, RGB/flow alignment on the GPU path, frames/s",
+    "augment": "The released colour jitter's DALI steps vs the one-map jitter: ms per clip, agreement",
     "kernels": "Loss head fwd+bwd time: Triton vs eager vs torch.compile",
     "flow": "Optical flow frames/s and EPE per method on the synthetic set",
     "storage": "Shard bytes per video (RGB and flow streams) at several stored sizes, same sources",
