@@ -441,3 +441,21 @@ def test_batches_carry_source_video_ids(tmp_path, backend):
     plain = make_set(tmp_path / "plain", "codes", n_train=4, n_test=1)
     for b in loader(cfg_for(plain, f"data.backend={backend}")):
         assert torch.equal(b.source, b.index)
+
+
+def test_torch_baseline_stops_its_workers_when_an_epoch_ends(codes_root):
+    """The DataLoader baseline's workers are gone once an epoch has yielded its batches, and when the
+    consumer stops early; they come from a forkserver (a fork of a process running DALI's threads inherits
+    their locks: CI hung once in a worker of this baseline)."""
+    import multiprocessing as mp
+
+    cfg = cfg_for(codes_root, "data.backend=torch")
+    ld = loader(cfg)
+    assert len(list(ld)) == len(ld)
+    assert not mp.active_children()
+    it = iter(ld)
+    next(it)
+    assert mp.active_children()  # workers serving the epoch
+    assert ld._loader().multiprocessing_context.get_start_method() == "forkserver"
+    it.close()  # the consumer stops early
+    assert not mp.active_children()

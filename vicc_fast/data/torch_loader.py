@@ -1,5 +1,6 @@
 """The plain PyTorch input pipeline: ``webdataset`` reads the shards, PyAV decodes, torchvision.transforms.v2
-crops, flips and blurs, a ``DataLoader`` runs ``data.threads`` worker processes. The fallback
+crops, flips and blurs, a ``DataLoader`` runs ``data.threads`` worker processes (started by a forkserver: a
+fork of a process running other threads, DALI's say, copies their locks mid-use). The fallback
 (``data.backend=torch``) and the baseline the DALI pipeline is measured against; same samples per rank, same clip
 sampling, same augmentation semantics and output as vicc_fast/data/dali.py: the same host-side draws
 (vicc_fast/data/augment.py: controller, flips, blur, colour maps) and crop-window rule, from its own generator.
@@ -70,12 +71,16 @@ class _Augment:
     blur and colour map per clip, so every frame of a clip gets the same ones."""
 
     def __init__(self, d: Any, train: bool, clips: int, tencrop: bool, out_dtype: torch.dtype) -> None:
-        from torchvision.transforms import v2
-
-        self.v2 = v2
         self.d, self.train, self.tencrop, self.out_dtype = d, train, tencrop, out_dtype
         self.rgb_mean = torch.tensor(RGB_MEAN).view(1, 3, 1, 1)
         self.rgb_std = torch.tensor(RGB_STD).view(1, 3, 1, 1)
+
+    @property
+    def v2(self) -> Any:
+        """torchvision.transforms.v2, imported where it runs (a module does not pickle to a worker)."""
+        from torchvision.transforms import v2
+
+        return v2
 
     def _spatial(
         self, v: torch.Tensor, window: tuple[int, int, int, int], flip: bool, blur: float
@@ -257,6 +262,23 @@ class _ClipDataset(torch.utils.data.IterableDataset):
             yield self.o.process(buf.pop(int(rng.integers(len(buf)))), rng)
 
 
+def _worker_context() -> Any:
+    """The forkserver context, its server importing what a worker runs (torch, torchvision, PyAV, this module)
+    once, so that each worker forked from it starts in milliseconds rather than re-importing them."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["vicc_fast.data.torch_loader", "torchvision.transforms.v2", "av"])
+    return ctx
+
+
+def _shutdown(it: Any) -> None:
+    """Stop a DataLoader iterator's worker processes now (single-process iterators have none)."""
+    stop = getattr(it, "_shutdown_workers", None)
+    if stop is not None:
+        stop()
+
+
 class TorchLoader(BaseLoader):
     """``data.backend=torch``: the DataLoader baseline with the DALI loader's interface and semantics."""
 
@@ -345,6 +367,9 @@ class TorchLoader(BaseLoader):
             num_workers=self.cfg.data.threads,
             prefetch_factor=max(1, self.cfg.data.prefetch) * self.batch_size,
             persistent_workers=False,
+            # workers start from a clean server process, not a fork of this one: a fork copies this process's
+            # threads' locks (DALI's, the codecs') in whatever state they are, and CI once hung on it
+            multiprocessing_context=_worker_context() if self.cfg.data.threads > 0 else None,
         )
 
     def __iter__(self) -> Iterator[Batch]:
@@ -353,21 +378,25 @@ class TorchLoader(BaseLoader):
         names = [f"{s.value}{v}" for s in self.streams for v in range(self.num_views)]
         while done < steps:
             got = 0
-            for item in self._loader():
-                if isinstance(item, BadSampleError):
-                    if not self.skip or rebuilds >= 100:
-                        raise item
-                    rebuilds += 1
-                    self.excluded[item.key] = item.reason
-                    warnings.warn(f"skipping {item}", stacklevel=2)
-                    continue
-                got += 1
-                buf.append(item)
-                if len(buf) == self.batch_size:
-                    yield self._collate(buf, names)
-                    buf, done = [], done + 1
-                    if done == steps:
-                        return
+            it = iter(self._loader())
+            try:
+                for item in it:
+                    if isinstance(item, BadSampleError):
+                        if not self.skip or rebuilds >= 100:
+                            raise item
+                        rebuilds += 1
+                        self.excluded[item.key] = item.reason
+                        warnings.warn(f"skipping {item}", stacklevel=2)
+                        continue
+                    got += 1
+                    buf.append(item)
+                    if len(buf) == self.batch_size:
+                        yield self._collate(buf, names)
+                        buf, done = [], done + 1
+                        if done == steps:
+                            return
+            finally:
+                _shutdown(it)  # this epoch's workers stop now, not whenever the iterator is collected
             if not self.train:
                 break
             if got == 0:  # skip mode left nothing usable on this rank
