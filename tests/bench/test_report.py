@@ -189,3 +189,26 @@ def test_supervised_line_comes_from_the_last_supervised_run(tmp_path) -> None:
     line = report.supervised_block([run(0.5), run(0.9)])
     assert "accuracy 0.90" in line and "0.14 / 0.12 from a single frame" in line and "10.0 min" in line
     assert "no record yet" in report.supervised_block([])
+
+
+def test_jitter_cost_comes_from_the_last_variants_run(tmp_path) -> None:
+    def run(commit: str, ratio: float) -> dict:
+        res = {
+            "streams": ["rgb", "flow"],
+            "dali/released": {"cpu_s_per_sample": 0.107, "samples_per_s": 17.0 * ratio / 0.74},
+            "dali/affine": {"cpu_s_per_sample": 0.082, "samples_per_s": 23.0},
+            "ratio_dali_released_over_affine": ratio,
+            "ratio_torch_released_over_affine": 0.9,
+        }
+        return {
+            "benchmark": "loader",
+            "env": {"cpu_count": 2, "gpu": None, "git_commit": commit},
+            "result": res,
+        }
+
+    runs = [run("aaaaaaa1", 0.5), {"benchmark": "loader", "env": {}, "result": {}}, run("bbbbbbb2", 0.8)]
+    text = report.jitter_cost_block(runs)
+    assert "0.80x the samples/s" in text and "82 to 107 CPU ms" in text and "bbbbbbb" in text
+    assert "first entry, code at aaaaaaa: the first implementation" in text and "0.50x" in text
+    assert "1.25x the DALI samples/s" in report.jitter_trade_block(runs)
+    assert "no jitter-cost record" in report.jitter_cost_block([])

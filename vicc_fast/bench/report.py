@@ -34,6 +34,12 @@ COMPARE_RECORDS = Path("benchmarks/results/compare")
 LOADER_RECORD = Path("benchmarks/results/loader_three_cpu.json")
 LOADER_BACKENDS = ("dali", "torch", "jpeg_lmdb")
 SUPERVISED_RECORD = Path("benchmarks/results/supervised_cpu.json")
+JITTER_RECORD = Path("benchmarks/results/loader_jitter_cpu.json")
+JITTER_CMD = (
+    "python -m vicc_fast.bench loader --root /tmp/lb/shards --replicate 8 --batch 8 --steps 20 --warmup 3 "
+    "--repeat 3 --set data.dtype=float32 --variants released:data.color_jitter=released "
+    "affine:data.color_jitter=affine --json benchmarks/results/loader_jitter_cpu.json"
+)
 METHOD_NAMES = {"vicc": "ViCC", "coclr": "CoCLR", "goca": "GOCA", "sview": "SView"}
 DEMO_ROWS = ("RGB-1", "Flow-1", "RGB-2", "Flow-2", "R+F-2")
 DEMO_COLS = ("R@1", "R@5", "R@10")
@@ -256,7 +262,54 @@ def supervised_block(runs: list[dict[str, Any]]) -> str:
     )
 
 
-# (doc, block name) -> (which records: "demo" | "compare" | "loader" | "supervised", generator)
+def _jitter_run(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The last loader run comparing the released and the one-map colour jitter (``--variants``)."""
+    found = [r for r in runs if "ratio_dali_released_over_affine" in r.get("result", {})]
+    return found[-1] if found else None
+
+
+def jitter_cost_block(runs: list[dict[str, Any]]) -> str:
+    """Data README: what the released colour jitter costs the loaders on the CPU (the last variants run)."""
+    r = _jitter_run(runs)
+    if r is None:
+        return f"(no jitter-cost record yet: `{JITTER_CMD}`)"
+    first = next(x for x in runs if "ratio_dali_released_over_affine" in x.get("result", {}))
+    earlier = ""
+    if first is not r:
+        earlier = (
+            f" (its first entry, code at {_commits([first])}: the first implementation, float steps with a clip "
+            f"each, {first['result']['ratio_dali_released_over_affine']:.2f}x)"
+        )
+    res = r["result"]
+    rel, aff = res["dali/released"], res["dali/affine"]
+    torch_part = ""
+    if "ratio_torch_released_over_affine" in res:
+        torch_part = f", the torch baseline {res['ratio_torch_released_over_affine']:.2f}x"
+    return (
+        f"Measured ({_machine([r])}): the released jitter's steps take DALI from {aff['cpu_s_per_sample'] * 1000:.0f} to "
+        f"{rel['cpu_s_per_sample'] * 1000:.0f} CPU ms per {'two-stream ' if len(res['streams']) == 2 else ''}"
+        f"sample and to {res['ratio_dali_released_over_affine']:.2f}x the samples/s of the one-map jitter "
+        f"(`data.color_jitter=affine`; {rel['samples_per_s']:.2f} against {aff['samples_per_s']:.2f})"
+        f"{torch_part}; medians of alternating runs, code at {_commits([r])}, record `{JITTER_RECORD}`{earlier}, "
+        f"command:\n\n```bash\n"
+        f"{JITTER_CMD}\n```"
+    )
+
+
+def jitter_trade_block(runs: list[dict[str, Any]]) -> str:
+    """README: the CPU trade-off of the released colour jitter, in one clause."""
+    r = _jitter_run(runs)
+    if r is None:
+        return f"(no jitter-cost record yet: `{JITTER_RECORD}`)"
+    ratio = 1 / r["result"]["ratio_dali_released_over_affine"]
+    return (
+        f"On a CPU-only machine, `data.color_jitter=affine` trades the released jitter's 8-bit steps for one colour "
+        f"map: {ratio:.2f}x the DALI samples/s on {r['env'].get('cpu_count', '?')} cores here (`{JITTER_RECORD}`, "
+        f"code at {_commits([r])})."
+    )
+
+
+# (doc, block name) -> (which records: "demo" | "compare" | "loader" | "supervised" | "jitter", generator)
 BLOCKS: dict[tuple[str, str], tuple[str, Callable[[list[dict[str, Any]]], str]]] = {
     ("README.md", "demo-table"): ("demo", demo_block),
     ("README.md", "vicc-eval-table"): (
@@ -272,6 +325,8 @@ BLOCKS: dict[tuple[str, str], tuple[str, Callable[[list[dict[str, Any]]], str]]]
     ),
     ("README.md", "supervised-bound"): ("supervised", supervised_block),
     ("vicc_fast/data/README.md", "loader-three-table"): ("loader", loader_block),
+    ("vicc_fast/data/README.md", "jitter-cost"): ("jitter", jitter_cost_block),
+    ("README.md", "jitter-trade"): ("jitter", jitter_trade_block),
 }
 
 
@@ -296,6 +351,7 @@ def blocks(
         "compare": load_records(root / compare_records),
         "loader": load_bench(root / LOADER_RECORD),
         "supervised": load_bench(root / SUPERVISED_RECORD),
+        "jitter": load_bench(root / JITTER_RECORD),
     }
     return {key: gen(recs[which]) for key, (which, gen) in BLOCKS.items()}
 
