@@ -29,6 +29,11 @@ def test_yaml_then_overrides(tmp_path):
         ("train.batch_size=abc", "train.batch_size"),
         ("model.backbone=vit", "model.backbone"),
         ("method.epsilon=-1", "method.epsilon"),
+        ("data.color_jitter=pil", "data.color_jitter"),
+        ("data.short_videos=drop", "data.short_videos"),
+        ("data.eval_color_jitter_prob=1.5", "data.eval_color_jitter_prob"),
+        ("data.eval_color_jitter=[0.2,0.2,0.2]", "data.eval_color_jitter"),
+        ("data.eval_color_jitter=[0.2,0.2,0.2,0.7]", "data.eval_color_jitter"),
         ("nokey", "nokey"),
     ],
 )

@@ -688,6 +688,14 @@ def validate(cfg: Config) -> None:
             "must be >= 0 (0 = data.eval_clips)",
         ),
         (0 < cfg.data.eval_crop_fraction <= 1, "data.eval_crop_fraction", "must be in (0, 1]"),
+        (0 <= cfg.data.eval_color_jitter_prob <= 1, "data.eval_color_jitter_prob", "must be in [0, 1]"),
+        (
+            len(cfg.data.eval_color_jitter) == 4
+            and min(cfg.data.eval_color_jitter) >= 0
+            and cfg.data.eval_color_jitter[3] <= 0.5,
+            "data.eval_color_jitter",
+            "must be [brightness, contrast, saturation, hue], each >= 0, hue <= 0.5",
+        ),
         (cfg.model.num_prototypes > 0, "model.num_prototypes", "must be > 0"),
         (cfg.model.proj_dim > 0, "model.proj_dim", "must be > 0"),
         (cfg.method.temperature > 0, "method.temperature", "must be > 0"),
