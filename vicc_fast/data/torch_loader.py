@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from vicc_fast.config import Stream
-from vicc_fast.data.augment import LUMA, RGB_MEAN, RGB_STD, flow_norm
+from vicc_fast.data.augment import LUMA, RGB_MEAN, RGB_STD, draw_eval_jitter, flow_norm
 from vicc_fast.data.base import BaseLoader
 from vicc_fast.data.batch import Batch
 from vicc_fast.data.dali import eval_resize
@@ -149,26 +149,10 @@ class _Augment:
         """[T, 2, H, W] uint8 (x, y) -> [T, c, c, 3]: the (x, y, 0) image through the view's flow map."""
         return self._view(v, window, draw, i, "flow")
 
-    def _finish_flow(self, v: torch.Tensor, flip: bool) -> torch.Tensor:
-        """Eval crops: [T, 2, c, c] uint8 -> [T, c, c, 3] normalised (x, y, 0); x negated on the mirrored
-        crops only with ``flow_flip_negate``."""
-        v = torch.cat([v.float(), torch.zeros_like(v[:, :1], dtype=torch.float32)], 1)  # (x, y, 0) pixels
-        if flip:
-            v = v.flip(-1)
-            if self.d.flow_flip_negate:
-                v[:, 0] = 255.0 - v[:, 0]
-        mean, std = flow_norm(self.d.flow_normalisation.value)
-        v = (v - torch.tensor(mean).float().view(1, 3, 1, 1)) / torch.tensor(std).float().view(1, 3, 1, 1)
-        return v.permute(0, 2, 3, 1).to(self.out_dtype)
-
-    def _jittered_eval(
-        self, crop: torch.Tensor, mirror: bool, flow: bool, rng: np.random.Generator
-    ) -> torch.Tensor:
-        """One eval crop [N*T, C, c, c] uint8 with the released test-time jitter (augment.draw_eval_jitter, one
-        draw for all its frames): mirrored, flow's x negated with flow_flip_negate and its zero plane added,
-        the jitter steps, the normalisation -> [N*T, c, c, 3]."""
-        from vicc_fast.data.augment import draw_eval_jitter
-
+    def _eval_crop(self, crop: torch.Tensor, mirror: bool, flow: bool, steps: Any = None) -> torch.Tensor:
+        """One eval crop [N*T, C, c, c] uint8 -> [N*T, c, c, 3] normalised: mirrored, flow's x negated on
+        mirrored crops with ``flow_flip_negate`` and its zero plane added ((x, y, 0)), the released test-time
+        jitter ``steps`` (one sample's augment.JitterSteps) when given, the normalisation."""
         v = crop.float()
         if mirror:
             v = v.flip(-1)
@@ -176,14 +160,14 @@ class _Augment:
             if mirror and self.d.flow_flip_negate:
                 v[:, 0] = 255.0 - v[:, 0]
             v = torch.cat([v, torch.zeros_like(v[:, :1])], 1)
-            mean, std = flow_norm(self.d.flow_normalisation.value)
+            mean, std = (
+                torch.tensor(a).float().view(1, 3, 1, 1) for a in flow_norm(self.d.flow_normalisation.value)
+            )
         else:
-            mean, std = np.array(RGB_MEAN), np.array(RGB_STD)
-        jit, steps = draw_eval_jitter(rng, 1, float(self.d.eval_color_jitter_prob), self.d.eval_color_jitter)
-        if jit[0]:
-            v = self._jitter_steps(v, steps[0])
-        v = (v - torch.tensor(mean).float().view(1, 3, 1, 1)) / torch.tensor(std).float().view(1, 3, 1, 1)
-        return v.permute(0, 2, 3, 1).to(self.out_dtype)
+            mean, std = self.rgb_mean, self.rgb_std
+        if steps is not None:
+            v = self._jitter_steps(v, steps)
+        return ((v - mean) / std).permute(0, 2, 3, 1).to(self.out_dtype)
 
     def eval(self, v: torch.Tensor, flow: bool, rng: np.random.Generator | None = None) -> torch.Tensor:
         """[N*T, C, H, W] -> [crops*N*T, c, c, 3]: centre crop, or 4 corners + centre each also flipped; with
@@ -201,19 +185,13 @@ class _Augment:
         outs = []
         prob = float(self.d.eval_color_jitter_prob)
         for y, x, m in wins:
-            crop = v[..., y : y + c, x : x + c]
-            if prob > 0:
+            steps = None
+            if prob > 0:  # the released test-time jitter: one draw per video, stream and crop
                 if rng is None:
                     raise ValueError("the eval-mode colour jitter needs the sample's generator")
-                outs.append(self._jittered_eval(crop, m, flow, rng))
-                continue
-            if flow:
-                outs.append(self._finish_flow(crop, m))
-            else:
-                crop = crop.flip(-1) if m else crop
-                outs.append(
-                    ((crop.float() - self.rgb_mean) / self.rgb_std).permute(0, 2, 3, 1).to(self.out_dtype)
-                )
+                jit, drawn = draw_eval_jitter(rng, 1, prob, self.d.eval_color_jitter)
+                steps = drawn[0] if jit[0] else None
+            outs.append(self._eval_crop(v[..., y : y + c, x : x + c], m, flow, steps))
         return torch.cat(outs)
 
 
@@ -369,7 +347,7 @@ class TorchLoader(BaseLoader):
             persistent_workers=False,
             # workers start from a clean server process, not a fork of this one: a fork copies this process's
             # threads' locks (DALI's, the codecs') in whatever state they are, and CI once hung on it
-            multiprocessing_context=_worker_context() if self.cfg.data.threads > 0 else None,
+            multiprocessing_context=_worker_context(),  # data.threads > 0 (config.validate)
         )
 
     def __iter__(self) -> Iterator[Batch]:
