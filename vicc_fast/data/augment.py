@@ -241,6 +241,11 @@ def _jitter_factors(
     return b, c, s, np.where(jit, rng.uniform(-hue, hue, n), 0.0)
 
 
+def _op_order(rng: np.random.Generator, n: int) -> np.ndarray:
+    """[n, 4] a random order of :data:`JITTER_OPS` per sample (torchvision's ColorJitter shuffles its ops)."""
+    return rng.permuted(np.tile(np.arange(len(JITTER_OPS)), (n, 1)), axis=1)
+
+
 def draw_eval_jitter(
     rng: np.random.Generator, n: int, prob: float, strengths: tuple[float, float, float, float]
 ) -> tuple[np.ndarray, JitterSteps]:
@@ -249,7 +254,7 @@ def draw_eval_jitter(
     jittered)."""
     jit = rng.random(n) < prob
     b, c, s, h = _jitter_factors(rng, jit, strengths)
-    order = rng.permuted(np.tile(np.arange(len(JITTER_OPS)), (n, 1)), axis=1)
+    order = _op_order(rng, n)
     return jit, jitter_slots(b, c, s, h, order)
 
 
@@ -284,7 +289,7 @@ def _colour(rng: np.random.Generator, strong: np.ndarray, p: AugSettings) -> _Co
         weights = np.eye(3)[rng.integers(3, size=n)]
     if not released_jitter(p):
         return _Colour(*colour_affine(b, c, s, h, gray, weights))
-    order = rng.permuted(np.tile(np.arange(len(JITTER_OPS)), (n, 1)), axis=1)
+    order = _op_order(rng, n)
     one = np.ones(n)
     m, t = colour_affine(one, one, one, np.zeros(n), gray, weights)
     return _Colour(m, t, jit, jitter_slots(b, c, s, h, order))
