@@ -46,6 +46,7 @@ MIN_LEVEL_SIZE = 16
 """OpenCV drops pyramid levels narrower or lower than this."""
 _FLT_EPSILON = float(np.finfo(np.float32).eps)
 _GPU_CHECK_EVERY = 5
+_COMPACT_AT = 0.75  # shrink a warp's run once a quarter of its rows have stopped
 _NETWORKS: dict = {}  # ksize -> median_network(ksize)
 
 
@@ -346,7 +347,7 @@ def _compiled(fn: Callable) -> Callable:
 
 
 def _one_level(
-    i0: torch.Tensor, i1: torch.Tensor, u: torch.Tensor, prm: TVL1Params, compile: bool
+    i0: torch.Tensor, i1: torch.Tensor, u: torch.Tensor, prm: TVL1Params, compile: bool, compact: bool
 ) -> torch.Tensor:
     """procOneScale: i0, i1 [N, H, W] float32, u [N, 2, H, W] initial flow -> refined flow [N, 2, H, W]."""
     n, h, w = i0.shape
@@ -356,7 +357,7 @@ def _one_level(
         median_network(prm.median_filtering)  # a cached constant before torch.compile traces the median
     step = _compiled(masked_tv_step) if compile else masked_tv_step
     median = _compiled(masked_median) if compile else _masked_median_eager
-    # Asking whether any pair is still active waits for the device; on a GPU that stalls the launch queue,
+    # Asking how many pairs are still active waits for the device; on a GPU that stalls the launch queue,
     # so it is asked every few steps there. Inactive pairs are frozen, so this changes time, not results.
     check_every = 1 if u.device.type == "cpu" else _GPU_CHECK_EVERY
     i1_and_grad = torch.cat((i1.unsqueeze(1), centered_gradient(i1)), 1)  # [N, 3, H, W]
@@ -368,24 +369,73 @@ def _one_level(
         rho_c = i1w - (iw * u).sum(1) - i0
         lt_grad = lt * grad
         inv_grad = torch.where(grad > _FLT_EPSILON, 1.0 / grad.clamp_min(_FLT_EPSILON), 0.0)
-        # Each pair stops (for this warp) on its own, as it would alone; see masked_tv_step.
-        active = torch.ones(n, dtype=torch.bool, device=u.device)
-        done = False
+        # Each pair stops (for this warp) on its own, as it would alone; see masked_tv_step. The run holds
+        # the batch rows `rows` (all at first); see _compact for why it shrinks.
+        run = _Run(torch.arange(n, device=u.device), u, p, torch.ones(n, dtype=torch.bool, device=u.device),
+                   (iw, rho_c, lt_grad, inv_grad))  # fmt: skip
         for _ in range(prm.outer_iterations):
             if prm.median_filtering > 1:
-                u = median(u, active, prm.median_filtering)
+                run.u = median(run.u, run.active, prm.median_filtering)
             for k in range(prm.inner_iterations):
-                u, p, active = step(u, p, active, iw, rho_c, lt_grad, inv_grad, eps2, lt, theta, taut)
-                if (k + 1) % check_every == 0 and not bool(active.any()):
-                    done = True
-                    break
-            if done or not bool(active.any()):
+                run.u, run.p, run.active = step(run.u, run.p, run.active, *run.data, eps2, lt, theta, taut)
+                if (k + 1) % check_every == 0:
+                    left = int(run.active.sum())
+                    if left == 0:
+                        break
+                    if compact and len(run.rows) > 2 and left <= _COMPACT_AT * len(run.rows):
+                        u, p = run.store(u, p)
+                        run = run.compact()
+            if not bool(run.active.any()):
                 break
+        u, p = run.store(u, p)
     return u
 
 
+@dataclass
+class _Run:
+    """The batch rows a warp's inner loop still runs: rows [R] (indices into the level's batch), their flow u
+    [R, 2, H, W], dual variables p [R, 2, 2, H, W], active [R] mask and per-pixel data (iw, rho_c, lt_grad,
+    inv_grad) of the warp."""
+
+    rows: torch.Tensor
+    u: torch.Tensor
+    p: torch.Tensor
+    active: torch.Tensor
+    data: tuple[torch.Tensor, ...]
+
+    def store(self, u: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The level's u [N, 2, H, W] and p [N, 2, 2, H, W] with this run's rows written in (new tensors)."""
+        if len(self.rows) == u.shape[0]:
+            return self.u, self.p
+        return u.index_copy(0, self.rows, self.u), p.index_copy(0, self.rows, self.p)
+
+    def compact(self) -> _Run:
+        """The run of the still-active rows only.
+
+        A batch's step costs the same for a pair that has stopped (it is frozen by the mask, but computed), so
+        a batch would otherwise run as long as its slowest pair at full size: on the synthetic set at 320x240
+        only 59 % of a 64-pair batch's step work is for active pairs (benchmarks/results/flow_compact_cpu.json).
+        At least two rows are kept (a stopped one fills in): torch.compile would specialise a batch of one.
+        """
+        keep = torch.nonzero(self.active).squeeze(1)
+        if len(keep) < 2:
+            stopped = torch.nonzero(~self.active).squeeze(1)
+            keep = torch.cat((keep, stopped[: 2 - len(keep)])).sort().values
+        return _Run(
+            self.rows[keep],
+            self.u[keep],
+            self.p[keep],
+            self.active[keep],
+            tuple(x[keep] for x in self.data),
+        )
+
+
 def tvl1(
-    i0: torch.Tensor, i1: torch.Tensor, params: TVL1Params | None = None, compile: bool = False
+    i0: torch.Tensor,
+    i1: torch.Tensor,
+    params: TVL1Params | None = None,
+    compile: bool = False,
+    compact: bool = True,
 ) -> torch.Tensor:
     """TV-L1 flow from I0 to I1 for a batch of grey pairs.
 
@@ -396,6 +446,9 @@ def tvl1(
     instead of ~25 elementwise launches: on the CPU the step measured 17x, a whole pass 9x faster; Triton on a GPU);
     the first call of a process compiles for tens of seconds (cached on disk for later processes). Results
     agree with the eager path to float rounding.
+
+    compact: once a quarter of a warp's pairs have stopped, run only the others (see ``_Run.compact``); the
+    flow is the same either way (a stopped pair is frozen), only the work differs.
     """
     prm = params or TVL1Params()
     prm.validate()
@@ -406,7 +459,7 @@ def tvl1(
         raise ValueError(f"frames of {h}x{w} are too small for TV-L1 (need >= {MIN_LEVEL_SIZE} px)")
     if compile and n == 1:
         # torch.compile specialises size 1 (a second compile of tens of seconds); the pair twice costs less
-        return tvl1(i0.expand(2, h, w), i1.expand(2, h, w), prm, compile)[:1]
+        return tvl1(i0.expand(2, h, w), i1.expand(2, h, w), prm, compile, compact)[:1]
     sizes = pyramid_sizes(h, w, prm.nscales, prm.scale_step)
     step = 1.0 / prm.scale_step
     levels = [(i0.to(torch.float32), i1.to(torch.float32))]
@@ -414,7 +467,7 @@ def tvl1(
         levels.append(tuple(resize_linear(x, size, (step, step)) for x in levels[-1]))
     u = torch.zeros(n, 2, *sizes[-1], dtype=torch.float32, device=i0.device)
     for s in range(len(sizes) - 1, -1, -1):
-        u = _one_level(*levels[s], u, prm, compile)
+        u = _one_level(*levels[s], u, prm, compile, compact)
         if s > 0:
             u = resize_linear(u, sizes[s - 1]) * step
     return u.permute(0, 2, 3, 1).contiguous()

@@ -13,7 +13,7 @@ def test_flow_bench_compares_tvl1_torch_with_opencv(tmp_path):
     args = p.parse_args(
         ["--methods", "tvl1,tvl1-torch,dis", "--classes", "2", "--frames", "3", "--height", "32"]
         + ["--width", "43", "--device", "cpu", "--no-compile", "--repeats", "2", "--workdir", str(tmp_path)]
-        + ["--profile"]
+        + ["--profile", "--compact", "both"]
     )
     r = flow_bench.run(args)
     assert r["pairs"] == 4 and r["repeats"] == 2
@@ -26,6 +26,11 @@ def test_flow_bench_compares_tvl1_torch_with_opencv(tmp_path):
     prof = r["tvl1_torch_profile"]
     assert {"inner step", "median", "warp", "resize"} <= set(prof["blocks"])
     assert 0 < sum(b["share"] for b in prof["blocks"].values()) <= 1.01
+    # --compact both: the batch kept whole to the end, timed beside; same flow, less active work
+    assert r["methods"]["tvl1-torch"]["speed_over_tvl1-torch-nocompact"] > 0
+    assert r["compact_vs_nocompact"]["max_abs_difference"] == 0
+    whole = r["tvl1_torch_profile_nocompact"]["step_work_active"]
+    assert 0 < whole <= prof["step_work_active"] <= 1
 
 
 def test_flow_bench_compares_the_two_build_recipes_per_video(tmp_path):

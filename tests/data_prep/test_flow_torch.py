@@ -211,6 +211,28 @@ def test_a_batch_equals_its_pairs_one_by_one(synthetic_pairs):
     torch.testing.assert_close(batch, alone, atol=1e-4, rtol=0)
 
 
+def test_compaction_runs_fewer_rows_for_the_same_flow(synthetic_pairs, monkeypatch):
+    """Once pairs stop, a warp runs only the others: bit-identical flow, fewer pixel-steps of the inner step."""
+    i0 = torch.from_numpy(np.stack([p[0] for p in synthetic_pairs]))
+    i1 = torch.from_numpy(np.stack([p[1] for p in synthetic_pairs]))
+    prm = TVL1Params(nscales=3, warps=2)
+    step = flow_torch.masked_tv_step
+    rows: list[int] = []
+
+    def counted(u, p, active, *rest):
+        rows.append(u.shape[0])
+        return step(u, p, active, *rest)
+
+    monkeypatch.setattr(flow_torch, "masked_tv_step", counted)
+    full = tvl1(i0, i1, prm, compact=False)
+    full_rows, rows[:] = list(rows), []
+    compacted = tvl1(i0, i1, prm, compact=True)
+    torch.testing.assert_close(compacted, full, atol=0, rtol=0)
+    assert set(full_rows) == {4}
+    assert min(rows) == 2  # never one row: torch.compile would specialise it
+    assert sum(rows) < 0.9 * sum(full_rows), (sum(rows), sum(full_rows))
+
+
 def test_compute_flow_tvl1_torch_is_the_drop_in():
     frames = render_video(3, 7, frames=3, height=48, width=64).frames
     out = compute_flow(frames, "tvl1-torch", device="cpu")

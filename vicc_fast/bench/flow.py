@@ -80,6 +80,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--stored-size always uses the default, as data_prep.build does)",
     )
     p.add_argument(
+        "--compact",
+        choices=("on", "off", "both"),
+        default="on",
+        help="tvl1-torch runs only a warp's still-active pairs once a quarter have stopped (on, the default), "
+        "keeps the whole batch to the end (off), or both, timed side by side as tvl1-torch and "
+        "tvl1-torch-nocompact (same flow; the work differs)",
+    )
+    p.add_argument(
         "--repeats", type=int, default=1, help="timed passes per method, alternating order; medians reported"
     )
     p.add_argument(
@@ -100,7 +108,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _torch_runner(items: list, args: argparse.Namespace) -> Callable[[], list[np.ndarray]]:
+def _torch_runner(
+    items: list, args: argparse.Namespace, compact: bool = True
+) -> Callable[[], list[np.ndarray]]:
     """A function computing tvl1-torch flow for every video, the pairs of all videos batched together."""
     from data_prep.flow_torch import rgb_to_grey, tvl1
 
@@ -117,7 +127,7 @@ def _torch_runner(items: list, args: argparse.Namespace) -> Callable[[], list[np
             grey = rgb_to_grey(torch.from_numpy(frames).to(dev))
             idx = torch.from_numpy(first).to(dev)
             parts = [
-                tvl1(grey[idx[k : k + batch]], grey[idx[k : k + batch] + 1], compile=args.compile)
+                tvl1(grey[idx[k : k + batch]], grey[idx[k : k + batch] + 1], None, args.compile, compact)
                 for k in range(0, len(first), batch)
             ]
             flow = torch.cat(parts).cpu().numpy()
@@ -195,54 +205,72 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "device": args.device,
             "compile": args.compile,
             "batch": args.batch or default_batch(args.device),
+            "compact": args.compact,
         },
         "load_avg_1min_at_start": os.getloadavg()[0],
         "repeats": args.repeats,
         "zero_flow_epe": round(zero, 4),
         "methods": {},
     }
-    runners: dict[FlowMethod, Callable[[], list[np.ndarray]]] = {}
+    runners: dict[str, Callable[[], list[np.ndarray]]] = {}
     for method in methods:
         if method is FlowMethod.tvl1_torch:
-            runners[method] = _torch_runner(items, args)
+            for label, compact in _torch_variants(args.compact):
+                runners[label] = _torch_runner(items, args, compact)
         else:
-            runners[method] = lambda m=method: [compute_flow(v, m) for _, v, _ in items]
+            runners[method.value] = lambda m=method: [compute_flow(v, m) for _, v, _ in items]
+    labels = list(runners)
     # outside the timing: OpenCV builds its objects, torch.compile compiles (every batch shape of the run)
-    warm = {m: runners[m]() for m in methods if m is FlowMethod.tvl1_torch and args.compile}
+    warm = {k: runners[k]() for k in labels if k.startswith(TORCH) and args.compile}
     for m in methods:
         if m is not FlowMethod.tvl1_torch:
             compute_flow(items[0][1][:2], m)
     seconds, flows = alternate(
-        runners, methods, args.repeats, args.device, lambda m, s: f"{m.value}: {pairs / s:.2f} pairs/s", warm
+        runners, labels, args.repeats, args.device, lambda k, s: f"{k}: {pairs / s:.2f} pairs/s", warm
     )
-    for m in methods:
+    for k in labels:
         epe, epe_q, per_class = [], [], {}
-        for (cls, _, gt), flow in zip(items, flows[m]):
+        for (cls, _, gt), flow in zip(items, flows[k]):
             e = endpoint_error(flow[:-1], gt[:-1])
             epe.append(e)
             epe_q.append(endpoint_error(dequantize_flow(quantize_flow(flow[:-1])), gt[:-1]))
             per_class[cls] = round(e, 4)
-        med = statistics.median(seconds[m])
-        result["methods"][m.value] = {
+        med = statistics.median(seconds[k])
+        result["methods"][k] = {
             "pairs_per_s": round(pairs / med, 2),
             "ms_per_pair": round(1000 * med / pairs, 2),
-            "pairs_per_s_each_repeat": [round(pairs / s, 2) for s in seconds[m]],
+            "pairs_per_s_each_repeat": [round(pairs / s, 2) for s in seconds[k]],
             "epe": round(float(np.mean(epe)), 4),
             "epe_quantized": round(float(np.mean(epe_q)), 4),
             "epe_over_zero_flow": round(float(np.mean(epe)) / zero, 3),
             "epe_per_class": per_class,
         }
-        for ref in (FlowMethod.tvl1, FlowMethod.dis):
-            if ref in seconds and ref is not m:
-                ratios = [r / s for s, r in zip(seconds[m], seconds[ref])]  # > 1: m is faster
-                result["methods"][m.value][f"speed_over_{ref.value}"] = round(statistics.median(ratios), 3)
-    if args.profile and FlowMethod.tvl1_torch in runners:
-        result["tvl1_torch_profile"] = profile_blocks(
-            runners[FlowMethod.tvl1_torch], args.device, args.compile
-        )
-    if FlowMethod.tvl1 in flows and FlowMethod.tvl1_torch in flows:
-        result["vs_opencv_tvl1"] = compare(flows[FlowMethod.tvl1_torch], flows[FlowMethod.tvl1], items)
+        for ref in (FlowMethod.tvl1.value, FlowMethod.dis.value, TORCH_NOCOMPACT):
+            if ref in seconds and ref != k:
+                ratios = [r / s for s, r in zip(seconds[k], seconds[ref])]  # > 1: k is faster
+                result["methods"][k][f"speed_over_{ref}"] = round(statistics.median(ratios), 3)
+    if args.profile:
+        for label, compact in _torch_variants(args.compact) if FlowMethod.tvl1_torch in methods else []:
+            key = "tvl1_torch_profile" + ("" if compact else "_nocompact")
+            result[key] = profile_blocks(runners[label], args.device, args.compile)
+    if TORCH in flows and FlowMethod.tvl1.value in flows:
+        result["vs_opencv_tvl1"] = compare(flows[TORCH], flows[FlowMethod.tvl1.value], items)
+    if TORCH in flows and TORCH_NOCOMPACT in flows:
+        a, b = (np.concatenate([f[:-1] for f in flows[k]]) for k in (TORCH, TORCH_NOCOMPACT))
+        result["compact_vs_nocompact"] = {
+            "epe_between": round(endpoint_error(a, b), 6),
+            "max_abs_difference": float(np.abs(a - b).max()),
+        }
     return result
+
+
+TORCH = FlowMethod.tvl1_torch.value
+TORCH_NOCOMPACT = TORCH + "-nocompact"
+
+
+def _torch_variants(compact: str) -> list[tuple[str, bool]]:
+    """(label, compact) of the tvl1-torch runs --compact asks for."""
+    return [(TORCH, True)] * (compact != "off") + [(TORCH_NOCOMPACT, False)] * (compact != "on")
 
 
 def _recipe_runner(
@@ -315,7 +343,12 @@ def run_recipes(args: argparse.Namespace, methods: list[FlowMethod], items: list
         "source_size": [args.height, args.width],
         "stored_size": list(stored),
         "threads": args.threads,
-        "tvl1_torch": {"device": args.device, "compile": args.compile, "batch": default_batch(args.device)},
+        "tvl1_torch": {
+            "device": args.device,
+            "compile": args.compile,
+            "batch": default_batch(args.device),
+            "compact": "on",  # as data_prep.build runs it
+        },
         "load_avg_1min_at_start": load,
         "repeats": args.repeats,
         "zero_flow_epe_at_stored_size": round(
@@ -349,15 +382,22 @@ def profile_blocks(run_once: Callable[[], Any], device: str, compiled: bool) -> 
     """Seconds, calls and share of one tvl1-torch pass spent in each block of data_prep.flow_torch.
 
     The blocks are timed by wrapping the module's functions for the pass (the device is synchronised around
-    each call, which itself costs a little on a GPU); they are restored afterwards.
+    each call, which itself costs a little on a GPU); they are restored afterwards. ``step_work_active``: the
+    share of the inner steps' pixel work (rows x level area, summed over calls) spent on pairs still active,
+    the rest on stopped pairs a batch carries (frozen, but computed).
     """
     import data_prep.flow_torch as ft
 
     seconds: dict[str, float] = {}
     calls: dict[str, int] = {}
+    work = {"run": 0, "active": 0}  # pixel-steps of the inner step: all rows, active rows
 
     def timed(name: str, fn: Callable) -> Callable:
         def wrapper(*a: Any, **k: Any) -> Any:
+            if name == "inner step":  # masked_tv_step(u, p, active, ...)
+                area = a[0].shape[-2] * a[0].shape[-1]
+                work["run"] += a[2].numel() * area
+                work["active"] += int(a[2].sum()) * area
             _sync(device)
             t0 = time.perf_counter()
             out = fn(*a, **k)
@@ -401,4 +441,9 @@ def profile_blocks(run_once: Callable[[], Any], device: str, compiled: bool) -> 
         }
         for name, sec in sorted(seconds.items(), key=lambda kv: -kv[1])
     }
-    return {"compiled": compiled, "total_s": round(total, 3), "blocks": blocks}
+    return {
+        "compiled": compiled,
+        "total_s": round(total, 3),
+        "blocks": blocks,
+        "step_work_active": round(work["active"] / max(work["run"], 1), 3),
+    }
