@@ -364,7 +364,8 @@ def _one_level(
     p = torch.zeros(n, 2, 2, h, w, dtype=u.dtype, device=u.device)
     for _ in range(prm.warps):
         warped = warp_bicubic(i1_and_grad, u)
-        i1w, iw = warped[:, 0], warped[:, 1:]
+        # contiguous like its compacted copies (_Run.compact): a strided slice would compile a second graph
+        i1w, iw = warped[:, 0], warped[:, 1:].contiguous()
         grad = iw.square().sum(1)
         rho_c = i1w - (iw * u).sum(1) - i0
         lt_grad = lt * grad

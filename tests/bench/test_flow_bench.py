@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 
 from vicc_fast.bench import flow as flow_bench
+from vicc_fast.bench import report_flow
+from vicc_fast.bench.common import environment
 
 
 def test_flow_bench_compares_tvl1_torch_with_opencv(tmp_path):
@@ -31,6 +33,18 @@ def test_flow_bench_compares_tvl1_torch_with_opencv(tmp_path):
     assert r["compact_vs_nocompact"]["max_abs_difference"] == 0
     whole = r["tvl1_torch_profile_nocompact"]["step_work_active"]
     assert 0 < whole <= prof["step_work_active"] <= 1
+    # docs/optical_flow.md's tables render this run
+    runs = [{"benchmark": "flow", "env": environment(), "result": r}]
+    for block in (report_flow.accuracy_block, report_flow.speed_block, report_flow.profile_block):
+        rows = [line for line in block(runs).splitlines() if line.startswith("| 32x43 |")]
+        assert len(rows) == 1, block.__name__
+    acc = report_flow.accuracy_block(runs)
+    assert f"| {cmp['epe_opencv']:.4f} | {cmp['epe_torch']:.4f} |" in acc
+    assert f"**{torch_row['speed_over_tvl1']:g}**" in report_flow.speed_block(runs)
+    compact = report_flow.compact_block(runs)
+    assert f"{100 * whole:.0f} % / {100 * prof['step_work_active']:.0f} %" in compact
+    assert f"**{torch_row['speed_over_tvl1-torch-nocompact']:g}x**" in compact
+    assert "no recipes record" in report_flow.recipes_block(runs)
 
 
 def test_flow_bench_compares_the_two_build_recipes_per_video(tmp_path):
@@ -53,3 +67,6 @@ def test_flow_bench_compares_the_two_build_recipes_per_video(tmp_path):
             assert row[variant]["s_per_video"] > 0
             assert 0 <= row[variant]["epe_at_stored_size"] < r["zero_flow_epe_at_stored_size"] + 1
         assert row["cost_source_over_stored"] > 0 and row["epe_between_recipes"] >= 0
+    table = report_flow.recipes_block([{"benchmark": "flow", "env": environment(), "result": r}])
+    cost = r["methods"]["tvl1"]["cost_source_over_stored"]
+    assert "| OpenCV TV-L1 | " in table and f"| {cost:g}x |" in table and "stored at 16x24" in table

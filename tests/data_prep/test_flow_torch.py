@@ -243,13 +243,23 @@ def test_compute_flow_tvl1_torch_is_the_drop_in():
 
 
 @pytest.mark.slow
-def test_compiled_path_equals_eager(synthetic_pairs):
-    """torch.compile fuses the inner step (tens of seconds to compile on 2 cores: slow)."""
-    i0 = torch.from_numpy(np.stack([p[0] for p in synthetic_pairs[:3]]))
-    i1 = torch.from_numpy(np.stack([p[1] for p in synthetic_pairs[:3]]))
-    torch.testing.assert_close(tvl1(i0, i1, compile=True), tvl1(i0, i1), atol=1e-3, rtol=0)
-    one = tvl1(i0[:1], i1[:1], compile=True)  # a batch of one runs as two copies under compile
-    torch.testing.assert_close(one, tvl1(i0[:1], i1[:1]), atol=1e-3, rtol=0)
+def test_compiled_path_equals_eager(synthetic_pairs, monkeypatch):
+    """torch.compile fuses the inner step (tens of seconds to compile on 2 cores: slow). One graph serves every
+    level, batch size and compacted run: a recompile (each costs a build worker tens of seconds) is an error."""
+    sizes: list[int] = []
+    compact = flow_torch._Run.compact
+    monkeypatch.setattr(flow_torch._Run, "compact", lambda run: sizes.append(len(run.rows)) or compact(run))
+    i0 = torch.from_numpy(np.stack([p[0] for p in synthetic_pairs]))
+    i1 = torch.from_numpy(np.stack([p[1] for p in synthetic_pairs]))
+    # two levels: at these small frames a coarser level would cross a size guard of inductor's (2 x H x W <=
+    # 4096 values), a recompile that frames of 128x171 and more never meet
+    prm = TVL1Params(nscales=2)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        compiled = tvl1(i0, i1, prm, compile=True)
+        one = tvl1(i0[:1], i1[:1], prm, compile=True)  # a batch of one runs as two copies under compile
+    assert 4 in sizes  # the 4-pair batch was compacted
+    torch.testing.assert_close(compiled, tvl1(i0, i1, prm), atol=1e-3, rtol=0)
+    torch.testing.assert_close(one, tvl1(i0[:1], i1[:1], prm), atol=1e-3, rtol=0)
 
 
 # ------------------------------------------------------------------------------------------ the build

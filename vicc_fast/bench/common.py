@@ -70,3 +70,39 @@ def write_json(path: str | os.PathLike, record: dict[str, Any]) -> None:
         records = [records]
     records.append(record)
     write_text(p, json.dumps(records, indent=2, default=str))
+
+
+def load_bench(path: str | Path) -> list[dict[str, Any]]:
+    """A ``--json`` benchmark file (a list of runs, appended in order); missing: none."""
+    p = Path(path)
+    if not p.exists():
+        return []
+    try:
+        runs = json.loads(p.read_text())
+    except ValueError as exc:
+        raise ValueError(f"{p}: not a JSON record ({exc})") from None
+    if not isinstance(runs, list):
+        raise ValueError(f"{p}: expected a list of benchmark runs")
+    return runs
+
+
+def commits(recs: list[dict[str, Any]]) -> str:
+    """The short git commits of the records' code, sorted, comma-separated."""
+    return (
+        ", ".join(sorted({r["env"]["git_commit"][:7] for r in recs if r["env"].get("git_commit")}))
+        or "unknown"
+    )
+
+
+def machine(recs: list[dict[str, Any]]) -> str:
+    """Each distinct machine of the records: GPU, cores, and the CPU model where the record names it (records
+    before it did say so)."""
+    envs = {
+        (r["env"].get("cpu_count"), r["env"].get("gpu"), r["env"].get("cpu_model"), r["env"].get("cpu_simd"))
+        for r in recs
+    }
+    out = []
+    for n, gpu, model, simd in sorted(envs, key=str):
+        cpu = f"{model} ({simd})" if model and simd else model or "CPU model not recorded"
+        out.append(f"{gpu or 'no GPU'}, {n} CPU cores, {cpu}")
+    return "; ".join(out)

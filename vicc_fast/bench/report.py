@@ -12,7 +12,8 @@ record for every method. The two folders are apart because a comparison is only 
 records come from one demo recipe: a change of the demo recipe starts a new set of demo records at once, while the
 comparison keeps the records of the recipe it was run with (each names its commit and resolved config) until it
 is run again. The data README's three-loader table comes from ``benchmarks/results/loader_three_cpu.json``
-(``python -m vicc_fast.bench loader --backends dali,torch,jpeg_lmdb ... --json``).
+(``python -m vicc_fast.bench loader --backends dali,torch,jpeg_lmdb ... --json``). docs/optical_flow.md's tables come
+from the ``bench flow`` records (vicc_fast/bench/report_flow.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from vicc_fast.atomic import write_text
+from vicc_fast.bench import report_flow
+from vicc_fast.bench.common import commits, load_bench, machine
 from vicc_fast.eval.report import rows_from_engine
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,31 +107,10 @@ def demo_block(recs: list[dict[str, Any]]) -> str:
             f"{w['wall_s'] / 60:.1f} min (load {w['load_before']:.1f} -> {w['load_after']:.1f})"
             for w in walls
         )
-        + f". {len(vicc)} seed(s), code at {_commits(vicc)}, machine: {_machine(vicc)}; records: "
+        + f". {len(vicc)} seed(s), code at {commits(vicc)}, machine: {machine(vicc)}; records: "
         f"`{RECORDS}/vicc_seed*.json`.",
     ]
     return "\n".join(lines)
-
-
-def _commits(recs: list[dict[str, Any]]) -> str:
-    return (
-        ", ".join(sorted({r["env"]["git_commit"][:7] for r in recs if r["env"].get("git_commit")}))
-        or "unknown"
-    )
-
-
-def _machine(recs: list[dict[str, Any]]) -> str:
-    """Each distinct machine of the records: GPU, cores, and the CPU model where the record names it (records
-    before it did say so)."""
-    envs = {
-        (r["env"].get("cpu_count"), r["env"].get("gpu"), r["env"].get("cpu_model"), r["env"].get("cpu_simd"))
-        for r in recs
-    }
-    out = []
-    for n, gpu, model, simd in sorted(envs, key=str):
-        cpu = f"{model} ({simd})" if model and simd else model or "CPU model not recorded"
-        out.append(f"{gpu or 'no GPU'}, {n} CPU cores, {cpu}")
-    return "; ".join(out)
 
 
 def _complete_seeds(recs: list[dict[str, Any]]) -> list[int]:
@@ -184,23 +166,9 @@ def compare_block(
         f"Mean ± sd over seeds {', '.join(map(str, seeds))}; median wall time per method (training with its "
         "per-phase kNN, then the protocols): "
         + ", ".join(f"{k} {v / 60:.1f} min" for k, v in walls.items())
-        + f". Code at {_commits(use)}; machine: {_machine(use)}; records: `{folder}/<method>_seed<n>.json`.",
+        + f". Code at {commits(use)}; machine: {machine(use)}; records: `{folder}/<method>_seed<n>.json`.",
     ]
     return "\n".join(lines)
-
-
-def load_bench(path: str | Path) -> list[dict[str, Any]]:
-    """A ``--json`` benchmark file (a list of runs, appended in order); missing: none."""
-    p = Path(path)
-    if not p.exists():
-        return []
-    try:
-        runs = json.loads(p.read_text())
-    except ValueError as exc:
-        raise ValueError(f"{p}: not a JSON record ({exc})") from None
-    if not isinstance(runs, list):
-        raise ValueError(f"{p}: expected a list of benchmark runs")
-    return runs
 
 
 def loader_block(runs: list[dict[str, Any]]) -> str:
@@ -233,8 +201,8 @@ def loader_block(runs: list[dict[str, Any]]) -> str:
         f"Medians (bold) of alternating runs, one process each. Storage from the same build: "
         f"{build['lmdb_bytes_per_video'] / 1000:.0f} kB per video in the LMDB of JPEG frames (quality "
         f"{build['jpeg_quality']}) against {build['shard_bytes_per_video'] / 1000:.0f} kB in our shards, "
-        f"{build['lmdb_bytes_per_video'] / build['shard_bytes_per_video']:.1f}x. Code at {_commits(used)}; machine: "
-        f"{_machine(used)}; record: `{LOADER_RECORD}`.",
+        f"{build['lmdb_bytes_per_video'] / build['shard_bytes_per_video']:.1f}x. Code at {commits(used)}; machine: "
+        f"{machine(used)}; record: `{LOADER_RECORD}`.",
     ]
     return "\n".join(lines)
 
@@ -257,7 +225,7 @@ def supervised_block(runs: list[dict[str, Any]]) -> str:
         f"R@1 {res['knn_r1']:.2f} on this set from {st['clip_len']}-frame {st['size']} px clips{control}; chance "
         f"{res['chance']:.3f}, {res['num_train']} train / {res['num_test']} test videos, {st['epochs']} epochs, "
         f"{res['total_seconds'] / 60:.1f} min (`python -m vicc_fast.bench supervised --data "
-        f"data/synthetic/source`; code at {_commits([r])}, machine: {_machine([r])}; record: "
+        f"data/synthetic/source`; code at {commits([r])}, machine: {machine([r])}; record: "
         f"`{SUPERVISED_RECORD}`)."
     )
 
@@ -277,7 +245,7 @@ def jitter_cost_block(runs: list[dict[str, Any]]) -> str:
     earlier = ""
     if first is not r:
         earlier = (
-            f" (its first entry, code at {_commits([first])}: the first implementation, float steps with a clip "
+            f" (its first entry, code at {commits([first])}: the first implementation, float steps with a clip "
             f"each, {first['result']['ratio_dali_released_over_affine']:.2f}x)"
         )
     res = r["result"]
@@ -286,11 +254,11 @@ def jitter_cost_block(runs: list[dict[str, Any]]) -> str:
     if "ratio_torch_released_over_affine" in res:
         torch_part = f", the torch baseline {res['ratio_torch_released_over_affine']:.2f}x"
     return (
-        f"Measured ({_machine([r])}): the released jitter's steps take DALI from {aff['cpu_s_per_sample'] * 1000:.0f} to "
+        f"Measured ({machine([r])}): the released jitter's steps take DALI from {aff['cpu_s_per_sample'] * 1000:.0f} to "
         f"{rel['cpu_s_per_sample'] * 1000:.0f} CPU ms per {'two-stream ' if len(res['streams']) == 2 else ''}"
         f"sample and to {res['ratio_dali_released_over_affine']:.2f}x the samples/s of the one-map jitter "
         f"(`data.color_jitter=affine`; {rel['samples_per_s']:.2f} against {aff['samples_per_s']:.2f})"
-        f"{torch_part}; medians of alternating runs, code at {_commits([r])}, record `{JITTER_RECORD}`{earlier}, "
+        f"{torch_part}; medians of alternating runs, code at {commits([r])}, record `{JITTER_RECORD}`{earlier}, "
         f"command:\n\n```bash\n"
         f"{JITTER_CMD}\n```"
     )
@@ -305,11 +273,11 @@ def jitter_trade_block(runs: list[dict[str, Any]]) -> str:
     return (
         f"On a CPU-only machine, `data.color_jitter=affine` trades the released jitter's 8-bit steps for one colour "
         f"map: {ratio:.2f}x the DALI samples/s on {r['env'].get('cpu_count', '?')} cores here (`{JITTER_RECORD}`, "
-        f"code at {_commits([r])})."
+        f"code at {commits([r])})."
     )
 
 
-# (doc, block name) -> (which records: "demo" | "compare" | "loader" | "supervised" | "jitter", generator)
+# (doc, block name) -> (which records: a key of the dict blocks() loads, generator)
 BLOCKS: dict[tuple[str, str], tuple[str, Callable[[list[dict[str, Any]]], str]]] = {
     ("README.md", "demo-table"): ("demo", demo_block),
     ("README.md", "vicc-eval-table"): (
@@ -327,6 +295,11 @@ BLOCKS: dict[tuple[str, str], tuple[str, Callable[[list[dict[str, Any]]], str]]]
     ("vicc_fast/data/README.md", "loader-three-table"): ("loader", loader_block),
     ("vicc_fast/data/README.md", "jitter-cost"): ("jitter", jitter_cost_block),
     ("README.md", "jitter-trade"): ("jitter", jitter_trade_block),
+    ("docs/optical_flow.md", "flow-accuracy"): ("flow", report_flow.accuracy_block),
+    ("docs/optical_flow.md", "flow-speed"): ("flow", report_flow.speed_block),
+    ("docs/optical_flow.md", "flow-profile"): ("flow", report_flow.profile_block),
+    ("docs/optical_flow.md", "flow-recipes"): ("flow_recipes", report_flow.recipes_block),
+    ("docs/optical_flow.md", "flow-compact"): ("flow_compact", report_flow.compact_block),
 }
 
 
@@ -352,6 +325,9 @@ def blocks(
         "loader": load_bench(root / LOADER_RECORD),
         "supervised": load_bench(root / SUPERVISED_RECORD),
         "jitter": load_bench(root / JITTER_RECORD),
+        "flow": load_bench(root / report_flow.FLOW_RECORD),
+        "flow_recipes": load_bench(root / report_flow.RECIPES_RECORD),
+        "flow_compact": load_bench(root / report_flow.COMPACT_RECORD),
     }
     return {key: gen(recs[which]) for key, (which, gen) in BLOCKS.items()}
 

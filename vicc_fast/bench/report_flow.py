@@ -1,0 +1,216 @@
+"""docs/optical_flow.md's tables, generated from the ``bench flow --json`` records (see vicc_fast.bench.report).
+
+Each generator takes the runs of one record file (a list, appended in order) and renders the runs that carry
+what its table shows; a row names the commit of the code it measured.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from vicc_fast.bench.common import commits, machine
+
+FLOW_RECORD = Path("benchmarks/results/flow_torch_cpu.json")
+RECIPES_RECORD = Path("benchmarks/results/flow_recipes_cpu.json")
+COMPACT_RECORD = Path("benchmarks/results/flow_compact_cpu.json")
+TORCH, NOCOMPACT = "tvl1-torch", "tvl1-torch-nocompact"
+# What the tvl1-torch code of a commit did differently (the records say which commit they measured, not why
+# it matters): earlier commits' rows trace how the CPU speed was reached.
+CODE_NOTES = {
+    "d7c699e": "median by a 25-value network",
+    "642c2d3": "median by a 25-value network",
+    "9d85cae": "median by a 25-value network",
+    "89cd9b5": "separable median",
+}
+
+
+def _head(*cols: str) -> list[str]:
+    return ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] * len(cols)) + "|"]
+
+
+def _size(res: dict[str, Any]) -> str:
+    h, w = res["size"]
+    return f"{h}x{w}"
+
+
+def _batch(res: dict[str, Any]) -> str:
+    """tvl1-torch's batch, whether it compacted, and the code note of the run's commit."""
+    t = res["tvl1_torch"]
+    text = str(t["batch"])
+    if "compact" in t:
+        text += ", compaction " + t["compact"]
+    return text
+
+
+def _note(run: dict[str, Any]) -> str:
+    return CODE_NOTES.get((run["env"].get("git_commit") or "")[:7], "")
+
+
+def _where(run: dict[str, Any]) -> str:
+    """The run's date and CPU: CPU figures compare only within one machine (records before 2026-12 did not
+    name the CPU)."""
+    env = run["env"]
+    cpu = f"{env['cpu_model']} ({env.get('cpu_simd')})" if env.get("cpu_model") else "CPU not recorded"
+    return f"{env.get('time', '?')[:10]}, {cpu}"
+
+
+def _each(values: list[float]) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in values) + "]"
+
+
+def accuracy_block(runs: list[dict[str, Any]]) -> str:
+    """tvl1-torch against OpenCV's TV-L1 and the ground truth, one row per run that measured both."""
+    rows = [r for r in runs if "vs_opencv_tvl1" in r["result"]]
+    if not rows:
+        return f"(no accuracy record yet: `{FLOW_RECORD}`)"
+    lines = _head(
+        "size",
+        "pairs",
+        "batch",
+        "EPE tvl1 (OpenCV)",
+        "EPE tvl1-torch",
+        "ratio torch / OpenCV",
+        "mean EPE between the two",
+        "uint8 values differing (by > 1 level; most)",
+        "code",
+        "measured",
+    )
+    for r in rows:
+        res, c = r["result"], r["result"]["vs_opencv_tvl1"]
+        lines.append(
+            f"| {_size(res)} | {res['pairs']} | {_batch(res)} | {c['epe_opencv']:.4f} | {c['epe_torch']:.4f} | "
+            f"{c['epe_ratio_torch_over_opencv']:.4f} | {c['epe_between']:.4f} | "
+            f"{100 * c['uint8_values_differing']:.2f} % ({100 * c['uint8_values_differing_by_more_than_1']:.3f} %; "
+            f"{c['uint8_max_difference']} levels) | {commits([r])} | {_where(r)} |"
+        )
+    lines += ["", f"Machines: {machine(rows)}; record `{FLOW_RECORD}`."]
+    return "\n".join(lines)
+
+
+def speed_block(runs: list[dict[str, Any]]) -> str:
+    """Pairs/s of OpenCV's TV-L1, tvl1-torch and DIS on the same cores, one row per run that timed all three."""
+    rows = [r for r in runs if {"tvl1", TORCH, "dis"} <= set(r["result"]["methods"])]
+    if not rows:
+        return f"(no speed record yet: `{FLOW_RECORD}`)"
+    lines = _head(
+        "size",
+        "tvl1-torch batch",
+        "threads",
+        "load avg at start",
+        "tvl1 (OpenCV) pairs/s [each repeat]",
+        "tvl1-torch pairs/s [each repeat]",
+        "DIS pairs/s",
+        "tvl1-torch / tvl1 (median of per-repeat ratios)",
+        "tvl1-torch / DIS",
+        "code",
+        "measured",
+    )
+    for r in rows:
+        res, m = r["result"], r["result"]["methods"]
+        note = f" ({_note(r)})" if _note(r) else ""
+        lines.append(
+            f"| {_size(res)} | {_batch(res)} | {res['threads']} | {res['load_avg_1min_at_start']:.1f} | "
+            f"{m['tvl1']['pairs_per_s']:g} {_each(m['tvl1']['pairs_per_s_each_repeat'])} | "
+            f"{m[TORCH]['pairs_per_s']:g} {_each(m[TORCH]['pairs_per_s_each_repeat'])} | "
+            f"{m['dis']['pairs_per_s']:g} | **{m[TORCH]['speed_over_tvl1']:g}** | {m[TORCH]['speed_over_dis']:g} | "
+            f"{commits([r])}{note} | {_where(r)} |"
+        )
+    lines += ["", f"Machines: {machine(rows)}; record `{FLOW_RECORD}`."]
+    return "\n".join(lines)
+
+
+def profile_block(runs: list[dict[str, Any]]) -> str:
+    """Where tvl1-torch's time goes: each block's ms per call and share of one pass, one row per profiled run."""
+    rows = [r for r in runs if "tvl1_torch_profile" in r["result"]]
+    if not rows:
+        return f"(no profile record yet: `{FLOW_RECORD}`)"
+    blocks = ("inner step", "median", "warp", "resize")
+    lines = _head(
+        "size", "batch", "mode", *(f"{b}: ms/call (share)" for b in blocks), "whole pass", "code", "measured"
+    )
+    for r in rows:
+        res, prof = r["result"], r["result"]["tvl1_torch_profile"]
+        mode = "compiled" if prof["compiled"] else "eager"
+        cells = []
+        for b in blocks:
+            x = prof["blocks"].get(b)
+            cells.append(f"{x['ms_per_call']:g} ({100 * x['share']:.0f} %)" if x else "")
+        note = f" ({_note(r)})" if _note(r) else ""
+        lines.append(
+            f"| {_size(res)} | {_batch(res)} | {mode} | {' | '.join(cells)} | {prof['total_s']:g} s | "
+            f"{commits([r])}{note} | {_where(r)} |"
+        )
+    lines += ["", f"Machines: {machine(rows)}; record `{FLOW_RECORD}`."]
+    return "\n".join(lines)
+
+
+def recipes_block(runs: list[dict[str, Any]]) -> str:
+    """The build's two --flow-at recipes per video (the last ``--stored-size`` run)."""
+    found = [r for r in runs if r["result"].get("mode") == "recipes"]
+    if not found:
+        return f"(no recipes record yet: `{RECIPES_RECORD}`)"
+    r = found[-1]
+    res = r["result"]
+    names = {"tvl1": "OpenCV TV-L1", TORCH: "tvl1-torch (CPU, compiled)"}
+    lines = _head(
+        "method",
+        "source: s/video (repeats)",
+        "stored: s/video (repeats)",
+        "source / stored",
+        "EPE at stored size, source / stored",
+        "EPE between the recipes",
+    )
+    for m, row in res["methods"].items():
+        src, sto = row["source"], row["stored"]
+        lines.append(
+            f"| {names.get(m, m)} | {src['s_per_video']:g} {_each(src['s_per_video_each_repeat'])} | "
+            f"{sto['s_per_video']:g} {_each(sto['s_per_video_each_repeat'])} | "
+            f"{row['cost_source_over_stored']:g}x | {src['epe_at_stored_size']:.3f} / {sto['epe_at_stored_size']:.3f} | "
+            f"{row['epe_between_recipes']:.3f} |"
+        )
+    (sh, sw), (th, tw) = res["source_size"], res["stored_size"]
+    lines += [
+        "",
+        f"{res['videos']} synthetic videos of {res['frames_per_video']} frames at {sw}x{sh}, stored at {th}x{tw}; "
+        f"{res['threads']} thread(s), {res['repeats']} alternating repeats, medians; 1-min load average "
+        f"{res['load_avg_1min_at_start']:.1f} at the start; EPE against the ground truth (a zero field scores "
+        f"{res['zero_flow_epe_at_stored_size']:g}). Code at {commits([r])}, machine: {machine([r])}, "
+        f"record `{RECIPES_RECORD}`, command: `{res['command']}`.",
+    ]
+    return "\n".join(lines)
+
+
+def compact_block(runs: list[dict[str, Any]]) -> str:
+    """tvl1-torch with and without compaction, side by side (``--compact both``), one row per run."""
+    rows = [r for r in runs if "compact_vs_nocompact" in r["result"]]
+    if not rows:
+        return f"(no compaction record yet: `{COMPACT_RECORD}`)"
+    lines = _head(
+        "size",
+        "pairs",
+        "batch",
+        "threads",
+        "inner-step work on active pairs: whole batch / compacted",
+        "pairs/s whole batch [each repeat]",
+        "pairs/s compacted [each repeat]",
+        "compacted / whole (median of per-repeat ratios)",
+        "max flow difference",
+        "code",
+    )
+    for r in rows:
+        res, m = r["result"], r["result"]["methods"]
+        work = [
+            res.get(k, {}).get("step_work_active")
+            for k in ("tvl1_torch_profile_nocompact", "tvl1_torch_profile")
+        ]
+        work_text = " / ".join(f"{100 * w:.0f} %" for w in work) if None not in work else "not profiled"
+        lines.append(
+            f"| {_size(res)} | {res['pairs']} | {res['tvl1_torch']['batch']} | {res['threads']} | {work_text} | "
+            f"{m[NOCOMPACT]['pairs_per_s']:g} {_each(m[NOCOMPACT]['pairs_per_s_each_repeat'])} | "
+            f"{m[TORCH]['pairs_per_s']:g} {_each(m[TORCH]['pairs_per_s_each_repeat'])} | "
+            f"**{m[TORCH][f'speed_over_{NOCOMPACT}']:g}x** | {res['compact_vs_nocompact']['max_abs_difference']:g} | "
+            f"{commits([r])} |"
+        )
+    lines += ["", f"Machine: {machine(rows)}; record `{COMPACT_RECORD}`; commands in the record."]
+    return "\n".join(lines)
