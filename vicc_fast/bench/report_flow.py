@@ -6,6 +6,7 @@ what its table shows; a row names the commit of the code it measured.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,90 +60,90 @@ def _each(values: list[float]) -> str:
     return "[" + ", ".join(f"{v:g}" for v in values) + "]"
 
 
+def _table(
+    rows: list[dict[str, Any]],
+    cols: tuple[str, ...],
+    cells: Callable[[dict[str, Any]], list[str]],
+    record: Path,
+    what: str,
+) -> str:
+    """A markdown table, one row per run: cells(run), then the code's commit (and what it did differently) and
+    where it was measured; a line under it names the machines and the record."""
+    if not rows:
+        return f"(no {what} record yet: `{record}`)"
+    lines = _head(*cols, "code", "measured")
+    for r in rows:
+        note = f" ({_note(r)})" if _note(r) else ""
+        lines.append("| " + " | ".join([*cells(r), f"{commits([r])}{note}", _where(r)]) + " |")
+    lines += ["", f"Machines: {machine(rows)}; record `{record}`."]
+    return "\n".join(lines)
+
+
 def accuracy_block(runs: list[dict[str, Any]]) -> str:
     """tvl1-torch against OpenCV's TV-L1 and the ground truth, one row per run that measured both."""
-    rows = [r for r in runs if "vs_opencv_tvl1" in r["result"]]
-    if not rows:
-        return f"(no accuracy record yet: `{FLOW_RECORD}`)"
-    lines = _head(
-        "size",
-        "pairs",
-        "batch",
-        "EPE tvl1 (OpenCV)",
-        "EPE tvl1-torch",
-        "ratio torch / OpenCV",
-        "mean EPE between the two",
-        "uint8 values differing (by > 1 level; most)",
-        "code",
-        "measured",
-    )
-    for r in rows:
+
+    def cells(r: dict[str, Any]) -> list[str]:
         res, c = r["result"], r["result"]["vs_opencv_tvl1"]
-        lines.append(
-            f"| {_size(res)} | {res['pairs']} | {_batch(res)} | {c['epe_opencv']:.4f} | {c['epe_torch']:.4f} | "
-            f"{c['epe_ratio_torch_over_opencv']:.4f} | {c['epe_between']:.4f} | "
+        return [
+            _size(res),
+            str(res["pairs"]),
+            _batch(res),
+            f"{c['epe_opencv']:.4f}",
+            f"{c['epe_torch']:.4f}",
+            f"{c['epe_ratio_torch_over_opencv']:.4f}",
+            f"{c['epe_between']:.4f}",
             f"{100 * c['uint8_values_differing']:.2f} % ({100 * c['uint8_values_differing_by_more_than_1']:.3f} %; "
-            f"{c['uint8_max_difference']} levels) | {commits([r])} | {_where(r)} |"
-        )
-    lines += ["", f"Machines: {machine(rows)}; record `{FLOW_RECORD}`."]
-    return "\n".join(lines)
+            f"{c['uint8_max_difference']} levels)",
+        ]
+
+    cols = ("size", "pairs", "batch", "EPE tvl1 (OpenCV)", "EPE tvl1-torch", "ratio torch / OpenCV",
+            "mean EPE between the two", "uint8 values differing (by > 1 level; most)")  # fmt: skip
+    rows = [r for r in runs if "vs_opencv_tvl1" in r["result"]]
+    return _table(rows, cols, cells, FLOW_RECORD, "accuracy")
 
 
 def speed_block(runs: list[dict[str, Any]]) -> str:
     """Pairs/s of OpenCV's TV-L1, tvl1-torch and DIS on the same cores, one row per run that timed all three."""
-    rows = [r for r in runs if {"tvl1", TORCH, "dis"} <= set(r["result"]["methods"])]
-    if not rows:
-        return f"(no speed record yet: `{FLOW_RECORD}`)"
-    lines = _head(
-        "size",
-        "tvl1-torch batch",
-        "threads",
-        "load avg at start",
-        "tvl1 (OpenCV) pairs/s [each repeat]",
-        "tvl1-torch pairs/s [each repeat]",
-        "DIS pairs/s",
-        "tvl1-torch / tvl1 (median of per-repeat ratios)",
-        "tvl1-torch / DIS",
-        "code",
-        "measured",
-    )
-    for r in rows:
+
+    def cells(r: dict[str, Any]) -> list[str]:
         res, m = r["result"], r["result"]["methods"]
-        note = f" ({_note(r)})" if _note(r) else ""
-        lines.append(
-            f"| {_size(res)} | {_batch(res)} | {res['threads']} | {res['load_avg_1min_at_start']:.1f} | "
-            f"{m['tvl1']['pairs_per_s']:g} {_each(m['tvl1']['pairs_per_s_each_repeat'])} | "
-            f"{m[TORCH]['pairs_per_s']:g} {_each(m[TORCH]['pairs_per_s_each_repeat'])} | "
-            f"{m['dis']['pairs_per_s']:g} | **{m[TORCH]['speed_over_tvl1']:g}** | {m[TORCH]['speed_over_dis']:g} | "
-            f"{commits([r])}{note} | {_where(r)} |"
-        )
-    lines += ["", f"Machines: {machine(rows)}; record `{FLOW_RECORD}`."]
-    return "\n".join(lines)
+        return [
+            _size(res),
+            _batch(res),
+            str(res["threads"]),
+            f"{res['load_avg_1min_at_start']:.1f}",
+            f"{m['tvl1']['pairs_per_s']:g} {_each(m['tvl1']['pairs_per_s_each_repeat'])}",
+            f"{m[TORCH]['pairs_per_s']:g} {_each(m[TORCH]['pairs_per_s_each_repeat'])}",
+            f"{m['dis']['pairs_per_s']:g}",
+            f"**{m[TORCH]['speed_over_tvl1']:g}**",
+            f"{m[TORCH]['speed_over_dis']:g}",
+        ]
+
+    cols = ("size", "tvl1-torch batch", "threads", "load avg at start", "tvl1 (OpenCV) pairs/s [each repeat]",
+            "tvl1-torch pairs/s [each repeat]", "DIS pairs/s", "tvl1-torch / tvl1 (median of per-repeat ratios)",
+            "tvl1-torch / DIS")  # fmt: skip
+    rows = [r for r in runs if {"tvl1", TORCH, "dis"} <= set(r["result"]["methods"])]
+    return _table(rows, cols, cells, FLOW_RECORD, "speed")
 
 
 def profile_block(runs: list[dict[str, Any]]) -> str:
     """Where tvl1-torch's time goes: each block's ms per call and share of one pass, one row per profiled run."""
-    rows = [r for r in runs if "tvl1_torch_profile" in r["result"]]
-    if not rows:
-        return f"(no profile record yet: `{FLOW_RECORD}`)"
     blocks = ("inner step", "median", "warp", "resize")
-    lines = _head(
-        "size", "batch", "mode", *(f"{b}: ms/call (share)" for b in blocks), "whole pass", "code", "measured"
-    )
-    for r in rows:
+
+    def cells(r: dict[str, Any]) -> list[str]:
         res, prof = r["result"], r["result"]["tvl1_torch_profile"]
-        mode = "compiled" if prof["compiled"] else "eager"
-        cells = []
-        for b in blocks:
-            x = prof["blocks"].get(b)
-            cells.append(f"{x['ms_per_call']:g} ({100 * x['share']:.0f} %)" if x else "")
-        note = f" ({_note(r)})" if _note(r) else ""
-        lines.append(
-            f"| {_size(res)} | {_batch(res)} | {mode} | {' | '.join(cells)} | {prof['total_s']:g} s | "
-            f"{commits([r])}{note} | {_where(r)} |"
-        )
-    lines += ["", f"Machines: {machine(rows)}; record `{FLOW_RECORD}`."]
-    return "\n".join(lines)
+        timed = [prof["blocks"].get(b) for b in blocks]
+        return [
+            _size(res),
+            _batch(res),
+            "compiled" if prof["compiled"] else "eager",
+            *(f"{x['ms_per_call']:g} ({100 * x['share']:.0f} %)" if x else "" for x in timed),
+            f"{prof['total_s']:g} s",
+        ]
+
+    cols = ("size", "batch", "mode", *(f"{b}: ms/call (share)" for b in blocks), "whole pass")
+    rows = [r for r in runs if "tvl1_torch_profile" in r["result"]]
+    return _table(rows, cols, cells, FLOW_RECORD, "profile")
 
 
 def recipes_block(runs: list[dict[str, Any]]) -> str:
@@ -183,34 +184,27 @@ def recipes_block(runs: list[dict[str, Any]]) -> str:
 
 def compact_block(runs: list[dict[str, Any]]) -> str:
     """tvl1-torch with and without compaction, side by side (``--compact both``), one row per run."""
-    rows = [r for r in runs if "compact_vs_nocompact" in r["result"]]
-    if not rows:
-        return f"(no compaction record yet: `{COMPACT_RECORD}`)"
-    lines = _head(
-        "size",
-        "pairs",
-        "batch",
-        "threads",
-        "inner-step work on active pairs: whole batch / compacted",
-        "pairs/s whole batch [each repeat]",
-        "pairs/s compacted [each repeat]",
-        "compacted / whole (median of per-repeat ratios)",
-        "max flow difference",
-        "code",
-    )
-    for r in rows:
+
+    def cells(r: dict[str, Any]) -> list[str]:
         res, m = r["result"], r["result"]["methods"]
         work = [
             res.get(k, {}).get("step_work_active")
             for k in ("tvl1_torch_profile_nocompact", "tvl1_torch_profile")
         ]
-        work_text = " / ".join(f"{100 * w:.0f} %" for w in work) if None not in work else "not profiled"
-        lines.append(
-            f"| {_size(res)} | {res['pairs']} | {res['tvl1_torch']['batch']} | {res['threads']} | {work_text} | "
-            f"{m[NOCOMPACT]['pairs_per_s']:g} {_each(m[NOCOMPACT]['pairs_per_s_each_repeat'])} | "
-            f"{m[TORCH]['pairs_per_s']:g} {_each(m[TORCH]['pairs_per_s_each_repeat'])} | "
-            f"**{m[TORCH][f'speed_over_{NOCOMPACT}']:g}x** | {res['compact_vs_nocompact']['max_abs_difference']:g} | "
-            f"{commits([r])} |"
-        )
-    lines += ["", f"Machine: {machine(rows)}; record `{COMPACT_RECORD}`; commands in the record."]
-    return "\n".join(lines)
+        return [
+            _size(res),
+            str(res["pairs"]),
+            str(res["tvl1_torch"]["batch"]),
+            str(res["threads"]),
+            " / ".join(f"{100 * w:.0f} %" for w in work) if None not in work else "not profiled",
+            f"{m[NOCOMPACT]['pairs_per_s']:g} {_each(m[NOCOMPACT]['pairs_per_s_each_repeat'])}",
+            f"{m[TORCH]['pairs_per_s']:g} {_each(m[TORCH]['pairs_per_s_each_repeat'])}",
+            f"**{m[TORCH][f'speed_over_{NOCOMPACT}']:g}x**",
+            f"{res['compact_vs_nocompact']['max_abs_difference']:g}",
+        ]
+
+    cols = ("size", "pairs", "batch", "threads", "inner-step work on active pairs: whole batch / compacted",
+            "pairs/s whole batch [each repeat]", "pairs/s compacted [each repeat]",
+            "compacted / whole (median of per-repeat ratios)", "max flow difference")  # fmt: skip
+    rows = [r for r in runs if "compact_vs_nocompact" in r["result"]]
+    return _table(rows, cols, cells, COMPACT_RECORD, "compaction")
