@@ -323,6 +323,31 @@ def test_corrupt_sample_named(tmp_path, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("windows", ["uniform", "overlap"])
+def test_eval_names_a_truncated_video_and_skip_reads_every_other_video_once(tmp_path, backend, windows):
+    """A video file that ends before its .json's frame count is an error naming it in eval too (DALI's eval
+    decoder padded it with zero frames, silently), and with skip every other video's clips come exactly once
+    (a DALI pipeline rebuilt after the skip replays the split: what it already gave is dropped)."""
+    root = make_set(tmp_path / "bad", "codes", n_train=6, n_test=1, corrupt=(2,))
+    args = (
+        f"data.backend={backend}",
+        "data.num_frames=4",
+        "data.eval_clips=2",
+        f"data.eval_windows={windows}",
+    )
+    with pytest.raises(BadSampleError, match="train000002"):
+        for _ in loader(cfg_for(root, *args), mode="eval", streams=(Stream.rgb,), views=1, split="train"):
+            pass
+    ld = loader(cfg_for(root, *args, "data.on_bad_sample=skip"), mode="eval", streams=(Stream.rgb,), views=1,
+                split="train")  # fmt: skip
+    with pytest.warns(UserWarning, match="train000002"):
+        got = torch.cat([b.index for b in ld]).tolist()
+    per_video = {i: got.count(i) for i in set(got)}
+    assert set(per_video) == {0, 1, 3, 4, 5} and len(set(per_video.values())) == 1, per_video
+    assert ld.excluded_indices().tolist() == [2]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_short_video_named(tmp_path, backend):
     """data.short_videos=reject: a video shorter than a clip is a bad sample, named (or skipped)."""
     root = make_set(tmp_path / "short", "codes", n_train=4, n_test=1, short=(1, 2))

@@ -2,8 +2,10 @@
 
 import json
 
+import pytest
 import torch
 
+from vicc_fast.config import Stream
 from vicc_fast.eval.__main__ import main
 from vicc_fast.eval.plots import check_png
 
@@ -57,3 +59,47 @@ def test_evaluate_phase_with_real_loader(tmp_path, make_shards, tiny_overrides):
     assert set(res) == {f"{s}/R@{k}" for s in ("rgb", "flow", "rf_sum", "rf_concat") for k in (1, 2)}
     assert all(0.0 <= v <= 100.0 for v in res.values())
     assert method.nets["rgb"].training  # the hook leaves the training stream in train mode
+
+
+@pytest.mark.filterwarnings("ignore:skipping bad sample")  # each protocol's loader meets it again
+def test_streams_that_kept_different_videos_are_scored_on_the_videos_both_kept(
+    tmp_path, save_ckpt, monkeypatch
+):
+    """data.on_bad_sample=skip: a train video whose RGB file is truncated is left out of the RGB stream only.
+    Every protocol then scores both streams and R+F over the videos both kept (the flow stream's extra row
+    neither shifts the labels nor fails on a shape), and the results say how many were left out."""
+    import pytest
+
+    from data_prep.patterns import make_set
+    from vicc_fast.eval.runner import Evaluation
+
+    root = make_set(tmp_path / "shards", "codes", n_train=6, n_test=3, corrupt=(2,))
+    ck = save_ckpt(
+        tmp_path / "run" / "checkpoints" / "flow1.pt",
+        ["rgb1", "flow1"],
+        overrides=[f"data.root={root}", *DATA, "data.on_bad_sample=skip"],
+    )
+    ev = Evaluation(ck, ["eval.batch_size=4", "eval.kmeans_restarts=1", "eval.linear_augment=false",
+                         "eval.linear_epochs=2", "eval.linear_test_clips=false"], progress=False, tensorboard=False)  # fmt: skip
+    with pytest.warns(UserWarning, match="train000002"):
+        train, labels, index = ev.rows("train")
+    assert index.tolist() == [0, 1, 3, 4, 5] and all(f.shape[0] == 5 for f in train.values())
+    assert torch.equal(labels, torch.tensor([0, 1, 3, 4, 5]) % 3)  # make_set: label = index % 3
+    assert ev.features(Stream.flow, "train")[0].shape[0] == 6  # flow kept it
+    assert {"rgb/R@1", "flow/R@1", "rf_sum/R@1"} <= set(ev.retrieval())
+    assert {"rgb/top1", "flow/top1", "rf/top1"} <= set(ev.linear())
+    assert "flow/kmeans/acc" in ev.cluster()
+    from vicc_fast.eval import runner
+
+    shown, thumbnail = [], runner.thumbnail
+    monkeypatch.setattr(
+        runner, "thumbnail", lambda data, split, i: shown.append((split, i)) or thumbnail(data, split, i)
+    )
+    assert len(ev.grid()) == 2
+    # the grid shows videos by their split index: the 5 kept train videos are the top 5, video 2 never
+    assert {i for split, i in shown if split == "train"} == {0, 1, 3, 4, 5}
+    assert ev.entry["videos"] == {
+        "train": {"evaluated": 5, "left_out": 1},
+        "test": {"evaluated": 3, "left_out": 0},
+    }
+    ev.close()

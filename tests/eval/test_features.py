@@ -161,5 +161,5 @@ def test_left_out_videos_get_no_row_and_the_kept_ones_keep_their_index(tmp_path)
         def forward(self, x):
             return torch.stack([x.mean(dim=(1, 2, 3, 4)), -x.mean(dim=(1, 2, 3, 4))], 1)
 
-    probs, plabels = predict_videos(Probs(), ld, Stream.rgb, torch.device("cpu"), ld.num_videos)
-    assert probs.shape == (2, 2) and torch.equal(plabels, labels)
+    probs, plabels, pindex = predict_videos(Probs(), ld, Stream.rgb, torch.device("cpu"), ld.num_videos)
+    assert probs.shape == (2, 2) and torch.equal(plabels, labels) and torch.equal(pindex, index)

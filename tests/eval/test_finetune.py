@@ -82,7 +82,7 @@ def test_finetune_learns_and_test_averages_clips_and_crops():
     lbl = [0, 1, 2] * 20
     idx = [0, 1, 2] * 20
     test = ListLoader([_clips(lbl[:30], idx[:30], 9), _clips(lbl[30:], idx[30:], 10)], 3)
-    probs, labels = predict_videos(model, test, Stream.rgb, torch.device("cpu"), 3)
+    probs, labels, _ = predict_videos(model, test, Stream.rgb, torch.device("cpu"), 3)
     assert labels.tolist() == [0, 1, 2]
     torch.testing.assert_close(probs.sum(1), torch.ones(3))
     assert topk_accuracy(probs, labels)["top1"] == 100.0

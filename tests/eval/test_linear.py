@@ -161,7 +161,7 @@ def test_probe_test_averages_each_clips_probabilities_as_released():
     clips = torch.randn(5, 4, 1, 1, 1) * torch.tensor([1.0, 3.0, 0.2, 5.0, 1.0])[:, None, None, None, None]
     index = torch.tensor([0, 0, 0, 1, 1])
     batches = [Batch(views={Stream.rgb: [clips]}, label=torch.tensor([2, 2, 2, 1, 1]), index=index)]
-    probs, labels = predict_videos(ProbeOnEncoder(enc, probe), batches, Stream.rgb, torch.device("cpu"), 2)
+    probs, labels, _ = predict_videos(ProbeOnEncoder(enc, probe), batches, Stream.rgb, torch.device("cpu"), 2)
     with torch.no_grad():
         per_clip = probe(clips.flatten(1)).softmax(1)
         want = torch.stack([per_clip[:3].mean(0), per_clip[3:].mean(0)])

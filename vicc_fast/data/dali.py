@@ -613,8 +613,15 @@ def build_pipeline(
                 draws = [tuple(src[w * j : w * (j + 1)]) for j in range(len(spec.streams) * ncrops)]
                 jitter = [draws[i * ncrops : (i + 1) * ncrops] for i in range(len(spec.streams))]
             for si, (stream, enc) in enumerate(zip(spec.streams, encoded)):
+                # pad_mode none: a file that ends before its .json's frame count gives a shorter sequence, and
+                # the frame lookup below fails on it (the loader then names the file); the default pads
+                # it with zeros, silently
                 video = fn.decoders.video(
-                    enc, device=decoder_device, start_frame=0, end_frame=fn.cast(nframes, dtype=types.INT32)
+                    enc,
+                    device=decoder_device,
+                    start_frame=0,
+                    end_frame=fn.cast(nframes, dtype=types.INT32),
+                    pad_mode="none",
                 )
                 video = fn.sequence_rearrange(video, new_order=idx)
                 if stream == Stream.flow:

@@ -171,7 +171,10 @@ class DaliLoader(BaseLoader):
         steps = len(self)
         rebuilds = done = 0
         it = None
-        while done < steps:
+        # eval reads every kept video exactly once: a pipeline rebuilt after a skip starts the split over, so
+        # the videos already yielded are dropped from its batches (train only keeps its step count)
+        seen: torch.Tensor | None = None if self.train else torch.zeros(self.num_videos, dtype=torch.bool)
+        while done < steps or not self.train:
             try:
                 if it is None:
                     it = self._iterator()  # prefetches: decode errors can surface here already
@@ -192,7 +195,17 @@ class DaliLoader(BaseLoader):
                     warnings.warn(f"skipping {bad}", stacklevel=2)
                 continue
             views = {s: [out[f"{s.value}{v}"] for v in range(self.num_views)] for s in self.streams}
-            yield self.to_batch(views, out["label"], out["index"])
+            label, index = out["label"], out["index"]
+            if seen is not None:
+                video = index.reshape(-1).long().cpu()  # one row per video here (the reader's, on the CPU)
+                fresh = ~seen[video]
+                if not bool(fresh.any()):
+                    continue
+                if not bool(fresh.all()):  # a rebuilt pipeline replaying the split
+                    views = {s: [v[fresh] for v in vs] for s, vs in views.items()}
+                    label, index = label[fresh], index[fresh]
+                seen[video] = True
+            yield self.to_batch(views, label, index)
             done += 1
 
 

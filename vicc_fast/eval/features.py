@@ -12,7 +12,7 @@ Features returned are raw (as the encoder produced them, clip-averaged): centrin
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -180,6 +180,34 @@ def extract(
         )
     feats = sums[keep] / counts[keep][:, None]
     return feats.cpu(), labels[keep].cpu(), torch.arange(n)[keep.cpu()]
+
+
+def common_rows(
+    per_stream: Mapping[Any, tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+) -> tuple[dict[Any, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """The rows of the videos every stream kept, so that R+F and per-stream numbers compare the same videos.
+
+    per_stream: stream -> (values [N_s, ...], labels [N_s], index [N_s]), rows in video-index order with
+    ``index`` their split indices (as :func:`extract` and ``finetune.predict_videos`` return them). The streams
+    can keep different videos: with ``data.on_bad_sample=skip`` a video whose flow file fails is left out of
+    the flow stream only. Returns (stream -> values [M, ...], labels [M], index [M]) over the M videos all
+    streams kept, in video-index order; raises if two streams give one video different labels.
+    """
+    first, *rest = per_stream
+    common = per_stream[first][2]
+    for s in rest:
+        common = common[torch.isin(common, per_stream[s][2])]
+    values: dict[Any, torch.Tensor] = {}
+    labels: torch.Tensor | None = None
+    for s, (v, lab, index) in per_stream.items():
+        pos = torch.searchsorted(index, common)
+        values[s] = v[pos]
+        if labels is None:
+            labels = lab[pos]
+        elif not torch.equal(labels, lab[pos]):
+            raise RuntimeError(f"streams disagree on the labels of the same videos ({first} vs {s})")
+    assert labels is not None
+    return values, labels, common
 
 
 def centre_each_normalise(*splits: torch.Tensor) -> tuple[torch.Tensor, ...]:

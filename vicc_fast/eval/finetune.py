@@ -106,12 +106,12 @@ def predict_videos(
     num_videos: int,
     amp: Amp | str | None = None,
     progress: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-video class probabilities averaged over all clips and crops the eval loader yields.
 
-    Returns ``(probs [K, C], labels [K])`` on CPU for the K of ``num_videos`` videos the loader kept (rows in
-    video-index order, as :func:`vicc_fast.eval.features.extract`; left-out videos, ``excluded_indices``, get
-    no row); raises if a kept video got no clip.
+    Returns ``(probs [K, C], labels [K], index [K])`` on CPU for the K of ``num_videos`` videos the loader kept
+    (rows in video-index order, ``index`` their split indices, as :func:`vicc_fast.eval.features.extract`;
+    left-out videos, ``excluded_indices``, get no row); raises if a kept video got no clip.
     """
     model.eval()
     total: torch.Tensor | None = None
@@ -132,7 +132,7 @@ def predict_videos(
     if total is None or bool(((counts == 0) & keep).any()):  # no clip at all, or a kept video without one
         missing = int(keep.sum()) if total is None else int(((counts == 0) & keep).sum())
         raise RuntimeError(f"test loader left {missing} of {int(keep.sum())} kept videos without a clip")
-    return total[keep] / counts[keep][:, None], labels[keep]
+    return total[keep] / counts[keep][:, None], labels[keep], torch.arange(num_videos)[keep]
 
 
 def fuse_probabilities(*probs: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ from vicc_fast.config import Stream
 from vicc_fast.eval import cluster as CL
 from vicc_fast.eval import plots, report
 from vicc_fast.eval.cache import FeatureCache, cache_key, feature_settings
-from vicc_fast.eval.features import centre_normalise, extract
+from vicc_fast.eval.features import centre_normalise, common_rows, extract
 from vicc_fast.eval.inputs import EvalInputError, check_dataset, encoder_sha256, load_checkpoint, thumbnail
 from vicc_fast.eval.retrieval import fused_recall, nearest_neighbours, retrieval_cfg
 
@@ -105,8 +105,9 @@ class Evaluation:
 
     def features(
         self, stream: Stream, split: str, retrieval: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw clip-averaged features ``[N, F]`` and labels ``[N]`` of a split, from the cache when present.
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Raw clip-averaged features ``[N, F]``, labels ``[N]`` and split indices ``[N]`` of the videos of a split
+        the loader kept (all but recorded rejections), from the cache when present.
 
         ``retrieval``: read as the retrieval protocol reads them (:func:`retrieval_cfg`: its crop and train
         clips; clip features L2-normalised before the average with ``eval.retrieval_clip_l2norm``)."""
@@ -145,14 +146,44 @@ class Evaluation:
             raise RuntimeError(
                 f"{self.data.root}: {split} labels from the loader disagree with the shards' .lbl members"
             )
-        return feats, labels
+        return feats, labels, index.long()
+
+    def rows(
+        self, split: str, retrieval: bool = False
+    ) -> tuple[dict[Stream, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """:meth:`features` of every stream over the videos all streams kept (:func:`common_rows`): (stream ->
+        ``[M, F]``, labels ``[M]``, split indices ``[M]``); how many videos of the split that leaves out goes
+        into the results (``videos``)."""
+        return self._common({s: self.features(s, split, retrieval) for s in self.streams}, split)
+
+    def _common(
+        self, per_stream: dict[Stream, tuple[torch.Tensor, torch.Tensor, torch.Tensor]], split: str
+    ) -> tuple[dict[Stream, torch.Tensor], torch.Tensor, torch.Tensor]:
+        values, labels, index = common_rows(per_stream)
+        total = int(self.data.num_samples[split])
+        self.entry.setdefault("videos", {})[split] = {"evaluated": len(index), "left_out": total - len(index)}
+        return values, labels, index
+
+    def _accuracies(
+        self, tested: dict[Stream, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    ) -> dict[str, float]:
+        """Top-k accuracy per stream and, with two streams, of R+F (mean probabilities), all over the test
+        videos every stream kept. tested: stream -> (probabilities [N_s, C], labels, split indices)."""
+        from vicc_fast.eval.finetune import fuse_probabilities
+        from vicc_fast.eval.linear import topk_accuracy
+
+        probs, labels, _ = self._common(tested, "test")
+        res = {f"{s.value}/{k}": v for s in probs for k, v in topk_accuracy(probs[s], labels).items()}
+        if len(probs) == 2:
+            res.update(
+                {f"rf/{k}": v for k, v in topk_accuracy(fuse_probabilities(*probs.values()), labels).items()}
+            )
+        return res
 
     # ------------------------------------------------------------------------------------------ protocols
     def retrieval(self) -> dict[str, float]:
-        q = {s: self.features(s, "test", retrieval=True)[0] for s in self.streams}
-        g = {s: self.features(s, "train", retrieval=True)[0] for s in self.streams}
-        ql = self.features(self.streams[0], "test", retrieval=True)[1]
-        gl = self.features(self.streams[0], "train", retrieval=True)[1]
+        q, ql, _ = self.rows("test", retrieval=True)
+        g, gl, _ = self.rows("train", retrieval=True)
         res = fused_recall(
             q, ql, g, gl, list(self.cfg.eval.recall_ks), chunk=self.cfg.eval.knn_chunk,
             centre_each=self.cfg.eval.retrieval_centre_each,
@@ -161,13 +192,12 @@ class Evaluation:
         return res
 
     def linear(self) -> dict[str, float]:
-        from vicc_fast.eval.finetune import fuse_probabilities, predict_videos
+        from vicc_fast.eval.finetune import predict_videos
         from vicc_fast.eval.linear import (
             ProbeOnEncoder,
             fit_linear_augmented,
             fit_linear_on_features,
             predict,
-            topk_accuracy,
         )
 
         e = self.cfg.eval
@@ -175,10 +205,10 @@ class Evaluation:
             "optim": e.linear_optim.value, "milestones": list(e.linear_milestones), "l2norm": e.linear_l2norm,
         }  # fmt: skip
         res: dict[str, float] = {}
-        probs = {}
-        tel = None
+        train, trl, _ = self.rows("train")
+        tested = {}  # stream -> (probabilities, labels, split indices) of the test videos it kept
         for s in self.streams:
-            tr, trl = self.features(s, "train")
+            tr = train[s]
             if e.linear_augment:
                 cfg = supervised_cfg(self.cfg)
                 enc = self.ck.encoders[s].to(self.device)
@@ -196,17 +226,13 @@ class Evaluation:
             if e.linear_test_clips:
                 model = ProbeOnEncoder(self.ck.encoders[s].to(self.device), probe).eval()
                 test = self.loader("test", "eval", s, self.cfg)
-                probs[s], tel = predict_videos(
+                tested[s] = predict_videos(
                     model, test, s, self.device, self.data.num_samples["test"], self.cfg.train.amp, self.progress
                 )  # fmt: skip
             else:
-                te, tel = self.features(s, "test")
-                probs[s] = predict(probe, te)
-            res.update({f"{s.value}/{k}": v for k, v in topk_accuracy(probs[s], tel).items()})
-        if len(probs) == 2 and tel is not None:
-            res.update(
-                {f"rf/{k}": v for k, v in topk_accuracy(fuse_probabilities(*probs.values()), tel).items()}
-            )
+                te, tel, index = self.features(s, "test")
+                tested[s] = (predict(probe, te), tel, index)
+        res.update(self._accuracies(tested))
         res["augmented"] = float(e.linear_augment)
         self._record("linear", res)
         return res
@@ -216,17 +242,13 @@ class Evaluation:
             FinetuneModel,
             clone_encoder,
             finetune,
-            fuse_probabilities,
             predict_videos,
         )
-        from vicc_fast.eval.linear import topk_accuracy
 
         e = self.cfg.eval
         train_cfg = supervised_cfg(self.cfg)
         test_cfg = _with_data(self.cfg, eval_crop=C.EvalCrop.tencrop)
-        res: dict[str, float] = {}
-        probs = {}
-        labels = None
+        tested = {}  # stream -> (probabilities, labels, split indices) of the test videos it kept
         for s in self.streams:
             model = FinetuneModel(clone_encoder(self.ck.encoders[s]), self.num_classes, e.finetune_dropout)
             if self.cfg.train.channels_last and self.device.type == "cuda":
@@ -238,14 +260,10 @@ class Evaluation:
                 milestones=list(e.finetune_milestones),
             )  # fmt: skip
             test = self.loader("test", "eval", s, test_cfg)
-            probs[s], labels = predict_videos(
+            tested[s] = predict_videos(
                 model, test, s, self.device, self.data.num_samples["test"], self.cfg.train.amp, self.progress
             )
-            res.update({f"{s.value}/{k}": v for k, v in topk_accuracy(probs[s], labels).items()})
-        if len(probs) == 2 and labels is not None:
-            res.update(
-                {f"rf/{k}": v for k, v in topk_accuracy(fuse_probabilities(*probs.values()), labels).items()}
-            )
+        res = self._accuracies(tested)
         self._record("finetune", res)
         return res
 
@@ -260,10 +278,11 @@ class Evaluation:
 
     def cluster(self) -> dict[str, float]:
         res: dict[str, float] = {}
+        train = self.rows("train")[0]
+        test, tel, _ = self.rows("test")
         for s in self.streams:
-            tr = self.features(s, "train")[0]
-            te, tel = self.features(s, "test")
-            _, te_n = centre_normalise(tr, te)
+            te = test[s]
+            _, te_n = centre_normalise(train[s], te)
             pred = CL.kmeans_assign(
                 te_n, self.num_classes, self.cfg.eval.kmeans_restarts, self.cfg.train.seed
             )
@@ -279,10 +298,10 @@ class Evaluation:
     # ------------------------------------------------------------------------------------------ pictures
     def tsne(self) -> list[Path]:
         paths = []
+        train = self.rows("train")[0]
+        test, tel, _ = self.rows("test")
         for s in self.streams:
-            tr = self.features(s, "train")[0]
-            te, tel = self.features(s, "test")
-            _, te_n = centre_normalise(tr, te)
+            _, te_n = centre_normalise(train[s], test[s])
             label = self.ck.labels[s.value]
             p = plots.tsne_plot(
                 te_n, tel, self.data.classes, self.out / f"tsne_{s.value}.png",
@@ -301,8 +320,9 @@ class Evaluation:
     def grid(self) -> list[Path]:
         """Retrieval grid per stream: ``eval.grid_queries`` test queries of different classes and their top 5."""
         paths = []
-        tel = torch.from_numpy(self.data.labels["test"])
-        gl = torch.from_numpy(self.data.labels["train"])
+        # rows of the videos the loaders kept; thumbnails are read by split index (te_index / tr_index)
+        train, gl, tr_index = self.rows("train")
+        test, tel, te_index = self.rows("test")
         first_of_class = [int(torch.nonzero(tel == c)[0]) for c in torch.unique(tel).tolist()]
         queries = first_of_class[: self.cfg.eval.grid_queries]
         thumbs: dict[tuple[str, int], np.ndarray] = {}
@@ -314,12 +334,12 @@ class Evaluation:
 
         cls = self.data.classes
         for s in self.streams:
-            tr_n, te_n = centre_normalise(self.features(s, "train")[0], self.features(s, "test")[0])
+            tr_n, te_n = centre_normalise(train[s], test[s])
             _, idx = nearest_neighbours(te_n[queries], tr_n, 5, chunk=self.cfg.eval.knn_chunk)
             p = plots.retrieval_grid(
-                [thumb("test", q) for q in queries],
+                [thumb("test", int(te_index[q])) for q in queries],
                 [cls[int(tel[q])] for q in queries],
-                [[thumb("train", int(j)) for j in row] for row in idx],
+                [[thumb("train", int(tr_index[j])) for j in row] for row in idx],
                 [[cls[int(gl[j])] for j in row] for row in idx],
                 [[bool(gl[j] == tel[q]) for j in row] for q, row in zip(queries, idx)],
                 self.out / f"retrieval_{s.value}.png",
