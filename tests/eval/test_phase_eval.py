@@ -90,6 +90,32 @@ def test_evaluate_phase_single_and_cross():
     assert all(v == 100.0 for v in res.values())
 
 
+def test_evaluate_phase_scores_both_streams_on_the_videos_both_kept():
+    """A train video left out by the flow loader only (data.on_bad_sample=skip): R+F pairs the two streams'
+    rows by video (the same as leaving it out of both), instead of failing on two lengths."""
+    cfg = C.load(None, ["eval.recall_ks=[1,5]"])
+
+    def factory_without(left_out):  # stream -> the train videos its loader leaves out
+        def make(cfg, split, stream):
+            n = len(LABELS[split])
+            gone = left_out.get(stream, []) if split == "train" else []
+            vids = [v for v in range(n) if v not in gone]
+            seed = {"train": 0, "test": 1}[split] + (10 if stream is Stream.flow else 0)
+            loader = ListLoader(clip_batches(LABELS[split], stream, vids, CENTRES[stream], seed), n)
+            loader.excluded_indices = lambda: torch.tensor(gone, dtype=torch.long)
+            return loader
+
+        return make
+
+    cross = phase(Stream.rgb, Stream.flow)
+    one = evaluate_phase(
+        cfg, FakeMethod(), cross, 0, 1, torch.device("cpu"), factory_without({Stream.flow: [1]})
+    )
+    both = factory_without({Stream.flow: [1], Stream.rgb: [1]})
+    assert one == evaluate_phase(cfg, FakeMethod(), cross, 0, 1, torch.device("cpu"), both)
+    assert set(one) == {f"{s}/R@{k}" for s in ("rgb", "flow", "rf_sum", "rf_concat") for k in (1, 5)}
+
+
 def _worker(rank, world, init, out):
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     res = {}

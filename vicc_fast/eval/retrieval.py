@@ -232,7 +232,7 @@ def evaluate_phase(
     trained) stream, that stream too; R+F fusion when two streams are evaluated. Test videos query train videos. Returns ``{"rgb/R@1": .., "rf_sum/R@1": ..}`` on
     every rank (features are gathered across ranks).
     """
-    from vicc_fast.eval.features import extract
+    from vicc_fast.eval.features import common_rows, extract
 
     if loader_factory is None:
         from vicc_fast.data.loader import build_loader
@@ -244,12 +244,13 @@ def evaluate_phase(
     streams = list(phase.trained_streams)
     if phase.frozen_stream is not None and phase.frozen_stream in encoders:
         streams.append(phase.frozen_stream)
-    feats: dict[str, dict[Stream, torch.Tensor]] = {"train": {}, "test": {}}
+    feats: dict[str, dict[Stream, torch.Tensor]] = {}
     labels: dict[str, torch.Tensor] = {}
     for split in ("train", "test"):
+        per_stream = {}
         for s in streams:
             loader = loader_factory(retrieval_cfg(cfg, split), split, s)
-            f, lbl, _ = extract(
+            per_stream[s] = extract(
                 encoders[s],
                 loader,
                 device,
@@ -257,10 +258,8 @@ def evaluate_phase(
                 amp=cfg.train.amp,
                 clip_l2norm=cfg.eval.retrieval_clip_l2norm,
             )
-            feats[split][s] = f
-            if split in labels and not torch.equal(labels[split], lbl):
-                raise RuntimeError(f"{split}: labels differ between streams (loader order is not stable)")
-            labels[split] = lbl
+        # the videos every stream kept (with data.on_bad_sample=skip one stream can leave out a video)
+        feats[split], labels[split], _ = common_rows(per_stream)
     return fused_recall(
         feats["test"],
         labels["test"],
