@@ -286,6 +286,12 @@ BLOCKS: dict[tuple[str, str], tuple[str, Callable[[list[dict[str, Any]]], str]]]
             recs, stage2_only=False, methods=("vicc",), columns=(*COMPARE_COLS, "proto nmi"), folder=RECORDS
         ),
     ),
+    ("vicc_fast/eval/README.md", "vicc-eval-table"): (
+        "demo",
+        lambda recs: compare_block(
+            recs, stage2_only=False, methods=("vicc",), columns=(*COMPARE_COLS, "proto nmi"), folder=RECORDS
+        ),
+    ),
     ("README.md", "compare-table"): ("compare", lambda recs: compare_block(recs, stage2_only=True)),
     ("configs/compare/README.md", "compare-table"): (
         "compare",
