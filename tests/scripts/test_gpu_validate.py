@@ -116,7 +116,8 @@ def test_step_rows_are_recovered_from_the_log() -> None:
     "step,figure", [("flow", "pairs/s"), ("evalwin", "ten-crop"), ("augment", "vs reference max |d|")]
 )
 def test_opt_in_steps_run_when_asked(tmp_path, step, figure) -> None:
-    """The opt-in steps in a dry run: flow (tvl1-torch: a record with pairs/s and EPE), evalwin (both
+    """The opt-in steps in a dry run: flow (tvl1-torch: pairs/s with and without compaction, EPE, and its flow
+    against OpenCV's), evalwin (both
     backends read the overlapping test windows, centre and ten-crop) and augment (the released jitter's steps
     against the reference: passes only when they agree)."""
     v = _validate_module()
@@ -126,3 +127,5 @@ def test_opt_in_steps_run_when_asked(tmp_path, step, figure) -> None:
     rec = json.loads((tmp_path / "out" / "validate.json").read_text())
     assert [r["step"] for r in rec["steps"]] == [step] and rec["steps"][0]["status"] == "pass"
     assert figure in rec["steps"][0]["figure"]
+    if step == "flow":  # both commands: speed with and without compaction, then the flow against OpenCV's
+        assert "compaction" in rec["steps"][0]["figure"] and "against OpenCV" in rec["steps"][0]["figure"]
