@@ -212,3 +212,19 @@ def test_jitter_cost_comes_from_the_last_variants_run(tmp_path) -> None:
     assert "first entry, code at aaaaaaa: the first implementation" in text and "0.50x" in text
     assert "1.25x the DALI samples/s" in report.jitter_trade_block(runs)
     assert "no jitter-cost record" in report.jitter_cost_block([])
+
+
+def test_flow_extraction_estimate_comes_from_the_last_320x240_speed_run() -> None:
+    from vicc_fast.bench import report_flow
+
+    def run(size, opencv, ours):
+        methods = {"tvl1": {"pairs_per_s": opencv}, "tvl1-torch": {"pairs_per_s": ours}}
+        env = {"time": "2026-12-07T05:00:00", "cpu_model": "X", "cpu_simd": "avx2", "git_commit": "abc1234"}
+        return {"env": env, "result": {"size": size, "threads": 1, "methods": methods}}
+
+    line = report_flow.extraction_block(
+        [run([240, 320], 1.0, 1.0), run([128, 171], 9.0, 9.0), run([240, 320], 2.0, 5.0)]
+    )
+    # 2.5 million pairs at 5 and 2 pairs/s per core
+    assert "about 139 core-hours with tvl1-torch and 347 with OpenCV" in line and "abc1234" in line
+    assert "no 320x240 speed record" in report_flow.extraction_block([run([128, 171], 9.0, 9.0)])

@@ -306,6 +306,7 @@ BLOCKS: dict[tuple[str, str], tuple[str, Callable[[list[dict[str, Any]]], str]]]
     ("docs/optical_flow.md", "flow-profile"): ("flow", report_flow.profile_block),
     ("docs/optical_flow.md", "flow-recipes"): ("flow_recipes", report_flow.recipes_block),
     ("docs/optical_flow.md", "flow-compact"): ("flow_compact", report_flow.compact_block),
+    ("docs/optical_flow.md", "flow-extraction"): ("flow", report_flow.extraction_block),
 }
 
 

@@ -16,6 +16,7 @@ FLOW_RECORD = Path("benchmarks/results/flow_torch_cpu.json")
 RECIPES_RECORD = Path("benchmarks/results/flow_recipes_cpu.json")
 COMPACT_RECORD = Path("benchmarks/results/flow_compact_cpu.json")
 TORCH, NOCOMPACT = "tvl1-torch", "tvl1-torch-nocompact"
+UCF101_PAIRS = 2.5e6  # 13,320 videos of ~186 frames: the issue's count
 # What the tvl1-torch code of a commit did differently (the records say which commit they measured, not why
 # it matters): earlier commits' rows trace how the CPU speed was reached.
 CODE_NOTES = {
@@ -208,3 +209,25 @@ def compact_block(runs: list[dict[str, Any]]) -> str:
             "compacted / whole (median of per-repeat ratios)", "max flow difference")  # fmt: skip
     rows = [r for r in runs if "compact_vs_nocompact" in r["result"]]
     return _table(rows, cols, cells, COMPACT_RECORD, "compaction")
+
+
+def extraction_block(runs: list[dict[str, Any]]) -> str:
+    """What extracting UCF101's flow costs on CPU cores at the last measured per-core speed at 320x240."""
+    rows = [
+        r
+        for r in runs
+        if r["result"]["size"] == [240, 320] and {"tvl1", TORCH} <= set(r["result"]["methods"])
+    ]
+    if not rows:
+        return f"(no 320x240 speed record yet: `{FLOW_RECORD}`)"
+    r = rows[-1]
+    m, threads = r["result"]["methods"], r["result"]["threads"]
+    hours = {k: UCF101_PAIRS / (m[k]["pairs_per_s"] / threads) / 3600 for k in ("tvl1", TORCH)}
+    return (
+        f"On CPU cores (one build process per core), at the last measured speed at 320x240 ({_where(r)}, code "
+        f"{commits([r])}: tvl1-torch {m[TORCH]['pairs_per_s']:g} and OpenCV's TV-L1 {m['tvl1']['pairs_per_s']:g} "
+        f"pairs/s on {threads} thread(s)), UCF101's ~2.5 million pairs take about {hours[TORCH]:.0f} core-hours "
+        f"with tvl1-torch and {hours['tvl1']:.0f} with OpenCV, e.g. {hours[TORCH] / 32:.1f} h against "
+        f"{hours['tvl1'] / 32:.1f} h on 32 cores if the cores scale alike (a 2-core machine cannot show that). "
+        f"Record `{FLOW_RECORD}`; on a GPU: below."
+    )
