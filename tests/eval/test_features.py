@@ -163,3 +163,32 @@ def test_left_out_videos_get_no_row_and_the_kept_ones_keep_their_index(tmp_path)
 
     probs, plabels, pindex = predict_videos(Probs(), ld, Stream.rgb, torch.device("cpu"), ld.num_videos)
     assert probs.shape == (2, 2) and torch.equal(plabels, labels) and torch.equal(pindex, index)
+
+
+def test_a_video_read_twice_is_an_error_not_a_skewed_average(tmp_path):
+    """The eval loader promises each video's clip rows (clips_per_video); a pipeline that replays a batch (as
+    DALI's rebuilt after a skip once did) would average some videos over duplicated clips: extract refuses."""
+    from data_prep.patterns import make_set
+    from tests.data.conftest import cfg_for
+    from vicc_fast.data.loader import build_loader
+
+    root = make_set(tmp_path / "s", "codes", n_train=4, n_test=1)
+    ld = build_loader(
+        cfg_for(root, "data.eval_clips=2"), "train", "eval", (Stream.rgb,), 1, 0, 1, torch.device("cpu")
+    )
+    assert ld.clips_per_video().tolist() == [2, 2, 2, 2]
+    extract(MeanEncoder(), ld, torch.device("cpu"))  # as promised
+
+    class Replaying:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def __iter__(self):
+            batches = list(self.inner)
+            yield from [*batches, batches[0]]
+
+    with pytest.raises(RuntimeError, match="another number of clips than it promised"):
+        extract(MeanEncoder(), Replaying(ld), torch.device("cpu"))

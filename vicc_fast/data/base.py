@@ -203,6 +203,13 @@ class BaseLoader:
         """Videos in the split, the left-out ones included: the range of ``Batch.index``."""
         return self.split.num_samples
 
+    def clips_per_video(self) -> np.ndarray:
+        """[num_videos] int: the clip rows an eval pass yields for each video (its windows x crops; the consumer
+        checks them, so a video read twice or cut short is an error, not a silently skewed average)."""
+        if self.window_counts is not None:
+            return self.window_counts.astype(np.int64) * self.crops
+        return np.full(self.num_videos, self.clips * self.crops, dtype=np.int64)
+
     def excluded_indices(self) -> np.ndarray:
         """Split indices of the videos left out so far (recorded rejections: too short to pad, or bad with
         ``data.on_bad_sample=skip``; a skip found while decoding joins once the loader has met it)."""

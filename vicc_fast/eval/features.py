@@ -127,6 +127,16 @@ def encode_clips(
     return sums, counts, labels
 
 
+def wrong_clip_counts(loader: Any, counts: torch.Tensor, keep: torch.Tensor) -> int:
+    """How many kept videos got another number of clip rows than ``loader.clips_per_video()`` promises (0 for
+    a loader without it). counts, keep: [num_videos], all ranks' rows summed."""
+    promised = getattr(loader, "clips_per_video", None)
+    if promised is None:
+        return 0
+    want = torch.as_tensor(promised(), dtype=counts.dtype, device=counts.device)
+    return int(((counts != want) & keep).sum())
+
+
 def left_out(loader: Any, num_videos: int, device: torch.device | None = None) -> torch.Tensor:
     """[num_videos] bool: the videos ``loader`` left out as recorded rejections (``excluded_indices``; none for
     a loader without it), OR-ed over ranks when torch.distributed is initialised (a decode failure is met by
@@ -173,10 +183,11 @@ def extract(
     keep = ~left_out(loader, n, seen.device)
     missing = int(((seen == 0) & keep).sum())
     dup = int((seen > 1).sum())
-    if missing or dup:
+    wrong = 0 if missing or dup else wrong_clip_counts(loader, counts, keep)
+    if missing or dup or wrong:
         raise RuntimeError(
             f"eval loader must cover each of the {int(keep.sum())} kept videos once: {missing} got no clip, "
-            f"{dup} seen by several ranks"
+            f"{dup} seen by several ranks, {wrong} another number of clips than it promised"
         )
     feats = sums[keep] / counts[keep][:, None]
     return feats.cpu(), labels[keep].cpu(), torch.arange(n)[keep.cpu()]

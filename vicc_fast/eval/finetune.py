@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from vicc_fast.config import Amp, Stream
 from vicc_fast.data.batch import Batch
-from vicc_fast.eval.features import _autocast, feature_dim, in_chunks, left_out
+from vicc_fast.eval.features import _autocast, feature_dim, in_chunks, left_out, wrong_clip_counts
 
 
 class FinetuneModel(nn.Module):
@@ -132,6 +132,9 @@ def predict_videos(
     if total is None or bool(((counts == 0) & keep).any()):  # no clip at all, or a kept video without one
         missing = int(keep.sum()) if total is None else int(((counts == 0) & keep).sum())
         raise RuntimeError(f"test loader left {missing} of {int(keep.sum())} kept videos without a clip")
+    wrong = wrong_clip_counts(loader, counts, keep)
+    if wrong:
+        raise RuntimeError(f"test loader gave {wrong} kept video(s) another number of clips than it promised")
     return total[keep] / counts[keep][:, None], labels[keep], torch.arange(num_videos)[keep]
 
 
