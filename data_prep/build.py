@@ -658,11 +658,17 @@ def build(
     bar = tqdm(
         total=len(todo), desc="videos", unit="video", disable=not progress or not todo, file=sys.stderr
     )
+    started, pairs = time.perf_counter(), 0  # frame pairs of the processed videos: the flow's unit of work
 
     def collect(rec: Record, status: str, value) -> None:
+        nonlocal pairs
         bar.update(1)
         if status == "ok":
             results[rec.video_id] = value
+            pairs += max(int(value["flow_frames"]) - 1, 0)
+            bar.set_postfix_str(
+                f"{pairs / max(time.perf_counter() - started, 1e-9):.1f} frame pairs/s", refresh=False
+            )
             return
         if not skip_bad:
             raise BuildError(f"{rec.path}: {value} (use --skip-bad to reject such videos instead)")
@@ -689,6 +695,7 @@ def build(
                     raise
     finally:
         bar.close()
+    processing = time.perf_counter() - started
 
     by_id = {r.video_id: r for r in records}
     rejected = [{"video": str(by_id[v].path), "reason": bad[v]} for v in ids if v in bad]
@@ -749,9 +756,10 @@ def build(
     processed = sum(r.video_id in results for r in todo)
     report = BuildReport(path, processed, reused, rejected, time.perf_counter() - t0)
     n_train, n_test = (manifest["splits"][s]["num_samples"] for s in shards.SPLITS)
+    rate = f", {pairs} frame pairs at {pairs / max(processing, 1e-9):.1f}/s" if pairs else ""
     log(
         f"wrote {n_train} train + {n_test} test samples to {out} in {report.seconds:.1f} s "
-        f"(processed {report.processed}, reused {reused})"
+        f"(processed {report.processed}{rate}, reused {reused})"
     )
     if rejected:
         log(f"rejected {len(rejected)} video(s); reasons in {path} under 'rejected'")

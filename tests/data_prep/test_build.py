@@ -66,15 +66,18 @@ def test_resume_skips_finished_videos(built, tmp_path):
     metas = sorted((out / build.WORK_DIR).glob("*/meta.json"))
     stamps = [p.stat().st_mtime_ns for p in metas]
     sha = {s["tar"]: s["sha256"] for s in shards.load_manifest(out)["splits"]["train"]["shards"]}
-    again = build.build(load_records("ucf101", root), out, log=lambda *_: None, **KW)
+    logged: list[str] = []
+    again = build.build(load_records("ucf101", root), out, log=logged.append, **KW)
     assert (again.processed, again.reused) == (0, 6)
+    assert "frame pairs" not in logged[-1]  # nothing processed: no rate
     assert [p.stat().st_mtime_ns for p in metas] == stamps
     # Deterministic packing: the same inputs give byte-identical shards.
     assert {s["tar"]: s["sha256"] for s in shards.load_manifest(out)["splits"]["train"]["shards"]} == sha
     # A damaged cache entry (e.g. a crash mid-write) is recomputed, the rest reused.
     (metas[0].parent / "flow.webm").write_bytes(b"garbage")
-    third = build.build(load_records("ucf101", root), out, log=lambda *_: None, **KW)
+    third = build.build(load_records("ucf101", root), out, log=logged.append, **KW)
     assert (third.processed, third.reused) == (1, 5)
+    assert "(processed 1, 8 frame pairs at " in logged[-1]  # one video of 9 frames recomputed
     assert verify.verify(out, progress=False, report=lambda _: None) == 0
 
 
