@@ -17,13 +17,18 @@ BENCHMARKS = {
     "kernels": "Loss head fwd+bwd time: Triton vs eager vs torch.compile",
     "flow": "Optical flow frames/s and EPE per method on the synthetic set",
     "storage": "Shard bytes per video (RGB and flow streams) at several stored sizes, same sources",
+    "build": "data_prep.build and verify as a user runs them: wall and CPU seconds, frame pairs/s, rerun, bytes",
     "step": "Training step breakdown: data-wait / forward / loss / backward / optimiser",
     "scaling": "Throughput per rank with 1, 2, 4 ranks",
     "supervised": "Supervised reference on the synthetic demo set (tiny RGB model trained on labels)",
     "demo": "The demo / method comparison over seeds as committed records (train + evaluate per seed)",
     "report": "README / comparison tables generated from the demo records (--write, --check)",
 }
-NOT_IN_ALL = {"demo", "report"}  # not measurements of this machine's speed: run on their own
+NOT_IN_ALL = {
+    "demo",
+    "report",
+    "build",
+}  # records of their own (build: minutes of a whole set): run on their own
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,6 +38,7 @@ LOADER_RECORD = Path("benchmarks/results/loader_three_cpu.json")
 LOADER_BACKENDS = ("dali", "torch", "jpeg_lmdb")
 SUPERVISED_RECORD = Path("benchmarks/results/supervised_cpu.json")
 JITTER_RECORD = Path("benchmarks/results/loader_jitter_cpu.json")
+BUILD_RECORD = Path("benchmarks/results/build_cpu.json")
 JITTER_CMD = (
     "python -m vicc_fast.bench loader --root /tmp/lb/shards --replicate 8 --batch 8 --steps 20 --warmup 3 "
     "--repeat 3 --set data.dtype=float32 --variants released:data.color_jitter=released "
@@ -277,6 +278,37 @@ def jitter_trade_block(runs: list[dict[str, Any]]) -> str:
     )
 
 
+def build_block(runs: list[dict[str, Any]]) -> str:
+    """docs/shard_format.md: what building and verifying shards cost (the last ``bench build`` run)."""
+    found = [r for r in runs if r.get("benchmark") == "build"]
+    if not found:
+        return f"(no build record yet: `python -m vicc_fast.bench build --json {BUILD_RECORD}`)"
+    r = found[-1]
+    res = r["result"]
+    head = ["flow", "videos", "build: wall s", "CPU s (per video)", "frame pairs / wall s", "rerun, all cached: wall s",
+            "verify: wall s / CPU s", "RGB / flow kB per video", "shards"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+    for row in res["rows"]:
+        b, v = row["build"], row["verify"]
+        lines.append(
+            f"| {row['flow']} | {row['videos']} | {b['wall_s']:g} | {b['cpu_s']:g} ({b['cpu_s_per_video']:g}) | "
+            f"{b['frame_pairs_per_wall_s']:g} | {row['rerun_all_cached']['wall_s']:g} | {v['wall_s']:g} / {v['cpu_s']:g} | "
+            f"{row['rgb_bytes_per_video'] / 1000:.1f} / {row['flow_bytes_per_video'] / 1000:.1f} | "
+            f"{row['tars']} tars, {row['shards_bytes'] / 1e6:.1f} MB |"
+        )
+    src = res["source"]
+    h, w = src["size"]
+    lines += [
+        "",
+        f"Synthetic set: {src['classes']} classes x ({src['train_per_class']} train + {src['test_per_class']} test) "
+        f"videos of {src['frames']} frames at {h} x {w}; `--workers {res['workers']}`; whole processes (Python start "
+        f"and imports included), CPU = the process and its workers; 1-min load average {res['load_avg_1min_at_start']:.1f} "
+        f"at the start. Code at {commits([r])}; machine: {machine([r])}; record `{BUILD_RECORD}`; commands in it "
+        f"(`python -m vicc_fast.bench build --json {BUILD_RECORD}`).",
+    ]
+    return "\n".join(lines)
+
+
 # (doc, block name) -> (which records: a key of the dict blocks() loads, generator)
 BLOCKS: dict[tuple[str, str], tuple[str, Callable[[list[dict[str, Any]]], str]]] = {
     ("README.md", "demo-table"): ("demo", demo_block),
@@ -301,6 +333,7 @@ BLOCKS: dict[tuple[str, str], tuple[str, Callable[[list[dict[str, Any]]], str]]]
     ("vicc_fast/data/README.md", "loader-three-table"): ("loader", loader_block),
     ("vicc_fast/data/README.md", "jitter-cost"): ("jitter", jitter_cost_block),
     ("README.md", "jitter-trade"): ("jitter", jitter_trade_block),
+    ("docs/shard_format.md", "build-table"): ("build", build_block),
     ("docs/optical_flow.md", "flow-accuracy"): ("flow", report_flow.accuracy_block),
     ("docs/optical_flow.md", "flow-speed"): ("flow", report_flow.speed_block),
     ("docs/optical_flow.md", "flow-profile"): ("flow", report_flow.profile_block),
@@ -332,6 +365,7 @@ def blocks(
         "loader": load_bench(root / LOADER_RECORD),
         "supervised": load_bench(root / SUPERVISED_RECORD),
         "jitter": load_bench(root / JITTER_RECORD),
+        "build": load_bench(root / BUILD_RECORD),
         "flow": load_bench(root / report_flow.FLOW_RECORD),
         "flow_recipes": load_bench(root / report_flow.RECIPES_RECORD),
         "flow_compact": load_bench(root / report_flow.COMPACT_RECORD),
