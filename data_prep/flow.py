@@ -4,9 +4,10 @@
   frame i to i+1 (x right, y down); the last flow frame repeats the one before, so a flow video has as many
   frames as its RGB video.
 - Methods (:class:`vicc_fast.config.FlowMethod`): ``tvl1`` (OpenCV-contrib DualTVL1 with OpenCV's defaults, the
-  TV-L1 of ViCC / CoCLR; ~0.1 s per 128x171 pair on one core), ``tvl1-torch`` (the same algorithm and defaults
-  in batched PyTorch, :mod:`data_prep.flow_torch`, on the CPU or a GPU), ``dis`` (DIS, medium preset, 60-100x faster per core here: docs/optical_flow.md) and
-  ``farneback`` (dense polynomial expansion). All run on the grey-level image, as the usual TV-L1 extraction
+  TV-L1 of ViCC / CoCLR; 0.16-0.19 s per 128x171 pair on one core here), ``tvl1-torch`` (the same algorithm and
+  defaults in batched PyTorch, :mod:`data_prep.flow_torch`, on the CPU or a GPU), ``dis`` (DIS, medium preset,
+  60-100x faster than ``tvl1`` per core here; figures: docs/optical_flow.md) and ``farneback`` (dense polynomial
+  expansion). All run on the grey-level image, as the usual TV-L1 extraction
   tools do.
 - :func:`quantize_flow` / :func:`dequantize_flow`: truncate to [-bound, bound] (bound 20 as in the papers), map
   linearly to [0, 255] uint8 with rounding; the round trip errs by at most half a step (bound / 255) inside the
