@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vicc_fast.config import FlowMethod, SyntheticConfig
+from vicc_fast.bench.common import add_synthetic_arguments, synthetic_config
+from vicc_fast.config import FlowMethod
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,13 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="comma-separated flow methods, each optionally METHOD:LIMIT (at most LIMIT videos per split, "
         "evenly spread; default: dis on the whole set, tvl1 on 5 + 5 videos)",
     )
-    p.add_argument("--classes", type=int, default=10, help="synthetic classes")
-    p.add_argument("--train-per-class", type=int, default=40, help="train videos per class")
-    p.add_argument("--test-per-class", type=int, default=10, help="test videos per class")
-    p.add_argument("--frames", type=int, default=48, help="frames per video")
-    p.add_argument("--height", type=int, default=128, help="video height (sources and shards)")
-    p.add_argument("--width", type=int, default=171, help="video width (sources and shards)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic set")
+    add_synthetic_arguments(p, height=128, width=171)  # the default synthetic set; its size is the shards'
     p.add_argument("--workers", type=int, default=2, help="data_prep.build --workers")
     p.add_argument(
         "--workdir",
@@ -77,15 +72,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     flows = parse_flows(args.flow)
     load = os.getloadavg()[0]
-    cfg = SyntheticConfig(
-        num_classes=args.classes,
-        train_per_class=args.train_per_class,
-        test_per_class=args.test_per_class,
-        frames=args.frames,
-        height=args.height,
-        width=args.width,
-        seed=args.seed,
-    )
+    cfg = synthetic_config(args)
     work = Path(args.workdir)
     src = synthetic.generate(work / "source", cfg, workers=args.workers, progress=False, overwrite=True)
     py = sys.executable

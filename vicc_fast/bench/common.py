@@ -8,9 +8,14 @@ import platform
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vicc_fast.atomic import write_text
+
+if TYPE_CHECKING:
+    import argparse
+
+    from vicc_fast.config import SyntheticConfig
 
 
 def cpu_description(cpuinfo: str | None = None) -> dict[str, Any]:
@@ -106,3 +111,32 @@ def machine(recs: list[dict[str, Any]]) -> str:
         cpu = f"{model} ({simd})" if model and simd else model or "CPU model not recorded"
         out.append(f"{gpu or 'no GPU'}, {n} CPU cores, {cpu}")
     return "; ".join(out)
+
+
+def add_synthetic_arguments(
+    p: Any, height: int, width: int, seed_help: str = "seed of the synthetic set"
+) -> None:
+    """The synthetic set's size flags (--classes, --train-per-class, --test-per-class, --frames, --height,
+    --width, --seed) on parser or group ``p``; :func:`synthetic_config` reads them back."""
+    p.add_argument("--classes", type=int, default=10, help="classes of the synthetic set")
+    p.add_argument("--train-per-class", type=int, default=40, help="training videos per class")
+    p.add_argument("--test-per-class", type=int, default=10, help="test videos per class")
+    p.add_argument("--frames", type=int, default=48, help="frames per video")
+    p.add_argument("--height", type=int, default=height, help="video height")
+    p.add_argument("--width", type=int, default=width, help="video width")
+    p.add_argument("--seed", type=int, default=0, help=seed_help)
+
+
+def synthetic_config(args: argparse.Namespace) -> SyntheticConfig:
+    """The SyntheticConfig of :func:`add_synthetic_arguments`' flags."""
+    from vicc_fast.config import SyntheticConfig
+
+    return SyntheticConfig(
+        num_classes=args.classes,
+        train_per_class=args.train_per_class,
+        test_per_class=args.test_per_class,
+        frames=args.frames,
+        height=args.height,
+        width=args.width,
+        seed=args.seed,
+    )

@@ -25,7 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from data_prep.synthetic import decode_video, generate
-from vicc_fast.config import SyntheticConfig
+from vicc_fast.bench.common import add_synthetic_arguments, synthetic_config
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,13 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=os.path.join(tempfile.gettempdir(), "vicc_fast_bench"),
         help="where a generated set is kept (reused on the next run with the same settings)",
     )
-    g.add_argument("--height", type=int, default=64, help="video height of the generated set")
-    g.add_argument("--width", type=int, default=64, help="video width of the generated set")
-    g.add_argument("--frames", type=int, default=48, help="frames per generated video")
-    g.add_argument("--classes", type=int, default=10, help="classes of the generated set")
-    g.add_argument("--train-per-class", type=int, default=40, help="training videos per class")
-    g.add_argument("--test-per-class", type=int, default=10, help="test videos per class")
-    g.add_argument("--seed", type=int, default=0, help="seed of the generated set and of training")
+    add_synthetic_arguments(g, height=64, width=64, seed_help="seed of the generated set and of training")
     g = p.add_argument_group("model and training")
     g.add_argument(
         "--size", type=int, default=64, help="input crop side; videos are resized to this short side"
@@ -210,15 +204,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if not (root / "splits" / "classInd.txt").is_file():
             raise SystemExit(f"error: {root} is not a synthetic/UCF101-style folder (no splits/classInd.txt)")
     else:
-        cfg = SyntheticConfig(
-            num_classes=args.classes,
-            train_per_class=args.train_per_class,
-            test_per_class=args.test_per_class,
-            frames=args.frames,
-            height=args.height,
-            width=args.width,
-            seed=args.seed,
-        )
+        cfg = synthetic_config(args)
         name = f"syn_{cfg.num_classes}c_{cfg.train_per_class}x{cfg.test_per_class}_{cfg.frames}f_{cfg.height}x{cfg.width}_s{cfg.seed}"
         root = generate(Path(args.workdir) / name, cfg, workers=args.workers, overwrite=True)
     gen_s = time.perf_counter() - t0
