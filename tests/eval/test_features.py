@@ -89,6 +89,8 @@ def test_feature_cache_hit_and_key_sensitivity(tmp_path):
     assert cache_key("abc", Stream.rgb, "train", cfg2, "m") != k
     assert cache_key("abd", Stream.rgb, "train", cfg, "m") != k
     assert cache_key("abc", Stream.flow, "train", cfg, "m") != k
+    skip = C.load(None, ["data.on_bad_sample=skip"])  # features without the bad videos: not for an error run
+    assert cache_key("abc", Stream.rgb, "train", skip, "m") != k
     cache.path(k).write_bytes(b"garbage")  # a damaged entry is recomputed
     with pytest.warns(UserWarning, match="unreadable"):
         cache.get(k, compute)

@@ -45,6 +45,8 @@ def feature_settings(cfg: Config) -> dict[str, Any]:
         "flow_normalisation": d.flow_normalisation.value,
         "flow_flip_negate": d.flow_flip_negate,
         "short_videos": d.short_videos.value,
+        # features computed while skipping bad videos must not answer a run that should stop on them
+        "on_bad_sample": d.on_bad_sample.value,
         # the test-time jitter is drawn from the seed too: another seed perturbs other videos
         "eval_jitter": [d.eval_color_jitter_prob, *map(float, d.eval_color_jitter), cfg.train.seed]
         if d.eval_color_jitter_prob > 0
