@@ -39,6 +39,7 @@ LOADER_BACKENDS = ("dali", "torch", "jpeg_lmdb")
 SUPERVISED_RECORD = Path("benchmarks/results/supervised_cpu.json")
 JITTER_RECORD = Path("benchmarks/results/loader_jitter_cpu.json")
 BUILD_RECORD = Path("benchmarks/results/build_cpu.json")
+KERNELS_RECORD = Path("kernels/bench_cpu.json")
 JITTER_CMD = (
     "python -m vicc_fast.bench loader --root /tmp/lb/shards --replicate 8 --batch 8 --steps 20 --warmup 3 "
     "--repeat 3 --set data.dtype=float32 --variants released:data.color_jitter=released "
@@ -309,6 +310,41 @@ def build_block(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _ms(case: dict[str, Any], impl: str) -> str:
+    x = case.get(impl)
+    if not isinstance(x, dict):
+        return "not run"
+    ms = x["ms_median"]
+    return f"{ms / 1000:.1f} s" if ms >= 10_000 else f"{ms:.1f} ms"
+
+
+def kernels_cpu_block(runs: list[dict[str, Any]]) -> str:
+    """kernels/README.md: the loss head fwd + bwd on the CPU, one table per ``bench kernels`` run of the record."""
+    found = [r for r in runs if r.get("benchmark") == "kernels" and "cases" in r.get("result", {})]
+    if not found:
+        return f"(no CPU kernels record yet: `python -m vicc_fast.bench kernels --json {KERNELS_RECORD}`)"
+    out = []
+    for r in found:
+        res = r["result"]
+        before, after = res["loadavg_1m_before_after"]
+        out += [
+            f"{r['env'].get('time', '?')}, code {commits([r])}, {res['device']}, {res['torch_threads']} torch thread(s), "
+            f"1-minute load average {before:g} before / {after:g} after, median of {res['repeats']} runs after "
+            f"{res['warmup']} warm-up:",
+            "",
+            "| V | B | queue | eager | torch.compile | compile speed-up | Triton (interpreter) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for c in res["cases"]:
+            out.append(
+                f"| {c['V']} | {c['B']} | {c['queue']} | {_ms(c, 'eager')} | {_ms(c, 'compile')} | "
+                f"{c['compile_speedup_vs_eager']:.2f}x | {_ms(c, 'triton')} |"
+            )
+        out.append("")
+    out.append(f"Record `{KERNELS_RECORD}` (machine, versions, commit of each run).")
+    return "\n".join(out)
+
+
 # (doc, block name) -> (which records: a key of the dict blocks() loads, generator)
 BLOCKS: dict[tuple[str, str], tuple[str, Callable[[list[dict[str, Any]]], str]]] = {
     ("README.md", "demo-table"): ("demo", demo_block),
@@ -334,6 +370,7 @@ BLOCKS: dict[tuple[str, str], tuple[str, Callable[[list[dict[str, Any]]], str]]]
     ("vicc_fast/data/README.md", "jitter-cost"): ("jitter", jitter_cost_block),
     ("README.md", "jitter-trade"): ("jitter", jitter_trade_block),
     ("docs/shard_format.md", "build-table"): ("build", build_block),
+    ("kernels/README.md", "kernels-cpu-table"): ("kernels", kernels_cpu_block),
     ("docs/optical_flow.md", "flow-accuracy"): ("flow", report_flow.accuracy_block),
     ("docs/optical_flow.md", "flow-speed"): ("flow", report_flow.speed_block),
     ("docs/optical_flow.md", "flow-profile"): ("flow", report_flow.profile_block),
@@ -366,6 +403,7 @@ def blocks(
         "supervised": load_bench(root / SUPERVISED_RECORD),
         "jitter": load_bench(root / JITTER_RECORD),
         "build": load_bench(root / BUILD_RECORD),
+        "kernels": load_bench(root / KERNELS_RECORD),
         "flow": load_bench(root / report_flow.FLOW_RECORD),
         "flow_recipes": load_bench(root / report_flow.RECIPES_RECORD),
         "flow_compact": load_bench(root / report_flow.COMPACT_RECORD),
