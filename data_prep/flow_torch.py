@@ -371,7 +371,7 @@ def _one_level(
         lt_grad = lt * grad
         inv_grad = torch.where(grad > _FLT_EPSILON, 1.0 / grad.clamp_min(_FLT_EPSILON), 0.0)
         # Each pair stops (for this warp) on its own, as it would alone; see masked_tv_step. The run holds
-        # the batch rows `rows` (all at first); see _compact for why it shrinks.
+        # the batch rows `rows` (all at first); see _Run.compact for why it shrinks.
         run = _Run(torch.arange(n, device=u.device), u, p, torch.ones(n, dtype=torch.bool, device=u.device),
                    (iw, rho_c, lt_grad, inv_grad))  # fmt: skip
         for _ in range(prm.outer_iterations):

@@ -388,8 +388,8 @@ def flow_summary(ctx: Ctx):
         f"(ratio {c['epe_ratio_torch_over_opencv']:.4f}), {c['epe_between']:.4f} px between the two"
     )
     goal = f">= 700 pairs/s at 320x240: {'met' if pps >= 700 else 'missed'}" if (h, w) == (240, 320) else ""
-    ok = abs(c["epe_ratio_torch_over_opencv"] - 1) <= 0.05  # the bound: within 5 % of OpenCV's EPE
-    return ok, fig, goal + ("; EPE within 5 % of OpenCV's" if ok else "; EPE NOT within 5 % of OpenCV's")
+    ok = c["epe_ratio_torch_over_opencv"] <= 1.05  # the bound: EPE at most 5 % above OpenCV's
+    return ok, fig, goal + ("; EPE within 5 % of OpenCV's" if ok else "; EPE more than 5 % above OpenCV's")
 
 
 def augment_cmds(ctx: Ctx):

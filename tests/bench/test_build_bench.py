@@ -45,5 +45,5 @@ def test_build_bench_times_build_rerun_and_verify(tmp_path):
     table = report.build_block([{"benchmark": "build", "env": environment(), "result": r}])
     assert table.count("\n| ") == 2 and f"| dis | 6 | {dis['build']['wall_s']:g} |" in table
     assert "no build record yet" in report.build_block([])
-    with pytest.raises(ValueError, match="'nope'"):
+    with pytest.raises(argparse.ArgumentTypeError, match="'nope'"):
         build_bench.parse_flows("dis,nope")

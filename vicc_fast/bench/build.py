@@ -28,6 +28,7 @@ from vicc_fast.config import FlowMethod
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--flow",
+        type=parse_flows,
         default="dis,tvl1:5",
         help="comma-separated flow methods, each optionally METHOD:LIMIT (at most LIMIT videos per split, "
         "evenly spread; default: dis on the whole set, tvl1 on 5 + 5 videos)",
@@ -49,7 +50,7 @@ def parse_flows(text: str) -> list[tuple[FlowMethod, int | None]]:
         try:
             out.append((FlowMethod(name), int(limit) if limit else None))
         except ValueError:
-            raise ValueError(f"--flow entry {item!r} is not METHOD or METHOD:LIMIT") from None
+            raise argparse.ArgumentTypeError(f"--flow entry {item!r} is not METHOD or METHOD:LIMIT") from None
     return out
 
 
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from data_prep import synthetic
     from vicc_fast.bench.storage import _per_video
 
-    flows = parse_flows(args.flow)
+    flows = args.flow  # parse_flows' list
     load = os.getloadavg()[0]
     cfg = synthetic_config(args)
     work = Path(args.workdir)

@@ -18,6 +18,11 @@ if TYPE_CHECKING:
     from vicc_fast.config import SyntheticConfig
 
 
+# The labels under which bench flow records tvl1-torch with and without compaction (report_flow reads them).
+FLOW_TORCH = "tvl1-torch"
+FLOW_TORCH_NOCOMPACT = "tvl1-torch-nocompact"
+
+
 def cpu_description(cpuinfo: str | None = None) -> dict[str, Any]:
     """CPU model and widest vector extension: float sums are bit-exact on one machine, not across these."""
     if cpuinfo is None:

@@ -42,6 +42,8 @@ import torch
 from data_prep.flow import compute_flow, dequantize_flow, endpoint_error, quantize_flow
 from data_prep.flow_torch import default_batch
 from data_prep.synthetic import decode_video, generate
+from vicc_fast.bench.common import FLOW_TORCH as TORCH
+from vicc_fast.bench.common import FLOW_TORCH_NOCOMPACT as TORCH_NOCOMPACT
 from vicc_fast.config import FlowMethod, SyntheticConfig
 
 
@@ -249,8 +251,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if ref in seconds and ref != k:
                 ratios = [r / s for s, r in zip(seconds[k], seconds[ref])]  # > 1: k is faster
                 result["methods"][k][f"speed_over_{ref}"] = round(statistics.median(ratios), 3)
-    if args.profile:
-        for label, compact in _torch_variants(args.compact) if FlowMethod.tvl1_torch in methods else []:
+    if args.profile and FlowMethod.tvl1_torch in methods:
+        for label, compact in _torch_variants(args.compact):
             key = "tvl1_torch_profile" + ("" if compact else "_nocompact")
             result[key] = profile_blocks(runners[label], args.device, args.compile)
     if TORCH in flows and FlowMethod.tvl1.value in flows:
@@ -262,10 +264,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "max_abs_difference": float(np.abs(a - b).max()),
         }
     return result
-
-
-TORCH = FlowMethod.tvl1_torch.value
-TORCH_NOCOMPACT = TORCH + "-nocompact"
 
 
 def _torch_variants(compact: str) -> list[tuple[str, bool]]:

@@ -10,12 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from vicc_fast.bench.common import FLOW_TORCH as TORCH
+from vicc_fast.bench.common import FLOW_TORCH_NOCOMPACT as NOCOMPACT
 from vicc_fast.bench.common import commits, machine
 
 FLOW_RECORD = Path("benchmarks/results/flow_torch_cpu.json")
 RECIPES_RECORD = Path("benchmarks/results/flow_recipes_cpu.json")
 COMPACT_RECORD = Path("benchmarks/results/flow_compact_cpu.json")
-TORCH, NOCOMPACT = "tvl1-torch", "tvl1-torch-nocompact"
 UCF101_PAIRS = 2.5e6  # 13,320 videos of ~186 frames: the issue's count
 # What the tvl1-torch code of a commit did differently (the records say which commit they measured, not why
 # it matters): earlier commits' rows trace how the CPU speed was reached.
