@@ -42,41 +42,6 @@ def test_not_key_value_is_a_usage_error(capsys):
     assert e.value.code == 2 and "key=value" in capsys.readouterr().err
 
 
-def test_paper_configs_load_with_the_papers_numbers():
-    for name, backbone, frames, stride in [
-        ("ucf101_s3d", "s3d", 32, 1),
-        ("ucf101_r21d", "r21d", 16, 2),
-        ("ucf101_r3d", "r3d", 16, 2),
-        ("hmdb51_s3d", "s3d", 32, 1),
-        ("hmdb51_r21d", "r21d", 16, 2),
-    ]:
-        cfg = C.load(C.CONFIG_DIR / f"{name}.yaml")
-        assert (cfg.model.backbone.value, cfg.data.num_frames, cfg.data.stride) == (backbone, frames, stride)
-        assert (cfg.data.crop_size, cfg.train.batch_size, cfg.model.num_prototypes) == (128, 48, 300)
-        s = cfg.schedule
-        assert (s.single_epochs, s.single_queue_start_rgb, s.single_queue_start_flow) == (300, 150, 200)
-        assert (s.single_freeze_prototypes, s.cross_cycles, s.cross_epochs, s.cross_queue_start) == (
-            100,
-            2,
-            100,
-            25,
-        )
-        assert not cfg.method.vicc.cross_freeze_prototypes
-        assert s.cross_batch_size == 24  # released cross.sh: --batch_size 24 per GPU
-        o = cfg.optim
-        assert (o.name.value, o.lr, o.final_lr, o.weight_decay, o.trust_coefficient) == (
-            "lars",
-            0.6,
-            6e-4,
-            1e-6,
-            0.001,
-        )
-        assert o.scale_lr and o.base_batch == 4 * 48  # lr 0.6 at the paper's 4 x 48
-        m = cfg.method
-        assert (m.temperature, m.epsilon, m.sinkhorn_iters, m.queue_size) == (0.1, 0.05, 3, 1920)
-        assert cfg.train.batch_shuffle and cfg.train.amp is C.Amp.bf16 and cfg.train.channels_last
-
-
 def test_signals_request_a_checkpointed_stop(capsys):
     import os
     import signal
