@@ -51,7 +51,7 @@ def state(phase, epoch: int, step: int = 0, spe: int = 10) -> StepState:
 
 # --------------------------------------------------------------------------- the released computations, in numpy
 def released_sinkhorn(out: np.ndarray, eps: float, iters: int, world: int = 1) -> np.ndarray:
-    """ViCC src/model/pretrain.py:225 and :237-253 (``distributed_sinkhorn``, one process): Q = exp(out/eps).T,
+    """ViCC src/model/pretrain.py:216-222 and :237-253 (``distributed_sinkhorn``, one process): Q = exp(out/eps).T,
     divided by its sum, then ``iters`` x (rows to 1/K, columns to 1/(world B)), columns to 1; returns [B, K]."""
     Q = np.exp(out / eps).T  # [K, B]
     Q = Q / Q.sum()
@@ -64,7 +64,7 @@ def released_sinkhorn(out: np.ndarray, eps: float, iters: int, world: int = 1) -
 
 
 def released_vicc_loss(z: np.ndarray, w: np.ndarray, tau: float, eps: float, iters: int) -> float:
-    """ViCC src/model/pretrain.py:189-233 (``ViCC.forward``, single stream, V = 2) and :635-682 (``ViCC2.forward``,
+    """ViCC src/model/pretrain.py:192-233 (``ViCC.forward``, single stream, V = 2) and :637-682 (``ViCC2.forward``,
     cross-stream, V = 4): scores of every view against the prototypes, each view's Sinkhorn assignment predicted
     by the softmax(scores / tau) of every other view, ``loss += subloss / (V - 1)``, ``loss /= V``.
     z: [V, B, D] unit embeddings; w: [K, D] prototypes."""
@@ -185,7 +185,7 @@ def test_queue_fills_and_prototypes_thaw_at_the_papers_epochs():
     """Stepping the paper config's ViCC phases: the queue takes its first rows at epoch 150 of RGB-1, 200 of
     Flow-1 and 25 of every cross-stream alternation (supp. 2.2; ``--epoch_queue_starts`` 150 / 200 / 25,
     main_single.py:430-436); the prototypes get no gradient in the first 100 single-stream epochs and do in
-    every cross-stream epoch (``--freeze_prototypes_nepochs`` 100 / 0, main_single.py:588)."""
+    every cross-stream epoch (``--freeze_prototypes_nepochs`` 100 / 0, main_single.py:584-586)."""
     from vicc_fast.methods.vicc import ViCC
 
     cfg = paper_cfg("ucf101_s3d", "method.queue_size=24")  # a short queue; its length is another test's
@@ -222,8 +222,9 @@ def test_queue_fills_and_prototypes_thaw_at_the_papers_epochs():
 @pytest.mark.parametrize("name", PAPER_CONFIGS)
 def test_paper_configs_build_the_released_queue_and_prototypes(name):
     """Module shapes of the method a paper config builds: 1920 queued embeddings of 128 per view on one rank
-    (``--moco-k 1920 --moco-dim 128``, pretrain.py:531-538 ``queue[i, -1]`` per view), 300 unit prototypes of 128
-    per stream (``--nmb_prototypes 300``, pretrain.py:95 ``nn.Linear(dim, nmb_prototypes, bias=False)``)."""
+    (``--moco-k 1920 --moco-dim 128``, main_single.py:430-436 / main_cross.py:532-538: ``zeros(len(views_for_assign),
+    moco_k // world_size, moco_dim)``), 300 unit prototypes of 128
+    per stream (``--nmb_prototypes 300``, pretrain.py:97 ``nn.Linear(dim, nmb_prototypes, bias=False)``)."""
     from vicc_fast.methods.vicc import ViCC
 
     m = ViCC(paper_cfg(name))
@@ -339,7 +340,7 @@ def test_paper_config_forward_runs_the_backbone_in_bf16_and_the_loss_in_fp32(tmp
 @pytest.mark.parametrize("name", [*PAPER_CONFIGS, "ucf101_coclr_s3d"])
 def test_paper_configs_build_the_released_projection_head(name):
     """The head a paper config builds is the released ``Conv3d(F, F, 1), ReLU, Conv3d(F, 128, 1)`` after the
-    pooled backbone (pretrain.py:85-90; F = 1024 for S3D, 512 for R(2+1)D, select_backbone.py:5-11): module
+    pooled backbone (pretrain.py:84-90; F = 1024 for S3D, 512 for R(2+1)D, select_backbone.py:5-12): module
     shapes, and its forward equals those two 1x1x1 convolutions with its weights, L2-normalised (pretrain.py:166)."""
     from vicc_fast.methods.common import StreamNet
 
