@@ -9,11 +9,14 @@ Features as the released ``test_retrieval`` (ViCC and CoCLR ``main_classifier.py
 per video (one clip per train video; every half-overlapping window of each test video, ``data.eval_windows``, as
 the released code), then each split centred by its own mean and L2-normalised.
 
-R+F fusion, both forms reported (the released code has no R+F retrieval; the papers average the two streams'
-similarity scores, CoCLR Table 3, ViCC Table 1 "averaging predictions"):
+R+F fusion, both forms reported (the papers average the two streams' similarity scores, CoCLR Table 3, ViCC
+Table 1 "averaging predictions"):
 - ``sum``: the similarity of a pair is the sum of its RGB and its flow cosine similarity (it ranks the gallery
-  as the papers' average does). Summing cosine similarities equals the dot product of the concatenated per-stream normalised
-  features, which is how it is computed here (one matrix product, same chunking).
+  as the papers' average does). With ``eval.retrieval_centre_each`` (the default) this is the released
+  ``merge_sim`` (CoCLR ``eval/merge_2stream_prob.py``, also shipped with ViCC): each stream's train and test
+  features centred by their own mean and L2-normalised, the two cosine matrices summed. Summing cosine
+  similarities equals the dot product of the concatenated per-stream normalised features, which is how it is
+  computed here (one matrix product, same chunking).
 - ``concat``: the raw (clip-averaged, not yet normalised) features of the two streams are concatenated, then
   centred and normalised as one vector; each stream then weighs in by its own feature norm, so this differs from
   ``sum`` whenever the two encoders' feature scales differ.
