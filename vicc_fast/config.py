@@ -160,6 +160,13 @@ class FlowMethod(str, enum.Enum):
     farneback = "farneback"
 
 
+class UberNceLoss(str, enum.Enum):
+    """How UberNCE scores a row with several positives."""
+
+    mean_log_prob = "mean_log_prob"  # mean over the positives of their log-probabilities (CoCLR main_nce.py)
+    log_sum_prob = "log_sum_prob"  # log of their summed probability: eq. 2's multi-instance InfoNCE
+
+
 class GocaVariant(str, enum.Enum):
     goca = "goca"
     sview = "sview"
@@ -353,6 +360,27 @@ class CoclrConfig:
         True,
         "co-training mines top-K positives only once the queue holds real keys in every row (CoCLR code: "
         "queue_is_full); false = among the real rows while it fills",
+    )
+    step_when_full: bool = _f(
+        True,
+        "co-training: no backward and no optimiser step until the queue holds real keys in every row (CoCLR "
+        "main_coclr.py: 'if model.module.queue_is_full: ... optimizer.step()'); the lr schedule still advances "
+        "with the step index; false = a step from the first batch",
+    )
+    drop_own_key_prob: float = _f(
+        0.9,
+        "co-training: per step, the probability that every row with another positive (same-source or mined) "
+        "drops its own key from the positives (CoCLR main_coclr.py: 'if random.random() < 0.9: "
+        "mask_clone[mask_sum != 1, 0] = 0'); drawn from (train.seed, phase, step); 0 = the own key always counts",
+    )
+    mine_key_clip: bool = _f(
+        True,
+        "co-training mines top-K with, and queues, the frozen stream's feature of the key clip (view 1; CoCLR "
+        "model/pretrain.py: kf = sampler(f2)); false = of the query clip (view 0)",
+    )
+    ubernce_loss: UberNceLoss = _f(
+        UberNceLoss.mean_log_prob,
+        "UberNCE's loss over a row's positives: mean_log_prob (CoCLR main_nce.py) | log_sum_prob (eq. 2)",
     )
 
 

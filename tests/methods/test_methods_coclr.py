@@ -91,10 +91,15 @@ def test_schedule_matches_the_paper():
     assert Config().method.coclr.temperature == 0.07 and Config().method.coclr.momentum == 0.999
 
 
+@pytest.mark.parametrize("mine_key_clip", [True, False])
 @pytest.mark.parametrize("name", ["cross_rgb_c1", "cross_flow_c1"])
-def test_cotraining_loss_equals_pseudocode(name):
+def test_cotraining_loss_equals_pseudocode(name, mine_key_clip):
+    """Appendix B with the frozen stream's feature of the key clip (view 1), mined with and queued beside the
+    key: the released model/pretrain.py CoCLR.forward (kf = sampler(f2), mask_sim = kf @ queue_second,
+    _dequeue_and_enqueue(k, kf, ...)); method.coclr.mine_key_clip=false takes the query clip's (view 0). The
+    own-key coin is off here (drop_own_key_prob=0; the pseudocode has none)."""
     torch.manual_seed(0)
-    cfg = coclr_config(topk=3)
+    cfg = coclr_config(topk=3, mine_key_clip=mine_key_clip, drop_own_key_prob=0.0)
     m = build_method(cfg)
     assert isinstance(m, CoCLR)
     phase = {p.name: p for p in m.phases()}[name]
@@ -106,15 +111,21 @@ def test_cotraining_loss_equals_pseudocode(name):
     m.queue.filled = 16
     queue = m.queue.queue.clone()
     batch = make_batch(B=4)
+    seen = []  # what the frozen stream's network is fed
+    hook = m.nets[t].backbone.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
     out = m.loss(batch, state_at(phase, 0))
+    hook.remove()
+    view = 1 if mine_key_clip else 0
+    assert len(seen) == 1 and seen[0] is batch.views[phase.frozen_stream][view]
     with torch.no_grad():
         z1_k = m.key_nets[s].embed(batch.views[phase.train_stream][1])
-        z2 = m.nets[t].embed(batch.views[phase.frozen_stream][0])
+        z2 = m.nets[t].embed(batch.views[phase.frozen_stream][view])
     z1_q = m.nets[s].embed(batch.views[phase.train_stream][0])
     ref = pseudocode_loss(z1_q, z1_k, z2, queue[0], queue[1], 3, 0.07)
     torch.testing.assert_close(out["loss"], ref, rtol=1e-5, atol=1e-6)
     assert out["positives"].item() == 4.0  # own key + top-3
-    # the batch went into the queue: keys, the other stream's features and the labels, aligned
+    # the batch went into the queue: keys, the other stream's features (by default of the keys' own clip) and
+    # the labels, aligned
     torch.testing.assert_close(m.queue.queue[0, :4], z1_k)
     torch.testing.assert_close(m.queue.queue[1, :4], z2)
     assert torch.equal(m.queue_labels[:4], batch.label)
@@ -187,13 +198,13 @@ def test_cotraining_same_video_entries_are_positives_and_never_mined():
     c = Config().method.coclr
     assert c.same_video_positive and c.mine_when_full
     torch.manual_seed(0)
-    m = build_method(coclr_config(topk=2))
+    m = build_method(coclr_config(topk=2, drop_own_key_prob=0.0))
     phase = {p.name: p for p in m.phases()}["cross_rgb_c1"]
     m.train()
     m.setup_phase(phase)
     batch = make_batch(B=4)
     with torch.no_grad():
-        z2 = m.nets["flow"].embed(batch.views[Stream.flow][0])
+        z2 = m.nets["flow"].embed(batch.views[Stream.flow][1])  # the key clip's flow mines
     q = F.normalize(torch.randn(2, 16, 8), dim=-1)
     q[1, 5] = z2[0]  # row 5: video 0's own earlier key, the most similar flow feature for query 0
     m.queue.queue.copy_(q)
@@ -218,7 +229,7 @@ def test_sibling_clips_of_one_source_are_positives_as_the_coclr_code():
     assert Config().method.coclr.same_source
     torch.manual_seed(0)
     for same_source, expected in ((True, (2 + 1 + 1 + 1) / 4), (False, 1.0)):
-        m = build_method(coclr_config(topk=2, same_source=same_source))
+        m = build_method(coclr_config(topk=2, same_source=same_source, drop_own_key_prob=0.0))
         phase = {p.name: p for p in m.phases()}["cross_rgb_c1"]
         m.train()
         m.setup_phase(phase)

@@ -110,6 +110,13 @@ class Method(nn.Module, abc.ABC):
     def before_backward(self, losses: dict[str, torch.Tensor], state: StepState) -> None:  # noqa: B027
         """Hook before backward (optional)."""
 
+    def takes_step(self, state: StepState) -> bool:
+        """Asked after ``loss``: whether this step back-propagates and steps the optimiser. False (e.g. CoCLR's
+        co-training while its queue fills, as the released code): no backward, no ``after_backward``, no
+        optimiser or scaler step; the lr schedule advances with the step index all the same, and ``after_step``
+        still runs (the method knows it did not step)."""
+        return True
+
     def after_backward(self, state: StepState) -> None:  # noqa: B027
         """Hook between backward and the optimiser step, e.g. dropping prototype gradients while frozen."""
 
