@@ -541,3 +541,78 @@ def test_engine_skips_backward_and_optimiser_while_the_queue_fills(tmp_path):
             assert moved(snaps[(c, 2)], snaps[(c, 1)]) == pytest.approx(1e-4, rel=1e-3)
         else:
             assert moved(snaps[(c, 0)], start[c]) == pytest.approx(1e-3, rel=1e-3)
+
+
+def _shuffle_worker(rank: int, world: int, port: int, out: str) -> None:
+    """One rank of test_batch_shuffle_wraps_the_key_encoder_only: CoCLR's rgb1 step 0 through the Trainer with
+    train.batch_shuffle; records this rank's batch and what the first conv of the query and key encoders saw."""
+    import os
+
+    import torch.distributed as dist
+
+    from tests.engine.tiny import TinyLoader
+    from vicc_fast.config import Amp
+    from vicc_fast.engine.distributed import DistInfo
+    from vicc_fast.engine.trainer import Trainer
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        cfg = coclr_config(queue_size=16)
+        cfg.train.out_dir, cfg.train.batch_size, cfg.train.amp = f"{out}/run", 4, Amp.off
+        cfg.train.channels_last, cfg.train.progress, cfg.train.ckpt_every_steps = False, False, 0
+        cfg.train.batch_shuffle, cfg.eval.after_phase = True, False
+        cfg.schedule.phase = type(cfg.schedule.phase)("rgb1")
+        cfg.schedule.steps_per_epoch, cfg.schedule.single_epochs = 1, 1
+        torch.manual_seed(0)
+        m = build_method(cfg)
+        seen: dict[str, list[torch.Tensor]] = {"query": [], "key": []}
+        for name, net in (("query", m.nets["rgb"]), ("key", m.key_nets["rgb"])):
+            first = net.backbone.features[0][0]  # inside the backbone: after the shuffle's pre-hook
+            first.register_forward_pre_hook(
+                lambda mod, args, name=name: seen[name].append(args[0].detach().clone())
+            )
+        batches = []
+
+        class Recording(TinyLoader):
+            def __iter__(self):
+                for b in super().__iter__():
+                    batches.append(b)
+                    yield b
+
+        factory = lambda phase: Recording(phase.streams, phase.num_views, 4, rank=rank, world=world)  # noqa: E731
+        Trainer(
+            cfg, m, DistInfo(rank=rank, world_size=world), loader_factory=factory, tensorboard=False
+        ).run()
+        torch.save({"seen": seen, "views": batches[0].views[Stream.rgb]}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_batch_shuffle_wraps_the_key_encoder_only(tmp_path):
+    """model/pretrain.py: x2 (the key clips) is shuffled across GPUs around encoder_k (_batch_shuffle_ddp /
+    _batch_unshuffle_ddp); the query x1 runs on the rank's own batch. 2 gloo ranks through the Trainer: the
+    query encoder sees its rank's own query views, the key encoder a mix of both ranks' key views."""
+    import torch.multiprocessing as mp
+
+    from vicc_fast.engine.distributed import free_port
+
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)])  # imports torch._dynamo once, before the fork
+    mp.start_processes(
+        _shuffle_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork"
+    )
+    got = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    all_keys = torch.cat([g["views"][1] for g in got])  # the global batch of key views, rank order
+    for g in got:
+        query_in, key_in = g["seen"]["query"][0], g["seen"]["key"][0]
+        assert torch.equal(query_in, g["views"][0])  # not shuffled
+        assert not torch.equal(key_in, g["views"][1])  # shuffled ...
+        for row in key_in:  # ... among the global batch's key clips
+            assert any(torch.equal(row, k) for k in all_keys)
+    mixed = [
+        sum(any(torch.equal(row, k) for k in got[r]["views"][1]) for row in g["seen"]["key"][0])
+        for g in got
+        for r in range(2)
+    ]
+    assert any(0 < n < 4 for n in mixed)  # some rank's key encoder saw rows of both ranks

@@ -481,7 +481,7 @@ class Trainer:
             )
         shuffle = None
         if cfg.train.batch_shuffle and world > 1 and not cfg.train.sync_bn:
-            shuffle = BatchShuffle(list(self.method.encoders().values()), cfg.train.seed)
+            shuffle = BatchShuffle(self.method.shuffled_modules(), cfg.train.seed)
         tracker = _FiniteTracker()
         meter = Meter()
         self.logger.start_phase(phase.name, total, start_epoch * spe + start_step)

@@ -128,6 +128,12 @@ class Method(nn.Module, abc.ABC):
         the prototype-assignment cluster metrics; None for methods without prototypes (CoCLR)."""
         return None
 
+    def shuffled_modules(self) -> list[nn.Module]:
+        """The modules the engine's batch shuffle wraps (``train.batch_shuffle`` on several ranks without
+        SyncBN; only those in training mode shuffle): the encoders by default. A method with a momentum key
+        encoder names that instead (MoCo, and the released CoCLR code, shuffle the key's batch only)."""
+        return list(self.encoders().values())
+
     @abc.abstractmethod
     def encoders(self) -> dict[Stream, nn.Module]:
         """The backbones without heads, for evaluation: stream -> module mapping [B,C,T,H,W] -> [B, F]."""
