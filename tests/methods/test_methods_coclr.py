@@ -616,3 +616,27 @@ def test_batch_shuffle_wraps_the_key_encoder_only(tmp_path):
         for r in range(2)
     ]
     assert any(0 < n < 4 for n in mixed)  # some rank's key encoder saw rows of both ranks
+
+
+def test_paper_config_finetunes_as_coclrs_readme():
+    """configs/ucf101_coclr_s3d.yaml finetunes as CoCLR's README (eval/main_classifier.py --train_what ft
+    --epochs 500 --schedule 400 450 with its defaults --optim adam --lr 1e-3 --wd 1e-3), not ViCC's SGD 0.1:
+    the optimiser it builds takes an Adam step (|update| = lr on its first step) and the rate sampled over the
+    epochs drops x0.1 at 400 and 450."""
+    from vicc_fast import config as C
+    from vicc_fast.eval.linear import lr_at, make_optimizer
+
+    e = C.load(C.CONFIG_DIR / "ucf101_coclr_s3d.yaml").eval
+    w = torch.nn.Parameter(torch.zeros(3))
+    opt = make_optimizer([w], e.finetune_optim.value, e.finetune_lr, e.finetune_weight_decay)
+    w.grad = torch.tensor([5.0, -0.5, 2.0])
+    opt.step()
+    torch.testing.assert_close(w.detach(), torch.tensor([-1e-3, 1e-3, -1e-3]))  # Adam's first step, lr 1e-3
+    spe = 7
+    total = e.finetune_epochs * spe
+    got = [
+        lr_at(e.finetune_lr, ep * spe, total, spe, e.finetune_milestones)
+        for ep in (0, 399, 400, 449, 450, 499)
+    ]
+    assert got == pytest.approx([1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5])
+    assert (e.finetune_epochs, e.finetune_dropout) == (500, 0.9)
