@@ -193,6 +193,12 @@ def test_bad_settings_are_clear_errors():
 
     with pytest.raises(ConfigError, match="method.coclr.queue_size"):
         build_method(coclr_config(queue_size=0))
+    with pytest.raises(ConfigError, match="method.coclr.drop_own_key_prob"):
+        build_method(coclr_config(drop_own_key_prob=1.5))
+    from vicc_fast import config as C
+
+    with pytest.raises(ConfigError, match="method.coclr.ubernce_loss"):
+        C.load(None, ["method.coclr.ubernce_loss='mean'"])
 
 
 def test_cotraining_same_video_entries_are_positives_and_never_mined():
