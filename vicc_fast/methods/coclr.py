@@ -72,7 +72,7 @@ def drop_own_key(pos_mask: torch.Tensor) -> torch.Tensor:
     0``): rows with more than one positive lose column 0 (their own key); rows whose only positive is their own
     key keep it. pos_mask: [B, M] bool -> a new [B, M] bool."""
     out = pos_mask.clone()
-    out[pos_mask.sum(dim=1) != 1, 0] = False
+    out[:, 0] &= pos_mask.sum(dim=1) == 1  # elementwise, not a boolean-index write (no device sync)
     return out
 
 
