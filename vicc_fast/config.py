@@ -570,6 +570,11 @@ class EvalConfig:
         [200, 300, 400, 450], "epochs at which the finetuning lr drops x0.1 (released); empty = cosine to 0"
     )
     finetune_weight_decay: float = _f(1e-3, "weight decay of end-to-end finetuning")
+    finetune_encoder_lr_scale: float = _f(
+        1.0,
+        "factor on the encoder's finetuning lr (the classifier keeps finetune_lr): released ViCC ft-*.sh "
+        "--backbone_ratio 1 -> 1; CoCLR's main_classifier.py --train_what ft gives the backbone lr / 10 -> 0.1",
+    )
     knn_chunk: int = _f(1024, "queries per block of the chunked nearest-neighbour search")
     retrieval_centre_each: bool = _f(
         True,

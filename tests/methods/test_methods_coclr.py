@@ -626,10 +626,12 @@ def test_batch_shuffle_wraps_the_key_encoder_only(tmp_path):
 
 def test_paper_config_finetunes_as_coclrs_readme():
     """configs/ucf101_coclr_s3d.yaml finetunes as CoCLR's README (eval/main_classifier.py --train_what ft
-    --epochs 500 --schedule 400 450 with its defaults --optim adam --lr 1e-3 --wd 1e-3), not ViCC's SGD 0.1:
-    the optimiser it builds takes an Adam step (|update| = lr on its first step) and the rate sampled over the
-    epochs drops x0.1 at 400 and 450."""
+    --epochs 500 --schedule 400 450 with its defaults --optim adam --lr 1e-3 --wd 1e-3; the backbone at lr / 10),
+    not ViCC's SGD 0.1: through eval.finetune.finetune one Adam step moves the encoder by lr / 10 and the
+    classifier by lr, and the rate sampled over the epochs drops x0.1 at 400 and 450."""
+    from tests.eval.test_finetune import ListLoader, SmallEncoder, _clips
     from vicc_fast import config as C
+    from vicc_fast.eval.finetune import FinetuneModel, finetune
     from vicc_fast.eval.linear import lr_at, make_optimizer
 
     e = C.load(C.CONFIG_DIR / "ucf101_coclr_s3d.yaml").eval
@@ -638,6 +640,15 @@ def test_paper_config_finetunes_as_coclrs_readme():
     w.grad = torch.tensor([5.0, -0.5, 2.0])
     opt.step()
     torch.testing.assert_close(w.detach(), torch.tensor([-1e-3, 1e-3, -1e-3]))  # Adam's first step, lr 1e-3
+    torch.manual_seed(0)
+    model = FinetuneModel(SmallEncoder(), 3, dropout=0.0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    finetune(model, ListLoader([_clips([0, 1, 2, 0], [0, 1, 2, 3], 0)], 4), Stream.rgb, torch.device("cpu"), 1,
+             lr=e.finetune_lr, weight_decay=0.0, optim=e.finetune_optim.value, milestones=e.finetune_milestones,
+             encoder_lr_scale=e.finetune_encoder_lr_scale)  # fmt: skip
+    for n, p in model.named_parameters():
+        want = 1e-4 if n.startswith("encoder.") else 1e-3
+        assert (p.detach() - before[n]).abs().max().item() == pytest.approx(want, rel=1e-3), n
     spe = 7
     total = e.finetune_epochs * spe
     got = [
