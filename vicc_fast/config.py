@@ -160,6 +160,13 @@ class FlowMethod(str, enum.Enum):
     farneback = "farneback"
 
 
+class UberNceLoss(str, enum.Enum):
+    """How UberNCE scores a row with several positives."""
+
+    mean_log_prob = "mean_log_prob"  # mean over the positives of their log-probabilities (CoCLR main_nce.py)
+    log_sum_prob = "log_sum_prob"  # log of their summed probability: eq. 2's multi-instance InfoNCE
+
+
 class GocaVariant(str, enum.Enum):
     goca = "goca"
     sview = "sview"
@@ -354,6 +361,27 @@ class CoclrConfig:
         "co-training mines top-K positives only once the queue holds real keys in every row (CoCLR code: "
         "queue_is_full); false = among the real rows while it fills",
     )
+    step_when_full: bool = _f(
+        True,
+        "co-training: no backward and no optimiser step until the queue holds real keys in every row (CoCLR "
+        "main_coclr.py: 'if model.module.queue_is_full: ... optimizer.step()'); the lr schedule still advances "
+        "with the step index; false = a step from the first batch",
+    )
+    drop_own_key_prob: float = _f(
+        0.9,
+        "co-training: per step, the probability that every row with another positive (same-source or mined) "
+        "drops its own key from the positives (CoCLR main_coclr.py: 'if random.random() < 0.9: "
+        "mask_clone[mask_sum != 1, 0] = 0'); drawn from (train.seed, phase, step); 0 = the own key always counts",
+    )
+    mine_key_clip: bool = _f(
+        True,
+        "co-training mines top-K with, and queues, the frozen stream's feature of the key clip (view 1; CoCLR "
+        "model/pretrain.py: kf = sampler(f2)); false = of the query clip (view 0)",
+    )
+    ubernce_loss: UberNceLoss = _f(
+        UberNceLoss.mean_log_prob,
+        "UberNCE's loss over a row's positives: mean_log_prob (CoCLR main_nce.py) | log_sum_prob (eq. 2)",
+    )
 
 
 @dataclass
@@ -542,6 +570,11 @@ class EvalConfig:
         [200, 300, 400, 450], "epochs at which the finetuning lr drops x0.1 (released); empty = cosine to 0"
     )
     finetune_weight_decay: float = _f(1e-3, "weight decay of end-to-end finetuning")
+    finetune_encoder_lr_scale: float = _f(
+        1.0,
+        "factor on the encoder's finetuning lr (the classifier keeps finetune_lr): released ViCC ft-*.sh "
+        "--backbone_ratio 1 -> 1; CoCLR's main_classifier.py --train_what ft gives the backbone lr / 10 -> 0.1",
+    )
     knn_chunk: int = _f(1024, "queries per block of the chunked nearest-neighbour search")
     retrieval_centre_each: bool = _f(
         True,

@@ -92,3 +92,19 @@ def test_predict_videos_missing_video():
     model = FinetuneModel(SmallEncoder(), 3).eval()
     with pytest.raises(RuntimeError, match="1 of 3 kept videos without a clip"):
         predict_videos(model, ListLoader([_clips([0, 1], [0, 1], 0)], 3), Stream.rgb, torch.device("cpu"), 3)
+
+
+def test_encoder_lr_scale_slows_the_encoder_only():
+    """eval.finetune_encoder_lr_scale: the encoder's parameters train at scale x the classifier's rate (CoCLR's
+    released main_classifier.py --train_what ft: the backbone at lr / 10). One Adam step moves every parameter
+    by its group's lr: 0.1 * 1e-2 for the encoder, 1e-2 for the classifier; scale 1 moves both by 1e-2."""
+    for scale, enc_step in ((0.1, 1e-3), (1.0, 1e-2)):
+        torch.manual_seed(0)
+        model = FinetuneModel(SmallEncoder(), 3, dropout=0.0)
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        loader = ListLoader([_clips([0, 1, 2, 0], [0, 1, 2, 3], 0)], 4)
+        finetune(model, loader, Stream.rgb, torch.device("cpu"), 1, lr=1e-2, weight_decay=0.0, optim="adam",
+                 milestones=[10], encoder_lr_scale=scale)  # fmt: skip
+        for n, p in model.named_parameters():
+            moved = (p.detach() - before[n]).abs().max().item()
+            assert moved == pytest.approx(enc_step if n.startswith("encoder.") else 1e-2, rel=1e-3), n

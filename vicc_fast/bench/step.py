@@ -362,7 +362,7 @@ def measure(
         )
     shuffle = None
     if cfg.train.batch_shuffle and info.world_size > 1 and not cfg.train.sync_bn:
-        shuffle = BatchShuffle(list(method.encoders().values()), cfg.train.seed)
+        shuffle = BatchShuffle(method.shuffled_modules(), cfg.train.seed)
     if input_mode == "memory":
         it: Iterator[Any] = memory_batches(cfg, phase, device)
         loader_len = None

@@ -3,7 +3,8 @@
 The engine knows nothing about ViCC (see methods/base.py). Per phase it: calls ``setup_phase``; gives
 ``requires_grad`` only to ``trainable_parameters`` (so DDP and autograd skip the rest); builds the loader with the
 phase's streams and views; runs ``epochs x steps_per_epoch`` steps of autocast forward -> ``loss`` -> backward ->
-``after_backward`` -> optimiser -> ``after_step`` with the lr of :func:`~vicc_fast.engine.optim.build_schedule`
+``after_backward`` -> optimiser -> ``after_step`` (backward and optimiser skipped where the method's
+``takes_step`` says so) with the lr of :func:`~vicc_fast.engine.optim.build_schedule`
 (cosine or step, a function of the step within the phase); checkpoints every ``train.ckpt_every_steps`` steps and at the end; then calls the evaluation hook.
 
 Exact resume: the torch RNG is re-seeded from (seed, rank, phase, step) at every step, the loader order and
@@ -480,7 +481,7 @@ class Trainer:
             )
         shuffle = None
         if cfg.train.batch_shuffle and world > 1 and not cfg.train.sync_bn:
-            shuffle = BatchShuffle(list(self.method.encoders().values()), cfg.train.seed)
+            shuffle = BatchShuffle(self.method.shuffled_modules(), cfg.train.seed)
         tracker = _FiniteTracker()
         meter = Meter()
         self.logger.start_phase(phase.name, total, start_epoch * spe + start_step)
@@ -567,6 +568,10 @@ class Trainer:
                 f"phase {state.phase.name}: Method.loss must return a 'loss' term (got {list(losses)})"
             )
         tracker.track(losses, state.global_step)
+        if not self.method.takes_step(state):  # e.g. CoCLR's co-training while its queue fills
+            opt.zero_grad(set_to_none=True)
+            self.method.after_step(state)
+            return {k: v.detach() for k, v in losses.items()}, (torch.zeros(()) if want_gnorm else None)
         self.method.before_backward(losses, state)
         with nvtx_range("backward", nvtx):
             scaler.scale(losses["loss"]).backward()

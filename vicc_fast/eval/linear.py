@@ -75,8 +75,10 @@ def lr_at(base: float, step: int, total: int, steps_per_epoch: int, milestones: 
     return 0.5 * base * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
 
 
-def make_optimizer(params: Iterable[nn.Parameter], name: str, lr: float, weight_decay: float):
-    """``sgd`` (momentum 0.9, as the released classifier) or ``adam``."""
+def make_optimizer(
+    params: Iterable[nn.Parameter] | Iterable[dict], name: str, lr: float, weight_decay: float
+):
+    """``sgd`` (momentum 0.9, as the released classifier) or ``adam``, over parameters or param groups."""
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
     if name == "adam":

@@ -257,7 +257,7 @@ class Evaluation:
                 model, self.loader("train", "train", s, train_cfg), s, self.device, e.finetune_epochs,
                 lr=e.finetune_lr, weight_decay=e.finetune_weight_decay, amp=self.cfg.train.amp,
                 seed=self.cfg.train.seed, progress=self.progress, optim=e.finetune_optim.value,
-                milestones=list(e.finetune_milestones),
+                milestones=list(e.finetune_milestones), encoder_lr_scale=e.finetune_encoder_lr_scale,
             )  # fmt: skip
             test = self.loader("test", "eval", s, test_cfg)
             tested[s] = predict_videos(

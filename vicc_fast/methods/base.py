@@ -110,6 +110,13 @@ class Method(nn.Module, abc.ABC):
     def before_backward(self, losses: dict[str, torch.Tensor], state: StepState) -> None:  # noqa: B027
         """Hook before backward (optional)."""
 
+    def takes_step(self, state: StepState) -> bool:
+        """Asked after ``loss``: whether this step back-propagates and steps the optimiser. False (e.g. CoCLR's
+        co-training while its queue fills, as the released code): no backward, no ``after_backward``, no
+        optimiser or scaler step; the lr schedule advances with the step index all the same, and ``after_step``
+        still runs (the method knows it did not step)."""
+        return True
+
     def after_backward(self, state: StepState) -> None:  # noqa: B027
         """Hook between backward and the optimiser step, e.g. dropping prototype gradients while frozen."""
 
@@ -120,6 +127,12 @@ class Method(nn.Module, abc.ABC):
         """``[N, F]`` backbone features of ``stream`` -> ``[N, K]`` prototype scores (head then prototypes), for
         the prototype-assignment cluster metrics; None for methods without prototypes (CoCLR)."""
         return None
+
+    def shuffled_modules(self) -> list[nn.Module]:
+        """The modules the engine's batch shuffle wraps (``train.batch_shuffle`` on several ranks without
+        SyncBN; only those in training mode shuffle): the encoders by default. A method with a momentum key
+        encoder names that instead (MoCo, and the released CoCLR code, shuffle the key's batch only)."""
+        return list(self.encoders().values())
 
     @abc.abstractmethod
     def encoders(self) -> dict[Stream, nn.Module]:

@@ -8,6 +8,12 @@ features (frozen stream t, queued alongside the keys) are the top-K most similar
 (eq. 3, appendix B pseudocode). ``method.coclr.ubernce`` replaces every phase's positives with the queue
 entries of the same class label (the UberNCE oracle, an upper bound that reads labels).
 
+As the released code (TengdaHan/CoCLR, ``main_coclr.py`` / ``model/pretrain.py`` class ``CoCLR``), by default:
+the frozen stream's feature is that of the *key* clip (view 1), mined with and queued beside the key; queue
+entries of the query's own source video are positives and never mined; mining starts, and the optimiser steps,
+only once the queue is full; in 90 % of co-training steps a row with other positives drops its own key from
+them. UberNCE (``main_nce.py``) scores a row by the mean log-probability of its positives.
+
 The schedule reuses ``cfg.schedule`` (single_epochs, cross_cycles, cross_epochs): the paper's 300 + 2 x (100 +
 100) epochs on UCF101 match ViCC's.
 """
@@ -15,13 +21,14 @@ The schedule reuses ``cfg.schedule`` (single_epochs, cross_cycles, cross_epochs)
 from __future__ import annotations
 
 import copy
+import random
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from vicc_fast.config import Config, ConfigError, Stream
+from vicc_fast.config import Config, ConfigError, Stream, UberNceLoss
 from vicc_fast.data.batch import Batch
 from vicc_fast.methods.base import STREAM_LABEL, Method, PhaseSpec, StepState
 from vicc_fast.methods.common import (
@@ -46,6 +53,37 @@ def multi_instance_nce(logits: torch.Tensor, pos_mask: torch.Tensor) -> torch.Te
     logits = logits.float()
     pos = logits.masked_fill(~pos_mask, float("-inf"))
     return (torch.logsumexp(logits, dim=1) - torch.logsumexp(pos, dim=1)).mean()
+
+
+def mean_log_prob_nce(logits: torch.Tensor, pos_mask: torch.Tensor) -> torch.Tensor:
+    """UberNCE's loss as released (CoCLR ``main_nce.py``: ``-(F.log_softmax(output, 1) * target).sum(1) /
+    target.sum(1)``, then the batch mean): -mean_b mean_{p in P_b} log softmax(logits_b)_p.
+
+    logits: [B, M], pos_mask: [B, M] bool with at least one True per row -> 0-dim. With one positive per row
+    it equals :func:`multi_instance_nce`; with several it pulls every positive up, not only their sum.
+    """
+    logp = F.log_softmax(logits.float(), dim=1)
+    pos = pos_mask.to(logp.dtype)
+    return (-(logp * pos).sum(dim=1) / pos.sum(dim=1)).mean()
+
+
+def drop_own_key(pos_mask: torch.Tensor) -> torch.Tensor:
+    """The released co-training's self-similarity masking (``main_coclr.py``: ``mask_clone[mask_sum != 1, 0] =
+    0``): rows with more than one positive lose column 0 (their own key); rows whose only positive is their own
+    key keep it. pos_mask: [B, M] bool -> a new [B, M] bool."""
+    out = pos_mask.clone()
+    out[:, 0] &= pos_mask.sum(dim=1) == 1  # elementwise, not a boolean-index write (no device sync)
+    return out
+
+
+def own_key_coin(seed: int, phase: str, step: int, prob: float) -> bool:
+    """This step's coin of :func:`drop_own_key` (True with ``prob``): a function of (seed, phase, step in the
+    phase) alone, so every rank draws the same one (the released code seeds Python's ``random`` with the epoch
+    on every rank) and a resumed run draws what the uninterrupted one did. ``random.Random`` seeded with a
+    string hashes it with SHA-512: stable across processes, unlike ``hash()``."""
+    if prob <= 0.0:
+        return False
+    return random.Random(f"coclr-own-key/{seed}/{phase}/{step}").random() < prob
 
 
 def topk_positive_mask(sim: torch.Tensor, k: int, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -126,6 +164,7 @@ class CoCLR(Method):
             (c.topk >= 0, "method.coclr.topk", "must be >= 0"),
             (c.temperature > 0, "method.coclr.temperature", "must be > 0"),
             (0 <= c.momentum < 1, "method.coclr.momentum", "must be in [0, 1)"),
+            (0 <= c.drop_own_key_prob <= 1, "method.coclr.drop_own_key_prob", "must be in [0, 1]"),
         ]
         for ok, key, why in checks:
             if not ok:
@@ -140,6 +179,7 @@ class CoCLR(Method):
         self.register_buffer("queue_videos", torch.full((c.queue_size,), -1, dtype=torch.long))
         self.run_encoder: EncoderRunner = plain_run
         self._phase: PhaseSpec | None = None
+        self._takes_step = True  # set by every loss(): whether the engine back-propagates and steps
 
     def phases(self) -> list[PhaseSpec]:
         return coclr_phases(self.cfg)
@@ -171,6 +211,13 @@ class CoCLR(Method):
     def encoders(self) -> dict[Stream, nn.Module]:
         return {s: self.nets[s.value].backbone for s in Stream}
 
+    def shuffled_modules(self) -> list[nn.Module]:
+        """The key encoders' backbones: the released code shuffles the key clips' batch around ``encoder_k``
+        only (model/pretrain.py ``_batch_shuffle_ddp(x2)`` / ``_batch_unshuffle_ddp``, in InfoNCE, UberNCE and
+        CoCLR); the query and the frozen stream run on the rank's own batch. (The projection head has no
+        BatchNorm, so wrapping the backbone alone is the same.)"""
+        return [self.key_nets[s.value].backbone for s in Stream]
+
     def forward(self, batch: Batch, state: StepState) -> dict[str, torch.Tensor]:
         return self.loss(batch, state)
 
@@ -183,10 +230,16 @@ class CoCLR(Method):
         zq = self.nets[s.value].embed(x_q, self.run_encoder)  # [B, D]
         with torch.no_grad():
             zk = self.key_nets[s.value].embed(x_k)
-            zt = self.nets[t.value].embed(batch.views[t][0]) if t is not None else None
+            # the frozen stream (the released 'sampler') on the key's clip, as kf = sampler(f2)
+            zt = None
+            if t is not None:
+                zt = self.nets[t.value].embed(batch.views[t][1 if c.mine_key_clip else 0])
         # a copy: the enqueue below writes the buffer in place, and backward needs the keys (as MoCo's clone)
         keys, tq = self.queue.queue[0].clone(), self.queue.queue[1]  # [L, D] each
         L = keys.shape[0]
+        cotrain = zt is not None and not c.ubernce  # main_coclr.py's loop (UberNCE is main_nce.py's)
+        full = self.queue.filled >= L  # before this batch's enqueue, as queue_is_full in the released forward
+        self._takes_step = full or not (cotrain and c.step_when_full)
         with fp32(zq.device):
             l_pos = (zq * zk).sum(dim=1, keepdim=True)  # [B, 1]
             l_neg = zq @ keys.t()  # [B, L]
@@ -199,7 +252,7 @@ class CoCLR(Method):
                     if c.same_video_positive:  # positives, and kept out of the mining (CoCLR code)
                         same = same_video_mask(self._video_ids(batch).to(zq.device), self.queue_videos)
                     valid = torch.arange(L, device=zq.device) < self.queue.filled
-                    if c.mine_when_full and self.queue.filled < L:
+                    if c.mine_when_full and not full:
                         mined = torch.zeros_like(same)
                     else:
                         mined = topk_positive_mask(
@@ -209,7 +262,14 @@ class CoCLR(Method):
                 else:
                     extra = torch.zeros_like(l_neg, dtype=torch.bool)
                 pos_mask = torch.cat([torch.ones_like(l_pos, dtype=torch.bool), extra], dim=1)
-            loss = multi_instance_nce(logits, pos_mask)
+                if cotrain and own_key_coin(
+                    self.cfg.train.seed, phase.name, state.global_step, c.drop_own_key_prob
+                ):
+                    pos_mask = drop_own_key(pos_mask)
+            if c.ubernce and c.ubernce_loss is UberNceLoss.mean_log_prob:
+                loss = mean_log_prob_nce(logits, pos_mask)
+            else:
+                loss = multi_instance_nce(logits, pos_mask)
         self._enqueue(zk, zt, batch.label.to(zq.device), self._video_ids(batch).to(zq.device))
         out = {"loss": loss}
         with torch.no_grad():
@@ -238,6 +298,12 @@ class CoCLR(Method):
         self.queue_videos[idx] = videos[-L:]
         self.queue.push(torch.stack([zk, zt]), backend=self.cfg.kernels.backend.value)
 
+    def takes_step(self, state: StepState) -> bool:
+        """False in co-training while the queue fills (``method.coclr.step_when_full``, the released
+        ``if model.module.queue_is_full: optimizer.step()``): the batches only fill the queue."""
+        return self._takes_step
+
     def after_step(self, state: StepState) -> None:
+        # every step, as the released forward (while the query has not stepped the key equals it: no change)
         s = state.phase.train_stream.value
         momentum_update(self.key_nets[s], self.nets[s], self.cfg.method.coclr.momentum)
