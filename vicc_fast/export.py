@@ -149,18 +149,37 @@ def _pick_checkpoint(target: Path, phase: str | None) -> Path:
     return p
 
 
-def export_checkpoint(
-    target: str | Path,
-    out: str | Path,
-    phase: str | None = None,
-    stream: str | None = None,
-    torch_export: bool = False,
-) -> list[Path]:
-    """Export one stream's encoder of a checkpoint (file, or run folder + phase; a released ViCC/CoCLR file
-    with ``stream``). The stream defaults to the one the checkpoint's last phase trained."""
-    from vicc_fast.eval.inputs import load_checkpoint
+def resolve_encoder(
+    target: str | Path, phase: str | None = None, stream: str | None = None
+) -> tuple[nn.Module, C.Config, Stream, dict[str, Any]]:
+    """(encoder in eval mode, its config, its stream, where it came from) of a checkpoint file, a run folder
+    (+ ``phase``), a released ViCC/CoCLR file (+ ``stream``) or an exported ``.safetensors``. The stream
+    defaults to the one the checkpoint's last phase trained."""
+    from vicc_fast.eval.inputs import file_sha256, load_checkpoint
 
-    path = _pick_checkpoint(Path(target), phase)
+    t = Path(target)
+    if t.suffix == ".safetensors":
+        enc = load_encoder(t)
+        spec = enc.spec
+        if stream is not None and stream != spec["stream"]:
+            raise ExportError(f"--stream {stream}: {t} holds the {spec['stream']} encoder")
+        i = spec["input"]
+        data = [
+            f"data.num_frames={i['num_frames']}",
+            f"data.stride={i['stride']}",
+            f"data.crop_size={i['crop_size']}",
+        ]
+        if spec["stream"] == "flow":
+            data.append(f"data.flow_normalisation={i['normalisation']['mode']}")
+        cfg = C.load(C.DEFAULT_CONFIG, data)
+        cfg = C.from_dict({**C.to_dict(cfg), "model": spec["model"]})
+        return (
+            enc,
+            cfg,
+            Stream(spec["stream"]),
+            {"file": str(t), "sha256": file_sha256(t), **spec.get("source", {})},
+        )
+    path = _pick_checkpoint(t, phase)
     ck = load_checkpoint(path, (), stream)
     if stream is None:
         trained = ck.trained_streams
@@ -172,12 +191,28 @@ def export_checkpoint(
         s = trained[0]
     else:
         s = Stream(stream)
-    extra = {"source": {"checkpoint": str(path), "sha256": ck.sha256, "phase": ck.phase,
-                        "label": ck.labels.get(s.value, "")}}  # fmt: skip
-    encoder = ck.encoders[s].eval()
-    written = list(export_encoder(encoder, ck.cfg, s, out, extra))
+    source = {
+        "checkpoint": str(path),
+        "sha256": ck.sha256,
+        "phase": ck.phase,
+        "label": ck.labels.get(s.value, ""),
+    }
+    return ck.encoders[s].eval(), ck.cfg, s, source
+
+
+def export_checkpoint(
+    target: str | Path,
+    out: str | Path,
+    phase: str | None = None,
+    stream: str | None = None,
+    torch_export: bool = False,
+) -> list[Path]:
+    """Export one stream's encoder of a checkpoint (file, or run folder + phase; a released ViCC/CoCLR file
+    with ``stream``). The stream defaults to the one the checkpoint's last phase trained."""
+    encoder, cfg, s, source = resolve_encoder(target, phase, stream)
+    written = list(export_encoder(encoder, cfg, s, out, {"source": source}))
     if torch_export:
-        written.append(write_program(encoder, ck.cfg, Path(out).with_suffix(".pt2")))
+        written.append(write_program(encoder, cfg, Path(out).with_suffix(".pt2")))
     return written
 
 
