@@ -91,8 +91,14 @@ def unsafe_message(path: str | Path, exc: BaseException) -> str | None:
     text = str(exc)
     if not text.startswith("Weights only load failed"):
         return None
-    found = re.search(r"(?:unsupported GLOBAL|Unsupported global:? GLOBAL) ([\w.]+)", text)
-    what = f" (it names {found.group(1)})" if found else ""
+    # torch names the refused object ("Unsupported global: GLOBAL x.y", "unsupported GLOBAL x.y whose module
+    # ... is blocked"); a plain pickle (not torch.save's zip) stops earlier, on an opcode: read its globals
+    # without running anything. Other failures (garbage bytes) are damage, not objects.
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    names = [found.group(1)] if found else _foreign_globals(Path(path))
+    if not names:
+        return None
+    what = f" (it names {', '.join(names[:3])})"
     return (
         f"{path} was refused as unsafe: it holds objects other than tensors and plain values{what}, and "
         "unpickling them could run code. Files from the internet are untrusted input, so vicc_fast loads "
@@ -100,6 +106,27 @@ def unsafe_message(path: str | Path, exc: BaseException) -> str | None:
         "with torch.save({'state_dict': torch.load(path, weights_only=False)['state_dict']}, new_path) "
         "(or save it with safetensors) and pass the new file"
     )
+
+
+def _foreign_globals(path: Path, limit: int = 1 << 26) -> list[str]:
+    """Globals other than torch's / collections' that the plain pickle at ``path`` would import (read with
+    pickletools, which executes nothing); [] for a file that is not a readable pickle."""
+    import pickletools
+
+    try:
+        data = path.read_bytes()[:limit]
+        strings: list[str] = []
+        found: list[str] = []
+        for op, arg, _ in pickletools.genops(data):
+            if op.name == "GLOBAL":
+                found.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
+    except (ValueError, OSError, pickle.UnpicklingError, EOFError):  # not a pickle (or damaged): no names
+        return []
+    return [g for g in dict.fromkeys(found) if not g.startswith(("torch.", "collections.", "_codecs."))]
 
 
 def read_state(path: str | Path, map_location: str | torch.device = "cpu", what: str = "checkpoint") -> Any:
