@@ -98,3 +98,17 @@ def test_released_pair_starts_the_cross_stream_stage(tmp_path):
     phases = build_method(ck.cfg).phases()
     todo = [p for p in phases if p.name not in ck.trained_phases]
     assert todo and todo[0].frozen_stream is not None  # the cross-stream stage is next
+
+
+def test_released_cli_help_and_error_line(tmp_path, capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        released.main(["--help"])
+    out = capsys.readouterr().out
+    assert all(f in out for f in ("--rgb", "--flow", "--out-dir", "key=value"))
+    assert (
+        released.main(["--rgb", str(tmp_path / "no"), "--flow", str(tmp_path / "no"), "--out-dir", "x"]) == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "not found" in err
