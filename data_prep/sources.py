@@ -224,6 +224,21 @@ def load_folder(
     return records, classes
 
 
+def load_any(root: str | Path, skip_bad: bool = False) -> list[Record]:
+    """Every video file under ``root`` (any depth, sorted by path) as one unlabelled ``train`` split: what
+    feature extraction reads (``python -m vicc_fast.extract --videos DIR``). Label 0 ("videos"); the video id
+    is the path relative to root without extension."""
+    root = _require_root(root, "folder")
+    videos = sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
+    if not videos:
+        raise DataSourceError(f"{root}: holds no video files ({', '.join(VIDEO_EXTENSIONS)})")
+    return [
+        _record(p, 0, "videos", "train", str(p.relative_to(root).with_suffix("")), _video_problem(p),
+                f"in {root}", skip_bad)
+        for p in videos
+    ]  # fmt: skip
+
+
 class RecordList(list):
     """A list of Records that also knows the data set's full class list (``classes``, label order), which
     records alone may not show when a class has no videos in a split."""

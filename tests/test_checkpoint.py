@@ -88,3 +88,28 @@ def test_a_config_saved_before_a_key_existed_warns_naming_the_key(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ckpt.stored_config(_state(TinyMethod()), tmp_path / "new.pt")  # a complete config: no warning
+
+
+def test_unsafe_pickles_are_refused_as_unsafe_and_damage_stays_damage(tmp_path):
+    """Objects other than tensors (torch.save zip or a plain pickle) -> UnsafeCheckpointError naming the object;
+    garbage bytes or a cut file -> 'truncated or corrupt'."""
+    import os
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (os.getcwd, ())
+
+    zipped, plain, garbage, cut = (tmp_path / n for n in ("z.pt", "p.pt", "g.pt", "c.pt"))
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "x": Payload()}, zipped)
+    plain.write_bytes(pickle.dumps({"x": Payload()}))
+    garbage.write_bytes(b"garbage")
+    torch.save({"w": torch.zeros(1000)}, cut)
+    cut.write_bytes(cut.read_bytes()[:300])
+    for p in (zipped, plain):
+        with pytest.raises(ckpt.UnsafeCheckpointError, match=r"refused as unsafe.*posix\.getcwd"):
+            ckpt.read_state(p)
+    for p in (garbage, cut):
+        with pytest.raises(ckpt.CheckpointError, match="truncated or corrupt") as info:
+            ckpt.read_state(p)
+        assert not isinstance(info.value, ckpt.UnsafeCheckpointError)

@@ -22,6 +22,7 @@ import contextlib
 import io
 import os
 import pickle
+import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -80,17 +81,82 @@ def _link_over(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save`; a missing, truncated or foreign file raises CheckpointError."""
+class UnsafeCheckpointError(CheckpointError):
+    """A pickle holding objects other than tensors and plain values: refused, since loading it runs code."""
+
+
+def unsafe_message(path: str | Path, exc: BaseException) -> str | None:
+    """The message for a file ``torch.load(weights_only=True)`` refused because it holds other objects than
+    tensors and plain values (None when ``exc`` is another failure: truncated, corrupt, foreign)."""
+    text = str(exc)
+    if not text.startswith("Weights only load failed"):
+        return None
+    # torch names the refused object ("Unsupported global: GLOBAL x.y", "unsupported GLOBAL x.y whose module
+    # ... is blocked"); a plain pickle (not torch.save's zip) stops earlier, on an opcode: read its globals
+    # without running anything. Other failures (garbage bytes) are damage, not objects.
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    names = [found.group(1)] if found else _foreign_globals(Path(path))
+    if not names:
+        return None
+    what = f" (it names {', '.join(names[:3])})"
+    return (
+        f"{path} was refused as unsafe: it holds objects other than tensors and plain values{what}, and "
+        "unpickling them could run code. Files from the internet are untrusted input, so vicc_fast loads "
+        "every file with torch.load(weights_only=True). Only if you trust where it came from: convert it once "
+        "with torch.save({'state_dict': torch.load(path, weights_only=False)['state_dict']}, new_path) "
+        "(or save it with safetensors) and pass the new file"
+    )
+
+
+def _foreign_globals(path: Path, limit: int = 1 << 26) -> list[str]:
+    """Globals other than torch's / collections' that the plain pickle at ``path`` would import (read with
+    pickletools, which executes nothing); [] for a file that is not a readable pickle."""
+    import pickletools
+
+    try:
+        data = path.read_bytes()[:limit]
+        strings: list[str] = []
+        found: list[str] = []
+        for op, arg, _ in pickletools.genops(data):
+            if op.name == "GLOBAL":
+                found.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
+    except (ValueError, OSError, pickle.UnpicklingError, EOFError):  # not a pickle (or damaged): no names
+        return []
+    return [g for g in dict.fromkeys(found) if not g.startswith(("torch.", "collections.", "_codecs."))]
+
+
+def read_state(path: str | Path, map_location: str | torch.device = "cpu", what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` of a user-named file: missing, truncated or corrupt raises
+    CheckpointError saying so; a pickle of other objects than tensors and plain values raises
+    UnsafeCheckpointError saying that (not "corrupt": the file is whole, it is refused)."""
     p = Path(path)
     if not p.is_file():
-        raise CheckpointError(f"checkpoint not found: {p}")
+        raise CheckpointError(f"{what} not found: {p}")
     try:
-        state = torch.load(p, map_location=map_location, weights_only=True)
+        return torch.load(p, map_location=map_location, weights_only=True)
     except LOAD_ERRORS as exc:
+        unsafe = unsafe_message(p, exc)
+        if unsafe is not None:
+            raise UnsafeCheckpointError(f"{what} {unsafe}") from None
         raise CheckpointError(
-            f"checkpoint {p} is truncated or corrupt ({str(exc).splitlines()[0][:200]})"
+            f"{what} {p} is truncated or corrupt ({str(exc).splitlines()[0][:200]})"
         ) from None
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save`; a missing, truncated or foreign file raises CheckpointError,
+    an unsafe pickle UnsafeCheckpointError."""
+    p = Path(path)
+    return check(read_state(p, map_location), p)
+
+
+def check(state: Any, path: str | Path) -> dict[str, Any]:
+    """``state`` (loaded from ``path``) if it is a vicc_fast checkpoint of a format this code reads."""
+    p = Path(path)
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
         missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
         raise CheckpointError(f"checkpoint {p} is not a vicc_fast checkpoint (missing keys {missing})")

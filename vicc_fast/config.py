@@ -117,6 +117,11 @@ class ResNetSize(str, enum.Enum):
     tv18 = "tv18"
 
 
+class S3dNorm(str, enum.Enum):
+    torchvision = "torchvision"  # BatchNorm3d(eps=1e-3, momentum=1e-3), the TensorFlow S3D's
+    released = "released"  # BatchNorm3d() (eps=1e-5, momentum=0.1): the released s3dg.py
+
+
 class MethodName(str, enum.Enum):
     vicc = "vicc"
     coclr = "coclr"
@@ -322,6 +327,11 @@ class ModelConfig:
         ResNetSize.paper,
         "size of r21d/r3d: paper (one block per stage as in the paper and the released code: R(2+1)D 14.4M, "
         "R3D 14.2M parameters) | tv18 (torchvision's r2plus1d_18 / r3d_18, two blocks per stage: 31.3M / 33.2M)",
+    )
+    s3d_norm: S3dNorm = _f(
+        S3dNorm.torchvision,
+        "BatchNorm of the S3D trunk: torchvision (eps 1e-3, momentum 1e-3) | released (the ViCC/CoCLR s3dg.py: "
+        "PyTorch's defaults, eps 1e-5, momentum 0.1; released checkpoints are evaluated with it)",
     )
     tiny_width: int = _f(32, "channel width of the tiny backbone")
     proj_hidden: int = _f(2048, "hidden width of the 2-layer MLP projection head")

@@ -71,7 +71,7 @@ def weights_digest(ckpt: Path) -> str:
     """sha256 over the method's tensors (names and bytes, sorted), independent of pickling details."""
     import torch
 
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)  # tensors and plain values only
     h = hashlib.sha256()
 
     def walk(obj: Any, prefix: str) -> None:

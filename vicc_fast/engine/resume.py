@@ -31,6 +31,8 @@ def find_resume(
     if last.is_file():
         try:
             return last, ckpt.load(last)
+        except ckpt.UnsafeCheckpointError:
+            raise  # not damage: a file of other objects than tensors is refused, never skipped over
         except ckpt.CheckpointError as exc:
             log(f"warning: {exc}; resuming from the newest good checkpoint instead")
     good: list[tuple[int, float, Path, dict[str, Any]]] = []
@@ -39,6 +41,8 @@ def find_resume(
             continue
         try:
             st = ckpt.load(p)
+        except ckpt.UnsafeCheckpointError:
+            raise
         except ckpt.CheckpointError as exc:
             log(f"warning: {exc}; skipped")
             continue
@@ -81,12 +85,7 @@ def load_rank_buffers(out_dir: str | Path, rank: int, run_step: int, method: nn.
     p = rank_buffers_path(out_dir, rank, run_step)
     if not p.is_file():
         return False
-    try:
-        own = torch.load(p, map_location="cpu", weights_only=True)
-    except ckpt.LOAD_ERRORS as exc:
-        raise ckpt.CheckpointError(
-            f"rank buffers {p} are truncated or corrupt ({str(exc).splitlines()[0][:200]})"
-        ) from None
+    own = ckpt.read_state(p, "cpu", what="rank buffers")
     full = dict(method.state_dict())
     full.update(own)
     ckpt.load_method_state(method, full, p)

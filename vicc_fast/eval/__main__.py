@@ -61,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
             help="checkpoint file (e.g. RUN/checkpoints/last.pt), or a run folder: then the checkpoints at the "
             "end of each stage (stage 1 -> RGB-1, Flow-1; stage 2 -> RGB-2, Flow-2) are evaluated in turn",
         )
+        sp.add_argument(
+            "--stream",
+            choices=["rgb", "flow"],
+            default=None,
+            help="released ViCC/CoCLR checkpoints only (e.g. ViCC-RGB-S3D.pth.tar): the stream its encoder was "
+            "trained on (the file does not say); evaluated on the paper config of its backbone",
+        )
         sp.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (see below)")
         sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="where encoders run: auto = CUDA when visible (default: auto)")  # fmt: skip
@@ -97,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     # every input check of every checkpoint runs before any compute
     evals = [
-        Evaluation(c, args.overrides, device, not args.no_progress, not args.no_tensorboard) for c in ckpts
+        Evaluation(c, args.overrides, device, not args.no_progress, not args.no_tensorboard, args.stream)
+        for c in ckpts
     ]
     cmd = args.command
     md: Path | None = None

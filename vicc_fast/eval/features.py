@@ -12,7 +12,7 @@ Features returned are raw (as the encoder produced them, clip-averaged): centrin
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -83,6 +83,34 @@ def in_chunks(fn: Any, x: torch.Tensor, rows: int | None) -> torch.Tensor:
     return torch.cat([fn(x[i : i + rows]) for i in range(0, x.shape[0], rows)])
 
 
+def clip_features(
+    encoder: nn.Module,
+    loader: Iterable[Batch],
+    device: torch.device,
+    num_videos: int,
+    stream: Stream | None = None,
+    amp: Amp | str | None = None,
+    progress: bool = False,
+    desc: str = "features",
+    clip_l2norm: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per batch: ``(index [B] int64, label [B] int64, rows [B, F] float32)`` on ``device``, one row per clip
+    (the encoder's pooled output; L2-normalised with ``clip_l2norm``), ``index`` its video's split index."""
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+            x = _pick_stream(batch, stream).to(device, non_blocking=True)
+            index = batch.index.to(device, non_blocking=True).long()
+            if index.numel() and (int(index.min()) < 0 or int(index.max()) >= num_videos):
+                raise ValueError(f"loader yielded video index {int(index.max())} outside [0, {num_videos})")
+            with torch.no_grad(), _autocast(device, amp):
+                f = in_chunks(encoder, x, getattr(loader, "max_clips", None))
+            yield index, batch.label.to(device).long(), clip_rows(f, clip_l2norm)
+    finally:
+        encoder.train(was_training)
+
+
 @torch.no_grad()
 def encode_clips(
     encoder: nn.Module,
@@ -100,28 +128,17 @@ def encode_clips(
     Returns ``(sums [N, F] float32, clip_counts [N] float32, labels [N] int64)`` on ``device``, zero for
     videos this rank did not see; ``N = num_videos``.
     """
-    was_training = encoder.training
-    encoder.eval()
     dim = feature_dim(encoder)
     sums = torch.zeros(num_videos, dim, device=device) if dim is not None else None
     counts = torch.zeros(num_videos, device=device)
     labels = torch.zeros(num_videos, dtype=torch.int64, device=device)
-    try:
-        for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
-            x = _pick_stream(batch, stream).to(device, non_blocking=True)
-            index = batch.index.to(device, non_blocking=True).long()
-            if index.numel() and (int(index.min()) < 0 or int(index.max()) >= num_videos):
-                raise ValueError(f"loader yielded video index {int(index.max())} outside [0, {num_videos})")
-            with _autocast(device, amp):
-                f = in_chunks(encoder, x, getattr(loader, "max_clips", None))
-            f = clip_rows(f, clip_l2norm)
-            if sums is None:
-                sums = torch.zeros(num_videos, f.shape[1], device=device)
-            sums.index_add_(0, index, f)
-            counts.index_add_(0, index, torch.ones_like(index, dtype=torch.float32))
-            labels[index] = batch.label.to(device).long()
-    finally:
-        encoder.train(was_training)
+    rows = clip_features(encoder, loader, device, num_videos, stream, amp, progress, desc, clip_l2norm)
+    for index, label, f in rows:
+        if sums is None:
+            sums = torch.zeros(num_videos, f.shape[1], device=device)
+        sums.index_add_(0, index, f)
+        counts.index_add_(0, index, torch.ones_like(index, dtype=torch.float32))
+        labels[index] = label
     if sums is None:
         raise ValueError("the eval loader yielded no clips and the encoder has no feature_dim")
     return sums, counts, labels

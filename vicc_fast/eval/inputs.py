@@ -25,6 +25,7 @@ from torch import nn
 
 from vicc_fast import checkpoint as ckpt
 from vicc_fast import config as C
+from vicc_fast import released
 from vicc_fast.config import Stream
 from vicc_fast.methods.base import STREAM_LABEL
 
@@ -150,12 +151,20 @@ def stage_checkpoints(run_dir: str | Path) -> list[Path]:
     raise EvalInputError(f"{folder}: no phase checkpoint or last.pt")
 
 
-def load_checkpoint(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedCheckpoint:
-    """The method stored in checkpoint ``path`` (CPU, eval mode) with its config and stream labels."""
+def load_checkpoint(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = (), released_stream: str | None = None
+) -> LoadedCheckpoint:
+    """The method stored in checkpoint ``path`` (CPU, eval mode) with its config and stream labels.
+
+    A released ViCC/CoCLR file (``vicc_fast/released.py``) is read too: its trained encoder goes to
+    ``released_stream`` (rgb | flow: the file does not say which), on the paper config of its backbone."""
     from vicc_fast.methods import build_method
 
     p = Path(path)
-    state = ckpt.load(p, map_location="cpu")
+    raw = ckpt.read_state(p, "cpu")
+    if released.is_released(raw):
+        return _load_released(p, raw, overrides, released_stream)
+    state = ckpt.check(raw, p)
     trained_cfg = ckpt.stored_config(state, p)
     cfg = apply_overrides(trained_cfg, overrides)
     method = build_method(trained_cfg)
@@ -177,6 +186,38 @@ def load_checkpoint(path: str | Path, overrides: list[str] | tuple[str, ...] = (
         labels=labels,
         phase=current,
         trained_phases=trained,
+        sha256=file_sha256(p),
+    )
+
+
+def _load_released(
+    p: Path, raw: dict[str, Any], overrides: list[str] | tuple[str, ...], stream: str | None
+) -> LoadedCheckpoint:
+    """A released checkpoint as a LoadedCheckpoint: one trained stream, labelled by its stage (a cross-stream
+    file: "RGB-2"; single-stream: "RGB-1"; a classifier's backbone: "RGB (classifier)")."""
+    if stream not in ("rgb", "flow"):
+        raise EvalInputError(
+            f"{p} is a released ViCC/CoCLR checkpoint: name the stream its encoder was trained on with "
+            "--stream rgb or --stream flow (ViCC-RGB-*: rgb, ViCC-Flow-*: flow)"
+        )
+    rel = released.from_state_dict(raw["state_dict"], p)
+    s = Stream(stream)
+    model = released.model_overrides(rel)
+    if any(o.split("=", 1)[0].startswith("model.") for o in overrides):
+        raise C.ConfigError(f"config key 'model': fixed by the released weights of {p} ({' '.join(model)})")
+    cfg = released.base_config(rel.backbone, [*model, *overrides])
+    method = released.build_method(rel, s, cfg)
+    method.eval()
+    stage = "classifier" if rel.kind == "classifier" else ("2" if rel.other is not None else "1")
+    label = f"{STREAM_LABEL[s]} (classifier)" if stage == "classifier" else f"{STREAM_LABEL[s]}-{stage}"
+    return LoadedCheckpoint(
+        path=p,
+        cfg=cfg,
+        method=method,
+        encoders=method.encoders(),
+        labels={s.value: label},
+        phase="released",
+        trained_phases=[],
         sha256=file_sha256(p),
     )
 

@@ -69,8 +69,9 @@ class Evaluation:
         device: torch.device | None = None,
         progress: bool = True,
         tensorboard: bool = True,
+        released_stream: str | None = None,
     ) -> None:
-        self.ck = load_checkpoint(ckpt, overrides)
+        self.ck = load_checkpoint(ckpt, overrides, released_stream)
         self.cfg = self.ck.cfg
         self.data = check_dataset(self.cfg.data.root)
         self.device = device or torch.device("cpu")

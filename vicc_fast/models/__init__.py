@@ -13,7 +13,7 @@ def build_encoder(model_cfg: ModelConfig) -> nn.Module:
     """A fresh, randomly initialised backbone ``[B, C, T, H, W] -> [B, F]`` with ``.feature_dim`` = F."""
     backbone = Backbone(model_cfg.backbone)
     if backbone is Backbone.s3d:
-        return S3D()
+        return S3D(model_cfg.s3d_norm.value)
     if backbone in (Backbone.r21d, Backbone.r3d):
         if ResNetSize(model_cfg.resnet) is ResNetSize.paper:
             return PaperResNet(backbone.value)

@@ -32,11 +32,16 @@ class _Pooled(nn.Module):
 class S3D(_Pooled):
     """S3D (Xie et al. 2018) trunk from torchvision with adaptive pooling; F = 1024.
 
-    A 32x128x128 clip leaves the trunk as 4x4x4 before pooling.
+    A 32x128x128 clip leaves the trunk as 4x4x4 before pooling. norm: "torchvision" (BatchNorm eps 1e-3,
+    momentum 1e-3) or "released" (the released s3dg.py's ``nn.BatchNorm3d()``: eps 1e-5, momentum 0.1; the eps
+    changes the eval-mode forward, so released weights give the released features only with it).
     """
 
-    def __init__(self) -> None:
-        super().__init__(tv_video.s3d(weights=None).features, 1024)
+    def __init__(self, norm: str = "torchvision") -> None:
+        if norm not in ("torchvision", "released"):
+            raise ValueError(f"S3D: norm must be torchvision or released, not {norm!r}")
+        kw = {"norm_layer": nn.BatchNorm3d} if norm == "released" else {}
+        super().__init__(tv_video.s3d(weights=None, **kw).features, 1024)
 
 
 class VideoResNet(nn.Module):
