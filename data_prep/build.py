@@ -229,14 +229,19 @@ class DecodeCheck:
 
 
 def _declared(container, stream) -> tuple[int | None, float | None]:
-    """(stored frame count or None, declared duration in seconds or None)."""
+    """(stored frame count or None, declared duration in seconds or None).
+
+    With a frame count and a rate, the duration is at least count / rate: an AVI cut before its index
+    reports only the duration of the chunks the demuxer found, while the header's count (empty chunks of
+    repeated frames included) still holds the length the file was written with."""
     frames = int(stream.frames) if stream.frames and stream.frames > 0 else None
+    seconds = 0.0
     if stream.duration and stream.time_base:
         seconds = float(stream.duration * stream.time_base)
     elif container.duration:
         seconds = container.duration / 1_000_000  # AV_TIME_BASE
-    else:
-        return frames, None
+    if frames and stream.average_rate:
+        seconds = max(seconds, frames / float(stream.average_rate))
     return frames, (seconds if seconds > 0 else None)
 
 
