@@ -331,7 +331,7 @@ def test_devices_parsing_and_one_worker_per_gpu():
         ("4", "not visible"),
         ("0,0", "named twice"),
         ("gpu0", "expected GPU indices"),
-        ("", ""),
+        ("", "expected GPU indices"),
     ):
         with pytest.raises(build.BuildError, match=why):
             build.parse_devices(spec, 4)
