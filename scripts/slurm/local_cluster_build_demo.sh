@@ -41,10 +41,11 @@ SRC="${STATE}/kinetics"
 SINGLE="${STATE}/build_single"
 PARTED="${STATE}/build_parts"
 rm -rf "${SRC}" "${SINGLE}" "${PARTED}" "${STATE}"/vicc_build*.out
-# 4 classes x (6 train + 2 validate) clips of 24 frames at 64 x 85; TV-L1 (the papers' flow, OpenCV).
-python -m data_prep.synthetic --kinetics --out "${SRC}" --classes 4 --train-per-class 6 --test-per-class 2 \
-    --frames 24 --height 64 --width 85 --missing 1 --broken 1 --workers 1 --quiet
-ARGS=(--source kinetics --root "${SRC}" --flow tvl1 --height 64 --width 85 --shard-size 8)
+# 3 classes x (5 train + 2 validate) clips of 16 frames at 48 x 64; TV-L1 (the papers' flow, OpenCV). Small:
+# the two 1-CPU nodes share 2 cores with everything else on this machine.
+python -m data_prep.synthetic --kinetics --out "${SRC}" --classes 3 --train-per-class 5 --test-per-class 2 \
+    --frames 16 --height 48 --width 64 --missing 1 --broken 1 --workers 1 --quiet
+ARGS=(--source kinetics --root "${SRC}" --flow tvl1 --height 48 --width 64 --shard-size 4)
 
 log "reference: one process"
 t0=$(now)
