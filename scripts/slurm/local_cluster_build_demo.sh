@@ -75,13 +75,20 @@ t0=$(now)
 jid=$(submit --array="0-${LAST}" scripts/slurm/build.sbatch "${ARGS[@]}" --out "${PARTED}")
 pack1=$(submit --dependency="afterany:${jid}" --export=ALL,PACK=1 --job-name=vicc_build_pack \
     scripts/slurm/build.sbatch "${ARGS[@]}" --out "${PARTED}")
-# Cancel the last part once it has started on its share (its status file says running).
+# Cancel the last part once the first video of its share is cached (the requeued run must resume from it).
 part_file=$(printf '%s/.work/parts/part-%05d-of-%05d.json' "${PARTED}" "${LAST}" "${PARTS}")
-for _ in $(seq 600); do
-    [[ -f ${part_file} ]] && grep -q '"running"' "${part_file}" && break
-    sleep 0.5
-done
-sleep 2  # let it finish a video or two: the requeued run must resume from them
+mapfile -t share < <(python - "${SRC}" "${PARTED}" "${LAST}" "${PARTS}" <<'PY'
+import sys
+from pathlib import Path
+from data_prep import build
+from data_prep.sources import load_records
+recs = load_records("kinetics", sys.argv[1])
+for r in build.part_share(recs, (int(sys.argv[3]), int(sys.argv[4]))):
+    print(build._cache_dir(Path(sys.argv[2]) / build.WORK_DIR, r.video_id) / "meta.json")
+PY
+)
+cached_one() { local m; for m in "${share[@]}"; do [[ -f ${m} ]] && return 0; done; return 1; }
+for _ in $(seq 1200); do cached_one && break; sleep 0.5; done
 scancel "${jid}_${LAST}"
 cancelled_state=$(wait_done "${jid}_${LAST}" 120)
 cancel_status=$(python -c 'import json,sys; print(json.load(open(sys.argv[1]))["state"])' "${part_file}")
