@@ -672,6 +672,11 @@ def part_share(records: Sequence[Record], part: tuple[int, int]) -> list[Record]
     return list(records[i::n])
 
 
+def _host() -> str:
+    """Where a part runs: the Slurm node name when under Slurm (several nodes may share a host), else the host."""
+    return os.environ.get("SLURMD_NODENAME") or os.uname().nodename
+
+
 def _part_file(work: Path, part: tuple[int, int]) -> Path:
     return work / PARTS_DIR / f"part-{part[0]:05d}-of-{part[1]:05d}.json"
 
@@ -919,7 +924,7 @@ def build(
         f"{tag}{len(share)} videos: {reused} already done (cached), {len(todo)} to process, {len(bad)} rejected"
     )
     if part is not None:
-        _write_part(work, part, {"state": "running", "videos": len(share), "host": os.uname().nodename})
+        _write_part(work, part, {"state": "running", "videos": len(share), "host": _host()})
 
     bar = tqdm(
         total=len(todo),
@@ -988,7 +993,7 @@ def build(
             "frame_pairs": pairs,
             "processing_seconds": round(processing, 3),
             "seconds": round(time.perf_counter() - t0, 3),
-            "host": os.uname().nodename,
+            "host": _host(),
         }
         _write_part(work, part, status)
         rate = f", {pairs} frame pairs at {pairs / max(processing, 1e-9):.1f}/s" if pairs else ""
