@@ -429,14 +429,22 @@ def build_cost_block(recs: dict[str, list[dict[str, Any]]]) -> str:
     slurm = recs.get("slurm_build") or []
     if slurm:
         s = slurm[-1]
-        a = s["array"]
+        a, c = s["array"], s["cancelled_part"]
+        res = c["resumed"]
+        refused = s["pack_refused"]["message"]
+        said = refused[refused.find("Missing from") :].split(";")[0] if "Missing from" in refused else refused
         lines += [
             "",
-            f"The local Slurm cluster (`{SLURM_BUILD_RECORD}`, `{s['command']}`): {s['set']['videos']} synthetic "
-            f"Kinetics-layout videos in {a['parts']} array tasks on two 1-CPU nodes: "
-            f"{a['wall_s_submit_to_pack']:g} s from submit to packed shards (one part cancelled and requeued, "
-            f"one pack refused on the way), single process {s['single']['wall_s']:g} s; shards byte-identical: "
-            f"{s['byte_identical']['equal']}.",
+            f"On the local Slurm cluster (`{SLURM_BUILD_RECORD}`, `{s['command']}`; two 1-CPU nodes on this host, "
+            f"TV-L1 on the CPU): {s['set']['videos']} synthetic Kinetics-layout videos, {len(s['set']['rejected'])} "
+            f"of them missing or broken, in {a['parts']} array tasks: {a['wall_s_submit_to_pack']:g} s from submit "
+            f"to packed shards (including Slurm's ~120 s hold of a requeued job, the two pack jobs and Python starts on "
+            f"2 busy cores), against {s['single']['wall_s']:g} s for one process. Part {res['part']}/{a['parts']} "
+            f"was cancelled while running ({c['state_after_scancel']}); the first pack ended "
+            f'{s["pack_refused"]["state"]} with "{said}"; the requeued part ({c["restarts"]} restart) reused '
+            f"{res['reused']} cached video(s) and processed {res['processed']}; the second pack "
+            f"{s['pack']['state']}; shards ({s['byte_identical']['files']} files) byte-identical to the single "
+            f"build: {s['byte_identical']['equal']}.",
         ]
     return "\n".join(lines)
 
