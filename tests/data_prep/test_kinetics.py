@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from data_prep import build, shards, synthetic
+from data_prep import build, shards, synthetic, verify
 from data_prep.sources import DataSourceError, kinetics_name, load_records
 from vicc_fast.config import SyntheticConfig
 
@@ -104,6 +104,7 @@ def test_parts_then_pack_byte_identical_to_one_build(kinetics_root, tmp_path, ca
     assert _shard_bytes(parted) == _shard_bytes(single) and len(_shard_bytes(single)) == 10
     a, b = shards.load_manifest(single), shards.load_manifest(parted)
     assert a["splits"] == b["splits"] and a["rejected"] == b["rejected"] and b["settings"]["parts"] == 3
+    assert verify.verify(parted, progress=False, report=lambda *_: None) == 0  # the packed set reads back
     parts = sorted((parted / build.WORK_DIR / build.PARTS_DIR).glob("*.json"))
     assert [json.loads(p.read_text())["videos"] for p in parts] == [6, 6, 6]
 
