@@ -14,10 +14,19 @@ Stages:
 Bad input stops the build with one error naming the file; with --skip-bad the video is rejected instead,
 recorded with its reason in manifest.json["rejected"], and the count is printed.
 
-Nothing is lost silently: a video that decodes fewer frames than its container declares (truncated, cut
-mid-packet) or whose decoder reports an error mid-stream is either rejected (bad input, as above) or kept
-with a warning naming both numbers, printed and recorded in manifest.json["warnings"]. It is rejected when
-less than MIN_DECODED_SHARE of the declared frames decode, and under --strict on any shortfall or error.
+Nothing is lost silently: a video whose decoded frames stop early in time (truncated, cut mid-packet) or
+whose decoder reports an error mid-stream is either rejected (bad input, as above) or kept with a warning
+naming both numbers, printed and recorded in manifest.json["warnings"]. Completeness is judged by the decoded
+time span against the declared duration, not by counting frames: a variable-frame-rate file, or an old AVI
+whose repeated frames are empty chunks (68 frames decode, their timestamps run the whole 444 declared), is
+complete. It is rejected when its frames cover less than MIN_DECODED_SHARE of the declared duration, and
+under --strict on any shortfall or error. ``--fps R`` samples every video to R frames/s by timestamps
+(nearest frame per tick, as Kinetics pipelines and ffmpeg's fps filter do); recorded in the manifest.
+
+Kinetics scale (``--source kinetics``; docs/cluster.md): ``--part I/N`` (or SLURM_ARRAY_TASK_ID /
+SLURM_ARRAY_TASK_COUNT, or torchrun's RANK / WORLD_SIZE) processes the I-th of N deterministic shares of the
+videos into the shared cache and packs nothing; ``pack`` (or ``--pack``) then writes shards and manifest,
+byte-identical to a single build, only when every video is done, else names the missing videos and parts.
 """
 
 from __future__ import annotations
@@ -100,13 +109,24 @@ class VideoSettings:
     flow_at: str = FlowAt.stored.value
     flow_short_side: int | None = None
     """with flow_at source: cap on the shorter side of the frames flow is computed at (None: the source size)"""
+    fps: float | None = None
+    """--fps: every video sampled to this constant rate by timestamps (None: the frames as decoded)"""
 
     def key(self) -> dict[str, Any]:
         """The cache key: every field, except that flow at the stored size (the only recipe before flow_at
-        existed) leaves flow_at and flow_short_side out, so caches built before them stay valid."""
-        d = dataclasses.asdict(self)
+        existed) leaves flow_at and flow_short_side out, and no --fps leaves fps out, so caches built before
+        them stay valid."""
+        d = self.recorded()
         if self.flow_at == FlowAt.stored.value:
             del d["flow_at"], d["flow_short_side"]
+        return d
+
+    def recorded(self) -> dict[str, Any]:
+        """The fields as the manifest records them: fps only when set (so a build without --fps writes the
+        manifest it wrote before the option existed)."""
+        d = dataclasses.asdict(self)
+        if self.fps is None:
+            del d["fps"]
         return d
 
 
@@ -114,7 +134,8 @@ class VideoSettings:
 class BuildReport:
     """What a build did: the manifest, and how many videos were processed, reused from cache, rejected."""
 
-    manifest: Path
+    manifest: Path | None
+    """None after a part (--part): the pack step writes it"""
     processed: int = 0
     reused: int = 0
     rejected: list[dict[str, str]] = field(default_factory=list)
@@ -126,10 +147,11 @@ class BuildReport:
 class DecodeCheck:
     """What decoding a source found, compared with what its container declares.
 
-    declared: the frame count the container stores (AVI, MP4), else None. declared_seconds: its duration
-    when it stores no frame count (Matroska/WebM); then the decoded time span (first to last frame, plus one
-    frame) is compared with it instead, which also holds for variable frame rate. decoded: frames decoded;
-    decoded_seconds: their time span. errors: packets the decoder refused (skipped; decoding goes on after
+    declared: the frame count the container stores (AVI, MP4), else None. declared_seconds: its declared
+    duration. The decoded time span (first to last frame, plus one frame) is compared with that duration
+    whenever both are known (variable frame rate, AVIs whose repeated frames are empty chunks: fewer frames
+    than declared, but all of the time); the frame counts only when the container declares no duration.
+    decoded: frames decoded; decoded_seconds: their time span. errors: packets the decoder refused (skipped; decoding goes on after
     them) or a demuxer error that ended the file early; first_error: the first of them. corrupt: frames the
     decoder flagged as corrupt (kept: concealed by the decoder, but reported).
     """
@@ -144,30 +166,44 @@ class DecodeCheck:
     corrupt: int = 0
 
     @property
+    def by_time(self) -> bool:
+        """Whether completeness is judged by time span (both durations known and nothing failed to decode),
+        else by frame count: after a decode error the missing frames are a loss (damaged packets), not a
+        variable frame rate."""
+        if self.declared and self.errors:
+            return False
+        return bool(self.declared_seconds) and self.decoded_seconds is not None
+
+    @property
     def share(self) -> float | None:
-        """Decoded share of what the container declares (frames, else duration), None when it declares neither."""
+        """Decoded share of what the container declares (duration, else frames), None when it declares neither."""
+        if self.by_time:
+            return min(self.decoded_seconds / self.declared_seconds, 1.0)
         if self.declared:
             return self.decoded / self.declared
-        if self.declared_seconds and self.decoded_seconds is not None:
-            return self.decoded_seconds / self.declared_seconds
         return None
 
     @property
     def short(self) -> bool:
-        if self.declared:
-            return self.decoded < self.declared
-        if self.declared_seconds and self.decoded_seconds is not None:
+        if self.by_time:
             slack = DURATION_SLACK_FRAMES * self.frame_seconds + 1e-3
             return self.decoded_seconds < self.declared_seconds - slack
+        if self.declared:
+            return self.decoded < self.declared
         return False
 
     def message(self) -> str | None:
         """One line saying what is wrong (both numbers), or None when nothing is."""
         parts = []
         if self.short and self.declared:
+            span = (
+                f", covering {self.decoded_seconds:.2f} s of {self.declared_seconds:.2f} s"
+                if self.by_time
+                else ""
+            )
             parts.append(
                 f"decoded {self.decoded} of the {self.declared} frames its container declares "
-                f"({100 * (self.share or 0):.0f}%)"
+                f"({100 * (self.share or 0):.0f}%{span})"
             )
         elif self.short:
             parts.append(
@@ -193,20 +229,57 @@ class DecodeCheck:
 
 
 def _declared(container, stream) -> tuple[int | None, float | None]:
-    """(stored frame count, None) or (None, duration in seconds) or (None, None)."""
-    if stream.frames and stream.frames > 0:
-        return int(stream.frames), None
+    """(stored frame count or None, declared duration in seconds or None).
+
+    With a frame count and a rate, the duration is at least count / rate: an AVI cut before its index
+    reports only the duration of the chunks the demuxer found, while the header's count (empty chunks of
+    repeated frames included) still holds the length the file was written with."""
+    frames = int(stream.frames) if stream.frames and stream.frames > 0 else None
+    seconds = 0.0
     if stream.duration and stream.time_base:
         seconds = float(stream.duration * stream.time_base)
     elif container.duration:
         seconds = container.duration / 1_000_000  # AV_TIME_BASE
-    else:
-        return None, None
-    return None, (seconds if seconds > 0 else None)
+    if frames and stream.average_rate:
+        seconds = max(seconds, frames / float(stream.average_rate))
+    return frames, (seconds if seconds > 0 else None)
+
+
+class _Resampler:
+    """Frames at a constant rate from timestamped frames: tick k (time t0 + k / fps) shows the decoded frame
+    whose timestamp is nearest (the earlier on a tie), as ffmpeg's fps filter does; ticks run to the end of
+    the last frame (its timestamp plus one source frame), so a 25 fps file sampled at 25 comes out unchanged."""
+
+    def __init__(self, fps: float) -> None:
+        self.step = 1.0 / fps
+        self.k = 0
+        self.t0: float | None = None
+        self.prev: np.ndarray | None = None
+        self.prev_t = 0.0
+
+    def _tick(self) -> float:
+        return self.t0 + self.k * self.step
+
+    def push(self, t: float, frame: np.ndarray) -> Iterator[np.ndarray]:
+        if self.prev is None:
+            self.t0, self.prev, self.prev_t = t, frame, t
+            return
+        if t <= self.prev_t:  # a repeated timestamp: the first frame shown at that time stays
+            return
+        mid = (self.prev_t + t) / 2
+        while self._tick() <= mid + 1e-9:
+            yield self.prev
+            self.k += 1
+        self.prev, self.prev_t = frame, t
+
+    def finish(self, end: float) -> Iterator[np.ndarray]:
+        while self.prev is not None and self._tick() < end - 1e-9:
+            yield self.prev
+            self.k += 1
 
 
 def read_video(
-    path: str | Path, height: int | None = None, width: int | None = None
+    path: str | Path, height: int | None = None, width: int | None = None, fps: float | None = None
 ) -> tuple[np.ndarray, float, DecodeCheck]:
     """All frames of a video file -> ([T, H, W, 3] uint8 RGB, fps, decode check). Raises VideoError saying why
     not.
@@ -217,19 +290,24 @@ def read_video(
 
     A packet the decoder refuses (a damaged tail, common in UCF101/HMDB51 .avi files, or a bad sector) is
     skipped and decoding goes on; the returned DecodeCheck says what happened, and the caller decides
-    (DecodeCheck.problem).
+    (DecodeCheck.problem). With fps, the frames are sampled to that constant rate by their timestamps
+    (see _Resampler) and fps is returned; the DecodeCheck describes the decoded source frames.
     """
     info: dict[str, Any] = {}
-    frames = list(iter_video(path, height, width, info))
+    frames = list(iter_video(path, height, width, info, fps))
     return np.stack(frames), info["fps"], info["check"]
 
 
 def iter_video(
-    path: str | Path, height: int | None, width: int | None, info: dict[str, Any]
+    path: str | Path,
+    height: int | None,
+    width: int | None,
+    info: dict[str, Any],
+    fps: float | None = None,
 ) -> Iterator[np.ndarray]:
     """The frames of read_video one at a time (a long video is never held whole). ``info["fps"]`` is set
-    before the first frame; ``info["check"]`` (DecodeCheck) once all are yielded. Raises VideoError as
-    read_video does, a too-short video after its last frame."""
+    before the first frame (the output rate: fps when given); ``info["check"]`` (DecodeCheck) once all are
+    yielded. Raises VideoError as read_video does, a too-short video after its last frame."""
     p = Path(path)
     if not p.is_file():
         raise VideoError("file not found")
@@ -244,8 +322,9 @@ def iter_video(
             if not c.streams.video:
                 raise VideoError("no video stream (audio-only or data file)")
             s = c.streams.video[0]
-            fps = float(s.average_rate or s.guessed_rate or 0) or 25.0
-            info["fps"] = fps
+            src_fps = float(s.average_rate or s.guessed_rate or 0) or 25.0
+            info["fps"] = fps or src_fps
+            resampler = _Resampler(fps) if fps else None
             declared, declared_seconds = _declared(c, s)
             packets = c.demux(s)
             while True:
@@ -272,20 +351,29 @@ def iter_video(
                         # phone videos store the picture sideways plus a display matrix; players turn it upright
                         rgb = np.ascontiguousarray(np.rot90(rgb, k))  # counter-clockwise, as frame.rotation
                     n += 1
-                    yield rgb if height is None else _resize(rgb, height, width or rgb.shape[1])
+                    out = rgb if height is None else _resize(rgb, height, width or rgb.shape[1])
+                    if resampler is None:
+                        yield out
+                    else:  # a frame without a timestamp follows the one before it at the declared rate
+                        t = f.time if f.time is not None else resampler.prev_t + 1 / src_fps
+                        yield from resampler.push(t, out)
+            if resampler is not None:
+                yield from resampler.finish(resampler.prev_t + 1 / src_fps)
     except av.error.FFmpegError as e:
         raise VideoError(f"unreadable video: {e}") from e
     if not n and errors:
         raise VideoError(
             f"unreadable video: no frame decodes ({len(errors)} decode error(s), first {errors[0]})"
         )
-    span = (last_time - first_time + 1 / fps) if first_time is not None and last_time is not None else None
+    span = (
+        (last_time - first_time + 1 / src_fps) if first_time is not None and last_time is not None else None
+    )
     check = DecodeCheck(
         decoded=n,
         declared=declared,
         declared_seconds=declared_seconds,
         decoded_seconds=span,
-        frame_seconds=1 / fps,
+        frame_seconds=1 / src_fps,
         errors=len(errors),
         first_error=errors[0] if errors else None,
         corrupt=corrupt,
@@ -350,6 +438,36 @@ class FlowDevice:
 
     device: str = field(default_factory=lambda: _default_device())  # cuda when visible, else cpu
     compile: bool = True
+    devices: tuple[str, ...] = ()
+    """with device cuda: the GPUs the pool's workers take in turn (--devices; empty: every visible GPU)"""
+
+
+def parse_devices(spec: str | None, visible: int) -> tuple[str, ...]:
+    """``--devices``: "0,2" or "cuda:0,cuda:2" -> ("cuda:0", "cuda:2"); None -> every visible GPU. A GPU
+    that is not visible, or one named twice, is one BuildError naming it."""
+    if spec is None:
+        if visible < 1:
+            raise BuildError("--device cuda: no GPU is visible (CUDA_VISIBLE_DEVICES, driver)")
+        return tuple(f"cuda:{i}" for i in range(visible))
+    out: list[str] = []
+    for item in (x.strip() for x in spec.split(",")):
+        index = item.removeprefix("cuda:")
+        if not index.isdigit():
+            raise BuildError(f"--devices: expected GPU indices like 0,1 or cuda:0,cuda:1, got {item!r}")
+        if int(index) >= visible:
+            raise BuildError(f"--devices: cuda:{index} is not visible ({visible} GPU(s) visible)")
+        if f"cuda:{int(index)}" in out:
+            raise BuildError(f"--devices: cuda:{int(index)} is named twice")
+        out.append(f"cuda:{int(index)}")
+    if not out:
+        raise BuildError("--devices: no GPU named")
+    return tuple(out)
+
+
+def worker_device(index: int, devices: Sequence[str]) -> str:
+    """The GPU of pool worker ``index`` (in start order): the devices in turn, so --workers k x GPUs puts k
+    workers on each GPU (one decodes/encodes on the CPU while another's flow runs on the GPU)."""
+    return devices[index % len(devices)]
 
 
 def process_video(
@@ -381,7 +499,7 @@ def process_video(
     torch_flow = method is FlowMethod.tvl1_torch
     est = None if torch_flow else flow.estimator(method)
     fd = flow_device or FlowDevice()
-    device = _worker_device or fd.device
+    device = _worker_device or (fd.devices[0] if fd.devices and fd.device == "cuda" else fd.device)
     chunk = 0
     if torch_flow:
         from data_prep import flow_torch
@@ -410,7 +528,7 @@ def process_video(
             last_q = q
         pending = pending[-1:]
 
-    for decoded in iter_video(rec.path, *((None, None) if at_source else stored), info):
+    for decoded in iter_video(rec.path, *((None, None) if at_source else stored), info, settings.fps):
         if rgb_w is None:
             rgb_w = codec.RGBWriter(fps=info["fps"], crf=settings.rgb_crf)
             flow_w = codec.FlowWriter(fps=info["fps"], crf=settings.flow_crf)
@@ -500,7 +618,7 @@ _worker_device: str | None = None
 """The GPU this pool worker was given (cuda:<k>), or None: use FlowDevice.device."""
 
 
-def _worker_init(counter: Any = None, device: str = "cpu") -> None:
+def _worker_init(counter: Any = None, device: str = "cpu", devices: tuple[str, ...] = ()) -> None:
     global _worker_device
     from data_prep import flow
 
@@ -514,9 +632,129 @@ def _worker_init(counter: Any = None, device: str = "cpu") -> None:
         with counter.get_lock():
             index = counter.value
             counter.value += 1
-        _worker_device = f"cuda:{index % max(torch.cuda.device_count(), 1)}"
+        visible = devices or tuple(f"cuda:{i}" for i in range(max(torch.cuda.device_count(), 1)))
+        _worker_device = worker_device(index, visible)
     else:
         torch.set_num_threads(1)  # the pool already uses the cores, as for OpenCV
+
+
+# ------------------------------------------------------------------------------------ parts and pack
+PARTS_DIR = "parts"
+"""Under the cache (<out>/.work/parts/): one status file per part of a build in parts."""
+
+
+def parse_part(spec: str) -> tuple[int, int]:
+    """``"I/N"`` (0 <= I < N) -> (I, N); a bad value is one BuildError naming it."""
+    try:
+        i, n = (int(x) for x in spec.split("/"))
+    except ValueError:
+        raise BuildError(f"--part must be I/N with 0 <= I < N (e.g. 0/4), got {spec!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise BuildError(f"--part must be I/N with 0 <= I < N (e.g. 0/4), got {spec!r}")
+    return i, n
+
+
+def part_from_env(env: dict[str, str]) -> tuple[int, int] | None:
+    """The part a scheduler gave this process: a Slurm array task (SLURM_ARRAY_TASK_ID counted from
+    SLURM_ARRAY_TASK_MIN, of SLURM_ARRAY_TASK_COUNT) or a torchrun rank (RANK of WORLD_SIZE > 1); else None."""
+    if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
+        first = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+        return parse_part(f"{int(env['SLURM_ARRAY_TASK_ID']) - first}/{env['SLURM_ARRAY_TASK_COUNT']}")
+    if "RANK" in env and int(env.get("WORLD_SIZE", "1")) > 1:
+        return parse_part(f"{env['RANK']}/{env['WORLD_SIZE']}")
+    return None
+
+
+def part_share(records: Sequence[Record], part: tuple[int, int]) -> list[Record]:
+    """Part I of N: every N-th video of the build's list from the I-th (balanced across classes and splits;
+    the same list gives the same shares on every node)."""
+    i, n = part
+    return list(records[i::n])
+
+
+def _host() -> str:
+    """Where a part runs: the Slurm node name when under Slurm (several nodes may share a host), else the host."""
+    return os.environ.get("SLURMD_NODENAME") or os.uname().nodename
+
+
+def _part_file(work: Path, part: tuple[int, int]) -> Path:
+    return work / PARTS_DIR / f"part-{part[0]:05d}-of-{part[1]:05d}.json"
+
+
+def _write_part(work: Path, part: tuple[int, int], status: dict[str, Any]) -> None:
+    path = _part_file(work, part)
+    try:
+        write_text(path, json.dumps({"part": part[0], "parts": part[1], **status}, indent=1))
+    except OSError as exc:
+        raise shards.ShardWriteError(exc.errno, write_error(path, exc, "part status file")) from exc
+
+
+def _read_parts(work: Path) -> dict[int, dict[str, Any]]:
+    """Status of every part that has started, by index; parts of one build agree on N."""
+    found: dict[int, dict[str, Any]] = {}
+    counts = set()
+    for p in sorted((work / PARTS_DIR).glob("part-*-of-*.json")):
+        try:
+            st = json.loads(p.read_text())
+            counts.add(int(st["parts"]))
+            found[int(st["part"])] = st
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise BuildError(f"{p}: unreadable part status ({e}); delete it and rerun that part") from e
+    if len(counts) > 1:
+        raise BuildError(
+            f"{work / PARTS_DIR}: part files of builds in {sorted(counts)} parts; delete the folder and rerun "
+            "the parts of one build"
+        )
+    return found
+
+
+_REJECTED = "rejected.json"
+"""In a video's cache folder: why a part rejected it (so that reruns and the pack need not decode it again)."""
+
+
+def _write_rejected(rec: Record, work: Path, settings: VideoSettings, strict: bool, reason: str) -> None:
+    d = _cache_dir(work, rec.video_id)
+    body = {
+        "video_id": rec.video_id,
+        "source_stamp": _source_stamp(rec.path),
+        "settings": settings.key(),
+        "strict": strict,
+        "reason": reason,
+    }
+    try:
+        write_text(d / _REJECTED, json.dumps(body, indent=1))
+    except OSError as exc:
+        raise shards.ShardWriteError(exc.errno, write_error(d / _REJECTED, exc, "build cache file")) from exc
+
+
+def cached_rejection(rec: Record, work: Path, settings: VideoSettings, strict: bool) -> str | None:
+    """The reason a part recorded for rejecting this video, when it still applies (same file and settings)."""
+    try:
+        body = json.loads((_cache_dir(work, rec.video_id) / _REJECTED).read_text())
+        if (
+            body["video_id"] == rec.video_id
+            and body["settings"] == settings.key()
+            and body["strict"] == strict
+            and body["source_stamp"] == _source_stamp(rec.path)
+        ):
+            return str(body["reason"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def reason_counts(rejected: Sequence[dict[str, str]]) -> dict[str, int]:
+    """Rejections by kind (the reason up to its first ':' or '('), most frequent first: the summary line."""
+    counts: dict[str, int] = {}
+    for r in rejected:
+        kind = r["reason"].split(":")[0].split(" (")[0].strip()
+        counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _rejected_line(rejected: Sequence[dict[str, str]], where: str) -> str:
+    kinds = ", ".join(f"{n} {k}" for k, n in reason_counts(rejected).items())
+    return f"rejected {len(rejected)} video(s) ({kinds}); reasons in {where}"
 
 
 # ----------------------------------------------------------------------------------------- the build
@@ -587,15 +825,22 @@ def build(
     flow_device: FlowDevice | None = None,
     flow_at: FlowAt | str = FlowAt.stored,
     flow_short_side: int | None = None,
+    fps: float | None = None,
+    part: tuple[int, int] | None = None,
+    pack_only: bool = False,
 ) -> BuildReport:
     """Build shards + manifest from records (sources.load_records) into out_dir; see the module docstring.
 
-    strict: reject every video whose decode check finds anything (a shortfall against its declared frame
-    count, a decode error, corrupt frames) instead of keeping it with a warning.
+    strict: reject every video whose decode check finds anything (a shortfall against its declared duration, a
+    decode error, corrupt frames) instead of keeping it with a warning.
     flow_device: device and torch.compile switch of ``tvl1-torch`` (default: cuda when visible, compiled).
     flow_at: FlowAt.stored (flow between the resized frames) or FlowAt.source (between the source frames, the
     shorter side capped at flow_short_side when given, then resized to height x width; see FlowAt). Part of
     the cache key: a rebuild under the other setting recomputes every video.
+    fps: sample every video to this constant frame rate by timestamps (part of the cache key; None: as decoded).
+    part: (I, N): process only share I of N (part_share) into the cache and pack nothing; the report's
+    manifest is None. pack_only: process nothing; pack from the cache when every video is done (by any
+    number of parts or builds), else a BuildError naming the missing videos and parts.
     """
     t0 = time.perf_counter()
     method = FlowMethod(flow_method)
@@ -606,6 +851,12 @@ def build(
         raise BuildError(f"--shard-size must be >= 1, got {shard_size}")
     if workers < 1:
         raise BuildError(f"--workers must be >= 1, got {workers}")
+    if fps is not None and not fps > 0:
+        raise BuildError(f"--fps must be > 0, got {fps}")
+    if part is not None and pack_only:
+        raise BuildError("--pack packs the whole build: give it without --part")
+    if part is not None:
+        parse_part(f"{part[0]}/{part[1]}")
     try:
         at = FlowAt(flow_at)
     except ValueError:
@@ -633,12 +884,15 @@ def build(
         flow_method=method.value,
         flow_at=at.value,
         flow_short_side=flow_short_side,
+        fps=fps,
     )
+    share = part_share(records, part) if part is not None else records
+    tag = f"part {part[0]}/{part[1]}: " if part is not None else ""
 
     results: dict[str, dict[str, Any]] = {}
     bad: dict[str, str] = {}
     todo: list[Record] = []
-    for rec in records:
+    for rec in share:
         if rec.problem is not None:
             bad[rec.video_id] = rec.problem
         elif (meta := cached_meta(rec, work, settings)) is not None:
@@ -647,16 +901,37 @@ def build(
                 bad[rec.video_id] = problem
             else:
                 results[rec.video_id] = meta
+        elif (part is not None or pack_only) and (
+            reason := cached_rejection(rec, work, settings, strict)
+        ) is not None:
+            bad[rec.video_id] = reason  # a part rejected it before: not decoded again
         else:
             todo.append(rec)
     reused = len(results)
     if bad and not skip_bad:
-        rec = next(r for r in records if r.video_id in bad)
+        rec = next(r for r in share if r.video_id in bad)
         raise BuildError(f"{rec.path}: {bad[rec.video_id]} (use --skip-bad to reject such videos instead)")
-    log(f"{len(records)} videos: {reused} already done (cached), {len(todo)} to process, {len(bad)} rejected")
+    if pack_only:
+        parts_status = _read_parts(work)
+        if todo:
+            raise BuildError(_missing_message(records, todo, parts_status))
+        return _pack(
+            records, out, work, settings, results, bad, classes, shard_size=shard_size, skip_bad=skip_bad,
+            strict=strict, limit=limit, extra_settings=extra_settings, log=log, t0=t0, method=method,
+            processed=0, reused=reused, pairs=0, processing=0.0, parts_status=parts_status,
+        )  # fmt: skip
+    log(
+        f"{tag}{len(share)} videos: {reused} already done (cached), {len(todo)} to process, {len(bad)} rejected"
+    )
+    if part is not None:
+        _write_part(work, part, {"state": "running", "videos": len(share), "host": _host()})
 
     bar = tqdm(
-        total=len(todo), desc="videos", unit="video", disable=not progress or not todo, file=sys.stderr
+        total=len(todo),
+        desc=f"{tag}videos" if tag else "videos",
+        unit="video",
+        disable=not progress or not todo,
+        file=sys.stderr,
     )
     started, pairs = time.perf_counter(), 0  # frame pairs of the processed videos: the flow's unit of work
 
@@ -673,6 +948,8 @@ def build(
         if not skip_bad:
             raise BuildError(f"{rec.path}: {value} (use --skip-bad to reject such videos instead)")
         bad[rec.video_id] = value
+        if part is not None:
+            _write_rejected(rec, work, settings, strict, value)
 
     try:
         if workers == 1 or len(todo) <= 1:
@@ -680,7 +957,11 @@ def build(
                 collect(rec, *_work_item(rec, work, settings, strict, flow_device))
         else:
             ctx = mp.get_context("spawn")  # no fork of a process that may hold threads (OpenCV, DALI)
-            init_args = (ctx.Value("i", 0), flow_device.device) if method is FlowMethod.tvl1_torch else ()
+            init_args = (
+                (ctx.Value("i", 0), flow_device.device, flow_device.devices)
+                if method is FlowMethod.tvl1_torch
+                else ()
+            )
             with cf.ProcessPoolExecutor(
                 workers, mp_context=ctx, initializer=_worker_init, initargs=init_args
             ) as pool:
@@ -696,7 +977,87 @@ def build(
     finally:
         bar.close()
     processing = time.perf_counter() - started
+    processed = sum(r.video_id in results for r in todo)
+    if part is not None:
+        by_id = {r.video_id: r for r in share}
+        rejected = [
+            {"video": str(by_id[v].path), "reason": bad[v]} for v in (r.video_id for r in share) if v in bad
+        ]
+        status = {
+            "state": "complete",
+            "videos": len(share),
+            "processed": processed,
+            "reused": reused,
+            "rejected": len(rejected),
+            "rejected_by_reason": reason_counts(rejected),
+            "frame_pairs": pairs,
+            "processing_seconds": round(processing, 3),
+            "seconds": round(time.perf_counter() - t0, 3),
+            "host": _host(),
+        }
+        _write_part(work, part, status)
+        rate = f", {pairs} frame pairs at {pairs / max(processing, 1e-9):.1f}/s" if pairs else ""
+        log(
+            f"{tag}done in {status['seconds']:.1f} s (processed {processed}{rate}, reused {reused}, "
+            f"rejected {len(rejected)}); pack once every part is done"
+        )
+        return BuildReport(None, processed, reused, rejected, time.perf_counter() - t0)
+    return _pack(
+        records, out, work, settings, results, bad, classes, shard_size=shard_size, skip_bad=skip_bad,
+        strict=strict, limit=limit, extra_settings=extra_settings, log=log, t0=t0, method=method,
+        processed=processed, reused=reused, pairs=pairs, processing=processing, parts_status=None,
+    )  # fmt: skip
 
+
+def _missing_message(
+    records: Sequence[Record], todo: Sequence[Record], parts: dict[int, dict[str, Any]]
+) -> str:
+    """Why pack refuses: how many videos are not done, the first of them with their part, and the parts
+    that never finished."""
+    shown = ", ".join(r.video_id for r in todo[:5]) + (
+        f", ... ({len(todo) - 5} more)" if len(todo) > 5 else ""
+    )
+    msg = f"pack: {len(todo)} of {len(records)} videos are not done: {shown}"
+    if not parts:
+        return msg + ". No part has reported (run the build, or its parts with --part I/N, first)"
+    n = next(iter(parts.values()))["parts"]
+    position = {r.video_id: i for i, r in enumerate(records)}
+    owners = sorted({position[r.video_id] % n for r in todo})
+    unfinished = [i for i in range(n) if parts.get(i, {}).get("state") != "complete"]
+    msg += f". Missing from part(s) {', '.join(f'{i}/{n}' for i in owners)}"
+    if unfinished:
+        states = ", ".join(
+            f"{i}/{n} ({parts[i]['state'] if i in parts else 'never started'})" for i in unfinished
+        )
+        msg += f"; part(s) not complete: {states}"
+    return msg + "; rerun them (each resumes from the cache), then pack again"
+
+
+def _pack(
+    records: Sequence[Record],
+    out: Path,
+    work: Path,
+    settings: VideoSettings,
+    results: dict[str, dict[str, Any]],
+    bad: dict[str, str],
+    classes: list[str],
+    *,
+    shard_size: int,
+    skip_bad: bool,
+    strict: bool,
+    limit: int | None,
+    extra_settings: dict[str, Any] | None,
+    log,
+    t0: float,
+    method: FlowMethod,
+    processed: int,
+    reused: int,
+    pairs: int,
+    processing: float,
+    parts_status: dict[int, dict[str, Any]] | None,
+) -> BuildReport:
+    """Shards in split-list order, then the manifest (the same bytes however the videos were processed)."""
+    ids = [r.video_id for r in records]
     by_id = {r.video_id: r for r in records}
     rejected = [{"video": str(by_id[v].path), "reason": bad[v]} for v in ids if v in bad]
     # Pack. The old manifest goes first: from here on the folder is an unfinished build until the new one lands.
@@ -733,14 +1094,14 @@ def build(
         classes=classes,
         splits=split_infos,
         video={
-            "height": height,
-            "width": width,
+            "height": settings.height,
+            "width": settings.width,
             "fps": statistics.median(fps_values),
             "min_frames": min(m["frames"] for m in accepted_all),
         },
         flow={"method": method.value, "bound": int(settings.flow_bound)},
         settings={
-            **dataclasses.asdict(settings),
+            **settings.recorded(),
             "shard_size": shard_size,
             "skip_bad": skip_bad,
             "strict": strict,
@@ -753,16 +1114,27 @@ def build(
         warnings=warnings,
     )
     path = shards.write_manifest(out, manifest)
-    processed = sum(r.video_id in results for r in todo)
     report = BuildReport(path, processed, reused, rejected, time.perf_counter() - t0)
     n_train, n_test = (manifest["splits"][s]["num_samples"] for s in shards.SPLITS)
+    if parts_status:
+        # the summary adds the parts up: what each did when it ran, not what this pack found cached
+        done = [parts_status[i] for i in sorted(parts_status)]
+        total = {
+            k: sum(int(p.get(k, 0)) for p in done) for k in ("processed", "reused", "rejected", "frame_pairs")
+        }
+        longest = max(float(p.get("seconds", 0)) for p in done)
+        log(
+            f"{len(done)} part(s): processed {total['processed']}, reused {total['reused']}, rejected "
+            f"{total['rejected']}, {total['frame_pairs']} frame pairs; longest part {longest:.1f} s, "
+            f"{sum(float(p.get('seconds', 0)) for p in done):.1f} s of part time in all"
+        )
     rate = f", {pairs} frame pairs at {pairs / max(processing, 1e-9):.1f}/s" if pairs else ""
     log(
         f"wrote {n_train} train + {n_test} test samples to {out} in {report.seconds:.1f} s "
         f"(processed {report.processed}{rate}, reused {reused})"
     )
     if rejected:
-        log(f"rejected {len(rejected)} video(s); reasons in {path} under 'rejected'")
+        log(_rejected_line(rejected, f"{path} under 'rejected'"))
     if warnings:
         log(f"kept {len(warnings)} video(s) with a warning; listed in {path} under 'warnings'")
     return report
@@ -851,7 +1223,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--root",
         default=None,
         help="data set folder (ucf101: UCF-101/ + ucfTrainTestlist/; hmdb51: class folders + "
-        "testTrainMulti_7030_splits/; folder: one sub-folder per class)",
+        "testTrainMulti_7030_splits/; folder: one sub-folder per class; kinetics: annotations/{train,validate}"
+        ".csv + the clips, flat or in per-class folders; missing or broken clips are always rejected with "
+        "their reason, as with --skip-bad)",
     )
     p.add_argument("--out", required=True, help="output folder for shards, DALI indexes and manifest.json")
     p.add_argument(
@@ -871,7 +1245,34 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         choices=["cuda", "cpu"],
         help="where tvl1-torch runs (default: cuda when a GPU is visible, else cpu); with cuda the --workers "
-        "processes share the visible GPUs in turn",
+        "processes take the GPUs of --devices in turn",
+    )
+    p.add_argument(
+        "--devices",
+        default=None,
+        help="with --device cuda: the GPUs to use, e.g. 0,1,2,3 or cuda:0,cuda:1 (default: every visible GPU); "
+        "worker i of the pool runs its flow on GPU i mod len(devices)",
+    )
+    p.add_argument(
+        "--fps",
+        type=float,
+        default=None,
+        help="sample every video to this constant frame rate by its timestamps (nearest frame per tick; "
+        "variable-frame-rate sources, as Kinetics pipelines do); recorded in the manifest. Default: the "
+        "decoded frames as they are",
+    )
+    p.add_argument(
+        "--part",
+        default=None,
+        help="I/N (0 <= I < N): process the I-th of N deterministic shares of the videos into the shared cache "
+        "and pack nothing (default: from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT, or torchrun's "
+        "RANK/WORLD_SIZE, when set; else the whole build). Then run the same command with --pack",
+    )
+    p.add_argument(
+        "--pack",
+        action="store_true",
+        help="write the shards and manifest from the cache once every part is done (else name the missing "
+        "videos and parts and exit 2); also `python -m data_prep.build pack ...`",
     )
     p.add_argument(
         "--flow-compile",
@@ -926,9 +1327,26 @@ def _default_device() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["pack"]:
+        argv = [*argv[1:], "--pack"]
     a = parse_args(argv)
     try:
-        records = load_records(a.source, a.root, a.split, skip_bad=a.skip_bad)
+        # Kinetics always lacks some downloads: they are rejections with a reason, never a stop
+        skip_bad = a.skip_bad or a.source == "kinetics"
+        part = parse_part(a.part) if a.part else (None if a.pack else part_from_env(dict(os.environ)))
+        device = a.device or _default_device()
+        devices: tuple[str, ...] = ()
+        if a.devices is not None or (device == "cuda" and a.flow == FlowMethod.tvl1_torch.value):
+            if device != "cuda":
+                raise BuildError("--devices applies to --device cuda only")
+            import torch
+
+            devices = parse_devices(a.devices, torch.cuda.device_count())
+        records = load_records(a.source, a.root, a.split, skip_bad=skip_bad)
+        extra = {"source": a.source, "root": str(Path(a.root).resolve()), "split_id": a.split}
+        if a.pack and (parts := _read_parts(Path(a.out) / WORK_DIR)):
+            extra["parts"] = next(iter(parts.values()))["parts"]
         build(
             records,
             a.out,
@@ -937,14 +1355,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             width=a.width,
             shard_size=a.shard_size,
             workers=a.workers,
-            skip_bad=a.skip_bad,
+            skip_bad=skip_bad,
             limit=a.limit,
-            extra_settings={"source": a.source, "root": str(Path(a.root).resolve()), "split_id": a.split},
+            extra_settings=extra,
             progress=not a.no_progress,
             strict=a.strict,
-            flow_device=FlowDevice(a.device or _default_device(), a.flow_compile),
+            flow_device=FlowDevice(device, a.flow_compile, devices),
             flow_at=a.flow_at,
             flow_short_side=a.flow_short_side,
+            fps=a.fps,
+            part=part,
+            pack_only=a.pack,
         )
     except (DataSourceError, BuildError, shards.ShardFormatError) as e:
         print(f"error: {e}", file=sys.stderr)

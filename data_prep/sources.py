@@ -6,6 +6,14 @@
 - ``hmdb51``: HMDB51's layout. Split files ``<class>_test_split<N>.txt`` ("video.avi 1", 1 = train,
   2 = test, 0 = unused) in ``testTrainMulti_7030_splits/`` or ``splits/`` (or the root); videos in
   ``<class>/`` folders under ``hmdb51_org/``, ``videos/`` or the root. Classes in alphabetical order.
+- ``kinetics``: Kinetics-400/600/700. The official annotation CSVs (header ``label,youtube_id,time_start,
+  time_end,split``, further columns ignored): ``train.csv`` and ``validate.csv`` (or ``val.csv``, or any
+  ``*train*.csv`` / ``*val*.csv`` such as ``kinetics_train.csv``) in ``annotations/`` or the root. Videos named
+  ``{youtube_id}_{time_start:06d}_{time_end:06d}.<ext>`` anywhere under the root: flat, or in per-class folders
+  (the label as written, or with spaces as underscores), or under ``train/`` / ``val(idate)/``. The validate
+  list is the test split. Classes: the train list's labels, alphabetical (label order of the released code).
+  Kinetics always has missing and broken downloads, so its records always carry their problem (never raised):
+  the build rejects them with the reason and counts them.
 - ``folder``: one sub-folder per class (alphabetical order = label order) of video files; a deterministic
   split: in each class's name-sorted list, every 5th video (offset by split_id - 1) is a test video.
 
@@ -29,6 +37,10 @@ WHERE_TO_GET = {
     "https://serre-lab.clps.brown.edu/resource/hmdb-a-large-human-motion-database/ and extract them into one "
     "folder (one sub-folder per class with its .avi files, and testTrainMulti_7030_splits/)",
     "folder": "folder: a folder with one sub-folder per class holding that class's video files",
+    "kinetics": "Kinetics-400/600/700: the annotation CSVs (train.csv, validate.csv) from "
+    "https://github.com/cvdfoundation/kinetics-dataset (or DeepMind's kinetics_*.csv) in <root>/annotations/, "
+    "and the downloaded clips {youtube_id}_{time_start:06d}_{time_end:06d}.mp4 under <root> (flat or in "
+    "per-class folders)",
 }
 
 FOLDER_FOLDS = 5
@@ -38,6 +50,7 @@ class Source(str, enum.Enum):
     ucf101 = "ucf101"
     hmdb51 = "hmdb51"
     folder = "folder"
+    kinetics = "kinetics"
 
 
 class DataSourceError(ValueError):
@@ -239,6 +252,124 @@ def load_any(root: str | Path, skip_bad: bool = False) -> list[Record]:
     ]  # fmt: skip
 
 
+# ------------------------------------------------------------------------------------------- Kinetics
+KINETICS_COLUMNS = ("label", "youtube_id", "time_start", "time_end")
+KINETICS_SPLITS = (("train", ("train",)), ("test", ("validate", "val")))
+"""(our split, the CSV name stems that hold it): Kinetics' validate list is the test split of a build."""
+
+
+def kinetics_name(youtube_id: str, time_start: int, time_end: int) -> str:
+    """The file stem of a clip, as the official download scripts name it."""
+    return f"{youtube_id}_{time_start:06d}_{time_end:06d}"
+
+
+def _kinetics_csv(root: Path, stems: tuple[str, ...]) -> Path:
+    """The annotation CSV of one split: ``<stem>.csv`` in annotations/ or the root, else the one ``*<stem>*.csv``."""
+    folders = [d for d in (root / "annotations", root) if d.is_dir()]
+    for d in folders:
+        for stem in stems:
+            if (d / f"{stem}.csv").is_file():
+                return d / f"{stem}.csv"
+    for d in folders:
+        for stem in stems:
+            found = sorted(p for p in d.glob(f"*{stem}*.csv") if p.is_file())
+            if len(found) > 1:
+                raise DataSourceError(
+                    f"{d}: several {stem} annotation CSVs ({', '.join(p.name for p in found)}); keep one"
+                )
+            if found:
+                return found[0]
+    raise DataSourceError(
+        f"{root}: no {' / '.join(f'{s}.csv' for s in stems)} in annotations/ or the root. {WHERE_TO_GET['kinetics']}"
+    )
+
+
+def _kinetics_rows(csv_path: Path) -> list[tuple[int, str, str, int, int]]:
+    """(line, label, youtube_id, time_start, time_end) of every row; a malformed row is one error naming it."""
+    import csv
+
+    lines = _read_lines(csv_path)
+    if not lines:
+        raise DataSourceError(f"{csv_path}: empty annotation file")
+    header = next(csv.reader([lines[0][1]]))
+    missing = [c for c in KINETICS_COLUMNS if c not in header]
+    if missing:
+        raise DataSourceError(
+            f"{csv_path}:{lines[0][0]}: header lacks {missing}; expected {','.join(KINETICS_COLUMNS)},split"
+        )
+    col = {c: header.index(c) for c in KINETICS_COLUMNS}
+    rows = []
+    for lineno, fields in zip(
+        (n for n, _ in lines[1:]), csv.reader([ln for _, ln in lines[1:]]), strict=True
+    ):
+        try:
+            label, yid = fields[col["label"]].strip(), fields[col["youtube_id"]].strip()
+            start, end = int(float(fields[col["time_start"]])), int(float(fields[col["time_end"]]))
+        except (IndexError, ValueError):
+            raise DataSourceError(
+                f"{csv_path}:{lineno}: expected {','.join(KINETICS_COLUMNS)},... got {','.join(fields)!r}"
+            ) from None
+        if not label or not yid:
+            raise DataSourceError(f"{csv_path}:{lineno}: empty label or youtube_id")
+        rows.append((lineno, label, yid, start, end))
+    return rows
+
+
+def _kinetics_index(root: Path) -> dict[str, list[Path]]:
+    """Every video file under root by stem (one walk over the tree: K400 has 300k files)."""
+    index: dict[str, list[Path]] = {}
+    for p in sorted(root.rglob("*")):
+        # hidden folders (a build's .work cache, a generator's scratch) hold no downloads
+        if p.suffix.lower() in VIDEO_EXTENSIONS and not any(
+            part.startswith(".") for part in p.relative_to(root).parts
+        ):
+            index.setdefault(p.stem, []).append(p)
+    return index
+
+
+def _kinetics_pick(paths: list[Path], root: Path, label: str, folders: tuple[str, ...]) -> Path:
+    """Of the files with a clip's name, the one in its class folder / split folder, else the first."""
+
+    def rank(p: Path) -> tuple[int, str]:
+        parts = p.relative_to(root).parts[:-1]
+        in_class = bool(parts) and parts[-1] in (label, label.replace(" ", "_"))
+        in_split = any(f in parts for f in folders)
+        return (-(2 * in_class + in_split), str(p))
+
+    return min(paths, key=rank)
+
+
+def load_kinetics(
+    root: str | Path, split_id: int = 1, skip_bad: bool = True
+) -> tuple[list[Record], list[str]]:
+    """Kinetics records; missing / empty downloads always carry their problem (see the module docstring)."""
+    root = _require_root(root, "kinetics")
+    lists = {split: (_kinetics_csv(root, stems), stems) for split, stems in KINETICS_SPLITS}
+    rows = {split: _kinetics_rows(path) for split, (path, _) in lists.items()}
+    classes = sorted({label for _, label, *_ in rows["train"]})
+    index_of = {c: i for i, c in enumerate(classes)}
+    files = _kinetics_index(root)
+    records: list[Record] = []
+    for split, (csv_path, stems) in lists.items():
+        seen: set[str] = set()
+        for lineno, label, yid, start, end in rows[split]:
+            stem = kinetics_name(yid, start, end)
+            if stem in seen:
+                raise DataSourceError(f"{csv_path}:{lineno}: clip {stem} is listed twice")
+            seen.add(stem)
+            label_id = index_of.get(label, -1)
+            found = files.get(stem)
+            path = _kinetics_pick(found, root, label, stems) if found else root / label / f"{stem}.mp4"
+            if label_id < 0:
+                problem = f"label {label!r} does not occur in the train list {lists['train'][0].name}"
+            elif not found:
+                problem = "file not found (not downloaded)"
+            else:
+                problem = _video_problem(path)
+            records.append(Record(path, label_id, label, split, f"{split}/{stem}", problem))
+    return records, classes
+
+
 class RecordList(list):
     """A list of Records that also knows the data set's full class list (``classes``, label order), which
     records alone may not show when a class has no videos in a split."""
@@ -248,7 +379,12 @@ class RecordList(list):
         self.classes = list(classes)
 
 
-_LOADERS = {Source.ucf101: load_ucf101, Source.hmdb51: load_hmdb51, Source.folder: load_folder}
+_LOADERS = {
+    Source.ucf101: load_ucf101,
+    Source.hmdb51: load_hmdb51,
+    Source.folder: load_folder,
+    Source.kinetics: load_kinetics,
+}
 
 
 def load_records(
@@ -264,7 +400,7 @@ def load_records(
         raise DataSourceError(
             f"unknown source {source!r}; expected one of {[s.value for s in Source]}"
         ) from None
-    if src != Source.folder and split_id not in (1, 2, 3):
+    if src in (Source.ucf101, Source.hmdb51) and split_id not in (1, 2, 3):
         raise DataSourceError(f"{src.value}: --split must be 1, 2 or 3, got {split_id}")
     records, classes = _LOADERS[src](root, split_id, skip_bad)
     if not records:

@@ -665,6 +665,77 @@ def generate(
 
 
 # -------------------------------------------------------------------------------------------------- CLI
+KINETICS_HEADER = "label,youtube_id,time_start,time_end,split,is_cc"
+BROKEN_DOWNLOAD = b"<!DOCTYPE html><html><body>Video unavailable</body></html>\n"
+"""What a failed download often leaves under a video's name: an error page, not a video."""
+
+
+def _kinetics_label(name: str) -> str:
+    """CamelCase class name -> a Kinetics-style label ("SlideHorizontal" -> "slide horizontal")."""
+    return "".join(f" {c.lower()}" if c.isupper() and i else c.lower() for i, c in enumerate(name))
+
+
+def _youtube_id(entry: VideoEntry, seed: int) -> str:
+    """11 characters of YouTube's alphabet (with '-' and '_', which file-name parsing must survive)."""
+    import base64
+    import hashlib
+
+    digest = hashlib.sha1(f"{seed}/{entry.split}/{entry.class_name}/{entry.group}".encode()).digest()
+    return base64.urlsafe_b64encode(digest).decode()[:11]
+
+
+def generate_kinetics(
+    out_dir: str | os.PathLike,
+    cfg: SyntheticConfig | None = None,
+    *,
+    per_class: bool = True,
+    missing: int = 0,
+    broken: int = 0,
+    workers: int = 1,
+    progress: bool = True,
+) -> Path:
+    """The synthetic set in the Kinetics layout, for tests and the cluster demo; returns out_dir.
+
+    ``annotations/train.csv`` and ``validate.csv`` (the official header) list every video; the clips are
+    ``{train,val}/<label>/{youtube_id}_{start:06d}_{end:06d}.avi`` (``per_class=False``: flat in train/ and
+    val/), hard links to the UCF101-layout set generated in ``out_dir/.synthetic``. Like a real Kinetics
+    download, the last ``missing`` train rows have no file and the ``broken`` before them hold an error page.
+    """
+    cfg = cfg or SyntheticConfig()
+    out = Path(out_dir)
+    src = generate(out / ".synthetic", cfg, workers=workers, progress=progress, overwrite=True)
+    entries = sorted(list_videos(cfg), key=lambda e: (e.split, e.class_index, e.group))
+    train = [e for e in entries if e.split == "train"]
+    if missing + broken > len(train) - 1:
+        raise ValueError(
+            f"missing + broken = {missing + broken}: must leave at least one of {len(train)} train videos"
+        )
+    absent = {id(e) for e in train[len(train) - missing :]} if missing else set()
+    bad = {id(e) for e in train[len(train) - missing - broken : len(train) - missing]} if broken else set()
+    for d in ("train", "val", "annotations"):
+        if (out / d).exists():
+            shutil.rmtree(out / d)  # the layout belongs to this set: other settings replace it
+    rows: dict[str, list[str]] = {"train": [], "validate": []}
+    for e in entries:
+        label = _kinetics_label(e.class_name)
+        start = (7 * e.group + 3 * e.class_index) % 290
+        yid = _youtube_id(e, cfg.seed)
+        split = "train" if e.split == "train" else "validate"
+        rows[split].append(f'"{label}",{yid},{start},{start + 10},{split},0')
+        if id(e) in absent:
+            continue
+        folder = out / ("train" if e.split == "train" else "val") / (label if per_class else "")
+        folder.mkdir(parents=True, exist_ok=True)
+        dest = folder / f"{yid}_{start:06d}_{start + 10:06d}.avi"
+        if id(e) in bad:
+            write_bytes(dest, BROKEN_DOWNLOAD)
+        else:
+            os.link(src / "videos" / e.relpath, dest)
+    for split, lines in rows.items():
+        write_text(out / "annotations" / f"{split}.csv", "\n".join([KINETICS_HEADER, *sorted(lines)]) + "\n")
+    return out
+
+
 def _help(name: str) -> str:
     f = {f.name: f for f in dataclasses.fields(SyntheticConfig)}[name]
     return f"{f.metadata['help']} (default: {f.default})"
@@ -704,12 +775,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace a set built in --out with other settings"
     )
+    parser.add_argument(
+        "--kinetics",
+        action="store_true",
+        help="write the Kinetics layout instead (annotations/{train,validate}.csv, "
+        "{train,val}/<label>/<youtube_id>_<start>_<end>.avi; see generate_kinetics)",
+    )
+    parser.add_argument("--flat", action="store_true", help="with --kinetics: no per-class folders")
+    parser.add_argument(
+        "--missing", type=int, default=0, help="with --kinetics: train rows whose clip was never downloaded"
+    )
+    parser.add_argument(
+        "--broken",
+        type=int,
+        default=0,
+        help="with --kinetics: train clips that are an error page, not a video",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     keys = ("num_classes", "train_per_class", "test_per_class", "frames", "height", "width", "fps", "seed")
     cfg = SyntheticConfig(**{k: getattr(args, k) for k in keys})
     t0 = time.perf_counter()
     try:
+        if args.kinetics:
+            out = generate_kinetics(
+                args.out,
+                cfg,
+                per_class=not args.flat,
+                missing=args.missing,
+                broken=args.broken,
+                workers=args.workers,
+                progress=not args.quiet,
+            )
+            print(f"{out}: {cfg.num_classes} classes in the Kinetics layout")
+            return 0
         out = generate(
             args.out,
             cfg,

@@ -43,6 +43,8 @@ CLUSTER_SCRIPTS = [
     ROOT / "scripts" / "container" / "check_image.sh",
     ROOT / "scripts" / "slurm" / "local_cluster.sh",
     ROOT / "scripts" / "slurm" / "local_cluster_demo.sh",
+    ROOT / "scripts" / "slurm" / "local_cluster_build_demo.sh",
+    ROOT / "scripts" / "slurm" / "build.sbatch",
 ]
 
 

@@ -5,6 +5,8 @@
 #   scripts/slurm/local_cluster.sh stop             stop every daemon this script started, undo the hosts entry
 #   scripts/slurm/local_cluster.sh status           sinfo / squeue of the local cluster
 #   scripts/slurm/local_cluster.sh demo [--quick]   start, run the checks below, write a JSON record, stop
+#   scripts/slurm/local_cluster.sh build-demo       a data-set build as an array job + pack (build.sbatch; see
+#                                                   local_cluster_build_demo.sh --help)
 #
 # demo: (1) sbatch train.sbatch on 2 nodes x 1 task (gloo, c10d rendezvous on the first node) with
 # configs/cluster_tiny.yaml, and a 2-process `torchrun --standalone` of the same config: both must end with the
@@ -24,7 +26,7 @@
 # the jobs; default: the active one), MASTER_PORT (default 29731).
 set -euo pipefail
 
-usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; }
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 STATE=${STATE:-/var/tmp/vicc_slurm}
@@ -156,6 +158,7 @@ case "${1:-}" in
     stop) stop ;;
     status) status ;;
     demo) shift; exec "${ROOT}/scripts/slurm/local_cluster_demo.sh" "$@" ;;
+    build-demo) shift; exec "${ROOT}/scripts/slurm/local_cluster_build_demo.sh" "$@" ;;
     -h|--help) usage ;;
     *) usage >&2; exit 2 ;;
 esac

@@ -228,3 +228,33 @@ def test_flow_extraction_estimate_comes_from_the_last_320x240_speed_run() -> Non
     # 2.5 million pairs at 5 and 2 pairs/s per core
     assert "about 139 core-hours with tvl1-torch and 347 with OpenCV" in line and "abc1234" in line
     assert "no 320x240 speed record" in report_flow.extraction_block([run([128, 171], 9.0, 9.0)])
+
+
+def test_k400_cost_block_is_computed_from_the_records() -> None:
+    """Core-hours = K400 pairs / measured pairs/s; the newest current-code run per size; GPU marked not measured."""
+
+    def flow(time: str, rate: float, note: bool = False) -> dict:
+        methods = {m: {"pairs_per_s": rate * k} for m, k in (("tvl1", 1), ("tvl1-torch", 2), ("dis", 100))}
+        env = {"time": time, "git_commit": "abc1234", "cpu_count": 2, "gpu": None} | (
+            {"note": "old"} if note else {}
+        )
+        return {
+            "benchmark": "flow",
+            "env": env,
+            "result": {"threads": 1, "size": [128, 171], "methods": methods},
+        }
+
+    row = {"flow": "tvl1", "frames_per_video": 50, "shard_bytes_per_video": 100_000,
+           "rgb_plus_flow_bytes_per_video": 90_000, "build": {"frame_pairs_per_wall_s": 9.0}}  # fmt: skip
+    build = {"benchmark": "build", "env": {"git_commit": "def5678", "cpu_count": 2, "gpu": None},
+             "result": {"rows": [row], "source": {"size": [128, 171]}, "workers": 2}}  # fmt: skip
+    runs = [flow("2026-01-01", 5.0), flow("2026-02-01", 10.0), flow("2026-03-01", 99.0, note=True)]
+    block = report.build_cost_block({"build": [build], "flow": runs, "slurm_build": []})
+    pairs = 260_000 * 249
+    assert (
+        f"| tvl1 (OpenCV, CPU) | 128 x 171 | 10 | {pairs / 10 / 3600:,.0f} |" in block
+    )  # the newest un-noted run
+    assert f"| tvl1-torch (PyTorch, CPU) | 128 x 171 | 20 | {pairs / 20 / 3600:,.0f} |" in block
+    assert "| tvl1-torch (GPU) | - | not measured yet |" in block
+    assert f"**{pairs / 86_400 / 8:.0f} frame pairs/s per GPU**" in block
+    assert f"**{2000 * 250 * 260_000 / 1e9:.0f} GB** for K400" in block  # 2 kB per frame x 250 frames x clips

@@ -309,3 +309,57 @@ def test_build_chunks_tvl1_torch_pairs_without_changing_the_flow(tmp_path):
     want = codec.encode_flow(quantize_flow(compute_flow(frames, "tvl1-torch", device="cpu")), fps=fps)
     got = (tmp_path / "work").rglob("flow.webm")
     assert [p.read_bytes() for p in got] == [want]
+
+
+def _assigned_device(_: int) -> tuple[int, str | None]:
+    import os
+    import time
+
+    time.sleep(0.5)  # hold this worker so the next task starts the other one
+    return os.getpid(), build._worker_device
+
+
+def test_devices_parsing_and_one_worker_per_gpu():
+    """--devices and the pool's GPU assignment (issue 27). The assignment runs the real spawn pool with the
+    real initializer; it only names devices, so it runs here without a GPU."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    assert build.parse_devices(None, 4) == ("cuda:0", "cuda:1", "cuda:2", "cuda:3")
+    assert build.parse_devices("2, cuda:0", 4) == ("cuda:2", "cuda:0")
+    for spec, why in (
+        ("4", "not visible"),
+        ("0,0", "named twice"),
+        ("gpu0", "expected GPU indices"),
+        ("", "expected GPU indices"),
+    ):
+        with pytest.raises(build.BuildError, match=why):
+            build.parse_devices(spec, 4)
+    with pytest.raises(build.BuildError, match="no GPU is visible"):
+        build.parse_devices(None, 0)
+    assert [build.worker_device(i, ("cuda:1", "cuda:3")) for i in range(5)] == [
+        "cuda:1", "cuda:3", "cuda:1", "cuda:3", "cuda:1"
+    ]  # fmt: skip
+    ctx = mp.get_context("spawn")
+    init = (ctx.Value("i", 0), "cuda", ("cuda:1", "cuda:3"))
+    with cf.ProcessPoolExecutor(2, mp_context=ctx, initializer=build._worker_init, initargs=init) as pool:
+        got = dict(pool.map(_assigned_device, range(4)))
+    assert sorted(got.values()) == ["cuda:1", "cuda:3"]  # two workers, one on each GPU
+
+
+def test_cli_devices_need_cuda(tmp_path, capsys):
+    args = [
+        "--source",
+        "folder",
+        "--root",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "o"),
+        "--flow",
+        "tvl1-torch",
+    ]
+    assert build.main([*args, "--device", "cpu", "--devices", "0"]) == 2
+    assert "--devices applies to --device cuda only" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert build.main([*args, "--device", "cuda", "--devices", "0"]) == 2
+        assert "cuda:0 is not visible (0 GPU(s) visible)" in capsys.readouterr().err

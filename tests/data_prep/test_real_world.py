@@ -352,3 +352,62 @@ def test_streaming_processing_matches_the_whole_array_path(tmp_path):
     assert (d / "rgb.webm").read_bytes() == codec.encode_rgb(frames, fps=fps, crf=settings.rgb_crf)
     assert (d / "flow.webm").read_bytes() == codec.encode_flow(q, fps=fps, crf=settings.flow_crf)
     assert (meta["frames"], meta["flow_frames"]) == (14, 14)
+
+
+def write_avi_with_dropped_frames(path: Path, frames: np.ndarray, every: int = 3) -> Path:
+    """An AVI whose frame i has timestamp every * i: the muxer fills each gap with empty chunks (repeated
+    frames, as old capture tools and re-muxed web videos store them), so the header declares ~every x the
+    frames that decode while their timestamps run the whole declared duration."""
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mpeg4", rate=25)
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        s.codec_context.time_base = Fraction(1, 25)
+        for i, f in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(f, format="rgb24")
+            vf.pts, vf.time_base = every * i, Fraction(1, 25)
+            for pk in s.encode(vf):
+                c.mux(pk)
+        for pk in s.encode():
+            c.mux(pk)
+    return path
+
+
+def test_avi_with_empty_chunks_is_complete_by_time(tmp_path):
+    """Issue 27: 20 frames decode of the 58 the header declares, spanning all 2.32 s: kept, no warning
+    (before, rejected as 'decoded 20 of the 58 frames (34%): below the 90% floor'). A copy cut in half stops
+    early in time and is still rejected."""
+    p = write_avi_with_dropped_frames(tmp_path / "drop.avi", moving_frames(20, 24, 32))
+    frames, fps, check = build.read_video(p)
+    assert (check.declared, check.decoded, frames.shape[0]) == (58, 20, 20)
+    assert check.decoded_seconds == pytest.approx(check.declared_seconds) == pytest.approx(2.32)
+    assert not check.short and check.message() is None and check.problem(strict=True) is None
+    # the header still declares 118 frames (4.72 s); the frames that decode stop at about half of it
+    half = cut(write_avi_with_dropped_frames(tmp_path / "cut.avi", moving_frames(40, 48, 64)), 0.7)
+    _, _, short = build.read_video(half)
+    assert short.declared == 118 and short.declared_seconds == pytest.approx(4.72)
+    assert short.short and short.decoded_seconds < 0.6 * short.declared_seconds, short
+    assert "below the 90% floor" in short.problem(strict=False)
+    m = run(folder_set(tmp_path / "src", {"a/drop.avi": p, "a/cut.avi": half, "b/x.avi": p, "b/y.avi": p}),
+            tmp_path / "out", skip_bad=True)  # fmt: skip
+    assert [Path(r["video"]).name for r in m["rejected"]] == ["cut.avi"] and m["warnings"] == []
+
+
+def test_fps_resamples_by_timestamps(tmp_path):
+    """--fps 25 on the dropped-frame AVI: one frame per 1/25 s tick, each the decoded frame nearest in time
+    (frame i shows at 3i/25), 58 in all; a constant-rate file sampled at its own rate is unchanged, at half
+    its rate every other frame; the build records the rate in the manifest and the cache key."""
+    p = write_avi_with_dropped_frames(tmp_path / "drop.avi", moving_frames(20, 24, 32))
+    decoded, _, _ = build.read_video(p)
+    frames, fps, check = build.read_video(p, fps=25)
+    assert fps == 25 and frames.shape[0] == 58 and check.decoded == 20
+    nearest = [min(range(20), key=lambda i: abs(3 * i - k)) for k in range(58)]
+    assert all(np.array_equal(frames[k], decoded[i]) for k, i in enumerate(nearest))
+    const = write_mp4(tmp_path / "c.mp4", moving_frames(30, 24, 32))
+    same, _, _ = build.read_video(const)
+    assert np.array_equal(build.read_video(const, fps=25)[0], same)
+    half, rate, _ = build.read_video(const, fps=12.5)
+    assert rate == 12.5 and half.shape[0] == 15 and np.array_equal(half, same[::2])
+    root = folder_set(tmp_path / "src", {"a/drop.avi": p, "a/c.mp4": const, "b/x.mp4": const, "b/y.avi": p})
+    m = run(root, tmp_path / "out", fps=12.5)
+    assert m["settings"]["fps"] == 12.5 and m["video"]["fps"] == 12.5 and m["video"]["min_frames"] == 15
+    assert "fps" not in run(root, tmp_path / "out")["settings"]  # no --fps: the manifest as before

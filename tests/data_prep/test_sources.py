@@ -70,6 +70,8 @@ def test_missing_root_says_where_to_get_data(tmp_path):
     with pytest.raises(DataSourceError, match="classInd.txt"):
         load_records("ucf101", tmp_path)  # a folder that is not UCF101
     with pytest.raises(DataSourceError, match="unknown source"):
+        load_records("kinetics9000", tmp_path)
+    with pytest.raises(DataSourceError, match=r"no train\.csv in annotations/ or the root.*cvdfoundation"):
         load_records("kinetics", tmp_path)
 
 

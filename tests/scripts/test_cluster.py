@@ -61,6 +61,28 @@ def test_local_slurm_cluster_two_nodes_equal_torchrun(tmp_path) -> None:
     assert not [p for p in ps if "vicc_slurm_pytest" in p and not p.startswith("Z")], ps
 
 
+@pytest.mark.timeout(1800)
+def test_local_slurm_cluster_builds_in_parts_byte_identical(tmp_path) -> None:
+    """build.sbatch as a 2-part array + pack on the two local nodes; one part cancelled, pack refuses, requeue."""
+    missing = _missing("munged", "slurmctld", "slurmd", "sbatch")
+    if missing:
+        pytest.skip(f"not installed: {missing} (Debian: apt-get install slurm-wlm munge)")
+    record = tmp_path / "slurm_build.json"
+    env = _env() | {"STATE": "/var/tmp/vicc_slurm_pytest"}
+    proc = subprocess.run(
+        ["bash", "scripts/slurm/local_cluster.sh", "build-demo", "--parts", "2", "--record", str(record)],
+        cwd=REPO, capture_output=True, text=True, timeout=1700, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rec = json.loads(record.read_text())
+    assert rec["byte_identical"]["equal"] and rec["byte_identical"]["manifest_splits_equal"]
+    assert (
+        rec["pack_refused"]["state"] == "FAILED"
+        and "Missing from part(s) 1/2" in rec["pack_refused"]["message"]
+    )
+    assert rec["cancelled_part"]["state_after_requeue"] == "COMPLETED" and rec["pack"]["state"] == "COMPLETED"
+
+
 @pytest.mark.timeout(3600)
 def test_container_builds_and_runs_as_documented(tmp_path) -> None:
     missing = _missing("podman", "runc")

@@ -346,6 +346,109 @@ def kernels_cpu_block(runs: list[dict[str, Any]]) -> str:
 
 
 # (doc, block name) -> (which records: a key of the dict blocks() loads, generator)
+K400 = {"clips": 260_000, "seconds": 10, "fps": 25}
+"""Kinetics-400 as the cost table assumes it (inputs, not measurements): ~240k train + ~20k validate clips of
+~10 s (issue 27; the Kinetics paper), sampled to 25 frames/s (``--fps 25``)."""
+NODE_CORES = 64
+"""CPU cores of the node the table assumes (scripts/slurm/*.sbatch ask for 64 per task)."""
+DAY_S = 86_400
+SLURM_BUILD_RECORD = Path("benchmarks/results/slurm_build_local.json")
+
+
+def _cost_flow_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per frame size, the newest one-thread ``bench flow`` run that timed every method. Runs whose env carries a
+    note are left out: they re-run older code beside newer runs (e.g. 89cd9b5 on 2026-12-07), not the current."""
+    newest: dict[tuple[int, ...], dict[str, Any]] = {}
+    for r in runs:
+        res = r.get("result", {})
+        if r.get("benchmark") != "flow" or res.get("threads") != 1 or "note" in r.get("env", {}):
+            continue
+        if not {"tvl1", "tvl1-torch", "dis"} <= set(res.get("methods", {})):
+            continue
+        size = tuple(res["size"])
+        if size not in newest or r["env"]["time"] > newest[size]["env"]["time"]:
+            newest[size] = r
+    return [newest[k] for k in sorted(newest)]
+
+
+def build_cost_block(recs: dict[str, list[dict[str, Any]]]) -> str:
+    """docs/cluster.md: what K400's flow and shards cost, from the measured per-core pairs/s (``bench flow``,
+    one thread per method, per frame size) and the measured bytes per frame of the last ``bench build`` run."""
+    builds = [r for r in recs["build"] if r.get("benchmark") == "build"]
+    flows = _cost_flow_runs(recs["flow"])
+    if not builds or not flows:
+        return f"(no records yet: `python -m vicc_fast.bench build --json {BUILD_RECORD}` and `bench flow`)"
+    b = builds[-1]
+    frames = K400["seconds"] * K400["fps"]
+    pairs = K400["clips"] * (frames - 1)
+    head = ["flow (where)", "frames flow sees", "pairs/s per core, measured",
+            f"K400: core-hours ({pairs / 1e6:.0f} M pairs)", f"1 node ({NODE_CORES} cores): days",
+            "8 nodes: days"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+    for name in ("tvl1", "tvl1-torch", "dis"):
+        for f in flows:
+            rate = f["result"]["methods"][name]["pairs_per_s"]
+            h, w = f["result"]["size"]
+            days = pairs / rate / NODE_CORES / DAY_S
+            where = "PyTorch, CPU" if name == "tvl1-torch" else "OpenCV, CPU"
+            lines.append(
+                f"| {name} ({where}) | {h} x {w} | {rate:g} | {pairs / rate / 3600:,.0f} | {days:.2f} | "
+                f"{days / 8:.2f} |"
+            )
+    lines.append("| tvl1-torch (GPU) | - | not measured yet | - | - | - |")
+    need = pairs / DAY_S / 8
+    rows = {row["flow"]: row for row in b["result"]["rows"]}
+    row = rows.get("tvl1") or next(iter(rows.values()))
+    per_frame = row["shard_bytes_per_video"] / row["frames_per_video"]
+    cache_per_frame = row["rgb_plus_flow_bytes_per_video"] / row["frames_per_video"]
+    shards_gb = per_frame * frames * K400["clips"] / 1e9
+    cache_gb = cache_per_frame * frames * K400["clips"] / 1e9
+    bh, bw = b["result"]["source"]["size"]
+    lines += [
+        "",
+        f"Goal (issue 27): K400's flow and shards in under a day on one 8-GPU node, i.e. at least "
+        f"**{need:.0f} frame pairs/s per GPU** ({pairs / 1e6:.0f} M pairs / 86,400 s / 8), decode and encode "
+        f"included; the GPU row waits for a `bench flow --device cuda` record.",
+        "",
+        f"Disk: shards {per_frame / 1000:.2f} kB per frame at {bh} x {bw} (measured, `{row['flow']}` row of "
+        f"`{BUILD_RECORD}`) -> **{shards_gb:.0f} GB** for K400; the per-video cache (`<out>/.work/`, on shared "
+        f"storage, every part writes into it) holds another **{cache_gb:.0f} GB** until the pack (delete it "
+        "afterwards; a rebuild then recomputes), so provision both plus the source download.",
+        "",
+        f"Inputs, not measured: K400 = {K400['clips']:,} clips x {K400['seconds']} s at {K400['fps']} frames/s "
+        f"(`--fps {K400['fps']}`), {frames - 1} pairs per clip; a node = {NODE_CORES} cores, one flow process per core "
+        f"(`--workers {NODE_CORES}`). Measured: pairs/s per core = one thread per method "
+        f"(`{report_flow.FLOW_RECORD}`, flow alone; 128 x 171 is the stored size, flow between the resized frames; "
+        "240 x 320 is the released recipe's, `--flow-at source --flow-short-side 240`; the build adds decode + VP9 encode: "
+        f"{row['build']['frame_pairs_per_wall_s']:g} pairs/s with {b['result']['workers']} workers end to end in "
+        f"`{BUILD_RECORD}`); code at {commits([*flows, b])}; machine: {machine(flows)}. Synthetic video compresses "
+        "unlike YouTube clips: measure bytes on a K400 sample before ordering disks "
+        "(`python -m data_prep.build --source kinetics --limit 200 ...`). Node figures assume the per-core rate "
+        "scales with cores (not measured beyond 2 cores).",
+    ]
+    slurm = recs.get("slurm_build") or []
+    if slurm:
+        s = slurm[-1]
+        a, c = s["array"], s["cancelled_part"]
+        res = c["resumed"]
+        refused = s["pack_refused"]["message"]
+        said = refused[refused.find("Missing from") :].split(";")[0] if "Missing from" in refused else refused
+        lines += [
+            "",
+            f"On the local Slurm cluster (`{SLURM_BUILD_RECORD}`, `{s['command']}`; two 1-CPU nodes on this host, "
+            f"TV-L1 on the CPU): {s['set']['videos']} synthetic Kinetics-layout videos, {len(s['set']['rejected'])} "
+            f"of them missing or broken, in {a['parts']} array tasks: {a['wall_s_submit_to_pack']:g} s from submit "
+            f"to packed shards (including Slurm's ~120 s hold of a requeued job, the two pack jobs and Python starts on "
+            f"2 busy cores), against {s['single']['wall_s']:g} s for one process. Part {res['part']}/{a['parts']} "
+            f"was cancelled while running ({c['state_after_scancel']}); the first pack ended "
+            f'{s["pack_refused"]["state"]} with "{said}"; the requeued part ({c["restarts"]} restart) reused '
+            f"{res['reused']} cached video(s) and processed {res['processed']}; the second pack "
+            f"{s['pack']['state']}; shards ({s['byte_identical']['files']} files) byte-identical to the single "
+            f"build: {s['byte_identical']['equal']}.",
+        ]
+    return "\n".join(lines)
+
+
 BLOCKS: dict[tuple[str, str], tuple[str, Callable[[list[dict[str, Any]]], str]]] = {
     ("README.md", "demo-table"): ("demo", demo_block),
     ("README.md", "vicc-eval-table"): (
@@ -370,6 +473,7 @@ BLOCKS: dict[tuple[str, str], tuple[str, Callable[[list[dict[str, Any]]], str]]]
     ("vicc_fast/data/README.md", "jitter-cost"): ("jitter", jitter_cost_block),
     ("README.md", "jitter-trade"): ("jitter", jitter_trade_block),
     ("docs/shard_format.md", "build-table"): ("build", build_block),
+    ("docs/cluster.md", "k400-cost"): ("build_cost", build_cost_block),
     ("kernels/README.md", "kernels-cpu-table"): ("kernels", kernels_cpu_block),
     ("docs/optical_flow.md", "flow-accuracy"): ("flow", report_flow.accuracy_block),
     ("docs/optical_flow.md", "flow-speed"): ("flow", report_flow.speed_block),
@@ -378,6 +482,11 @@ BLOCKS: dict[tuple[str, str], tuple[str, Callable[[list[dict[str, Any]]], str]]]
     ("docs/optical_flow.md", "flow-compact"): ("flow_compact", report_flow.compact_block),
     ("docs/optical_flow.md", "flow-extraction"): ("flow", report_flow.extraction_block),
 }
+
+
+def _load_single(path: Path) -> list[dict[str, Any]]:
+    """A record file holding one JSON object (the scripts' records) as a one-run list; missing: none."""
+    return [json.loads(path.read_text())] if path.is_file() else []
 
 
 def _pattern(name: str) -> re.Pattern[str]:
@@ -404,6 +513,11 @@ def blocks(
         "jitter": load_bench(root / JITTER_RECORD),
         "build": load_bench(root / BUILD_RECORD),
         "kernels": load_bench(root / KERNELS_RECORD),
+        "build_cost": {
+            "build": load_bench(root / BUILD_RECORD),
+            "flow": load_bench(root / report_flow.FLOW_RECORD),
+            "slurm_build": _load_single(root / SLURM_BUILD_RECORD),
+        },
         "flow": load_bench(root / report_flow.FLOW_RECORD),
         "flow_recipes": load_bench(root / report_flow.RECIPES_RECORD),
         "flow_compact": load_bench(root / report_flow.COMPACT_RECORD),
