@@ -72,7 +72,7 @@ class Evaluation:
     ) -> None:
         self.ck = load_checkpoint(ckpt, overrides)
         self.cfg = self.ck.cfg
-        self.data = check_dataset(self.cfg.data.root)
+        self.data = check_dataset(self.cfg.data.root, self.cfg.data.require_recipe.value)
         self.device = device or torch.device("cpu")
         self.progress = progress
         self.run_dir = run_dir_of(self.ck.path)
