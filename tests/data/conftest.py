@@ -46,5 +46,10 @@ def cfg_for(root: Path, *overrides: str) -> config.Config:
         "data.eval_clips=2",
         "train.batch_size=2",
         "eval.batch_size=4",
+        # the pixel checks of these tests read flow as (x, y, 0) and crop windows by torchvision's rule;
+        # tests/data/test_released_recipe.py checks the released defaults (flow (128, y, x), crop, grayscale)
+        "data.flow_layout=xy0",
+        "data.crop=torchvision",
+        "data.grayscale_per=view",
     ]
     return config.load(None, [*base, *overrides])

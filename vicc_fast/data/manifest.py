@@ -161,7 +161,9 @@ def recipe_mismatches(m: Manifest) -> list[str]:
     else:
         cap = m.settings.get("flow_short_side")
         if cap is not None and int(cap) < RELEASED_RECIPE["height"]:
-            out.append(f"flow computed with the shorter side capped at {cap}, released at the source resolution")
+            out.append(
+                f"flow computed with the shorter side capped at {cap}, released at the source resolution"
+            )
     method = str(got["flow_method"])
     if method not in ("tvl1", "tvl1-torch"):
         out.append(f"flow method {method}, released tvl1")
