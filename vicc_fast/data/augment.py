@@ -384,8 +384,9 @@ def fold_flow(
     o = np.zeros((n, 3))
     o[:, ix] = np.where(negate_x, 255.0, 0.0)
     if m.ndim == 4:  # per-frame maps: the same negation on every frame
-        d, o = d[:, None], o[:, None]
-    m2, t2 = m @ d, (m @ o[..., None])[..., 0] + t
+        m2, t2 = m @ d[:, None], np.einsum("ntij,nj->nti", m, o) + t
+    else:
+        m2, t2 = m @ d, np.einsum("nij,nj->ni", m, o) + t
     mean, std = flow_norm(mode, layout)
     scale = 1.0 / std
     return (scale[:, None] * m2).astype(np.float32), (scale * (t2 - mean)).astype(np.float32)
