@@ -96,6 +96,7 @@ class FlowLayout(str, enum.Enum):
 
 class CropMode(str, enum.Enum):
     released = "released"
+    classifier = "classifier"
     torchvision = "torchvision"
 
 
@@ -228,8 +229,10 @@ class DataConfig:
         CropMode.released,
         "random resized crop: released (ViCC augmentation.py RandomSizedCrop as main_cross.py runs it: one try "
         "of area uniform in data.crop_scale, aspect uniform in data.aspect_ratio, w and h swapped with p 0.5, "
-        "else the whole frame; resized bicubic with antialiasing) | torchvision (10 tries, log-uniform aspect, "
-        "else the central crop; bilinear without antialiasing)",
+        "else the whole frame; resized bicubic with antialiasing) | classifier (the released probe / finetune "
+        "crop, main_classifier.py: RandomSizedCrop consistent=True, up to 10 such tries, else Scale + "
+        "CenterCrop; eval.released_train_augment picks it) | torchvision (10 tries, log-uniform aspect, else "
+        "the central crop; bilinear without antialiasing)",
     )
     same_start_prob: float = _f(
         0.5,

@@ -135,6 +135,26 @@ def test_released_crop_is_one_try_else_the_whole_frame():
     assert np.mean(whole) < 0.05
 
 
+def test_crop_fallbacks_released_classifier_torchvision():
+    """A window that never fits (95 % of a 60 x 100 frame, aspect at most 4/3 either way): the pretraining crop
+    leaves the whole frame (one try, main_cross.py), the released classifier's crop (main_classifier.py,
+    consistent=True: 10 tries) falls back to Scale + CenterCrop (the central 60 x 60 square), torchvision's to
+    the central crop with the aspect clamped (60 x 80)."""
+    from vicc_fast.data.augment import draw_crop_window
+
+    args = (60, 100, (0.95, 0.95), (0.75, 4 / 3))
+    rng = np.random.default_rng(2)
+    assert draw_crop_window(rng, *args, "released") == (0, 0, 60, 100)
+    assert draw_crop_window(rng, *args, "classifier") == (0, 20, 60, 60)
+    assert draw_crop_window(rng, *args, "torchvision") == (0, 10, 60, 80)
+    # where a window can fit, the classifier's 10 tries almost always find one (as torchvision's)
+    whole = [
+        draw_crop_window(rng, 100, 100, (0.9, 0.9), (0.75, 4 / 3), "classifier") == (0, 0, 100, 100)
+        for _ in range(2000)
+    ]
+    assert np.mean(whole) < 0.05
+
+
 def test_released_crop_aspect_is_uniform_with_a_swap():
     """Released: aspect uniform in the range, then w and h swapped with p 0.5 (lines 105, 124); torchvision:
     log-uniform, never swapped. With the range [1, 2] (windows always fit): released w/h < 1 in half the draws

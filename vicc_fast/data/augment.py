@@ -458,7 +458,12 @@ def draw_views(
 
 
 def released_crop_window(
-    rng: np.random.Generator, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float]
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    tries: int = 1,
 ) -> tuple[int, int, int, int]:
     """The released random-resized-crop window (top, left, h, w), as ViCC ``src/utils/augmentation.py``
     RandomSizedCrop runs under ``main_cross.py`` get_transform (``consistent=False, seq_len``, lines 99-138):
@@ -466,18 +471,30 @@ def released_crop_window(
     ``scale`` x the frame, aspect w/h UNIFORM in ``ratio`` (3/4, 4/3), w and h swapped with p 0.5, a uniform
     position (randint, both ends included); a window that does not fit leaves the frame uncropped (the whole
     frame is then resized to the square: line 135 ``result.append(i)``; the Scale + CenterCrop fallback after
-    the loop is never reached in that branch)."""
-    target = height * width * rng.uniform(scale[0], scale[1])
-    aspect = rng.uniform(ratio[0], ratio[1])
-    w = int(round(math.sqrt(target * aspect)))
-    h = int(round(math.sqrt(target / aspect)))
-    if rng.random() < 0.5:
-        w, h = h, w
-    if 0 < w <= width and 0 < h <= height:
-        left = int(rng.integers(0, width - w + 1))
-        top = int(rng.integers(0, height - h + 1))
-        return top, left, h, w
-    return 0, 0, height, width
+    the loop is never reached in that branch).
+
+    ``tries`` = 10: the released classifier's crop (``main_classifier.py`` get_transform: RandomSizedCrop
+    ``consistent=True``, lines 110-120 and 140-143): up to 10 such tries, else Scale (shorter side to the crop
+    size) + CenterCrop, i.e. the central square of side min(height, width)."""
+    for _ in range(tries):
+        target = height * width * rng.uniform(scale[0], scale[1])
+        aspect = rng.uniform(ratio[0], ratio[1])
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if rng.random() < 0.5:
+            w, h = h, w
+        if 0 < w <= width and 0 < h <= height:
+            left = int(rng.integers(0, width - w + 1))
+            top = int(rng.integers(0, height - h + 1))
+            return top, left, h, w
+    if tries == 1:
+        return 0, 0, height, width
+    side = min(height, width)
+    return int(round((height - side) / 2)), int(round((width - side) / 2)), side, side
+
+
+# data.crop modes whose windows are drawn by released_crop_window, and their tries
+HOST_CROPS = {"released": 1, "classifier": 10}
 
 
 def draw_crop_window(
@@ -488,10 +505,10 @@ def draw_crop_window(
     ratio: tuple[float, float],
     mode: str,
 ) -> tuple[int, int, int, int]:
-    """A crop window by ``data.crop``: released (:func:`released_crop_window`) | torchvision
-    (:func:`crop_window`)."""
-    if mode == "released":
-        return released_crop_window(rng, height, width, scale, ratio)
+    """A crop window by ``data.crop``: released (:func:`released_crop_window`, one try) | classifier (its 10
+    tries and central fallback) | torchvision (:func:`crop_window`)."""
+    if mode in HOST_CROPS:
+        return released_crop_window(rng, height, width, scale, ratio, HOST_CROPS[mode])
     return crop_window(rng, height, width, scale, ratio)
 
 

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vicc_fast.config import EvalWindows, ShortVideos, Stream
-from vicc_fast.data.augment import FLOW_CONST, FLOW_X, FLOW_Y, LUMA, RGB_MEAN, RGB_STD, flow_norm
+from vicc_fast.data.augment import FLOW_CONST, FLOW_X, FLOW_Y, HOST_CROPS, LUMA, RGB_MEAN, RGB_STD, flow_norm
 from vicc_fast.data.windows import overlap_count, overlap_step
 
 MAX_LUT_KEYS = 65536  # fn.lookup_table keys live in [0, 65535]
@@ -108,8 +108,8 @@ class PipeSpec:
     # videos shorter than a clip: pad (released: read left-padded, build_pipeline's pad_starts) | reject (never
     # read: the loader leaves them out or raises)
     short_videos: str = ShortVideos.pad.value
-    # random resized crop: torchvision (fn.random_crop_generator, bilinear) | released (the window drawn on the
-    # host by augment.released_crop_window, ViewSource's win_<stream>; bicubic with antialiasing)
+    # random resized crop: torchvision (fn.random_crop_generator, bilinear) | released / classifier (the window
+    # drawn on the host by augment.draw_crop_window, ViewSource's win_<stream>; bicubic with antialiasing)
     crop: str = "torchvision"
     flow_layout: str = "xy0"  # flow image channels: xy0 (x, y, 0) | released (128, y, x)
     grayscale_per: str = "view"  # grayscale channel drawn per view | frame (released; per-frame colour maps)
@@ -137,7 +137,7 @@ class ViewSource:
     def _windows(self) -> dict[str, np.ndarray]:
         """One view's released crop windows (augment.released_crop_window): ``win_<stream>`` [B, 4] float32
         (top, left, h, w); one window for both streams with ``align_streams``."""
-        from vicc_fast.data.augment import released_crop_window
+        from vicc_fast.data.augment import draw_crop_window
 
         sp, out = self.spec, {}
         for s in sp.streams:
@@ -145,7 +145,7 @@ class ViewSource:
                 out[f"win_{s.value}"] = next(iter(out.values()))
                 continue
             w = [
-                released_crop_window(self.rng, sp.height, sp.width, sp.crop_scale, sp.aspect_ratio)
+                draw_crop_window(self.rng, sp.height, sp.width, sp.crop_scale, sp.aspect_ratio, sp.crop)
                 for _ in range(self.batch_size)
             ]
             out[f"win_{s.value}"] = np.asarray(w, np.float32)
@@ -157,7 +157,7 @@ class ViewSource:
         keys = []
         for s in spec.streams:
             keys += [f"flip_{s.value}", f"{s.value}_m", f"{s.value}_t"]
-            if spec.crop == "released":
+            if spec.crop in HOST_CROPS:
                 keys.append(f"win_{s.value}")
             jittered = spec.color_jitter_prob > 0 and (s == Stream.rgb or spec.flow_photometric)
             if spec.color_jitter == "released" and jittered:
@@ -174,7 +174,7 @@ class ViewSource:
         same, views = draw_views(self.rng, self.batch_size, self.spec.num_views, self.spec)
         out = [same.astype(np.int32)] if self.spec.num_views > 1 else []
         for d in views:
-            wins = self._windows() if self.spec.crop == "released" else {}
+            wins = self._windows() if self.spec.crop in HOST_CROPS else {}
             for k in self.keys:
                 if k in wins:
                     out.append(wins[k])
@@ -409,7 +409,7 @@ def build_pipeline(
         win = d[f"win_{stream}"]
         return win[0:2], win[2:4]
 
-    released_crop = spec.crop == "released"
+    released_crop = spec.crop in HOST_CROPS  # released / classifier: host windows, bicubic + antialiasing
 
     def crop_flip_resize(x, flip, window):
         """Random resized crop and horizontal flip in one resampling pass: the flip is a reversed ROI. Released

@@ -20,6 +20,7 @@ import torch
 from vicc_fast.config import Stream
 from vicc_fast.data.augment import (
     FLOW_CONST,
+    HOST_CROPS,
     LUMA,
     RGB_MEAN,
     RGB_STD,
@@ -95,7 +96,7 @@ class _Augment:
     ) -> torch.Tensor:
         """Crop ``window`` (top, left, h, w) resized to c x c, flipped, blurred with sigma ``blur`` (0 = none)."""
         c = self.d.crop_size
-        if self.d.crop.value == "released":  # PIL's Image.BICUBIC resize, antialiased as PIL's is
+        if self.d.crop.value in HOST_CROPS:  # PIL's Image.BICUBIC resize, antialiased as PIL's is
             v = self.v2.functional.resized_crop(
                 v, *window, [c, c], interpolation=self.v2.InterpolationMode.BICUBIC, antialias=True
             )
