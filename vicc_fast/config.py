@@ -247,8 +247,8 @@ class DataConfig:
     )
     flow_photometric: bool = _f(
         True,
-        "colour jitter, grayscale and blur on flow too (paper 4.1 and released code: flow frames (x, y, 0) are "
-        "jittered like an RGB image); false = flow gets crop and flip only",
+        "colour jitter, grayscale and blur on flow too (paper 4.1 and released code: the flow image "
+        "(data.flow_layout) is jittered like an RGB image); false = flow gets crop and flip only",
     )
     flow_normalisation: FlowNorm = _f(
         FlowNorm.imagenet,

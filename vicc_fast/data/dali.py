@@ -29,11 +29,16 @@ Train graph, per sample (one video):
           same crop / flip / colours. ``color_jitter=affine``: blur first, and the jitter folded into the map.
     flow: the (2H) x W frame holds x above y: reshape [T, 2H, W, 3] -> [2T, H, W, 3] (free) and keep channel 0
           (x and y sit in luma; the decoder's RGB has R = G = B): the x and y planes become consecutive frames,
-          so the view's crop window and flip apply to both halves in one resize -> [T, 2(C), c, c] padded with a
-          zero plane to the (x, y, 0) image the released code jitters, channel-last -> the RGB view's jitter
-          steps and blur (``flow_photometric``; with the one-map jitter the planes are blurred before the pad)
-          -> one per-sample affine map (grayscale, the normalisation, x negated on flipped views with
-          ``flow_flip_negate``: after the jitter steps, which see the stored x).
+          so the view's crop window and flip apply to both halves in one resize -> [T, 2(C), c, c] made the
+          flow image of ``flow_layout``, channel-last: released (128, y, x), what the released code reads from
+          OpenCV's BGR [x, y, 128] JPEGs with PIL (one exact uint8 map), or xy0 (x, y, 0) (a zero plane
+          padded) -> the RGB view's jitter steps and blur (``flow_photometric``; with the one-map jitter the
+          planes are blurred first) -> one affine map (grayscale, the normalisation, x negated on flipped views
+          with ``flow_flip_negate``: after the jitter steps, which see the stored x); per frame with the
+          released grayscale (a channel drawn per frame, ``grayscale_per=frame``: ``fn.per_frame`` maps).
+    crop: ``crop=released`` / ``classifier``: the windows drawn on the host (augment.draw_crop_window, the
+          released RandomSizedCrop: uniform aspect with a w/h swap, one try / ten), resized bicubic with
+          antialiasing (PIL's resize); ``torchvision``: ``fn.random_crop_generator``, bilinear, no antialiasing.
 
 Eval graph: the whole video is decoded once and its eval clips are gathered from it (``eval_windows``: every
 half-overlapping window, their number looked up per sample, or a fixed count whose starts the loader computed on the
@@ -489,8 +494,8 @@ def build_pipeline(
 
     def augment_flow(x, window, d):
         """[2T, h, w, 1] -> [T, c, c, 3]: crop and flip both planes in one resize, then as RGB (the released
-        code augments the (x, y, 0) image): one-map jitter: blur the planes, then the map; released jitter:
-        the steps on the (x, y, 0) image, blur, the map."""
+        code augments the flow image, flow_image): one-map jitter: blur the planes, then the map; released
+        jitter: the steps on the flow image, blur, the map."""
         x = crop_flip_resize(x, d["flip_flow"], window)
         if spec.color_jitter == "released":
             x = blur(released_jitter(flow_image(x), d, "flow"), d, "flow")
@@ -534,7 +539,7 @@ def build_pipeline(
     def eval_crop(x, px, py, m, flow: bool, raw: bool = False):
         """One eval crop at (px, py), mirrored when ``m``: [N*T, c, c, 3], normalised in the output dtype, or
         (``raw``) 8-bit values. Flow: x negated on mirrored crops with flow_flip_negate ((255 - v - mu) / s =
-        (v - (255 - mu)) / -s), then the zero plane (normalised)."""
+        (v - (255 - mu)) / -s), then the constant channel (normalised) where data.flow_layout puts it."""
         layout = spec.flow_layout
         if raw:
             mu, sd = np.zeros(3), np.ones(3)

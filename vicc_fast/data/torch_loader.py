@@ -152,7 +152,8 @@ class _Augment:
         self, v: torch.Tensor, window: tuple[int, int, int, int], draw: Any, i: int, stream: str
     ) -> torch.Tensor:
         """One view of ``stream``: crop, flip, then (one-map jitter) blur and the map, or (released jitter)
-        the jitter steps on the (x, y, 0) / RGB image, blur, the map (grayscale, normalisation)."""
+        the jitter steps on the flow image (data.flow_layout) / RGB image, blur, the map (grayscale,
+        normalisation)."""
         sigma = float(draw.sigma[i]) if getattr(draw, f"blur_{stream}")[i] else 0.0
         flip = bool(getattr(draw, f"flip_{stream}")[i])
         m, t = getattr(draw, f"{stream}_m")[i], getattr(draw, f"{stream}_t")[i]
@@ -171,12 +172,12 @@ class _Augment:
         return self._view(v, window, draw, i, "rgb")
 
     def flow(self, v: torch.Tensor, window: tuple[int, int, int, int], draw: Any, i: int) -> torch.Tensor:
-        """[T, 2, H, W] uint8 (x, y) -> [T, c, c, 3]: the (x, y, 0) image through the view's flow map."""
+        """[T, 2, H, W] uint8 (x, y) -> [T, c, c, 3]: the flow image (_flow_image) through the view's flow map."""
         return self._view(v, window, draw, i, "flow")
 
     def _eval_crop(self, crop: torch.Tensor, mirror: bool, flow: bool, steps: Any = None) -> torch.Tensor:
         """One eval crop [N*T, C, c, c] uint8 -> [N*T, c, c, 3] normalised: mirrored, flow's x negated on
-        mirrored crops with ``flow_flip_negate`` and its zero plane added ((x, y, 0)), the released test-time
+        mirrored crops with ``flow_flip_negate``, made the flow image of data.flow_layout, the released test-time
         jitter ``steps`` (one sample's augment.JitterSteps) when given, the normalisation."""
         v = crop.float()
         if mirror:
