@@ -11,7 +11,7 @@
   tools do.
 - :func:`quantize_flow` / :func:`dequantize_flow`: truncate to [-bound, bound] (bound 20 as in the papers), map
   linearly to [0, 255] uint8 with rounding; the round trip errs by at most half a step (bound / 255) inside the
-  bound. The zero third channel of the papers is added at load time, not stored.
+  bound. The third, constant channel is added at load time, not stored (``data.flow_layout``).
 - :func:`endpoint_error`: mean end-point error, the score against the synthetic ground truth.
 - :func:`flow_size` / :func:`resize_flow`: the "flow at the source resolution, then resize" recipe of the
   released ViCC / CoCLR pipelines (``data_prep.build --flow-at source``): the size flow is computed at, and the

@@ -10,6 +10,8 @@ Written through data_prep's codec and shard writer, so they are real shards:
 - ``grid``: static frames; RGB R = flow x = horizontal ramp, RGB G = flow y = vertical ramp, RGB B = 128. With
   the same crop window and flip on RGB view i and flow view i (and no photometric change), RGB (R, G) and
   flow (x, y) come out equal pixel for pixel; a different window or flip breaks that.
+- ``noise``: static frames of one fixed texture (uniform noise in [32, 224] on 4x4-pixel cells, the same in
+  R, G, B and in flow x and y): its resized crops show the interpolation (bicubic overshoot, antialiasing).
 
 Used by the loader tests and by the GPU validation (``scripts/gpu``), which checks the NVDEC path with them.
 """
@@ -53,6 +55,14 @@ def _ramps_video(t: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     return rgb, q
 
 
+def _noise_video(t: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    cells = np.random.default_rng(25).integers(32, 225, size=((h + 3) // 4, (w + 3) // 4)).astype(np.uint8)
+    tex = cells.repeat(4, 0).repeat(4, 1)[:h, :w]
+    rgb = np.stack([tex] * 3, -1)[None].repeat(t, 0)
+    q = np.stack([tex, tex], -1)[None].repeat(t, 0)
+    return rgb, q
+
+
 def _grid_video(t: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     hr = np.linspace(0, 255, w).astype(np.uint8)[None, :].repeat(h, 0)
     vr = np.linspace(0, 255, h).astype(np.uint8)[:, None].repeat(w, 1)
@@ -78,7 +88,7 @@ def make_set(
     ``ucf_names``: video ids named as UCF101's clips, two per group (``v_P_g<i // 2>_c<i % 2 + 1>``), so
     videos 2k and 2k + 1 share a source video.
     ``height`` x ``width``: the tests' 48 x 64 by default; NVDEC needs larger frames (scripts/gpu uses 128 x 171)."""
-    make = {"codes": _codes_video, "ramps": _ramps_video, "grid": _grid_video}[kind]
+    make = {"codes": _codes_video, "ramps": _ramps_video, "grid": _grid_video, "noise": _noise_video}[kind]
     cache: dict[int, tuple[bytes, bytes]] = {}
 
     def encoded(t: int) -> tuple[bytes, bytes]:
@@ -133,11 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     p = argparse.ArgumentParser(
-        prog="python -m data_prep.patterns", description="Write a pattern shard set (codes | ramps | grid)."
+        prog="python -m data_prep.patterns",
+        description="Write a pattern shard set (codes | ramps | grid | noise).",
     )
     p.add_argument("--out", required=True, help="output folder (manifest.json and shards)")
     p.add_argument(
-        "--kind", choices=["codes", "ramps", "grid"], required=True, help="pattern (module docstring)"
+        "--kind",
+        choices=["codes", "ramps", "grid", "noise"],
+        required=True,
+        help="pattern (module docstring)",
     )
     p.add_argument("--train", type=int, default=8, help="training videos")
     p.add_argument("--test", type=int, default=5, help="test videos")

@@ -84,6 +84,27 @@ class GrayMode(str, enum.Enum):
     luma = "luma"
 
 
+class GrayPer(str, enum.Enum):
+    frame = "frame"
+    view = "view"
+
+
+class FlowLayout(str, enum.Enum):
+    released = "released"
+    xy0 = "xy0"
+
+
+class CropMode(str, enum.Enum):
+    released = "released"
+    classifier = "classifier"
+    torchvision = "torchvision"
+
+
+class DataRecipe(str, enum.Enum):
+    none = "none"
+    released = "released"
+
+
 class ColorJitterMode(str, enum.Enum):
     released = "released"
     affine = "affine"
@@ -216,6 +237,15 @@ class DataConfig:
     crop_size: int = _f(128, "spatial size of the random resized crop")
     crop_scale: list[float] = _f([0.2, 1.0], "area range [min, max] of the random resized crop")
     aspect_ratio: list[float] = _f([0.75, 1.3333333], "aspect ratio (w/h) range of the random resized crop")
+    crop: CropMode = _f(
+        CropMode.released,
+        "random resized crop: released (ViCC augmentation.py RandomSizedCrop as main_cross.py runs it: one try "
+        "of area uniform in data.crop_scale, aspect uniform in data.aspect_ratio, w and h swapped with p 0.5, "
+        "else the whole frame; resized bicubic with antialiasing) | classifier (the released probe / finetune "
+        "crop, main_classifier.py: RandomSizedCrop consistent=True, up to 10 such tries, else Scale + "
+        "CenterCrop; eval.released_train_augment picks it) | torchvision (10 tries, log-uniform aspect, else "
+        "the central crop; bilinear without antialiasing)",
+    )
     same_start_prob: float = _f(
         0.5,
         "probability that the two views of a video start at the same frame (with data.aug_controller: the "
@@ -229,13 +259,18 @@ class DataConfig:
     )
     flow_photometric: bool = _f(
         True,
-        "colour jitter, grayscale and blur on flow too (paper 4.1 and released code: flow frames (x, y, 0) are "
-        "jittered like an RGB image); false = flow gets crop and flip only",
+        "colour jitter, grayscale and blur on flow too (paper 4.1 and released code: the flow image "
+        "(data.flow_layout) is jittered like an RGB image); false = flow gets crop and flip only",
     )
     flow_normalisation: FlowNorm = _f(
         FlowNorm.imagenet,
-        "flow input scaling: imagenet (released code: the (x, y, 0) flow image normalised with the RGB "
-        "ImageNet mean/std) | unit (x, y to [-1, 1], the third channel 0)",
+        "flow input scaling: imagenet (released code: the flow image normalised with the RGB ImageNet "
+        "mean/std per channel) | unit (x, y to [-1, 1], the constant channel to 0)",
+    )
+    flow_layout: FlowLayout = _f(
+        FlowLayout.released,
+        "channels of the flow image: released ((128, y, x): OpenCV wrote BGR [x, y, 128] JPEGs that PIL reads as "
+        "RGB; zero motion is grey) | xy0 ((x, y, 0): zero motion is (128, 128, 0))",
     )
     flow_flip_negate: bool = _f(
         False,
@@ -269,6 +304,12 @@ class DataConfig:
         GrayMode.channel,
         "grayscale: channel (released RandomGray, 'actually a channel splitting': one random channel copied "
         "to all three) | luma (0.299 R + 0.587 G + 0.114 B in every channel)",
+    )
+    grayscale_per: GrayPer = _f(
+        GrayPer.frame,
+        "with data.grayscale=channel, how often the copied channel is drawn: frame (released RandomGray: "
+        "whether to gray is one draw per view, the channel one per frame, RGB and flow frames alike) | view "
+        "(one channel for all frames of a view and both its streams)",
     )
     blur_prob: float = _f(0.5, "probability of Gaussian blur on an RGB view")
     blur_sigma: list[float] = _f([0.1, 2.0], "Gaussian blur sigma range [min, max] in pixels")
@@ -316,6 +357,12 @@ class DataConfig:
         "UCF101/HMDB51 loaders, left out (counted, one warning, never an error) when they have at most "
         "num_frames // 2 * stride + 1 frames, else read left-padded with their first frame (frame 0 repeated, then "
         "0, stride, 2 * stride, ...; one clip in eval) | reject = such a video is a bad sample (data.on_bad_sample)",
+    )
+    require_recipe: DataRecipe = _f(
+        DataRecipe.none,
+        "check the manifest at data.root before training and evaluation: released (the paper configs: frames "
+        "stored at 240x320 with TV-L1 flow computed at the source resolution, as ViCC's process_data; another "
+        "build is refused, naming the manifest and the mismatch) | none (accept any build)",
     )
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 

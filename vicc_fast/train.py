@@ -74,6 +74,10 @@ def ensure_data(cfg: C.Config, is_main: bool) -> None:
     barrier()
     if not manifest.is_file():
         raise FileNotFoundError(f"{manifest} is still missing after the synthetic build")
+    from vicc_fast.data.manifest import check_recipe, load_manifest
+
+    # the paper configs (data.require_recipe=released) refuse data built another way before any model is built
+    check_recipe(load_manifest(cfg.data.root), cfg.data.require_recipe.value)
 
 
 def install_stop_handlers(trainer) -> None:  # noqa: ANN001  (engine.trainer.Trainer, imported lazily)

@@ -28,8 +28,10 @@ def grid_root(tmp_path_factory) -> Path:
     return make_set(tmp_path_factory.mktemp("grid"), "grid", n_test=2)
 
 
-def cfg_for(root: Path, *overrides: str) -> config.Config:
-    """A small, augmentation-free configuration over ``root`` (tests switch on what they check)."""
+def cfg_for(root: Path, *overrides: str, pinned: bool = True) -> config.Config:
+    """A small, augmentation-free configuration over ``root`` (tests switch on what they check). ``pinned``:
+    flow layout, crop and grayscale draw as before issue 25 (xy0, torchvision, per view); false: the schema
+    defaults (the released recipe)."""
     base = [
         f"data.root={root}",
         "data.build_if_missing=false",
@@ -47,4 +49,7 @@ def cfg_for(root: Path, *overrides: str) -> config.Config:
         "train.batch_size=2",
         "eval.batch_size=4",
     ]
-    return config.load(None, [*base, *overrides])
+    # the pixel checks of the older tests read flow as (x, y, 0) and crop windows by torchvision's rule;
+    # tests/data/test_released_recipe.py checks the released defaults (flow (128, y, x), crop, grayscale)
+    pins = ["data.flow_layout=xy0", "data.crop=torchvision", "data.grayscale_per=view"] if pinned else []
+    return config.load(None, [*base, *pins, *overrides])

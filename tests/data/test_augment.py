@@ -52,13 +52,13 @@ def test_flow_map_normalises_and_negates_only_when_asked():
         d.flow_flip_negate = negate
         _, views = draw_views(np.random.default_rng(2), 64, 1, d)
         (v,) = views
-        px = np.array([200.0, 50.0, 0.0])
+        px = np.array([128.0, 50.0, 200.0])  # the released flow image (128, y, x) (data.flow_layout default)
         out = v.flow_m @ px + v.flow_t  # [n, 3]
         x = (200 - 127.5) / 127.5
         sign = np.where(v.flip_flow & negate, -1.0, 1.0)
-        np.testing.assert_allclose(out[:, 0], sign * x, atol=1e-5)
+        np.testing.assert_allclose(out[:, 2], sign * x, atol=1e-5)
         np.testing.assert_allclose(out[:, 1], (50 - 127.5) / 127.5, atol=1e-5)
-        np.testing.assert_allclose(out[:, 2], 0.0, atol=1e-6)
+        np.testing.assert_allclose(out[:, 0], 0.0, atol=1e-6)
 
 
 def test_crop_window_inside_the_frame():
@@ -71,16 +71,23 @@ def test_crop_window_inside_the_frame():
 
 def test_grayscale_is_the_released_channel_split():
     """Released RandomGray ("actually a channel splitting"): one random channel copied to all three."""
-    from vicc_fast.config import GrayMode
+    from vicc_fast.config import GrayMode, GrayPer
     from vicc_fast.data.augment import _colour
 
-    d = DataConfig(color_jitter_prob=0.0, grayscale_prob=1.0)
+    d = DataConfig(color_jitter_prob=0.0, grayscale_prob=1.0, grayscale_per=GrayPer.view)
     assert d.grayscale is GrayMode.channel
     col = _colour(np.random.default_rng(4), np.ones(3000, bool), d)
     m, t = col.m, col.t
     x = np.array([200.0, 50.0, 10.0])
     y = m @ x + t  # [n, 3]
     assert (y == y[:, :1]).all() and set(np.unique(y[:, 0]).tolist()) == {200.0, 50.0, 10.0}
+    # released (the default): the channel drawn per frame, [n, T, 3, 3] maps, every channel in some clip
+    d.grayscale_per = GrayPer.frame
+    col = _colour(np.random.default_rng(4), np.ones(300, bool), d)
+    y = col.m @ x + col.t  # [n, T, 3]
+    assert y.shape == (300, d.num_frames, 3) and (y == y[..., :1]).all()
+    per_clip = [len(set(c.tolist())) for c in y[..., 0]]
+    assert min(per_clip) >= 2 and set(np.unique(y).tolist()) == {200.0, 50.0, 10.0}
     d.grayscale = GrayMode.luma
     col = _colour(np.random.default_rng(4), np.ones(5, bool), d)
     m, t = col.m, col.t

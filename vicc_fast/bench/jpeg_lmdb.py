@@ -84,7 +84,8 @@ def build(shard_root: str | Path, out: str | Path, split: str = "train", quality
             label, index = (int(x) for x in np.frombuffer(mem["lbl"], "<i8"))
             rgb = codec.decode_rgb(mem["rgb.webm"])
             q = codec.decode_flow(mem["flow.webm"])  # [T, H, W, 2]
-            flow = np.concatenate([q, np.zeros_like(q[..., :1])], -1)  # (x, y, 0), as the released data
+            # (x, y, 0); the released JPEGs hold BGR [x, y, 128] (a constant channel all the same to the decoder)
+            flow = np.concatenate([q, np.zeros_like(q[..., :1])], -1)
             for s, frames in ((Stream.rgb, rgb), (Stream.flow, flow)):
                 with envs[s].begin(write=True) as txn:
                     txn.put(_key(index), msgpack.dumps([jpeg(f) for f in frames]))

@@ -31,13 +31,30 @@ FLOW_MEAN = 127.5  # stored flow coding: 0 motion <-> 127.5; [0, 255] -> [-1, 1]
 FLOW_STD = 127.5
 
 
-def flow_norm(mode: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel (mean [3], std [3]) on the flow image (x, y, 0) in [0, 255]: ``imagenet`` = the RGB
-    statistics (the released code normalises flow like RGB); ``unit`` = x, y to [-1, 1], the zero plane to 0."""
+# The flow image's channels (data.flow_layout). released: ViCC process_data/src/extract_ff.py writes
+# ``flow_img[:, :, 0:2] = flow`` into a 128-filled image with OpenCV (BGR: B = x, G = y, R = 128) and the
+# loaders read the JPEG with PIL as RGB, so the network sees (128, y, x). xy0: (x, y, 0).
+FLOW_CONST = {"released": 128.0, "xy0": 0.0}  # the constant channel's value
+FLOW_X = {"released": 2, "xy0": 0}  # the channel holding x
+FLOW_Y = 1
+
+
+def flow_layout_of(p: object) -> str:
+    """``data.flow_layout`` (an enum or its value) of settings ``p``."""
+    v = getattr(p, "flow_layout", "xy0")
+    return str(getattr(v, "value", v))
+
+
+def flow_norm(mode: str, layout: str = "xy0") -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (mean [3], std [3]) on the flow image in [0, 255] of ``layout`` (released (128, y, x) |
+    xy0 (x, y, 0)): ``imagenet`` = the RGB statistics channel by channel (the released code normalises flow
+    like RGB); ``unit`` = x, y to [-1, 1], the constant channel to 0."""
     if mode == "imagenet":
         return np.array(RGB_MEAN), np.array(RGB_STD)
     if mode == "unit":
-        return np.array([FLOW_MEAN, FLOW_MEAN, 0.0]), np.full(3, FLOW_STD)
+        mean = np.full(3, FLOW_MEAN)
+        mean[3 - FLOW_X[layout] - FLOW_Y] = FLOW_CONST[layout]
+        return mean, np.full(3, FLOW_STD)
     raise ValueError(f"unknown flow normalisation {mode!r} (imagenet | unit)")
 
 
@@ -47,10 +64,11 @@ def rgb_values(x: torch.Tensor) -> np.ndarray:
     return _values(x, np.array(RGB_MEAN), np.array(RGB_STD))
 
 
-def flow_values(x: torch.Tensor, mode: str = "unit") -> np.ndarray:
+def flow_values(x: torch.Tensor, mode: str = "unit", layout: str = "xy0") -> np.ndarray:
     """A loader's flow view [B, 3, T, H, W] normalised with ``mode`` (``data.flow_normalisation``) -> [B, T, H,
-    W, 3] in the stored coding: x, y in [0, 255] and the zero plane."""
-    return _values(x, *flow_norm(mode))
+    W, 3] in the stored coding, channels as ``layout`` (``data.flow_layout``): x, y in [0, 255] and the
+    constant channel."""
+    return _values(x, *flow_norm(mode, layout))
 
 
 def _values(x: torch.Tensor, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -92,9 +110,14 @@ def colour_affine(
     # into flow's zero third channel
     hue_m = np.where((hue == 0)[:, None, None], eye, _YIQ2RGB @ rot @ _RGB2YIQ)
     w = np.broadcast_to(_LUMA, (n, 3)) if gray_weights is None else gray_weights
-    gray_m = np.where(gray[:, None, None], np.ones((1, 3, 1)) * w[:, None, :], eye)
-    m = gray_m @ hue_m @ sat * (brightness * contrast)[:, None, None]
+    bc = brightness * contrast
     t = np.repeat(((1 - contrast) * 128.0)[:, None], 3, axis=1)
+    if w.ndim == 3:  # [n, T, 3]: one grayscale row per frame (data.grayscale_per=frame) -> M [n, T, 3, 3]
+        gray_m = np.where(gray[:, None, None, None], np.ones((1, 1, 3, 1)) * w[:, :, None, :], eye[:, None])
+        m = gray_m @ hue_m[:, None] @ sat[:, None] * bc[:, None, None, None]
+        return m, np.repeat(t[:, None], w.shape[1], axis=1)
+    gray_m = np.where(gray[:, None, None], np.ones((1, 3, 1)) * w[:, None, :], eye)
+    m = gray_m @ hue_m @ sat * bc[:, None, None]
     return m, t
 
 
@@ -186,12 +209,15 @@ class AugSettings(Protocol):
     grayscale: str
     flow_normalisation: str
     color_jitter: str
+    num_frames: int
 
 
 @dataclass
 class ViewDraw:
     """The draws of one view for n samples. flips and blur flags [n] bool, sigma [n]; colour maps applied to
-    [0, 255] pixels and giving normalised values: RGB ``y = M x + t`` on (R, G, B), flow on (x, y, 0)."""
+    [0, 255] pixels and giving normalised values: RGB ``y = M x + t`` on (R, G, B), flow on the flow image
+    (data.flow_layout); M [n, 3, 3] and t [n, 3], or with one grayscale channel per frame
+    (:func:`per_frame_maps`) M [n, T, 3, 3] and t [n, T, 3]."""
 
     strong: np.ndarray
     flip_rgb: np.ndarray
@@ -261,16 +287,52 @@ def draw_eval_jitter(
 @dataclass
 class _Colour:
     """One stream's colour draw of n samples: the map ``y = m x + t`` on [0, 255] RGB, and with the released
-    jitter its steps (``jit`` [n] bool, ``steps``) run before the map."""
+    jitter its steps (``jit`` [n] bool, ``steps``) run before the map. ``parts``: the factors and grayscale
+    flags the map was made of (another stream's frames redraw their grayscale channels from them)."""
 
     m: np.ndarray
     t: np.ndarray
     jit: np.ndarray | None = None
     steps: JitterSteps | None = None
+    parts: tuple[np.ndarray, ...] | None = None
 
 
 def released_jitter(p: AugSettings) -> bool:
     return str(getattr(p.color_jitter, "value", p.color_jitter)) == "released"
+
+
+def _value(v: object) -> str:
+    return str(getattr(v, "value", v))
+
+
+def per_frame_maps(p: AugSettings) -> bool:
+    """Whether the colour maps are per frame: the released RandomGray's channel drawn per frame
+    (``data.grayscale=channel``, ``data.grayscale_per=frame``) and grayscale on at all."""
+    return (
+        p.grayscale_prob > 0
+        and _value(p.grayscale) == "channel"
+        and _value(getattr(p, "grayscale_per", "view")) == "frame"
+    )
+
+
+def _gray_weights(rng: np.random.Generator, n: int, p: AugSettings) -> np.ndarray | None:
+    """Grayscale rows: None = luma; channel: one-hot rows, [n, 3] per view or [n, T, 3] per frame (released
+    RandomGray.grayscale: ``np.random.choice(3)`` for every frame it grays, augmentation.py line 212)."""
+    if _value(p.grayscale) != "channel":
+        return None
+    if per_frame_maps(p):
+        return np.eye(3)[rng.integers(3, size=(n, int(p.num_frames)))]
+    return np.eye(3)[rng.integers(3, size=n)]
+
+
+def _colour_map(parts: tuple[np.ndarray, ...], weights: np.ndarray | None, p: AugSettings) -> tuple:
+    """(M, t) of a draw's ``parts`` (b, c, s, h, gray) with grayscale rows ``weights``: the whole jitter folded
+    in (affine), or the grayscale only (released jitter: the jitter runs as steps before the map)."""
+    b, c, s, h, gray = parts
+    if not released_jitter(p):
+        return colour_affine(b, c, s, h, gray, weights)
+    one = np.ones(len(b))
+    return colour_affine(one, one, one, np.zeros(len(b)), gray, weights)
 
 
 def _colour(rng: np.random.Generator, strong: np.ndarray, p: AugSettings) -> _Colour:
@@ -282,45 +344,52 @@ def _colour(rng: np.random.Generator, strong: np.ndarray, p: AugSettings) -> _Co
     jit = strong & (rng.random(n) < p.color_jitter_prob)
     gray = strong & (rng.random(n) < p.grayscale_prob)
     b, c, s, h = _jitter_factors(rng, jit, (p.brightness, p.contrast, p.saturation, p.hue))
-    weights = None  # luma
-    if (
-        str(getattr(p.grayscale, "value", p.grayscale)) == "channel"
-    ):  # released RandomGray: one channel copied
-        weights = np.eye(3)[rng.integers(3, size=n)]
+    weights = _gray_weights(rng, n, p)  # released RandomGray: one channel copied to all three
+    parts = (b, c, s, h, gray)
+    m, t = _colour_map(parts, weights, p)
     if not released_jitter(p):
-        return _Colour(*colour_affine(b, c, s, h, gray, weights))
+        return _Colour(m, t, parts=parts)
     order = _op_order(rng, n)
-    one = np.ones(n)
-    m, t = colour_affine(one, one, one, np.zeros(n), gray, weights)
-    return _Colour(m, t, jit, jitter_slots(b, c, s, h, order))
+    return _Colour(m, t, jit, jitter_slots(b, c, s, h, order), parts)
+
+
+def _other_frames(rng: np.random.Generator, col: _Colour, p: AugSettings) -> _Colour:
+    """The flow frames of a view that shares the RGB frames' draw (data.align_streams): the same jitter and
+    the same decision to gray, but with per-frame channels their own channel draws (released RandomGray
+    draws a channel for every frame of the [rgb_i, flow_i] sequence). Per view: the RGB draw itself."""
+    if not per_frame_maps(p) or col.parts is None:
+        return col
+    m, t = _colour_map(col.parts, _gray_weights(rng, len(col.m), p), p)
+    return _Colour(m, t, col.jit, col.steps, col.parts)
 
 
 def fold_rgb(m: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(M, t) on [0, 255] RGB -> the same map followed by ImageNet normalisation. [n,3,3], [n,3]."""
+    """(M, t) on [0, 255] RGB -> the same map followed by ImageNet normalisation. [n,(T,)3,3], [n,(T,)3]."""
     inv_std = 1.0 / np.array(RGB_STD)
     return (
-        (inv_std[None, :, None] * m).astype(np.float32),
-        (inv_std[None, :] * (t - np.array(RGB_MEAN)[None, :])).astype(np.float32),
+        (inv_std[:, None] * m).astype(np.float32),
+        (inv_std * (t - np.array(RGB_MEAN))).astype(np.float32),
     )
 
 
 def fold_flow(
-    m: np.ndarray, t: np.ndarray, negate_x: np.ndarray, mode: str = "unit"
+    m: np.ndarray, t: np.ndarray, negate_x: np.ndarray, mode: str = "unit", layout: str = "xy0"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(M, t) on flow pixels (x, y, 0) -> x -> 255 - x where ``negate_x`` [n] (the motion mirrored), then the
-    map, then the flow normalisation ``mode`` (:func:`flow_norm`; unit: x, y to (v - 127.5) / 127.5, so the
-    negation is a sign flip). [n,3,3], [n,3] -> [n,3,3], [n,3] float32."""
-    n = len(negate_x)
+    """(M, t) on flow pixels (channels as ``layout``) -> x -> 255 - x where ``negate_x`` [n] (the motion
+    mirrored), then the map, then the flow normalisation ``mode`` (:func:`flow_norm`; unit: x, y to (v -
+    127.5) / 127.5, so the negation is a sign flip). [n,(T,)3,3], [n,(T,)3] -> the same shapes, float32."""
+    n, ix = len(negate_x), FLOW_X[layout]
     d = np.broadcast_to(np.eye(3), (n, 3, 3)).copy()
-    d[:, 0, 0] = np.where(negate_x, -1.0, 1.0)
+    d[:, ix, ix] = np.where(negate_x, -1.0, 1.0)
     o = np.zeros((n, 3))
-    o[:, 0] = np.where(negate_x, 255.0, 0.0)
-    m2, t2 = m @ d, np.einsum("nij,nj->ni", m, o) + t
-    mean, std = flow_norm(mode)
+    o[:, ix] = np.where(negate_x, 255.0, 0.0)
+    if m.ndim == 4:  # per-frame maps: the same negation on every frame
+        m2, t2 = m @ d[:, None], np.einsum("ntij,nj->nti", m, o) + t
+    else:
+        m2, t2 = m @ d, np.einsum("nij,nj->ni", m, o) + t
+    mean, std = flow_norm(mode, layout)
     scale = 1.0 / std
-    return (scale[None, :, None] * m2).astype(np.float32), (scale[None, :] * (t2 - mean[None, :])).astype(
-        np.float32
-    )
+    return (scale[:, None] * m2).astype(np.float32), (scale * (t2 - mean)).astype(np.float32)
 
 
 def draw_views(
@@ -350,7 +419,8 @@ def draw_views(
         blur_rgb, sigma = blur()
         col_rgb = _colour(rng, st, p)
         if p.align_streams:
-            flip_flow, blur_flow, col_flow = flip_rgb, blur_rgb, col_rgb
+            flip_flow, blur_flow = flip_rgb, blur_rgb
+            col_flow = _other_frames(rng, col_rgb, p) if p.flow_photometric else col_rgb
         else:
             flip_flow = flip()
             blur_flow, _ = blur()  # one sigma per view keeps the DALI graph's inputs the same in both modes
@@ -359,7 +429,13 @@ def draw_views(
             blur_flow, col_flow = np.zeros(n, bool), identity
         rm, rt = fold_rgb(col_rgb.m, col_rgb.t)
         mode = str(getattr(p.flow_normalisation, "value", p.flow_normalisation))
-        fm, ft = fold_flow(col_flow.m, col_flow.t, flip_flow & p.flow_flip_negate, mode)
+        fm, ft = fold_flow(col_flow.m, col_flow.t, flip_flow & p.flow_flip_negate, mode, flow_layout_of(p))
+        if per_frame_maps(p):  # every map per frame, so that each stream's graph input has one shape
+            frames = int(p.num_frames)
+            rm, rt, fm, ft = (
+                a if a.ndim == nd + 1 else np.repeat(a[:, None], frames, axis=1)
+                for a, nd in ((rm, 3), (rt, 2), (fm, 3), (ft, 2))
+            )
         out.append(
             ViewDraw(
                 st,
@@ -379,6 +455,61 @@ def draw_views(
             )
         )
     return same, out
+
+
+def released_crop_window(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    tries: int = 1,
+) -> tuple[int, int, int, int]:
+    """The released random-resized-crop window (top, left, h, w), as ViCC ``src/utils/augmentation.py``
+    RandomSizedCrop runs under ``main_cross.py`` get_transform (``consistent=False, seq_len``, lines 99-138):
+    ONE try (its ``for attempt in range(10)`` returns on the first pass in that branch): area uniform in
+    ``scale`` x the frame, aspect w/h UNIFORM in ``ratio`` (3/4, 4/3), w and h swapped with p 0.5, a uniform
+    position (randint, both ends included); a window that does not fit leaves the frame uncropped (the whole
+    frame is then resized to the square: line 135 ``result.append(i)``; the Scale + CenterCrop fallback after
+    the loop is never reached in that branch).
+
+    ``tries`` = 10: the released classifier's crop (``main_classifier.py`` get_transform: RandomSizedCrop
+    ``consistent=True``, lines 110-120 and 140-143): up to 10 such tries, else Scale (shorter side to the crop
+    size) + CenterCrop, i.e. the central square of side min(height, width)."""
+    for _ in range(tries):
+        target = height * width * rng.uniform(scale[0], scale[1])
+        aspect = rng.uniform(ratio[0], ratio[1])
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if rng.random() < 0.5:
+            w, h = h, w
+        if 0 < w <= width and 0 < h <= height:
+            left = int(rng.integers(0, width - w + 1))
+            top = int(rng.integers(0, height - h + 1))
+            return top, left, h, w
+    if tries == 1:
+        return 0, 0, height, width
+    side = min(height, width)
+    return int(round((height - side) / 2)), int(round((width - side) / 2)), side, side
+
+
+# data.crop modes whose windows are drawn by released_crop_window, and their tries
+HOST_CROPS = {"released": 1, "classifier": 10}
+
+
+def draw_crop_window(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    mode: str,
+) -> tuple[int, int, int, int]:
+    """A crop window by ``data.crop``: released (:func:`released_crop_window`, one try) | classifier (its 10
+    tries and central fallback) | torchvision (:func:`crop_window`)."""
+    if mode in HOST_CROPS:
+        return released_crop_window(rng, height, width, scale, ratio, HOST_CROPS[mode])
+    return crop_window(rng, height, width, scale, ratio)
 
 
 def crop_window(

@@ -34,6 +34,7 @@ from vicc_fast.data.manifest import (
     Manifest,
     Shard,
     Split,
+    check_recipe,
     clip_span,
     load_manifest,
     load_sample_meta,
@@ -80,7 +81,9 @@ def ensure_shards(cfg: Config) -> Manifest:
         from data_prep.build import build_synthetic  # offline tool, imported only when needed
 
         build_synthetic(root, cfg.data.synthetic, workers=cfg.data.threads)
-    return load_manifest(root)
+    manifest = load_manifest(root)
+    check_recipe(manifest, cfg.data.require_recipe.value)  # every train and eval loader starts here
+    return manifest
 
 
 class BaseLoader:

@@ -14,8 +14,8 @@ class Batch:
     """One training or evaluation step's input.
 
     views: per stream, a list of view tensors ``[B, C, T, H, W]`` (``torch.channels_last_3d``, on the
-        training device, normalised, in the configured dtype). RGB has C=3; flow has C=3 too (x, y and the
-        zero third channel, as in the papers). In train mode, view ``i`` of RGB and view ``i`` of flow cover
+        training device, normalised, in the configured dtype). RGB has C=3; flow has C=3 too (x, y and a
+        constant channel, ordered by ``data.flow_layout``: released (128, y, x), or (x, y, 0)). In train mode, view ``i`` of RGB and view ``i`` of flow cover
         the same frames of the same video. In eval mode there is one view per stream holding
         ``B = videos x clips`` clips; ``index`` then repeats per clip.
     label: ``[B]`` int64 class labels (evaluation and tests only; training never reads them).

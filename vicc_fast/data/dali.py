@@ -29,11 +29,16 @@ Train graph, per sample (one video):
           same crop / flip / colours. ``color_jitter=affine``: blur first, and the jitter folded into the map.
     flow: the (2H) x W frame holds x above y: reshape [T, 2H, W, 3] -> [2T, H, W, 3] (free) and keep channel 0
           (x and y sit in luma; the decoder's RGB has R = G = B): the x and y planes become consecutive frames,
-          so the view's crop window and flip apply to both halves in one resize -> [T, 2(C), c, c] padded with a
-          zero plane to the (x, y, 0) image the released code jitters, channel-last -> the RGB view's jitter
-          steps and blur (``flow_photometric``; with the one-map jitter the planes are blurred before the pad)
-          -> one per-sample affine map (grayscale, the normalisation, x negated on flipped views with
-          ``flow_flip_negate``: after the jitter steps, which see the stored x).
+          so the view's crop window and flip apply to both halves in one resize -> [T, 2(C), c, c] made the
+          flow image of ``flow_layout``, channel-last: released (128, y, x), what the released code reads from
+          OpenCV's BGR [x, y, 128] JPEGs with PIL (one exact uint8 map), or xy0 (x, y, 0) (a zero plane
+          padded) -> the RGB view's jitter steps and blur (``flow_photometric``; with the one-map jitter the
+          planes are blurred first) -> one affine map (grayscale, the normalisation, x negated on flipped views
+          with ``flow_flip_negate``: after the jitter steps, which see the stored x); per frame with the
+          released grayscale (a channel drawn per frame, ``grayscale_per=frame``: ``fn.per_frame`` maps).
+    crop: ``crop=released`` / ``classifier``: the windows drawn on the host (augment.draw_crop_window, the
+          released RandomSizedCrop: uniform aspect with a w/h swap, one try / ten), resized bicubic with
+          antialiasing (PIL's resize); ``torchvision``: ``fn.random_crop_generator``, bilinear, no antialiasing.
 
 Eval graph: the whole video is decoded once and its eval clips are gathered from it (``eval_windows``: every
 half-overlapping window, their number looked up per sample, or a fixed count whose starts the loader computed on the
@@ -51,10 +56,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from vicc_fast.config import EvalWindows, ShortVideos, Stream
-from vicc_fast.data.augment import LUMA, RGB_MEAN, RGB_STD, flow_norm
+from vicc_fast.data.augment import FLOW_CONST, FLOW_X, FLOW_Y, HOST_CROPS, LUMA, RGB_MEAN, RGB_STD, flow_norm
 from vicc_fast.data.windows import overlap_count, overlap_step
 
 MAX_LUT_KEYS = 65536  # fn.lookup_table keys live in [0, 65535]
+# (x, y) -> (const, y, x): the released flow image's channels from the stored x and y planes (data.flow_layout)
+FLOW_LAYOUT_M = [0.0, 0.0, 0.0, 1.0, 1.0, 0.0]
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,11 @@ class PipeSpec:
     # videos shorter than a clip: pad (released: read left-padded, build_pipeline's pad_starts) | reject (never
     # read: the loader leaves them out or raises)
     short_videos: str = ShortVideos.pad.value
+    # random resized crop: torchvision (fn.random_crop_generator, bilinear) | released / classifier (the window
+    # drawn on the host by augment.draw_crop_window, ViewSource's win_<stream>; bicubic with antialiasing)
+    crop: str = "torchvision"
+    flow_layout: str = "xy0"  # flow image channels: xy0 (x, y, 0) | released (128, y, x)
+    grayscale_per: str = "view"  # grayscale channel drawn per view | frame (released; per-frame colour maps)
 
     @property
     def span(self) -> int:
@@ -127,12 +139,31 @@ class ViewSource:
         self.rng = np.random.default_rng([seed, 0xC0105])
         self.keys = self.view_keys(spec)
 
+    def _windows(self) -> dict[str, np.ndarray]:
+        """One view's released crop windows (augment.released_crop_window): ``win_<stream>`` [B, 4] float32
+        (top, left, h, w); one window for both streams with ``align_streams``."""
+        from vicc_fast.data.augment import draw_crop_window
+
+        sp, out = self.spec, {}
+        for s in sp.streams:
+            if sp.align_streams and out:
+                out[f"win_{s.value}"] = next(iter(out.values()))
+                continue
+            w = [
+                draw_crop_window(self.rng, sp.height, sp.width, sp.crop_scale, sp.aspect_ratio, sp.crop)
+                for _ in range(self.batch_size)
+            ]
+            out[f"win_{s.value}"] = np.asarray(w, np.float32)
+        return out
+
     @staticmethod
     def view_keys(spec: PipeSpec) -> list[str]:
         """The per-view outputs the graph of ``spec`` reads (DALI warns about unused ones)."""
         keys = []
         for s in spec.streams:
             keys += [f"flip_{s.value}", f"{s.value}_m", f"{s.value}_t"]
+            if spec.crop in HOST_CROPS:
+                keys.append(f"win_{s.value}")
             jittered = spec.color_jitter_prob > 0 and (s == Stream.rgb or spec.flow_photometric)
             if spec.color_jitter == "released" and jittered:
                 keys += [f"jit_{s.value}", *(f"{s.value}_j{f}" for f in STEP_FIELDS)]
@@ -148,7 +179,11 @@ class ViewSource:
         same, views = draw_views(self.rng, self.batch_size, self.spec.num_views, self.spec)
         out = [same.astype(np.int32)] if self.spec.num_views > 1 else []
         for d in views:
+            wins = self._windows() if self.spec.crop in HOST_CROPS else {}
             for k in self.keys:
+                if k in wins:
+                    out.append(wins[k])
+                    continue
                 stream, _, field = k.partition("_j")
                 if field in STEP_FIELDS:  # <stream>_j<field>: a field of the view's JitterSteps
                     out.append(getattr(getattr(d, f"{stream}_steps"), field))
@@ -374,13 +409,32 @@ def build_pipeline(
             random_aspect_ratio=list(spec.aspect_ratio),
         )
 
+    def host_window(d, stream: str):
+        """data.crop=released: the view's window drawn on the host (ViewSource win_<stream>: top, left, h, w)."""
+        win = d[f"win_{stream}"]
+        return win[0:2], win[2:4]
+
+    released_crop = spec.crop in HOST_CROPS  # released / classifier: host windows, bicubic + antialiasing
+
     def crop_flip_resize(x, flip, window):
-        """Random resized crop and horizontal flip in one resampling pass: the flip is a reversed ROI."""
+        """Random resized crop and horizontal flip in one resampling pass: the flip is a reversed ROI. Released
+        crop: bicubic with antialiasing (PIL's resize, which the released RandomSizedCrop calls with
+        Image.BICUBIC); else bilinear without."""
         anchor, shape = window
         y0, x0 = fn.cast(anchor[0], dtype=types.FLOAT), fn.cast(anchor[1], dtype=types.FLOAT)
         h, w = fn.cast(shape[0], dtype=types.FLOAT), fn.cast(shape[1], dtype=types.FLOAT)
         f = fn.cast(flip, dtype=types.FLOAT)
         start, end = fn.stack(y0, x0 + f * w), fn.stack(y0 + h, x0 + (1.0 - f) * w)
+        if released_crop:
+            return fn.resize(
+                x,
+                size=[c, c],
+                roi_start=start,
+                roi_end=end,
+                roi_relative=False,
+                interp_type=types.INTERP_CUBIC,
+                antialias=True,
+            )
         return fn.resize(x, size=[c, c], roi_start=start, roi_end=end, roi_relative=False, antialias=False)
 
     def blur(x, d, stream: str):
@@ -416,23 +470,32 @@ def build_pipeline(
         return x[:, :, :, 0:1]
 
     def flow_image(x):
-        """[2T, c, c, 1] uint8 -> [T, c, c, 3]: [T, 2, c, c] read channel-first (free), a zero third plane padded
-        on the small uint8 data (the (x, y, 0) image the released code jitters), made channel-last."""
+        """[2T, c, c, 1] uint8 -> [T, c, c, 3], the flow image of data.flow_layout: [T, 2, c, c] read
+        channel-first (free); xy0: a zero third plane padded on the small uint8 data, made channel-last;
+        released: made channel-last, then (x, y) -> (128, y, x) by one exact uint8 map (the image the released
+        code reads from OpenCV's BGR [x, y, 128] JPEGs)."""
         x = fn.reshape(x, shape=[T, 2, c, c], layout="FCHW")
+        if spec.flow_layout == "released":
+            x = fn.transpose(x, perm=[0, 2, 3, 1], output_layout="FHWC")
+            return fn.coord_transform(x, M=FLOW_LAYOUT_M, T=[128.0, 0.0, 0.0], dtype=types.UINT8)
         x = fn.pad(x, axis_names="C", shape=[3], fill_value=0)
         return fn.transpose(x, perm=[0, 2, 3, 1], output_layout="FHWC")
 
+    per_frame = spec.grayscale_per == "frame" and spec.grayscale == "channel" and spec.grayscale_prob > 0
+
     def finish(x, m, t):
-        """One per-sample affine map (ViewSource: jitter/grayscale when the view's draw has them, the
-        normalisation, and flow x's sign when flips negate it) to the output dtype; unjittered, flow's plane 3
-        stays 0."""
+        """One affine map per sample, or per frame with a grayscale channel drawn per frame (ViewSource:
+        jitter/grayscale when the view's draw has them, the normalisation, and flow x's sign when flips negate
+        it) to the output dtype; unjittered, flow's constant plane stays constant."""
+        if per_frame:
+            m, t = fn.per_frame(m), fn.per_frame(t)
         x = fn.coord_transform(x, M=m, T=t, dtype=types.FLOAT)
         return fn.cast(x, dtype=types.FLOAT16) if spec.half else x
 
     def augment_flow(x, window, d):
         """[2T, h, w, 1] -> [T, c, c, 3]: crop and flip both planes in one resize, then as RGB (the released
-        code augments the (x, y, 0) image): one-map jitter: blur the planes, then the map; released jitter:
-        the steps on the (x, y, 0) image, blur, the map."""
+        code augments the flow image, flow_image): one-map jitter: blur the planes, then the map; released
+        jitter: the steps on the flow image, blur, the map."""
         x = crop_flip_resize(x, d["flip_flow"], window)
         if spec.color_jitter == "released":
             x = blur(released_jitter(flow_image(x), d, "flow"), d, "flow")
@@ -476,16 +539,24 @@ def build_pipeline(
     def eval_crop(x, px, py, m, flow: bool, raw: bool = False):
         """One eval crop at (px, py), mirrored when ``m``: [N*T, c, c, 3], normalised in the output dtype, or
         (``raw``) 8-bit values. Flow: x negated on mirrored crops with flow_flip_negate ((255 - v - mu) / s =
-        (v - (255 - mu)) / -s), then the zero plane (normalised)."""
+        (v - (255 - mu)) / -s), then the constant channel (normalised) where data.flow_layout puts it."""
+        layout = spec.flow_layout
         if raw:
             mu, sd = np.zeros(3), np.ones(3)
         else:
-            mu, sd = flow_norm(spec.flow_normalisation) if flow else (np.array(RGB_MEAN), np.array(RGB_STD))
+            mu, sd = (
+                flow_norm(spec.flow_normalisation, layout)
+                if flow
+                else (np.array(RGB_MEAN), np.array(RGB_STD))
+            )
         mean, std = [float(v) for v in mu], [float(v) for v in sd]
-        if flow:
+        if flow:  # the crop holds the (x, y) planes: their statistics are those of x's and y's channels
+            ix, iy, ik = FLOW_X[layout], FLOW_Y, 3 - FLOW_X[layout] - FLOW_Y
             neg = m and spec.flow_flip_negate
-            mean = [255.0 - mean[0] if neg else mean[0], mean[1]]
-            std = [-std[0] if neg else std[0], std[1]]
+            # the constant channel, normalised (xy0: the formula it always had, so a zero stays -0.0 bit for bit)
+            const = (FLOW_CONST[layout] - mu[ik]) / sd[ik] if layout == "released" else -mu[ik] / sd[ik]
+            mean = [255.0 - mean[ix] if neg else mean[ix], mean[iy]]
+            std = [-std[ix] if neg else std[ix], std[iy]]
         y = fn.crop_mirror_normalize(
             x,
             crop=[c, c],
@@ -497,8 +568,12 @@ def build_pipeline(
             dtype=types.UINT8 if raw else out_dtype,
             output_layout="FHWC",
         )
-        if flow:
-            y = fn.pad(y, axis_names="C", shape=[3], fill_value=0 if raw else float(-mu[2] / sd[2]))
+        if flow and layout == "released":  # (x, y) -> (const, y, x), exact
+            y = fn.coord_transform(
+                y, M=FLOW_LAYOUT_M, T=[float(const), 0.0, 0.0], dtype=types.UINT8 if raw else out_dtype
+            )
+        elif flow:
+            y = fn.pad(y, axis_names="C", shape=[3], fill_value=0 if raw else float(const))
         return y
 
     def jittered_crop(x, px, py, m, flow: bool, jitter):
@@ -508,7 +583,11 @@ def build_pipeline(
         jit, *steps = jitter
         if jit:
             y = jitter_steps(y, *steps)
-        mu, sd = flow_norm(spec.flow_normalisation) if flow else (np.array(RGB_MEAN), np.array(RGB_STD))
+        mu, sd = (
+            flow_norm(spec.flow_normalisation, spec.flow_layout)
+            if flow
+            else (np.array(RGB_MEAN), np.array(RGB_STD))
+        )
         scale = 1.0 / np.asarray(sd, np.float64)
         return fn.coord_transform(
             y, M=np.diag(scale).reshape(-1).tolist(), T=(-np.asarray(mu) * scale).tolist(), dtype=out_dtype
@@ -597,9 +676,15 @@ def build_pipeline(
                 ]
             per_stream = dict(zip(spec.streams, decoded))
             # one crop window per view for both streams (the released code's shared sequence), or one each
-            shared = [crop_window() for _ in range(spec.num_views)] if spec.align_streams else None
+            if released_crop:  # windows drawn on the host (ViewSource: one per view, shared when aligned)
+                shared = None
+            else:
+                shared = [crop_window() for _ in range(spec.num_views)] if spec.align_streams else None
             for stream in spec.streams:
-                windows = shared or [crop_window() for _ in range(spec.num_views)]
+                if released_crop:
+                    windows = [host_window(draws[v], stream.value) for v in range(spec.num_views)]
+                else:
+                    windows = shared or [crop_window() for _ in range(spec.num_views)]
                 aug = augment_rgb if stream == Stream.rgb else augment_flow
                 results += [aug(v, windows[i], draws[i]) for i, v in enumerate(per_stream[stream])]
         else:

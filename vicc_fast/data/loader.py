@@ -131,6 +131,9 @@ class DaliLoader(BaseLoader):
             eval_jitter_prob=0.0 if self.train else d.eval_color_jitter_prob,
             eval_jitter=tuple(float(x) for x in d.eval_color_jitter),
             short_videos=d.short_videos.value,
+            crop=d.crop.value,
+            flow_layout=d.flow_layout.value,
+            grayscale_per=d.grayscale_per.value,
         )
         shards = self.shard_sequence()
         device_id = None

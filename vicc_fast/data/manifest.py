@@ -80,6 +80,7 @@ class Manifest:
     splits: dict[str, Split]
     video: dict[str, Any] = field(default_factory=dict)
     flow: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)  # the build's settings (data_prep.build)
 
     def split(self, name: str) -> Split:
         if name not in self.splits:
@@ -125,10 +126,64 @@ def load_manifest(root: str | Path) -> Manifest:
                 )
             splits[name] = Split(name, shards, n)
         return Manifest(
-            root, list(raw["classes"]), splits, dict(raw.get("video", {})), dict(raw.get("flow", {}))
+            root,
+            list(raw["classes"]),
+            splits,
+            dict(raw.get("video", {})),
+            dict(raw.get("flow", {})),
+            dict(raw.get("settings", {})),
         )
     except KeyError as exc:
         raise DataError(f"{path}: missing field {exc}") from None
+
+
+# The data the released code trained on (ViCC src/process_data/src/extract_ff.py, convert_video_to_lmdb.py):
+# UCF101's frames as decoded (320x240, never resized) and TV-L1 flow between them, bound 20.
+RELEASED_RECIPE = {"height": 240, "width": 320, "flow_at": "source", "flow_method": "tvl1", "flow_bound": 20}
+
+
+def recipe_mismatches(m: Manifest) -> list[str]:
+    """How the build of ``m`` differs from :data:`RELEASED_RECIPE`, one phrase each (empty: it matches).
+    Flow by TV-L1 in PyTorch (``tvl1-torch``) is the same algorithm and counts as TV-L1; a cap on the
+    shorter side of the flow frames counts as source resolution when it is at least the stored height."""
+    got = {
+        "height": m.video.get("height", m.settings.get("height")),
+        "width": m.video.get("width", m.settings.get("width")),
+        "flow_at": m.settings.get("flow_at", "stored"),
+        "flow_method": m.flow.get("method", m.settings.get("flow_method")),
+        "flow_bound": m.flow.get("bound", m.settings.get("flow_bound")),
+    }
+    out = []
+    if (got["height"], got["width"]) != (RELEASED_RECIPE["height"], RELEASED_RECIPE["width"]):
+        out.append(f"frames stored at {got['height']}x{got['width']}, released 240x320")
+    if got["flow_at"] != RELEASED_RECIPE["flow_at"]:
+        out.append(f"flow computed at the {got['flow_at']} size, released at the source resolution")
+    else:
+        cap = m.settings.get("flow_short_side")
+        if cap is not None and int(cap) < RELEASED_RECIPE["height"]:
+            out.append(
+                f"flow computed with the shorter side capped at {cap}, released at the source resolution"
+            )
+    method = str(got["flow_method"])
+    if method not in ("tvl1", "tvl1-torch"):
+        out.append(f"flow method {method}, released tvl1")
+    if got["flow_bound"] is not None and float(got["flow_bound"]) != RELEASED_RECIPE["flow_bound"]:
+        out.append(f"flow bound {got['flow_bound']}, released 20")
+    return out
+
+
+def check_recipe(m: Manifest, required: str) -> None:
+    """``data.require_recipe``: ``released`` refuses a build other than :data:`RELEASED_RECIPE` with one error
+    naming the manifest and every mismatch; ``none`` accepts any."""
+    if required != "released":
+        return
+    bad = recipe_mismatches(m)
+    if bad:
+        raise DataError(
+            f"{m.root / 'manifest.json'}: not the released data recipe ({'; '.join(bad)}); build it with "
+            "`python -m data_prep ... --height 240 --width 320 --flow-at source`, or accept this build with "
+            "data.require_recipe=none"
+        )
 
 
 # ------------------------------------------------------------------------------------------- DALI index

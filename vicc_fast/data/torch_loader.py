@@ -18,7 +18,16 @@ import numpy as np
 import torch
 
 from vicc_fast.config import Stream
-from vicc_fast.data.augment import LUMA, RGB_MEAN, RGB_STD, draw_eval_jitter, flow_norm
+from vicc_fast.data.augment import (
+    FLOW_CONST,
+    HOST_CROPS,
+    LUMA,
+    RGB_MEAN,
+    RGB_STD,
+    draw_eval_jitter,
+    flow_layout_of,
+    flow_norm,
+)
 from vicc_fast.data.base import BaseLoader
 from vicc_fast.data.batch import Batch
 from vicc_fast.data.dali import eval_resize
@@ -87,18 +96,34 @@ class _Augment:
     ) -> torch.Tensor:
         """Crop ``window`` (top, left, h, w) resized to c x c, flipped, blurred with sigma ``blur`` (0 = none)."""
         c = self.d.crop_size
-        v = self.v2.functional.resized_crop(v, *window, [c, c], antialias=False)
+        if self.d.crop.value in HOST_CROPS:  # PIL's Image.BICUBIC resize, antialiased as PIL's is
+            v = self.v2.functional.resized_crop(
+                v, *window, [c, c], interpolation=self.v2.InterpolationMode.BICUBIC, antialias=True
+            )
+        else:
+            v = self.v2.functional.resized_crop(v, *window, [c, c], antialias=False)
         if flip:
             v = v.flip(-1)
         return self._blur(v, blur)
 
     def _affine(self, v: torch.Tensor, m: np.ndarray, t: np.ndarray) -> torch.Tensor:
-        """[T, 3, c, c] pixels -> ``M x + t`` per pixel -> [T, c, c, 3] in the output dtype."""
+        """[T, 3, c, c] pixels -> ``M x + t`` per pixel -> [T, c, c, 3] in the output dtype; M [3, 3], t [3], or
+        one map per frame (M [T, 3, 3], t [T, 3]: the grayscale channel drawn per frame)."""
+        if m.ndim == 3:
+            y = torch.einsum("tij,tjhw->thwi", torch.from_numpy(m).float(), v.float())
+            return (y + torch.from_numpy(t).float()[:, None, None, :]).to(self.out_dtype)
         y = (
             torch.einsum("ij,tjhw->thwi", torch.from_numpy(m).float(), v.float())
             + torch.from_numpy(t).float()
         )
         return y.to(self.out_dtype)
+
+    def _flow_image(self, v: torch.Tensor) -> torch.Tensor:
+        """[T, 2, c, c] (x, y) -> [T, 3, c, c] the flow image of data.flow_layout: (x, y, 0) | released
+        (128, y, x)."""
+        if flow_layout_of(self.d) == "released":
+            return torch.cat([torch.full_like(v[:, :1], int(FLOW_CONST["released"])), v[:, 1:2], v[:, :1]], 1)
+        return torch.cat([v, torch.zeros_like(v[:, :1])], 1)
 
     def _blur(self, v: torch.Tensor, sigma: float) -> torch.Tensor:
         if sigma <= 0:
@@ -127,14 +152,15 @@ class _Augment:
         self, v: torch.Tensor, window: tuple[int, int, int, int], draw: Any, i: int, stream: str
     ) -> torch.Tensor:
         """One view of ``stream``: crop, flip, then (one-map jitter) blur and the map, or (released jitter)
-        the jitter steps on the (x, y, 0) / RGB image, blur, the map (grayscale, normalisation)."""
+        the jitter steps on the flow image (data.flow_layout) / RGB image, blur, the map (grayscale,
+        normalisation)."""
         sigma = float(draw.sigma[i]) if getattr(draw, f"blur_{stream}")[i] else 0.0
         flip = bool(getattr(draw, f"flip_{stream}")[i])
         m, t = getattr(draw, f"{stream}_m")[i], getattr(draw, f"{stream}_t")[i]
         jit = getattr(draw, f"jit_{stream}")
         v = self._spatial(v, window, flip, 0.0 if jit is not None else sigma)
         if stream == "flow":
-            v = torch.cat([v, torch.zeros_like(v[:, :1])], 1)
+            v = self._flow_image(v)
         if jit is not None:
             if jit[i]:
                 v = self._jitter_steps(v, getattr(draw, f"{stream}_steps")[i])
@@ -146,12 +172,12 @@ class _Augment:
         return self._view(v, window, draw, i, "rgb")
 
     def flow(self, v: torch.Tensor, window: tuple[int, int, int, int], draw: Any, i: int) -> torch.Tensor:
-        """[T, 2, H, W] uint8 (x, y) -> [T, c, c, 3]: the (x, y, 0) image through the view's flow map."""
+        """[T, 2, H, W] uint8 (x, y) -> [T, c, c, 3]: the flow image (_flow_image) through the view's flow map."""
         return self._view(v, window, draw, i, "flow")
 
     def _eval_crop(self, crop: torch.Tensor, mirror: bool, flow: bool, steps: Any = None) -> torch.Tensor:
         """One eval crop [N*T, C, c, c] uint8 -> [N*T, c, c, 3] normalised: mirrored, flow's x negated on
-        mirrored crops with ``flow_flip_negate`` and its zero plane added ((x, y, 0)), the released test-time
+        mirrored crops with ``flow_flip_negate``, made the flow image of data.flow_layout, the released test-time
         jitter ``steps`` (one sample's augment.JitterSteps) when given, the normalisation."""
         v = crop.float()
         if mirror:
@@ -159,9 +185,11 @@ class _Augment:
         if flow:
             if mirror and self.d.flow_flip_negate:
                 v[:, 0] = 255.0 - v[:, 0]
-            v = torch.cat([v, torch.zeros_like(v[:, :1])], 1)
+            v = self._flow_image(v)
+            layout = flow_layout_of(self.d)
             mean, std = (
-                torch.tensor(a).float().view(1, 3, 1, 1) for a in flow_norm(self.d.flow_normalisation.value)
+                torch.tensor(a).float().view(1, 3, 1, 1)
+                for a in flow_norm(self.d.flow_normalisation.value, layout)
             )
         else:
             mean, std = self.rgb_mean, self.rgb_std
@@ -285,7 +313,7 @@ class TorchLoader(BaseLoader):
             d, T = self.cfg.data, self.cfg.data.num_frames
             out: dict[str, Any] = {"label": int(label), "index": int(index)}
             if self.train:
-                from vicc_fast.data.augment import crop_window, draw_views
+                from vicc_fast.data.augment import draw_crop_window, draw_views
 
                 same, draws = draw_views(rng, 1, self.num_views, d)
                 pad = int(self.pad_starts[index])
@@ -293,7 +321,9 @@ class TorchLoader(BaseLoader):
                 h, w = self.split_size
 
                 def window() -> tuple[int, int, int, int]:
-                    return crop_window(rng, h, w, tuple(d.crop_scale), tuple(d.aspect_ratio))
+                    return draw_crop_window(
+                        rng, h, w, tuple(d.crop_scale), tuple(d.aspect_ratio), d.crop.value
+                    )
 
                 # one window per view for both streams (released code), or one per stream and view
                 shared = [window() for _ in starts] if d.align_streams else None

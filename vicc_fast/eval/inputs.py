@@ -260,14 +260,16 @@ def _read_labels(tar_path: Path, split: str, n: int, labels: np.ndarray, where: 
     return count
 
 
-def check_dataset(root: str | Path) -> DatasetInfo:
-    """Validate a shard folder for evaluation; every problem is one EvalInputError naming the file."""
-    from vicc_fast.data.manifest import DataError, load_manifest
+def check_dataset(root: str | Path, require_recipe: str = "none") -> DatasetInfo:
+    """Validate a shard folder for evaluation; every problem is one EvalInputError naming the file.
+    ``require_recipe``: data.require_recipe (released: a build other than the released recipe is refused)."""
+    from vicc_fast.data.manifest import DataError, check_recipe, load_manifest
 
     r = Path(root)
     mpath = r / "manifest.json"
     try:
         m = load_manifest(r)  # the loader's own checks: version, shard files present, counts
+        check_recipe(m, require_recipe)
     except DataError as exc:
         raise EvalInputError(str(exc)) from None
     classes = m.classes

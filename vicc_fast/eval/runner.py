@@ -51,6 +51,10 @@ def supervised_cfg(cfg: C.Config) -> C.Config:
     released classifier's (``eval.released_train_augment``: crop + jitter p=0.3, no flip / grayscale / blur), or
     the self-supervised augmentation without Gaussian blur; never the two-view controller (one view here)."""
     cfg = _with_data(cfg, blur_prob=0.0, aug_controller=False)
+    if cfg.eval.released_train_augment and cfg.data.crop is C.CropMode.released:
+        cfg = _with_data(
+            cfg, crop=C.CropMode.classifier
+        )  # main_classifier.py: RandomSizedCrop consistent=True
     if cfg.eval.released_train_augment:
         cfg = _with_data(
             cfg, hflip=False, grayscale_prob=0.0, color_jitter_prob=0.3,
@@ -73,7 +77,7 @@ class Evaluation:
     ) -> None:
         self.ck = load_checkpoint(ckpt, overrides, released_stream)
         self.cfg = self.ck.cfg
-        self.data = check_dataset(self.cfg.data.root)
+        self.data = check_dataset(self.cfg.data.root, self.cfg.data.require_recipe.value)
         self.device = device or torch.device("cpu")
         self.progress = progress
         self.run_dir = run_dir_of(self.ck.path)
