@@ -322,6 +322,12 @@ def test_frozen_stream_runs_in_train_mode_from_step_5_of_each_alternations_first
             assert not m.nets[t].training  # eval mode again after the step
         h.remove()
         assert all(p.grad is None for p in m.nets[t].parameters())
+    # released args.iteration counts steps across epochs: with 3 steps per epoch the 5th step is epoch 1's 2nd,
+    # and train mode lasts to the end of epoch 1
+    got = [
+        m.frozen_in_train_mode(state_at(phase, e, s, steps_per_epoch=3)) for e in (0, 1, 2) for s in range(3)
+    ]
+    assert got == [False] * 4 + [quirk] * 2 + [False] * 3
 
 
 @pytest.mark.parametrize("when_full", [True, False])

@@ -191,13 +191,15 @@ class ViCC(Method):
         """Whether the frozen stream runs in train mode at this step (``method.vicc.frozen_train_quirk``): the
         released main_cross.py (l. 614-616, 633-651) sets ``model.train(); model.module.second.eval()`` at
         every epoch's start, but at ``args.iteration == 5`` (1-based, reset to 1 by every alternation's fresh
-        launch, l. 319) calls ``model.eval()`` then ``model.train()``, which puts ``second`` in train mode
-        until the next epoch: steps 4.. (0-based) of each alternation's first epoch."""
+        launch, l. 319; +1 per step, l. 735) calls ``model.eval()`` then ``model.train()``, which puts ``second``
+        in train mode until the next epoch starts: from the alternation's 5th step (0-based 4) to the end of the
+        epoch holding it (the first epoch unless an epoch has fewer than 5 steps)."""
+        first = RELEASED_TRAIN_MODE_STEP
         return (
             self.cfg.method.vicc.frozen_train_quirk
             and state.phase.frozen_stream is not None
-            and state.epoch == 0
-            and state.step >= RELEASED_TRAIN_MODE_STEP
+            and state.global_step >= first
+            and state.epoch == first // max(state.steps_per_epoch, 1)
         )
 
     def loss(self, batch: Batch, state: StepState) -> dict[str, torch.Tensor]:
