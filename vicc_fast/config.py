@@ -133,14 +133,19 @@ class Backbone(str, enum.Enum):
     tiny = "tiny"
 
 
+class S3dInit(str, enum.Enum):
+    released = "released"
+    torchvision = "torchvision"
+
+
+class ShuffleViews(str, enum.Enum):
+    second = "second"
+    all = "all"
+
+
 class ResNetSize(str, enum.Enum):
     paper = "paper"
     tv18 = "tv18"
-
-
-class S3dNorm(str, enum.Enum):
-    torchvision = "torchvision"  # BatchNorm3d(eps=1e-3, momentum=1e-3), the TensorFlow S3D's
-    released = "released"  # BatchNorm3d() (eps=1e-5, momentum=0.1): the released s3dg.py
 
 
 class MethodName(str, enum.Enum):
@@ -375,10 +380,11 @@ class ModelConfig:
         "size of r21d/r3d: paper (one block per stage as in the paper and the released code: R(2+1)D 14.4M, "
         "R3D 14.2M parameters) | tv18 (torchvision's r2plus1d_18 / r3d_18, two blocks per stage: 31.3M / 33.2M)",
     )
-    s3d_norm: S3dNorm = _f(
-        S3dNorm.torchvision,
-        "BatchNorm of the S3D trunk: torchvision (eps 1e-3, momentum 1e-3) | released (the ViCC/CoCLR s3dg.py: "
-        "PyTorch's defaults, eps 1e-5, momentum 0.1; released checkpoints are evaluated with it)",
+    s3d_init: S3dInit = _f(
+        S3dInit.released,
+        "S3D BatchNorm and init: released (ViCC s3dg.py: BatchNorm3d eps 1e-5, momentum 0.1, i.e. PyTorch's "
+        "defaults; every conv N(0, 0.01), BN weight 1, bias 0) | torchvision (torchvision's S3D: eps 1e-3, "
+        "momentum 0.001, the TensorFlow values s3dg.py comments out; PyTorch's default conv init)",
     )
     tiny_width: int = _f(32, "channel width of the tiny backbone")
     proj_hidden: int = _f(2048, "hidden width of the 2-layer MLP projection head")
@@ -390,6 +396,13 @@ class ModelConfig:
 class ViccConfig:
     cross_freeze_prototypes: bool = _f(
         False, "keep the prototypes frozen throughout the cross-stream stage (paper: false)"
+    )
+    frozen_train_quirk: bool = _f(
+        True,
+        "released main_cross.py: from step 5 of the first epoch of every cross-stream alternation to that "
+        "epoch's end the frozen stream's network runs in train mode (its visualisation at iteration 5 calls "
+        "model.eval() then model.train()): its BatchNorm normalises with batch statistics, one BN batch per "
+        "view, and its running statistics move; false = eval mode throughout (running statistics, untouched)",
     )
 
 
@@ -560,6 +573,12 @@ class TrainConfig:
         True,
         "shuffle the batch across ranks around the encoders (BN leakage); no-op on one rank or with sync_bn",
     )
+    batch_shuffle_views: ShuffleViews = _f(
+        ShuffleViews.all,
+        "with train.batch_shuffle: which forwards of a trained encoder in a step are shuffled: all (ours: every "
+        "view) | second (released ViCC pretrain.py: x1 runs unshuffled, x2 shuffled; every forward after a "
+        "module's first in the step; needs train.bn_per_view)",
+    )
     seed: int = _f(0, "global seed")
     device: Device = _f(Device.auto, "training device: auto (this rank's GPU when present) | cpu | gpu")
     out_dir: str = _f("runs/default", "run folder: checkpoints, TensorBoard logs, results")
@@ -585,12 +604,36 @@ class TrainConfig:
 class EvalConfig:
     after_phase: bool = _f(True, "kNN retrieval after each training phase")
     recall_ks: list[int] = _f([1, 5, 10, 20, 50], "k of Recall@k")
-    batch_size: int = _f(
-        32, "clips per rank per evaluation step (and per linear-probe / finetune training step)"
+    batch_size: int = _f(32, "clips per rank per evaluation (feature / test) step")
+    amp: Amp = _f(
+        Amp.off,
+        "precision of every evaluation forward (after-phase retrieval, features, linear probe, finetuning and "
+        "their tests): off = fp32, as the released classifier and retrieval ran | bf16 | fp16 (autocast; the "
+        "eval loaders then deliver that dtype with data.dtype=auto)",
+    )
+    train_batch_size: int = _f(
+        128,
+        "clips per optimiser step of the linear probe (augmented) and finetuning (released: --batch_size 32 on "
+        "4 GPUs under DataParallel; main_classifier.py multiplies by the GPU count: 128 at lr 0.1)",
+    )
+    train_forward_batch: int = _f(
+        32,
+        "clips per forward/backward within such a step, gradients summed (each its own BatchNorm batch, as "
+        "DataParallel's 32 per GPU; bounds memory); 0 = the whole step in one forward",
+    )
+    train_batch_flip: bool = _f(
+        True,
+        "linear probe / finetune training: one coin per step flips the whole batch horizontally (released "
+        "transform_train_cuda: RandomHorizontalFlip on the batch tensor on the GPU; flow x is not negated)",
     )
     linear_epochs: int = _f(100, "epochs of the linear probe (released lin-*.sh: 100)")
     finetune_epochs: int = _f(500, "epochs of end-to-end finetuning (released ft-*.sh: 500)")
     finetune_dropout: float = _f(0.9, "dropout before the finetuning classifier (released: 0.9)")
+    finetune_released_init: bool = _f(
+        True,
+        "finetuning classifier initialised N(0, 0.01) with zero bias (released classifier.py "
+        "_initialize_weights); false = PyTorch's default nn.Linear init",
+    )
     kmeans_restarts: int = _f(10, "K-means restarts of the cluster evaluation")
     linear_augment: bool = _f(
         True,
@@ -602,8 +645,9 @@ class EvalConfig:
     released_train_augment: bool = _f(
         True,
         "linear probe / finetune train clips as the released classifier: random resized crop + colour jitter "
-        "(0.4, 0.4, 0.4, 0.1) with p=0.3, no flip, grayscale or blur; false = the pretraining augmentation "
-        "without blur (jitter p=data.color_jitter_prob, grayscale, flip)",
+        "(0.4, 0.4, 0.4, 0.1) with p=0.3 per clip, no per-clip flip, grayscale or blur (the released flip is "
+        "the batch's, on the GPU: eval.train_batch_flip); false = the pretraining augmentation without blur "
+        "(jitter p=data.color_jitter_prob, grayscale, a flip per clip)",
     )
     linear_milestones: list[int] = _f(
         [60, 80], "epochs at which the linear probe's lr drops x0.1 (released); empty = cosine to 0"
@@ -806,6 +850,23 @@ def validate(cfg: Config) -> None:
         (_increasing(cfg.optim.milestones), "optim.milestones", "must be increasing epochs > 0"),
         (_increasing(cfg.optim.cross_milestones), "optim.cross_milestones", "must be increasing epochs > 0"),
         (cfg.train.batch_size > 1, "train.batch_size", "must be > 1 (Sinkhorn needs a batch)"),
+        (
+            not cfg.train.batch_shuffle
+            or cfg.train.batch_shuffle_views is ShuffleViews.all
+            or cfg.train.bn_per_view,
+            "train.batch_shuffle_views",
+            "second shuffles each view's own forward after the first: needs train.bn_per_view=true (or all)",
+        ),
+        (
+            cfg.eval.train_batch_size > 1,
+            "eval.train_batch_size",
+            "must be > 1 (the probe's BatchNorm needs a batch)",
+        ),
+        (
+            cfg.eval.train_forward_batch == 0 or cfg.eval.train_forward_batch > 1,
+            "eval.train_forward_batch",
+            "must be 0 (the whole step) or > 1 (a BatchNorm batch)",
+        ),
         (len(cfg.profile.steps) in (0, 2), "profile.steps", "must be [] or [start, stop]"),
     ]
     for ok, key, why in checks:

@@ -13,7 +13,7 @@ they load with ``weights_only=True``). What a state dict holds, by the module th
 
 Backbones: the released ``s3dg.py`` (``S3D``; its layers also registered a second time inside ``blockN``
 Sequentials, so every tensor appears under two names) maps onto torchvision's S3D trunk (:class:`S3D` with
-``model.s3d_norm=released``), the released ``r21d.py`` (``R2Plus1DNet((1, 1, 1, 1))``) onto :class:`PaperResNet`
+``model.s3d_init=released``), the released ``r21d.py`` (``R2Plus1DNet((1, 1, 1, 1))``) onto :class:`PaperResNet`
 ("r21d"). Every released key is placed or named as left out with its reason (queues, the momentum copy, the
 classifier head); a key neither placed nor known is an error naming it, never a silent skip.
 """
@@ -279,7 +279,7 @@ def from_state_dict(state_dict: dict[str, Any], path: str | Path = "<state_dict>
 # --------------------------------------------------------------------------------------------- our modules
 def model_overrides(rel: Released) -> list[str]:
     """``model.*`` settings our modules need to take these weights (backbone, head width, prototypes)."""
-    out = [f"model.backbone={rel.backbone}", "model.resnet=paper", "model.s3d_norm=released"]
+    out = [f"model.backbone={rel.backbone}", "model.resnet=paper", "model.s3d_init=released"]
     if rel.main.head is not None:
         out += [
             f"model.proj_hidden={rel.main.head['fc1.weight'].shape[0]}",

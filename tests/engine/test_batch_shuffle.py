@@ -13,6 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from vicc_fast.config import Stream
 from vicc_fast.engine.distributed import (
     BatchShuffle,
     ShuffleRoute,
@@ -139,9 +140,59 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
         bs = BatchShuffle([lin], seed=11)
         lin.eval()  # the frozen stream: untouched, no collective
         out["eval"] = (lin(x).detach(), x @ lin.weight.detach().T + lin.bias.detach())
+        bs.remove()
+        lin.train()
+        out["skip_first"] = _skip_first(lin, x, rank, world)
+        out["vicc"] = {views: _vicc_views(rank, world, views) for views in ("second", "all")}
         torch.save(out, f"{tmp}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+def _skip_first(lin: nn.Module, x: torch.Tensor, rank: int, world: int) -> dict:
+    """BatchShuffle(skip_first=True): the inputs the module sees in two steps of two calls each."""
+    seen: list[torch.Tensor] = []
+    bs = BatchShuffle([lin], seed=11, skip_first=True)
+    h = lin.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach().clone()))  # after the shuffle's
+    outs = []
+    for step in (3, 4):
+        bs.set_step("rgb1", step)
+        outs += [lin(x).detach(), lin(x).detach()]
+    h.remove()
+    bs.remove()
+    perms_ = [
+        torch.randperm(world * B, generator=torch.Generator().manual_seed(derive_seed(11, ("rgb1", s), 0)))
+        for s in (3, 4)
+    ]
+    want = [x, ref_shuffled(x, perms_[0], rank), x, ref_shuffled(x, perms_[1], rank)]
+    return {"seen": seen, "want": want, "outs": outs, "plain": lin(x).detach()}
+
+
+def _vicc_views(rank: int, world: int, views: str) -> dict:
+    """ViCC's cross-stream step on this rank under the trainer's batch shuffle (train.batch_shuffle_views),
+    at a step where the released quirk runs the frozen stream in train mode: the inputs each backbone saw."""
+    from tests.methods.methods_helpers import make_batch, small_config, state_at
+    from vicc_fast.config import ShuffleViews
+    from vicc_fast.engine.trainer import make_batch_shuffle
+    from vicc_fast.methods import build_method
+
+    torch.manual_seed(0)
+    cfg = small_config()
+    cfg.train.batch_shuffle_views = ShuffleViews(views)
+    m = build_method(cfg)
+    phase = next(p for p in m.phases() if p.name == "cross_rgb_c1")
+    m.setup_phase(phase)
+    m.train()
+    bs = make_batch_shuffle(cfg, m, phase, world)
+    seen: dict[str, list[torch.Tensor]] = {"rgb": [], "flow": []}
+    for s in seen:
+        m.nets[s].backbone.register_forward_pre_hook(
+            lambda mod, a, s=s: seen[s].append(a[0].detach().clone())
+        )
+    bs.set_step(phase.name, 5)
+    m.loss(make_batch(B=B, seed=rank), state_at(phase, 0, 5))  # step 5 of epoch 0: frozen flow in train mode
+    bs.remove()
+    return seen
 
 
 @pytest.fixture(scope="module", params=[2, 3], ids=lambda w: f"{w}ranks")
@@ -169,3 +220,37 @@ def test_batch_shuffle_hooks_equal_the_all_gather_definition(ranks) -> None:
         torch.testing.assert_close(grad_got, grad_want, rtol=0, atol=0)
         out, plain = res["eval"]
         torch.testing.assert_close(out, plain)
+
+
+def test_skip_first_shuffles_only_the_later_calls_of_a_step(ranks) -> None:
+    """skip_first (train.batch_shuffle_views=second): each step's first call of a module runs on the rank's own
+    rows, its second on the slice of the permuted global batch; outputs return to their rows either way."""
+    for res in ranks:
+        r = res["skip_first"]
+        assert len(r["seen"]) == 4
+        for got, want in zip(r["seen"], r["want"]):
+            assert torch.equal(got, want)
+        assert not torch.equal(r["seen"][1], r["seen"][0])
+        for o in r["outs"]:
+            torch.testing.assert_close(o, r["plain"])
+
+
+def test_vicc_shuffles_the_views_the_config_says_and_never_the_frozen_stream(ranks) -> None:
+    """Released pretrain.py (l. 594-614): x1 through encoder_q as it is, x2 shuffled across GPUs; second(f2),
+    second(f1) never shuffled (also while the quirk keeps it in train mode). train.batch_shuffle_views=second does
+    that; all (ours) shuffles both views of the trained encoder."""
+    from tests.methods.methods_helpers import make_batch
+
+    world = len(ranks)
+    own = [make_batch(B=B, seed=r) for r in range(world)]
+    for rank, res in enumerate(ranks):
+        mine = own[rank].views
+        for views, shuffled in (("second", [False, True]), ("all", [True, True])):
+            seen = res["vicc"][views]
+            assert len(seen["rgb"]) == 2  # one forward per view (train.bn_per_view)
+            for v, (got, sh) in enumerate(zip(seen["rgb"], shuffled)):
+                assert torch.equal(got, mine[Stream.rgb][v]) is not sh, (views, v)
+                pool = torch.cat([b.views[Stream.rgb][v] for b in own]).flatten(1)
+                assert all((pool == row).all(1).any() for row in got.flatten(1))  # rows of the global view
+            # the frozen stream, in train mode at this step: its own rows, view 2 then view 1 (released order)
+            assert [torch.equal(a, b) for a, b in zip(seen["flow"], mine[Stream.flow][::-1])] == [True, True]

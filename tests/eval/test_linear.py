@@ -132,7 +132,8 @@ def test_released_probe_recipe_learns_separable_features():
 
 
 def test_supervised_train_clips_as_the_released_classifier():
-    """Released main_classifier train transform: crop + ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.3), no flip,
+    """Released main_classifier train transform: crop + ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.3), no per-clip flip (its
+    flip is the batch's: test_classifier_recipe.py),
     grayscale or blur; the demo keeps the pretraining augmentation (released_train_augment=false)."""
     from vicc_fast import config as C
     from vicc_fast.eval.runner import supervised_cfg

@@ -292,6 +292,44 @@ def test_frozen_stream_never_changes(cfg, name):
     assert all(p.grad is None for p in m.nets[t].parameters())
 
 
+@pytest.mark.parametrize("quirk", [True, False])
+def test_frozen_stream_runs_in_train_mode_from_step_5_of_each_alternations_first_epoch(cfg, quirk):
+    """Released main_cross.py: every epoch starts with model.train(); second.eval() (l. 614-616), but at
+    args.iteration == 5 (1-based, reset by each alternation's fresh launch) the visualisation calls model.eval()
+    then model.train() (l. 635-651), so from the 5th step to the end of the first epoch the frozen network's
+    BatchNorm normalises each view (second(f2), second(f1): one BN batch each) with batch statistics and its
+    running statistics move. method.vicc.frozen_train_quirk=false: eval mode throughout, statistics untouched."""
+    cfg.method.vicc.frozen_train_quirk = quirk
+    m, phases = method_and_phases(cfg)
+    seen: list[tuple[bool, int]] = []  # (train mode, rows) of each call of the frozen net's first BN
+    for name in ("cross_rgb_c1", "cross_flow_c1"):
+        phase = phases[name]
+        t = phase.frozen_stream.value
+        m.setup_phase(phase)
+        m.train()
+        m.zero_grad(set_to_none=True)  # the previous alternation trained this stream
+        bn = next(x for x in m.nets[t].backbone.modules() if isinstance(x, torch.nn.BatchNorm3d))
+        h = bn.register_forward_pre_hook(lambda mod, a: seen.append((mod.training, a[0].shape[0])))
+        opt = torch.optim.SGD(m.trainable_parameters(phase), lr=0.1)
+        for epoch, step in [(0, 0), (0, 3), (0, 4), (0, 9), (1, 0), (1, 5)]:
+            seen.clear()
+            before = bn.running_mean.clone()
+            _sgd_step(m, phase, state_at(phase, epoch, step), make_batch(B=4, seed=step), opt)
+            on = quirk and epoch == 0 and step >= 4
+            assert {mode for mode, _ in seen} == {on}, (name, epoch, step)
+            assert [rows for _, rows in seen] == ([4, 4] if on else [8])  # per view, or one eval forward
+            assert torch.equal(bn.running_mean, before) is not on
+            assert not m.nets[t].training  # eval mode again after the step
+        h.remove()
+        assert all(p.grad is None for p in m.nets[t].parameters())
+    # released args.iteration counts steps across epochs: with 3 steps per epoch the 5th step is epoch 1's 2nd,
+    # and train mode lasts to the end of epoch 1
+    got = [
+        m.frozen_in_train_mode(state_at(phase, e, s, steps_per_epoch=3)) for e in (0, 1, 2) for s in range(3)
+    ]
+    assert got == [False] * 4 + [quirk] * 2 + [False] * 3
+
+
 @pytest.mark.parametrize("when_full", [True, False])
 def test_queue_starts_at_configured_epoch_and_is_used(cfg, when_full):
     """The queue fills from its start epoch; its rows join the assignment once it is full (default: SwAV and

@@ -113,3 +113,51 @@ def test_prototypes_unit_rows_at_init_and_after_normalize():
     torch.testing.assert_close(protos.weight.norm(dim=1), torch.ones(6))
     z = torch.nn.functional.normalize(torch.randn(3, 8), dim=1)
     torch.testing.assert_close(protos(z), z @ protos.weight.t())
+
+
+# -------------------------------------------------------------------- S3D BatchNorm and init (issue 25 item 1)
+def _first_bn_step(enc: torch.nn.Module) -> tuple[torch.nn.BatchNorm3d, torch.Tensor, torch.Tensor]:
+    """One train-mode forward of a small clip: the first BN, the batch mean of its input, its running mean."""
+    bns = [m for m in enc.modules() if isinstance(m, torch.nn.BatchNorm3d)]
+    seen = {}
+    h = bns[0].register_forward_pre_hook(lambda m, a: seen.update(x=a[0].detach().clone()))
+    before = bns[0].running_mean.clone()
+    enc.train()(torch.randn(2, 3, 8, 32, 32, generator=torch.Generator().manual_seed(0)))
+    h.remove()
+    return bns[0], seen["x"].mean(dim=(0, 2, 3, 4)), bns[0].running_mean - before
+
+
+def test_s3d_batchnorm_and_init_as_released():
+    """Released s3dg.py (l. 15-22, 44-56): nn.BatchNorm3d(out) with PyTorch's defaults (eps 1e-5, momentum 0.1),
+    every conv N(0, 0.01), BN weight 1 / bias 0: the paper configs' S3D, a train-mode forward moves the running
+    mean by 0.1 of the batch mean and normalises with eps 1e-5; model.s3d_init=torchvision keeps torchvision's
+    TF values (0.001 of the batch mean) and PyTorch's default conv init."""
+    torch.manual_seed(0)
+    cfg = config.load(config.CONFIG_DIR / "ucf101_s3d.yaml")
+    enc = build_encoder(cfg.model)
+    bns = [m for m in enc.modules() if isinstance(m, torch.nn.BatchNorm3d)]
+    convs = [m for m in enc.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert all(m.bias is None for m in convs)
+    w = torch.cat([m.weight.detach().flatten() for m in convs])
+    assert abs(float(w.std()) - 0.01) < 1e-4 and abs(float(w.mean())) < 1e-4  # 7.9M draws of N(0, 0.01)
+    for m in convs:  # every conv, not only the pooled statistics: the stem's 147-input conv included
+        assert abs(float(m.weight.detach().std()) - 0.01) < 0.002
+    assert all(torch.equal(m.weight, torch.ones_like(m.weight)) and not m.bias.any() for m in bns)
+    bn, batch_mean, moved = _first_bn_step(enc)
+    torch.testing.assert_close(moved, 0.1 * batch_mean, rtol=1e-4, atol=1e-7)
+    # eps of the normalisation, seen in the output of an eval-mode BN on a constant-variance input
+    x = torch.randn(4, bn.num_features, 2, 2, 2)
+    bn.eval().running_var.fill_(1e-4)
+    bn.running_mean.zero_()
+    torch.testing.assert_close(bn(x), x / (1e-4 + 1e-5) ** 0.5, rtol=1e-5, atol=1e-5)
+
+    torch.manual_seed(0)
+    tv = build_encoder(ModelConfig(backbone=Backbone.s3d, s3d_init=config.S3dInit.torchvision))
+    stem = next(m for m in tv.modules() if isinstance(m, torch.nn.Conv3d))
+    assert float(stem.weight.detach().std()) > 0.03  # kaiming-uniform over 147 inputs: std 0.048
+    bn, batch_mean, moved = _first_bn_step(tv)
+    torch.testing.assert_close(moved, 0.001 * batch_mean, rtol=1e-4, atol=1e-9)
+    x = torch.randn(4, bn.num_features, 2, 2, 2)
+    bn.eval().running_var.fill_(1e-4)
+    bn.running_mean.zero_()
+    torch.testing.assert_close(bn(x), x / (1e-4 + 1e-3) ** 0.5, rtol=1e-5, atol=1e-5)

@@ -186,7 +186,7 @@ def test_released_weights_give_the_released_forward(name: str, prefix: str) -> N
                                        rtol=1e-4, atol=1e-5)  # fmt: skip
 
 
-def test_s3d_norm_is_what_makes_the_forward_equal() -> None:
+def test_s3d_init_is_what_makes_the_forward_equal() -> None:
     """torchvision's BatchNorm eps (1e-3) does not reproduce the released S3D (eps 1e-5): the switch matters."""
     sd = random_state("vicc_s3d_single", seed=3)
     for k, v in sd.items():
@@ -197,7 +197,7 @@ def test_s3d_norm_is_what_makes_the_forward_equal() -> None:
     want = released_s3d(sd, "encoder_q.0.", x)
     outs = {}
     for norm in ("torchvision", "released"):
-        enc = S3D(norm).eval()
+        enc = S3D(init=norm).eval()
         enc.load_state_dict(rel.main.encoder)
         with torch.no_grad():
             outs[norm] = ((enc(x) - want).norm() / want.norm()).item()

@@ -72,7 +72,8 @@ def comm_model(
     - Sinkhorn (``kernels.assign`` over the global batch): per iteration one MAX and one SUM all_reduce of the
       per-prototype column statistics [V, K] -> 2 x n_iters all_reduce calls of V*K*4 bytes (the Triton kernel
       reduces its [V, BLOCK_K] partials, K padded to a power of two >= 16: 512 columns for K = 300).
-    - Batch shuffle (MoCo style, forward hooks around the trainable encoder, one call on the V*B concatenated
+    - Batch shuffle (with ``train.batch_shuffle_views=second``, the paper configs', the views after the first
+      only: V below is then V - 1) (MoCo style, forward hooks around the trainable encoder, one call on the V*B concatenated
       views): an uneven all_to_all of this rank's input clips [V*B, 3, T, H, W] (each row goes to the rank whose
       slice of the permuted global batch holds it) and one of its features [V*B, F] back; in backward only the
       features' gradient travels (the clips need no gradient), by the reverse all_to_all of [V*B, F]. Each call
@@ -96,9 +97,12 @@ def comm_model(
     }
     shuffle: dict[str, Any] = {"all_to_all_bytes": 0, "all_reduce_bytes": 0}
     if cfg.train.batch_shuffle and not cfg.train.sync_bn:
-        clips = V_train * B * 3 * T * H * H * 4
-        feats = V_train * B * feature_dim * 4
-        forwards = V_train if cfg.train.bn_per_view else 1  # one shuffled forward per view, or one for all
+        # the shuffled views: every one, or (train.batch_shuffle_views=second, the paper configs: released
+        # pretrain.py) every view after the first; one shuffled forward per view (train.bn_per_view) or one for all
+        V_sh = V_train - 1 if cfg.train.batch_shuffle_views is C.ShuffleViews.second else V_train
+        clips = V_sh * B * 3 * T * H * H * 4
+        feats = V_sh * B * feature_dim * 4
+        forwards = V_sh if cfg.train.bn_per_view else 1
         shuffle = {
             # per shuffled forward: clips there, features back, features' gradient there again
             "all_to_all_calls": 3 * forwards,

@@ -330,7 +330,7 @@ def measure(
     step (the engine step, not the input); the entered objects are returned under ``"profilers"``.
     """
     from vicc_fast.engine import trainer as T
-    from vicc_fast.engine.distributed import BatchShuffle, DistInfo
+    from vicc_fast.engine.distributed import DistInfo
     from vicc_fast.engine.optim import build_optimizer, set_lr
     from vicc_fast.methods import build_method
 
@@ -360,9 +360,7 @@ def measure(
         model = DDP(
             model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
         )
-    shuffle = None
-    if cfg.train.batch_shuffle and info.world_size > 1 and not cfg.train.sync_bn:
-        shuffle = BatchShuffle(method.shuffled_modules(), cfg.train.seed)
+    shuffle = T.make_batch_shuffle(cfg, method, phase, info.world_size)  # as the trainer hooks it
     if input_mode == "memory":
         it: Iterator[Any] = memory_batches(cfg, phase, device)
         loader_len = None

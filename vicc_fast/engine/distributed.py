@@ -271,13 +271,19 @@ class BatchShuffle:
     send the outputs back to the ranks their inputs came from. Both are one all_to_all of B rows per rank
     (:func:`shuffle_route`), so the traffic per rank does not grow with the number of ranks. Modules in eval
     mode (the frozen stream) are left alone. A no-op on one rank.
+
+    ``skip_first``: each module's first call in a step (since :meth:`set_step`) runs on this rank's own rows,
+    unshuffled, and only its later calls are shuffled: the released ViCC ``model/pretrain.py`` (l. 165-183,
+    594-614) forwards view x1 as it is and shuffles view x2 only.
     """
 
-    def __init__(self, modules: list[nn.Module], seed: int) -> None:
+    def __init__(self, modules: list[nn.Module], seed: int, skip_first: bool = False) -> None:
         self.seed = seed
+        self.skip_first = skip_first
         self._key: tuple = ()
         self._calls = 0
-        self._pending: dict[int, list[ShuffleRoute]] = {}
+        self._seen: set[int] = set()  # modules called since set_step (skip_first)
+        self._pending: dict[int, list[ShuffleRoute | None]] = {}
         self._handles = []
         for m in modules:
             self._handles.append(m.register_forward_pre_hook(self._pre))
@@ -286,12 +292,17 @@ class BatchShuffle:
     def set_step(self, *key: object) -> None:
         self._key = key
         self._calls = 0
+        self._seen = set()
 
     def _active(self, module: nn.Module) -> bool:
         return module.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
     def _pre(self, module: nn.Module, args: tuple) -> tuple | None:
         if not self._active(module):
+            return None
+        if self.skip_first and id(module) not in self._seen:
+            self._seen.add(id(module))
+            self._pending.setdefault(id(module), []).append(None)  # _post: nothing to send back
             return None
         x = args[0]
         world, rank = dist.get_world_size(), dist.get_rank()
@@ -305,7 +316,8 @@ class BatchShuffle:
     def _post(self, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor | None:
         if not self._active(module):
             return None
-        return exchange_rows(out, self._pending[id(module)].pop())
+        route = self._pending[id(module)].pop()
+        return None if route is None else exchange_rows(out, route)
 
     def remove(self) -> None:
         for h in self._handles:

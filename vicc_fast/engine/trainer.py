@@ -128,6 +128,18 @@ def phase_cfg(cfg: C.Config, phase: PhaseSpec) -> C.Config:
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=batch))
 
 
+def make_batch_shuffle(cfg: C.Config, method: Method, phase: PhaseSpec, world: int) -> BatchShuffle | None:
+    """The batch shuffle of ``phase`` (``train.batch_shuffle``; none on one rank or with SyncBN), hooked on the
+    modules the method names for the phase (``Method.shuffled_modules``: by default the encoders it trains only): a frozen stream is never shuffled (released ``second`` runs unshuffled, also
+    while the released quirk keeps it in train mode, ``method.vicc.frozen_train_quirk``).
+    ``train.batch_shuffle_views=second`` shuffles each encoder's forwards after its first in a step (released:
+    x2 only)."""
+    if not cfg.train.batch_shuffle or world <= 1 or cfg.train.sync_bn:
+        return None
+    skip_first = cfg.train.batch_shuffle_views is C.ShuffleViews.second
+    return BatchShuffle(method.shuffled_modules(phase), cfg.train.seed, skip_first=skip_first)
+
+
 def select_phases(phases: list[PhaseSpec], which: C.Phase) -> list[PhaseSpec]:
     """rgb1 / flow1 = the single-stream phase of that stream; cross = every phase with a frozen stream."""
     if which is C.Phase.all:
@@ -479,9 +491,7 @@ class Trainer:
                 device_ids=[device.index] if device.type == "cuda" else None,
                 broadcast_buffers=False,  # queues are per rank; BN statistics stay local as in MoCo/SwAV
             )
-        shuffle = None
-        if cfg.train.batch_shuffle and world > 1 and not cfg.train.sync_bn:
-            shuffle = BatchShuffle(self.method.shuffled_modules(), cfg.train.seed)
+        shuffle = make_batch_shuffle(cfg, self.method, phase, world)
         tracker = _FiniteTracker()
         meter = Meter()
         self.logger.start_phase(phase.name, total, start_epoch * spe + start_step)

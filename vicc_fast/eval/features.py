@@ -12,6 +12,7 @@ Features returned are raw (as the encoder produced them, clip-averaged): centrin
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from vicc_fast.config import Amp, Stream
+from vicc_fast.config import Amp, Config, Stream
 from vicc_fast.data.batch import Batch
 
 
@@ -35,6 +36,15 @@ def feature_dim(encoder: nn.Module) -> int | None:
         if m is None:
             break
     return None
+
+
+def with_eval_precision(cfg: Config) -> Config:
+    """``cfg`` with ``train.amp`` := ``eval.amp``: every evaluation forward (and, with ``data.dtype=auto``, the
+    eval loaders' dtype) follows the evaluation precision, fp32 by default as the released evaluation ran,
+    whatever precision the training used."""
+    if cfg.train.amp is cfg.eval.amp:
+        return cfg
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, amp=cfg.eval.amp))
 
 
 def _autocast(device: torch.device, amp: Amp | str | None) -> contextlib.AbstractContextManager:

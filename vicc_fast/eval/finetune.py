@@ -13,7 +13,6 @@ import copy
 from collections.abc import Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -23,9 +22,19 @@ from vicc_fast.eval.features import _autocast, feature_dim, in_chunks, left_out,
 
 
 class FinetuneModel(nn.Module):
-    """``[B, C, T, H, W] -> [B, num_classes]``: encoder, dropout, linear classifier."""
+    """``[B, C, T, H, W] -> [B, num_classes]``: encoder, dropout, linear classifier.
 
-    def __init__(self, encoder: nn.Module, num_classes: int, dropout: float = 0.5, in_dim: int | None = None):
+    ``released_init``: the classifier as the released ``src/model/classifier.py`` l. 46, 64-69
+    (``_initialize_weights``): weight N(0, 0.01), bias 0; false: PyTorch's default nn.Linear init."""
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        num_classes: int,
+        dropout: float = 0.5,
+        in_dim: int | None = None,
+        released_init: bool = True,
+    ):
         super().__init__()
         dim = in_dim if in_dim is not None else feature_dim(encoder)
         if dim is None:
@@ -33,6 +42,9 @@ class FinetuneModel(nn.Module):
         self.encoder = encoder
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(dim, num_classes)
+        if released_init:
+            nn.init.normal_(self.fc.weight, mean=0.0, std=0.01)
+            nn.init.zeros_(self.fc.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.dropout(self.encoder(x).flatten(1)))
@@ -64,11 +76,16 @@ def finetune(
     optim: str = "adam",
     milestones: Sequence[int] = (),
     encoder_lr_scale: float = 1.0,
+    forward_batch: int = 0,
+    batch_flip: bool = False,
 ) -> FinetuneModel:
     """Train every parameter of ``model`` with cross-entropy on train-mode clips of ``stream`` (``optim``;
     cosine lr, or /10 at each of ``milestones`` epochs as the released classifier); the encoder's parameters at
-    ``encoder_lr_scale`` times that rate (CoCLR's released finetune: 0.1)."""
-    from vicc_fast.eval.linear import lr_at, make_optimizer
+    ``encoder_lr_scale`` times that rate (CoCLR's released finetune: 0.1). Each loader batch is one
+    optimiser step, forwarded ``forward_batch`` clips at a time with the gradients summed (each its own
+    BatchNorm batch, as DataParallel's per-GPU share; 0 = one forward); ``batch_flip``: the released one-coin
+    flip of the whole batch (:class:`~vicc_fast.eval.linear.BatchFlip`)."""
+    from vicc_fast.eval.linear import BatchFlip, accumulated_step, lr_at, make_optimizer
 
     torch.manual_seed(seed)
     model.to(device).train()
@@ -83,6 +100,7 @@ def finetune(
     spe = len(loader)  # type: ignore[arg-type]
     total = max(epochs * spe, 1)
     step = 0
+    flip = BatchFlip(batch_flip, seed)
     bar = tqdm(total=total, desc=f"finetune {Stream(stream).value}", disable=not progress, leave=False)
     for epoch in range(epochs):
         if hasattr(loader, "set_epoch"):
@@ -90,11 +108,16 @@ def finetune(
         for b in loader:
             for g in opt.param_groups:
                 g["lr"] = lr_at(lr, step, total, spe, milestones) * g["lr_scale"]
-            x = b.views[stream][0].to(device, non_blocking=True)
-            with _autocast(device, amp):
-                loss = F.cross_entropy(model(x).float(), b.label.to(device).long())
+            x = flip(b.views[stream][0].to(device, non_blocking=True))
             opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            loss = accumulated_step(
+                model,
+                x,
+                b.label.to(device).long(),
+                forward_batch,
+                lambda part: scaler.scale(part).backward(),
+                lambda: _autocast(device, amp),
+            )
             scaler.step(opt)
             scaler.update()
             step += 1

@@ -13,6 +13,7 @@ feature (one encoder pass fewer; with L2-normalised probe features not the same 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable, Sequence
 
@@ -66,6 +67,50 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] 
     return {f"top{k}": 100.0 * hit[:, : min(k, kmax)].any(1).float().mean().item() for k in ks}
 
 
+class BatchFlip:
+    """The released classifier's GPU flip (``main_classifier.py`` l. 232-234 ``transform_train_cuda``:
+    ``T.RandomHorizontalFlip()``, ``utils/transforms.py`` l. 286-293: ``if random.random() < self.p:
+    return hflip(vid)`` on the whole batch tensor): one coin per training step (p = 0.5) flips every clip of the
+    batch ``[B, C, T, H, W]`` along W, or none. Coins from a generator seeded with ``seed``; off: identity."""
+
+    def __init__(self, enabled: bool, seed: int) -> None:
+        self.enabled = enabled
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.enabled and float(torch.rand((), generator=self.gen)) < 0.5:
+            return x.flip(-1)
+        return x
+
+
+def accumulated_step(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    chunk: int,
+    backward: Callable[[torch.Tensor], None],
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> torch.Tensor:
+    """Cross-entropy of one optimiser step over ``x [N, ...]``, forwarded and back-propagated ``chunk`` rows at a
+    time (0 or >= N: one forward), each chunk's loss summed and divided by N so the gradients add up to the
+    whole batch's mean, as DataParallel's gathered logits give it (each chunk its own BatchNorm batch, like a
+    GPU's share). ``backward(loss)`` runs the backward (a GradScaler's scale, for instance). Returns the
+    detached loss of the step."""
+    n = x.shape[0]
+    if chunk <= 0 or chunk >= n:
+        with autocast():
+            loss = F.cross_entropy(model(x).float(), y)
+        backward(loss)
+        return loss.detach()
+    total = torch.zeros((), device=x.device)
+    for xc, yc in zip(x.split(chunk), y.split(chunk)):
+        with autocast():
+            loss = F.cross_entropy(model(xc).float(), yc, reduction="sum") / n
+        backward(loss)
+        total += loss.detach()
+    return total
+
+
 def lr_at(base: float, step: int, total: int, steps_per_epoch: int, milestones: Sequence[int] = ()) -> float:
     """The rate of ``step`` (0-based, of ``total``): with ``milestones`` (epochs) the released step schedule,
     ``base * 0.1 ** #{m <= epoch}``; without, a cosine from ``base`` to 0."""
@@ -96,6 +141,7 @@ def _fit(
     progress: bool,
     optim: str = "adam",
     milestones: Sequence[int] = (),
+    forward_batch: int = 0,
 ) -> LinearProbe:
     opt = make_optimizer(probe.parameters(), optim, lr, weight_decay)
     total, step = epochs * steps_per_epoch, 0
@@ -104,9 +150,8 @@ def _fit(
         for x, y in epoch_batches(epoch):
             for g in opt.param_groups:
                 g["lr"] = lr_at(lr, step, total, steps_per_epoch, milestones)
-            loss = F.cross_entropy(probe(x), y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            accumulated_step(probe, x, y, forward_batch, lambda loss: loss.backward())
             opt.step()
             step += 1
     return probe.eval()
@@ -169,25 +214,36 @@ def fit_linear_augmented(
     optim: str = "adam",
     milestones: Sequence[int] = (),
     l2norm: bool = False,
+    forward_batch: int = 0,
+    batch_flip: bool = False,
 ) -> LinearProbe:
     """Train a :class:`LinearProbe` on a frozen ``encoder`` fed augmented train clips from a train-mode loader
-    (one view of ``stream`` per video; ``loader.set_epoch`` reshuffles when the loader has it)."""
+    (one view of ``stream`` per video; ``loader.set_epoch`` reshuffles when the loader has it). Each loader batch
+    is one optimiser step; ``forward_batch`` clips per forward (the encoder's, and the probe's BatchNorm batch,
+    as DataParallel's per-GPU share; 0 = the whole batch); ``batch_flip``: :class:`BatchFlip` on every batch."""
     torch.manual_seed(seed)
     probe = LinearProbe(in_dim, num_classes, l2norm).to(device)
     was_training = encoder.training
     encoder.eval()  # frozen, including batch-norm statistics
+    flip = BatchFlip(batch_flip, seed)
 
     def batches(epoch: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)
         for b in loader:
+            x = flip(b.views[stream][0].to(device, non_blocking=True))
+            parts = (
+                x.split(forward_batch) if forward_batch > 0 else (x,)
+            )  # eval mode: chunks bound memory only
             with torch.no_grad(), _autocast(device, amp):
-                f = encoder(b.views[stream][0].to(device, non_blocking=True))
-            yield f.float().flatten(1), b.label.to(device).long()
+                f = torch.cat([encoder(p).float().flatten(1) for p in parts])
+            yield f, b.label.to(device).long()
 
     try:
         steps = len(loader)  # type: ignore[arg-type]
-        return _fit(probe, batches, steps, epochs, lr, weight_decay, progress, optim, milestones)
+        return _fit(
+            probe, batches, steps, epochs, lr, weight_decay, progress, optim, milestones, forward_batch
+        )
     finally:
         encoder.train(was_training)
 

@@ -235,8 +235,9 @@ def evaluate_phase(
     trained) stream, that stream too; R+F fusion when two streams are evaluated. Test videos query train videos. Returns ``{"rgb/R@1": .., "rf_sum/R@1": ..}`` on
     every rank (features are gathered across ranks).
     """
-    from vicc_fast.eval.features import common_rows, extract
+    from vicc_fast.eval.features import common_rows, extract, with_eval_precision
 
+    cfg = with_eval_precision(cfg)  # eval.amp (fp32 by default, as released), not the training's precision
     if loader_factory is None:
         from vicc_fast.data.loader import build_loader
 

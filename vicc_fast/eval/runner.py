@@ -22,7 +22,7 @@ from vicc_fast.config import Stream
 from vicc_fast.eval import cluster as CL
 from vicc_fast.eval import plots, report
 from vicc_fast.eval.cache import FeatureCache, cache_key, feature_settings
-from vicc_fast.eval.features import centre_normalise, common_rows, extract
+from vicc_fast.eval.features import centre_normalise, common_rows, extract, with_eval_precision
 from vicc_fast.eval.inputs import EvalInputError, check_dataset, encoder_sha256, load_checkpoint, thumbnail
 from vicc_fast.eval.retrieval import fused_recall, nearest_neighbours, retrieval_cfg
 
@@ -47,9 +47,11 @@ def _with_data(cfg: C.Config, **data: Any) -> C.Config:
 
 
 def supervised_cfg(cfg: C.Config) -> C.Config:
-    """The train-mode pipeline of the linear probe and finetuning, ``eval.batch_size`` clips per step: the
-    released classifier's (``eval.released_train_augment``: crop + jitter p=0.3, no flip / grayscale / blur), or
-    the self-supervised augmentation without Gaussian blur; never the two-view controller (one view here)."""
+    """The train-mode pipeline of the linear probe and finetuning, ``eval.train_batch_size`` clips per step
+    (released: 32 per GPU x 4 GPUs, ``main_classifier.py`` l. 98-101): the released classifier's clips
+    (``eval.released_train_augment``: crop + jitter p=0.3, no per-clip flip / grayscale / blur; its flip is the
+    batch's, ``eval.train_batch_flip``), or the self-supervised augmentation without Gaussian blur; never the
+    two-view controller (one view here)."""
     cfg = _with_data(cfg, blur_prob=0.0, aug_controller=False)
     if cfg.eval.released_train_augment and cfg.data.crop is C.CropMode.released:
         cfg = _with_data(
@@ -60,7 +62,9 @@ def supervised_cfg(cfg: C.Config) -> C.Config:
             cfg, hflip=False, grayscale_prob=0.0, color_jitter_prob=0.3,
             brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1,
         )  # fmt: skip
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=cfg.eval.batch_size))
+    return dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, batch_size=cfg.eval.train_batch_size)
+    )
 
 
 class Evaluation:
@@ -76,7 +80,7 @@ class Evaluation:
         released_stream: str | None = None,
     ) -> None:
         self.ck = load_checkpoint(ckpt, overrides, released_stream)
-        self.cfg = self.ck.cfg
+        self.cfg = with_eval_precision(self.ck.cfg)  # train.amp := eval.amp for every forward here
         self.data = check_dataset(self.cfg.data.root, self.cfg.data.require_recipe.value)
         self.device = device or torch.device("cpu")
         self.progress = progress
@@ -209,6 +213,7 @@ class Evaluation:
         recipe = {
             "optim": e.linear_optim.value, "milestones": list(e.linear_milestones), "l2norm": e.linear_l2norm,
         }  # fmt: skip
+        step_recipe = {"forward_batch": e.train_forward_batch, "batch_flip": e.train_batch_flip}
         res: dict[str, float] = {}
         train, trl, _ = self.rows("train")
         tested = {}  # stream -> (probabilities, labels, split indices) of the test videos it kept
@@ -221,6 +226,7 @@ class Evaluation:
                     enc, self.loader("train", "train", s, cfg), s, tr.shape[1], self.num_classes, self.device,
                     epochs=e.linear_epochs, lr=e.linear_lr, weight_decay=e.linear_weight_decay,
                     amp=self.cfg.train.amp.value, seed=self.cfg.train.seed, progress=self.progress, **recipe,
+                    **step_recipe,
                 )  # fmt: skip
             else:
                 probe = fit_linear_on_features(
@@ -255,7 +261,10 @@ class Evaluation:
         test_cfg = _with_data(self.cfg, eval_crop=C.EvalCrop.tencrop)
         tested = {}  # stream -> (probabilities, labels, split indices) of the test videos it kept
         for s in self.streams:
-            model = FinetuneModel(clone_encoder(self.ck.encoders[s]), self.num_classes, e.finetune_dropout)
+            model = FinetuneModel(
+                clone_encoder(self.ck.encoders[s]), self.num_classes, e.finetune_dropout,
+                released_init=e.finetune_released_init,
+            )  # fmt: skip
             if self.cfg.train.channels_last and self.device.type == "cuda":
                 model = model.to(self.device, memory_format=torch.channels_last_3d)  # the loader's layout
             model = finetune(
@@ -263,6 +272,7 @@ class Evaluation:
                 lr=e.finetune_lr, weight_decay=e.finetune_weight_decay, amp=self.cfg.train.amp,
                 seed=self.cfg.train.seed, progress=self.progress, optim=e.finetune_optim.value,
                 milestones=list(e.finetune_milestones), encoder_lr_scale=e.finetune_encoder_lr_scale,
+                forward_batch=e.train_forward_batch, batch_flip=e.train_batch_flip,
             )  # fmt: skip
             test = self.loader("test", "eval", s, test_cfg)
             tested[s] = predict_videos(

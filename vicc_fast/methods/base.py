@@ -128,11 +128,13 @@ class Method(nn.Module, abc.ABC):
         the prototype-assignment cluster metrics; None for methods without prototypes (CoCLR)."""
         return None
 
-    def shuffled_modules(self) -> list[nn.Module]:
-        """The modules the engine's batch shuffle wraps (``train.batch_shuffle`` on several ranks without
-        SyncBN; only those in training mode shuffle): the encoders by default. A method with a momentum key
-        encoder names that instead (MoCo, and the released CoCLR code, shuffle the key's batch only)."""
-        return list(self.encoders().values())
+    def shuffled_modules(self, phase: PhaseSpec) -> list[nn.Module]:
+        """The modules the engine's batch shuffle wraps in ``phase`` (``train.batch_shuffle`` on several ranks
+        without SyncBN): by default the encoders the phase trains (a frozen stream runs on the rank's own batch,
+        as the released ``second``). A method with a momentum key encoder names that instead (MoCo, and the
+        released CoCLR code, shuffle the key's batch only)."""
+        enc = self.encoders()
+        return [enc[s] for s in phase.trained_streams]
 
     @abc.abstractmethod
     def encoders(self) -> dict[Stream, nn.Module]:

@@ -211,12 +211,12 @@ class CoCLR(Method):
     def encoders(self) -> dict[Stream, nn.Module]:
         return {s: self.nets[s.value].backbone for s in Stream}
 
-    def shuffled_modules(self) -> list[nn.Module]:
+    def shuffled_modules(self, phase: PhaseSpec) -> list[nn.Module]:
         """The key encoders' backbones: the released code shuffles the key clips' batch around ``encoder_k``
         only (model/pretrain.py ``_batch_shuffle_ddp(x2)`` / ``_batch_unshuffle_ddp``, in InfoNCE, UberNCE and
         CoCLR); the query and the frozen stream run on the rank's own batch. (The projection head has no
         BatchNorm, so wrapping the backbone alone is the same.)"""
-        return [self.key_nets[s.value].backbone for s in Stream]
+        return [self.key_nets[s.value].backbone for s in phase.trained_streams]
 
     def forward(self, batch: Batch, state: StepState) -> dict[str, torch.Tensor]:
         return self.loss(batch, state)

@@ -31,6 +31,7 @@ from vicc_fast.methods.common import (
 from vicc_fast.models import Prototypes
 
 MAX_VIEWS = 4  # cross-stream: two views of each stream
+RELEASED_TRAIN_MODE_STEP = 4  # main_cross.py: `args.iteration == 5`, 1-based -> 0-based step 4 of epoch 0
 
 
 def vicc_phases(cfg: Config) -> list[PhaseSpec]:
@@ -156,9 +157,11 @@ class ViCC(Method):
         return self.loss(batch, state)
 
     # ---------------------------------------------------------------------------------------- the step
-    def embed_views(self, batch: Batch, phase: PhaseSpec) -> tuple[torch.Tensor, int]:
+    def embed_views(self, batch: Batch, state: StepState) -> tuple[torch.Tensor, int]:
         """Unit embeddings of all views: [V, B, D] fp32, ordered s_0, s_1, (t_0, t_1); and the number of views
-        of the training stream. The frozen stream runs without grad (it is in eval mode from setup_phase)."""
+        of the training stream. The frozen stream runs without grad, in eval mode but for the released
+        quirk's steps (:meth:`frozen_in_train_mode`)."""
+        phase = state.phase
         s, t = phase.train_stream, phase.frozen_stream
         vs = batch.views[s][: phase.num_views]
         B = vs[0].shape[0]
@@ -168,14 +171,40 @@ class ViCC(Method):
         parts = [zs]
         if t is not None:
             vt = batch.views[t][: phase.num_views]
+            frozen = self.nets[t.value]
+            quirk = self.frozen_in_train_mode(state)
+            frozen.train(quirk)
             with torch.no_grad():
-                parts.append(self.nets[t.value].embed(cat_views(vt), self.run_encoder))
+                if quirk:
+                    # released ViCC2.forward (model/pretrain.py l. 616-625): sf = second(f2), then tf =
+                    # second(f1), each view its own BN batch, unshuffled; rows kept in view order here
+                    zt = [frozen.embed(v) for v in reversed(vt)][::-1]
+                    parts.append(torch.cat(zt, dim=0))
+                else:
+                    # eval mode (running BN statistics): one forward serves all its views
+                    parts.append(frozen.embed(cat_views(vt), self.run_encoder))
+            frozen.eval()
         z = torch.cat(parts, dim=0)
         return z.view(-1, B, z.shape[-1]), len(vs)
 
+    def frozen_in_train_mode(self, state: StepState) -> bool:
+        """Whether the frozen stream runs in train mode at this step (``method.vicc.frozen_train_quirk``): the
+        released main_cross.py (l. 614-616, 633-651) sets ``model.train(); model.module.second.eval()`` at
+        every epoch's start, but at ``args.iteration == 5`` (1-based, reset to 1 by every alternation's fresh
+        launch, l. 319; +1 per step, l. 735) calls ``model.eval()`` then ``model.train()``, which puts ``second``
+        in train mode until the next epoch starts: from the alternation's 5th step (0-based 4) to the end of the
+        epoch holding it (the first epoch unless an epoch has fewer than 5 steps)."""
+        first = RELEASED_TRAIN_MODE_STEP
+        return (
+            self.cfg.method.vicc.frozen_train_quirk
+            and state.phase.frozen_stream is not None
+            and state.global_step >= first
+            and state.epoch == first // max(state.steps_per_epoch, 1)
+        )
+
     def loss(self, batch: Batch, state: StepState) -> dict[str, torch.Tensor]:
         phase = state.phase
-        z, n_train_views = self.embed_views(batch, phase)  # [V, B, D]
+        z, n_train_views = self.embed_views(batch, state)  # [V, B, D]
         V, B, _ = z.shape
         protos = self.protos[phase.train_stream.value]
         use_queue = state.queue_active and self.queue.length > 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from vicc_fast.config import Backbone, ModelConfig, ResNetSize
+from vicc_fast.config import Backbone, ModelConfig, ResNetSize, S3dInit
 from vicc_fast.models.backbones import S3D, PaperResNet, TinyCNN, VideoResNet
 from vicc_fast.models.heads import ProjectionHead, Prototypes
 
@@ -13,7 +13,7 @@ def build_encoder(model_cfg: ModelConfig) -> nn.Module:
     """A fresh, randomly initialised backbone ``[B, C, T, H, W] -> [B, F]`` with ``.feature_dim`` = F."""
     backbone = Backbone(model_cfg.backbone)
     if backbone is Backbone.s3d:
-        return S3D(model_cfg.s3d_norm.value)
+        return S3D(S3dInit(model_cfg.s3d_init).value)
     if backbone in (Backbone.r21d, Backbone.r3d):
         if ResNetSize(model_cfg.resnet) is ResNetSize.paper:
             return PaperResNet(backbone.value)

@@ -32,16 +32,26 @@ class _Pooled(nn.Module):
 class S3D(_Pooled):
     """S3D (Xie et al. 2018) trunk from torchvision with adaptive pooling; F = 1024.
 
-    A 32x128x128 clip leaves the trunk as 4x4x4 before pooling. norm: "torchvision" (BatchNorm eps 1e-3,
-    momentum 1e-3) or "released" (the released s3dg.py's ``nn.BatchNorm3d()``: eps 1e-5, momentum 0.1; the eps
-    changes the eval-mode forward, so released weights give the released features only with it).
+    A 32x128x128 clip leaves the trunk as 4x4x4 before pooling. ``init="released"`` (the default): BatchNorm and
+    initialisation as the released ViCC ``src/backbone/s3dg.py`` (lines 15-22, 44-56): PyTorch's BatchNorm3d
+    defaults (eps 1e-5, momentum 0.1; it comments out the TensorFlow values eps 1e-3, momentum 0.001 that
+    torchvision's S3D uses), every conv weight N(0, 0.01) (no conv has a bias), BN weight 1 and bias 0.
+    ``init="torchvision"``: torchvision's module as built (TF BatchNorm values, PyTorch's default conv init).
     """
 
-    def __init__(self, norm: str = "torchvision") -> None:
-        if norm not in ("torchvision", "released"):
-            raise ValueError(f"S3D: norm must be torchvision or released, not {norm!r}")
-        kw = {"norm_layer": nn.BatchNorm3d} if norm == "released" else {}
-        super().__init__(tv_video.s3d(weights=None, **kw).features, 1024)
+    def __init__(self, init: str = "released") -> None:
+        if init not in ("released", "torchvision"):
+            raise ValueError(f"S3D: init must be released or torchvision, not {init!r}")
+        super().__init__(tv_video.s3d(weights=None).features, 1024)
+        if init == "released":
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm3d):
+                    # momentum 0.001 would let the running statistics lag ~1000 steps behind the weights
+                    m.eps, m.momentum = 1e-5, 0.1
+                    nn.init.ones_(m.weight)
+                    nn.init.zeros_(m.bias)
+                elif isinstance(m, nn.Conv3d):
+                    nn.init.normal_(m.weight, mean=0.0, std=0.01)
 
 
 class VideoResNet(nn.Module):
