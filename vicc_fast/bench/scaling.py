@@ -31,6 +31,7 @@ import torch
 from vicc_fast import config as C
 from vicc_fast.bench import step as S
 from vicc_fast.engine.distributed import free_port
+from vicc_fast.owner import exit_with_owner
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -157,6 +158,7 @@ def _collectives(prof: Any) -> dict[str, dict[str, Any]]:
 
 def _worker(rank: int, world: int, port: int, backend: str, args: argparse.Namespace, cfg_path: str,
             overrides: list[str], point: S.Point, threads: int, results: Any) -> None:  # fmt: skip
+    exit_with_owner(os.getppid())  # a spawned child: its parent is the benchmark that waits for its result
     try:
         torch.set_num_threads(threads)
         os.environ.update(
