@@ -890,6 +890,29 @@ def main(argv: list[str] | None = None) -> int:
     rep = sub.add_parser("report", help="the GPU tables of BENCHMARKS.md from benchmarks/results/gpu/*")
     rep.add_argument("--write", default="", help="replace the marked block in this file (else print it)")
     args = p.parse_args(argv)
+    try:
+        return _dispatch(args)
+    except SystemExit as exc:  # the tools' own checks name what they could not use
+        if not isinstance(exc.code, str):
+            raise
+        print(f"error: {exc.code.removeprefix('error: ')}", file=sys.stderr)
+        return 1
+    except _input_errors() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _input_errors() -> tuple[type[Exception], ...]:
+    """What the package raises on purpose about a given input (settings, shards, checkpoints): one line each."""
+    from vicc_fast.bench.common import BenchError
+    from vicc_fast.checkpoint import CheckpointError
+    from vicc_fast.config import ConfigError
+    from vicc_fast.data.manifest import DataError
+
+    return (BenchError, ConfigError, DataError, CheckpointError, FileNotFoundError)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.cmd == "report":
         if args.write:
             changed = write_report(Path(args.write), result_dirs())

@@ -30,6 +30,7 @@ import torch
 
 from vicc_fast import config as C
 from vicc_fast.bench import step as S
+from vicc_fast.bench.common import BenchError
 from vicc_fast.engine.distributed import free_port
 from vicc_fast.owner import exit_with_owner
 
@@ -252,7 +253,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for p in procs:
                 p.join(timeout=120)
             if status != "ok":
-                raise RuntimeError(res)
+                raise BenchError(res)
             res["model"] = _model_for(cfg, point, world)
             per_world[world] = res
             print(
