@@ -783,7 +783,8 @@ def build_shards(
     skip_bad: bool = False,
     **kwargs: Any,
 ) -> Path:
-    """CONTRACTS.md entry point: build and return the path of manifest.json."""
+    """The library entry point (docs/architecture.md, Contracts: Data preparation): build and return the path of
+    manifest.json."""
     return build(
         records,
         out_dir,

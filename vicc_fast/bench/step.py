@@ -77,7 +77,7 @@ def _clips(text: str) -> list[tuple[int, int]]:
     return out
 
 
-PAPER_GRID = {  # the issue's paper shapes: S3D 32x1 and R(2+1)D 16x2 at 128 px, batch 48 per GPU
+PAPER_GRID = {  # the papers' training shapes: S3D 32x1 and R(2+1)D 16x2 at 128 px, batch 48 per GPU
     "backbone": ["s3d", "r21d"],
     "clip": [(32, 1), (16, 2)],
     "crop": 128,
