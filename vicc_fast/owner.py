@@ -29,9 +29,11 @@ def _wait_for_exit(owner: int) -> None:
             except ProcessLookupError:
                 return
             except PermissionError:
-                pass  # alive, another user's (cannot happen for our own owner, but not a reason to exit)
+                pass  # it exists (owned by another user): alive
             time.sleep(POLL_S)
-    select.select([fd], [], [])  # readable once the owner has exited
+    waiter = select.poll()  # poll, not select: any fd number
+    waiter.register(fd, select.POLLIN)
+    waiter.poll()  # readable once the owner has exited
 
 
 def exit_with_owner(owner: int) -> None:
