@@ -224,7 +224,7 @@ def test_interrupted_rebuild_leaves_no_complete_looking_folder(built, tmp_path, 
         build.build(load_records("ucf101", root), out, log=lambda *_: None, **KW)
     assert not (out / "manifest.json").exists()
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
-    assert verify.main([str(out), "--no-progress"]) == 2  # no manifest: an unfinished build is no shard folder yet
+    assert verify.main([str(out), "--no-progress"]) == 2  # no manifest: an unfinished build
     monkeypatch.setattr(shards, "write_shard", real)
     again = build.build(load_records("ucf101", root), out, log=lambda *_: None, **KW)
     assert again.reused == 6 and verify.verify(out, progress=False, report=lambda _: None) == 0
