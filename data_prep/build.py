@@ -56,6 +56,7 @@ from data_prep import codec, shards
 from data_prep.sources import DataSourceError, Record, Source, class_names, load_records
 from vicc_fast.atomic import write_bytes, write_error, write_text
 from vicc_fast.config import FlowMethod, SyntheticConfig
+from vicc_fast.owner import exit_with_owner
 
 WORK_DIR = ".work"
 CACHE_VERSION = 2
@@ -618,10 +619,11 @@ _worker_device: str | None = None
 """The GPU this pool worker was given (cuda:<k>), or None: use FlowDevice.device."""
 
 
-def _worker_init(counter: Any = None, device: str = "cpu", devices: tuple[str, ...] = ()) -> None:
+def _worker_init(owner: int, counter: Any = None, device: str = "cpu", devices: tuple[str, ...] = ()) -> None:
     global _worker_device
     from data_prep import flow
 
+    exit_with_owner(owner)  # a SIGKILLed build would leave its pool waiting on the task queue for ever
     flow.worker_init()
     if counter is None:
         return
@@ -962,6 +964,7 @@ def build(
                 if method is FlowMethod.tvl1_torch
                 else ()
             )
+            init_args = (os.getpid(), *init_args)
             with cf.ProcessPoolExecutor(
                 workers, mp_context=ctx, initializer=_worker_init, initargs=init_args
             ) as pool:
@@ -1152,7 +1155,8 @@ def build_shards(
     skip_bad: bool = False,
     **kwargs: Any,
 ) -> Path:
-    """CONTRACTS.md entry point: build and return the path of manifest.json."""
+    """The library entry point (docs/architecture.md, Contracts: Data preparation): build and return the path of
+    manifest.json."""
     return build(
         records,
         out_dir,

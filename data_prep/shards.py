@@ -1,4 +1,4 @@
-"""WebDataset shard writer, DALI index files and manifest.json (format: docs/shard_format.md, CONTRACTS.md).
+"""WebDataset shard writer, DALI index files and manifest.json (format: docs/shard_format.md).
 
 Every file is written atomically (temp file beside it, fsync, rename: vicc_fast/atomic.py), and the
 manifest is written last: a shard folder without manifest.json is an unfinished build, and a manifest
@@ -69,7 +69,7 @@ def decode_label(data: bytes) -> tuple[int, int]:
 
 @dataclass
 class Sample:
-    """One video as stored in a shard. ``meta`` is the ``.json`` member (CONTRACTS.md lists its keys)."""
+    """One video as stored in a shard. ``meta`` is the ``.json`` member (docs/shard_format.md lists its keys)."""
 
     key: str
     rgb: bytes
@@ -249,7 +249,7 @@ def make_manifest(
     rejected: list[dict[str, str]],
     warnings: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
-    """The manifest.json document (CONTRACTS.md, SHARD FORMAT), plus ``warnings``: videos kept with a
+    """The manifest.json document (docs/shard_format.md, manifest.json), plus ``warnings``: videos kept with a
     caveat (e.g. a damaged tail cut off), each {"video", "warning"}."""
     return {
         "format_version": FORMAT_VERSION,

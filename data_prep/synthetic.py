@@ -52,6 +52,7 @@ from tqdm import tqdm
 
 from vicc_fast.atomic import write_bytes, write_text
 from vicc_fast.config import SyntheticConfig
+from vicc_fast.owner import exit_with_owner
 
 FORMAT_VERSION = 1
 # Bump whenever the rendered pixels change (motions, appearance, codec settings): a folder built by another
@@ -580,7 +581,8 @@ def _make_video(job: _Job) -> str:
     return str(path)
 
 
-def _worker_init() -> None:
+def _worker_init(owner: int) -> None:
+    exit_with_owner(owner)  # a SIGKILLed caller would leave its pool waiting on the task queue for ever
     cv2.setNumThreads(1)  # one process per core already; OpenCV's own pool would oversubscribe
 
 
@@ -649,7 +651,9 @@ def generate(
     else:
         # spawn, not fork: callers (benchmarks, tests) may have torch/OpenCV thread pools running
         ctx = multiprocessing.get_context("spawn")
-        with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
+        with cf.ProcessPoolExecutor(
+            workers, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),)
+        ) as pool:
             for _ in pool.map(_make_video, jobs, chunksize=max(1, len(jobs) // (8 * workers))):
                 bar.update()
     bar.close()

@@ -128,9 +128,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("dir", help="shard folder (holds manifest.json)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
+    try:
+        shards.load_manifest(Path(a.dir))
+    except shards.ShardFormatError as e:  # not a shard folder at all: nothing to check
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     n = verify(a.dir, progress=not a.no_progress)
     if n:
-        print(f"{n} problem(s) in {a.dir}", file=sys.stderr)
+        print(f"error: {n} problem(s) in {a.dir} (one line each above)", file=sys.stderr)
         return 1
     print(f"{a.dir}: OK")
     return 0

@@ -97,6 +97,36 @@ def install_stop_handlers(trainer) -> None:  # noqa: ANN001  (engine.trainer.Tra
         signal.signal(sig, handler)
 
 
+def fail(message: str) -> None:
+    """Print an error the run stopped on as one ``error:`` line on stderr. Under torchrun also write it to the
+    worker's error file (``TORCHELASTIC_ERROR_FILE``): the launcher's failure summary, printed after it, then
+    shows this line as its root cause instead of a link to its docs."""
+    line = f"error: {message}"
+    print(line, file=sys.stderr, flush=True)
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path:  # read by the launcher once this process has exited: no partial file to fear
+        import contextlib
+        import json
+
+        with contextlib.suppress(OSError):  # the line is printed; the launcher's summary just stays generic
+            info = {"py_callstack": line, "timestamp": str(int(time.time()))}  # shown as the root cause
+            Path(path).write_text(json.dumps({"message": {"message": line, "extraInfo": info}}))
+
+
+def way_on(exc: Exception) -> str:
+    """The message of an input error, with what the user can do next when the message does not say it."""
+    from vicc_fast.data.manifest import BadSampleError
+
+    msg = str(exc)
+    if isinstance(exc, BadSampleError) and "on_bad_sample=skip" not in msg:
+        root = Path(exc.shard).parent
+        msg += (
+            f"; to train without such samples set data.on_bad_sample=skip, to list every damaged sample run "
+            f"`python -m data_prep.verify {root}`"
+        )
+    return msg
+
+
 def _lock_run_folder(lock: RunLock, info: DistInfo) -> None:
     """Rank 0 locks train.out_dir (engine.runlock); every rank learns whether it could, so a refused run
     exits on all ranks instead of leaving the others waiting at the next collective."""
@@ -133,12 +163,13 @@ def main(argv: list[str] | None = None) -> int:
             cfg, world, resolve_device(cfg.train.device, int(os.environ.get("LOCAL_RANK", "0")))
         )
     except (C.ConfigError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        fail(str(exc))
         return 2
 
     import torch
 
     from vicc_fast.checkpoint import CheckpointError
+    from vicc_fast.data.manifest import DataError
     from vicc_fast.engine import distributed as D
     from vicc_fast.engine.heartbeat import Heartbeat
     from vicc_fast.engine.runlock import LauncherWatch, RunLock, RunLockError, launched_by_torchrun
@@ -188,11 +219,18 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingStopped as exc:
         print(str(exc), file=sys.stderr)
         return 3
-    except (NonFiniteLossError, ResumeError, CheckpointError, C.ConfigError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (
+        NonFiniteLossError,
+        ResumeError,
+        CheckpointError,
+        C.ConfigError,
+        DataError,
+        FileNotFoundError,
+    ) as exc:
+        fail(way_on(exc))  # the errors raised on purpose: their message names the file, no traceback needed
         return 1
     except RunLockError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        fail(str(exc))
         return 4
     except Exception as exc:
         # a failed collective names a socket, not a rank: say which rank is gone (heartbeats), then stop
@@ -202,12 +240,10 @@ def main(argv: list[str] | None = None) -> int:
         from vicc_fast.checkpoint import latest_path
 
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        print(
-            f"error: rank {info.rank}: lost {lost}: its process died or its node went away ({first}); "
+        fail(
+            f"rank {info.rank}: lost {lost}: its process died or its node went away ({first}); "
             f"the checkpoint {latest_path(cfg.train.out_dir)} is intact: resume with train.resume=auto once "
-            "every rank runs again",
-            file=sys.stderr,
-            flush=True,
+            "every rank runs again"
         )
         return 5
     finally:

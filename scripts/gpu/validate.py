@@ -10,7 +10,8 @@ JSON under ``--out`` as soon as the step ends, keeps ``validate.json`` (every st
 prints one summary table at the end. ``--dry-run`` runs the same steps on the CPU with tiny shapes (Triton
 interpreter, DALI CPU decoder, tiny backbone), so the script is exercised by the test suite between GPU loans.
 
-Steps (GPU figures are the issue's goals; a missed goal is reported, not a failed step):
+Steps (GPU figures are compared with the targets in docs/gpu_validation.md; a missed target is reported, not a
+failed step, since a throughput depends on the machine while a failed check means wrong output):
   kernels   python -m kernels.check --sizes both: every compiled Triton kernel within the tests' tolerances
   decode    python -m vicc_fast.bench decode: NVDEC frames vs the CPU decoder, RGB/flow alignment, frames/s
   loader    python -m vicc_fast.bench loader: DALI GPU pipeline vs the DataLoader baseline (goal >= 5x)
@@ -388,7 +389,8 @@ def flow_summary(ctx: Ctx):
         f"(ratio {c['epe_ratio_torch_over_opencv']:.4f}), {c['epe_between']:.4f} px between the two"
     )
     goal = f">= 700 pairs/s at 320x240: {'met' if pps >= 700 else 'missed'}" if (h, w) == (240, 320) else ""
-    ok = c["epe_ratio_torch_over_opencv"] <= 1.05  # the issue's bound: EPE at most 5 % above OpenCV's
+    # tvl1-torch stands in for OpenCV's TV-L1: it may be at most 5 % less accurate
+    ok = c["epe_ratio_torch_over_opencv"] <= 1.05
     return ok, fig, goal + ("; EPE within 5 % of OpenCV's" if ok else "; EPE more than 5 % above OpenCV's")
 
 
@@ -890,6 +892,29 @@ def main(argv: list[str] | None = None) -> int:
     rep = sub.add_parser("report", help="the GPU tables of BENCHMARKS.md from benchmarks/results/gpu/*")
     rep.add_argument("--write", default="", help="replace the marked block in this file (else print it)")
     args = p.parse_args(argv)
+    try:
+        return _dispatch(args)
+    except SystemExit as exc:  # the tools' own checks name what they could not use
+        if not isinstance(exc.code, str):
+            raise
+        print(f"error: {exc.code.removeprefix('error: ')}", file=sys.stderr)
+        return 1
+    except _input_errors() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _input_errors() -> tuple[type[Exception], ...]:
+    """What the package raises on purpose about a given input (settings, shards, checkpoints): one line each."""
+    from vicc_fast.bench.common import BenchError
+    from vicc_fast.checkpoint import CheckpointError
+    from vicc_fast.config import ConfigError
+    from vicc_fast.data.manifest import DataError
+
+    return (BenchError, ConfigError, DataError, CheckpointError, FileNotFoundError)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.cmd == "report":
         if args.write:
             changed = write_report(Path(args.write), result_dirs())

@@ -51,7 +51,7 @@ def write_video(path: Path, frames: np.ndarray, fps: int = 25, codec: str = "mpe
 
 
 def realistic_flow(t: int = 16, h: int = 64, w: int = 85, noise: float = 0.3, seed: int = 0) -> np.ndarray:
-    """Quantised flow [t, h, w, 2] uint8 (CONTRACTS coding, bound 20): a smooth rotation/zoom/wave field
+    """Quantised flow [t, h, w, 2] uint8 (docs/shard_format.md's coding, bound 20): a smooth rotation/zoom/wave field
     plus two objects with sharp motion boundaries (one beyond the +-20 clip) and TV-L1-like noise."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)

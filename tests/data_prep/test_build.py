@@ -116,7 +116,7 @@ def test_verify_catches_frame_count_mismatch_and_missing_manifest(built, tmp_pat
     assert verify.verify(out, progress=False, report=lines.append) >= 1
     assert any("test-000000.tar test000001" in ln and "RGB has 9 frames but flow has 8" in ln for ln in lines)
     (out / "manifest.json").unlink()
-    assert verify.main([str(out), "--no-progress"]) == 1
+    assert verify.main([str(out), "--no-progress"]) == 2  # not a shard folder: exit 2, as for any bad input
 
 
 @pytest.fixture
@@ -224,7 +224,7 @@ def test_interrupted_rebuild_leaves_no_complete_looking_folder(built, tmp_path, 
         build.build(load_records("ucf101", root), out, log=lambda *_: None, **KW)
     assert not (out / "manifest.json").exists()
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
-    assert verify.main([str(out), "--no-progress"]) == 1
+    assert verify.main([str(out), "--no-progress"]) == 2  # no manifest: an unfinished build
     monkeypatch.setattr(shards, "write_shard", real)
     again = build.build(load_records("ucf101", root), out, log=lambda *_: None, **KW)
     assert again.reused == 6 and verify.verify(out, progress=False, report=lambda _: None) == 0

@@ -8,6 +8,8 @@ border, and within 0.05 of OpenCV's TV-L1 on average; on the synthetic set's gro
 
 from __future__ import annotations
 
+import os
+
 import cv2
 import numpy as np
 import pytest
@@ -341,7 +343,7 @@ def test_devices_parsing_and_one_worker_per_gpu():
         "cuda:1", "cuda:3", "cuda:1", "cuda:3", "cuda:1"
     ]  # fmt: skip
     ctx = mp.get_context("spawn")
-    init = (ctx.Value("i", 0), "cuda", ("cuda:1", "cuda:3"))
+    init = (os.getpid(), ctx.Value("i", 0), "cuda", ("cuda:1", "cuda:3"))
     with cf.ProcessPoolExecutor(2, mp_context=ctx, initializer=build._worker_init, initargs=init) as pool:
         got = dict(pool.map(_assigned_device, range(4)))
     assert sorted(got.values()) == ["cuda:1", "cuda:3"]  # two workers, one on each GPU

@@ -7,7 +7,7 @@ import importlib
 import json
 import sys
 
-from vicc_fast.bench.common import environment, write_json
+from vicc_fast.bench.common import BenchError, environment, write_json
 
 # name -> module under vicc_fast.bench; each module has add_arguments(parser) and run(args) -> dict
 BENCHMARKS = {
@@ -55,11 +55,34 @@ def main(argv: list[str] | None = None) -> int:
         if name not in modules:
             parser.error(f"benchmark '{name}' is not implemented yet")
         bargs = args if args.bench == name else sub.choices[name].parse_args([])
-        result = {"benchmark": name, "env": environment(), "result": modules[name].run(bargs)}
+        try:
+            result = {"benchmark": name, "env": environment(), "result": modules[name].run(bargs)}
+        except input_errors() as exc:  # raised on purpose, naming the input: the message is the report
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except SystemExit as exc:  # the benchmarks' own argument checks
+            if not isinstance(exc.code, str):
+                raise
+            print(f"error: {exc.code.removeprefix('error: ')}", file=sys.stderr)
+            return 1  # SystemExit's own status for a message
         print(json.dumps(result["result"], indent=2, default=str))
         if args.json:
             write_json(args.json, result)
     return 0
+
+
+def input_errors() -> tuple[type[Exception], ...]:
+    """The error types the package raises on purpose about what a benchmark was given (its data, records,
+    checkpoints, settings) or about a run it started; any other exception is a bug and keeps its traceback."""
+    from data_prep.build import BuildError
+    from data_prep.shards import ShardFormatError
+    from data_prep.sources import DataSourceError
+    from vicc_fast.checkpoint import CheckpointError
+    from vicc_fast.config import ConfigError
+    from vicc_fast.data.manifest import DataError
+
+    return (BenchError, ConfigError, DataError, CheckpointError, BuildError, DataSourceError, ShardFormatError,
+            FileNotFoundError)  # fmt: skip
 
 
 if __name__ == "__main__":

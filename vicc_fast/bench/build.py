@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vicc_fast.bench.common import add_synthetic_arguments, synthetic_config
+from vicc_fast.bench.common import BenchError, add_synthetic_arguments, synthetic_config
 from vicc_fast.config import FlowMethod
 
 
@@ -61,7 +61,7 @@ def timed(cmd: list[str]) -> dict[str, float]:
     done = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+        raise BenchError(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr.strip()[-500:]}")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2)}

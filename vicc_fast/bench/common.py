@@ -18,6 +18,11 @@ if TYPE_CHECKING:
     from vicc_fast.config import SyntheticConfig
 
 
+class BenchError(ValueError):
+    """An input a benchmark cannot use, or a run it started that failed: ``python -m vicc_fast.bench`` prints
+    it as one ``error:`` line (a ValueError: bad records were ValueErrors before this class)."""
+
+
 # The labels under which bench flow records tvl1-torch with and without compaction (report_flow reads them).
 FLOW_TORCH = "tvl1-torch"
 FLOW_TORCH_NOCOMPACT = "tvl1-torch-nocompact"
@@ -90,9 +95,9 @@ def load_bench(path: str | Path) -> list[dict[str, Any]]:
     try:
         runs = json.loads(p.read_text())
     except ValueError as exc:
-        raise ValueError(f"{p}: not a JSON record ({exc})") from None
+        raise BenchError(f"{p}: not a JSON record ({exc})") from None
     if not isinstance(runs, list):
-        raise ValueError(f"{p}: expected a list of benchmark runs")
+        raise BenchError(f"{p}: expected a list of benchmark runs")
     return runs
 
 

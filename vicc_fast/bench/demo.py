@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from vicc_fast.atomic import write_text
-from vicc_fast.bench.common import environment
+from vicc_fast.bench.common import BenchError, environment
 
 METHODS = ("vicc", "coclr", "goca", "sview")
 PROTOCOLS = ("retrieval", "cluster", "linear")
@@ -104,7 +104,7 @@ def _timed(cmd: list[str], log: Path) -> dict[str, Any]:
         "load_after": os.getloadavg()[0],
     }
     if rc != 0:
-        raise RuntimeError(f"{shlex.join(cmd)} failed with exit {rc}; its output is in {log}")
+        raise BenchError(f"{shlex.join(cmd)} failed with exit {rc}; its output is in {log}")
     return out
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from vicc_fast.atomic import write_text
 from vicc_fast.bench import report_flow
-from vicc_fast.bench.common import commits, load_bench, machine
+from vicc_fast.bench.common import BenchError, commits, load_bench, machine
 from vicc_fast.eval.report import rows_from_engine
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,9 +66,9 @@ def load_records(folder: str | Path) -> list[dict[str, Any]]:
         try:
             rec = json.loads(p.read_text())
         except ValueError as exc:
-            raise ValueError(f"{p}: not a JSON record ({exc})") from None
+            raise BenchError(f"{p}: not a JSON record ({exc})") from None
         if rec.get("record") != "demo_run":
-            raise ValueError(f"{p}: not a demo_run record")
+            raise BenchError(f"{p}: not a demo_run record")
         recs.append(rec)
     order = list(METHOD_NAMES)
     return sorted(recs, key=lambda r: (order.index(r["method"]), r["seed"]))
@@ -497,7 +497,7 @@ def render(doc_text: str, name: str, body: str, doc: str = "") -> str:
     """``doc_text`` with block ``name``'s content replaced by ``body``; an error names a missing marker."""
     pat = _pattern(name)
     if not pat.search(doc_text):
-        raise ValueError(f"{doc or 'document'}: no '<!-- {name}:begin -->' ... '<!-- {name}:end -->' markers")
+        raise BenchError(f"{doc or 'document'}: no '<!-- {name}:begin -->' ... '<!-- {name}:end -->' markers")
     return pat.sub(lambda m: m.group(1) + "\n" + body + "\n\n" + m.group(3), doc_text, count=1)
 
 

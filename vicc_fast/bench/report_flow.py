@@ -17,7 +17,7 @@ from vicc_fast.bench.common import commits, machine
 FLOW_RECORD = Path("benchmarks/results/flow_torch_cpu.json")
 RECIPES_RECORD = Path("benchmarks/results/flow_recipes_cpu.json")
 COMPACT_RECORD = Path("benchmarks/results/flow_compact_cpu.json")
-UCF101_PAIRS = 2.5e6  # 13,320 videos of ~186 frames: the issue's count
+UCF101_PAIRS = 2.5e6  # UCF101's 13,320 videos of ~186 frames: the flow pairs a full build computes
 # What the tvl1-torch code of a commit did differently (the records say which commit they measured, not why
 # it matters): earlier commits' rows trace how the CPU speed was reached.
 CODE_NOTES = {

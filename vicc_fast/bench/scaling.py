@@ -30,7 +30,9 @@ import torch
 
 from vicc_fast import config as C
 from vicc_fast.bench import step as S
+from vicc_fast.bench.common import BenchError
 from vicc_fast.engine.distributed import free_port
+from vicc_fast.owner import exit_with_owner
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -161,6 +163,7 @@ def _collectives(prof: Any) -> dict[str, dict[str, Any]]:
 
 def _worker(rank: int, world: int, port: int, backend: str, args: argparse.Namespace, cfg_path: str,
             overrides: list[str], point: S.Point, threads: int, results: Any) -> None:  # fmt: skip
+    exit_with_owner(os.getppid())  # a spawned child: its parent is the benchmark that waits for its result
     try:
         torch.set_num_threads(threads)
         os.environ.update(
@@ -254,7 +257,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for p in procs:
                 p.join(timeout=120)
             if status != "ok":
-                raise RuntimeError(res)
+                raise BenchError(res)
             res["model"] = _model_for(cfg, point, world)
             per_world[world] = res
             print(

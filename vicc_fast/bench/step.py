@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from vicc_fast import config as C
+from vicc_fast.bench.common import BenchError
 
 PARTS = ("data_wait", "forward", "loss_head", "backward", "optimizer")
 # The paper's settings (K=300, queue 1920, 3 Sinkhorn iterations, LARS, batch shuffle): the loss head and the
@@ -76,7 +77,7 @@ def _clips(text: str) -> list[tuple[int, int]]:
     return out
 
 
-PAPER_GRID = {  # the issue's paper shapes: S3D 32x1 and R(2+1)D 16x2 at 128 px, batch 48 per GPU
+PAPER_GRID = {  # the papers' training shapes: S3D 32x1 and R(2+1)D 16x2 at 128 px, batch 48 per GPU
     "backbone": ["s3d", "r21d"],
     "clip": [(32, 1), (16, 2)],
     "crop": 128,
@@ -269,7 +270,7 @@ def pick_phase(method: Any, which: str) -> Any:
     for p in method.phases():
         if (which == "cross" and p.frozen_stream is not None) or p.name == which:
             return p
-    raise ValueError(f"--phase {which}: the method has phases {[p.name for p in method.phases()]}")
+    raise BenchError(f"--phase {which}: the method has phases {[p.name for p in method.phases()]}")
 
 
 def step_state(phase: Any, queue: bool) -> Any:

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from vicc_fast.bench.common import BenchError
 from vicc_fast.config import FlowMethod, SyntheticConfig
 
 
@@ -75,9 +76,7 @@ def _per_video(out: Path) -> dict[str, Any]:
     tars = [s["tar"] for split in manifest["splits"].values() for s in split["shards"]]
     videos = sum(split["num_samples"] for split in manifest["splits"].values())
     if len(metas) != videos:
-        raise RuntimeError(
-            f"{out}: {len(metas)} cached videos but {videos} in the manifest (a stale folder?)"
-        )
+        raise BenchError(f"{out}: {len(metas)} cached videos but {videos} in the manifest (a stale folder?)")
     rgb = statistics.mean(m["rgb_bytes"] for m in metas)
     fl = statistics.mean(m["flow_bytes"] for m in metas)
     return {

@@ -1,6 +1,7 @@
 """Choose and build the input pipeline: the one entry point the engine and evaluation call.
 
-Contract (the engine and the evaluation build against this; the data issue implements it):
+Contract (the engine and the evaluation build against this; both backends implement it; summarised in
+docs/architecture.md, Contracts):
 
     loader = build_loader(cfg, split="train", mode="train", streams=(Stream.rgb, Stream.flow),
                           num_views=2, rank=0, world_size=1, device=torch.device("cpu"))

@@ -1,6 +1,6 @@
 """Read and validate a shard folder's ``manifest.json``; per-sample metadata; which samples each rank reads.
 
-The shard format is fixed in notes/CONTRACTS.md: one WebDataset sample per video with members
+The shard format (docs/shard_format.md; docs/architecture.md, Contracts: Shards): one WebDataset sample per video with members
 ``{key}.rgb.webm``, ``{key}.flow.webm``, ``{key}.lbl`` (int64 ``[label, index]``) and ``{key}.json``, and
 beside each tar a DALI index (``wds2idx`` format). Everything here is plain Python: no DALI, no torch.
 """

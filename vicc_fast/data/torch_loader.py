@@ -8,8 +8,10 @@ sampling, same augmentation semantics and output as vicc_fast/data/dali.py: the 
 
 from __future__ import annotations
 
+import functools
 import io
 import math
+import os
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -33,6 +35,7 @@ from vicc_fast.data.batch import Batch
 from vicc_fast.data.dali import eval_resize
 from vicc_fast.data.manifest import BadSampleError, DataError, rank_range
 from vicc_fast.data.windows import clip_indices, overlap_starts
+from vicc_fast.owner import exit_with_owner
 
 
 class VideoDecodeError(RuntimeError):
@@ -278,6 +281,12 @@ def _worker_context() -> Any:
     return ctx
 
 
+def _worker_init(owner: int, worker_id: int) -> None:
+    """Each worker exits with the loader's process (vicc_fast/owner.py: a forkserver's worker outlived a
+    SIGKILLed owner, and kept the server alive)."""
+    exit_with_owner(owner)
+
+
 def _shutdown(it: Any) -> None:
     """Stop a DataLoader iterator's worker processes now (single-process iterators have none)."""
     stop = getattr(it, "_shutdown_workers", None)
@@ -378,6 +387,7 @@ class TorchLoader(BaseLoader):
             # workers start from a clean server process, not a fork of this one: a fork copies this process's
             # threads' locks (DALI's, the codecs') in whatever state they are, and CI once hung on it
             multiprocessing_context=_worker_context(),  # data.threads > 0 (config.validate)
+            worker_init_fn=functools.partial(_worker_init, os.getpid()),
         )
 
     def __iter__(self) -> Iterator[Batch]:

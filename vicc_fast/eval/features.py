@@ -1,7 +1,7 @@
 """Video-level features of a frozen encoder: clip features averaged per video, gathered across ranks.
 
 The eval loader yields ``B = videos x clips`` clips per batch with ``index`` naming the video of each clip
-(CONTRACTS.md, Loader). :func:`extract` sums clip features into per-video rows by that index, so it neither cares
+(docs/architecture.md, Contracts: Loader). :func:`extract` sums clip features into per-video rows by that index, so it neither cares
 how clips are batched nor which rank saw which video; across ranks the per-video sums are all-reduced, which is
 also where the "each video exactly once across ranks" promise of the loader is checked.
 

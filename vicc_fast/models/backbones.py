@@ -187,8 +187,9 @@ def _conv_bn_relu(cin: int, cout: int, stride: tuple[int, int, int]) -> nn.Seque
 class TinyCNN(_Pooled):
     """A 4-layer 3D CNN for CPU demos: widths w/2, w, w, w; F = w.
 
-    Sized after the issue author's prototype (16-32 channels, 8x32x32 views): the first layer keeps time and
-    halves space, the next two halve both (time only where it is at least 2 frames), the last keeps the size.
+    Sized for a demo that trains in minutes on CPU cores (16-32 channels, 8x32x32 views): the first layer keeps
+    time and halves space, the next two halve both (time only where it is at least 2 frames), the last keeps the
+    size.
     An 8x32x32 clip costs about 8 M multiply-adds at w=32 (counted from the layer shapes).
     """
 
