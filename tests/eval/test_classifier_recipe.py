@@ -89,6 +89,14 @@ def test_paper_configs_train_probe_and_finetune_on_128_clips_per_step_in_forward
     assert steps.n == 2 * 3  # one SGD step per 128-clip batch
     assert [x.shape[0] for x in enc.seen] == [32] * (4 * 2 * 3)  # BN batches of 32, 4 per step
 
+    # CoCLR's README commands name no --gpu (main_classifier.py l. 92-93: num_gpu 1): 32 clips per step, one forward
+    e = C.load(C.CONFIG_DIR / "ucf101_coclr_s3d.yaml").eval
+    enc = BNEncoder()
+    with StepCounter() as steps:
+        finetune(FinetuneModel(enc, 3, dropout=0.0), ListLoader(batches(3, e.train_batch_size)), Stream.rgb, CPU,
+                 epochs=1, lr=0.01, optim="sgd", forward_batch=e.train_forward_batch)  # fmt: skip
+    assert steps.n == 3 and [x.shape[0] for x in enc.seen] == [32] * 3
+
     probe_bn: list[int] = []
     h = torch.nn.modules.module.register_module_forward_pre_hook(
         lambda m, a: probe_bn.append(a[0].shape[0]) if isinstance(m, nn.BatchNorm1d) else None
