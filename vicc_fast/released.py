@@ -336,7 +336,6 @@ def convert(
     """A run folder whose stage 1 is a released single-stream pair (as ``main_cross.py --pretrain RGB FLOW``):
     writes ``<out_dir>/checkpoints/{<stage-1 phases>,last}.pt``, so training with ``train.resume=auto`` goes on
     with the cross-stream stage. Returns (last.pt, the ``model.*`` overrides the training config must carry)."""
-    from vicc_fast.engine.resume import capture_rng
     from vicc_fast.methods import build_method as build
 
     r, f = read(rgb), read(flow)
@@ -351,9 +350,17 @@ def convert(
     if not stage1:
         raise ReleasedError(f"method.name={cfg.method.name.value} has no single-stream stage to start from")
     state = {
-        "config": C.to_dict(cfg), "method": method.state_dict(), "phase": stage1[-1], "epoch": 0, "step": 0,
-        "optimizer": {}, "scaler": {}, "rng": capture_rng(), "completed": stage1, "global_step": 0,
-    }  # fmt: skip
+        "config": C.to_dict(cfg),
+        "method": method.state_dict(),
+        "phase": stage1[-1],
+        "epoch": 0,
+        "step": 0,
+        "optimizer": {},
+        "scaler": {},
+        "rng": {},
+        "completed": stage1,
+        "global_step": 0,
+    }  # fmt: skip  (no RNG state: the cross-stream phases draw every step's RNG from seed, rank, phase, step)
     for name in (*stage1, "last"):
         ckpt.save(ckpt.ckpt_dir(out_dir) / f"{name}.pt", state)
     return ckpt.latest_path(out_dir), mo
