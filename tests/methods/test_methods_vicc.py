@@ -335,6 +335,9 @@ def test_queue_starts_at_configured_epoch_and_is_used(cfg, when_full):
     """The queue fills from its start epoch; its rows join the assignment once it is full (default: SwAV and
     the released ViCC code) or from the step after its first rows (``method.queue_when_full=false``)."""
     cfg.method.queue_when_full = when_full
+    # the frozen stream in eval mode throughout: the released train-mode stretch (its own test) would move its
+    # BatchNorm statistics between the with- and without-queue losses compared below
+    cfg.method.vicc.frozen_train_quirk = False
     m, phases = method_and_phases(cfg)
     phase = replace(phases["cross_rgb_c1"], queue_start_epoch=2)
     m.setup_phase(phase)
