@@ -366,9 +366,21 @@ class GocaConfig:
         "prototype regularisation steps after every optimiser step (0 = GOCA paper 3.3/3.4: regularised once "
         "before training, then fixed; > 0 keeps re-spreading them during training)",
     )
-    proto_reg_lr: float = _f(0.1, "learning rate of the prototype regulariser")
+    proto_reg_lr: float = _f(
+        0.1, "learning rate of the regulariser steps after every optimiser step (constant, on eq. 11's mean)"
+    )
     proto_reg_init_steps: int = _f(
         1000, "prototype regularisation steps at the start of training (the paper's one-off initialisation)"
+    )
+    proto_reg_init_lr: float = _f(
+        0.1,
+        "step size of the one-off initialisation (per prototype with proto_reg_init_anneal, else on the mean)",
+    )
+    proto_reg_init_anneal: bool = _f(
+        True,
+        "initialisation solved to the paper's 'maximally far apart': each prototype follows its own term of "
+        "eq. 11, step size cosine-annealed from proto_reg_init_lr to 0; false = constant steps on eq. 11's mean "
+        "gradient (divided by N: 1000 steps leave the prototypes partly spread; before issue 25)",
     )
     epochs: int = _f(
         0,

@@ -8,7 +8,13 @@ import kernels
 from tests.methods.methods_helpers import make_batch, small_config, state_at
 from vicc_fast.config import Config, GocaVariant, MethodName, Stream
 from vicc_fast.methods import build_method
-from vicc_fast.methods.goca import GOCA, goca_phases, prototype_reg_loss, regularise_prototypes_
+from vicc_fast.methods.goca import (
+    GOCA,
+    goca_phases,
+    mean_largest_cosine,
+    prototype_reg_loss,
+    regularise_prototypes_,
+)
 
 
 def goca_config(variant=GocaVariant.goca, **goca) -> Config:
@@ -106,6 +112,46 @@ def test_regulariser_equals_eq11_and_lowers_the_max_similarity():
     W3 = W.clone()
     regularise_prototypes_(W3, 1, 0.1)
     torch.testing.assert_close(W3, F.normalize(W - 0.1 * g_auto, dim=1))
+
+
+def test_annealed_regulariser_spreads_prototypes_maximally_far_apart():
+    """GOCA 3.3: 'a regularization term that encourages prototypes to be maximally far apart', 'once before the
+    main training phase'. At N=300, D=128 (ViCC's K, the head's width) the default initialisation (1000
+    annealed per-prototype steps) leaves a mean largest cosine below 0.045, where eq. 11's mean gradient
+    (before issue 25: proto_reg_init_anneal=false) leaves about 0.12 after the same 1000 steps (0.044 after
+    20,000). Every prototype then has the same nearest-neighbour cosine (the space divided equally). Where the
+    optimum is known (N <= D + 1: the regular simplex, cosine -1/(N-1)) it is reached."""
+    g = torch.Generator().manual_seed(0)
+    W = F.normalize(torch.randn(300, 128, generator=g), dim=1)
+    before, after = W.clone(), W.clone()
+    regularise_prototypes_(before, 1000, 0.1)  # the pre-issue-25 initialisation
+    regularise_prototypes_(after, 1000, 0.1, anneal=True)  # the default
+    mb, ma = mean_largest_cosine(before), mean_largest_cosine(after)
+    assert mean_largest_cosine(W) > 0.2  # random: 0.26
+    assert mb > 0.1  # partly spread
+    assert ma < 0.045 and ma < mb / 2.5
+    nearest = (after @ after.t() - 2 * torch.eye(300)).max(dim=1).values
+    assert float(nearest.max() - nearest.min()) < 1e-3  # equal spacing, not a few outliers
+    torch.testing.assert_close(after.norm(dim=1), torch.ones(300))
+    S = F.normalize(torch.randn(32, 32, generator=g), dim=1)
+    regularise_prototypes_(S, 1000, 0.1, anneal=True)
+    G = S @ S.t()
+    off = G[~torch.eye(32, dtype=torch.bool)]
+    torch.testing.assert_close(off, torch.full_like(off, -1 / 31), atol=2e-3, rtol=0)
+
+
+def test_default_initialisation_is_the_annealed_one():
+    """setup_phase runs the configured initialisation: the default (annealed) lands where the function does,
+    proto_reg_init_anneal=false where the mean-gradient steps do."""
+    for anneal in (True, False):
+        torch.manual_seed(0)
+        cfg = goca_config(proto_reg_init_steps=50, proto_reg_init_anneal=anneal)
+        m = build_method(cfg)
+        w = m.protos["shared"].weight.detach().clone()
+        m.setup_phase(m.phases()[0])
+        regularise_prototypes_(w, 50, 0.1, anneal=anneal)
+        torch.testing.assert_close(m.protos["shared"].weight, w)
+    assert Config().method.goca.proto_reg_init_anneal
 
 
 def test_prototypes_placed_by_regulariser_not_by_the_loss():
