@@ -94,6 +94,17 @@ class EvalOptim(str, enum.Enum):
     adam = "adam"
 
 
+class ClusterProtocol(str, enum.Enum):
+    auto = "auto"
+    hungarian = "hungarian"
+    majority = "majority"
+
+
+class ClusterPrototypes(str, enum.Enum):
+    refit = "refit"
+    trained = "trained"
+
+
 class EvalCrop(str, enum.Enum):
     center = "center"
     tencrop = "tencrop"
@@ -518,7 +529,29 @@ class EvalConfig:
     linear_epochs: int = _f(100, "epochs of the linear probe (released lin-*.sh: 100)")
     finetune_epochs: int = _f(500, "epochs of end-to-end finetuning (released ft-*.sh: 500)")
     finetune_dropout: float = _f(0.9, "dropout before the finetuning classifier (released: 0.9)")
-    kmeans_restarts: int = _f(10, "K-means restarts of the cluster evaluation")
+    kmeans_restarts: int = _f(
+        10, "cluster_protocol=hungarian: K-means initialisations, the one of lowest inertia kept"
+    )
+    cluster_protocol: ClusterProtocol = _f(
+        ClusterProtocol.auto,
+        "cluster evaluation: hungarian (ViCC supp. 3.1.2: K-means and prototype assignments, Hungarian-matched "
+        "Acc, NMI, ARI, entropy, purity) | majority (GOCA 4.3: K-means, each cluster labelled by majority vote, "
+        "Acc / NMI / macro F1, mean of eval.cluster_runs runs) | auto (majority for method goca, else hungarian)",
+    )
+    cluster_runs: int = _f(50, "cluster_protocol=majority: K-means runs (one initialisation each) averaged")
+    cluster_prototypes: ClusterPrototypes = _f(
+        ClusterPrototypes.refit,
+        "hungarian protocol's prototype rows: refit (ViCC supp. 3.1.2 'K=101 for evaluation purposes only': "
+        "K = number of classes prototypes trained on the frozen encoder and head by the method's swapped "
+        "Sinkhorn objective, then scored) | trained (the model's own training prototypes, e.g. 300)",
+    )
+    cluster_refit_epochs: int = _f(
+        100, "cluster_prototypes=refit: epochs over the train videos' embeddings (not stated in the paper)"
+    )
+    cluster_refit_lr: float = _f(0.1, "cluster_prototypes=refit: SGD (momentum 0.9) learning rate")
+    cluster_refit_batch_size: int = _f(
+        256, "cluster_prototypes=refit: train videos per Sinkhorn batch and SGD step"
+    )
     linear_augment: bool = _f(
         True,
         "linear probe trains on augmented train clips (blur off) through the frozen encoder (papers); "
@@ -728,6 +761,11 @@ def validate(cfg: Config) -> None:
         (_increasing(cfg.optim.milestones), "optim.milestones", "must be increasing epochs > 0"),
         (_increasing(cfg.optim.cross_milestones), "optim.cross_milestones", "must be increasing epochs > 0"),
         (cfg.train.batch_size > 1, "train.batch_size", "must be > 1 (Sinkhorn needs a batch)"),
+        (cfg.eval.kmeans_restarts > 0, "eval.kmeans_restarts", "must be > 0"),
+        (cfg.eval.cluster_runs > 0, "eval.cluster_runs", "must be > 0"),
+        (cfg.eval.cluster_refit_epochs > 0, "eval.cluster_refit_epochs", "must be > 0"),
+        (cfg.eval.cluster_refit_lr > 0, "eval.cluster_refit_lr", "must be > 0"),
+        (cfg.eval.cluster_refit_batch_size > 1, "eval.cluster_refit_batch_size", "must be > 1 (Sinkhorn)"),
         (len(cfg.profile.steps) in (0, 2), "profile.steps", "must be [] or [start, stop]"),
     ]
     for ok, key, why in checks:
