@@ -72,7 +72,8 @@ def regularise_prototypes_(weight: torch.Tensor, steps: int, lr: float, anneal: 
     step size falls from ``lr`` to 0 on a half cosine over the ``steps``. The loss is a max, so constant steps
     oscillate around the optimum; shrinking steps settle in it (mean largest cosine at N=300, D=128 after 1000
     steps of lr 0.1: about 0.04 annealed, 0.12 with the mean's constant steps; N=32, D=32 reaches the regular
-    simplex, -1/31: benchmarks/results/goca_protoreg_cpu.json).
+    simplex, -1/31:
+    benchmarks/results/goca_protoreg_cpu.json, ``OMP_NUM_THREADS=1 python -m vicc_fast.bench protoreg --json ...``).
     """
     if steps <= 0:
         return
