@@ -241,6 +241,8 @@ def test_bad_settings_are_clear_errors():
 
     with pytest.raises(ConfigError, match="method.goca.lambda1"):
         build_method(goca_config(lambda1=0.0))
+    with pytest.raises(ConfigError, match="method.goca.proto_reg_init_lr"):
+        build_method(goca_config(proto_reg_init_lr=0.0))
 
 
 def test_prototype_scorer_per_variant():
