@@ -34,6 +34,10 @@ def test_yaml_then_overrides(tmp_path):
         ("data.eval_color_jitter_prob=1.5", "data.eval_color_jitter_prob"),
         ("data.eval_color_jitter=[0.2,0.2,0.2]", "data.eval_color_jitter"),
         ("data.eval_color_jitter=[0.2,0.2,0.2,0.7]", "data.eval_color_jitter"),
+        ("eval.cluster_protocol=kmeans", "eval.cluster_protocol"),
+        ("eval.cluster_prototypes=300", "eval.cluster_prototypes"),
+        ("eval.cluster_runs=0", "eval.cluster_runs"),
+        ("eval.cluster_refit_batch_size=1", "eval.cluster_refit_batch_size"),
         ("nokey", "nokey"),
     ],
 )

@@ -115,6 +115,17 @@ class EvalOptim(str, enum.Enum):
     adam = "adam"
 
 
+class ClusterProtocol(str, enum.Enum):
+    auto = "auto"
+    hungarian = "hungarian"
+    majority = "majority"
+
+
+class ClusterPrototypes(str, enum.Enum):
+    refit = "refit"
+    trained = "trained"
+
+
 class EvalCrop(str, enum.Enum):
     center = "center"
     tencrop = "tencrop"
@@ -464,9 +475,21 @@ class GocaConfig:
         "prototype regularisation steps after every optimiser step (0 = GOCA paper 3.3/3.4: regularised once "
         "before training, then fixed; > 0 keeps re-spreading them during training)",
     )
-    proto_reg_lr: float = _f(0.1, "learning rate of the prototype regulariser")
+    proto_reg_lr: float = _f(
+        0.1, "learning rate of the regulariser steps after every optimiser step (constant, on eq. 11's mean)"
+    )
     proto_reg_init_steps: int = _f(
         1000, "prototype regularisation steps at the start of training (the paper's one-off initialisation)"
+    )
+    proto_reg_init_lr: float = _f(
+        0.1,
+        "step size of the one-off initialisation (per prototype with proto_reg_init_anneal, else on the mean)",
+    )
+    proto_reg_init_anneal: bool = _f(
+        True,
+        "initialisation solved to the paper's 'maximally far apart': each prototype follows its own term of "
+        "eq. 11, step size cosine-annealed from proto_reg_init_lr to 0; false = constant steps on eq. 11's mean "
+        "gradient (divided by N: 1000 steps leave the prototypes partly spread; before issue 25)",
     )
     epochs: int = _f(
         0,
@@ -634,7 +657,29 @@ class EvalConfig:
         "finetuning classifier initialised N(0, 0.01) with zero bias (released classifier.py "
         "_initialize_weights); false = PyTorch's default nn.Linear init",
     )
-    kmeans_restarts: int = _f(10, "K-means restarts of the cluster evaluation")
+    kmeans_restarts: int = _f(
+        10, "cluster_protocol=hungarian: K-means initialisations, the one of lowest inertia kept"
+    )
+    cluster_protocol: ClusterProtocol = _f(
+        ClusterProtocol.auto,
+        "cluster evaluation: hungarian (ViCC supp. 3.1.2: K-means and prototype assignments, Hungarian-matched "
+        "Acc, NMI, ARI, entropy, purity) | majority (GOCA 4.3: K-means, each cluster labelled by majority vote, "
+        "Acc / NMI / macro F1, mean of eval.cluster_runs runs) | auto (majority for method goca, else hungarian)",
+    )
+    cluster_runs: int = _f(50, "cluster_protocol=majority: K-means runs (one initialisation each) averaged")
+    cluster_prototypes: ClusterPrototypes = _f(
+        ClusterPrototypes.refit,
+        "hungarian protocol's prototype rows: refit (ViCC supp. 3.1.2 'K=101 for evaluation purposes only': "
+        "K = number of classes prototypes trained on the frozen encoder and head by the method's swapped "
+        "Sinkhorn objective, then scored) | trained (the model's own training prototypes, e.g. 300)",
+    )
+    cluster_refit_epochs: int = _f(
+        100, "cluster_prototypes=refit: epochs over the train videos' embeddings (not stated in the paper)"
+    )
+    cluster_refit_lr: float = _f(0.1, "cluster_prototypes=refit: SGD (momentum 0.9) learning rate")
+    cluster_refit_batch_size: int = _f(
+        256, "cluster_prototypes=refit: train videos per Sinkhorn batch and SGD step"
+    )
     linear_augment: bool = _f(
         True,
         "linear probe trains on augmented train clips (blur off) through the frozen encoder (papers); "
@@ -867,6 +912,11 @@ def validate(cfg: Config) -> None:
             "eval.train_forward_batch",
             "must be 0 (the whole step) or > 1 (a BatchNorm batch)",
         ),
+        (cfg.eval.kmeans_restarts > 0, "eval.kmeans_restarts", "must be > 0"),
+        (cfg.eval.cluster_runs > 0, "eval.cluster_runs", "must be > 0"),
+        (cfg.eval.cluster_refit_epochs > 0, "eval.cluster_refit_epochs", "must be > 0"),
+        (cfg.eval.cluster_refit_lr > 0, "eval.cluster_refit_lr", "must be > 0"),
+        (cfg.eval.cluster_refit_batch_size > 1, "eval.cluster_refit_batch_size", "must be > 1 (Sinkhorn)"),
         (len(cfg.profile.steps) in (0, 2), "profile.steps", "must be [] or [start, stop]"),
     ]
     for ok, key, why in checks:

@@ -103,3 +103,33 @@ def test_streams_that_kept_different_videos_are_scored_on_the_videos_both_kept(
         "test": {"evaluated": 3, "left_out": 0},
     }
     ev.close()
+
+
+def test_cluster_protocol_follows_the_method_and_refits_k_classes(tmp_path, make_shards, save_ckpt):
+    """eval.cluster_protocol=auto: ViCC's (Hungarian; prototype rows from K = #classes refitted prototypes,
+    supp. 3.1.2, or the training ones with cluster_prototypes=trained) for a ViCC checkpoint, GOCA's (K-means
+    majority vote, Acc / NMI / F1 averaged over eval.cluster_runs runs, 4.3) for a GOCA checkpoint."""
+    from vicc_fast.eval.runner import Evaluation
+
+    root = tmp_path / "shards"
+    make_shards(root, [0, 1, 2] * 3, [0, 1, 2], ["Walk", "Run", "Jump"], frames=8, size=(24, 32))
+    common = ["eval.batch_size=4", "eval.kmeans_restarts=1", "eval.cluster_protocol=auto"]
+    vicc = save_ckpt(tmp_path / "vicc" / "checkpoints" / "flow1.pt", ["rgb1", "flow1"],
+                     overrides=[f"data.root={root}", *DATA])  # fmt: skip
+    ev = Evaluation(vicc, [*common, "eval.cluster_prototypes=refit", "eval.cluster_refit_epochs=3"],
+                    progress=False, tensorboard=False)  # fmt: skip
+    res = ev.cluster()
+    assert ev.entry["cluster_settings"]["protocol"] == "hungarian"
+    assert {"rgb/kmeans/acc", "flow/proto/ari"} <= set(res) and not any("majority" in k for k in res)
+    train, test = ev.rows("train")[0][Stream.rgb], ev.rows("test")[0][Stream.rgb]
+    assert ev.prototype_scores(Stream.rgb, test, train).shape == (3, 3)  # K = 3 classes, refitted
+    ev.cfg.eval.cluster_prototypes = "trained"
+    assert ev.prototype_scores(Stream.rgb, test, train).shape == (3, 5)  # the model's 5 training prototypes
+    goca = save_ckpt(tmp_path / "goca" / "checkpoints" / "joint.pt", ["joint"],
+                     overrides=[f"data.root={root}", *DATA, "method.name=goca"])  # fmt: skip
+    ev = Evaluation(goca, [*common, "eval.cluster_runs=4"], progress=False, tensorboard=False)
+    res = ev.cluster()
+    assert ev.entry["cluster_settings"]["protocol"] == "majority"
+    assert set(res) == {f"{s}/majority/{k}" for s in ("rgb", "flow")
+                        for k in ("acc", "acc_sd", "nmi", "nmi_sd", "f1", "f1_sd", "runs")}  # fmt: skip
+    assert res["rgb/majority/runs"] == 4 and 0 <= res["flow/majority/f1"] <= 100

@@ -92,3 +92,19 @@ def test_joint_phase_rows(tmp_path):
     rows = report.run_rows(tmp_path)
     assert list(rows) == ["RGB-joint", "Flow-joint", "R+F-joint"]
     assert rows["Flow-joint"] == {"R@1": 70.0} and rows["R+F-joint"] == {"R@1": 60.0}
+
+
+def test_majority_protocol_columns(tmp_path):
+    """GOCA's cluster protocol (majority vote, Acc / NMI / F1) gets its own columns in the run's table."""
+    entry = {
+        **_entry(),
+        "cluster": {"rgb/majority/acc": 57.3, "rgb/majority/nmi": 75.8, "rgb/majority/f1": 57.4},
+    }
+    report.update_eval_results(tmp_path, "last", entry)
+    rows = report.run_rows(tmp_path)
+    assert {k: rows["RGB-2"][k] for k in ("majority acc", "majority nmi", "majority f1")} == {
+        "majority acc": 57.3,
+        "majority nmi": 75.8,
+        "majority f1": 57.4,
+    }
+    assert "| RGB-2 | 62.5 | 72.2 | 57.3 | 75.8 | 57.4 |" in report.run_report(tmp_path)

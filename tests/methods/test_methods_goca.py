@@ -8,7 +8,13 @@ import kernels
 from tests.methods.methods_helpers import make_batch, small_config, state_at
 from vicc_fast.config import Config, GocaVariant, MethodName, Stream
 from vicc_fast.methods import build_method
-from vicc_fast.methods.goca import GOCA, goca_phases, prototype_reg_loss, regularise_prototypes_
+from vicc_fast.methods.goca import (
+    GOCA,
+    goca_phases,
+    mean_largest_cosine,
+    prototype_reg_loss,
+    regularise_prototypes_,
+)
 
 
 def goca_config(variant=GocaVariant.goca, **goca) -> Config:
@@ -108,6 +114,46 @@ def test_regulariser_equals_eq11_and_lowers_the_max_similarity():
     torch.testing.assert_close(W3, F.normalize(W - 0.1 * g_auto, dim=1))
 
 
+def test_annealed_regulariser_spreads_prototypes_maximally_far_apart():
+    """GOCA 3.3: 'a regularization term that encourages prototypes to be maximally far apart', 'once before the
+    main training phase'. At N=300, D=128 (ViCC's K, the head's width) the default initialisation (1000
+    annealed per-prototype steps) leaves a mean largest cosine below 0.045, where eq. 11's mean gradient
+    (before issue 25: proto_reg_init_anneal=false) leaves about 0.12 after the same 1000 steps (0.044 after
+    20,000). Every prototype then has the same nearest-neighbour cosine (the space divided equally). Where the
+    optimum is known (N <= D + 1: the regular simplex, cosine -1/(N-1)) it is reached."""
+    g = torch.Generator().manual_seed(0)
+    W = F.normalize(torch.randn(300, 128, generator=g), dim=1)
+    before, after = W.clone(), W.clone()
+    regularise_prototypes_(before, 1000, 0.1)  # the pre-issue-25 initialisation
+    regularise_prototypes_(after, 1000, 0.1, anneal=True)  # the default
+    mb, ma = mean_largest_cosine(before), mean_largest_cosine(after)
+    assert mean_largest_cosine(W) > 0.2  # random: 0.26
+    assert mb > 0.1  # partly spread
+    assert ma < 0.045 and ma < mb / 2.5
+    nearest = (after @ after.t() - 2 * torch.eye(300)).max(dim=1).values
+    assert float(nearest.max() - nearest.min()) < 1e-3  # equal spacing, not a few outliers
+    torch.testing.assert_close(after.norm(dim=1), torch.ones(300))
+    S = F.normalize(torch.randn(32, 32, generator=g), dim=1)
+    regularise_prototypes_(S, 1000, 0.1, anneal=True)
+    G = S @ S.t()
+    off = G[~torch.eye(32, dtype=torch.bool)]
+    torch.testing.assert_close(off, torch.full_like(off, -1 / 31), atol=2e-3, rtol=0)
+
+
+def test_default_initialisation_is_the_annealed_one():
+    """setup_phase runs the configured initialisation: the default (annealed) lands where the function does,
+    proto_reg_init_anneal=false where the mean-gradient steps do."""
+    for anneal in (True, False):
+        torch.manual_seed(0)
+        cfg = goca_config(proto_reg_init_steps=50, proto_reg_init_anneal=anneal)
+        m = build_method(cfg)
+        w = m.protos["shared"].weight.detach().clone()
+        m.setup_phase(m.phases()[0])
+        regularise_prototypes_(w, 50, 0.1, anneal=anneal)
+        torch.testing.assert_close(m.protos["shared"].weight, w)
+    assert Config().method.goca.proto_reg_init_anneal
+
+
 def test_prototypes_placed_by_regulariser_not_by_the_loss():
     """GOCA 3.3-3.4: the regulariser runs once before training, then the prototypes stay fixed (default)."""
     assert Config().method.goca.proto_reg_steps == 0
@@ -195,6 +241,8 @@ def test_bad_settings_are_clear_errors():
 
     with pytest.raises(ConfigError, match="method.goca.lambda1"):
         build_method(goca_config(lambda1=0.0))
+    with pytest.raises(ConfigError, match="method.goca.proto_reg_init_lr"):
+        build_method(goca_config(proto_reg_init_lr=0.0))
 
 
 def test_prototype_scorer_per_variant():
@@ -211,3 +259,50 @@ def test_prototype_scorer_per_variant():
     assert GOCA(goca_config(GocaVariant.avg)).prototype_scorer(Stream.rgb) is None
     coclr = build_method(small_config(name=MethodName.coclr))
     assert coclr.prototype_scorer(Stream.rgb) is None
+
+
+def test_paper_config_trains_gocas_recipe():
+    """configs/ucf101_goca_s3d.yaml runs the GOCA paper's schedule (section 4): one joint phase of 500 epochs,
+    no queue, SGD+LARS at lr 4.8 'increased during the first 10 warm-up epochs and then ... decreased to 0.0048
+    with cosine learning rate decay', for 64 GPUs x 10 clips (and the same lr / batch on 4 GPUs). The lr is
+    sampled over the phase's steps as the trainer builds it; the method is built from the file."""
+    import math
+
+    from vicc_fast import config as C
+    from vicc_fast.engine.optim import build_optimizer, build_schedule
+
+    cfg = C.load(C.CONFIG_DIR / "ucf101_goca_s3d.yaml")
+    (phase,) = goca_phases(cfg)
+    assert (phase.name, phase.epochs, phase.streams) == ("joint", 500, (Stream.rgb, Stream.flow))
+    assert phase.queue_start_epoch == phase.epochs  # no queue ever joins
+    spe = 15  # UCF101 split 1: 9537 videos / 640 clips per step
+    global_batch = cfg.train.batch_size * 64
+    lr = build_schedule(cfg.optim, global_batch, spe, phase.lr_epochs or phase.epochs, cross=phase.cross)
+    warm = 10 * spe
+    assert lr(0) == pytest.approx(4.8 / warm)  # rises linearly from ~0 ...
+    assert [lr(t) for t in range(warm)] == sorted(lr(t) for t in range(warm))
+    assert lr(warm - 1) == pytest.approx(4.8) and lr(warm) == pytest.approx(4.8)  # ... to 4.8 at epoch 10
+    mid = warm + (500 * spe - warm - 1) // 2
+    assert lr(mid) == pytest.approx((4.8 + 0.0048) / 2, rel=1e-3)  # half-way down the cosine
+    assert lr(500 * spe - 1) == pytest.approx(0.0048)  # ends at 0.0048
+    after = [lr(t) for t in range(warm, 500 * spe)]
+    assert all(a >= b for a, b in zip(after, after[1:], strict=False))
+    t = warm + (500 * spe - warm - 1) // 4
+    want = 0.0048 + 0.5 * (4.8 - 0.0048) * (1 + math.cos(math.pi * (t - warm) / (500 * spe - warm - 1)))
+    assert lr(t) == pytest.approx(want)
+    four = build_schedule(cfg.optim, cfg.train.batch_size * 4, 238, 500)  # 4 GPUs x 10: lr / batch kept
+    assert four(10 * 238) == pytest.approx(4.8 * 40 / 640)
+    assert isinstance(build_optimizer(cfg.optim, [torch.nn.Parameter(torch.ones(2))]), torch.optim.Optimizer)
+    # the method the file builds: shared head and prototypes, lambda1 0.02 / lambda2 0.03, no queue
+    g = cfg.method.goca
+    assert (g.variant, g.lambda1, g.lambda2, g.proto_reg_steps) == (GocaVariant.goca, 0.02, 0.03, 0)
+    assert g.proto_reg_init_anneal and cfg.method.queue_size == 0
+    assert (
+        C.ClusterProtocol(cfg.eval.cluster_protocol) is C.ClusterProtocol.majority
+        and cfg.eval.cluster_runs == 50
+    )
+    cfg.model.backbone = C.Backbone.tiny  # the S3D trunk is tested elsewhere; the rest as the file says
+    cfg.method.goca.proto_reg_init_steps = 0
+    m = build_method(cfg)
+    assert isinstance(m, GOCA) and set(m.protos) == {"shared"} and m.queue.length == 0
+    assert m.protos["shared"].weight.shape == (1000, 128)

@@ -21,6 +21,7 @@ BENCHMARKS = {
     "step": "Training step breakdown: data-wait / forward / loss / backward / optimiser",
     "scaling": "Throughput per rank with 1, 2, 4 ranks",
     "supervised": "Supervised reference on the synthetic demo set (tiny RGB model trained on labels)",
+    "protoreg": "GOCA's prototype initialisation: how far apart eq. 11 leaves N prototypes in D dims",
     "demo": "The demo / method comparison over seeds as committed records (train + evaluate per seed)",
     "report": "README / comparison tables generated from the demo records (--write, --check)",
 }

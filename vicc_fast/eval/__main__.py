@@ -16,7 +16,8 @@ CKPT_COMMANDS = {
     "retrieval": "kNN retrieval: test videos query train videos, Recall@k per stream and R+F (sum, concat)",
     "linear": "linear probe on the frozen encoder: top-1/top-5 per stream and R+F (averaged probabilities)",
     "finetune": "end-to-end finetuning with dropout; ten-crop x moving-window test; per stream and R+F",
-    "cluster": "K-means (K = classes) and prototype assignments vs classes: Acc, NMI, ARI, entropy, purity",
+    "cluster": "clusters vs classes (eval.cluster_protocol): ViCC's K-means / refitted K = classes prototypes "
+    "(Hungarian Acc, NMI, ARI, entropy, purity) or GOCA's K-means majority vote (Acc, NMI, F1; 50 runs)",
     "tsne": "t-SNE picture of the test features per stream (PNG + TensorBoard + embedding projector)",
     "grid": "retrieval grid picture: test queries and their top-5 train videos, hits green, misses red",
     "curves": "training curves picture from the run's TensorBoard logs",

@@ -1,12 +1,19 @@
-"""Cluster evaluation (ViCC supplementary 3.1.2, measures as defined by SeLa, Asano et al.).
+"""Cluster evaluation: the two papers' protocols.
 
-Hard cluster assignments (K-means on features with K = number of classes, or each video's best-scoring
-prototype) are compared with the ground-truth classes: accuracy after Hungarian matching, NMI, ARI, mean
-entropy of the class distribution inside each cluster (natural log; 0 is best) and mean maximal class purity
-per cluster. Percentages except entropy, as in the supplementary's Table 1.
+``hungarian`` (ViCC supplementary 3.1.2, measures as defined by SeLa, Asano et al.): hard cluster assignments
+(K-means on features with K = number of classes, or each video's best-scoring prototype) are compared with the
+ground-truth classes: accuracy after Hungarian matching, NMI, ARI, mean entropy of the class distribution inside
+each cluster (natural log; 0 is best) and mean maximal class purity per cluster. Percentages except entropy, as in
+the supplementary's Table 1. The prototypes scored are, by default, K = number of classes prototypes refitted on
+the frozen encoder and head (:func:`refit_prototypes`: "we set the number of prototypes to K=101 for evaluation
+purposes only"); with more clusters than classes (e.g. the 300 training prototypes, ``eval.cluster_prototypes=
+trained``) Hungarian matching pairs only as many clusters as there are classes and the videos of unmatched
+clusters count as errors.
 
-With more clusters than classes (e.g. 300 prototypes, 10 classes) Hungarian matching pairs only as many clusters
-as there are classes; the videos of unmatched clusters count as errors (the paper trains K = #classes for this).
+``majority`` (GOCA section 4.3): K-means on the test features, "a label for each cluster via majority voting",
+accuracy of the assigned labels, NMI and F1 ("the harmonic mean of recall and precision": macro over the
+classes, as accuracy would equal micro F1), "we repeat experiments 50 times and take the average"
+(:func:`majority_protocol`).
 """
 
 from __future__ import annotations
@@ -15,7 +22,9 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+from sklearn.metrics import adjusted_rand_score, f1_score, normalized_mutual_info_score
+
+import kernels
 
 
 def _np(x: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -95,3 +104,87 @@ def prototype_assign(z: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
             f"need z [N, D] and prototypes [K, D], got {tuple(z.shape)} and {tuple(prototypes.shape)}"
         )
     return (z.float() @ prototypes.float().T).argmax(dim=1)
+
+
+def majority_labels(pred: np.ndarray | torch.Tensor, true: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Each sample gets its cluster's most frequent true class (ties: the smallest class id). ``[N]`` int64."""
+    p, t = _np(pred), _np(true)
+    _check(p, t)
+    clusters, pi = np.unique(p, return_inverse=True)
+    classes, ti = np.unique(t, return_inverse=True)
+    m = np.zeros((len(clusters), len(classes)), dtype=np.int64)
+    np.add.at(m, (pi, ti), 1)
+    return classes[m.argmax(axis=1)][pi]
+
+
+def majority_metrics(pred: np.ndarray | torch.Tensor, true: np.ndarray | torch.Tensor) -> dict[str, float]:
+    """GOCA 4.3 of one clustering: ``{"acc", "nmi", "f1"}`` (percent) of majority-vote labels vs ``true``.
+    F1 is the macro average over the true classes (a class no cluster is labelled with scores 0)."""
+    p, t = _np(pred), _np(true)
+    assigned = majority_labels(p, t)
+    return {
+        "acc": 100.0 * float((assigned == t).mean()),
+        "nmi": 100.0 * float(normalized_mutual_info_score(t, p)),
+        "f1": 100.0 * float(f1_score(t, assigned, labels=np.unique(t), average="macro", zero_division=0)),
+    }
+
+
+def majority_protocol(
+    feats: np.ndarray | torch.Tensor, true: np.ndarray | torch.Tensor, k: int, runs: int, seed: int = 0
+) -> dict[str, float]:
+    """GOCA 4.3: ``runs`` K-means clusterings (one k-means++ initialisation each, seeds ``seed .. seed+runs-1``)
+    of ``feats [N, F]`` into ``k`` clusters, each scored by :func:`majority_metrics`; the mean of each measure,
+    its standard deviation over the runs (``*_sd``) and ``runs``."""
+    if runs <= 0:
+        raise ValueError(f"need at least one K-means run, got {runs}")
+    per_run = [
+        majority_metrics(kmeans_assign(feats, k, restarts=1, seed=seed + r), true) for r in range(runs)
+    ]
+    out: dict[str, float] = {}
+    for key in ("acc", "nmi", "f1"):
+        vals = np.array([m[key] for m in per_run])
+        out[key], out[f"{key}_sd"] = float(vals.mean()), float(vals.std())
+    out["runs"] = float(runs)
+    return out
+
+
+def refit_prototypes(
+    z: torch.Tensor,
+    k: int,
+    *,
+    epsilon: float,
+    temperature: float,
+    sinkhorn_iters: int,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int = 0,
+) -> torch.Tensor:
+    """``k`` unit prototypes ``[k, D]`` trained on fixed unit embeddings ``z [N, D]`` (the frozen encoder and
+    head's, one per video) by the swapped-prediction objective with Sinkhorn targets that trained the model's
+    own prototypes (SwAV / ViCC eq.: cross-entropy between the equipartitioned assignment Q = Sinkhorn(z C^T,
+    ``epsilon``, ``sinkhorn_iters``) and softmax(z C^T / ``temperature``); with one embedding per video a video
+    predicts its own assignment), SGD with momentum 0.9 over shuffled batches for ``epochs`` epochs, prototypes
+    re-normalised after every step as in training. The ViCC supplementary (3.1.2) trains K = 101 "for evaluation
+    purposes only" without saying more; this refit keeps the encoder and head fixed (see FIDELITY.md)."""
+    if z.dim() != 2 or z.shape[0] < 2 or k <= 0:
+        raise ValueError(f"refit needs embeddings [N >= 2, D] and k > 0, got {tuple(z.shape)} and k={k}")
+    g = torch.Generator().manual_seed(seed)
+    x = torch.nn.functional.normalize(z.detach().float().cpu(), dim=1)
+    c = torch.nn.functional.normalize(torch.randn(k, x.shape[1], generator=g), dim=1).requires_grad_(True)
+    opt = torch.optim.SGD([c], lr=lr, momentum=0.9)
+    b = max(2, min(batch_size, x.shape[0]))
+    for _ in range(epochs):
+        order = torch.randperm(x.shape[0], generator=g)
+        for i in range(0, x.shape[0] - b + 1, b):  # full batches only: Sinkhorn's equipartition is per batch
+            xb = x[order[i : i + b]]
+            scores = xb @ c.t()
+            with torch.no_grad():
+                q = kernels.sinkhorn(scores.detach(), epsilon, sinkhorn_iters, b, backend="torch")
+            loss = -(q * torch.log_softmax(scores / temperature, dim=1)).sum(dim=1).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                c.copy_(torch.nn.functional.normalize(c, dim=1))
+    return c.detach()

@@ -25,6 +25,10 @@ EVAL_RESULTS = Path("eval") / "results.json"
 ENGINE_RESULTS = Path("results.json")
 
 
+# GOCA 4.3's cluster measures (eval.cluster_protocol=majority), in its table's order
+MAJORITY = ("acc", "nmi", "f1")
+
+
 def _row_key(label: str) -> tuple[int, str, int, str]:
     """Known labels in ROW_ORDER; others (e.g. GOCA's "RGB-joint", "Flow-joint", "R+F-joint") after them,
     grouped by stage, RGB then Flow then R+F."""
@@ -68,8 +72,8 @@ def rows_from_entry(entry: dict[str, Any]) -> Rows:
         for name, src in (("linear", lin), ("finetune", ft)):
             if f"{key}/top1" in src:
                 row[name] = float(src[f"{key}/top1"])
-        for algo in ("kmeans", "proto"):
-            for m in ("acc", "nmi"):
+        for algo, measures in (("kmeans", ("acc", "nmi")), ("proto", ("acc", "nmi")), ("majority", MAJORITY)):
+            for m in measures:
                 if f"{key}/{algo}/{m}" in cl:
                     row[f"{algo} {m}"] = float(cl[f"{key}/{algo}/{m}"])
         if key == "rf" and any(k.startswith("rf_concat/") for k in ret):
@@ -110,6 +114,7 @@ def columns_of(rows: Rows) -> list[str]:
     ks = sorted({int(c[2:]) for cols in rows.values() for c in cols if c.startswith("R@")})
     cols = [f"R@{k}" for k in ks]
     rest = ["linear", "finetune", "kmeans acc", "kmeans nmi", "proto acc", "proto nmi"]
+    rest += [f"majority {m}" for m in MAJORITY]
     return cols + [c for c in rest if any(c in r for r in rows.values())]
 
 
@@ -130,7 +135,8 @@ def run_report(run_dir: str | Path) -> str:
         f"# Evaluation of {Path(run_dir)}\n\n"
         "Percent. R@k: test videos query train videos (cosine kNN); linear / finetune: top-1; "
         "kmeans / proto: cluster accuracy (Hungarian) and NMI of K-means (K = classes) and of the prototypes' "
-        "hard assignments on the test set. R+F: summed similarities / averaged probabilities; (concat): "
+        "hard assignments on the test set (ViCC supp. 3.1.2); majority: K-means with majority-vote labels, "
+        "Acc / NMI / F1, mean of eval.cluster_runs runs (GOCA 4.3). R+F: summed similarities / averaged probabilities; (concat): "
         "retrieval with concatenated features.\n\n" + markdown_table(rows) + "\n"
     )
 

@@ -282,31 +282,85 @@ class Evaluation:
         self._record("finetune", res)
         return res
 
-    def prototype_scores(self, stream: Stream, raw: torch.Tensor) -> torch.Tensor | None:
+    def prototype_scores(
+        self, stream: Stream, raw: torch.Tensor, train_raw: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
         """Scores ``[N, K]`` of videos against the stream's prototypes (head applied to the clip-averaged
-        backbone feature ``raw: [N, F]``), or None for a method without prototypes."""
+        backbone feature ``raw: [N, F]``), or None for a method without prototypes.
+
+        With ``eval.cluster_prototypes=refit`` and ``train_raw`` (the train videos' features) the prototypes
+        are K = number of classes ones refitted on the train videos' embeddings (:func:`CL.refit_prototypes`),
+        else the model's own training prototypes."""
         scorer = self.ck.method.prototype_scorer(stream)
         if scorer is None:
             return None
+        scorer = copy.deepcopy(scorer).float().cpu()
+        refit = C.ClusterPrototypes(self.cfg.eval.cluster_prototypes) is C.ClusterPrototypes.refit
+        if not refit or train_raw is None:
+            with torch.no_grad():
+                return scorer(raw.float())
+        if not (isinstance(scorer, torch.nn.Sequential) and len(scorer) == 2):
+            raise EvalInputError(
+                f"{type(self.ck.method).__name__}: prototype_scorer is not (head, prototypes)"
+            )
+        head = scorer[0]
+        e, m = self.cfg.eval, self.cfg.method
         with torch.no_grad():
-            return copy.deepcopy(scorer).float().cpu()(raw.float())
+            z_train, z = head(train_raw.float()), head(raw.float())
+        c = CL.refit_prototypes(
+            z_train,
+            self.num_classes,
+            epsilon=m.epsilon,
+            temperature=m.temperature,
+            sinkhorn_iters=m.sinkhorn_iters,
+            epochs=e.cluster_refit_epochs,
+            lr=e.cluster_refit_lr,
+            batch_size=e.cluster_refit_batch_size,
+            seed=self.cfg.train.seed,
+        )
+        return z @ c.t()
+
+    def cluster_protocol(self) -> C.ClusterProtocol:
+        """``eval.cluster_protocol`` with ``auto`` resolved: GOCA's (majority) for method goca, else ViCC's."""
+        p = C.ClusterProtocol(self.cfg.eval.cluster_protocol)
+        if p is C.ClusterProtocol.auto:
+            goca = C.MethodName(self.cfg.method.name) is C.MethodName.goca
+            return C.ClusterProtocol.majority if goca else C.ClusterProtocol.hungarian
+        return p
 
     def cluster(self) -> dict[str, float]:
+        """Test-set clusters per stream under :meth:`cluster_protocol`: ``majority`` (GOCA 4.3) K-means only,
+        ``{s}/majority/{acc,nmi,f1}`` means of ``eval.cluster_runs`` runs; ``hungarian`` (ViCC supp. 3.1.2)
+        ``{s}/kmeans/...`` and, for a method with prototypes, ``{s}/proto/...`` of the refitted K = classes
+        prototypes (``eval.cluster_prototypes=refit``) or of the training ones (``trained``)."""
+        e = self.cfg.eval
+        protocol = self.cluster_protocol()
         res: dict[str, float] = {}
         train = self.rows("train")[0]
         test, tel, _ = self.rows("test")
         for s in self.streams:
             te = test[s]
             _, te_n = centre_normalise(train[s], te)
-            pred = CL.kmeans_assign(
-                te_n, self.num_classes, self.cfg.eval.kmeans_restarts, self.cfg.train.seed
-            )
+            if protocol is C.ClusterProtocol.majority:
+                got = CL.majority_protocol(te_n, tel, self.num_classes, e.cluster_runs, self.cfg.train.seed)
+                res.update({f"{s.value}/majority/{k}": v for k, v in got.items()})
+                continue
+            pred = CL.kmeans_assign(te_n, self.num_classes, e.kmeans_restarts, self.cfg.train.seed)
             res.update({f"{s.value}/kmeans/{k}": v for k, v in CL.cluster_metrics(pred, tel).items()})
-            scores = self.prototype_scores(s, te)
+            scores = self.prototype_scores(s, te, train[s])
             if scores is not None:
                 res.update(
                     {f"{s.value}/proto/{k}": v for k, v in CL.cluster_metrics(scores.argmax(1), tel).items()}
                 )
+        self.entry["cluster_settings"] = {
+            "protocol": protocol.value,
+            "prototypes": C.ClusterPrototypes(e.cluster_prototypes).value,
+            "kmeans_restarts": e.kmeans_restarts,
+            "runs": e.cluster_runs,
+            "refit_epochs": e.cluster_refit_epochs,
+            "refit_lr": e.cluster_refit_lr,
+            "refit_batch_size": e.cluster_refit_batch_size,
+        }
         self._record("cluster", res)
         return res
 
