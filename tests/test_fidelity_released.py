@@ -164,9 +164,8 @@ def test_paper_config_loss_equals_the_released_loss_at_the_papers_values(phase_n
         for s in Stream:  # bias-free heads spread the random network's embeddings (cosines from -0.2 to 1)
             m.nets[s.value].head.fc1.bias.zero_()
             m.nets[s.value].head.fc2.bias.zero_()
-        z, _ = m.embed_views(
-            batch, phase
-        )  # [V, B, D], as the loss sees them (the frozen stream in eval mode)
+        # [V, B, D], as the loss sees them (step 0: the frozen stream in eval mode, before the released quirk's step 5)
+        z, _ = m.embed_views(batch, state(phase, epoch=0))
         # hand-built prototypes: the embeddings plus noise, then random ones, so assignments are far from uniform
         K, D = protos.weight.shape
         w = torch.cat([z.reshape(-1, D), torch.randn(K, D)])[:K]

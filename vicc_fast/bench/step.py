@@ -508,6 +508,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.torch_threads > 0:
         torch.set_num_threads(args.torch_threads)
     base_overrides = [
+        "data.require_recipe=none",  # a throughput benchmark reads whatever set it is given (the paper shape)
         *(demo_data_overrides(args.overrides) if args.input == "loader" else []),
         *args.overrides,
         f"train.device={args.device}",
