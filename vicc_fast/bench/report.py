@@ -115,13 +115,14 @@ def demo_block(recs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _complete_seeds(recs: list[dict[str, Any]]) -> list[int]:
-    """Seeds with a record of every method that has any record (the comparison must be like for like)."""
-    methods = {r["method"] for r in recs}
-    by_seed: dict[int, set[str]] = {}
-    for r in recs:
-        by_seed.setdefault(r["seed"], set()).add(r["method"])
-    return sorted(s for s, ms in by_seed.items() if ms == methods)
+def _seed_text(use: list[dict[str, Any]], present: list[str], seeds: list[int]) -> str:
+    """ "0, 1, 2", or per method where a method has other seeds ("0, 1, 2 (CoCLR: 0, 1)")."""
+    own = {m: sorted(r["seed"] for r in use if r["method"] == m) for m in present}
+    odd = {m: s for m, s in own.items() if s != seeds}
+    text = ", ".join(map(str, seeds))
+    if odd:
+        text += " (" + "; ".join(f"{METHOD_NAMES[m]}: {', '.join(map(str, s))}" for m, s in odd.items()) + ")"
+    return text
 
 
 def compare_block(
@@ -131,11 +132,15 @@ def compare_block(
     columns: tuple[str, ...] = COMPARE_COLS,
     folder: Path = COMPARE_RECORDS,
 ) -> str:
-    """Method/model rows, mean ± sd over the seeds every method has (``methods``: only these; empty = all);
+    """Method/model rows, mean ± sd over each method's seeds (``methods``: only these; empty = all);
     stage2_only keeps stage-2 / joint rows."""
-    recs = [r for r in recs if not methods or r["method"] in methods]
-    seeds = _complete_seeds(recs)
-    use = [r for r in recs if r["seed"] in seeds and r.get("eval_results") is not None]
+    use = [r for r in recs if (not methods or r["method"] in methods) and r.get("eval_results") is not None]
+    # every record of each method: a method re-measured at fewer seeds than the others keeps its own seeds (the
+    # footer names them) instead of cutting the others' down to the seeds all share
+    own = [
+        sorted(r["seed"] for r in use if r["method"] == m) for m in dict.fromkeys(r["method"] for r in use)
+    ]
+    seeds = max(own, key=len, default=[])
     present = list(dict.fromkeys(r["method"] for r in use))
     if not present or (not methods and len(present) < 2):
         return (
@@ -165,7 +170,7 @@ def compare_block(
     }
     lines += [
         "",
-        f"Mean ± sd over seeds {', '.join(map(str, seeds))}; median wall time per method (training with its "
+        f"Mean ± sd over seeds {_seed_text(use, present, seeds)}; median wall time per method (training with its "
         "per-phase kNN, then the protocols): "
         + ", ".join(f"{k} {v / 60:.1f} min" for k, v in walls.items())
         + f". Code at {commits(use)}; machine: {machine(use)}; records: `{folder}/<method>_seed<n>.json`.",
