@@ -71,7 +71,9 @@ def weights_digest(ckpt: Path) -> str:
     """sha256 over the method's tensors (names and bytes, sorted), independent of pickling details."""
     import torch
 
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)  # tensors and plain values only
+    from vicc_fast.checkpoint import read_state
+
+    state = read_state(ckpt)  # weights_only, and a damaged or unsafe file named as such
     h = hashlib.sha256()
 
     def walk(obj: Any, prefix: str) -> None:
