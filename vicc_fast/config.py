@@ -778,6 +778,50 @@ class Config:
     kernels: KernelsConfig = field(default_factory=KernelsConfig)
 
 
+# ----------------------------------------------------------------------------------------------- moved keys
+# Keys that moved to another place in the tree (old dotted key -> new dotted key). A config file or override that
+# names an old key is an error naming the new one; a config saved by an older run (a checkpoint, a record) is read
+# through the map, so old runs stay usable. One block per section, so the moves of one room read together.
+MOVED: dict[str, str] = {
+    # -- data: data.augment, data.eval
+    # -- eval: eval.retrieval, eval.linear, eval.finetune, eval.cluster
+    # -- method: each method's own section
+}
+
+
+def _leaves(d: Any, prefix: str = "") -> list[str]:
+    """Dotted keys of every leaf of a nested dict."""
+    if not isinstance(d, dict):
+        return [prefix[:-1]] if prefix else []
+    return [k for key, v in d.items() for k in _leaves(v, f"{prefix}{key}.")]
+
+
+def _moved_error(key: str, where: str) -> ConfigError:
+    return ConfigError(f"{where}: config key '{key}' is now '{MOVED[key]}'")
+
+
+def _pop(d: dict[str, Any], parts: list[str]) -> Any:
+    node = d
+    for part in parts[:-1]:
+        node = node[part]
+    return node.pop(parts[-1])
+
+
+def migrate(d: dict[str, Any]) -> dict[str, Any]:
+    """A saved config dict with its moved keys at their new places (a deep copy; the input is not changed)."""
+    import copy
+
+    out = copy.deepcopy(d)
+    for old in [k for k in _leaves(out) if k in MOVED]:
+        value = _pop(out, old.split("."))
+        node = out
+        *parents, leaf = MOVED[old].split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node.setdefault(leaf, value)  # a dict holding both forms keeps the new one
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- loading
 def _one_line(exc: OmegaConfBaseException) -> str:
     key = getattr(exc, "full_key", None) or ""
@@ -819,12 +863,17 @@ def load(
         except Exception as exc:  # a YAML syntax error names the file and line
             raise ConfigError(f"config file {p}: {str(exc).splitlines()[0]}") from None
         if isinstance(loaded, DictConfig):
+            for key in _leaves(OmegaConf.to_container(loaded)):
+                if key in MOVED:
+                    raise _moved_error(key, f"config file {p}")
             _unbool_enums(loaded, Config)
         layers.append(loaded)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not key=value")
         key = item.split("=", 1)[0]
+        if key.lstrip("+~") in MOVED:
+            raise _moved_error(key.lstrip("+~"), f"override '{item}'")
         try:
             layer = OmegaConf.from_dotlist([item])
         except OmegaConfBaseException as exc:
@@ -935,9 +984,9 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
 
 def from_dict(d: dict[str, Any]) -> Config:
-    """Rebuild a Config saved with :func:`to_dict` (e.g. from a checkpoint)."""
+    """Rebuild a Config saved with :func:`to_dict` (e.g. from a checkpoint), moved keys read at their new places."""
     try:
-        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(d)))
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(migrate(d))))
     except OmegaConfBaseException as exc:
         raise ConfigError(_one_line(exc)) from None
     assert isinstance(cfg, Config)
@@ -954,6 +1003,7 @@ def absent_keys(d: dict[str, Any]) -> list[str]:
             node = node[part]
         return True
 
+    d = migrate(d)
     return [k for k, _, _ in describe() if not has(d, k.split("."))]
 
 
@@ -991,6 +1041,8 @@ __all__ = [
     "to_yaml",
     "to_dict",
     "from_dict",
+    "migrate",
+    "MOVED",
     "describe",
     "help_text",
 ]
