@@ -107,3 +107,24 @@ def test_moved_key_is_an_error_naming_its_new_place_and_stored_configs_are_read_
     assert C.from_dict(saved).train.seed == 7
     assert C.absent_keys(saved) == []
     assert "old_seed" in saved["train"]  # the caller's dict is not changed
+
+
+def test_no_config_doc_or_script_names_a_moved_key():
+    """A key that moved is written at its new place everywhere a user reads or copies it from."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    files = [
+        *root.glob("*.md"),
+        *root.glob("docs/*.md"),
+        *root.glob("configs/**/*.yaml"),
+        *root.glob("scripts/**/*"),
+    ]
+    found = []
+    for f in (f for f in files if f.is_file() and f.suffix in {".md", ".yaml", ".sh", ".py", ".sbatch", ""}):
+        text = f.read_text(errors="replace")
+        for old in C.MOVED:
+            if re.search(rf"(?<![\w.]){re.escape(old)}(?![\w])", text):
+                found.append(f"{f.relative_to(root)}: {old} (now {C.MOVED[old]})")
+    assert not found, "\n".join(found)
