@@ -37,6 +37,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 DEPS: list[str] = PYPROJECT["project"]["dependencies"]
 SBATCH = ROOT / "scripts" / "slurm" / "train.sbatch"
 MULTINODE = ROOT / "scripts" / "multinode_torchrun.sh"
+SLURM_LIB = ROOT / "scripts" / "slurm" / "lib.sh"  # sourced by the local-cluster scripts
 # The podman and local-Slurm scripts (run for real by tests/scripts/test_cluster.py, on request): linted here.
 CLUSTER_SCRIPTS = [
     ROOT / "scripts" / "container" / "build_local.sh",
@@ -181,7 +182,7 @@ def test_install_steps_replayed_on_a_wheel(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "tool,args",
-    [("hadolint", ["Dockerfile"]), ("shellcheck", [str(p) for p in (SBATCH, MULTINODE, *CLUSTER_SCRIPTS)])],
+    [("hadolint", ["Dockerfile"]), ("shellcheck", [str(p) for p in (SBATCH, MULTINODE, *CLUSTER_SCRIPTS, SLURM_LIB)])],
 )
 def test_linters_when_installed(tool: str, args: list[str]) -> None:
     exe = shutil.which(tool)

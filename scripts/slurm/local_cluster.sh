@@ -36,8 +36,8 @@ HOSTS_TAG="# vicc_fast local_cluster"
 export SLURM_CONF="${STATE}/slurm.conf"
 export MASTER_PORT=${MASTER_PORT:-29731}
 
-die() { echo "error: $*" >&2; exit 1; }
-log() { echo "[$(date -u +%T)] $*"; }
+# shellcheck source=scripts/slurm/lib.sh
+source "${ROOT}/scripts/slurm/lib.sh"
 
 write_conf() {
     mkdir -p "${STATE}/ctld"

@@ -25,17 +25,13 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 
-die() { echo "error: $*" >&2; exit 1; }
-log() { echo "[$(date -u +%T)] $*"; }
-now() { echo "${EPOCHREALTIME}"; }
-since() { awk -v a="${EPOCHREALTIME}" -v b="$1" 'BEGIN{printf "%.1f", a-b}'; }
+# shellcheck source=scripts/slurm/lib.sh
+source "${ROOT}/scripts/slurm/lib.sh"
 
 python -c "import data_prep.build" 2>/dev/null \
     || die "activate the project's venv first (python must import data_prep; the jobs inherit it)"
 cd "${ROOT}"
-CLUSTER="${ROOT}/scripts/slurm/local_cluster.sh"
-trap '"${CLUSTER}" stop' EXIT
-"${CLUSTER}" start
+start_cluster
 
 SRC="${STATE}/kinetics"
 SINGLE="${STATE}/build_single"
@@ -54,16 +50,6 @@ OMP_NUM_THREADS=1 python -m data_prep.build "${ARGS[@]}" --out "${SINGLE}" --wor
 single_s=$(since "${t0}")
 log "single build: ${single_s} s"
 
-field() { scontrol show job "$1" | grep -o "$2=[^ ]*" | head -n 1 | cut -d= -f2; }
-wait_done() {  # job id, timeout s
-    local st
-    for _ in $(seq "$2"); do
-        st=$(field "$1" JobState)
-        case "${st}" in COMPLETED|FAILED|CANCELLED|NODE_FAIL|TIMEOUT|OUT_OF_MEMORY) echo "${st}"; return 0 ;; esac
-        sleep 1
-    done
-    echo "TIMEOUT_WAITING"
-}
 submit() {  # extra sbatch args...: the cluster's nodes have 1 CPU and no GPU (the script's defaults ask for 8 GPUs)
     sbatch --parsable --nodes=1 --ntasks=1 --cpus-per-task=1 --gpus-per-node=0 --mem=0 --time=30 \
         --output="${STATE}/%x-%A_%a.out" --chdir="${ROOT}" "$@"

@@ -24,18 +24,14 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 
-die() { echo "error: $*" >&2; exit 1; }
+# shellcheck source=scripts/slurm/lib.sh
+source "${ROOT}/scripts/slurm/lib.sh"
 want() { [[ ",${CHECKS}," == *",$1,"* ]]; }
-log() { echo "[$(date -u +%T)] $*"; }
-now() { echo "${EPOCHREALTIME}"; }
-since() { awk -v a="${EPOCHREALTIME}" -v b="$1" 'BEGIN{printf "%.1f", a-b}'; }
 
 python -c "import torch, vicc_fast" 2>/dev/null \
     || die "activate the project's venv first (python must import torch and vicc_fast; the jobs inherit it)"
 cd "${ROOT}"
-CLUSTER="${ROOT}/scripts/slurm/local_cluster.sh"
-trap '"${CLUSTER}" stop' EXIT
-"${CLUSTER}" start
+start_cluster
 
 CONFIG=configs/cluster_tiny.yaml
 DATA="${STATE}/data"
@@ -63,16 +59,6 @@ submit() {  # job name, overrides...
         --time=15 --output="${STATE}/%x-%j.out" --chdir="${ROOT}" \
         --export="ALL,CONFIG=${CONFIG},DATA_ROOT=${DATA},RUNS_ROOT=${RUNS},GPUS_PER_NODE=1,OMP_NUM_THREADS=1" \
         scripts/slurm/train.sbatch "$@"
-}
-field() { scontrol show job "$1" | grep -o "$2=[^ ]*" | head -n 1 | cut -d= -f2; }
-wait_done() {  # job id, timeout s: wait until the job is finished (not pending/running/requeued)
-    local st
-    for _ in $(seq "$2"); do
-        st=$(field "$1" JobState)
-        case "${st}" in COMPLETED|FAILED|CANCELLED|NODE_FAIL|TIMEOUT|OUT_OF_MEMORY) echo "${st}"; return 0 ;; esac
-        sleep 1
-    done
-    echo "TIMEOUT_WAITING"
 }
 # Generous: on 2 shared cores a job can take minutes to start its ranks when other work runs.
 wait_ckpt() {  # run folder, timeout s: until the first mid-phase checkpoint exists
