@@ -75,4 +75,5 @@ def test_override_of_model_refused(tmp_path, save_ckpt):
     p = save_ckpt(tmp_path / "x.pt", ["rgb1"])
     with pytest.raises(C.ConfigError, match="model.backbone"):
         load_checkpoint(p, ["model.backbone=s3d"])
-    assert load_checkpoint(p, ["eval.kmeans_restarts=2"]).cfg.eval.kmeans_restarts == 2
+    assert load_checkpoint(p, ["eval.cluster.restarts=2"]).cfg.eval.cluster.restarts == 2
+
