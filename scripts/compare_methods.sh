@@ -10,7 +10,7 @@ set -euo pipefail
 
 METHODS=("$@")
 [ ${#METHODS[@]} -gt 0 ] || METHODS=(vicc coclr goca sview)
-EVAL=(eval.recall_ks=[1,5,10,20] "eval.linear_epochs=${LINEAR_EPOCHS:-30}")
+EVAL=(eval.retrieval.recall_ks=[1,5,10,20] "eval.linear.epochs=${LINEAR_EPOCHS:-30}")
 TIMES=runs/compare_times.tsv
 mkdir -p runs
 

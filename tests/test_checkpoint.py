@@ -79,10 +79,10 @@ def test_another_model_is_a_clear_error(tmp_path):
 
 def test_a_config_saved_before_a_key_existed_warns_naming_the_key(tmp_path):
     state = _state(TinyMethod())
-    del state["config"]["eval"]["retrieval_crop"]
-    with pytest.warns(UserWarning, match=r"old\.pt was saved before the config keys eval\.retrieval_crop:"):
+    del state["config"]["eval"]["retrieval"]["crop"]
+    with pytest.warns(UserWarning, match=r"old\.pt was saved before the config keys eval\.retrieval\.crop:"):
         cfg = ckpt.stored_config(state, tmp_path / "old.pt")
-    assert cfg.eval.retrieval_crop == C.load(None).eval.retrieval_crop  # today's default
+    assert cfg.eval.retrieval.crop == C.load(None).eval.retrieval.crop  # today's default
     import warnings
 
     with warnings.catch_warnings():

@@ -624,133 +624,113 @@ class TrainConfig:
 
 
 @dataclass
-class EvalConfig:
-    after_phase: bool = _f(True, "kNN retrieval after each training phase")
+class RetrievalEvalConfig:
+    """kNN retrieval: test videos query train videos (defaults: the released ``test_retrieval``'s features)."""
+
     recall_ks: list[int] = _f([1, 5, 10, 20, 50], "k of Recall@k")
-    batch_size: int = _f(32, "clips per rank per evaluation (feature / test) step")
-    amp: Amp = _f(
-        Amp.off,
-        "precision of every evaluation forward (after-phase retrieval, features, linear probe, finetuning and "
-        "their tests): off = fp32, as the released classifier and retrieval ran | bf16 | fp16 (autocast; the "
-        "eval loaders then deliver that dtype with data.dtype=auto)",
-    )
-    train_batch_size: int = _f(
-        128,
-        "clips per optimiser step of the linear probe (augmented) and finetuning (released: --batch_size 32 on "
-        "4 GPUs under DataParallel; main_classifier.py multiplies by the GPU count: 128 at lr 0.1)",
-    )
-    train_forward_batch: int = _f(
-        32,
-        "clips per forward/backward within such a step, gradients summed (each its own BatchNorm batch, as "
-        "DataParallel's 32 per GPU; bounds memory); 0 = the whole step in one forward",
-    )
-    train_batch_flip: bool = _f(
-        True,
-        "linear probe / finetune training: one coin per step flips the whole batch horizontally (released "
-        "transform_train_cuda: RandomHorizontalFlip on the batch tensor on the GPU; flow x is not negated)",
-    )
-    linear_epochs: int = _f(100, "epochs of the linear probe (released lin-*.sh: 100)")
-    finetune_epochs: int = _f(500, "epochs of end-to-end finetuning (released ft-*.sh: 500)")
-    finetune_dropout: float = _f(0.9, "dropout before the finetuning classifier (released: 0.9)")
-    finetune_released_init: bool = _f(
-        True,
-        "finetuning classifier initialised N(0, 0.01) with zero bias (released classifier.py "
-        "_initialize_weights); false = PyTorch's default nn.Linear init",
-    )
-    kmeans_restarts: int = _f(
-        10, "cluster_protocol=hungarian: K-means initialisations, the one of lowest inertia kept"
-    )
-    cluster_protocol: ClusterProtocol = _f(
-        ClusterProtocol.auto,
-        "cluster evaluation: hungarian (ViCC supp. 3.1.2: K-means and prototype assignments, Hungarian-matched "
-        "Acc, NMI, ARI, entropy, purity) | majority (GOCA 4.3: K-means, each cluster labelled by majority vote, "
-        "Acc / NMI / macro F1, mean of eval.cluster_runs runs) | auto (majority for method goca, else hungarian)",
-    )
-    cluster_runs: int = _f(50, "cluster_protocol=majority: K-means runs (one initialisation each) averaged")
-    cluster_prototypes: ClusterPrototypes = _f(
-        ClusterPrototypes.refit,
-        "hungarian protocol's prototype rows: refit (ViCC supp. 3.1.2 'K=101 for evaluation purposes only': "
-        "K = number of classes prototypes trained on the frozen encoder and head by the method's swapped "
-        "Sinkhorn objective, then scored) | trained (the model's own training prototypes, e.g. 300)",
-    )
-    cluster_refit_epochs: int = _f(
-        100, "cluster_prototypes=refit: epochs over the train videos' embeddings (not stated in the paper)"
-    )
-    cluster_refit_lr: float = _f(0.1, "cluster_prototypes=refit: SGD (momentum 0.9) learning rate")
-    cluster_refit_batch_size: int = _f(
-        256, "cluster_prototypes=refit: train videos per Sinkhorn batch and SGD step"
-    )
-    linear_augment: bool = _f(
-        True,
-        "linear probe trains on augmented train clips (blur off) through the frozen encoder (papers); "
-        "false: on cached clip-averaged eval features (much faster)",
-    )
-    linear_optim: EvalOptim = _f(EvalOptim.sgd, "linear-probe optimiser: sgd (momentum 0.9, released) | adam")
-    linear_lr: float = _f(0.1, "learning rate of the linear probe (released: SGD 0.1)")
-    released_train_augment: bool = _f(
-        True,
-        "linear probe / finetune train clips as the released classifier: random resized crop + colour jitter "
-        "(0.4, 0.4, 0.4, 0.1) with p=0.3 per clip, no per-clip flip, grayscale or blur (the released flip is "
-        "the batch's, on the GPU: eval.train_batch_flip); false = the pretraining augmentation without blur "
-        "(jitter p=data.color_jitter_prob, grayscale, a flip per clip)",
-    )
-    linear_milestones: list[int] = _f(
-        [60, 80], "epochs at which the linear probe's lr drops x0.1 (released); empty = cosine to 0"
-    )
-    linear_l2norm: bool = _f(
-        True,
-        "linear probe on L2-normalised features through an affine BatchNorm1d (released LinearClassifier); "
-        "false = a parameter-free BatchNorm1d on the raw features",
-    )
-    linear_test_clips: bool = _f(
-        True,
-        "linear probe test as released: every eval clip and crop of a test video through the frozen encoder "
-        "and the probe, softmax probabilities averaged per video (the finetune test's protocol); false = the "
-        "probe applied to the cached clip-averaged feature of each test video (one pass fewer)",
-    )
-    linear_weight_decay: float = _f(1e-3, "weight decay of the linear probe")
-    linear_batch_size: int = _f(256, "videos per step of the linear probe on cached features")
-    finetune_optim: EvalOptim = _f(EvalOptim.sgd, "finetuning optimiser: sgd (momentum 0.9, released) | adam")
-    finetune_lr: float = _f(0.1, "learning rate of end-to-end finetuning (released: SGD 0.1, backbone too)")
-    finetune_milestones: list[int] = _f(
-        [200, 300, 400, 450], "epochs at which the finetuning lr drops x0.1 (released); empty = cosine to 0"
-    )
-    finetune_weight_decay: float = _f(1e-3, "weight decay of end-to-end finetuning")
-    finetune_encoder_lr_scale: float = _f(
-        1.0,
-        "factor on the encoder's finetuning lr (the classifier keeps finetune_lr): released ViCC ft-*.sh "
-        "--backbone_ratio 1 -> 1; CoCLR's main_classifier.py --train_what ft gives the backbone lr / 10 -> 0.1",
-    )
     knn_chunk: int = _f(1024, "queries per block of the chunked nearest-neighbour search")
-    retrieval_centre_each: bool = _f(
-        True,
-        "retrieval: centre the test and the train features each by its own mean before L2 normalisation "
-        "(released ViCC/CoCLR code); false = both by the train mean",
+    centre_each: bool = _f(
+        True, "centre test and train features each by its own mean (released); false: by the train mean"
     )
-    retrieval_clip_l2norm: bool = _f(
-        True,
-        "retrieval: each clip's feature is L2-normalised before the per-video average (released test_retrieval: "
-        "its classifier's L2 norm, on with the default --train_what last); false = raw clip features averaged",
+    clip_l2norm: bool = _f(
+        True, "L2-normalise each clip's feature before the per-video average (released); false: raw"
     )
-    retrieval_crop: EvalCrop = _f(
-        EvalCrop.center,
-        "retrieval clips' spatial crop: center (released test_retrieval: CenterCrop 224 of the 240-pixel frames "
-        "scaled to 128, --ten_crop unused there; the crop spans data.eval_crop_fraction) | tencrop",
-    )
-    retrieval_train_windows: EvalWindows = _f(
+    crop: EvalCrop = _f(EvalCrop.center, "spatial crop of the retrieval clips: center (released) | tencrop")
+    train_windows: EvalWindows = _f(
         EvalWindows.random,
-        "retrieval: where the eval.retrieval_train_clips clips of a train (gallery) video lie: random (released "
-        "test_retrieval reads the train split in train mode: one random window, here drawn from train.seed so "
-        "reruns agree) | uniform (the middle window for one clip) | overlap",
+        "where a train (gallery) video's clips lie: random (released, from train.seed) | uniform | overlap",
     )
-    retrieval_train_clips: int = _f(
-        1,
-        "clips per train (gallery) video in retrieval: 1 = released test_retrieval (its train split samples one "
-        "clip per video, where eval.retrieval_train_windows says); 0 = data.eval_clips, as the test videos",
+    train_clips: int = _f(
+        1, "clips per train (gallery) video: 1 (released) | 0 = data.eval_clips, as test videos"
     )
-    cache_dir: str = _f("", "feature cache folder (empty = <run>/eval/cache)")
+
+
+@dataclass
+class LinearEvalConfig:
+    """The linear probe on the frozen encoder (defaults: the released ``lin-*.sh``)."""
+
+    epochs: int = _f(100, "epochs of the linear probe")
+    augment: bool = _f(
+        True, "train on augmented train clips through the frozen encoder; false: on cached eval features"
+    )
+    optim: EvalOptim = _f(EvalOptim.sgd, "optimiser: sgd (momentum 0.9) | adam")
+    lr: float = _f(0.1, "learning rate")
+    milestones: list[int] = _f([60, 80], "epochs at which the lr drops x0.1; empty = cosine to 0")
+    l2norm: bool = _f(
+        True, "L2-normalised features through an affine BatchNorm1d; false: parameter-free BatchNorm1d"
+    )
+    test_clips: bool = _f(
+        True,
+        "every test clip and crop through encoder and probe, probabilities averaged; false: cached features",
+    )
+    weight_decay: float = _f(1e-3, "weight decay")
+    batch_size: int = _f(256, "videos per step on cached features (augment=false)")
+
+
+@dataclass
+class FinetuneEvalConfig:
+    """End-to-end finetuning (defaults: the released ``ft-*.sh``)."""
+
+    epochs: int = _f(500, "epochs of end-to-end finetuning")
+    dropout: float = _f(0.9, "dropout before the classifier")
+    released_init: bool = _f(
+        True, "classifier initialised N(0, 0.01), zero bias; false: PyTorch's nn.Linear init"
+    )
+    optim: EvalOptim = _f(EvalOptim.sgd, "optimiser: sgd (momentum 0.9) | adam")
+    lr: float = _f(0.1, "learning rate (of the classifier; the encoder's: x encoder_lr_scale)")
+    milestones: list[int] = _f([200, 300, 400, 450], "epochs at which the lr drops x0.1; empty = cosine to 0")
+    weight_decay: float = _f(1e-3, "weight decay")
+    encoder_lr_scale: float = _f(1.0, "factor on the encoder's lr (ViCC: 1; CoCLR: 0.1)")
+
+
+@dataclass
+class ClusterEvalConfig:
+    """Clusters of the test features against the classes: ViCC's (supp. 3.1.2) or GOCA's (4.3) protocol."""
+
+    protocol: ClusterProtocol = _f(
+        ClusterProtocol.auto,
+        "hungarian (ViCC) | majority (GOCA) | auto (majority for method goca, else hungarian)",
+    )
+    restarts: int = _f(10, "hungarian: K-means initialisations, the one of lowest inertia kept")
+    runs: int = _f(50, "majority: K-means runs (one initialisation each) averaged")
+    prototypes: ClusterPrototypes = _f(
+        ClusterPrototypes.refit,
+        "hungarian's prototypes: refit (K = classes, on the frozen encoder) | trained",
+    )
+    refit_epochs: int = _f(100, "prototypes=refit: epochs over the train videos' embeddings")
+    refit_lr: float = _f(0.1, "prototypes=refit: SGD (momentum 0.9) learning rate")
+    refit_batch_size: int = _f(256, "prototypes=refit: train videos per Sinkhorn batch and SGD step")
+
+
+@dataclass
+class PlotsEvalConfig:
+    """The pictures: ``tsne`` and ``grid``."""
+
     tsne_max_points: int = _f(2000, "test videos drawn in the t-SNE plot (random subset above this)")
     grid_queries: int = _f(6, "query rows of the retrieval grid picture")
+
+
+@dataclass
+class EvalConfig:
+    after_phase: bool = _f(True, "kNN retrieval after each training phase")
+    batch_size: int = _f(32, "clips per rank per evaluation (feature / test) step")
+    amp: Amp = _f(Amp.off, "precision of every evaluation forward: off = fp32 (released) | bf16 | fp16")
+    train_batch_size: int = _f(128, "clips per optimiser step of the linear probe (augmented) and finetuning")
+    train_forward_batch: int = _f(
+        32, "clips per forward within such a step, gradients summed; 0 = one forward"
+    )
+    train_batch_flip: bool = _f(
+        True, "linear probe / finetune: one coin per step flips the whole batch (released)"
+    )
+    released_train_augment: bool = _f(
+        True, "probe / finetune train clips as the released classifier's; false: pretraining's without blur"
+    )
+    cache_dir: str = _f("", "feature cache folder (empty = <run>/eval/cache)")
+    retrieval: RetrievalEvalConfig = field(default_factory=RetrievalEvalConfig)
+    linear: LinearEvalConfig = field(default_factory=LinearEvalConfig)
+    finetune: FinetuneEvalConfig = field(default_factory=FinetuneEvalConfig)
+    cluster: ClusterEvalConfig = field(default_factory=ClusterEvalConfig)
+    plots: PlotsEvalConfig = field(default_factory=PlotsEvalConfig)
 
 
 @dataclass
@@ -784,7 +764,40 @@ class Config:
 # through the map, so old runs stay usable. One block per section, so the moves of one room read together.
 MOVED: dict[str, str] = {
     # -- data: data.augment, data.eval
-    # -- eval: eval.retrieval, eval.linear, eval.finetune, eval.cluster
+    # -- eval: eval.retrieval, eval.linear, eval.finetune, eval.cluster, eval.plots
+    "eval.recall_ks": "eval.retrieval.recall_ks",
+    "eval.knn_chunk": "eval.retrieval.knn_chunk",
+    "eval.retrieval_centre_each": "eval.retrieval.centre_each",
+    "eval.retrieval_clip_l2norm": "eval.retrieval.clip_l2norm",
+    "eval.retrieval_crop": "eval.retrieval.crop",
+    "eval.retrieval_train_windows": "eval.retrieval.train_windows",
+    "eval.retrieval_train_clips": "eval.retrieval.train_clips",
+    "eval.linear_epochs": "eval.linear.epochs",
+    "eval.linear_augment": "eval.linear.augment",
+    "eval.linear_optim": "eval.linear.optim",
+    "eval.linear_lr": "eval.linear.lr",
+    "eval.linear_milestones": "eval.linear.milestones",
+    "eval.linear_l2norm": "eval.linear.l2norm",
+    "eval.linear_test_clips": "eval.linear.test_clips",
+    "eval.linear_weight_decay": "eval.linear.weight_decay",
+    "eval.linear_batch_size": "eval.linear.batch_size",
+    "eval.finetune_epochs": "eval.finetune.epochs",
+    "eval.finetune_dropout": "eval.finetune.dropout",
+    "eval.finetune_released_init": "eval.finetune.released_init",
+    "eval.finetune_optim": "eval.finetune.optim",
+    "eval.finetune_lr": "eval.finetune.lr",
+    "eval.finetune_milestones": "eval.finetune.milestones",
+    "eval.finetune_weight_decay": "eval.finetune.weight_decay",
+    "eval.finetune_encoder_lr_scale": "eval.finetune.encoder_lr_scale",
+    "eval.cluster_protocol": "eval.cluster.protocol",
+    "eval.kmeans_restarts": "eval.cluster.restarts",
+    "eval.cluster_runs": "eval.cluster.runs",
+    "eval.cluster_prototypes": "eval.cluster.prototypes",
+    "eval.cluster_refit_epochs": "eval.cluster.refit_epochs",
+    "eval.cluster_refit_lr": "eval.cluster.refit_lr",
+    "eval.cluster_refit_batch_size": "eval.cluster.refit_batch_size",
+    "eval.tsne_max_points": "eval.plots.tsne_max_points",
+    "eval.grid_queries": "eval.plots.grid_queries",
     # -- method: each method's own section
 }
 
@@ -911,8 +924,8 @@ def validate(cfg: Config) -> None:
         (cfg.data.threads > 0, "data.threads", "must be > 0"),
         (cfg.data.eval_clips > 0, "data.eval_clips", "must be > 0"),
         (
-            cfg.eval.retrieval_train_clips >= 0,
-            "eval.retrieval_train_clips",
+            cfg.eval.retrieval.train_clips >= 0,
+            "eval.retrieval.train_clips",
             "must be >= 0 (0 = data.eval_clips)",
         ),
         (0 < cfg.data.eval_crop_fraction <= 1, "data.eval_crop_fraction", "must be in (0, 1]"),
@@ -961,11 +974,11 @@ def validate(cfg: Config) -> None:
             "eval.train_forward_batch",
             "must be 0 (the whole step) or > 1 (a BatchNorm batch)",
         ),
-        (cfg.eval.kmeans_restarts > 0, "eval.kmeans_restarts", "must be > 0"),
-        (cfg.eval.cluster_runs > 0, "eval.cluster_runs", "must be > 0"),
-        (cfg.eval.cluster_refit_epochs > 0, "eval.cluster_refit_epochs", "must be > 0"),
-        (cfg.eval.cluster_refit_lr > 0, "eval.cluster_refit_lr", "must be > 0"),
-        (cfg.eval.cluster_refit_batch_size > 1, "eval.cluster_refit_batch_size", "must be > 1 (Sinkhorn)"),
+        (cfg.eval.cluster.restarts > 0, "eval.cluster.restarts", "must be > 0"),
+        (cfg.eval.cluster.runs > 0, "eval.cluster.runs", "must be > 0"),
+        (cfg.eval.cluster.refit_epochs > 0, "eval.cluster.refit_epochs", "must be > 0"),
+        (cfg.eval.cluster.refit_lr > 0, "eval.cluster.refit_lr", "must be > 0"),
+        (cfg.eval.cluster.refit_batch_size > 1, "eval.cluster.refit_batch_size", "must be > 1 (Sinkhorn)"),
         (len(cfg.profile.steps) in (0, 2), "profile.steps", "must be [] or [start, stop]"),
     ]
     for ok, key, why in checks:

@@ -39,7 +39,7 @@ def _train(root: Path, out: Path) -> None:
            "model.backbone=tiny", "model.tiny_width=4", "model.proj_hidden=16", "model.proj_dim=8",
            "model.num_prototypes=6", "method.queue_size=0", "schedule.single_epochs=2",
            "schedule.cross_cycles=1", "schedule.cross_epochs=1", "train.batch_size=4", "train.amp='off'",
-           "train.progress=false", "train.ckpt_every_steps=0", "eval.batch_size=4", "eval.recall_ks=[1]"]  # fmt: skip
+           "train.progress=false", "train.ckpt_every_steps=0", "eval.batch_size=4", "eval.retrieval.recall_ks=[1]"]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(REPO))
     subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
 

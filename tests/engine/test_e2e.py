@@ -56,7 +56,7 @@ def _cfg(root, out, *over: str) -> C.Config:
             f"train.out_dir={out}",
             "train.progress=false",
             "eval.batch_size=4",
-            "eval.recall_ks=[1]",
+            "eval.retrieval.recall_ks=[1]",
             *over,
         ],
     )
@@ -126,7 +126,7 @@ def test_cli_builds_missing_shards_trains_and_prints_the_table(tmp_path, capsys)
             f"train.out_dir={tmp_path}/run",
             "train.progress=false",
             "eval.batch_size=4",
-            "eval.recall_ks=[1]",
+            "eval.retrieval.recall_ks=[1]",
         ]
     )
     out = capsys.readouterr().out

@@ -106,7 +106,7 @@ def train(root: Path, out: Path, seed: int) -> dict:
             "train.ckpt_every_steps=0",
             "eval.after_phase=true",
             "eval.batch_size=32",
-            "eval.recall_ks=[1]",
+            "eval.retrieval.recall_ks=[1]",
         ],
     )
     torch.manual_seed(seed)

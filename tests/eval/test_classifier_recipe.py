@@ -192,7 +192,7 @@ def test_released_train_clips_get_no_per_clip_flip_the_demo_keeps_its_own():
 
 # --------------------------------------------------------------------------------- item 7: head and precision
 def test_finetune_classifier_initialised_as_released():
-    """Released classifier.py l. 46, 64-69: the final FC's weight N(0, 0.01), bias 0 (eval.finetune_released_init);
+    """Released classifier.py l. 46, 64-69: the final FC's weight N(0, 0.01), bias 0 (eval.finetune.released_init);
     false: PyTorch's default Linear init (uniform, std 1/sqrt(3 * 1024) = 0.018, non-zero bias)."""
     torch.manual_seed(0)
     enc = nn.Identity()
@@ -221,7 +221,7 @@ def test_evaluation_runs_in_fp32_whatever_the_training_precision(eval_amp, autoc
     from tests.eval.test_phase_eval import factory, phase
     from vicc_fast.eval.retrieval import evaluate_phase
 
-    over = ["train.amp=bf16", "eval.recall_ks=[1]"] + ([f"eval.amp={eval_amp}"] if eval_amp else [])
+    over = ["train.amp=bf16", "eval.retrieval.recall_ks=[1]"] + ([f"eval.amp={eval_amp}"] if eval_amp else [])
     cfg = C.load(None, over)
     enc = AutocastRecorder()
     amps: list[C.Amp] = []

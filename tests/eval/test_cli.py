@@ -29,7 +29,7 @@ def test_help_lists_every_command_and_eval_key(capsys):
         "compare",
     ):
         assert cmd in out
-    assert "eval.kmeans_restarts" in out and "eval.linear_augment" in out
+    assert "eval.cluster.restarts" in out and "eval.linear.augment" in out
 
 
 def test_truncated_checkpoint(tmp_path, capsys, save_ckpt):

@@ -20,10 +20,10 @@ def test_cli_retrieval_cluster_linear_grid_then_cache(tmp_path, make_shards, sav
         ["rgb1", "flow1"],
         overrides=[f"data.root={root}", *DATA],
     )
-    common = ["--ckpt", str(ck), "--no-progress", "eval.batch_size=4", "eval.kmeans_restarts=1"]
+    common = ["--ckpt", str(ck), "--no-progress", "eval.batch_size=4", "eval.cluster.restarts=1"]
     assert main(["retrieval", *common]) == 0
     assert main(["cluster", *common]) == 0
-    assert main(["linear", *common, "eval.linear_augment=false", "eval.linear_epochs=3"]) == 0
+    assert main(["linear", *common, "eval.linear.augment=false", "eval.linear.epochs=3"]) == 0
     assert main(["grid", *common]) == 0
     out = capsys.readouterr().out
     assert "| RGB-1 |" in out and "| Flow-1 |" in out and "| R+F-1 |" in out
@@ -49,7 +49,8 @@ def test_evaluate_phase_with_real_loader(tmp_path, make_shards, tiny_overrides):
     root = tmp_path / "shards"
     make_shards(root, [0, 1] * 3, [1, 0], ["a", "b"], frames=8, size=(24, 32))
     cfg = C.load(
-        None, [*tiny_overrides, f"data.root={root}", *DATA, "eval.batch_size=4", "eval.recall_ks=[1,2]"]
+        None,
+        [*tiny_overrides, f"data.root={root}", *DATA, "eval.batch_size=4", "eval.retrieval.recall_ks=[1,2]"],
     )
     method = build_method(cfg)
     cross = next(p for p in method.phases() if p.frozen_stream is not None)
@@ -79,8 +80,8 @@ def test_streams_that_kept_different_videos_are_scored_on_the_videos_both_kept(
         ["rgb1", "flow1"],
         overrides=[f"data.root={root}", *DATA, "data.on_bad_sample=skip"],
     )
-    ev = Evaluation(ck, ["eval.batch_size=4", "eval.kmeans_restarts=1", "eval.linear_augment=false",
-                         "eval.linear_epochs=2", "eval.linear_test_clips=false"], progress=False, tensorboard=False)  # fmt: skip
+    ev = Evaluation(ck, ["eval.batch_size=4", "eval.cluster.restarts=1", "eval.linear.augment=false",
+                         "eval.linear.epochs=2", "eval.linear.test_clips=false"], progress=False, tensorboard=False)  # fmt: skip
     with pytest.warns(UserWarning, match="train000002"):
         train, labels, index = ev.rows("train")
     assert index.tolist() == [0, 1, 3, 4, 5] and all(f.shape[0] == 5 for f in train.values())
@@ -106,28 +107,28 @@ def test_streams_that_kept_different_videos_are_scored_on_the_videos_both_kept(
 
 
 def test_cluster_protocol_follows_the_method_and_refits_k_classes(tmp_path, make_shards, save_ckpt):
-    """eval.cluster_protocol=auto: ViCC's (Hungarian; prototype rows from K = #classes refitted prototypes,
-    supp. 3.1.2, or the training ones with cluster_prototypes=trained) for a ViCC checkpoint, GOCA's (K-means
-    majority vote, Acc / NMI / F1 averaged over eval.cluster_runs runs, 4.3) for a GOCA checkpoint."""
+    """eval.cluster.protocol=auto: ViCC's (Hungarian; prototype rows from K = #classes refitted prototypes,
+    supp. 3.1.2, or the training ones with eval.cluster.prototypes=trained) for a ViCC checkpoint, GOCA's (K-means
+    majority vote, Acc / NMI / F1 averaged over eval.cluster.runs runs, 4.3) for a GOCA checkpoint."""
     from vicc_fast.eval.runner import Evaluation
 
     root = tmp_path / "shards"
     make_shards(root, [0, 1, 2] * 3, [0, 1, 2], ["Walk", "Run", "Jump"], frames=8, size=(24, 32))
-    common = ["eval.batch_size=4", "eval.kmeans_restarts=1", "eval.cluster_protocol=auto"]
+    common = ["eval.batch_size=4", "eval.cluster.restarts=1", "eval.cluster.protocol=auto"]
     vicc = save_ckpt(tmp_path / "vicc" / "checkpoints" / "flow1.pt", ["rgb1", "flow1"],
                      overrides=[f"data.root={root}", *DATA])  # fmt: skip
-    ev = Evaluation(vicc, [*common, "eval.cluster_prototypes=refit", "eval.cluster_refit_epochs=3"],
+    ev = Evaluation(vicc, [*common, "eval.cluster.prototypes=refit", "eval.cluster.refit_epochs=3"],
                     progress=False, tensorboard=False)  # fmt: skip
     res = ev.cluster()
     assert ev.entry["cluster_settings"]["protocol"] == "hungarian"
     assert {"rgb/kmeans/acc", "flow/proto/ari"} <= set(res) and not any("majority" in k for k in res)
     train, test = ev.rows("train")[0][Stream.rgb], ev.rows("test")[0][Stream.rgb]
     assert ev.prototype_scores(Stream.rgb, test, train).shape == (3, 3)  # K = 3 classes, refitted
-    ev.cfg.eval.cluster_prototypes = "trained"
+    ev.cfg.eval.cluster.prototypes = "trained"
     assert ev.prototype_scores(Stream.rgb, test, train).shape == (3, 5)  # the model's 5 training prototypes
     goca = save_ckpt(tmp_path / "goca" / "checkpoints" / "joint.pt", ["joint"],
                      overrides=[f"data.root={root}", *DATA, "method.name=goca"])  # fmt: skip
-    ev = Evaluation(goca, [*common, "eval.cluster_runs=4"], progress=False, tensorboard=False)
+    ev = Evaluation(goca, [*common, "eval.cluster.runs=4"], progress=False, tensorboard=False)
     res = ev.cluster()
     assert ev.entry["cluster_settings"]["protocol"] == "majority"
     assert set(res) == {f"{s}/majority/{k}" for s in ("rgb", "flow")

@@ -112,7 +112,7 @@ def test_extract_l2_normalises_each_clip_before_the_video_average_as_released():
     short one; averaging raw clips (the switch) lets the larger norm win."""
     from vicc_fast.config import EvalConfig
 
-    assert EvalConfig().retrieval_clip_l2norm
+    assert EvalConfig().retrieval.clip_l2norm
     loader = ListLoader([_batch([[3.0, 0, 0], [0, 1.0, 0], [0, 0, 2.0]], [0, 0, 1], [0, 0, 1])], 2)
     released, _, _ = extract(MeanEncoder(), loader, torch.device("cpu"), clip_l2norm=True)
     raw, _, _ = extract(MeanEncoder(), loader, torch.device("cpu"))

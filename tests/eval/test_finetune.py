@@ -95,7 +95,7 @@ def test_predict_videos_missing_video():
 
 
 def test_encoder_lr_scale_slows_the_encoder_only():
-    """eval.finetune_encoder_lr_scale: the encoder's parameters train at scale x the classifier's rate (CoCLR's
+    """eval.finetune.encoder_lr_scale: the encoder's parameters train at scale x the classifier's rate (CoCLR's
     released main_classifier.py --train_what ft: the backbone at lr / 10). One Adam step moves every parameter
     by its group's lr: 0.1 * 1e-2 for the encoder, 1e-2 for the classifier; scale 1 moves both by 1e-2."""
     for scale, enc_step in ((0.1, 1e-3), (1.0, 1e-2)):

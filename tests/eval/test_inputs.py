@@ -75,4 +75,24 @@ def test_override_of_model_refused(tmp_path, save_ckpt):
     p = save_ckpt(tmp_path / "x.pt", ["rgb1"])
     with pytest.raises(C.ConfigError, match="model.backbone"):
         load_checkpoint(p, ["model.backbone=s3d"])
-    assert load_checkpoint(p, ["eval.kmeans_restarts=2"]).cfg.eval.kmeans_restarts == 2
+    assert load_checkpoint(p, ["eval.cluster.restarts=2"]).cfg.eval.cluster.restarts == 2
+
+
+def test_moved_eval_keys_old_override_names_the_new_key_and_old_checkpoints_read_through_the_map(
+    tmp_path, save_ckpt
+):
+    import warnings
+
+    p = save_ckpt(tmp_path / "x.pt", ["rgb1"])
+    with pytest.raises(C.ConfigError, match=r"'eval.linear_epochs' is now 'eval.linear.epochs'"):
+        load_checkpoint(p, ["eval.linear_epochs=2"])
+    state = torch.load(p, weights_only=True)
+    ev = state["config"]["eval"]  # as a run saved before issue 29 wrote it: flat prefixed keys
+    ev["kmeans_restarts"] = ev["cluster"].pop("restarts") + 5
+    ev["retrieval_crop"] = ev["retrieval"].pop("crop")
+    ckpt.save(p, {k: v for k, v in state.items() if k != "format_version"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no key reads as absent
+        cfg = load_checkpoint(p).cfg
+    assert cfg.eval.cluster.restarts == C.EvalConfig().cluster.restarts + 5
+    assert cfg.eval.retrieval.crop is C.EvalConfig().retrieval.crop

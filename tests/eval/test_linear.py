@@ -99,16 +99,11 @@ def test_released_linear_and_finetune_protocols_by_default():
     from vicc_fast.config import EvalConfig, EvalOptim
     from vicc_fast.eval.linear import LinearProbe, lr_at
 
-    e = EvalConfig()
-    assert (e.linear_optim, e.linear_lr, e.linear_weight_decay, e.linear_epochs) == (
-        EvalOptim.sgd,
-        0.1,
-        1e-3,
-        100,
-    )
-    assert e.linear_milestones == [60, 80] and e.linear_l2norm and e.linear_test_clips
-    assert (e.finetune_optim, e.finetune_lr, e.finetune_weight_decay) == (EvalOptim.sgd, 0.1, 1e-3)
-    assert (e.finetune_epochs, e.finetune_dropout, e.finetune_milestones) == (500, 0.9, [200, 300, 400, 450])
+    lin, ft = EvalConfig().linear, EvalConfig().finetune
+    assert (lin.optim, lin.lr, lin.weight_decay, lin.epochs) == (EvalOptim.sgd, 0.1, 1e-3, 100)
+    assert lin.milestones == [60, 80] and lin.l2norm and lin.test_clips
+    assert (ft.optim, ft.lr, ft.weight_decay) == (EvalOptim.sgd, 0.1, 1e-3)
+    assert (ft.epochs, ft.dropout, ft.milestones) == (500, 0.9, [200, 300, 400, 450])
     spe = 7
     assert [
         lr_at(0.1, ep * spe, 100 * spe, spe, [60, 80]) for ep in (0, 59, 60, 79, 80, 99)
@@ -148,7 +143,7 @@ def test_supervised_train_clips_as_the_released_classifier():
 
 
 def test_probe_test_averages_each_clips_probabilities_as_released():
-    """eval.linear_test_clips: every clip of a test video through the encoder and the probe, the softmax
+    """eval.linear.test_clips: every clip of a test video through the encoder and the probe, the softmax
     probabilities averaged per video; with L2-normalised probe features that differs from the probe on the
     averaged feature (the cached path)."""
     from vicc_fast.config import Stream

@@ -79,7 +79,7 @@ def phase(train, frozen):
 
 
 def test_evaluate_phase_single_and_cross():
-    cfg = C.load(None, ["eval.recall_ks=[1,5]"])
+    cfg = C.load(None, ["eval.retrieval.recall_ks=[1,5]"])
     dev = torch.device("cpu")
     res = evaluate_phase(cfg, FakeMethod(), phase(Stream.flow, None), 0, 1, dev, loader_factory=factory())
     assert res == {"flow/R@1": 100.0, "flow/R@5": 100.0}
@@ -93,7 +93,7 @@ def test_evaluate_phase_single_and_cross():
 def test_evaluate_phase_scores_both_streams_on_the_videos_both_kept():
     """A train video left out by the flow loader only (data.on_bad_sample=skip): R+F pairs the two streams'
     rows by video (the same as leaving it out of both), instead of failing on two lengths."""
-    cfg = C.load(None, ["eval.recall_ks=[1,5]"])
+    cfg = C.load(None, ["eval.retrieval.recall_ks=[1,5]"])
 
     def factory_without(left_out):  # stream -> the train videos its loader leaves out
         def make(cfg, split, stream):
@@ -149,7 +149,7 @@ def test_extract_gathers_across_ranks(tmp_path):
 
 def test_evaluate_phase_joint_reports_both_streams_and_fusion():
     """A joint phase (GOCA) trains both encoders: both are evaluated, and their R+F, with no frozen stream."""
-    cfg = C.load(None, ["eval.recall_ks=[1]"])
+    cfg = C.load(None, ["eval.retrieval.recall_ks=[1]"])
     joint = PhaseSpec("joint", Stream.rgb, None, (Stream.rgb, Stream.flow), 2, 1, 0, 0, "joint", joint=True)
     res = evaluate_phase(cfg, FakeMethod(), joint, 0, 1, torch.device("cpu"), loader_factory=factory())
     assert set(res) == {f"{s}/R@1" for s in ("rgb", "flow", "rf_sum", "rf_concat")}
@@ -158,8 +158,8 @@ def test_evaluate_phase_joint_reports_both_streams_and_fusion():
 
 def test_evaluate_phase_reads_features_as_the_released_retrieval(monkeypatch):
     """The per-phase retrieval asks its loaders for retrieval_cfg's settings (one centre-cropped clip per train
-    video) and normalises each clip before the video average (eval.retrieval_clip_l2norm)."""
-    cfg = C.load(None, ["eval.recall_ks=[1]", "data.eval_crop=tencrop"])
+    video) and normalises each clip before the video average (eval.retrieval.clip_l2norm)."""
+    cfg = C.load(None, ["eval.retrieval.recall_ks=[1]", "data.eval_crop=tencrop"])
     asked = []
     inner = factory()
 
@@ -181,6 +181,6 @@ def test_evaluate_phase_reads_features_as_the_released_retrieval(monkeypatch):
 
     monkeypatch.setattr(feats, "extract", record)
     evaluate_phase(cfg, FakeMethod(), phase(Stream.rgb, None), 0, 1, dev, loader_factory=factory())
-    off = C.load(None, ["eval.recall_ks=[1]", "eval.retrieval_clip_l2norm=false"])
+    off = C.load(None, ["eval.retrieval.recall_ks=[1]", "eval.retrieval.clip_l2norm=false"])
     evaluate_phase(off, FakeMethod(), phase(Stream.rgb, None), 0, 1, dev, loader_factory=factory())
     assert calls == [True, True, False, False]

@@ -121,7 +121,7 @@ def test_retrieval_centres_each_split_by_its_own_mean_as_released():
     every test feature (a domain offset) is then invisible; centring by the train mean is not."""
     from vicc_fast.config import EvalConfig
 
-    assert EvalConfig().retrieval_centre_each
+    assert EvalConfig().retrieval.centre_each
     g = torch.Generator().manual_seed(3)
     labels_g, labels_q = torch.arange(40) % 4, torch.arange(12) % 4
     centres = torch.randn(4, 8, generator=g)
@@ -141,7 +141,7 @@ def test_retrieval_reads_one_centre_cropped_clip_per_train_video_as_released():
     from vicc_fast import config as C
     from vicc_fast.eval.retrieval import retrieval_cfg
 
-    assert (C.EvalConfig().retrieval_crop, C.EvalConfig().retrieval_train_clips) == (C.EvalCrop.center, 1)
+    assert (C.EvalConfig().retrieval.crop, C.EvalConfig().retrieval.train_clips) == (C.EvalCrop.center, 1)
     paper = C.load(C.CONFIG_DIR / "ucf101_s3d.yaml")
     assert (paper.data.eval_crop, paper.data.eval_clips) == (C.EvalCrop.tencrop, 10)
     train, test = retrieval_cfg(paper, "train").data, retrieval_cfg(paper, "test").data
@@ -156,4 +156,4 @@ def test_retrieval_reads_one_centre_cropped_clip_per_train_video_as_released():
     demo = C.load(C.DEFAULT_CONFIG)
     for split in ("train", "test"):
         assert retrieval_cfg(demo, split).data == demo.data
-    assert not demo.eval.retrieval_clip_l2norm and not demo.eval.retrieval_centre_each
+    assert not demo.eval.retrieval.clip_l2norm and not demo.eval.retrieval.centre_each

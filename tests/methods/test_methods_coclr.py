@@ -634,9 +634,9 @@ def test_paper_config_finetunes_as_coclrs_readme():
     from vicc_fast.eval.finetune import FinetuneModel, finetune
     from vicc_fast.eval.linear import lr_at, make_optimizer
 
-    e = C.load(C.CONFIG_DIR / "ucf101_coclr_s3d.yaml").eval
+    ft = C.load(C.CONFIG_DIR / "ucf101_coclr_s3d.yaml").eval.finetune
     w = torch.nn.Parameter(torch.zeros(3))
-    opt = make_optimizer([w], e.finetune_optim.value, e.finetune_lr, e.finetune_weight_decay)
+    opt = make_optimizer([w], ft.optim.value, ft.lr, ft.weight_decay)
     w.grad = torch.tensor([5.0, -0.5, 2.0])
     opt.step()
     torch.testing.assert_close(w.detach(), torch.tensor([-1e-3, 1e-3, -1e-3]))  # Adam's first step, lr 1e-3
@@ -644,16 +644,13 @@ def test_paper_config_finetunes_as_coclrs_readme():
     model = FinetuneModel(SmallEncoder(), 3, dropout=0.0)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     finetune(model, ListLoader([_clips([0, 1, 2, 0], [0, 1, 2, 3], 0)], 4), Stream.rgb, torch.device("cpu"), 1,
-             lr=e.finetune_lr, weight_decay=0.0, optim=e.finetune_optim.value, milestones=e.finetune_milestones,
-             encoder_lr_scale=e.finetune_encoder_lr_scale)  # fmt: skip
+             lr=ft.lr, weight_decay=0.0, optim=ft.optim.value, milestones=ft.milestones,
+             encoder_lr_scale=ft.encoder_lr_scale)  # fmt: skip
     for n, p in model.named_parameters():
         want = 1e-4 if n.startswith("encoder.") else 1e-3
         assert (p.detach() - before[n]).abs().max().item() == pytest.approx(want, rel=1e-3), n
     spe = 7
-    total = e.finetune_epochs * spe
-    got = [
-        lr_at(e.finetune_lr, ep * spe, total, spe, e.finetune_milestones)
-        for ep in (0, 399, 400, 449, 450, 499)
-    ]
+    total = ft.epochs * spe
+    got = [lr_at(ft.lr, ep * spe, total, spe, ft.milestones) for ep in (0, 399, 400, 449, 450, 499)]
     assert got == pytest.approx([1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5])
-    assert (e.finetune_epochs, e.finetune_dropout) == (500, 0.9)
+    assert (ft.epochs, ft.dropout) == (500, 0.9)

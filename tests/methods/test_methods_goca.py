@@ -298,8 +298,8 @@ def test_paper_config_trains_gocas_recipe():
     assert (g.variant, g.lambda1, g.lambda2, g.proto_reg_steps) == (GocaVariant.goca, 0.02, 0.03, 0)
     assert g.proto_reg_init_anneal and cfg.method.queue_size == 0
     assert (
-        C.ClusterProtocol(cfg.eval.cluster_protocol) is C.ClusterProtocol.majority
-        and cfg.eval.cluster_runs == 50
+        C.ClusterProtocol(cfg.eval.cluster.protocol) is C.ClusterProtocol.majority
+        and cfg.eval.cluster.runs == 50
     )
     cfg.model.backbone = C.Backbone.tiny  # the S3D trunk is tested elsewhere; the rest as the file says
     cfg.method.goca.proto_reg_init_steps = 0

@@ -34,7 +34,7 @@ METHODS = ("vicc", "coclr", "goca", "sview")
 PROTOCOLS = ("retrieval", "cluster", "linear")
 DEMO_CONFIG = Path("configs/synthetic_demo.yaml")
 # The comparison's evaluation settings (scripts/compare_methods.sh): R@20 too, a 30-epoch linear probe.
-EVAL_OVERRIDES = ("eval.recall_ks=[1,5,10,20]", "eval.linear_epochs=30")
+EVAL_OVERRIDES = ("eval.retrieval.recall_ks=[1,5,10,20]", "eval.linear.epochs=30")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

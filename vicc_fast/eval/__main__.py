@@ -16,13 +16,13 @@ CKPT_COMMANDS = {
     "retrieval": "kNN retrieval: test videos query train videos, Recall@k per stream and R+F (sum, concat)",
     "linear": "linear probe on the frozen encoder: top-1/top-5 per stream and R+F (averaged probabilities)",
     "finetune": "end-to-end finetuning with dropout; ten-crop x moving-window test; per stream and R+F",
-    "cluster": "clusters vs classes (eval.cluster_protocol): ViCC's K-means / refitted K = classes prototypes "
+    "cluster": "clusters vs classes (eval.cluster.protocol): ViCC's K-means / refitted K = classes prototypes "
     "(Hungarian Acc, NMI, ARI, entropy, purity) or GOCA's K-means majority vote (Acc, NMI, F1; 50 runs)",
     "tsne": "t-SNE picture of the test features per stream (PNG + TensorBoard + embedding projector)",
     "grid": "retrieval grid picture: test queries and their top-5 train videos, hits green, misses red",
     "curves": "training curves picture from the run's TensorBoard logs",
     "pictures": "tsne + grid + curves",
-    "all": "retrieval, linear, cluster, finetune (skipped when eval.finetune_epochs=0) and all pictures",
+    "all": "retrieval, linear, cluster, finetune (skipped when eval.finetune.epochs=0) and all pictures",
 }
 RUN_COMMANDS = {
     "report": "rewrite and print the markdown table of one run (RUN/eval/results.md)",
@@ -117,9 +117,9 @@ def run(args: argparse.Namespace) -> int:
                 ev.retrieval()
             if cmd in ("cluster", "all"):
                 ev.cluster()
-            if cmd == "linear" or (cmd == "all" and e.linear_epochs > 0):
+            if cmd == "linear" or (cmd == "all" and e.linear.epochs > 0):
                 ev.linear()
-            if cmd == "finetune" or (cmd == "all" and e.finetune_epochs > 0):
+            if cmd == "finetune" or (cmd == "all" and e.finetune.epochs > 0):
                 ev.finetune()
             if cmd in ("tsne", "pictures", "all"):
                 pictures += ev.tsne()

@@ -6,7 +6,7 @@ ground-truth classes: accuracy after Hungarian matching, NMI, ARI, mean entropy 
 each cluster (natural log; 0 is best) and mean maximal class purity per cluster. Percentages except entropy, as in
 the supplementary's Table 1. The prototypes scored are, by default, K = number of classes prototypes refitted on
 the frozen encoder and head (:func:`refit_prototypes`: "we set the number of prototypes to K=101 for evaluation
-purposes only"); with more clusters than classes (e.g. the 300 training prototypes, ``eval.cluster_prototypes=
+purposes only"); with more clusters than classes (e.g. the 300 training prototypes, ``eval.cluster.prototypes=
 trained``) Hungarian matching pairs only as many clusters as there are classes and the videos of unmatched
 clusters count as errors.
 

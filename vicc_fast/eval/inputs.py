@@ -67,6 +67,8 @@ def apply_overrides(cfg: C.Config, overrides: list[str] | tuple[str, ...]) -> C.
         if "=" not in item:
             raise C.ConfigError(f"override '{item}' is not key=value")
         key = item.split("=", 1)[0]
+        if key.lstrip("+~") in C.MOVED:
+            raise C._moved_error(key.lstrip("+~"), f"override '{item}'")
         try:
             layers.append(OmegaConf.from_dotlist([item]))
         except OmegaConfBaseException as exc:

@@ -6,7 +6,7 @@ layer is trained with cross-entropy. Two training inputs:
   (random crops, flips, colour jitter; Gaussian blur off) and encoded by the frozen backbone;
 - ``augment=False``: the classifier trains on the cached, clip-averaged eval features of the train videos
   (no augmentation; seconds instead of an encoder pass per epoch).
-Test videos, as released (``eval.linear_test_clips``): every eval clip and crop through the frozen encoder and
+Test videos, as released (``eval.linear.test_clips``): every eval clip and crop through the frozen encoder and
 the probe, the softmax probabilities averaged per video; or the probe on each video's cached clip-averaged eval
 feature (one encoder pass fewer; with L2-normalised probe features not the same thing).
 """

@@ -25,7 +25,7 @@ EVAL_RESULTS = Path("eval") / "results.json"
 ENGINE_RESULTS = Path("results.json")
 
 
-# GOCA 4.3's cluster measures (eval.cluster_protocol=majority), in its table's order
+# GOCA 4.3's cluster measures (eval.cluster.protocol=majority), in its table's order
 MAJORITY = ("acc", "nmi", "f1")
 
 
@@ -136,7 +136,7 @@ def run_report(run_dir: str | Path) -> str:
         "Percent. R@k: test videos query train videos (cosine kNN); linear / finetune: top-1; "
         "kmeans / proto: cluster accuracy (Hungarian) and NMI of K-means (K = classes) and of the prototypes' "
         "hard assignments on the test set (ViCC supp. 3.1.2); majority: K-means with majority-vote labels, "
-        "Acc / NMI / F1, mean of eval.cluster_runs runs (GOCA 4.3). R+F: summed similarities / averaged probabilities; (concat): "
+        "Acc / NMI / F1, mean of eval.cluster.runs runs (GOCA 4.3). R+F: summed similarities / averaged probabilities; (concat): "
         "retrieval with concatenated features.\n\n" + markdown_table(rows) + "\n"
     )
 

@@ -5,14 +5,14 @@ counts as a hit at k if any of its k nearest gallery videos shares its class. Nu
 papers report them.
 
 Features as the released ``test_retrieval`` (ViCC and CoCLR ``main_classifier.py``) builds them, by default
-(``eval.retrieval_*``, :func:`retrieval_cfg`): centre-cropped clips, each clip's feature L2-normalised, averaged
+(``eval.retrieval.*``, :func:`retrieval_cfg`): centre-cropped clips, each clip's feature L2-normalised, averaged
 per video (one clip per train video; every half-overlapping window of each test video, ``data.eval_windows``, as
 the released code), then each split centred by its own mean and L2-normalised.
 
 R+F fusion, both forms reported (the papers average the two streams' similarity scores, CoCLR Table 3, ViCC
 Table 1 "averaging predictions"):
 - ``sum``: the similarity of a pair is the sum of its RGB and its flow cosine similarity (it ranks the gallery
-  as the papers' average does). With ``eval.retrieval_centre_each`` (the default) this is the released
+  as the papers' average does). With ``eval.retrieval.centre_each`` (the default) this is the released
   ``merge_sim`` (CoCLR ``eval/merge_2stream_prob.py``, also shipped with ViCC): each stream's train and test
   features centred by their own mean and L2-normalised, the two cosine matrices summed. Summing cosine
   similarities equals the dot product of the concatenated per-stream normalised features, which is how it is
@@ -208,15 +208,14 @@ def fused_recall(
 
 
 def retrieval_cfg(cfg: Config, split: str) -> Config:
-    """The config the retrieval features of ``split`` are read with: ``eval.retrieval_crop`` as the eval crop,
-    and for the train (gallery) split ``eval.retrieval_train_clips`` clips per video when > 0 (released
+    """The config the retrieval features of ``split`` are read with: ``eval.retrieval.crop`` as the eval crop,
+    and for the train (gallery) split ``eval.retrieval.train_clips`` clips per video when > 0 (released
     ``test_retrieval``: a centre crop, one clip of each train video, half-overlapping windows of each test one).
     Everything else (frames, crop fraction, backend) as ``cfg``."""
-    data = dataclasses.replace(cfg.data, eval_crop=cfg.eval.retrieval_crop)
-    if split == "train" and cfg.eval.retrieval_train_clips > 0:
-        data = dataclasses.replace(
-            data, eval_clips=cfg.eval.retrieval_train_clips, eval_windows=cfg.eval.retrieval_train_windows
-        )
+    ret = cfg.eval.retrieval
+    data = dataclasses.replace(cfg.data, eval_crop=ret.crop)
+    if split == "train" and ret.train_clips > 0:
+        data = dataclasses.replace(data, eval_clips=ret.train_clips, eval_windows=ret.train_windows)
     return dataclasses.replace(cfg, data=data)
 
 
@@ -238,6 +237,7 @@ def evaluate_phase(
     from vicc_fast.eval.features import common_rows, extract, with_eval_precision
 
     cfg = with_eval_precision(cfg)  # eval.amp (fp32 by default, as released), not the training's precision
+    ret = cfg.eval.retrieval
     if loader_factory is None:
         from vicc_fast.data.loader import build_loader
 
@@ -260,7 +260,7 @@ def evaluate_phase(
                 device,
                 stream=s,
                 amp=cfg.train.amp,
-                clip_l2norm=cfg.eval.retrieval_clip_l2norm,
+                clip_l2norm=ret.clip_l2norm,
             )
         # the videos every stream kept (with data.on_bad_sample=skip one stream can leave out a video)
         feats[split], labels[split], _ = common_rows(per_stream)
@@ -269,7 +269,7 @@ def evaluate_phase(
         labels["test"],
         feats["train"],
         labels["train"],
-        list(cfg.eval.recall_ks),
-        cfg.eval.knn_chunk,
-        centre_each=cfg.eval.retrieval_centre_each,
+        list(ret.recall_ks),
+        ret.knn_chunk,
+        centre_each=ret.centre_each,
     )

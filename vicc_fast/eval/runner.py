@@ -119,9 +119,9 @@ class Evaluation:
         the loader kept (all but recorded rejections), from the cache when present.
 
         ``retrieval``: read as the retrieval protocol reads them (:func:`retrieval_cfg`: its crop and train
-        clips; clip features L2-normalised before the average with ``eval.retrieval_clip_l2norm``)."""
+        clips; clip features L2-normalised before the average with ``eval.retrieval.clip_l2norm``)."""
         cfg = retrieval_cfg(self.cfg, split) if retrieval else self.cfg
-        clip_l2norm = retrieval and self.cfg.eval.retrieval_clip_l2norm
+        clip_l2norm = retrieval and self.cfg.eval.retrieval.clip_l2norm
         key = cache_key(
             self.weights_sha[stream], stream, split, cfg, self.data.manifest_sha256, clip_l2norm=clip_l2norm
         )
@@ -193,10 +193,10 @@ class Evaluation:
     def retrieval(self) -> dict[str, float]:
         q, ql, _ = self.rows("test", retrieval=True)
         g, gl, _ = self.rows("train", retrieval=True)
+        ret = self.cfg.eval.retrieval
         res = fused_recall(
-            q, ql, g, gl, list(self.cfg.eval.recall_ks), chunk=self.cfg.eval.knn_chunk,
-            centre_each=self.cfg.eval.retrieval_centre_each,
-        )  # fmt: skip
+            q, ql, g, gl, list(ret.recall_ks), chunk=ret.knn_chunk, centre_each=ret.centre_each
+        )
         self._record("retrieval", res)
         return res
 
@@ -209,32 +209,30 @@ class Evaluation:
             predict,
         )
 
-        e = self.cfg.eval
-        recipe = {
-            "optim": e.linear_optim.value, "milestones": list(e.linear_milestones), "l2norm": e.linear_l2norm,
-        }  # fmt: skip
+        e, lin = self.cfg.eval, self.cfg.eval.linear
+        recipe = {"optim": lin.optim.value, "milestones": list(lin.milestones), "l2norm": lin.l2norm}
         step_recipe = {"forward_batch": e.train_forward_batch, "batch_flip": e.train_batch_flip}
         res: dict[str, float] = {}
         train, trl, _ = self.rows("train")
         tested = {}  # stream -> (probabilities, labels, split indices) of the test videos it kept
         for s in self.streams:
             tr = train[s]
-            if e.linear_augment:
+            if lin.augment:
                 cfg = supervised_cfg(self.cfg)
                 enc = self.ck.encoders[s].to(self.device)
                 probe = fit_linear_augmented(
                     enc, self.loader("train", "train", s, cfg), s, tr.shape[1], self.num_classes, self.device,
-                    epochs=e.linear_epochs, lr=e.linear_lr, weight_decay=e.linear_weight_decay,
+                    epochs=lin.epochs, lr=lin.lr, weight_decay=lin.weight_decay,
                     amp=self.cfg.train.amp.value, seed=self.cfg.train.seed, progress=self.progress, **recipe,
                     **step_recipe,
                 )  # fmt: skip
             else:
                 probe = fit_linear_on_features(
-                    tr.to(self.device), trl.to(self.device), self.num_classes, epochs=e.linear_epochs,
-                    lr=e.linear_lr, weight_decay=e.linear_weight_decay, batch_size=e.linear_batch_size,
+                    tr.to(self.device), trl.to(self.device), self.num_classes, epochs=lin.epochs,
+                    lr=lin.lr, weight_decay=lin.weight_decay, batch_size=lin.batch_size,
                     seed=self.cfg.train.seed, progress=self.progress, **recipe,
                 )  # fmt: skip
-            if e.linear_test_clips:
+            if lin.test_clips:
                 model = ProbeOnEncoder(self.ck.encoders[s].to(self.device), probe).eval()
                 test = self.loader("test", "eval", s, self.cfg)
                 tested[s] = predict_videos(
@@ -244,7 +242,7 @@ class Evaluation:
                 te, tel, index = self.features(s, "test")
                 tested[s] = (predict(probe, te), tel, index)
         res.update(self._accuracies(tested))
-        res["augmented"] = float(e.linear_augment)
+        res["augmented"] = float(lin.augment)
         self._record("linear", res)
         return res
 
@@ -256,22 +254,24 @@ class Evaluation:
             predict_videos,
         )
 
-        e = self.cfg.eval
+        e, ft = self.cfg.eval, self.cfg.eval.finetune
         train_cfg = supervised_cfg(self.cfg)
         test_cfg = _with_data(self.cfg, eval_crop=C.EvalCrop.tencrop)
         tested = {}  # stream -> (probabilities, labels, split indices) of the test videos it kept
         for s in self.streams:
             model = FinetuneModel(
-                clone_encoder(self.ck.encoders[s]), self.num_classes, e.finetune_dropout,
-                released_init=e.finetune_released_init,
-            )  # fmt: skip
+                clone_encoder(self.ck.encoders[s]),
+                self.num_classes,
+                ft.dropout,
+                released_init=ft.released_init,
+            )
             if self.cfg.train.channels_last and self.device.type == "cuda":
                 model = model.to(self.device, memory_format=torch.channels_last_3d)  # the loader's layout
             model = finetune(
-                model, self.loader("train", "train", s, train_cfg), s, self.device, e.finetune_epochs,
-                lr=e.finetune_lr, weight_decay=e.finetune_weight_decay, amp=self.cfg.train.amp,
-                seed=self.cfg.train.seed, progress=self.progress, optim=e.finetune_optim.value,
-                milestones=list(e.finetune_milestones), encoder_lr_scale=e.finetune_encoder_lr_scale,
+                model, self.loader("train", "train", s, train_cfg), s, self.device, ft.epochs,
+                lr=ft.lr, weight_decay=ft.weight_decay, amp=self.cfg.train.amp,
+                seed=self.cfg.train.seed, progress=self.progress, optim=ft.optim.value,
+                milestones=list(ft.milestones), encoder_lr_scale=ft.encoder_lr_scale,
                 forward_batch=e.train_forward_batch, batch_flip=e.train_batch_flip,
             )  # fmt: skip
             test = self.loader("test", "eval", s, test_cfg)
@@ -288,14 +288,15 @@ class Evaluation:
         """Scores ``[N, K]`` of videos against the stream's prototypes (head applied to the clip-averaged
         backbone feature ``raw: [N, F]``), or None for a method without prototypes.
 
-        With ``eval.cluster_prototypes=refit`` and ``train_raw`` (the train videos' features) the prototypes
+        With ``eval.cluster.prototypes=refit`` and ``train_raw`` (the train videos' features) the prototypes
         are K = number of classes ones refitted on the train videos' embeddings (:func:`CL.refit_prototypes`),
         else the model's own training prototypes."""
         scorer = self.ck.method.prototype_scorer(stream)
         if scorer is None:
             return None
         scorer = copy.deepcopy(scorer).float().cpu()
-        refit = C.ClusterPrototypes(self.cfg.eval.cluster_prototypes) is C.ClusterPrototypes.refit
+        cl = self.cfg.eval.cluster
+        refit = C.ClusterPrototypes(cl.prototypes) is C.ClusterPrototypes.refit
         if not refit or train_raw is None:
             with torch.no_grad():
                 return scorer(raw.float())
@@ -304,7 +305,7 @@ class Evaluation:
                 f"{type(self.ck.method).__name__}: prototype_scorer is not (head, prototypes)"
             )
         head = scorer[0]
-        e, m = self.cfg.eval, self.cfg.method
+        m = self.cfg.method
         with torch.no_grad():
             z_train, z = head(train_raw.float()), head(raw.float())
         c = CL.refit_prototypes(
@@ -313,16 +314,16 @@ class Evaluation:
             epsilon=m.epsilon,
             temperature=m.temperature,
             sinkhorn_iters=m.sinkhorn_iters,
-            epochs=e.cluster_refit_epochs,
-            lr=e.cluster_refit_lr,
-            batch_size=e.cluster_refit_batch_size,
+            epochs=cl.refit_epochs,
+            lr=cl.refit_lr,
+            batch_size=cl.refit_batch_size,
             seed=self.cfg.train.seed,
         )
         return z @ c.t()
 
     def cluster_protocol(self) -> C.ClusterProtocol:
-        """``eval.cluster_protocol`` with ``auto`` resolved: GOCA's (majority) for method goca, else ViCC's."""
-        p = C.ClusterProtocol(self.cfg.eval.cluster_protocol)
+        """``eval.cluster.protocol`` with ``auto`` resolved: GOCA's (majority) for method goca, else ViCC's."""
+        p = C.ClusterProtocol(self.cfg.eval.cluster.protocol)
         if p is C.ClusterProtocol.auto:
             goca = C.MethodName(self.cfg.method.name) is C.MethodName.goca
             return C.ClusterProtocol.majority if goca else C.ClusterProtocol.hungarian
@@ -330,10 +331,10 @@ class Evaluation:
 
     def cluster(self) -> dict[str, float]:
         """Test-set clusters per stream under :meth:`cluster_protocol`: ``majority`` (GOCA 4.3) K-means only,
-        ``{s}/majority/{acc,nmi,f1}`` means of ``eval.cluster_runs`` runs; ``hungarian`` (ViCC supp. 3.1.2)
+        ``{s}/majority/{acc,nmi,f1}`` means of ``eval.cluster.runs`` runs; ``hungarian`` (ViCC supp. 3.1.2)
         ``{s}/kmeans/...`` and, for a method with prototypes, ``{s}/proto/...`` of the refitted K = classes
-        prototypes (``eval.cluster_prototypes=refit``) or of the training ones (``trained``)."""
-        e = self.cfg.eval
+        prototypes (``eval.cluster.prototypes=refit``) or of the training ones (``trained``)."""
+        cl = self.cfg.eval.cluster
         protocol = self.cluster_protocol()
         res: dict[str, float] = {}
         train = self.rows("train")[0]
@@ -342,10 +343,10 @@ class Evaluation:
             te = test[s]
             _, te_n = centre_normalise(train[s], te)
             if protocol is C.ClusterProtocol.majority:
-                got = CL.majority_protocol(te_n, tel, self.num_classes, e.cluster_runs, self.cfg.train.seed)
+                got = CL.majority_protocol(te_n, tel, self.num_classes, cl.runs, self.cfg.train.seed)
                 res.update({f"{s.value}/majority/{k}": v for k, v in got.items()})
                 continue
-            pred = CL.kmeans_assign(te_n, self.num_classes, e.kmeans_restarts, self.cfg.train.seed)
+            pred = CL.kmeans_assign(te_n, self.num_classes, cl.restarts, self.cfg.train.seed)
             res.update({f"{s.value}/kmeans/{k}": v for k, v in CL.cluster_metrics(pred, tel).items()})
             scores = self.prototype_scores(s, te, train[s])
             if scores is not None:
@@ -354,12 +355,12 @@ class Evaluation:
                 )
         self.entry["cluster_settings"] = {
             "protocol": protocol.value,
-            "prototypes": C.ClusterPrototypes(e.cluster_prototypes).value,
-            "kmeans_restarts": e.kmeans_restarts,
-            "runs": e.cluster_runs,
-            "refit_epochs": e.cluster_refit_epochs,
-            "refit_lr": e.cluster_refit_lr,
-            "refit_batch_size": e.cluster_refit_batch_size,
+            "prototypes": C.ClusterPrototypes(cl.prototypes).value,
+            "kmeans_restarts": cl.restarts,
+            "runs": cl.runs,
+            "refit_epochs": cl.refit_epochs,
+            "refit_lr": cl.refit_lr,
+            "refit_batch_size": cl.refit_batch_size,
         }
         self._record("cluster", res)
         return res
@@ -375,7 +376,7 @@ class Evaluation:
             p = plots.tsne_plot(
                 te_n, tel, self.data.classes, self.out / f"tsne_{s.value}.png",
                 title=f"t-SNE of test features, {label} ({self.name})",
-                max_points=self.cfg.eval.tsne_max_points, seed=self.cfg.train.seed,
+                max_points=self.cfg.eval.plots.tsne_max_points, seed=self.cfg.train.seed,
             )  # fmt: skip
             paths.append(p)
             self._tb_png(f"eval/{self.name}/tsne_{s.value}", p)
@@ -387,13 +388,13 @@ class Evaluation:
         return paths
 
     def grid(self) -> list[Path]:
-        """Retrieval grid per stream: ``eval.grid_queries`` test queries of different classes and their top 5."""
+        """Retrieval grid per stream: ``eval.plots.grid_queries`` test queries of different classes and their top 5."""
         paths = []
         # rows of the videos the loaders kept; thumbnails are read by split index (te_index / tr_index)
         train, gl, tr_index = self.rows("train")
         test, tel, te_index = self.rows("test")
         first_of_class = [int(torch.nonzero(tel == c)[0]) for c in torch.unique(tel).tolist()]
-        queries = first_of_class[: self.cfg.eval.grid_queries]
+        queries = first_of_class[: self.cfg.eval.plots.grid_queries]
         thumbs: dict[tuple[str, int], np.ndarray] = {}
 
         def thumb(split: str, i: int) -> np.ndarray:
@@ -404,7 +405,7 @@ class Evaluation:
         cls = self.data.classes
         for s in self.streams:
             tr_n, te_n = centre_normalise(train[s], test[s])
-            _, idx = nearest_neighbours(te_n[queries], tr_n, 5, chunk=self.cfg.eval.knn_chunk)
+            _, idx = nearest_neighbours(te_n[queries], tr_n, 5, chunk=self.cfg.eval.retrieval.knn_chunk)
             p = plots.retrieval_grid(
                 [thumb("test", int(te_index[q])) for q in queries],
                 [cls[int(tel[q])] for q in queries],
