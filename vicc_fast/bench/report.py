@@ -275,7 +275,7 @@ def jitter_cost_block(runs: list[dict[str, Any]]) -> str:
 
 
 def jitter_trade_block(runs: list[dict[str, Any]]) -> str:
-    """README: the CPU trade-off of the released colour jitter, in one clause."""
+    """BENCHMARKS.md: the CPU trade-off of the released colour jitter, in one clause."""
     r = _jitter_run(runs)
     if r is None:
         return f"(no jitter-cost record yet: `{JITTER_RECORD}`)"
