@@ -182,7 +182,10 @@ def test_install_steps_replayed_on_a_wheel(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "tool,args",
-    [("hadolint", ["Dockerfile"]), ("shellcheck", [str(p) for p in (SBATCH, MULTINODE, *CLUSTER_SCRIPTS, SLURM_LIB)])],
+    [
+        ("hadolint", ["Dockerfile"]),
+        ("shellcheck", [str(p) for p in (SBATCH, MULTINODE, *CLUSTER_SCRIPTS, SLURM_LIB)]),
+    ],
 )
 def test_linters_when_installed(tool: str, args: list[str]) -> None:
     exe = shutil.which(tool)

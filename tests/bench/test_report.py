@@ -259,3 +259,28 @@ def test_k400_cost_block_is_computed_from_the_records() -> None:
     assert "| tvl1-torch (GPU) | - | not measured yet |" in block
     assert f"**{pairs / 86_400 / 8:.0f} frame pairs/s per GPU**" in block
     assert f"**{2000 * 250 * 260_000 / 1e9:.0f} GB** for K400" in block  # 2 kB per frame x 250 frames x clips
+
+
+def test_real_data_times_name_machine_and_record_and_say_what_is_unmeasured() -> None:
+    flow = {
+        "benchmark": "flow",
+        "env": {"time": "2026-12-07T00:00:00", "cpu_model": "AMD EPYC", "cpu_simd": "avx2", "git_commit": "c0ffee12"},
+        "result": {"size": [240, 320], "threads": 2,
+                   "methods": {"tvl1": {"pairs_per_s": 2.0}, "tvl1-torch": {"pairs_per_s": 5.0}}},
+    }  # fmt: skip
+    gpu = {
+        "amp": [{"amp": "fp16", "steps": 200, "clips_per_s": 1000.0, "data_wait_pct": 2.0}],
+        "validate": [{"env": {"gpu": "NVIDIA H100", "time": "2026-12-08T00:00:00", "git_commit": "dirty"}}],
+        "run": [{"code_commit": "abcdef0123"}],
+    }
+    text = report.real_data_block({"flow": [flow], "gpu_train": gpu})
+    build, train, rest = text.splitlines()[2:]
+    # 2.5 M pairs at 1 pair/s per core (2 pairs/s on 2 threads) = 694 core-hours; tvl1-torch 2.5 pairs/s per core
+    assert "about 278 core-hours" in build and "694 with OpenCV" in build and "AMD EPYC (avx2)" in build
+    assert "`benchmarks/results/flow_torch_cpu.json`" in build and "c0ffee1" in build
+    # 1000 clips/s = 500 videos/s: 9,537 videos in 19 s, 300 epochs in 1.6 h
+    assert "500 videos/s" in train and "takes 19 s" in train and "1.6 h" in train
+    assert "NVIDIA H100" in train and "code abcdef0" in train and "amp_fp16.json" in train
+    assert "not measured yet" in rest
+    empty = report.real_data_block({"flow": [], "gpu_train": {"amp": [], "validate": [], "run": []}})
+    assert empty.count("no record yet") == 2

@@ -81,3 +81,48 @@ def test_check_png_rejects_non_png(tmp_path):
     (tmp_path / "x.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="not a PNG"):
         check_png(tmp_path / "x.png")
+
+
+def test_curves_title_names_the_run_not_its_folder(tmp_path, tiny_shards, save_ckpt, monkeypatch):
+    """`eval curves` on a run in a temporary folder: the picture's title names the method, backbone, data set
+    and seed from the run's config and manifest, and no path (the README's figure was once titled /tmp/pic0)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from vicc_fast.eval import plots
+    from vicc_fast.eval.__main__ import main
+
+    run = tmp_path / "pic0"
+    ckpt = save_ckpt(
+        run / "checkpoints" / "rgb1.pt", ["rgb1"], overrides=["train.seed=3", f"train.out_dir={run}"]
+    )
+    w = SummaryWriter(log_dir=str(run / "tb"))
+    for step in range(5):
+        w.add_scalar("rgb1/loss", 5.0 / (step + 1), step)
+    w.close()
+    titles = []
+
+    def spy(tb_dir, path, max_panels=12, title=""):
+        titles.append(title)
+        return training_curves(tb_dir, path, max_panels, title)
+
+    monkeypatch.setattr(plots, "training_curves", spy)
+    argv = ["curves", "--ckpt", str(ckpt), f"data.root={tiny_shards}", "--no-progress", "--no-tensorboard"]
+    assert main(argv) == 0
+    (title,) = titles
+    assert title == "training curves: ViCC, tiny 3D CNN, data set (3 classes), seed 3"
+    assert "/" not in title.replace("R(2+1)D", "") and str(tmp_path) not in title and "pic0" not in title
+    _valid_png(run / "eval" / "rgb1" / "training_curves.png")
+
+
+def test_dataset_name_from_build_settings():
+    from vicc_fast.eval.inputs import dataset_name
+
+    assert (
+        dataset_name({"source": "ucf101", "split_id": 1, "synthetic": {"seed": 0}}, 8)
+        == "synthetic (8 classes)"
+    )
+    assert (
+        dataset_name({"source": "ucf101", "split_id": 1, "root": "/tmp/x"}, 101)
+        == "ucf101 split 1 (101 classes)"
+    )
+    assert dataset_name({"source": "folder", "root": "/tmp/x"}, 3) == "folder (3 classes)"

@@ -6,14 +6,15 @@
 
 A block sits between ``<!-- NAME:begin ... -->`` and ``<!-- NAME:end -->`` in a markdown file; everything between
 the markers is generated. Blocks: the demo (README.md: ViCC's per-phase kNN over the seeds of
-``benchmarks/results/demo/vicc_seed*.json``; and every protocol of ViCC), the comparison (README.md: stage-2 / joint
+``benchmarks/results/demo/vicc_seed*.json``; vicc_fast/eval/README.md: every protocol of ViCC), the comparison (README.md: stage-2 / joint
 rows; and configs/compare/README.md: every row, from ``benchmarks/results/compare/``) over the seeds that have a
 record for every method. The two folders are apart because a comparison is only like for like when every method's
 records come from one demo recipe: a change of the demo recipe starts a new set of demo records at once, while the
 comparison keeps the records of the recipe it was run with (each names its commit and resolved config) until it
 is run again. The data README's three-loader table comes from ``benchmarks/results/loader_three_cpu.json``
 (``python -m vicc_fast.bench loader --backends dali,torch,jpeg_lmdb ... --json``). docs/optical_flow.md's tables come
-from the ``bench flow`` records (vicc_fast/bench/report_flow.py).
+from the ``bench flow`` records (vicc_fast/bench/report_flow.py). The README's times of the path with UCF101 come
+from the flow record and the GPU validation's training record (``benchmarks/results/gpu/``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ SUPERVISED_RECORD = Path("benchmarks/results/supervised_cpu.json")
 JITTER_RECORD = Path("benchmarks/results/loader_jitter_cpu.json")
 BUILD_RECORD = Path("benchmarks/results/build_cpu.json")
 KERNELS_RECORD = Path("kernels/bench_cpu.json")
+GPU_TRAIN_RUN = Path("benchmarks/results/gpu/h200_run2")  # the first training rate at the paper shape
+UCF101_TRAIN_VIDEOS = 9537  # split 1's trainlist01.txt
 JITTER_CMD = (
     "python -m vicc_fast.bench loader --root /tmp/lb/shards --replicate 8 --batch 8 --steps 20 --warmup 3 "
     "--repeat 3 --set data.dtype=float32 --variants released:data.color_jitter=released "
@@ -272,7 +275,7 @@ def jitter_cost_block(runs: list[dict[str, Any]]) -> str:
 
 
 def jitter_trade_block(runs: list[dict[str, Any]]) -> str:
-    """README: the CPU trade-off of the released colour jitter, in one clause."""
+    """BENCHMARKS.md: the CPU trade-off of the released colour jitter, in one clause."""
     r = _jitter_run(runs)
     if r is None:
         return f"(no jitter-cost record yet: `{JITTER_RECORD}`)"
@@ -454,14 +457,53 @@ def build_cost_block(recs: dict[str, list[dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+def real_data_block(recs: dict[str, Any]) -> str:
+    """README: what each step of the path with UCF101 costs, from the records that measured it (machine named);
+    the steps no record covers yet are said to be unmeasured."""
+    rows = ["| step | measured | machine | record |", "|---|---|---|---|"]
+    flow = [
+        r
+        for r in recs["flow"]
+        if r["result"]["size"] == [240, 320] and {"tvl1", report_flow.TORCH} <= set(r["result"]["methods"])
+    ]
+    if flow:
+        r = flow[-1]
+        m, threads = r["result"]["methods"], r["result"]["threads"]
+        per_core = {k: m[k]["pairs_per_s"] / threads for k in ("tvl1", report_flow.TORCH)}
+        hours = {k: report_flow.UCF101_PAIRS / v / 3600 for k, v in per_core.items()}
+        rows.append(
+            f"| build: TV-L1 flow at 320x240 for UCF101's ~2.5 M frame pairs (the build's largest cost) | about "
+            f"{hours[report_flow.TORCH]:.0f} core-hours with `--flow tvl1-torch` on CPU cores, "
+            f"{hours['tvl1']:.0f} with OpenCV's TV-L1 ({per_core[report_flow.TORCH]:.2f} / "
+            f"{per_core['tvl1']:.2f} frame pairs/s per core); on a GPU not measured yet | "
+            f"{report_flow._where(r)}, code {commits([r])} | `{report_flow.FLOW_RECORD}` |"
+        )
+    else:
+        rows.append(f"| build: TV-L1 flow at 320x240 | no record yet | | `{report_flow.FLOW_RECORD}` |")
+    gpu = recs["gpu_train"]
+    if gpu["amp"] and gpu["validate"]:
+        a, env = gpu["amp"][0], gpu["validate"][0]["env"]
+        commit = (gpu["run"][0].get("code_commit") if gpu["run"] else env.get("git_commit", "")) or "unknown"
+        videos_s = a["clips_per_s"] / 2  # two views of each video per step: the engine counts views
+        epoch_s = UCF101_TRAIN_VIDEOS / videos_s
+        rows.append(
+            f"| train: `configs/ucf101_s3d.yaml`, RGB-1 ({a['amp']}, {a['steps']} steps, from 128x171 synthetic "
+            f"shards) | {a['clips_per_s']:.0f} clips/s = {videos_s:.0f} videos/s, data-wait "
+            f"{a['data_wait_pct']:.0f} %: at that rate an epoch of split 1's {UCF101_TRAIN_VIDEOS:,} training videos "
+            f"takes {epoch_s:.0f} s, RGB-1's 300 epochs {300 * epoch_s / 3600:.1f} h | {env.get('gpu', 'GPU')}, "
+            f"{env.get('time', '?')[:10]}, code {commit[:7]} | `{GPU_TRAIN_RUN}/amp_{a['amp']}.json` |"
+        )
+    else:
+        rows.append(f"| train: S3D at the paper shape | no record yet | | `{GPU_TRAIN_RUN}` |")
+    rows.append(
+        "| train: Flow-1 and the cross-stream stage; evaluate, extract, export on UCF101 | not measured yet (no "
+        "UCF101 here; the first whole run on a GPU is issue 28) | | |"
+    )
+    return "\n".join(rows)
+
+
 BLOCKS: dict[tuple[str, str], tuple[str, Callable[[list[dict[str, Any]]], str]]] = {
     ("README.md", "demo-table"): ("demo", demo_block),
-    ("README.md", "vicc-eval-table"): (
-        "demo",
-        lambda recs: compare_block(
-            recs, stage2_only=False, methods=("vicc",), columns=(*COMPARE_COLS, "proto nmi"), folder=RECORDS
-        ),
-    ),
     ("vicc_fast/eval/README.md", "vicc-eval-table"): (
         "demo",
         lambda recs: compare_block(
@@ -476,7 +518,8 @@ BLOCKS: dict[tuple[str, str], tuple[str, Callable[[list[dict[str, Any]]], str]]]
     ("README.md", "supervised-bound"): ("supervised", supervised_block),
     ("vicc_fast/data/README.md", "loader-three-table"): ("loader", loader_block),
     ("vicc_fast/data/README.md", "jitter-cost"): ("jitter", jitter_cost_block),
-    ("README.md", "jitter-trade"): ("jitter", jitter_trade_block),
+    ("README.md", "real-data-times"): ("real_data", real_data_block),
+    ("BENCHMARKS.md", "jitter-trade"): ("jitter", jitter_trade_block),
     ("docs/shard_format.md", "build-table"): ("build", build_block),
     ("docs/cluster.md", "k400-cost"): ("build_cost", build_cost_block),
     ("kernels/README.md", "kernels-cpu-table"): ("kernels", kernels_cpu_block),
@@ -526,6 +569,14 @@ def blocks(
         "flow": load_bench(root / report_flow.FLOW_RECORD),
         "flow_recipes": load_bench(root / report_flow.RECIPES_RECORD),
         "flow_compact": load_bench(root / report_flow.COMPACT_RECORD),
+        "real_data": {
+            "flow": load_bench(root / report_flow.FLOW_RECORD),
+            "gpu_train": {
+                "amp": _load_single(root / GPU_TRAIN_RUN / "amp_fp16.json"),
+                "validate": _load_single(root / GPU_TRAIN_RUN / "validate.json"),
+                "run": _load_single(root / GPU_TRAIN_RUN / "run.json"),
+            },
+        },
     }
     return {key: gen(recs[which]) for key, (which, gen) in BLOCKS.items()}
 

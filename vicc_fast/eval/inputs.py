@@ -235,6 +235,21 @@ class DatasetInfo:
         default_factory=dict
     )  # split -> [(tar path, key)] by index
     manifest_sha256: str = ""
+    # what the set is, from its build settings (e.g. "synthetic", "ucf101 split 1"), never a path
+    name: str = ""
+
+
+def dataset_name(settings: dict[str, Any], num_classes: int) -> str:
+    """A data set's name from its manifest's build settings: ``synthetic``, ``ucf101 split 1``, ...; its class
+    count when the settings do not say (a set built by hand)."""
+    if settings.get("synthetic"):
+        name = "synthetic"
+    elif settings.get("source"):
+        split = settings.get("split_id")
+        name = f"{settings['source']} split {split}" if split else str(settings["source"])
+    else:
+        name = "data set"
+    return f"{name} ({num_classes} classes)"
 
 
 def _read_labels(tar_path: Path, split: str, n: int, labels: np.ndarray, where: list[tuple[str, str]]) -> int:
@@ -285,6 +300,7 @@ def check_dataset(root: str | Path, require_recipe: str = "none") -> DatasetInfo
         classes=classes,
         num_samples={s: m.splits[s].num_samples for s in ("train", "test")},
         manifest_sha256=file_sha256(mpath),
+        name=dataset_name(m.settings, len(classes)),
     )
     for split in ("train", "test"):
         n = info.num_samples[split]

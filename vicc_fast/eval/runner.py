@@ -32,6 +32,24 @@ def run_dir_of(ckpt: Path) -> Path:
     return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
 
 
+METHOD_LABELS = {"vicc": "ViCC", "coclr": "CoCLR", "goca": "GOCA"}
+BACKBONE_LABELS = {"s3d": "S3D", "r21d": "R(2+1)D", "r3d": "R3D", "tiny": "tiny 3D CNN"}
+
+
+def run_title(cfg: C.Config, data_name: str) -> str:
+    """What a run is, for picture titles: method, backbone, data set and seed, read from its config and its
+    data set's manifest (never from a folder name: runs are often drawn from a temporary copy)."""
+    method = METHOD_LABELS.get(cfg.method.name.value, cfg.method.name.value)
+    if cfg.method.name is C.MethodName.goca and cfg.method.goca.variant is not C.GocaVariant.goca:
+        method = (
+            "SView"
+            if cfg.method.goca.variant is C.GocaVariant.sview
+            else f"GOCA-{cfg.method.goca.variant.value}"
+        )
+    backbone = BACKBONE_LABELS.get(cfg.model.backbone.value, cfg.model.backbone.value)
+    return f"{method}, {backbone}, {data_name}, seed {cfg.train.seed}"
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -86,6 +104,7 @@ class Evaluation:
         self.progress = progress
         self.run_dir = run_dir_of(self.ck.path)
         self.name = self.ck.path.stem
+        self.title = run_title(self.cfg, self.data.name)
         self.out = self.run_dir / "eval" / self.name
         self.cache = FeatureCache(self.cfg.eval.cache_dir or self.run_dir / "eval" / "cache")
         self.streams = self.ck.trained_streams
@@ -375,7 +394,7 @@ class Evaluation:
             label = self.ck.labels[s.value]
             p = plots.tsne_plot(
                 te_n, tel, self.data.classes, self.out / f"tsne_{s.value}.png",
-                title=f"t-SNE of test features, {label} ({self.name})",
+                title=f"t-SNE of test features, {label} ({self.name})\n{self.title}",
                 max_points=self.cfg.eval.plots.tsne_max_points, seed=self.cfg.train.seed,
             )  # fmt: skip
             paths.append(p)
@@ -413,7 +432,7 @@ class Evaluation:
                 [[cls[int(gl[j])] for j in row] for row in idx],
                 [[bool(gl[j] == tel[q]) for j in row] for q, row in zip(queries, idx)],
                 self.out / f"retrieval_{s.value}.png",
-                title=f"{self.ck.labels[s.value]}: test query (blue) and its 5 nearest train videos",
+                title=f"{self.ck.labels[s.value]}: test query (blue) and its 5 nearest train videos\n{self.title}",
             )
             paths.append(p)
             self._tb_png(f"eval/{self.name}/retrieval_{s.value}", p)
@@ -421,7 +440,7 @@ class Evaluation:
 
     def curves(self) -> list[Path]:
         p = plots.training_curves(
-            self.run_dir / "tb", self.out / "training_curves.png", title=str(self.run_dir)
+            self.run_dir / "tb", self.out / "training_curves.png", title=f"training curves: {self.title}"
         )
         if p is None:
             return []
