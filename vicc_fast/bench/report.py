@@ -42,8 +42,8 @@ BUILD_RECORD = Path("benchmarks/results/build_cpu.json")
 KERNELS_RECORD = Path("kernels/bench_cpu.json")
 JITTER_CMD = (
     "python -m vicc_fast.bench loader --root /tmp/lb/shards --replicate 8 --batch 8 --steps 20 --warmup 3 "
-    "--repeat 3 --set data.dtype=float32 --variants released:data.color_jitter=released "
-    "affine:data.color_jitter=affine --json benchmarks/results/loader_jitter_cpu.json"
+    "--repeat 3 --set data.dtype=float32 --variants released:data.augment.color_jitter=released "
+    "affine:data.augment.color_jitter=affine --json benchmarks/results/loader_jitter_cpu.json"
 )
 METHOD_NAMES = {"vicc": "ViCC", "coclr": "CoCLR", "goca": "GOCA", "sview": "SView"}
 DEMO_ROWS = ("RGB-1", "Flow-1", "RGB-2", "Flow-2", "R+F-2")
@@ -264,7 +264,7 @@ def jitter_cost_block(runs: list[dict[str, Any]]) -> str:
         f"Measured ({machine([r])}): the released jitter's steps take DALI from {aff['cpu_s_per_sample'] * 1000:.0f} to "
         f"{rel['cpu_s_per_sample'] * 1000:.0f} CPU ms per {'two-stream ' if len(res['streams']) == 2 else ''}"
         f"sample and to {res['ratio_dali_released_over_affine']:.2f}x the samples/s of the one-map jitter "
-        f"(`data.color_jitter=affine`; {rel['samples_per_s']:.2f} against {aff['samples_per_s']:.2f})"
+        f"(`data.augment.color_jitter=affine`; {rel['samples_per_s']:.2f} against {aff['samples_per_s']:.2f})"
         f"{torch_part}; medians of alternating runs, code at {commits([r])}, record `{JITTER_RECORD}`{earlier}, "
         f"command:\n\n```bash\n"
         f"{JITTER_CMD}\n```"

@@ -55,8 +55,26 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vicc_fast.config import EvalWindows, ShortVideos, Stream
-from vicc_fast.data.augment import FLOW_CONST, FLOW_X, FLOW_Y, HOST_CROPS, LUMA, RGB_MEAN, RGB_STD, flow_norm
+from vicc_fast.config import (
+    AugmentConfig,
+    ColorJitterMode,
+    DataConfig,
+    EvalWindows,
+    FlowLayout,
+    ShortVideos,
+    Stream,
+)
+from vicc_fast.data.augment import (
+    FLOW_CONST,
+    FLOW_X,
+    FLOW_Y,
+    HOST_CROPS,
+    LUMA,
+    RGB_MEAN,
+    RGB_STD,
+    flow_norm,
+    per_frame_maps,
+)
 from vicc_fast.data.windows import overlap_count, overlap_step
 
 MAX_LUT_KEYS = 65536  # fn.lookup_table keys live in [0, 65535]
@@ -66,62 +84,31 @@ FLOW_LAYOUT_M = [0.0, 0.0, 0.0, 1.0, 1.0, 0.0]
 
 @dataclass(frozen=True)
 class PipeSpec:
-    """Everything a pipeline graph depends on (no config objects inside the graph code)."""
+    """What a pipeline graph reads: the config's ``data`` section (read, never changed) and the values the
+    loader derives for this pipeline. No setting has a default or a copy here."""
 
+    data: DataConfig
     train: bool
     streams: tuple[Stream, ...]
     num_views: int
-    num_frames: int
-    stride: int
-    crop_size: int
-    crop_scale: tuple[float, float]
-    aspect_ratio: tuple[float, float]
-    same_start_prob: float
-    hflip: bool
-    color_jitter_prob: float
-    brightness: float
-    contrast: float
-    saturation: float
-    hue: float
-    grayscale_prob: float
-    blur_prob: float
-    blur_sigma: tuple[float, float]
-    union_decode: bool
-    tencrop: bool
-    half: bool  # float16 output (else float32)
     height: int  # stored video size (crop/resize decisions at graph build time)
     width: int
-    nvdec: bool = (
-        False  # decode with NVDEC ("mixed"); else DALI's CPU decoder (then .gpu() on a GPU pipeline)
-    )
-    align_streams: bool = True  # RGB view i and flow view i share crop, flip and photometric draws
-    flow_photometric: bool = True  # jitter / grayscale / blur on flow as on RGB (released code)
-    flow_flip_negate: bool = False  # negate flow x on flipped views (not in the released code)
-    aug_controller: bool = True  # the released one-clip / two-clip controller of the strong augmentation
-    strong_aug_prob: float = 0.3
-    grayscale: str = "channel"  # channel (released: one random channel copied to all three) | luma
-    eval_crop_fraction: float = 1.0  # eval crops span this fraction of the shorter side
-    flow_normalisation: str = "unit"  # imagenet (released: flow normalised like RGB) | unit
-    # eval clips: overlap (the released test sampler; counts looked up per sample) | uniform | random (starts
-    # computed on the host, build_pipeline's eval_starts)
-    eval_windows: str = "uniform"
-    # colour jitter: released (ordered 8-bit steps, ViewSource's <stream>_j* outputs) | affine (one map)
-    color_jitter: str = "affine"
-    # eval mode: the released test-time jitter, per (video, stream, crop) with this probability (EvalJitterSource)
-    eval_jitter_prob: float = 0.0
-    eval_jitter: tuple[float, float, float, float] = (0.2, 0.2, 0.2, 0.1)
-    # videos shorter than a clip: pad (released: read left-padded, build_pipeline's pad_starts) | reject (never
-    # read: the loader leaves them out or raises)
-    short_videos: str = ShortVideos.pad.value
-    # random resized crop: torchvision (fn.random_crop_generator, bilinear) | released / classifier (the window
-    # drawn on the host by augment.draw_crop_window, ViewSource's win_<stream>; bicubic with antialiasing)
-    crop: str = "torchvision"
-    flow_layout: str = "xy0"  # flow image channels: xy0 (x, y, 0) | released (128, y, x)
-    grayscale_per: str = "view"  # grayscale channel drawn per view | frame (released; per-frame colour maps)
+    half: bool  # float16 output (else float32)
+    nvdec: bool  # decode with NVDEC ("mixed"); else DALI's CPU decoder (then .gpu() on a GPU pipeline)
+    tencrop: bool
+
+    @property
+    def aug(self) -> AugmentConfig:
+        return self.data.augment
 
     @property
     def span(self) -> int:
-        return (self.num_frames - 1) * self.stride + 1
+        return (self.data.num_frames - 1) * self.data.stride + 1
+
+    @property
+    def eval_jitter_prob(self) -> float:
+        """The released test-time jitter's probability (eval mode only)."""
+        return 0.0 if self.train else self.data.eval.color_jitter_prob
 
     def output_names(self) -> list[str]:
         names = [f"{s.value}{v}" for s in self.streams for v in range(self.num_views if self.train else 1)]
@@ -146,11 +133,13 @@ class ViewSource:
 
         sp, out = self.spec, {}
         for s in sp.streams:
-            if sp.align_streams and out:
+            if sp.aug.align_streams and out:
                 out[f"win_{s.value}"] = next(iter(out.values()))
                 continue
             w = [
-                draw_crop_window(self.rng, sp.height, sp.width, sp.crop_scale, sp.aspect_ratio, sp.crop)
+                draw_crop_window(
+                    self.rng, sp.height, sp.width, sp.aug.crop_scale, sp.aug.aspect_ratio, sp.aug.crop
+                )
                 for _ in range(self.batch_size)
             ]
             out[f"win_{s.value}"] = np.asarray(w, np.float32)
@@ -162,12 +151,13 @@ class ViewSource:
         keys = []
         for s in spec.streams:
             keys += [f"flip_{s.value}", f"{s.value}_m", f"{s.value}_t"]
-            if spec.crop in HOST_CROPS:
+            a = spec.aug
+            if a.crop in HOST_CROPS:
                 keys.append(f"win_{s.value}")
-            jittered = spec.color_jitter_prob > 0 and (s == Stream.rgb or spec.flow_photometric)
-            if spec.color_jitter == "released" and jittered:
+            photometric = s == Stream.rgb or a.flow_photometric
+            if a.color_jitter is ColorJitterMode.released and a.color_jitter_prob > 0 and photometric:
                 keys += [f"jit_{s.value}", *(f"{s.value}_j{f}" for f in STEP_FIELDS)]
-            if spec.blur_prob > 0 and (s == Stream.rgb or spec.flow_photometric):
+            if a.blur_prob > 0 and photometric:
                 keys.append(f"blur_{s.value}")
         if any(k.startswith("blur_") for k in keys):
             keys.append("sigma")
@@ -176,10 +166,10 @@ class ViewSource:
     def __call__(self) -> list[np.ndarray]:
         from vicc_fast.data.augment import draw_views
 
-        same, views = draw_views(self.rng, self.batch_size, self.spec.num_views, self.spec)
+        same, views = draw_views(self.rng, self.batch_size, self.spec.num_views, self.spec.data)
         out = [same.astype(np.int32)] if self.spec.num_views > 1 else []
         for d in views:
-            wins = self._windows() if self.spec.crop in HOST_CROPS else {}
+            wins = self._windows() if self.spec.aug.crop in HOST_CROPS else {}
             for k in self.keys:
                 if k in wins:
                     out.append(wins[k])
@@ -215,7 +205,7 @@ class EvalJitterSource:
         out = []
         for _ in range(len(self.spec.streams) * self.crops):
             jit, steps = draw_eval_jitter(
-                self.rng, self.batch_size, self.spec.eval_jitter_prob, self.spec.eval_jitter
+                self.rng, self.batch_size, self.spec.eval_jitter_prob, self.spec.data.eval.color_jitter
             )
             out += [jit, *(getattr(steps, f) for f in STEP_FIELDS)]
         return out
@@ -313,10 +303,11 @@ def build_pipeline(
     exts = [f"{s.value}.webm" for s in spec.streams] + ["lbl"]
     dtypes = [types.UINT8] * len(spec.streams) + [types.INT64]
     out_dtype = types.FLOAT16 if spec.half else types.FLOAT
-    c = spec.crop_size
-    T = spec.num_frames
+    c = spec.data.crop_size
+    T = spec.data.num_frames
+    stride = spec.data.stride
     padding = (
-        spec.short_videos == ShortVideos.pad.value and pad_starts is not None and bool((pad_starts < 0).any())
+        spec.data.short_videos is ShortVideos.pad and pad_starts is not None and bool((pad_starts < 0).any())
     )
     pad_lut = frames_lut_args(pad_starts) if padding else None
 
@@ -359,7 +350,7 @@ def build_pipeline(
                     device=decoder_device,
                     start_frame=s,
                     sequence_length=T,
-                    stride=spec.stride,
+                    stride=stride,
                     pad_mode="none",
                 )
                 for s in starts
@@ -371,7 +362,7 @@ def build_pipeline(
         window = fn.decoders.video(
             encoded, device=decoder_device, start_frame=lo, end_frame=hi, pad_mode="none"
         )
-        offs = np.arange(T, dtype=np.int32) * spec.stride
+        offs = np.arange(T, dtype=np.int32) * stride
         if clamp:  # each frame's index in the window: max(s + j * stride, 0) - lo
             if flow:  # x and y planes of frame j at 2 * index and 2 * index + 1
                 window = flow_xy(window)
@@ -405,16 +396,16 @@ def build_pipeline(
         and y planes of flow) have that size, so one window can serve both streams of a view."""
         return fn.random_crop_generator(
             types.Constant(np.array([spec.height, spec.width], np.int64)),
-            random_area=list(spec.crop_scale),
-            random_aspect_ratio=list(spec.aspect_ratio),
+            random_area=list(spec.aug.crop_scale),
+            random_aspect_ratio=list(spec.aug.aspect_ratio),
         )
 
     def host_window(d, stream: str):
-        """data.crop=released: the view's window drawn on the host (ViewSource win_<stream>: top, left, h, w)."""
+        """data.augment.crop=released: the view's window drawn on the host (ViewSource win_<stream>: top, left, h, w)."""
         win = d[f"win_{stream}"]
         return win[0:2], win[2:4]
 
-    released_crop = spec.crop in HOST_CROPS  # released / classifier: host windows, bicubic + antialiasing
+    released_crop = spec.aug.crop in HOST_CROPS  # released / classifier: host windows, bicubic + antialiasing
 
     def crop_flip_resize(x, flip, window):
         """Random resized crop and horizontal flip in one resampling pass: the flip is a reversed ROI. Released
@@ -446,7 +437,7 @@ def build_pipeline(
         return x
 
     def released_jitter(x, d, stream: str):
-        """The released colour jitter (data.color_jitter=released) on the samples whose draw has it: the
+        """The released colour jitter (data.augment.color_jitter=released) on the samples whose draw has it: the
         view's JitterSteps (jitter_steps), uint8 in and out. Without the draw's keys (jitter off, or flow
         without photometric augmentation): unchanged."""
         if f"jit_{stream}" not in d:
@@ -460,7 +451,7 @@ def build_pipeline(
         normalisation into one per-sample affine map. With the released jitter the order is the released
         code's: crop and flip, jitter steps, blur, then the map (grayscale and the normalisation)."""
         x = crop_flip_resize(x, d["flip_rgb"], window)
-        if spec.color_jitter == "released":
+        if spec.aug.color_jitter is ColorJitterMode.released:
             x = released_jitter(x, d, "rgb")
         return finish(blur(x, d, "rgb"), d["rgb_m"], d["rgb_t"])
 
@@ -475,13 +466,13 @@ def build_pipeline(
         released: made channel-last, then (x, y) -> (128, y, x) by one exact uint8 map (the image the released
         code reads from OpenCV's BGR [x, y, 128] JPEGs)."""
         x = fn.reshape(x, shape=[T, 2, c, c], layout="FCHW")
-        if spec.flow_layout == "released":
+        if spec.data.flow_layout is FlowLayout.released:
             x = fn.transpose(x, perm=[0, 2, 3, 1], output_layout="FHWC")
             return fn.coord_transform(x, M=FLOW_LAYOUT_M, T=[128.0, 0.0, 0.0], dtype=types.UINT8)
         x = fn.pad(x, axis_names="C", shape=[3], fill_value=0)
         return fn.transpose(x, perm=[0, 2, 3, 1], output_layout="FHWC")
 
-    per_frame = spec.grayscale_per == "frame" and spec.grayscale == "channel" and spec.grayscale_prob > 0
+    per_frame = per_frame_maps(spec.aug)
 
     def finish(x, m, t):
         """One affine map per sample, or per frame with a grayscale channel drawn per frame (ViewSource:
@@ -497,7 +488,7 @@ def build_pipeline(
         code augments the flow image, flow_image): one-map jitter: blur the planes, then the map; released
         jitter: the steps on the flow image, blur, the map."""
         x = crop_flip_resize(x, d["flip_flow"], window)
-        if spec.color_jitter == "released":
+        if spec.aug.color_jitter is ColorJitterMode.released:
             x = blur(released_jitter(flow_image(x), d, "flow"), d, "flow")
         else:
             x = flow_image(blur(x, d, "flow"))
@@ -505,11 +496,11 @@ def build_pipeline(
 
     # ------------------------------------------------------------------ eval
     def eval_indices(index):
-        if spec.eval_windows == EvalWindows.overlap.value:
+        if spec.data.eval.windows is EvalWindows.overlap:
             # every window's frame indices back to back; each sample keeps the first count * T of them
-            counts = overlap_count(frames, T, spec.stride)
-            starts = np.arange(int(counts.max()) if len(counts) else 1) * overlap_step(T, spec.stride)
-            table = (starts[:, None] + np.arange(T)[None] * spec.stride).reshape(-1).astype(np.int32)
+            counts = overlap_count(frames, T, stride)
+            starts = np.arange(int(counts.max()) if len(counts) else 1) * overlap_step(T, stride)
+            table = (starts[:, None] + np.arange(T)[None] * stride).reshape(-1).astype(np.int32)
             count = fn.lookup_table(
                 fn.cast(index, dtype=types.INT32), **frames_lut_args(counts), dtype=types.FLOAT
             )
@@ -520,7 +511,9 @@ def build_pipeline(
             return idx
         # a fixed count per video: its host-computed starts, looked up
         if eval_starts is None:
-            raise ValueError(f"{spec.eval_windows} eval windows need the per-video starts (eval_starts)")
+            raise ValueError(
+                f"{spec.data.eval.windows.value} eval windows need the per-video starts (eval_starts)"
+            )
         ii = fn.cast(index, dtype=types.INT32)
         starts = [
             fn.cast(
@@ -530,7 +523,7 @@ def build_pipeline(
             for k in range(eval_starts.shape[1])
         ]
         first = fn.reshape(fn.stack(*starts), shape=[-1, 1])  # [clips, 1]
-        offs = types.Constant((np.arange(T, dtype=np.int32) * spec.stride)[None])  # [1, T]
+        offs = types.Constant((np.arange(T, dtype=np.int32) * stride)[None])  # [1, T]
         idx = first + offs
         if padding:  # a padded video's starts are its pad start (windows.fixed_starts): repeat frame 0
             idx = dmath.max(idx, 0)
@@ -540,21 +533,23 @@ def build_pipeline(
         """One eval crop at (px, py), mirrored when ``m``: [N*T, c, c, 3], normalised in the output dtype, or
         (``raw``) 8-bit values. Flow: x negated on mirrored crops with flow_flip_negate ((255 - v - mu) / s =
         (v - (255 - mu)) / -s), then the constant channel (normalised) where data.flow_layout puts it."""
-        layout = spec.flow_layout
+        layout = spec.data.flow_layout
         if raw:
             mu, sd = np.zeros(3), np.ones(3)
         else:
             mu, sd = (
-                flow_norm(spec.flow_normalisation, layout)
+                flow_norm(spec.data.flow_normalisation, layout)
                 if flow
                 else (np.array(RGB_MEAN), np.array(RGB_STD))
             )
         mean, std = [float(v) for v in mu], [float(v) for v in sd]
         if flow:  # the crop holds the (x, y) planes: their statistics are those of x's and y's channels
             ix, iy, ik = FLOW_X[layout], FLOW_Y, 3 - FLOW_X[layout] - FLOW_Y
-            neg = m and spec.flow_flip_negate
+            neg = m and spec.aug.flow_flip_negate
             # the constant channel, normalised (xy0: the formula it always had, so a zero stays -0.0 bit for bit)
-            const = (FLOW_CONST[layout] - mu[ik]) / sd[ik] if layout == "released" else -mu[ik] / sd[ik]
+            const = (
+                (FLOW_CONST[layout] - mu[ik]) / sd[ik] if layout is FlowLayout.released else -mu[ik] / sd[ik]
+            )
             mean = [255.0 - mean[ix] if neg else mean[ix], mean[iy]]
             std = [-std[ix] if neg else std[ix], std[iy]]
         y = fn.crop_mirror_normalize(
@@ -568,7 +563,7 @@ def build_pipeline(
             dtype=types.UINT8 if raw else out_dtype,
             output_layout="FHWC",
         )
-        if flow and layout == "released":  # (x, y) -> (const, y, x), exact
+        if flow and layout is FlowLayout.released:  # (x, y) -> (const, y, x), exact
             y = fn.coord_transform(
                 y, M=FLOW_LAYOUT_M, T=[float(const), 0.0, 0.0], dtype=types.UINT8 if raw else out_dtype
             )
@@ -584,7 +579,7 @@ def build_pipeline(
         if jit:
             y = jitter_steps(y, *steps)
         mu, sd = (
-            flow_norm(spec.flow_normalisation, spec.flow_layout)
+            flow_norm(spec.data.flow_normalisation, spec.data.flow_layout)
             if flow
             else (np.array(RGB_MEAN), np.array(RGB_STD))
         )
@@ -596,7 +591,7 @@ def build_pipeline(
     def eval_crops(x, flow: bool, jitter=None):
         """[N*T, H, W, *] -> list of (crop, mirrored) outputs [N*T, c, c, C]; jitter: per crop the test-time
         jitter draws (EvalJitterSource), or None."""
-        shorter = eval_resize(c, spec.eval_crop_fraction)
+        shorter = eval_resize(c, spec.data.eval.crop_fraction)
         if min(spec.height, spec.width) != shorter:
             x = fn.resize(x, resize_shorter=float(shorter), antialias=True)
         if spec.tencrop:
@@ -641,7 +636,7 @@ def build_pipeline(
             draws = [dict(zip(source.keys, src[o + k * v : o + k * (v + 1)])) for v in range(spec.num_views)]
             pad = pad_of(index) if padding else None
             starts = draw_starts(nframes, src[0] if o else None, pad)
-            if spec.union_decode and spec.num_views > 1:
+            if spec.data.union_decode and spec.num_views > 1:
                 lo, hi = starts[0], starts[0]
                 for s in starts[1:]:
                     lo, hi = dmath.min(lo, s), dmath.max(hi, s)
@@ -679,7 +674,7 @@ def build_pipeline(
             if released_crop:  # windows drawn on the host (ViewSource: one per view, shared when aligned)
                 shared = None
             else:
-                shared = [crop_window() for _ in range(spec.num_views)] if spec.align_streams else None
+                shared = [crop_window() for _ in range(spec.num_views)] if spec.aug.align_streams else None
             for stream in spec.streams:
                 if released_crop:
                     windows = [host_window(draws[v], stream.value) for v in range(spec.num_views)]
@@ -714,7 +709,7 @@ def build_pipeline(
                 video = to_device(video)
                 crops = eval_crops(video, flow=stream == Stream.flow, jitter=jitter[si] if jitter else None)
                 y = crops[0] if len(crops) == 1 else fn.cat(*crops, axis_name="F")
-                if spec.eval_windows == EvalWindows.overlap.value:
+                if spec.data.eval.windows is EvalWindows.overlap:
                     y = fn.pad(y, axis_names="F", fill_value=0.0)  # to the batch's longest sample
                 results.append(y)
         return (*results, label, index)
