@@ -16,10 +16,10 @@ def test_defaults_are_the_paper_numbers():
 def test_yaml_then_overrides(tmp_path):
     y = tmp_path / "c.yaml"
     y.write_text("train:\n  batch_size: 12\nmodel:\n  backbone: r21d\n")
-    cfg = C.load(y, ["train.batch_size=7", "data.crop_scale=[0.3,0.9]"])
+    cfg = C.load(y, ["train.batch_size=7", "data.augment.crop_scale=[0.3,0.9]"])
     assert cfg.train.batch_size == 7
     assert cfg.model.backbone is C.Backbone.r21d
-    assert cfg.data.crop_scale == [0.3, 0.9]
+    assert cfg.data.augment.crop_scale == [0.3, 0.9]
 
 
 @pytest.mark.parametrize(
@@ -29,11 +29,11 @@ def test_yaml_then_overrides(tmp_path):
         ("train.batch_size=abc", "train.batch_size"),
         ("model.backbone=vit", "model.backbone"),
         ("method.epsilon=-1", "method.epsilon"),
-        ("data.color_jitter=pil", "data.color_jitter"),
+        ("data.augment.color_jitter=pil", "data.augment.color_jitter"),
         ("data.short_videos=drop", "data.short_videos"),
-        ("data.eval_color_jitter_prob=1.5", "data.eval_color_jitter_prob"),
-        ("data.eval_color_jitter=[0.2,0.2,0.2]", "data.eval_color_jitter"),
-        ("data.eval_color_jitter=[0.2,0.2,0.2,0.7]", "data.eval_color_jitter"),
+        ("data.eval.color_jitter_prob=1.5", "data.eval.color_jitter_prob"),
+        ("data.eval.color_jitter=[0.2,0.2,0.2]", "data.eval.color_jitter"),
+        ("data.eval.color_jitter=[0.2,0.2,0.2,0.7]", "data.eval.color_jitter"),
         ("eval.cluster.protocol=kmeans", "eval.cluster.protocol"),
         ("eval.cluster.prototypes=300", "eval.cluster.prototypes"),
         ("eval.cluster.runs=0", "eval.cluster.runs"),

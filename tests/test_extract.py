@@ -64,7 +64,7 @@ def test_video_folder_clip_and_video_features(tmp_path, videos, capsys):
     from vicc_fast.eval.inputs import apply_overrides
 
     ck = load_checkpoint(ckpt.phase_path(run, "flow1"))
-    cfg = apply_overrides(ck.cfg, [f"data.root={out}.work", "data.eval_windows=uniform", "data.eval_clips=2", "data.eval_color_jitter_prob=0",
+    cfg = apply_overrides(ck.cfg, [f"data.root={out}.work", "data.eval.windows=uniform", "data.eval.clips=2", "data.eval.color_jitter_prob=0",
                                    *SMALL])  # fmt: skip
     enc = ck.encoders[ck.trained_streams[-1]].eval()
     rows = []

@@ -235,8 +235,75 @@ class SyntheticConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Training-view augmentation (the released transforms; the reasons are in FIDELITY.md)."""
+
+    crop_scale: list[float] = _f([0.2, 1.0], "area range [min, max] of the random resized crop")
+    aspect_ratio: list[float] = _f([0.75, 1.3333333], "aspect ratio (w/h) range of the random resized crop")
+    crop: CropMode = _f(
+        CropMode.released,
+        "random resized crop: released (one try, else the whole frame; bicubic) | classifier (10 tries, else "
+        "the centre) | torchvision (10 tries, log-uniform aspect; bilinear)",
+    )
+    same_start_prob: float = _f(0.5, "probability that the two views of a video start at the same frame")
+    hflip: bool = _f(
+        True, "random horizontal flip (of both streams of a view with data.augment.align_streams)"
+    )
+    align_streams: bool = _f(
+        True,
+        "RGB view i and flow view i share crop, flip and photometric draws (released); false = independent",
+    )
+    flow_photometric: bool = _f(True, "colour jitter, grayscale and blur on the flow image too (released)")
+    flow_flip_negate: bool = _f(
+        False, "negate flow x on flipped views (false = released: flipped like images)"
+    )
+    aug_controller: bool = _f(
+        True,
+        "released controller: one-clip samples get one strong view, two-clip ones each with strong_aug_prob",
+    )
+    strong_aug_prob: float = _f(0.3, "probability of the strong augmentation per view of a two-clip sample")
+    color_jitter_prob: float = _f(0.8, "probability of colour jitter on a strong view")
+    brightness: float = _f(0.4, "colour jitter brightness strength")
+    contrast: float = _f(0.4, "colour jitter contrast strength")
+    saturation: float = _f(0.4, "colour jitter saturation strength")
+    hue: float = _f(0.1, "colour jitter hue strength")
+    color_jitter: ColorJitterMode = _f(
+        ColorJitterMode.released,
+        "released (ColorJitter's ops in random order on 8-bit frames) | affine (one folded map, no clipping)",
+    )
+    grayscale_prob: float = _f(0.2, "probability of grayscale on a strong view")
+    grayscale: GrayMode = _f(
+        GrayMode.channel, "channel (released RandomGray: one channel copied to all three) | luma"
+    )
+    grayscale_per: GrayPer = _f(GrayPer.frame, "channel drawn per frame (released) | per view")
+    blur_prob: float = _f(0.5, "probability of Gaussian blur on a strong view")
+    blur_sigma: list[float] = _f([0.1, 2.0], "Gaussian blur sigma range [min, max] in pixels")
+
+
+@dataclass
+class DataEvalConfig:
+    """Eval-mode clips and crops (retrieval, probe and finetune tests, feature extraction)."""
+
+    windows: EvalWindows = _f(
+        EvalWindows.overlap,
+        "clips per video: overlap (released: every half-overlapping window) | uniform | random (data.eval.clips)",
+    )
+    clips: int = _f(10, "clips per video with data.eval.windows=uniform or random")
+    crop: EvalCrop = _f(EvalCrop.center, "spatial crop: center | tencrop")
+    color_jitter_prob: float = _f(
+        0.3, "probability per video, stream and crop of the released test-time colour jitter (0 = none)"
+    )
+    color_jitter: list[float] = _f(
+        [0.2, 0.2, 0.2, 0.1], "test-time jitter strengths [brightness, contrast, saturation, hue] (released)"
+    )
+    crop_fraction: float = _f(
+        224 / 240, "eval crops span this fraction of the frame's shorter side (224/240: released)"
+    )
+
+
+@dataclass
 class DataConfig:
-    """Shards on disk and the input pipeline that turns them into training views."""
+    """Shards on disk, how they are read, and the input representation; augmentation and eval sampling below."""
 
     root: str = _f("data/synthetic", "folder with manifest.json and the WebDataset shards")
     build_if_missing: bool = _f(True, "build the synthetic shards into `root` when its manifest is missing")
@@ -244,91 +311,17 @@ class DataConfig:
     device: Device = _f(Device.auto, "where to augment: auto (GPU when present) | cpu | gpu")
     decoder: Decoder = _f(
         Decoder.cpu,
-        "VP9 decoding when augmenting on the GPU: cpu (DALI's CPU decoder in data.threads threads, frames "
-        "copied to the GPU; on an H200 with 8 threads 5.3x NVDEC's frames/s on 128x171 clips) | nvdec (DALI "
-        "'mixed', the GPU's hardware decoder: frames of at least 128x128 only)",
+        "VP9 decoding with GPU augmentation: cpu (DALI's CPU decoder) | nvdec (frames >= 128x128)",
     )
     num_frames: int = _f(32, "frames per clip T (S3D 32, R(2+1)D/R3D 16)")
     stride: int = _f(1, "temporal stride between clip frames (S3D 1, R(2+1)D/R3D 2)")
-    crop_size: int = _f(128, "spatial size of the random resized crop")
-    crop_scale: list[float] = _f([0.2, 1.0], "area range [min, max] of the random resized crop")
-    aspect_ratio: list[float] = _f([0.75, 1.3333333], "aspect ratio (w/h) range of the random resized crop")
-    crop: CropMode = _f(
-        CropMode.released,
-        "random resized crop: released (ViCC augmentation.py RandomSizedCrop as main_cross.py runs it: one try "
-        "of area uniform in data.crop_scale, aspect uniform in data.aspect_ratio, w and h swapped with p 0.5, "
-        "else the whole frame; resized bicubic with antialiasing) | classifier (the released probe / finetune "
-        "crop, main_classifier.py: RandomSizedCrop consistent=True, up to 10 such tries, else Scale + "
-        "CenterCrop; eval.released_train_augment picks it) | torchvision (10 tries, log-uniform aspect, else "
-        "the central crop; bilinear without antialiasing)",
-    )
-    same_start_prob: float = _f(
-        0.5,
-        "probability that the two views of a video start at the same frame (with data.aug_controller: the "
-        "share of the released one-clip transform)",
-    )
-    hflip: bool = _f(True, "random horizontal flip (of both streams of a view, see data.align_streams)")
-    align_streams: bool = _f(
-        True,
-        "RGB view i and flow view i share the crop window, the flip and (data.flow_photometric) the "
-        "photometric draw, as the released code augments them as one sequence; false = independent draws",
-    )
-    flow_photometric: bool = _f(
-        True,
-        "colour jitter, grayscale and blur on flow too (paper 4.1 and released code: the flow image "
-        "(data.flow_layout) is jittered like an RGB image); false = flow gets crop and flip only",
-    )
+    crop_size: int = _f(128, "spatial size of every view, training and eval")
     flow_normalisation: FlowNorm = _f(
-        FlowNorm.imagenet,
-        "flow input scaling: imagenet (released code: the flow image normalised with the RGB ImageNet "
-        "mean/std per channel) | unit (x, y to [-1, 1], the constant channel to 0)",
+        FlowNorm.imagenet, "flow input scaling: imagenet (released: RGB's mean/std) | unit (x, y to [-1, 1])"
     )
     flow_layout: FlowLayout = _f(
-        FlowLayout.released,
-        "channels of the flow image: released ((128, y, x): OpenCV wrote BGR [x, y, 128] JPEGs that PIL reads as "
-        "RGB; zero motion is grey) | xy0 ((x, y, 0): zero motion is (128, 128, 0))",
+        FlowLayout.released, "flow image channels: released (128, y, x) | xy0 (x, y, 0)"
     )
-    flow_flip_negate: bool = _f(
-        False,
-        "negate flow x when a view is flipped (physically right: the motion is mirrored too); false = released "
-        "code: flow frames are flipped like images",
-    )
-    aug_controller: bool = _f(
-        True,
-        "released augmentation controller: with data.same_start_prob both views come from one clip and exactly "
-        "one gets the strong (jitter/grayscale/blur) augmentation; else each view gets it with "
-        "data.strong_aug_prob; views without it get crop and flip only; false = strong augmentation on every view",
-    )
-    strong_aug_prob: float = _f(
-        0.3, "probability of the strong augmentation per view of a two-clip sample (data.aug_controller)"
-    )
-    color_jitter_prob: float = _f(0.8, "probability of colour jitter on an RGB view")
-    brightness: float = _f(0.4, "colour jitter brightness strength")
-    contrast: float = _f(0.4, "colour jitter contrast strength")
-    saturation: float = _f(0.4, "colour jitter saturation strength")
-    hue: float = _f(0.1, "colour jitter hue strength")
-    color_jitter: ColorJitterMode = _f(
-        ColorJitterMode.released,
-        "how colour jitter is applied: released (torchvision/PIL ColorJitter as the released code runs it: "
-        "brightness, contrast, saturation and hue in a random order per view, contrast about the frame's mean "
-        "luma, values clipped to [0, 255] after each; hue as a YIQ rotation, not PIL's HSV shift) | affine (the "
-        "four folded into one affine map with grayscale and normalisation, contrast about 128, no clipping: "
-        "one pass, cheaper on the CPU)",
-    )
-    grayscale_prob: float = _f(0.2, "probability of converting an RGB view to grayscale")
-    grayscale: GrayMode = _f(
-        GrayMode.channel,
-        "grayscale: channel (released RandomGray, 'actually a channel splitting': one random channel copied "
-        "to all three) | luma (0.299 R + 0.587 G + 0.114 B in every channel)",
-    )
-    grayscale_per: GrayPer = _f(
-        GrayPer.frame,
-        "with data.grayscale=channel, how often the copied channel is drawn: frame (released RandomGray: "
-        "whether to gray is one draw per view, the channel one per frame, RGB and flow frames alike) | view "
-        "(one channel for all frames of a view and both its streams)",
-    )
-    blur_prob: float = _f(0.5, "probability of Gaussian blur on an RGB view")
-    blur_sigma: list[float] = _f([0.1, 2.0], "Gaussian blur sigma range [min, max] in pixels")
     dtype: DataDtype = _f(
         DataDtype.auto, "dtype of the views: auto (follows train.amp) | float32 | float16 | bfloat16"
     )
@@ -338,48 +331,18 @@ class DataConfig:
     )
     threads: int = _f(2, "DALI CPU threads / DataLoader workers per rank")
     prefetch: int = _f(2, "batches prepared ahead of the training step")
-    eval_windows: EvalWindows = _f(
-        EvalWindows.overlap,
-        "eval-mode clips per video: overlap = every window of num_frames * stride frames, starting at frame 0 "
-        "with a step of num_frames * stride // 2 - 1 (the released test sampler, 'half overlap - 1': the count "
-        "grows with the video's length) | uniform = data.eval_clips uniformly spaced windows | random = "
-        "data.eval_clips windows at random starts drawn per video from train.seed (the released train-mode "
-        "sampler)",
-    )
-    eval_clips: int = _f(10, "clips per video in eval mode with data.eval_windows=uniform or random")
-    eval_crop: EvalCrop = _f(EvalCrop.center, "eval-mode spatial crop: center | tencrop")
-    eval_color_jitter_prob: float = _f(
-        0.3,
-        "eval mode: probability per video, stream and crop of a colour jitter of all its clips, after the crop "
-        "(the released test transforms end with ColorJitter(0.2, 0.2, 0.2, 0.1, p=0.3): retrieval, probe and "
-        "finetune tests, RGB and flow); 0 = none (deterministic eval features)",
-    )
-    eval_color_jitter: list[float] = _f(
-        [0.2, 0.2, 0.2, 0.1],
-        "eval-mode jitter strengths [brightness, contrast, saturation, hue], applied as data.color_jitter=released",
-    )
-    eval_crop_fraction: float = _f(
-        224 / 240,
-        "eval crops span this fraction of the frame's shorter side (frames are resized so that a crop_size "
-        "crop does): 224/240 = the released test crops (224 of 240-pixel frames, scaled to 128), so ten-crop's "
-        "four corners differ; 1.0 = the whole shorter side (on 128x171 shards the corners then collapse to two)",
-    )
     on_bad_sample: BadSample = _f(
         BadSample.error, "a sample that fails to decode: error | skip (counted, warned)"
     )
     short_videos: ShortVideos = _f(
         ShortVideos.pad,
-        "videos shorter than a clip's span ((num_frames - 1) * stride + 1 frames): pad = as the released "
-        "UCF101/HMDB51 loaders, left out (counted, one warning, never an error) when they have at most "
-        "num_frames // 2 * stride + 1 frames, else read left-padded with their first frame (frame 0 repeated, then "
-        "0, stride, 2 * stride, ...; one clip in eval) | reject = such a video is a bad sample (data.on_bad_sample)",
+        "videos shorter than a clip: pad (released: first frame repeated) | reject (a bad sample)",
     )
     require_recipe: DataRecipe = _f(
-        DataRecipe.none,
-        "check the manifest at data.root before training and evaluation: released (the paper configs: frames "
-        "stored at 240x320 with TV-L1 flow computed at the source resolution, as ViCC's process_data; another "
-        "build is refused, naming the manifest and the mismatch) | none (accept any build)",
+        DataRecipe.none, "released (refuse data not built at 240x320 with source-size TV-L1) | none"
     )
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    eval: DataEvalConfig = field(default_factory=DataEvalConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -641,7 +604,7 @@ class RetrievalEvalConfig:
         "where a train (gallery) video's clips lie: random (released, from train.seed) | uniform | overlap",
     )
     train_clips: int = _f(
-        1, "clips per train (gallery) video: 1 (released) | 0 = data.eval_clips, as test videos"
+        1, "clips per train (gallery) video: 1 (released) | 0 = data.eval.clips, as test videos"
     )
 
 
@@ -764,6 +727,33 @@ class Config:
 # through the map, so old runs stay usable. One block per section, so the moves of one room read together.
 MOVED: dict[str, str] = {
     # -- data: data.augment, data.eval
+    "data.crop_scale": "data.augment.crop_scale",
+    "data.aspect_ratio": "data.augment.aspect_ratio",
+    "data.crop": "data.augment.crop",
+    "data.same_start_prob": "data.augment.same_start_prob",
+    "data.hflip": "data.augment.hflip",
+    "data.align_streams": "data.augment.align_streams",
+    "data.flow_photometric": "data.augment.flow_photometric",
+    "data.flow_flip_negate": "data.augment.flow_flip_negate",
+    "data.aug_controller": "data.augment.aug_controller",
+    "data.strong_aug_prob": "data.augment.strong_aug_prob",
+    "data.color_jitter_prob": "data.augment.color_jitter_prob",
+    "data.brightness": "data.augment.brightness",
+    "data.contrast": "data.augment.contrast",
+    "data.saturation": "data.augment.saturation",
+    "data.hue": "data.augment.hue",
+    "data.color_jitter": "data.augment.color_jitter",
+    "data.grayscale_prob": "data.augment.grayscale_prob",
+    "data.grayscale": "data.augment.grayscale",
+    "data.grayscale_per": "data.augment.grayscale_per",
+    "data.blur_prob": "data.augment.blur_prob",
+    "data.blur_sigma": "data.augment.blur_sigma",
+    "data.eval_windows": "data.eval.windows",
+    "data.eval_clips": "data.eval.clips",
+    "data.eval_crop": "data.eval.crop",
+    "data.eval_color_jitter_prob": "data.eval.color_jitter_prob",
+    "data.eval_color_jitter": "data.eval.color_jitter",
+    "data.eval_crop_fraction": "data.eval.crop_fraction",
     # -- eval: eval.retrieval, eval.linear, eval.finetune, eval.cluster, eval.plots
     "eval.recall_ks": "eval.retrieval.recall_ks",
     "eval.knn_chunk": "eval.retrieval.knn_chunk",
@@ -915,26 +905,27 @@ def validate(cfg: Config) -> None:
         (cfg.data.stride > 0, "data.stride", "must be > 0"),
         (cfg.data.crop_size > 0, "data.crop_size", "must be > 0"),
         (
-            len(cfg.data.crop_scale) == 2 and 0 < cfg.data.crop_scale[0] <= cfg.data.crop_scale[1] <= 1,
-            "data.crop_scale",
+            len(cfg.data.augment.crop_scale) == 2
+            and 0 < cfg.data.augment.crop_scale[0] <= cfg.data.augment.crop_scale[1] <= 1,
+            "data.augment.crop_scale",
             "must be [min, max] with 0 < min <= max <= 1",
         ),
-        (0 <= cfg.data.same_start_prob <= 1, "data.same_start_prob", "must be in [0, 1]"),
-        (0 <= cfg.data.strong_aug_prob <= 1, "data.strong_aug_prob", "must be in [0, 1]"),
+        (0 <= cfg.data.augment.same_start_prob <= 1, "data.augment.same_start_prob", "must be in [0, 1]"),
+        (0 <= cfg.data.augment.strong_aug_prob <= 1, "data.augment.strong_aug_prob", "must be in [0, 1]"),
         (cfg.data.threads > 0, "data.threads", "must be > 0"),
-        (cfg.data.eval_clips > 0, "data.eval_clips", "must be > 0"),
+        (cfg.data.eval.clips > 0, "data.eval.clips", "must be > 0"),
         (
             cfg.eval.retrieval.train_clips >= 0,
             "eval.retrieval.train_clips",
-            "must be >= 0 (0 = data.eval_clips)",
+            "must be >= 0 (0 = data.eval.clips)",
         ),
-        (0 < cfg.data.eval_crop_fraction <= 1, "data.eval_crop_fraction", "must be in (0, 1]"),
-        (0 <= cfg.data.eval_color_jitter_prob <= 1, "data.eval_color_jitter_prob", "must be in [0, 1]"),
+        (0 < cfg.data.eval.crop_fraction <= 1, "data.eval.crop_fraction", "must be in (0, 1]"),
+        (0 <= cfg.data.eval.color_jitter_prob <= 1, "data.eval.color_jitter_prob", "must be in [0, 1]"),
         (
-            len(cfg.data.eval_color_jitter) == 4
-            and min(cfg.data.eval_color_jitter) >= 0
-            and cfg.data.eval_color_jitter[3] <= 0.5,
-            "data.eval_color_jitter",
+            len(cfg.data.eval.color_jitter) == 4
+            and min(cfg.data.eval.color_jitter) >= 0
+            and cfg.data.eval.color_jitter[3] <= 0.5,
+            "data.eval.color_jitter",
             "must be [brightness, contrast, saturation, hue], each >= 0, hue <= 0.5",
         ),
         (cfg.model.num_prototypes > 0, "model.num_prototypes", "must be > 0"),

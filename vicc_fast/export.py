@@ -52,7 +52,7 @@ def input_spec(cfg: C.Config, stream: Stream) -> dict[str, Any]:
     if stream is Stream.rgb:
         spec["normalisation"] = {"on": "RGB in [0, 255]", "mean": list(RGB_MEAN), "std": list(RGB_STD)}
     else:
-        mean, std = flow_norm(d.flow_normalisation.value)
+        mean, std = flow_norm(d.flow_normalisation)
         spec["normalisation"] = {"on": "flow image (x, y, 0) in [0, 255]", "mode": d.flow_normalisation.value,
                                  "mean": mean.tolist(), "std": std.tolist()}  # fmt: skip
         spec["flow"] = {

@@ -122,9 +122,9 @@ def extract_features(args: argparse.Namespace) -> Path:
         split = "train"
     else:
         root, split = Path(args.shards), args.split
-    data = [f"data.root={root}", f"data.eval_windows={args.windows}", f"data.eval_clips={args.clips}",
-            f"data.eval_crop={args.crop}"]  # fmt: skip
-    cfg = apply_overrides(cfg, [*data, "data.eval_color_jitter_prob=0", *args.overrides])
+    data = [f"data.root={root}", f"data.eval.windows={args.windows}", f"data.eval.clips={args.clips}",
+            f"data.eval.crop={args.crop}"]  # fmt: skip
+    cfg = apply_overrides(cfg, [*data, "data.eval.color_jitter_prob=0", *args.overrides])
     ids = shard_video_ids(root, split)
     meta: dict[str, Any] = {
         "encoder": source, "stream": stream.value, "layer": LAYER, "feature_dim": int(encoder.feature_dim),

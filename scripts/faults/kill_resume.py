@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["data.num_frames=4", "data.crop_size=16", "data.threads=1", "data.eval_clips=1", "data.backend=torch",
+TINY = ["data.num_frames=4", "data.crop_size=16", "data.threads=1", "data.eval.clips=1", "data.backend=torch",
         "model.backbone=tiny", "model.tiny_width=4", "model.proj_hidden=16", "model.proj_dim=8",
         "model.num_prototypes=6", "method.queue_size=8", "schedule.cross_cycles=0",
         "schedule.single_queue_start_rgb=1", "schedule.single_queue_start_flow=1",

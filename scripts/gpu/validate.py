@@ -428,11 +428,11 @@ def augment_summary(ctx: Ctx):
 
 
 def evalwin_cmds(ctx: Ctx):
-    """The eval pipelines with the released test windows (data.eval_windows=overlap, the default: each video's
+    """The eval pipelines with the released test windows (data.eval.windows=overlap, the default: each video's
     count looked up, the batch padded, the padding dropped), centre crop and ten-crop, both backends."""
     common, sets = _loader_args(ctx, steps=6, repeat=1)
     root = ["--root", str(ctx.data / "lb"), "--mode", "eval"]
-    tencrop = [*sets, "data.eval_crop=tencrop"]
+    tencrop = [*sets, "data.eval.crop=tencrop"]
     return [
         (_bench(ctx, "loader", *root, *common, "--set", *sets, record="evalwin"), {}),
         (_bench(ctx, "loader", *root, *common, "--set", *tencrop, record="evalwin"), {}),

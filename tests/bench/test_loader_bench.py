@@ -55,16 +55,26 @@ def test_loader_bench_variants_measure_each_configuration(tmp_path, monkeypatch)
               "--threads", "1", "--device", "cpu", "--backend", "dali",
               "--set", "data.num_frames=4", "data.crop_size=16", "data.dtype=float32"]  # fmt: skip
     res = L.run(
-        parse([*common, "--variants", "rel:data.color_jitter=released", "aff:data.color_jitter=affine"])
+        parse(
+            [
+                *common,
+                "--variants",
+                "rel:data.augment.color_jitter=released",
+                "aff:data.augment.color_jitter=affine",
+            ]
+        )
     )
-    assert res["variants"] == {"rel": ["data.color_jitter=released"], "aff": ["data.color_jitter=affine"]}
+    assert res["variants"] == {
+        "rel": ["data.augment.color_jitter=released"],
+        "aff": ["data.augment.color_jitter=affine"],
+    }
     assert res["ratio_dali_rel_over_aff"] == pytest.approx(
         res["dali/rel"]["samples_per_s"] / res["dali/aff"]["samples_per_s"]
     )
     with pytest.raises(SystemExit, match="NAME:KEY=VALUE"):
         L.run(parse([*common, "--variants", "rel"]))
     with pytest.raises(Exception, match="color_jitter"):
-        L.run(parse([*common, "--variants", "bad:data.color_jitter=nope"]))
+        L.run(parse([*common, "--variants", "bad:data.augment.color_jitter=nope"]))
 
 
 @pytest.mark.parametrize("bad", ["orig", "orig=x", "=3", "orig=-1"])
@@ -89,7 +99,7 @@ def test_jpeg_lmdb_baseline_reads_what_the_shards_hold(tmp_path) -> None:
     assert info["videos"] == 4 and info["lmdb_bytes_per_video"] > 0
     assert build(root, tmp_path / "lmdb") == info  # built once
     cfg = config.load(None, [f"data.root={root}", "data.num_frames=5", "data.stride=2", "data.crop_size=32",
-                             "data.color_jitter_prob=0", "data.grayscale_prob=0", "data.threads=1",
+                             "data.augment.color_jitter_prob=0", "data.augment.grayscale_prob=0", "data.threads=1",
                              "train.batch_size=2"])  # fmt: skip
     ld = JpegLmdbLoader(tmp_path / "lmdb", cfg, (Stream.rgb, Stream.flow), 2)
     batches = list(ld)
@@ -127,7 +137,12 @@ def test_jpeg_lmdb_augments_rgb_and_flow_as_one_sequence(tmp_path) -> None:
     from vicc_fast.config import Stream
     from vicc_fast.data.augment import flow_values, rgb_values
 
-    for b in _grid_batches(tmp_path, "data.color_jitter_prob=0", "data.grayscale_prob=0", "data.blur_prob=0"):
+    for b in _grid_batches(
+        tmp_path,
+        "data.augment.color_jitter_prob=0",
+        "data.augment.grayscale_prob=0",
+        "data.augment.blur_prob=0",
+    ):
         for v in range(2):
             r = rgb_values(b.views[Stream.rgb][v])[..., :2]
             f = flow_values(b.views[Stream.flow][v], "imagenet")[..., :2]
@@ -143,10 +158,10 @@ def test_jpeg_lmdb_gives_flow_the_strong_augmentation(tmp_path) -> None:
     from vicc_fast.data.augment import flow_values
 
     over = [
-        "data.aug_controller=false",
-        "data.grayscale_prob=1",
-        "data.color_jitter_prob=0",
-        "data.blur_prob=0",
+        "data.augment.aug_controller=false",
+        "data.augment.grayscale_prob=1",
+        "data.augment.color_jitter_prob=0",
+        "data.augment.blur_prob=0",
     ]
     for b in _grid_batches(tmp_path, *over):
         f = flow_values(b.views[Stream.flow][0], "imagenet")

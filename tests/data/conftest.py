@@ -37,19 +37,23 @@ def cfg_for(root: Path, *overrides: str, pinned: bool = True) -> config.Config:
         "data.build_if_missing=false",
         "data.num_frames=8",
         "data.crop_size=32",
-        "data.color_jitter_prob=0",
-        "data.grayscale_prob=0",
-        "data.blur_prob=0",
-        "data.eval_color_jitter_prob=0",
+        "data.augment.color_jitter_prob=0",
+        "data.augment.grayscale_prob=0",
+        "data.augment.blur_prob=0",
+        "data.eval.color_jitter_prob=0",
         "data.dtype=float32",
         "data.threads=2",
         "data.prefetch=1",
-        "data.eval_windows=uniform",
-        "data.eval_clips=2",
+        "data.eval.windows=uniform",
+        "data.eval.clips=2",
         "train.batch_size=2",
         "eval.batch_size=4",
     ]
     # the pixel checks of the older tests read flow as (x, y, 0) and crop windows by torchvision's rule;
     # tests/data/test_released_recipe.py checks the released defaults (flow (128, y, x), crop, grayscale)
-    pins = ["data.flow_layout=xy0", "data.crop=torchvision", "data.grayscale_per=view"] if pinned else []
+    pins = (
+        ["data.flow_layout=xy0", "data.augment.crop=torchvision", "data.augment.grayscale_per=view"]
+        if pinned
+        else []
+    )
     return config.load(None, [*base, *pins, *overrides])

@@ -5,26 +5,27 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vicc_fast.config import DataConfig
+from vicc_fast.config import AugmentConfig, DataConfig
 from vicc_fast.data.augment import crop_window, draw_views, strong_views
 
 
 def test_released_controller_by_default():
     """One-clip samples (same start): exactly one strong view; two-clip: each view strong with p = 0.3."""
     d = DataConfig()
-    assert d.aug_controller and d.same_start_prob == 0.5 and d.strong_aug_prob == 0.3
+    a = d.augment
+    assert a.aug_controller and a.same_start_prob == 0.5 and a.strong_aug_prob == 0.3
     rng = np.random.default_rng(0)
     same = rng.random(20000) < 0.5
-    st = strong_views(rng, same, 2, d)
+    st = strong_views(rng, same, 2, a)
     assert (st[:, same].sum(0) == 1).all()
     assert abs(st[:, same].mean(1) - 0.5).max() < 0.03  # which view: uniform
     assert abs(st[:, ~same].mean() - 0.3) < 0.02
-    d.aug_controller = False
-    assert strong_views(rng, same, 2, d).all()
+    a.aug_controller = False
+    assert strong_views(rng, same, 2, a).all()
 
 
 def test_plain_views_get_crop_and_flip_only():
-    d = DataConfig(color_jitter_prob=1.0, grayscale_prob=1.0, blur_prob=1.0)
+    d = DataConfig(augment=AugmentConfig(color_jitter_prob=1.0, grayscale_prob=1.0, blur_prob=1.0))
     same, views = draw_views(np.random.default_rng(1), 4000, 2, d)
     for v in views:
         plain = ~v.strong
@@ -38,7 +39,7 @@ def test_plain_views_get_crop_and_flip_only():
 def test_flow_map_normalises_and_negates_only_when_asked():
     from vicc_fast.config import FlowNorm
 
-    d = DataConfig(color_jitter_prob=0.0, grayscale_prob=0.0)
+    d = DataConfig(augment=AugmentConfig(color_jitter_prob=0.0, grayscale_prob=0.0))
     assert d.flow_normalisation is FlowNorm.imagenet  # released: flow normalised like RGB
     _, (v,) = draw_views(np.random.default_rng(2), 8, 1, d)
     px = np.array([200.0, 50.0, 0.0])
@@ -49,7 +50,7 @@ def test_flow_map_normalises_and_negates_only_when_asked():
     )
     d.flow_normalisation = FlowNorm.unit
     for negate in (False, True):
-        d.flow_flip_negate = negate
+        d.augment.flow_flip_negate = negate
         _, views = draw_views(np.random.default_rng(2), 64, 1, d)
         (v,) = views
         px = np.array([128.0, 50.0, 200.0])  # the released flow image (128, y, x) (data.flow_layout default)
@@ -74,21 +75,23 @@ def test_grayscale_is_the_released_channel_split():
     from vicc_fast.config import GrayMode, GrayPer
     from vicc_fast.data.augment import _colour
 
-    d = DataConfig(color_jitter_prob=0.0, grayscale_prob=1.0, grayscale_per=GrayPer.view)
-    assert d.grayscale is GrayMode.channel
+    d = DataConfig(
+        augment=AugmentConfig(color_jitter_prob=0.0, grayscale_prob=1.0, grayscale_per=GrayPer.view)
+    )
+    assert d.augment.grayscale is GrayMode.channel
     col = _colour(np.random.default_rng(4), np.ones(3000, bool), d)
     m, t = col.m, col.t
     x = np.array([200.0, 50.0, 10.0])
     y = m @ x + t  # [n, 3]
     assert (y == y[:, :1]).all() and set(np.unique(y[:, 0]).tolist()) == {200.0, 50.0, 10.0}
     # released (the default): the channel drawn per frame, [n, T, 3, 3] maps, every channel in some clip
-    d.grayscale_per = GrayPer.frame
+    d.augment.grayscale_per = GrayPer.frame
     col = _colour(np.random.default_rng(4), np.ones(300, bool), d)
     y = col.m @ x + col.t  # [n, T, 3]
     assert y.shape == (300, d.num_frames, 3) and (y == y[..., :1]).all()
     per_clip = [len(set(c.tolist())) for c in y[..., 0]]
     assert min(per_clip) >= 2 and set(np.unique(y).tolist()) == {200.0, 50.0, 10.0}
-    d.grayscale = GrayMode.luma
+    d.augment.grayscale = GrayMode.luma
     col = _colour(np.random.default_rng(4), np.ones(5, bool), d)
     m, t = col.m, col.t
     np.testing.assert_allclose(m @ x + t, 0.299 * 200 + 0.587 * 50 + 0.114 * 10)
@@ -145,8 +148,8 @@ def test_released_jitter_is_the_default_with_a_random_order_per_view():
     from vicc_fast.config import ColorJitterMode
     from vicc_fast.data.augment import STEP_BC, STEP_MATRIX, STEP_SKIP
 
-    d = DataConfig(color_jitter_prob=0.8, aug_controller=False)
-    assert d.color_jitter is ColorJitterMode.released
+    d = DataConfig(augment=AugmentConfig(color_jitter_prob=0.8, aug_controller=False))
+    assert d.augment.color_jitter is ColorJitterMode.released
     _, views = draw_views(np.random.default_rng(5), 4000, 2, d)
     for v in views:
         assert abs(v.jit_rgb.mean() - 0.8) < 0.03
@@ -159,7 +162,7 @@ def test_released_jitter_is_the_default_with_a_random_order_per_view():
         assert (np.argmax(kind == STEP_MATRIX, 1) < np.argmax(kind == STEP_SKIP, 1)).all()
         contrast_at = np.argmax(v.rgb_steps.c[j] != 1, axis=1)  # where the contrast step sits
         assert set(contrast_at.tolist()) == {0, 1, 2, 3}
-    d.color_jitter = ColorJitterMode.affine
+    d.augment.color_jitter = ColorJitterMode.affine
     _, views = draw_views(np.random.default_rng(5), 10, 2, d)
     assert views[0].jit_rgb is None and views[0].rgb_steps is None
 

@@ -72,7 +72,7 @@ def test_rgb_flow_alignment_and_stride(codes_root, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("same", [0.0, 1.0])
 def test_same_start_probability(codes_root, backend, same):
-    cfg = cfg_for(codes_root, f"data.backend={backend}", f"data.same_start_prob={same}")
+    cfg = cfg_for(codes_root, f"data.backend={backend}", f"data.augment.same_start_prob={same}")
     equal = []
     for b in loader(cfg, streams=(Stream.rgb,)):
         f = [frames_from_code(rgb_values(v).mean(axis=(2, 3))[..., 0])[:, 0] for v in b.views[Stream.rgb]]
@@ -87,7 +87,7 @@ def test_same_start_probability(codes_root, backend, same):
 def test_frame_consistent_crop_and_flip(ramps_root, backend):
     """Static ramps: every frame of a clip must be identical after augmentation (one crop, one flip per
     clip); the R ramp's direction shows the flip, which must occur for some clips and not for others."""
-    cfg = cfg_for(ramps_root, f"data.backend={backend}", "data.crop_scale=[0.2,0.6]")
+    cfg = cfg_for(ramps_root, f"data.backend={backend}", "data.augment.crop_scale=[0.2,0.6]")
     flips = []
     for b in loader(cfg):
         for v in b.views[Stream.rgb]:
@@ -107,10 +107,13 @@ def test_frame_consistent_crop_and_flip(ramps_root, backend):
 @pytest.mark.parametrize("negate", [False, True])
 def test_flow_flip_and_crops_halves_alike(ramps_root, backend, negate):
     """Flow x and y hold the same ramp: x == y (both halves got the same crop) with the flip as in the released
-    code (default: frames flipped like images); with ``data.flow_flip_negate`` flipped clips give
+    code (default: frames flipped like images); with ``data.augment.flow_flip_negate`` flipped clips give
     x == 255 - y (x negated), y's ramp reversed either way."""
     cfg = cfg_for(
-        ramps_root, f"data.backend={backend}", "data.crop_scale=[0.3,0.7]", f"data.flow_flip_negate={negate}"
+        ramps_root,
+        f"data.backend={backend}",
+        "data.augment.crop_scale=[0.3,0.7]",
+        f"data.augment.flow_flip_negate={negate}",
     )
     seen = set()
     for b in loader(cfg, streams=(Stream.flow,)):
@@ -139,9 +142,12 @@ def grid_pairs(cfg, epochs=1):
 def test_rgb_and_flow_views_share_crop_window_and_flip(grid_root, backend, align):
     """Grid set: RGB (R, G) and flow (x, y) hold the same horizontal / vertical ramps, so RGB view i and flow
     view i come out equal pixel for pixel iff they got the same crop window and flip (released code: one
-    sequence per view; default). With ``data.align_streams=false`` they are drawn apart."""
+    sequence per view; default). With ``data.augment.align_streams=false`` they are drawn apart."""
     cfg = cfg_for(
-        grid_root, f"data.backend={backend}", "data.crop_scale=[0.2,0.6]", f"data.align_streams={align}"
+        grid_root,
+        f"data.backend={backend}",
+        "data.augment.crop_scale=[0.2,0.6]",
+        f"data.augment.align_streams={align}",
     )
     same, flips = [], []
     for rgb, flo in grid_pairs(cfg):
@@ -163,12 +169,12 @@ def test_flow_photometric_takes_the_rgb_views_draw(grid_root, backend, photometr
     cfg = cfg_for(
         grid_root,
         f"data.backend={backend}",
-        "data.aug_controller=false",
-        "data.color_jitter_prob=1",
-        "data.contrast=0",
-        "data.saturation=0",
-        "data.hue=0",
-        f"data.flow_photometric={photometric}",
+        "data.augment.aug_controller=false",
+        "data.augment.color_jitter_prob=1",
+        "data.augment.contrast=0",
+        "data.augment.saturation=0",
+        "data.augment.hue=0",
+        f"data.augment.flow_photometric={photometric}",
     )
     ratios = []
     for rgb, flo in grid_pairs(cfg):
@@ -189,15 +195,15 @@ def test_contrast_centre_through_the_loader(grid_root, backend, mode):
     cfg = cfg_for(
         grid_root,
         f"data.backend={backend}",
-        f"data.color_jitter={mode}",
-        "data.aug_controller=false",
-        "data.flow_photometric=false",
-        "data.color_jitter_prob=1",
-        "data.brightness=0",
-        "data.saturation=0",
-        "data.hue=0",
-        "data.contrast=0.9",
-        "data.crop_scale=[0.1,0.3]",
+        f"data.augment.color_jitter={mode}",
+        "data.augment.aug_controller=false",
+        "data.augment.flow_photometric=false",
+        "data.augment.color_jitter_prob=1",
+        "data.augment.brightness=0",
+        "data.augment.saturation=0",
+        "data.augment.hue=0",
+        "data.augment.contrast=0.9",
+        "data.augment.crop_scale=[0.1,0.3]",
     )
     checked, outside = 0, 0.0
     for rgb, flo in grid_pairs(cfg, 3):
@@ -227,12 +233,12 @@ def test_augmentation_controller_spares_views(grid_root, backend, controller):
     cfg = cfg_for(
         grid_root,
         f"data.backend={backend}",
-        f"data.aug_controller={controller}",
-        "data.flow_photometric=false",
-        "data.color_jitter_prob=1",
-        "data.contrast=0",
-        "data.saturation=0",
-        "data.hue=0",
+        f"data.augment.aug_controller={controller}",
+        "data.augment.flow_photometric=false",
+        "data.augment.color_jitter_prob=1",
+        "data.augment.contrast=0",
+        "data.augment.saturation=0",
+        "data.augment.hue=0",
     )
     plain = [
         abs(rgb[..., 0].mean() / max(flo[..., 0].mean(), 1e-6) - 1) < 0.01 for rgb, flo in grid_pairs(cfg, 2)
@@ -243,7 +249,7 @@ def test_augmentation_controller_spares_views(grid_root, backend, controller):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_no_flip_when_disabled(ramps_root, backend):
-    cfg = cfg_for(ramps_root, f"data.backend={backend}", "data.hflip=false")
+    cfg = cfg_for(ramps_root, f"data.backend={backend}", "data.augment.hflip=false")
     for b in loader(cfg, streams=(Stream.flow,)):
         f = flow_values(b.views[Stream.flow][0])
         assert np.abs(f[..., 0] - f[..., 1]).mean() < 3
@@ -266,8 +272,8 @@ def test_two_ranks_disjoint_and_covering(codes_root, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("crop", ["center", "tencrop"])
 def test_eval_every_video_once(codes_root, backend, crop):
-    """5 test videos on 2 ranks: every video exactly once, eval_clips uniformly spaced clips each."""
-    cfg = cfg_for(codes_root, f"data.backend={backend}", f"data.eval_crop={crop}", "eval.batch_size=4")
+    """5 test videos on 2 ranks: every video exactly once, data.eval.clips uniformly spaced clips each."""
+    cfg = cfg_for(codes_root, f"data.backend={backend}", f"data.eval.crop={crop}", "eval.batch_size=4")
     crops = 10 if crop == "tencrop" else 1
     counts: dict[int, int] = {}
     for rank in (0, 1):
@@ -289,7 +295,11 @@ def test_eval_every_video_once(codes_root, backend, crop):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_same_seed_same_batches(codes_root, backend):
-    aug = ["data.color_jitter_prob=0.8", "data.grayscale_prob=0.2", "data.blur_prob=0.5"]
+    aug = [
+        "data.augment.color_jitter_prob=0.8",
+        "data.augment.grayscale_prob=0.2",
+        "data.augment.blur_prob=0.5",
+    ]
     cfg = cfg_for(codes_root, f"data.backend={backend}", *aug)
 
     def run(epoch):
@@ -332,8 +342,8 @@ def test_eval_names_a_truncated_video_and_skip_reads_every_other_video_once(tmp_
     args = (
         f"data.backend={backend}",
         "data.num_frames=4",
-        "data.eval_clips=2",
-        f"data.eval_windows={windows}",
+        "data.eval.clips=2",
+        f"data.eval.windows={windows}",
     )
     with pytest.raises(BadSampleError, match="train000002"):
         for _ in loader(cfg_for(root, *args), mode="eval", streams=(Stream.rgb,), views=1, split="train"):
@@ -397,7 +407,7 @@ def test_tencrop_gives_ten_distinct_crops(grid_root, backend, fraction):
     and their flips are 10 different crops (default). Crops spanning the whole shorter side collapse the
     top and bottom corners (fraction 1.0: 6 distinct of 10)."""
     cfg = cfg_for(
-        grid_root, f"data.backend={backend}", "data.eval_crop=tencrop", f"data.eval_crop_fraction={fraction}"
+        grid_root, f"data.backend={backend}", "data.eval.crop=tencrop", f"data.eval.crop_fraction={fraction}"
     )
     b = next(iter(loader(cfg, mode="eval", streams=(Stream.rgb,))))
     rows = rgb_values(b.views[Stream.rgb][0])[(b.index == b.index[0]).numpy()]  # [crops * clips, T, h, w, 3]
@@ -433,10 +443,10 @@ def test_eval_jitter_is_one_released_draw_per_video_and_stream(grid_root, backen
     from vicc_fast.data.augment import jitter_slots, jitter_steps_np
 
     d = DataConfig()
-    assert d.eval_color_jitter_prob == 0.3 and d.eval_color_jitter == [0.2, 0.2, 0.2, 0.1]
-    base = [f"data.backend={backend}", "data.eval_clips=2"]
+    assert d.eval.color_jitter_prob == 0.3 and d.eval.color_jitter == [0.2, 0.2, 0.2, 0.1]
+    base = [f"data.backend={backend}", "data.eval.clips=2"]
     plain = cfg_for(grid_root, *base)
-    jit = cfg_for(grid_root, *base, "data.eval_color_jitter_prob=1", "data.eval_color_jitter=[0,0.9,0,0]")
+    jit = cfg_for(grid_root, *base, "data.eval.color_jitter_prob=1", "data.eval.color_jitter=[0,0.9,0,0]")
     cs = []
     for stream in BOTH:
         x0s, ys, again = _eval_views(plain, stream), _eval_views(jit, stream), _eval_views(jit, stream)

@@ -15,7 +15,7 @@ def test_per_view_decode_keeps_alignment_and_stride(codes_root):
     """union_decode=false decodes each view on its own (start_frame / stride): view v of RGB and of flow still
     hold the same frames at the stride, and the views' starts differ for some videos."""
     cfg = cfg_for(codes_root, "data.backend=dali", "data.union_decode=false", "data.stride=2",
-                  "data.num_frames=6", "data.same_start_prob=0")  # fmt: skip
+                  "data.num_frames=6", "data.augment.same_start_prob=0")  # fmt: skip
     differ = []
     for b in loader(cfg):
         firsts = []
@@ -41,17 +41,17 @@ def test_eval_clips_align_rgb_and_flow(codes_root, backend):
         np.testing.assert_array_equal(np.diff(f_rgb, axis=1), 2)
         assert f_rgb.min() >= 0 and f_rgb.max() <= T_VIDEO - 1
         n += len(f_rgb)
-    assert n == 5 * 2  # 5 test videos x eval_clips 2
+    assert n == 5 * 2  # 5 test videos x data.eval.clips 2
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("negate", [True, False])
 def test_tencrop_mirrors_flip_flow_and_negate_x_when_asked(ramps_root, backend, negate):
     """Ten-crop = 5 positions x (plain, mirrored). On the ramp set flow x = y = a horizontal ramp, so a mirrored
-    crop holds y -> reversed ramp (flipped) and x -> reversed ramp, negated (255 - v) with data.flow_flip_negate
+    crop holds y -> reversed ramp (flipped) and x -> reversed ramp, negated (255 - v) with data.augment.flow_flip_negate
     (physically right) or not (the released code, the default)."""
-    cfg = cfg_for(ramps_root, f"data.backend={backend}", "data.eval_crop=tencrop", "data.eval_clips=1",
-                  f"data.flow_flip_negate={str(negate).lower()}")  # fmt: skip
+    cfg = cfg_for(ramps_root, f"data.backend={backend}", "data.eval.crop=tencrop", "data.eval.clips=1",
+                  f"data.augment.flow_flip_negate={str(negate).lower()}")  # fmt: skip
     checked = 0
     for b in loader(cfg, mode="eval", streams=BOTH):
         f = flow_values(b.views[Stream.flow][0])  # [B * 10, T, h, w, 3], crops of one video consecutive
@@ -71,7 +71,7 @@ def test_tencrop_mirrors_flip_flow_and_negate_x_when_asked(ramps_root, backend, 
 def test_one_crop_per_clip_to_the_pixel(ramps_root, backend):
     """Every frame of a clip equals the clip's first frame (mean |d| < 0.25 level; measured 0): a crop window
     moved by one source pixel between frames changes every value of the ramps, a mean of 1.7-2.3 levels."""
-    cfg = cfg_for(ramps_root, f"data.backend={backend}", "data.crop_scale=[0.2,0.6]")
+    cfg = cfg_for(ramps_root, f"data.backend={backend}", "data.augment.crop_scale=[0.2,0.6]")
     for b in loader(cfg):
         for s in BOTH:
             for v in b.views[s]:
@@ -83,7 +83,7 @@ def test_one_crop_per_clip_to_the_pixel(ramps_root, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("tencrop", [False, True])
 def test_overlap_windows_are_the_released_test_sampler(tmp_path, backend, tencrop):
-    """data.eval_windows=overlap reads every window the released test sampler does ("half overlap - 1": starts
+    """data.eval.windows=overlap reads every window the released test sampler does ("half overlap - 1": starts
     0, step T*stride//2 - 1, as many as fit), so their number follows each video's length: on a split mixing
     24- and 6-frame videos in one batch, each video's clips start exactly at overlap_starts(...), RGB and flow
     alike, and no padding clip reaches the batch."""
@@ -91,9 +91,9 @@ def test_overlap_windows_are_the_released_test_sampler(tmp_path, backend, tencro
     from vicc_fast.data.windows import overlap_starts
 
     root = make_set(tmp_path / "mixed", "codes", n_train=5, n_test=1, short=(1, 3))
-    over = [f"data.backend={backend}", "data.num_frames=4", "data.stride=1", "data.eval_windows=overlap"]
+    over = [f"data.backend={backend}", "data.num_frames=4", "data.stride=1", "data.eval.windows=overlap"]
     if tencrop:
-        over += ["data.eval_crop=tencrop"]
+        over += ["data.eval.crop=tencrop"]
     cfg = cfg_for(root, *over, "eval.batch_size=64")
     crops = 10 if tencrop else 1
     seen = {}
@@ -115,13 +115,13 @@ def test_overlap_windows_are_the_released_test_sampler(tmp_path, backend, tencro
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("windows", ["random", "uniform"])
 def test_fixed_count_windows_read_the_host_computed_starts(tmp_path, backend, windows):
-    """data.eval_windows=random / uniform: each video's clips start where the host put them
+    """data.eval.windows=random / uniform: each video's clips start where the host put them
     (BaseLoader.eval_starts; random ones drawn from train.seed), the same on both backends, RGB and flow alike."""
     from data_prep.patterns import make_set
 
     root = make_set(tmp_path / "rand", "codes", n_train=5, n_test=1)
-    cfg = cfg_for(root, f"data.backend={backend}", "data.num_frames=4", f"data.eval_windows={windows}",
-                  "data.eval_clips=3", "train.seed=5")  # fmt: skip
+    cfg = cfg_for(root, f"data.backend={backend}", "data.num_frames=4", f"data.eval.windows={windows}",
+                  "data.eval.clips=3", "train.seed=5")  # fmt: skip
     ld = loader(cfg, mode="eval", split="train")
     assert ld.eval_starts.shape == (5, 3) and len(np.unique(ld.eval_starts)) > 2
     seen = 0

@@ -61,7 +61,7 @@ def test_flow_image_layout_through_the_loader(codes_root, backend, layout, mode)
 
 @pytest.mark.parametrize("layout", ["released", "xy0"])
 def test_flip_negation_acts_on_the_x_channel_of_the_layout(layout):
-    """data.flow_flip_negate mirrors the motion: x -> 255 - x on x's channel (2 released, 0 xy0), nothing else."""
+    """data.augment.flow_flip_negate mirrors the motion: x -> 255 - x on x's channel (2 released, 0 xy0), nothing else."""
     m, t = fold_flow(np.eye(3)[None], np.zeros((1, 3)), np.ones(1, bool), "unit", layout)
     mean, std = augment.flow_norm("unit", layout)
     img = np.array([128.0, 200.0, 10.0]) if layout == "released" else np.array([10.0, 200.0, 0.0])
@@ -96,10 +96,10 @@ def test_grayscale_channel_drawn_per_frame_as_released(grid_root, backend, per):
     cfg = released_cfg(
         grid_root,
         f"data.backend={backend}",
-        *(() if per == "frame" else ("data.grayscale_per=view",)),  # frame: the default
-        "data.grayscale_prob=1",
-        "data.aug_controller=false",
-        "data.flow_photometric=true",
+        *(() if per == "frame" else ("data.augment.grayscale_per=view",)),  # frame: the default
+        "data.augment.grayscale_prob=1",
+        "data.augment.aug_controller=false",
+        "data.augment.flow_photometric=true",
     )
     varied = differs = clips = 0
     for b in loader(cfg):
@@ -199,10 +199,10 @@ def test_released_crop_resamples_as_pil_bicubic(noise_root, backend, size):
         cfg = released_cfg(
             noise_root,
             f"data.backend={backend}",
-            *(() if crop == "released" else ("data.crop=torchvision",)),  # released: the default
-            "data.crop_scale=[1,1]",
-            "data.aspect_ratio=[1.3333334,1.3333334]",
-            "data.hflip=false",
+            *(() if crop == "released" else ("data.augment.crop=torchvision",)),  # released: the default
+            "data.augment.crop_scale=[1,1]",
+            "data.augment.aspect_ratio=[1.3333334,1.3333334]",
+            "data.augment.hflip=false",
             f"data.crop_size={size}",
         )
         b = next(iter(loader(cfg, streams=(Stream.rgb,), views=1)))
@@ -214,7 +214,7 @@ def test_released_crop_resamples_as_pil_bicubic(noise_root, backend, size):
 def test_released_windows_are_shared_by_a_views_streams(grid_root, backend):
     """Released crop windows are drawn on the host (DALI: ViewSource win_<stream>) and shared by RGB view i and
     flow view i: on the grid set RGB (R, G) equal flow (x, y) = channels (2, 1) of the released flow image."""
-    cfg = released_cfg(grid_root, f"data.backend={backend}", "data.crop_scale=[0.2,0.6]")
+    cfg = released_cfg(grid_root, f"data.backend={backend}", "data.augment.crop_scale=[0.2,0.6]")
     n = 0
     for b in loader(cfg):
         for v in range(2):

@@ -73,10 +73,10 @@ def test_a_short_video_trains_on_its_left_padded_clip(short_root, backend, size,
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("windows", ["overlap", "uniform", "random"])
 def test_a_short_video_is_evaluated_on_its_left_padded_clip(short_root, backend, windows):
-    """Eval: a padded video's clips (one with overlapping windows, as the released test sampler; eval_clips
+    """Eval: a padded video's clips (one with overlapping windows, as the released test sampler; data.eval.clips
     copies of it with a fixed count) are its padded clip; the 24-frame videos' are where they were."""
     cfg = cfg_for(short_root, f"data.backend={backend}", "data.num_frames=4", "data.stride=2",
-                  f"data.eval_windows={windows}", "data.eval_clips=3", "eval.batch_size=64")  # fmt: skip
+                  f"data.eval.windows={windows}", "data.eval.clips=3", "eval.batch_size=64")  # fmt: skip
     ld = load(cfg, "eval")
     got: dict[int, np.ndarray] = {}
     for b in ld:
@@ -127,8 +127,8 @@ def test_a_padded_video_leaves_the_other_videos_draws_alone(tmp_path):
     """DALI: the padding ops (built only when a video needs them) change no random draw: on a set where video 1
     is short the other videos' views, with every augmentation on, equal the all-long set's bit for bit (same
     sample order, same crops, colours, blur and starts)."""
-    over = ["data.backend=dali", "data.color_jitter_prob=0.8", "data.grayscale_prob=0.2", "data.blur_prob=0.5",
-            "data.same_start_prob=0.5"]  # fmt: skip
+    over = ["data.backend=dali", "data.augment.color_jitter_prob=0.8", "data.augment.grayscale_prob=0.2", "data.augment.blur_prob=0.5",
+            "data.augment.same_start_prob=0.5"]  # fmt: skip
     outs = []
     for short in [(), (1,)]:
         root = make_set(tmp_path / f"s{len(short)}", "codes", n_train=4, n_test=1, short=short)

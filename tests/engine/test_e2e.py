@@ -33,7 +33,7 @@ def shards(tmp_path_factory):
 
 
 # small clips and the tiny model: what both end-to-end tests train
-TINY_MODEL = ["data.num_frames=4", "data.crop_size=16", "data.threads=1", "data.eval_clips=1",
+TINY_MODEL = ["data.num_frames=4", "data.crop_size=16", "data.threads=1", "data.eval.clips=1",
               "model.backbone=tiny", "model.tiny_width=4", "model.proj_hidden=16", "model.proj_dim=8",
               "model.num_prototypes=6"]  # fmt: skip
 

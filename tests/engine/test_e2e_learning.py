@@ -89,12 +89,12 @@ def train(root: Path, out: Path, seed: int) -> dict:
             "train.batch_size=16",
             # the demo's data recipe before issue 15's study, which MEASURED above was taken with (the demo now
             # shares crops, jitters RGB and evaluates at the training scale; not re-measured at this size yet)
-            "data.align_streams=false",
-            "data.eval_crop_fraction=1.0",
-            "data.color_jitter_prob=0.0",
-            "data.grayscale_prob=0.0",
-            "data.aug_controller=true",
-            "data.flow_photometric=true",
+            "data.augment.align_streams=false",
+            "data.eval.crop_fraction=1.0",
+            "data.augment.color_jitter_prob=0.0",
+            "data.augment.grayscale_prob=0.0",
+            "data.augment.aug_controller=true",
+            "data.augment.flow_photometric=true",
             "schedule.single_epochs=16",
             "schedule.cross_cycles=1",
             "schedule.cross_epochs=30",

@@ -185,9 +185,9 @@ def test_released_train_clips_get_no_per_clip_flip_the_demo_keeps_its_own():
     from vicc_fast.eval.runner import supervised_cfg
 
     paper = supervised_cfg(C.load(C.CONFIG_DIR / "ucf101_s3d.yaml"))
-    assert not paper.data.hflip and paper.eval.train_batch_flip
+    assert not paper.data.augment.hflip and paper.eval.train_batch_flip
     demo = supervised_cfg(C.load(C.DEFAULT_CONFIG))
-    assert demo.data.hflip and not demo.eval.train_batch_flip
+    assert demo.data.augment.hflip and not demo.eval.train_batch_flip
 
 
 # --------------------------------------------------------------------------------- item 7: head and precision

@@ -9,7 +9,7 @@ from vicc_fast.config import Stream
 from vicc_fast.eval.__main__ import main
 from vicc_fast.eval.plots import check_png
 
-DATA = ["data.num_frames=4", "data.crop_size=16", "data.eval_clips=2", "train.amp='off'"]
+DATA = ["data.num_frames=4", "data.crop_size=16", "data.eval.clips=2", "train.amp='off'"]
 
 
 def test_cli_retrieval_cluster_linear_grid_then_cache(tmp_path, make_shards, save_ckpt, capsys):

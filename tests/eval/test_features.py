@@ -85,7 +85,7 @@ def test_feature_cache_hit_and_key_sensitivity(tmp_path):
     a = cache.get(k, compute)
     b = cache.get(k, compute)
     assert len(calls) == 1 and torch.equal(a[0], b[0]) and cache.hits == 1
-    cfg2 = C.load(None, ["data.eval_clips=3"])
+    cfg2 = C.load(None, ["data.eval.clips=3"])
     assert cache_key("abc", Stream.rgb, "train", cfg2, "m") != k
     assert cache_key("abd", Stream.rgb, "train", cfg, "m") != k
     assert cache_key("abc", Stream.flow, "train", cfg, "m") != k
@@ -176,7 +176,7 @@ def test_a_video_read_twice_is_an_error_not_a_skewed_average(tmp_path):
 
     root = make_set(tmp_path / "s", "codes", n_train=4, n_test=1)
     ld = build_loader(
-        cfg_for(root, "data.eval_clips=2"), "train", "eval", (Stream.rgb,), 1, 0, 1, torch.device("cpu")
+        cfg_for(root, "data.eval.clips=2"), "train", "eval", (Stream.rgb,), 1, 0, 1, torch.device("cpu")
     )
     assert ld.clips_per_video().tolist() == [2, 2, 2, 2]
     extract(MeanEncoder(), ld, torch.device("cpu"))  # as promised

@@ -133,12 +133,12 @@ def test_supervised_train_clips_as_the_released_classifier():
     from vicc_fast import config as C
     from vicc_fast.eval.runner import supervised_cfg
 
-    d = supervised_cfg(C.load(C.CONFIG_DIR / "ucf101_s3d.yaml")).data
+    d = supervised_cfg(C.load(C.CONFIG_DIR / "ucf101_s3d.yaml")).data.augment
     assert (d.hflip, d.grayscale_prob, d.blur_prob, d.color_jitter_prob, d.aug_controller) == (
         False, 0.0, 0.0, 0.3, False,
     )  # fmt: skip
     assert (d.brightness, d.contrast, d.saturation, d.hue) == (0.4, 0.4, 0.4, 0.1)
-    demo = supervised_cfg(C.load(C.DEFAULT_CONFIG)).data
+    demo = supervised_cfg(C.load(C.DEFAULT_CONFIG)).data.augment
     assert demo.hflip and not demo.aug_controller and demo.blur_prob == 0.0
 
 

@@ -159,17 +159,17 @@ def test_evaluate_phase_joint_reports_both_streams_and_fusion():
 def test_evaluate_phase_reads_features_as_the_released_retrieval(monkeypatch):
     """The per-phase retrieval asks its loaders for retrieval_cfg's settings (one centre-cropped clip per train
     video) and normalises each clip before the video average (eval.retrieval.clip_l2norm)."""
-    cfg = C.load(None, ["eval.retrieval.recall_ks=[1]", "data.eval_crop=tencrop"])
+    cfg = C.load(None, ["eval.retrieval.recall_ks=[1]", "data.eval.crop=tencrop"])
     asked = []
     inner = factory()
 
     def spy(c, split, stream):  # noqa: ANN001, ANN202
-        asked.append((split, c.data.eval_crop, c.data.eval_clips))
+        asked.append((split, c.data.eval.crop, c.data.eval.clips))
         return inner(c, split, stream)
 
     dev = torch.device("cpu")
     evaluate_phase(cfg, FakeMethod(), phase(Stream.rgb, None), 0, 1, dev, loader_factory=spy)
-    assert asked == [("train", C.EvalCrop.center, 1), ("test", C.EvalCrop.center, cfg.data.eval_clips)]
+    assert asked == [("train", C.EvalCrop.center, 1), ("test", C.EvalCrop.center, cfg.data.eval.clips)]
     calls = []
     import vicc_fast.eval.features as feats
 

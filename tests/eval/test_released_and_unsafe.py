@@ -15,8 +15,8 @@ from vicc_fast.eval.__main__ import main
 
 # small clips: the paper config's 16x128x128 R(2+1)D would take minutes on two cores; tiny test shards, not the
 # released 240x320 recipe the paper configs require
-SMALL = ["data.num_frames=4", "data.stride=1", "data.crop_size=32", "data.eval_crop=center", "data.eval_clips=2",
-         "eval.batch_size=4", "data.eval_color_jitter_prob=0", "train.amp='off'",
+SMALL = ["data.num_frames=4", "data.stride=1", "data.crop_size=32", "data.eval.crop=center", "data.eval.clips=2",
+         "eval.batch_size=4", "data.eval.color_jitter_prob=0", "train.amp='off'",
          "data.require_recipe=none"]  # fmt: skip
 
 

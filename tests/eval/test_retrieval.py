@@ -137,22 +137,22 @@ def test_retrieval_centres_each_split_by_its_own_mean_as_released():
 def test_retrieval_reads_one_centre_cropped_clip_per_train_video_as_released():
     """Released test_retrieval: CenterCrop (its --ten_crop is unused there) and, for the train split
     (mode='train' in its dataset), one clip per video; test videos keep the eval clips. The demo keeps its
-    own data.eval_clips and crop for both splits."""
+    own data.eval.clips and crop for both splits."""
     from vicc_fast import config as C
     from vicc_fast.eval.retrieval import retrieval_cfg
 
     assert (C.EvalConfig().retrieval.crop, C.EvalConfig().retrieval.train_clips) == (C.EvalCrop.center, 1)
     paper = C.load(C.CONFIG_DIR / "ucf101_s3d.yaml")
-    assert (paper.data.eval_crop, paper.data.eval_clips) == (C.EvalCrop.tencrop, 10)
-    train, test = retrieval_cfg(paper, "train").data, retrieval_cfg(paper, "test").data
-    assert (train.eval_crop, train.eval_clips) == (C.EvalCrop.center, 1)
-    assert (test.eval_crop, test.eval_clips) == (C.EvalCrop.center, 10)
+    assert (paper.data.eval.crop, paper.data.eval.clips) == (C.EvalCrop.tencrop, 10)
+    train, test = retrieval_cfg(paper, "train").data.eval, retrieval_cfg(paper, "test").data.eval
+    assert (train.crop, train.clips) == (C.EvalCrop.center, 1)
+    assert (test.crop, test.clips) == (C.EvalCrop.center, 10)
     # test videos: every half-overlapping window (released test sampler); the one train clip: a random window
-    assert C.DataConfig().eval_windows is C.EvalWindows.overlap
-    assert (test.eval_windows, train.eval_windows) == (C.EvalWindows.overlap, C.EvalWindows.random)
+    assert C.DataConfig().eval.windows is C.EvalWindows.overlap
+    assert (test.windows, train.windows) == (C.EvalWindows.overlap, C.EvalWindows.random)
     for name in ("ucf101_s3d", "ucf101_r21d", "ucf101_r3d", "hmdb51_s3d", "hmdb51_r21d", "ucf101_coclr_s3d"):
-        assert C.load(C.CONFIG_DIR / f"{name}.yaml").data.eval_windows is C.EvalWindows.overlap
-    assert paper.data.eval_crop is C.EvalCrop.tencrop  # the linear probe / finetune test keep ten-crop
+        assert C.load(C.CONFIG_DIR / f"{name}.yaml").data.eval.windows is C.EvalWindows.overlap
+    assert paper.data.eval.crop is C.EvalCrop.tencrop  # the linear probe / finetune test keep ten-crop
     demo = C.load(C.DEFAULT_CONFIG)
     for split in ("train", "test"):
         assert retrieval_cfg(demo, split).data == demo.data

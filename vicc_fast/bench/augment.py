@@ -1,6 +1,6 @@
 """The colour jitter in the DALI graph, alone: time per clip and agreement with the reference.
 
-``data.color_jitter=released`` runs torchvision/PIL's ColorJitter as 8-bit steps (vicc_fast/data/augment.py
+``data.augment.color_jitter=released`` runs torchvision/PIL's ColorJitter as 8-bit steps (vicc_fast/data/augment.py
 ``jitter_slots``, vicc_fast/data/dali.py ``jitter_steps``); ``affine`` folds the jitter into one colour map. This
 benchmark feeds the same clips and draws to both, in a DALI pipeline on the CPU or the GPU (the GPU graph's
 contrast step is arithmetic: argument inputs must live on the host), alternating repeats, and reports the median

@@ -212,9 +212,9 @@ def _pattern_cfg(root: str, threads: int, *overrides: str):
             "data.num_frames=6",
             "data.stride=2",
             "data.crop_size=64",
-            "data.color_jitter_prob=0",
-            "data.grayscale_prob=0",
-            "data.blur_prob=0",
+            "data.augment.color_jitter_prob=0",
+            "data.augment.grayscale_prob=0",
+            "data.augment.blur_prob=0",
             "data.flow_normalisation=unit",  # flow_values below inverts the unit scaling
             "data.dtype=float32",
             f"data.threads={threads}",
@@ -252,7 +252,7 @@ def check_alignment(codes: str, ramps: str | None, device: torch.device, threads
                 problems.append(f"view {v}: RGB frames {f_rgb.tolist()} not at stride 2")
     flips: list[bool] = []
     if ramps:
-        cfg = _pattern_cfg(ramps, threads, "data.crop_scale=[0.2,0.6]")
+        cfg = _pattern_cfg(ramps, threads, "data.augment.crop_scale=[0.2,0.6]")
         for b in build_loader(cfg, "train", "train", both, 2, 0, 1, device):
             for v in b.views[Stream.rgb]:
                 a = rgb_values(v)

@@ -184,7 +184,7 @@ def _augment(frames: list, look: _Look, size: int, mean: torch.Tensor, std: torc
 
 
 class _Views:
-    """The released per-sample augmentation, with its probabilities and switches read from ``data.*`` (whose
+    """The released per-sample augmentation, with its probabilities and switches read from ``data.augment`` (whose
     defaults are the released choices; the project's loaders read the same keys, so all backends do the same
     work per sample under one config)."""
 
@@ -194,7 +194,7 @@ class _Views:
             torch.tensor(RGB_MEAN).view(3, 1, 1) / 255,
             torch.tensor(RGB_STD).view(3, 1, 1) / 255,
         )
-        mean, std = flow_norm(str(getattr(self.d.flow_normalisation, "value", self.d.flow_normalisation)))
+        mean, std = flow_norm(self.d.flow_normalisation)
         self.flow_norm = (
             torch.tensor(mean).float().view(3, 1, 1) / 255,
             torch.tensor(std).float().view(3, 1, 1) / 255,
@@ -207,25 +207,25 @@ class _Views:
         run), PIL images of one size -> per view and stream [3, T, c, c]. With probability ``same_start_prob``
         every view takes one clip, drawn among them (the released one-clip transform discards the other after
         decoding it)."""
-        d = self.d
-        same = rng.random(1) < d.same_start_prob
+        d, a = self.d, self.d.augment
+        same = rng.random(1) < a.same_start_prob
         if same[0]:
             k = int(rng.integers(len(clips)))
             clips = [clips[k]] * len(clips)
-        strong = strong_views(rng, same, len(clips), d)[:, 0]
+        strong = strong_views(rng, same, len(clips), a)[:, 0]
         w, h = next(iter(clips[0].values()))[0].size
         out = []
         for frames, st in zip(clips, strong, strict=True):
-            look_rgb = _draw_look(rng, d, w, h, bool(st))
-            look_flow = look_rgb if d.align_streams else _draw_look(rng, d, w, h, bool(st))
-            if not d.flow_photometric:
+            look_rgb = _draw_look(rng, a, w, h, bool(st))
+            look_flow = look_rgb if a.align_streams else _draw_look(rng, a, w, h, bool(st))
+            if not a.flow_photometric:
                 look_flow = _photometric_off(look_flow)
             view: dict[Stream, torch.Tensor] = {}
             if Stream.rgb in frames:
                 view[Stream.rgb] = _augment(frames[Stream.rgb], look_rgb, d.crop_size, *self.rgb_norm)
             if Stream.flow in frames:
                 f = _augment(frames[Stream.flow], look_flow, d.crop_size, *self.flow_norm)
-                if look_flow.flip and d.flow_flip_negate:  # mirrored motion: x -> 255 - x before normalising
+                if look_flow.flip and a.flow_flip_negate:  # mirrored motion: x -> 255 - x before normalising
                     mean, std = self.flow_norm
                     f[0] = (1 - (f[0] * std[0] + mean[0]) - mean[0]) / std[0]
                 view[Stream.flow] = f

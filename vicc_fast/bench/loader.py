@@ -68,7 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="NAME:KEY=VALUE[,KEY=VALUE]",
         help="measure each backend under several configurations, alternating with everything else, e.g. "
-        "released:data.color_jitter=released affine:data.color_jitter=affine; the output gives each backend's "
+        "released:data.augment.color_jitter=released affine:data.augment.color_jitter=affine; the output gives each backend's "
         "ratio of the first variant to the others (samples/s and CPU per sample)",
     )
     p.add_argument("--config", default=None, help="YAML config (default: schema defaults)")
@@ -223,7 +223,7 @@ def parse_peer(text: str | None) -> tuple[str, float] | None:
 
 
 def parse_variants(items: list[str]) -> list[tuple[str, list[str]]]:
-    """``["released:data.color_jitter=released", ...]`` -> [("released", ["data.color_jitter=released"]), ...];
+    """``["released:data.augment.color_jitter=released", ...]`` -> [("released", ["data.augment.color_jitter=released"]), ...];
     none -> one unnamed variant; a malformed item is a one-line error."""
     out = []
     for item in items:

@@ -45,8 +45,8 @@ GPU_TRAIN_RUN = Path("benchmarks/results/gpu/h200_run2")  # the first training r
 UCF101_TRAIN_VIDEOS = 9537  # split 1's trainlist01.txt
 JITTER_CMD = (
     "python -m vicc_fast.bench loader --root /tmp/lb/shards --replicate 8 --batch 8 --steps 20 --warmup 3 "
-    "--repeat 3 --set data.dtype=float32 --variants released:data.color_jitter=released "
-    "affine:data.color_jitter=affine --json benchmarks/results/loader_jitter_cpu.json"
+    "--repeat 3 --set data.dtype=float32 --variants released:data.augment.color_jitter=released "
+    "affine:data.augment.color_jitter=affine --json benchmarks/results/loader_jitter_cpu.json"
 )
 METHOD_NAMES = {"vicc": "ViCC", "coclr": "CoCLR", "goca": "GOCA", "sview": "SView"}
 DEMO_ROWS = ("RGB-1", "Flow-1", "RGB-2", "Flow-2", "R+F-2")
@@ -267,7 +267,7 @@ def jitter_cost_block(runs: list[dict[str, Any]]) -> str:
         f"Measured ({machine([r])}): the released jitter's steps take DALI from {aff['cpu_s_per_sample'] * 1000:.0f} to "
         f"{rel['cpu_s_per_sample'] * 1000:.0f} CPU ms per {'two-stream ' if len(res['streams']) == 2 else ''}"
         f"sample and to {res['ratio_dali_released_over_affine']:.2f}x the samples/s of the one-map jitter "
-        f"(`data.color_jitter=affine`; {rel['samples_per_s']:.2f} against {aff['samples_per_s']:.2f})"
+        f"(`data.augment.color_jitter=affine`; {rel['samples_per_s']:.2f} against {aff['samples_per_s']:.2f})"
         f"{torch_part}; medians of alternating runs, code at {commits([r])}, record `{JITTER_RECORD}`{earlier}, "
         f"command:\n\n```bash\n"
         f"{JITTER_CMD}\n```"
@@ -281,7 +281,7 @@ def jitter_trade_block(runs: list[dict[str, Any]]) -> str:
         return f"(no jitter-cost record yet: `{JITTER_RECORD}`)"
     ratio = 1 / r["result"]["ratio_dali_released_over_affine"]
     return (
-        f"On a CPU-only machine, `data.color_jitter=affine` trades the released jitter's 8-bit steps for one colour "
+        f"On a CPU-only machine, `data.augment.color_jitter=affine` trades the released jitter's 8-bit steps for one colour "
         f"map: {ratio:.2f}x the DALI samples/s on {r['env'].get('cpu_count', '?')} cores here (`{JITTER_RECORD}`, "
         f"code at {commits([r])})."
     )

@@ -16,9 +16,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from vicc_fast.config import (
+    AugmentConfig,
+    ColorJitterMode,
+    CropMode,
+    DataConfig,
+    FlowLayout,
+    FlowNorm,
+    GrayMode,
+    GrayPer,
+)
 
 if TYPE_CHECKING:  # the draws run in DALI's external source: numpy only at run time
     import torch
@@ -34,28 +45,23 @@ FLOW_STD = 127.5
 # The flow image's channels (data.flow_layout). released: ViCC process_data/src/extract_ff.py writes
 # ``flow_img[:, :, 0:2] = flow`` into a 128-filled image with OpenCV (BGR: B = x, G = y, R = 128) and the
 # loaders read the JPEG with PIL as RGB, so the network sees (128, y, x). xy0: (x, y, 0).
-FLOW_CONST = {"released": 128.0, "xy0": 0.0}  # the constant channel's value
-FLOW_X = {"released": 2, "xy0": 0}  # the channel holding x
+FLOW_CONST = {FlowLayout.released: 128.0, FlowLayout.xy0: 0.0}  # the constant channel's value
+FLOW_X = {FlowLayout.released: 2, FlowLayout.xy0: 0}  # the channel holding x
 FLOW_Y = 1
 
 
-def flow_layout_of(p: object) -> str:
-    """``data.flow_layout`` (an enum or its value) of settings ``p``."""
-    v = getattr(p, "flow_layout", "xy0")
-    return str(getattr(v, "value", v))
-
-
-def flow_norm(mode: str, layout: str = "xy0") -> tuple[np.ndarray, np.ndarray]:
+def flow_norm(
+    mode: FlowNorm | str, layout: FlowLayout | str = FlowLayout.xy0
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel (mean [3], std [3]) on the flow image in [0, 255] of ``layout`` (released (128, y, x) |
     xy0 (x, y, 0)): ``imagenet`` = the RGB statistics channel by channel (the released code normalises flow
     like RGB); ``unit`` = x, y to [-1, 1], the constant channel to 0."""
-    if mode == "imagenet":
+    mode, layout = FlowNorm(mode), FlowLayout(layout)
+    if mode is FlowNorm.imagenet:
         return np.array(RGB_MEAN), np.array(RGB_STD)
-    if mode == "unit":
-        mean = np.full(3, FLOW_MEAN)
-        mean[3 - FLOW_X[layout] - FLOW_Y] = FLOW_CONST[layout]
-        return mean, np.full(3, FLOW_STD)
-    raise ValueError(f"unknown flow normalisation {mode!r} (imagenet | unit)")
+    mean = np.full(3, FLOW_MEAN)
+    mean[3 - FLOW_X[layout] - FLOW_Y] = FLOW_CONST[layout]
+    return mean, np.full(3, FLOW_STD)
 
 
 def rgb_values(x: torch.Tensor) -> np.ndarray:
@@ -112,7 +118,9 @@ def colour_affine(
     w = np.broadcast_to(_LUMA, (n, 3)) if gray_weights is None else gray_weights
     bc = brightness * contrast
     t = np.repeat(((1 - contrast) * 128.0)[:, None], 3, axis=1)
-    if w.ndim == 3:  # [n, T, 3]: one grayscale row per frame (data.grayscale_per=frame) -> M [n, T, 3, 3]
+    if (
+        w.ndim == 3
+    ):  # [n, T, 3]: one grayscale row per frame (data.augment.grayscale_per=frame) -> M [n, T, 3, 3]
         gray_m = np.where(gray[:, None, None, None], np.ones((1, 1, 3, 1)) * w[:, :, None, :], eye[:, None])
         m = gray_m @ hue_m[:, None] @ sat[:, None] * bc[:, None, None, None]
         return m, np.repeat(t[:, None], w.shape[1], axis=1)
@@ -188,30 +196,6 @@ def jitter_steps_np(x: np.ndarray, steps: JitterSteps) -> np.ndarray:
     return y
 
 
-class AugSettings(Protocol):
-    """The fields of ``DataConfig`` (and of the DALI ``PipeSpec``) the draws read."""
-
-    same_start_prob: float
-    hflip: bool
-    color_jitter_prob: float
-    brightness: float
-    contrast: float
-    saturation: float
-    hue: float
-    grayscale_prob: float
-    blur_prob: float
-    blur_sigma: tuple[float, float] | list[float]
-    align_streams: bool
-    flow_photometric: bool
-    flow_flip_negate: bool
-    aug_controller: bool
-    strong_aug_prob: float
-    grayscale: str
-    flow_normalisation: str
-    color_jitter: str
-    num_frames: int
-
-
 @dataclass
 class ViewDraw:
     """The draws of one view for n samples. flips and blur flags [n] bool, sigma [n]; colour maps applied to
@@ -229,7 +213,7 @@ class ViewDraw:
     rgb_t: np.ndarray  # [n, 3]
     flow_m: np.ndarray
     flow_t: np.ndarray
-    # data.color_jitter=released: the jitter runs as steps before the map (rgb_m / flow_m then hold grayscale
+    # data.augment.color_jitter=released: the jitter runs as steps before the map (rgb_m / flow_m then hold grayscale
     # and the normalisation only): which samples are jittered [n] bool, and their JitterSteps. None with the
     # one-map jitter.
     jit_rgb: np.ndarray | None = None
@@ -238,7 +222,7 @@ class ViewDraw:
     flow_steps: JitterSteps | None = None
 
 
-def strong_views(rng: np.random.Generator, same: np.ndarray, num_views: int, p: AugSettings) -> np.ndarray:
+def strong_views(rng: np.random.Generator, same: np.ndarray, num_views: int, p: AugmentConfig) -> np.ndarray:
     """[V, n] bool: which views get the strong augmentation. Controller off: all. On: a one-clip sample
     (``same``) has exactly one strong view, chosen uniformly; a two-clip sample each view with
     ``strong_aug_prob``."""
@@ -297,69 +281,61 @@ class _Colour:
     parts: tuple[np.ndarray, ...] | None = None
 
 
-def released_jitter(p: AugSettings) -> bool:
-    return str(getattr(p.color_jitter, "value", p.color_jitter)) == "released"
+def released_jitter(a: AugmentConfig) -> bool:
+    return a.color_jitter is ColorJitterMode.released
 
 
-def _value(v: object) -> str:
-    return str(getattr(v, "value", v))
-
-
-def per_frame_maps(p: AugSettings) -> bool:
+def per_frame_maps(a: AugmentConfig) -> bool:
     """Whether the colour maps are per frame: the released RandomGray's channel drawn per frame
-    (``data.grayscale=channel``, ``data.grayscale_per=frame``) and grayscale on at all."""
-    return (
-        p.grayscale_prob > 0
-        and _value(p.grayscale) == "channel"
-        and _value(getattr(p, "grayscale_per", "view")) == "frame"
-    )
+    (``data.augment.grayscale=channel``, ``data.augment.grayscale_per=frame``) and grayscale on at all."""
+    return a.grayscale_prob > 0 and a.grayscale is GrayMode.channel and a.grayscale_per is GrayPer.frame
 
 
-def _gray_weights(rng: np.random.Generator, n: int, p: AugSettings) -> np.ndarray | None:
+def _gray_weights(rng: np.random.Generator, n: int, d: DataConfig) -> np.ndarray | None:
     """Grayscale rows: None = luma; channel: one-hot rows, [n, 3] per view or [n, T, 3] per frame (released
     RandomGray.grayscale: ``np.random.choice(3)`` for every frame it grays, augmentation.py line 212)."""
-    if _value(p.grayscale) != "channel":
+    if d.augment.grayscale is not GrayMode.channel:
         return None
-    if per_frame_maps(p):
-        return np.eye(3)[rng.integers(3, size=(n, int(p.num_frames)))]
+    if per_frame_maps(d.augment):
+        return np.eye(3)[rng.integers(3, size=(n, int(d.num_frames)))]
     return np.eye(3)[rng.integers(3, size=n)]
 
 
-def _colour_map(parts: tuple[np.ndarray, ...], weights: np.ndarray | None, p: AugSettings) -> tuple:
+def _colour_map(parts: tuple[np.ndarray, ...], weights: np.ndarray | None, a: AugmentConfig) -> tuple:
     """(M, t) of a draw's ``parts`` (b, c, s, h, gray) with grayscale rows ``weights``: the whole jitter folded
     in (affine), or the grayscale only (released jitter: the jitter runs as steps before the map)."""
     b, c, s, h, gray = parts
-    if not released_jitter(p):
+    if not released_jitter(a):
         return colour_affine(b, c, s, h, gray, weights)
     one = np.ones(len(b))
     return colour_affine(one, one, one, np.zeros(len(b)), gray, weights)
 
 
-def _colour(rng: np.random.Generator, strong: np.ndarray, p: AugSettings) -> _Colour:
-    """Colour jitter (p) + grayscale (p) of strong samples. One-map jitter (``data.color_jitter=affine``): both
+def _colour(rng: np.random.Generator, strong: np.ndarray, d: DataConfig) -> _Colour:
+    """Colour jitter (p) + grayscale (p) of strong samples. One-map jitter (``data.augment.color_jitter=affine``): both
     folded into one affine map on [0, 255], M [n,3,3], t [n,3]; released: the map is the grayscale only and the
     jitter comes as :func:`jitter_slots` steps (the op order drawn after every other draw, so the one-map
     mode's draws are unchanged)."""
-    n = len(strong)
-    jit = strong & (rng.random(n) < p.color_jitter_prob)
-    gray = strong & (rng.random(n) < p.grayscale_prob)
-    b, c, s, h = _jitter_factors(rng, jit, (p.brightness, p.contrast, p.saturation, p.hue))
-    weights = _gray_weights(rng, n, p)  # released RandomGray: one channel copied to all three
+    n, a = len(strong), d.augment
+    jit = strong & (rng.random(n) < a.color_jitter_prob)
+    gray = strong & (rng.random(n) < a.grayscale_prob)
+    b, c, s, h = _jitter_factors(rng, jit, (a.brightness, a.contrast, a.saturation, a.hue))
+    weights = _gray_weights(rng, n, d)  # released RandomGray: one channel copied to all three
     parts = (b, c, s, h, gray)
-    m, t = _colour_map(parts, weights, p)
-    if not released_jitter(p):
+    m, t = _colour_map(parts, weights, a)
+    if not released_jitter(a):
         return _Colour(m, t, parts=parts)
     order = _op_order(rng, n)
     return _Colour(m, t, jit, jitter_slots(b, c, s, h, order), parts)
 
 
-def _other_frames(rng: np.random.Generator, col: _Colour, p: AugSettings) -> _Colour:
-    """The flow frames of a view that shares the RGB frames' draw (data.align_streams): the same jitter and
+def _other_frames(rng: np.random.Generator, col: _Colour, d: DataConfig) -> _Colour:
+    """The flow frames of a view that shares the RGB frames' draw (data.augment.align_streams): the same jitter and
     the same decision to gray, but with per-frame channels their own channel draws (released RandomGray
     draws a channel for every frame of the [rgb_i, flow_i] sequence). Per view: the RGB draw itself."""
-    if not per_frame_maps(p) or col.parts is None:
+    if not per_frame_maps(d.augment) or col.parts is None:
         return col
-    m, t = _colour_map(col.parts, _gray_weights(rng, len(col.m), p), p)
+    m, t = _colour_map(col.parts, _gray_weights(rng, len(col.m), d), d.augment)
     return _Colour(m, t, col.jit, col.steps, col.parts)
 
 
@@ -373,12 +349,12 @@ def fold_rgb(m: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fold_flow(
-    m: np.ndarray, t: np.ndarray, negate_x: np.ndarray, mode: str = "unit", layout: str = "xy0"
+    m: np.ndarray, t: np.ndarray, negate_x: np.ndarray, mode: FlowNorm | str, layout: FlowLayout | str
 ) -> tuple[np.ndarray, np.ndarray]:
     """(M, t) on flow pixels (channels as ``layout``) -> x -> 255 - x where ``negate_x`` [n] (the motion
     mirrored), then the map, then the flow normalisation ``mode`` (:func:`flow_norm`; unit: x, y to (v -
     127.5) / 127.5, so the negation is a sign flip). [n,(T,)3,3], [n,(T,)3] -> the same shapes, float32."""
-    n, ix = len(negate_x), FLOW_X[layout]
+    n, ix = len(negate_x), FLOW_X[FlowLayout(layout)]
     d = np.broadcast_to(np.eye(3), (n, 3, 3)).copy()
     d[:, ix, ix] = np.where(negate_x, -1.0, 1.0)
     o = np.zeros((n, 3))
@@ -393,11 +369,12 @@ def fold_flow(
 
 
 def draw_views(
-    rng: np.random.Generator, n: int, num_views: int, p: AugSettings
+    rng: np.random.Generator, n: int, num_views: int, d: DataConfig
 ) -> tuple[np.ndarray, list[ViewDraw]]:
     """Draws of n samples: ``same`` [n] bool (views start at the same frame) and one :class:`ViewDraw` per
     view. With ``align_streams`` flow view i takes RGB view i's flip, blur and (``flow_photometric``) colour
-    draw; else its own."""
+    draw; else its own. Reads ``d.augment`` and the flow image's settings of ``d``."""
+    p = d.augment
     same = rng.random(n) < p.same_start_prob
     strong = strong_views(rng, same, num_views, p)
     identity = _Colour(*colour_affine(*(np.ones(n),) * 3, np.zeros(n), np.zeros(n, bool)))
@@ -417,21 +394,21 @@ def draw_views(
 
         flip_rgb = flip()
         blur_rgb, sigma = blur()
-        col_rgb = _colour(rng, st, p)
+        col_rgb = _colour(rng, st, d)
         if p.align_streams:
             flip_flow, blur_flow = flip_rgb, blur_rgb
-            col_flow = _other_frames(rng, col_rgb, p) if p.flow_photometric else col_rgb
+            col_flow = _other_frames(rng, col_rgb, d) if p.flow_photometric else col_rgb
         else:
             flip_flow = flip()
             blur_flow, _ = blur()  # one sigma per view keeps the DALI graph's inputs the same in both modes
-            col_flow = _colour(rng, st, p)
+            col_flow = _colour(rng, st, d)
         if not p.flow_photometric:
             blur_flow, col_flow = np.zeros(n, bool), identity
         rm, rt = fold_rgb(col_rgb.m, col_rgb.t)
-        mode = str(getattr(p.flow_normalisation, "value", p.flow_normalisation))
-        fm, ft = fold_flow(col_flow.m, col_flow.t, flip_flow & p.flow_flip_negate, mode, flow_layout_of(p))
+        negate = flip_flow & p.flow_flip_negate
+        fm, ft = fold_flow(col_flow.m, col_flow.t, negate, d.flow_normalisation, d.flow_layout)
         if per_frame_maps(p):  # every map per frame, so that each stream's graph input has one shape
-            frames = int(p.num_frames)
+            frames = int(d.num_frames)
             rm, rt, fm, ft = (
                 a if a.ndim == nd + 1 else np.repeat(a[:, None], frames, axis=1)
                 for a, nd in ((rm, 3), (rt, 2), (fm, 3), (ft, 2))
@@ -493,8 +470,8 @@ def released_crop_window(
     return int(round((height - side) / 2)), int(round((width - side) / 2)), side, side
 
 
-# data.crop modes whose windows are drawn by released_crop_window, and their tries
-HOST_CROPS = {"released": 1, "classifier": 10}
+# data.augment.crop modes whose windows are drawn by released_crop_window, and their tries
+HOST_CROPS = {CropMode.released: 1, CropMode.classifier: 10}
 
 
 def draw_crop_window(
@@ -503,9 +480,9 @@ def draw_crop_window(
     width: int,
     scale: tuple[float, float],
     ratio: tuple[float, float],
-    mode: str,
+    mode: CropMode | str,
 ) -> tuple[int, int, int, int]:
-    """A crop window by ``data.crop``: released (:func:`released_crop_window`, one try) | classifier (its 10
+    """A crop window by ``data.augment.crop``: released (:func:`released_crop_window`, one try) | classifier (its 10
     tries and central fallback) | torchvision (:func:`crop_window`)."""
     if mode in HOST_CROPS:
         return released_crop_window(rng, height, width, scale, ratio, HOST_CROPS[mode])

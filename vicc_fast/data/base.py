@@ -121,19 +121,19 @@ class BaseLoader:
         self.skip = cfg.data.on_bad_sample == BadSample.skip
         self.excluded: dict[str, str] = {}  # key -> reason
         self.epoch = 0
-        self.crops = 10 if (not self.train and cfg.data.eval_crop == EvalCrop.tencrop) else 1
-        self.clips = 1 if self.train else cfg.data.eval_clips
+        self.crops = 10 if (not self.train and cfg.data.eval.crop == EvalCrop.tencrop) else 1
+        self.clips = 1 if self.train else cfg.data.eval.clips
         # eval clips, computed once on the host for both backends: with overlapping windows a count per sample
         # index (their starts follow from it); otherwise self.clips starts per sample index, [N, clips]
         self.window_counts: np.ndarray | None = None
         self.eval_starts: np.ndarray | None = None
         if not self.train:
             d = cfg.data
-            if d.eval_windows == EvalWindows.overlap:
+            if d.eval.windows == EvalWindows.overlap:
                 self.window_counts = overlap_count(self.split.frames, d.num_frames, d.stride)
             else:
                 self.eval_starts = fixed_starts(
-                    self.split.frames, d.num_frames, d.stride, d.eval_windows, self.clips, cfg.train.seed
+                    self.split.frames, d.num_frames, d.stride, d.eval.windows, self.clips, cfg.train.seed
                 )
         if self.train:
             self.batch_size = cfg.train.batch_size

@@ -16,7 +16,7 @@ Semantics shared by both backends (``data.backend=dali|torch``):
   is a function of (seed, epoch) only, so a run restarted at an epoch boundary sees the same batches. Every rank
   yields ``len(loader)`` full batches (the ragged tail is dropped) so that collectives never wait.
 - eval: each video exactly once across all ranks (ranks may differ by one step), its eval clips
-  (``data.eval_windows``: every half-overlapping window, or ``eval_clips`` uniformly spaced; x10 with ten-crop),
+  (``data.eval.windows``: every half-overlapping window, or ``eval_clips`` uniformly spaced; x10 with ten-crop),
   batch = videos x their clips; ``index`` tells which video each clip is.
 - short videos (``data.short_videos``): with ``pad`` (the default, the released loaders) a video of at most
   ``num_frames // 2 * stride + 1`` frames is left out (counted in ``loader.skipped``, one warning, never an error)
@@ -93,48 +93,17 @@ class DaliLoader(BaseLoader):
 
         d = self.cfg.data
         spec = PipeSpec(
+            data=d,
             train=self.train,
             streams=self.streams,
             num_views=self.num_views,
-            num_frames=d.num_frames,
-            stride=d.stride,
-            crop_size=d.crop_size,
-            crop_scale=(float(d.crop_scale[0]), float(d.crop_scale[1])),
-            aspect_ratio=(float(d.aspect_ratio[0]), float(d.aspect_ratio[1])),
-            same_start_prob=d.same_start_prob,
-            hflip=d.hflip,
-            color_jitter_prob=d.color_jitter_prob,
-            brightness=d.brightness,
-            contrast=d.contrast,
-            saturation=d.saturation,
-            hue=d.hue,
-            grayscale_prob=d.grayscale_prob,
-            blur_prob=d.blur_prob,
-            blur_sigma=(float(d.blur_sigma[0]), float(d.blur_sigma[1])),
-            union_decode=d.union_decode,
-            tencrop=self.crops == 10,
+            height=int(self.manifest.video.get("height", 128)),
+            width=int(self.manifest.video.get("width", 171)),
             # DALI has no bfloat16: on the GPU emit float16 and cast there (cheap); on the CPU float32 (the
             # cheapest cast to bfloat16 there)
             half=self.dtype == torch.float16 or (self.dtype == torch.bfloat16 and self.gpu),
-            height=int(self.manifest.video.get("height", 128)),
-            width=int(self.manifest.video.get("width", 171)),
             nvdec=self.gpu and d.decoder == Decoder.nvdec,
-            align_streams=d.align_streams,
-            flow_photometric=d.flow_photometric,
-            flow_flip_negate=d.flow_flip_negate,
-            aug_controller=d.aug_controller,
-            strong_aug_prob=d.strong_aug_prob,
-            grayscale=d.grayscale.value,
-            eval_crop_fraction=d.eval_crop_fraction,
-            flow_normalisation=d.flow_normalisation.value,
-            eval_windows=d.eval_windows.value,
-            color_jitter=d.color_jitter.value,
-            eval_jitter_prob=0.0 if self.train else d.eval_color_jitter_prob,
-            eval_jitter=tuple(float(x) for x in d.eval_color_jitter),
-            short_videos=d.short_videos.value,
-            crop=d.crop.value,
-            flow_layout=d.flow_layout.value,
-            grayscale_per=d.grayscale_per.value,
+            tencrop=self.crops == 10,
         )
         shards = self.shard_sequence()
         device_id = None

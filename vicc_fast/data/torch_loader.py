@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vicc_fast.config import Stream
+from vicc_fast.config import DataConfig, FlowLayout, Stream
 from vicc_fast.data.augment import (
     FLOW_CONST,
     HOST_CROPS,
@@ -27,7 +27,6 @@ from vicc_fast.data.augment import (
     RGB_MEAN,
     RGB_STD,
     draw_eval_jitter,
-    flow_layout_of,
     flow_norm,
 )
 from vicc_fast.data.base import BaseLoader
@@ -82,8 +81,8 @@ class _Augment:
     :func:`vicc_fast.data.augment.draw_views` (the DALI graph's draws and colour maps): one crop window, flip,
     blur and colour map per clip, so every frame of a clip gets the same ones."""
 
-    def __init__(self, d: Any, train: bool, clips: int, tencrop: bool, out_dtype: torch.dtype) -> None:
-        self.d, self.train, self.tencrop, self.out_dtype = d, train, tencrop, out_dtype
+    def __init__(self, d: DataConfig, train: bool, clips: int, tencrop: bool, out_dtype: torch.dtype) -> None:
+        self.d, self.a, self.train, self.tencrop, self.out_dtype = d, d.augment, train, tencrop, out_dtype
         self.rgb_mean = torch.tensor(RGB_MEAN).view(1, 3, 1, 1)
         self.rgb_std = torch.tensor(RGB_STD).view(1, 3, 1, 1)
 
@@ -99,7 +98,7 @@ class _Augment:
     ) -> torch.Tensor:
         """Crop ``window`` (top, left, h, w) resized to c x c, flipped, blurred with sigma ``blur`` (0 = none)."""
         c = self.d.crop_size
-        if self.d.crop.value in HOST_CROPS:  # PIL's Image.BICUBIC resize, antialiased as PIL's is
+        if self.a.crop in HOST_CROPS:  # PIL's Image.BICUBIC resize, antialiased as PIL's is
             v = self.v2.functional.resized_crop(
                 v, *window, [c, c], interpolation=self.v2.InterpolationMode.BICUBIC, antialias=True
             )
@@ -124,14 +123,15 @@ class _Augment:
     def _flow_image(self, v: torch.Tensor) -> torch.Tensor:
         """[T, 2, c, c] (x, y) -> [T, 3, c, c] the flow image of data.flow_layout: (x, y, 0) | released
         (128, y, x)."""
-        if flow_layout_of(self.d) == "released":
-            return torch.cat([torch.full_like(v[:, :1], int(FLOW_CONST["released"])), v[:, 1:2], v[:, :1]], 1)
+        if self.d.flow_layout is FlowLayout.released:
+            const = int(FLOW_CONST[FlowLayout.released])
+            return torch.cat([torch.full_like(v[:, :1], const), v[:, 1:2], v[:, :1]], 1)
         return torch.cat([v, torch.zeros_like(v[:, :1])], 1)
 
     def _blur(self, v: torch.Tensor, sigma: float) -> torch.Tensor:
         if sigma <= 0:
             return v
-        k = 2 * math.ceil(3 * float(self.d.blur_sigma[1])) + 1
+        k = 2 * math.ceil(3 * float(self.a.blur_sigma[1])) + 1
         return self.v2.functional.gaussian_blur(v, [k, k], [sigma, sigma])
 
     @staticmethod
@@ -186,13 +186,12 @@ class _Augment:
         if mirror:
             v = v.flip(-1)
         if flow:
-            if mirror and self.d.flow_flip_negate:
+            if mirror and self.a.flow_flip_negate:
                 v[:, 0] = 255.0 - v[:, 0]
             v = self._flow_image(v)
-            layout = flow_layout_of(self.d)
             mean, std = (
                 torch.tensor(a).float().view(1, 3, 1, 1)
-                for a in flow_norm(self.d.flow_normalisation.value, layout)
+                for a in flow_norm(self.d.flow_normalisation, self.d.flow_layout)
             )
         else:
             mean, std = self.rgb_mean, self.rgb_std
@@ -202,9 +201,9 @@ class _Augment:
 
     def eval(self, v: torch.Tensor, flow: bool, rng: np.random.Generator | None = None) -> torch.Tensor:
         """[N*T, C, H, W] -> [crops*N*T, c, c, 3]: centre crop, or 4 corners + centre each also flipped; with
-        ``data.eval_color_jitter_prob`` each crop gets the released test-time jitter draw from ``rng``."""
+        ``data.eval.color_jitter_prob`` each crop gets the released test-time jitter draw from ``rng``."""
         v2, c = self.v2, self.d.crop_size
-        shorter = eval_resize(c, self.d.eval_crop_fraction)
+        shorter = eval_resize(c, self.d.eval.crop_fraction)
         if min(v.shape[-2:]) != shorter:
             v = v2.functional.resize(v, shorter, antialias=True)
         h, w = v.shape[-2:]
@@ -214,13 +213,13 @@ class _Augment:
         else:
             wins = [((h - c + 1) // 2, (w - c + 1) // 2, False)]
         outs = []
-        prob = float(self.d.eval_color_jitter_prob)
+        prob = float(self.d.eval.color_jitter_prob)
         for y, x, m in wins:
             steps = None
             if prob > 0:  # the released test-time jitter: one draw per video, stream and crop
                 if rng is None:
                     raise ValueError("the eval-mode colour jitter needs the sample's generator")
-                jit, drawn = draw_eval_jitter(rng, 1, prob, self.d.eval_color_jitter)
+                jit, drawn = draw_eval_jitter(rng, 1, prob, self.d.eval.color_jitter)
                 steps = drawn[0] if jit[0] else None
             outs.append(self._eval_crop(v[..., y : y + c, x : x + c], m, flow, steps))
         return torch.cat(outs)
@@ -319,7 +318,7 @@ class TorchLoader(BaseLoader):
         try:
             label, index = np.frombuffer(sample["lbl"], "<i8")
             nframes = int(self.split.frames[index])
-            d, T = self.cfg.data, self.cfg.data.num_frames
+            d, a, T = self.cfg.data, self.cfg.data.augment, self.cfg.data.num_frames
             out: dict[str, Any] = {"label": int(label), "index": int(index)}
             if self.train:
                 from vicc_fast.data.augment import draw_crop_window, draw_views
@@ -330,12 +329,10 @@ class TorchLoader(BaseLoader):
                 h, w = self.split_size
 
                 def window() -> tuple[int, int, int, int]:
-                    return draw_crop_window(
-                        rng, h, w, tuple(d.crop_scale), tuple(d.aspect_ratio), d.crop.value
-                    )
+                    return draw_crop_window(rng, h, w, tuple(a.crop_scale), tuple(a.aspect_ratio), a.crop)
 
                 # one window per view for both streams (released code), or one per stream and view
-                shared = [window() for _ in starts] if d.align_streams else None
+                shared = [window() for _ in starts] if a.align_streams else None
                 lo, hi = min(starts), max(starts) + self.span
                 # a padded video's clip repeats frame 0: read from the window [0, hi) by clamped indices
                 union = pad < 0 or (d.union_decode and (hi - lo) <= self.num_views * self.span)

@@ -32,7 +32,7 @@ RUN_COMMANDS = {
 
 def _epilog() -> str:
     rows = [r for r in C.describe() if r[0].startswith("eval.")]
-    rows += [r for r in C.describe() if r[0] in ("data.root", "data.eval_clips", "data.eval_crop")]
+    rows += [r for r in C.describe() if r[0] in ("data.root", "data.eval.clips", "data.eval.crop")]
     width = max(len(k) for k, _, _ in rows)
     lines = [
         "key=value overrides (on top of the checkpoint's training config; model.* is fixed by the weights):"

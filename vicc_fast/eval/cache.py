@@ -33,23 +33,23 @@ def feature_settings(cfg: Config) -> dict[str, Any]:
         "num_frames": d.num_frames,
         "stride": d.stride,
         "crop_size": d.crop_size,
-        "eval_clips": d.eval_clips,
-        "eval_windows": d.eval_windows.value,
+        "eval_clips": d.eval.clips,
+        "eval_windows": d.eval.windows.value,
         # random windows are drawn from the seed: another seed reads other clips
-        "windows_seed": cfg.train.seed if d.eval_windows == EvalWindows.random else None,
-        "eval_crop": d.eval_crop.value,
-        "eval_crop_fraction": d.eval_crop_fraction,
+        "windows_seed": cfg.train.seed if d.eval.windows == EvalWindows.random else None,
+        "eval_crop": d.eval.crop.value,
+        "eval_crop_fraction": d.eval.crop_fraction,
         "backend": d.backend.value,
         "data_device": d.device.value,
         "amp": cfg.train.amp.value,
         "flow_normalisation": d.flow_normalisation.value,
-        "flow_flip_negate": d.flow_flip_negate,
+        "flow_flip_negate": d.augment.flow_flip_negate,
         "short_videos": d.short_videos.value,
         # features computed while skipping bad videos must not answer a run that should stop on them
         "on_bad_sample": d.on_bad_sample.value,
         # the test-time jitter is drawn from the seed too: another seed perturbs other videos
-        "eval_jitter": [d.eval_color_jitter_prob, *map(float, d.eval_color_jitter), cfg.train.seed]
-        if d.eval_color_jitter_prob > 0
+        "eval_jitter": [d.eval.color_jitter_prob, *map(float, d.eval.color_jitter), cfg.train.seed]
+        if d.eval.color_jitter_prob > 0
         else None,
     }
 

@@ -1,9 +1,9 @@
 """End-to-end finetuning: the whole encoder plus dropout and a linear classifier, trained with labels.
 
 Protocol of CoCLR / ViCC: training clips come from the train-mode pipeline (the self-supervised augmentation without
-Gaussian blur); at test time every video is seen as moving-window clips (``data.eval_windows``: every
-half-overlapping window, or ``data.eval_clips`` uniformly spaced clips) times ten crops (centre, four corners and
-their horizontal flips; ``data.eval_crop=tencrop`` in the eval pipeline) and the softmax probabilities of all its
+Gaussian blur); at test time every video is seen as moving-window clips (``data.eval.windows``: every
+half-overlapping window, or ``data.eval.clips`` uniformly spaced clips) times ten crops (centre, four corners and
+their horizontal flips; ``data.eval.crop=tencrop`` in the eval pipeline) and the softmax probabilities of all its
 clips and crops are averaged. R+F averages the two streams' per-video probabilities.
 """
 

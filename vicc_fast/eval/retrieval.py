@@ -6,7 +6,7 @@ papers report them.
 
 Features as the released ``test_retrieval`` (ViCC and CoCLR ``main_classifier.py``) builds them, by default
 (``eval.retrieval.*``, :func:`retrieval_cfg`): centre-cropped clips, each clip's feature L2-normalised, averaged
-per video (one clip per train video; every half-overlapping window of each test video, ``data.eval_windows``, as
+per video (one clip per train video; every half-overlapping window of each test video, ``data.eval.windows``, as
 the released code), then each split centred by its own mean and L2-normalised.
 
 R+F fusion, both forms reported (the papers average the two streams' similarity scores, CoCLR Table 3, ViCC
@@ -213,10 +213,10 @@ def retrieval_cfg(cfg: Config, split: str) -> Config:
     ``test_retrieval``: a centre crop, one clip of each train video, half-overlapping windows of each test one).
     Everything else (frames, crop fraction, backend) as ``cfg``."""
     ret = cfg.eval.retrieval
-    data = dataclasses.replace(cfg.data, eval_crop=ret.crop)
+    data_eval = dataclasses.replace(cfg.data.eval, crop=ret.crop)
     if split == "train" and ret.train_clips > 0:
-        data = dataclasses.replace(data, eval_clips=ret.train_clips, eval_windows=ret.train_windows)
-    return dataclasses.replace(cfg, data=data)
+        data_eval = dataclasses.replace(data_eval, clips=ret.train_clips, windows=ret.train_windows)
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, eval=data_eval))
 
 
 def evaluate_phase(

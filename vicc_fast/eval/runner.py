@@ -60,8 +60,14 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-def _with_data(cfg: C.Config, **data: Any) -> C.Config:
-    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **data))
+def _with_augment(cfg: C.Config, **augment: Any) -> C.Config:
+    data = dataclasses.replace(cfg.data, augment=dataclasses.replace(cfg.data.augment, **augment))
+    return dataclasses.replace(cfg, data=data)
+
+
+def _with_data_eval(cfg: C.Config, **data_eval: Any) -> C.Config:
+    data = dataclasses.replace(cfg.data, eval=dataclasses.replace(cfg.data.eval, **data_eval))
+    return dataclasses.replace(cfg, data=data)
 
 
 def supervised_cfg(cfg: C.Config) -> C.Config:
@@ -70,13 +76,13 @@ def supervised_cfg(cfg: C.Config) -> C.Config:
     (``eval.released_train_augment``: crop + jitter p=0.3, no per-clip flip / grayscale / blur; its flip is the
     batch's, ``eval.train_batch_flip``), or the self-supervised augmentation without Gaussian blur; never the
     two-view controller (one view here)."""
-    cfg = _with_data(cfg, blur_prob=0.0, aug_controller=False)
-    if cfg.eval.released_train_augment and cfg.data.crop is C.CropMode.released:
-        cfg = _with_data(
+    cfg = _with_augment(cfg, blur_prob=0.0, aug_controller=False)
+    if cfg.eval.released_train_augment and cfg.data.augment.crop is C.CropMode.released:
+        cfg = _with_augment(
             cfg, crop=C.CropMode.classifier
         )  # main_classifier.py: RandomSizedCrop consistent=True
     if cfg.eval.released_train_augment:
-        cfg = _with_data(
+        cfg = _with_augment(
             cfg, hflip=False, grayscale_prob=0.0, color_jitter_prob=0.3,
             brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1,
         )  # fmt: skip
@@ -275,7 +281,7 @@ class Evaluation:
 
         e, ft = self.cfg.eval, self.cfg.eval.finetune
         train_cfg = supervised_cfg(self.cfg)
-        test_cfg = _with_data(self.cfg, eval_crop=C.EvalCrop.tencrop)
+        test_cfg = _with_data_eval(self.cfg, crop=C.EvalCrop.tencrop)
         tested = {}  # stream -> (probabilities, labels, split indices) of the test videos it kept
         for s in self.streams:
             model = FinetuneModel(
