@@ -404,7 +404,41 @@ class ModelConfig:
 
 
 @dataclass
+class SwavConfig:
+    """The SwAV-style head ViCC and GOCA share: swapped prediction over Sinkhorn assignments, a feature queue."""
+
+    temperature: float = _f(0.1, "softmax temperature tau of the swapped prediction")
+    epsilon: float = _f(0.05, "Sinkhorn entropy regularisation epsilon")
+    sinkhorn_iters: int = _f(3, "Sinkhorn-Knopp iterations")
+    queue_size: int = _f(1920, "feature queue length per view (0 = no queue)")
+    queue_when_full: bool = _f(
+        True, "queued rows join the Sinkhorn assignment once the queue is full (false = while it fills)"
+    )
+
+    def checks(self) -> list[tuple[bool, str, str]]:
+        return [
+            (self.temperature > 0, "method.swav.temperature", "must be > 0"),
+            (self.epsilon > 0, "method.swav.epsilon", "must be > 0"),
+            (self.sinkhorn_iters > 0, "method.swav.sinkhorn_iters", "must be > 0"),
+            (self.queue_size >= 0, "method.swav.queue_size", "must be >= 0"),
+        ]
+
+
+@dataclass
 class ViccConfig:
+    """ViCC's own settings: its schedule within ``schedule`` (queue starts, prototype freezing, cross batch)."""
+
+    queue_start_rgb: int = _f(150, "epoch at which the queue starts in rgb1")
+    queue_start_flow: int = _f(200, "epoch at which the queue starts in flow1")
+    single_freeze_prototypes: int = _f(100, "epochs the prototypes stay frozen in single-stream phases")
+    single_lr_epochs: int = _f(
+        0, "length of the single-stream phases' cosine lr schedule in epochs (0 = schedule.single_epochs)"
+    )
+    cross_queue_start: int = _f(25, "epoch of each cross-stream alternation at which the queue starts")
+    cross_batch_size: int = _f(
+        0,
+        "clips per rank per step in the cross-stream phases (0 = train.batch_size; the lr stays train.batch_size's)",
+    )
     cross_freeze_prototypes: bool = _f(
         False, "keep the prototypes frozen throughout the cross-stream stage (paper: false)"
     )
@@ -415,6 +449,19 @@ class ViccConfig:
         "model.eval() then model.train()): its BatchNorm normalises with batch statistics, one BN batch per "
         "view, and its running statistics move; false = eval mode throughout (running statistics, untouched)",
     )
+
+    def checks(self) -> list[tuple[bool, str, str]]:
+        return [
+            (self.queue_start_rgb >= 0, "method.vicc.queue_start_rgb", "must be >= 0"),
+            (self.queue_start_flow >= 0, "method.vicc.queue_start_flow", "must be >= 0"),
+            (self.single_freeze_prototypes >= 0, "method.vicc.single_freeze_prototypes", "must be >= 0"),
+            (self.cross_queue_start >= 0, "method.vicc.cross_queue_start", "must be >= 0"),
+            (
+                self.cross_batch_size == 0 or self.cross_batch_size > 1,
+                "method.vicc.cross_batch_size",
+                "must be 0 (= train.batch_size) or > 1 (Sinkhorn needs a batch)",
+            ),
+        ]
 
 
 @dataclass
@@ -501,17 +548,11 @@ class GocaConfig:
 
 @dataclass
 class MethodConfig:
+    """Which method trains, and one section per method (its own settings and schedule) plus the SwAV head that
+    ViCC and GOCA share."""
+
     name: MethodName = _f(MethodName.vicc, "self-supervised method: vicc | coclr | goca")
-    temperature: float = _f(0.1, "softmax temperature tau of the swapped prediction")
-    epsilon: float = _f(0.05, "Sinkhorn entropy regularisation epsilon")
-    sinkhorn_iters: int = _f(3, "Sinkhorn-Knopp iterations")
-    queue_size: int = _f(1920, "feature queue length per view (0 = no queue)")
-    queue_when_full: bool = _f(
-        True,
-        "queued rows join the Sinkhorn assignment only once the queue is full (SwAV / released ViCC: the "
-        "queue fills from its start epoch, is used when its last row is written); false = its valid rows "
-        "are used while it fills",
-    )
+    swav: SwavConfig = field(default_factory=SwavConfig)
     vicc: ViccConfig = field(default_factory=ViccConfig)
     coclr: CoclrConfig = field(default_factory=CoclrConfig)
     goca: GocaConfig = field(default_factory=GocaConfig)
@@ -519,27 +560,13 @@ class MethodConfig:
 
 @dataclass
 class ScheduleConfig:
-    """The ViCC schedule: stage 1 (rgb1, flow1) then `cross_cycles` x (cross-rgb, cross-flow)."""
+    """The two-stage schedule every method reads: stage 1 (one phase per stream) then ``cross_cycles`` x (RGB,
+    flow) alternations. What a method makes of it (its phases, queue starts, freezing) is its own section's."""
 
     phase: Phase = _f(Phase.all, "what to run: all | rgb1 | flow1 | cross (each resumes the previous phase)")
     single_epochs: int = _f(300, "epochs of each single-stream phase")
-    single_queue_start_rgb: int = _f(150, "epoch at which the queue starts in rgb1")
-    single_queue_start_flow: int = _f(200, "epoch at which the queue starts in flow1")
-    single_freeze_prototypes: int = _f(100, "epochs the prototypes stay frozen in single-stream phases")
-    single_lr_epochs: int = _f(
-        0,
-        "length in epochs of ViCC's single-stream phases' cosine lr schedule (0 = single_epochs: the paper's "
-        "text; the released scripts ran a 500-epoch cosine and handed the epoch-299 checkpoint over: 500)",
-    )
     cross_cycles: int = _f(2, "cross-stream cycles (each: RGB then flow)")
     cross_epochs: int = _f(100, "epochs of each cross-stream alternation")
-    cross_queue_start: int = _f(25, "epoch of each alternation at which the queue starts")
-    cross_batch_size: int = _f(
-        0,
-        "clips per rank per step in the cross-stream phases (0 = train.batch_size; the released ViCC cross-stream "
-        "scripts: 24, their single-stream ones 48); the lr keeps the one of train.batch_size (optim.scale_lr "
-        "reads train.batch_size x ranks), as the released runs kept lr 0.6",
-    )
     steps_per_epoch: int = _f(0, "cap on steps per epoch (0 = one clip pair per video)")
 
 
@@ -785,7 +812,18 @@ class Config:
 MOVED: dict[str, str] = {
     # -- data: data.augment, data.eval
     # -- eval: eval.retrieval, eval.linear, eval.finetune, eval.cluster
-    # -- method: each method's own section
+    # -- method: each method's own section (its schedule included), the SwAV head ViCC and GOCA share
+    "method.temperature": "method.swav.temperature",
+    "method.epsilon": "method.swav.epsilon",
+    "method.sinkhorn_iters": "method.swav.sinkhorn_iters",
+    "method.queue_size": "method.swav.queue_size",
+    "method.queue_when_full": "method.swav.queue_when_full",
+    "schedule.single_queue_start_rgb": "method.vicc.queue_start_rgb",
+    "schedule.single_queue_start_flow": "method.vicc.queue_start_flow",
+    "schedule.single_freeze_prototypes": "method.vicc.single_freeze_prototypes",
+    "schedule.single_lr_epochs": "method.vicc.single_lr_epochs",
+    "schedule.cross_queue_start": "method.vicc.cross_queue_start",
+    "schedule.cross_batch_size": "method.vicc.cross_batch_size",
 }
 
 
@@ -926,18 +964,11 @@ def validate(cfg: Config) -> None:
         ),
         (cfg.model.num_prototypes > 0, "model.num_prototypes", "must be > 0"),
         (cfg.model.proj_dim > 0, "model.proj_dim", "must be > 0"),
-        (cfg.method.temperature > 0, "method.temperature", "must be > 0"),
-        (cfg.method.epsilon > 0, "method.epsilon", "must be > 0"),
-        (cfg.method.sinkhorn_iters > 0, "method.sinkhorn_iters", "must be > 0"),
-        (cfg.method.queue_size >= 0, "method.queue_size", "must be >= 0"),
+        *cfg.method.swav.checks(),
+        *cfg.method.vicc.checks(),
         (cfg.schedule.single_epochs >= 0, "schedule.single_epochs", "must be >= 0"),
         (cfg.schedule.cross_epochs >= 0, "schedule.cross_epochs", "must be >= 0"),
         (cfg.schedule.cross_cycles >= 0, "schedule.cross_cycles", "must be >= 0"),
-        (
-            cfg.schedule.cross_batch_size == 0 or cfg.schedule.cross_batch_size > 1,
-            "schedule.cross_batch_size",
-            "must be 0 (= train.batch_size) or > 1 (Sinkhorn needs a batch)",
-        ),
         (cfg.optim.lr > 0, "optim.lr", "must be > 0"),
         (cfg.optim.final_lr >= 0, "optim.final_lr", "must be >= 0"),
         (0 < cfg.optim.gamma <= 1, "optim.gamma", "must be in (0, 1]"),

@@ -212,8 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             atomic.write_text(Path(cfg.train.out_dir) / "config.yaml", C.to_yaml(cfg))
         results = trainer.run()
         if info.is_main:
-            order = select_phases(method.phases(), C.Phase.all)
-            print("\n" + results_table(results, order), flush=True)
+            print("\n" + results_table(results, method), flush=True)
             print(f"wall time {time.perf_counter() - t_start:.0f} s (this invocation)", flush=True)
         return 0
     except TrainingStopped as exc:

@@ -296,7 +296,7 @@ def test_paper_config_trains_gocas_recipe():
     # the method the file builds: shared head and prototypes, lambda1 0.02 / lambda2 0.03, no queue
     g = cfg.method.goca
     assert (g.variant, g.lambda1, g.lambda2, g.proto_reg_steps) == (GocaVariant.goca, 0.02, 0.03, 0)
-    assert g.proto_reg_init_anneal and cfg.method.queue_size == 0
+    assert g.proto_reg_init_anneal and cfg.method.swav.queue_size == 0
     assert (
         C.ClusterProtocol(cfg.eval.cluster_protocol) is C.ClusterProtocol.majority
         and cfg.eval.cluster_runs == 50

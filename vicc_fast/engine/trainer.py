@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,10 +75,6 @@ def validate_training(cfg: C.Config, world_size: int = 1, device: torch.device |
         (t.launcher_check_s >= 0, "train.launcher_check_s", "must be >= 0 (0 = off)"),
         (bool(t.out_dir), "train.out_dir", "must not be empty"),
         (s.steps_per_epoch >= 0, "schedule.steps_per_epoch", "must be >= 0 (0 = whole epoch)"),
-        (s.single_queue_start_rgb >= 0, "schedule.single_queue_start_rgb", "must be >= 0"),
-        (s.single_queue_start_flow >= 0, "schedule.single_queue_start_flow", "must be >= 0"),
-        (s.single_freeze_prototypes >= 0, "schedule.single_freeze_prototypes", "must be >= 0"),
-        (s.cross_queue_start >= 0, "schedule.cross_queue_start", "must be >= 0"),
         (
             not p.steps or 0 <= p.steps[0] < p.steps[1],
             "profile.steps",
@@ -113,11 +109,9 @@ def validate_training(cfg: C.Config, world_size: int = 1, device: torch.device |
 
 # ---------------------------------------------------------------------------------------------- phases
 def phase_batch_size(cfg: C.Config, phase: PhaseSpec) -> int:
-    """Clips per rank per step of ``phase``: ``schedule.cross_batch_size`` in cross-stream phases when set
-    (the released ViCC cross-stream scripts' 24), else ``train.batch_size``."""
-    if phase.cross and cfg.schedule.cross_batch_size > 0:
-        return cfg.schedule.cross_batch_size
-    return cfg.train.batch_size
+    """Clips per rank per step of ``phase``: the phase's own ``batch_size`` when the method sets one (e.g. ViCC's
+    ``method.vicc.cross_batch_size``), else ``train.batch_size``."""
+    return phase.batch_size or cfg.train.batch_size
 
 
 def phase_cfg(cfg: C.Config, phase: PhaseSpec) -> C.Config:
@@ -637,8 +631,7 @@ class Trainer:
         meter.reset()
         values = {k: float(v.float().mean()) for k, v in losses.items()}
         values.update(lr=lr, clips_per_s=clips_s, data_wait_pct=wait_pct)
-        values["queue_active"] = float(state.queue_active)
-        values["prototypes_frozen"] = float(state.prototypes_frozen)
+        values.update(self.method.log_values(state))
         if gnorm is not None:
             values["grad_norm"] = float(gnorm)
         if self.device.type == "cuda":
@@ -716,29 +709,30 @@ def format_metrics(res: dict) -> str:
     return ", ".join(f"{k} {v:.3f}" for k, v in flat.items()) if flat else "(no metrics)"
 
 
-def results_table(results: dict[str, dict], order: Iterable[PhaseSpec]) -> str:
-    """The summary table: one row per reported phase label (RGB-1, Flow-1, RGB-2, Flow-2) plus R+F, one column
-    per metric.
+def results_table(results: dict[str, dict], method: Method) -> str:
+    """The summary table: the rows the method names for its phases (``Method.result_rows``, e.g. ViCC's RGB-1,
+    Flow-1, RGB-2, Flow-2 and R+F) in its order (``Method.table_rows``), one column per metric.
 
     A phase's metrics are eval.retrieval.evaluate_phase's flat ``{"rgb/R@1": .., "flow/R@1": .., "rf_sum/R@1": ..}``:
-    its row takes the trained stream's numbers; R+F comes from the newest reported phase that has ``rf_sum``
-    (with two cycles: the end of the last flow alternation, i.e. RGB-2 + Flow-2). Unlabelled phases (earlier
-    cycles) are left out of the table (their numbers are in results.json).
+    a stream's row takes that stream's numbers, the fused row ``rf_sum``'s when the evaluation has them; a row
+    named again by a later phase takes the later numbers (with two cycles, R+F is the end of the last flow
+    alternation, i.e. RGB-2 + Flow-2). Unreported phases (earlier cycles) are left out of the table (their
+    numbers are in results.json).
     """
     rows: dict[str, dict[str, float]] = {}
-    for phase in order:
+    for phase in method.phases():
         entry = results.get(phase.name)
-        if entry is None or not phase.report:
+        if entry is None:
             continue
         flat = _flatten(entry.get("metrics", {}))
-        for s, label in phase.row_labels().items():
-            rows[label] = _prefixed(flat, s.value) or {k: v for k, v in flat.items() if "/" not in k}
-        fused = _prefixed(flat, "rf_sum")
-        if fused:
-            rows[f"R+F-{phase.report}" if phase.joint else "R+F"] = fused
+        for group, label in method.result_rows(phase).items():
+            if group in {s.value for s in C.Stream}:
+                rows[label] = _prefixed(flat, group) or {k: v for k, v in flat.items() if "/" not in k}
+            elif _prefixed(flat, group):
+                rows[label] = _prefixed(flat, group)
     if not rows:
         return "(no evaluation results)"
-    preferred = ["RGB-1", "Flow-1", "RGB-2", "Flow-2", "R+F"]
+    preferred = list(method.table_rows())
     labels = [x for x in preferred if x in rows] + [x for x in rows if x not in preferred]
     cols: list[str] = []
     for lab in labels:

@@ -304,7 +304,7 @@ class Evaluation:
                 f"{type(self.ck.method).__name__}: prototype_scorer is not (head, prototypes)"
             )
         head = scorer[0]
-        e, m = self.cfg.eval, self.cfg.method
+        e, m = self.cfg.eval, self.cfg.method.swav
         with torch.no_grad():
             z_train, z = head(train_raw.float()), head(raw.float())
         c = CL.refit_prototypes(

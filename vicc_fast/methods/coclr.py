@@ -14,8 +14,8 @@ entries of the query's own source video are positives and never mined; mining st
 only once the queue is full; in 90 % of co-training steps a row with other positives drops its own key from
 them. UberNCE (``main_nce.py``) scores a row by the mean log-probability of its positives.
 
-The schedule reuses ``cfg.schedule`` (single_epochs, cross_cycles, cross_epochs): the paper's 300 + 2 x (100 +
-100) epochs on UCF101 match ViCC's.
+The schedule is ``cfg.schedule``'s two stages (single_epochs, cross_cycles, cross_epochs): the paper's 300 + 2 x
+(100 + 100) epochs on UCF101; the queue is used from the first step (no start epoch) and there are no prototypes.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from vicc_fast.config import Config, ConfigError, Stream, UberNceLoss
 from vicc_fast.data.batch import Batch
 from vicc_fast.methods.base import STREAM_LABEL, Method, PhaseSpec, StepState
 from vicc_fast.methods.common import (
+    TWO_STAGE_ROWS,
     EncoderRunner,
     FeatureQueue,
     StreamNet,
@@ -134,15 +135,17 @@ def _gather(t: torch.Tensor) -> torch.Tensor:
 
 
 def coclr_phases(cfg: Config) -> list[PhaseSpec]:
+    """InfoNCE per stream (``rgb1``, ``flow1``), then ``cross_cycles`` x co-training (``cross_rgb_cN``,
+    ``cross_flow_cN``), of ``cfg.schedule``'s lengths."""
     sc = cfg.schedule
     phases = [
-        PhaseSpec(f"{s.value}1", s, None, (s,), 2, sc.single_epochs, 0, 0, f"{STREAM_LABEL[s]}-1")
+        PhaseSpec(f"{s.value}1", s, None, (s,), 2, sc.single_epochs, f"{STREAM_LABEL[s]}-1")
         for s in (Stream.rgb, Stream.flow)
     ]
     for c in range(1, sc.cross_cycles + 1):
         for s, t in ((Stream.rgb, Stream.flow), (Stream.flow, Stream.rgb)):
             report = f"{STREAM_LABEL[s]}-2" if c == sc.cross_cycles else ""
-            phases.append(PhaseSpec(f"cross_{s.value}_c{c}", s, t, (s, t), 2, sc.cross_epochs, 0, 0, report))
+            phases.append(PhaseSpec(f"cross_{s.value}_c{c}", s, t, (s, t), 2, sc.cross_epochs, report))
     return phases
 
 
@@ -183,6 +186,9 @@ class CoCLR(Method):
 
     def phases(self) -> list[PhaseSpec]:
         return coclr_phases(self.cfg)
+
+    def table_rows(self) -> tuple[str, ...]:
+        return TWO_STAGE_ROWS
 
     def setup_phase(self, phase: PhaseSpec) -> None:
         self._phase = phase

@@ -1,9 +1,11 @@
-"""Pieces every method here shares: a stream's network, a feature queue, freezing, distributed hooks."""
+"""Pieces every method here shares: a stream's network, a feature queue and its schedule, freezing, distributed
+hooks, the two-stage methods' result table."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -12,7 +14,40 @@ from torch import nn
 
 import kernels
 from vicc_fast.config import ModelConfig, Stream
+from vicc_fast.methods.base import PhaseSpec, StepState
 from vicc_fast.models import build_encoder, build_head
+
+TWO_STAGE_ROWS = ("RGB-1", "Flow-1", "RGB-2", "Flow-2", "R+F")
+"""The result table of a two-stage method (ViCC, CoCLR): each stream after stage 1, after the last cross-stream
+cycle, and the two fused."""
+
+
+@dataclass(frozen=True)
+class SwavPhase(PhaseSpec):
+    """A phase of a method with a SwAV-style head (ViCC, GOCA): when its feature queue starts and how long its
+    prototypes stay frozen, both in epochs within the phase.
+
+    queue_start_epoch: epoch (0-based) from which the queue fills and its rows may join the assignment
+    (``>= epochs``: never); freeze_prototypes_epochs: epochs at the start of the phase during which prototype
+    gradients are dropped (``>= epochs``: frozen throughout)."""
+
+    queue_start_epoch: int = 0
+    freeze_prototypes_epochs: int = 0
+
+    def queue_active(self, epoch: int) -> bool:
+        return epoch >= self.queue_start_epoch
+
+    def prototypes_frozen(self, epoch: int) -> bool:
+        return epoch < self.freeze_prototypes_epochs
+
+
+def swav_phase(state: StepState) -> SwavPhase:
+    """The step's phase, which a method with a SwAV-style head built as a :class:`SwavPhase`."""
+    phase = state.phase
+    if not isinstance(phase, SwavPhase):
+        raise TypeError(f"phase {phase.name}: expected a SwavPhase, got {type(phase).__name__}")
+    return phase
+
 
 EncoderRunner = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 """``run(backbone, clips [B, C, T, H, W]) -> features [B, F]``; the engine may replace the default (a plain
