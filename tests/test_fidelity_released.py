@@ -300,7 +300,7 @@ def test_paper_config_forward_runs_the_backbone_in_bf16_and_the_loss_in_fp32(tmp
     """One trainer step of the paper config: the backbone's convolutions inside the forward run in bfloat16
     (``train.amp: bf16``; released: fp32 single stage ``--use_fp16 false``, apex O1 fp16 cross stage), while
     scores, Sinkhorn and the loss are fp32; ``train.amp=off`` runs them in fp32."""
-    from vicc_fast.engine.trainer import Trainer, _FiniteTracker, _LossModule
+    from vicc_fast.engine.trainer import Trainer, _FiniteTracker
     from vicc_fast.methods.vicc import ViCC
 
     seen: dict[str, list[torch.dtype]] = {}
@@ -320,7 +320,7 @@ def test_paper_config_forward_runs_the_backbone_in_bf16_and_the_loss_in_fp32(tmp
         opt = torch.optim.SGD(m.trainable_parameters(phase), lr=0.1)
         scaler = torch.amp.GradScaler("cpu", enabled=False)
         losses, _ = tr._step(
-            _LossModule(m),
+            m,
             opt,
             scaler,
             m.trainable_parameters(phase),

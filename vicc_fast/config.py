@@ -511,6 +511,15 @@ class CoclrConfig:
         "UberNCE's loss over a row's positives: mean_log_prob (CoCLR main_nce.py) | log_sum_prob (eq. 2)",
     )
 
+    def checks(self) -> list[tuple[bool, str, str]]:
+        return [
+            (self.queue_size > 0, "method.coclr.queue_size", "must be > 0 (the queue holds the negatives)"),
+            (self.topk >= 0, "method.coclr.topk", "must be >= 0"),
+            (self.temperature > 0, "method.coclr.temperature", "must be > 0"),
+            (0 <= self.momentum < 1, "method.coclr.momentum", "must be in [0, 1)"),
+            (0 <= self.drop_own_key_prob <= 1, "method.coclr.drop_own_key_prob", "must be in [0, 1]"),
+        ]
+
 
 @dataclass
 class GocaConfig:
@@ -544,6 +553,17 @@ class GocaConfig:
         "encoders; 500 with the paper's schedule, as in the GOCA paper)",
     )
     queue_start_epoch: int = _f(100, "epoch of the joint phase at which the queue starts")
+
+    def checks(self) -> list[tuple[bool, str, str]]:
+        return [
+            (self.lambda1 > 0, "method.goca.lambda1", "must be > 0"),
+            (self.lambda2 >= 0, "method.goca.lambda2", "must be >= 0"),
+            (self.proto_reg_steps >= 0, "method.goca.proto_reg_steps", "must be >= 0"),
+            (self.proto_reg_init_steps >= 0, "method.goca.proto_reg_init_steps", "must be >= 0"),
+            (self.proto_reg_lr > 0, "method.goca.proto_reg_lr", "must be > 0"),
+            (self.proto_reg_init_lr > 0, "method.goca.proto_reg_init_lr", "must be > 0"),
+            (self.epochs >= 0, "method.goca.epochs", "must be >= 0"),
+        ]
 
 
 @dataclass
@@ -933,8 +953,32 @@ def _increasing(epochs: Sequence[int]) -> bool:
     return all(e > 0 for e in epochs) and all(a < b for a, b in zip(epochs, epochs[1:]))
 
 
+def _training_checks(cfg: Config) -> list[tuple[bool, str, str]]:
+    o, t, p = cfg.optim, cfg.train, cfg.profile
+    return [
+        (o.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0"),
+        (0 <= o.momentum < 1, "optim.momentum", "must be in [0, 1)"),
+        (o.trust_coefficient > 0, "optim.trust_coefficient", "must be > 0"),
+        (o.weight_decay >= 0, "optim.weight_decay", "must be >= 0"),
+        (o.base_batch > 0, "optim.base_batch", "must be > 0"),
+        (o.final_lr <= o.lr, "optim.final_lr", "must be <= optim.lr"),
+        (t.ckpt_every_steps >= 0, "train.ckpt_every_steps", "must be >= 0 (0 = phase ends only)"),
+        (t.log_every_steps > 0, "train.log_every_steps", "must be > 0"),
+        (t.launcher_check_s >= 0, "train.launcher_check_s", "must be >= 0 (0 = off)"),
+        (bool(t.out_dir), "train.out_dir", "must not be empty"),
+        (
+            len(p.steps) != 2 or 0 <= p.steps[0] < p.steps[1],
+            "profile.steps",
+            "must be [start, stop] with 0 <= start < stop",
+        ),
+        (not p.torch_trace or bool(p.steps), "profile.torch_trace", "needs profile.steps = [start, stop]"),
+    ]
+
+
 def validate(cfg: Config) -> None:
-    """Value checks the type system cannot express; each failure names its key."""
+    """Every value check the type system cannot express, in one pass when the config loads (each method's
+    section checks its own keys); each failure names its key. Checks that need the run's environment (a
+    checkpoint file, CUDA, the world size) are ``engine.trainer.validate_training``'s."""
     checks: list[tuple[bool, str, str]] = [
         (cfg.data.num_frames > 0, "data.num_frames", "must be > 0"),
         (cfg.data.stride > 0, "data.stride", "must be > 0"),
@@ -966,9 +1010,12 @@ def validate(cfg: Config) -> None:
         (cfg.model.proj_dim > 0, "model.proj_dim", "must be > 0"),
         *cfg.method.swav.checks(),
         *cfg.method.vicc.checks(),
+        *cfg.method.coclr.checks(),
+        *cfg.method.goca.checks(),
         (cfg.schedule.single_epochs >= 0, "schedule.single_epochs", "must be >= 0"),
         (cfg.schedule.cross_epochs >= 0, "schedule.cross_epochs", "must be >= 0"),
         (cfg.schedule.cross_cycles >= 0, "schedule.cross_cycles", "must be >= 0"),
+        (cfg.schedule.steps_per_epoch >= 0, "schedule.steps_per_epoch", "must be >= 0 (0 = whole epoch)"),
         (cfg.optim.lr > 0, "optim.lr", "must be > 0"),
         (cfg.optim.final_lr >= 0, "optim.final_lr", "must be >= 0"),
         (0 < cfg.optim.gamma <= 1, "optim.gamma", "must be in (0, 1]"),
@@ -998,6 +1045,7 @@ def validate(cfg: Config) -> None:
         (cfg.eval.cluster_refit_lr > 0, "eval.cluster_refit_lr", "must be > 0"),
         (cfg.eval.cluster_refit_batch_size > 1, "eval.cluster_refit_batch_size", "must be > 1 (Sinkhorn)"),
         (len(cfg.profile.steps) in (0, 2), "profile.steps", "must be [] or [start, stop]"),
+        *_training_checks(cfg),
     ]
     for ok, key, why in checks:
         if not ok:

@@ -50,10 +50,10 @@ def test_one_step_on_a_fixed_batch_lowers_the_loss(tmp_path):
     with torch.no_grad():
         before = float(m.loss(batch, st)["loss"])
     opt = torch.optim.SGD(m.trainable_parameters(phase), lr=0.02)
-    from vicc_fast.engine.trainer import _FiniteTracker, _LossModule
+    from vicc_fast.engine.trainer import _FiniteTracker
 
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    tr._step(_LossModule(m), opt, scaler, m.trainable_parameters(phase), batch, st, _FiniteTracker(), True)
+    tr._step(m, opt, scaler, m.trainable_parameters(phase), batch, st, _FiniteTracker(), True)
     with torch.no_grad():
         after = float(m.loss(batch, st)["loss"])
     assert after < before - 1e-2
@@ -240,9 +240,10 @@ def test_eval_hook_results_and_table(tmp_path):
     ],
 )
 def test_bad_training_values_fail_before_any_work(tmp_path, over, key):
-    cfg = make_cfg(tmp_path, over)
+    """Every value is checked when the config loads (config.validate); the ones that need the run's
+    environment (a checkpoint file, CUDA, the world size) by validate_training, which train.py calls first."""
     with pytest.raises(C.ConfigError, match=f"config key '{key}'"):
-        Trainer(cfg, TinyMethod(), loader_factory=loader_factory(4), tensorboard=False)
+        validate_training(make_cfg(tmp_path, over))
     assert not (tmp_path / "run").exists()
 
 

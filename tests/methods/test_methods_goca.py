@@ -237,12 +237,12 @@ def test_bf16_autocast(variant):
 
 
 def test_bad_settings_are_clear_errors():
-    from vicc_fast.config import ConfigError
+    from vicc_fast.config import ConfigError, load
 
     with pytest.raises(ConfigError, match="method.goca.lambda1"):
-        build_method(goca_config(lambda1=0.0))
+        load(None, ["method.goca.lambda1=0.0"])
     with pytest.raises(ConfigError, match="method.goca.proto_reg_init_lr"):
-        build_method(goca_config(proto_reg_init_lr=0.0))
+        load(None, ["method.goca.proto_reg_init_lr=0.0"])
 
 
 def test_prototype_scorer_per_variant():

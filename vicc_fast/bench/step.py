@@ -174,7 +174,7 @@ class StepTimer:
             _sync(self.device)
         return time.perf_counter()
 
-    # the whole Method.loss (DDP or the engine's _LossModule forward)
+    # the whole Method.loss (the method's forward, in DDP when several ranks)
     def loss_pre(self, *_: Any) -> None:
         self._compute = 0.0
         self._t["loss"] = self.now()
@@ -359,7 +359,7 @@ def measure(
     opt = build_optimizer(cfg.optim, trainable)
     set_lr(opt, cfg.optim.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp is C.Amp.fp16)
-    model: nn.Module = T._LossModule(method)
+    model: nn.Module = method
     if info.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 

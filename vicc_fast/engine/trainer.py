@@ -61,26 +61,11 @@ AMP_DTYPES = {C.Amp.bf16: torch.bfloat16, C.Amp.fp16: torch.float16}
 
 # ------------------------------------------------------------------------------------------ validation
 def validate_training(cfg: C.Config, world_size: int = 1, device: torch.device | None = None) -> None:
-    """Checks of training settings beyond config.validate; raises ConfigError naming the key, before any work."""
-    o, t, s, p = cfg.optim, cfg.train, cfg.schedule, cfg.profile
+    """The checks that need the run's environment (config.validate checks every value when the config loads);
+    raises ConfigError naming the key. train.py calls it once, before any work."""
+    t = cfg.train
+    dev = device or torch.device("cpu")
     checks: list[tuple[bool, str, str]] = [
-        (o.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0"),
-        (0 <= o.momentum < 1, "optim.momentum", "must be in [0, 1)"),
-        (o.trust_coefficient > 0, "optim.trust_coefficient", "must be > 0"),
-        (o.weight_decay >= 0, "optim.weight_decay", "must be >= 0"),
-        (o.base_batch > 0, "optim.base_batch", "must be > 0"),
-        (o.final_lr <= o.lr, "optim.final_lr", "must be <= optim.lr"),
-        (t.ckpt_every_steps >= 0, "train.ckpt_every_steps", "must be >= 0 (0 = phase ends only)"),
-        (t.log_every_steps > 0, "train.log_every_steps", "must be > 0"),
-        (t.launcher_check_s >= 0, "train.launcher_check_s", "must be >= 0 (0 = off)"),
-        (bool(t.out_dir), "train.out_dir", "must not be empty"),
-        (s.steps_per_epoch >= 0, "schedule.steps_per_epoch", "must be >= 0 (0 = whole epoch)"),
-        (
-            not p.steps or 0 <= p.steps[0] < p.steps[1],
-            "profile.steps",
-            "must be [start, stop] with 0 <= start < stop",
-        ),
-        (not p.torch_trace or bool(p.steps), "profile.torch_trace", "needs profile.steps = [start, stop]"),
         (
             t.resume in ("auto", "never") or Path(t.resume).is_file(),
             "train.resume",
@@ -91,17 +76,12 @@ def validate_training(cfg: C.Config, world_size: int = 1, device: torch.device |
             "train.device",
             "gpu but CUDA is not available",
         ),
-    ]
-    dev = device or torch.device("cpu")
-    checks.append(
         (
             not (t.sync_bn and world_size > 1 and dev.type == "cpu"),
             "train.sync_bn",
             "SyncBatchNorm needs GPUs; on CPU ranks use train.batch_shuffle=true instead",
-        )
-    )
-    if t.amp is C.Amp.fp16 and dev.type == "cpu":
-        checks.append((True, "train.amp", ""))  # fp16 autocast + GradScaler run on CPU too (slow, but valid)
+        ),
+    ]
     for ok, key, why in checks:
         if not ok:
             raise C.ConfigError(f"config key '{key}': {why}")
@@ -135,13 +115,18 @@ def make_batch_shuffle(cfg: C.Config, method: Method, phase: PhaseSpec, world: i
 
 
 def select_phases(phases: list[PhaseSpec], which: C.Phase) -> list[PhaseSpec]:
-    """rgb1 / flow1 = the single-stream phase of that stream; cross = every phase with a frozen stream."""
+    """rgb1 / flow1 = the single-stream phase of that stream; cross = every phase with a frozen stream.
+    A selection the method has no phase for is a ConfigError naming ``schedule.phase``."""
     if which is C.Phase.all:
-        return list(phases)
-    if which is C.Phase.cross:
-        return [p for p in phases if p.frozen_stream is not None]
-    stream = C.Stream.rgb if which is C.Phase.rgb1 else C.Stream.flow
-    return [p for p in phases if p.frozen_stream is None and p.train_stream is stream]
+        selected = list(phases)
+    elif which is C.Phase.cross:
+        selected = [p for p in phases if p.frozen_stream is not None]
+    else:
+        stream = C.Stream.rgb if which is C.Phase.rgb1 else C.Stream.flow
+        selected = [p for p in phases if p.frozen_stream is None and p.train_stream is stream]
+    if not selected:
+        raise C.ConfigError(f"config key 'schedule.phase': no phase '{C.Phase(which).value}' in this method")
+    return selected
 
 
 def prerequisites(phase: PhaseSpec, phases: list[PhaseSpec]) -> list[PhaseSpec]:
@@ -149,17 +134,6 @@ def prerequisites(phase: PhaseSpec, phases: list[PhaseSpec]) -> list[PhaseSpec]:
     used = {phase.train_stream, *phase.streams}
     idx = phases.index(phase)
     return [q for q in phases[:idx] if used & set(q.trained_streams)]
-
-
-class _LossModule(nn.Module):
-    """Routes ``forward`` to ``method.loss`` so that DistributedDataParallel sees a forward call."""
-
-    def __init__(self, method: Method) -> None:
-        super().__init__()
-        self.method = method
-
-    def forward(self, batch: Batch, state: StepState) -> dict[str, torch.Tensor]:
-        return self.method.loss(batch, state)
 
 
 @dataclass
@@ -236,7 +210,6 @@ class Trainer:
         self.cfg = cfg
         self.dist = dist_info or DistInfo()
         self.device = self.dist.device
-        validate_training(cfg, self.dist.world_size, self.device)
         self.out_dir = Path(cfg.train.out_dir)
         self.loader_factory = loader_factory or self._default_loader
         self.evaluate = evaluate
@@ -376,10 +349,6 @@ class Trainer:
         """Train the phases cfg.schedule.phase selects; returns {phase name: evaluation results}."""
         phases = self.method.phases()
         selected = select_phases(phases, self.cfg.schedule.phase)
-        if not selected:
-            raise C.ConfigError(
-                f"config key 'schedule.phase': the method has no phase '{self.cfg.schedule.phase.value}'"
-            )
         position, pending_eval = self._restore(phases)
         sel_names = {p.name for p in selected}
         for p in selected:
@@ -478,7 +447,7 @@ class Trainer:
             if pos.scaler is not None:
                 scaler.load_state_dict(pos.scaler)
             start_epoch, start_step = pos.epoch, pos.step
-        model: nn.Module = _LossModule(self.method)
+        model: nn.Module = self.method  # its forward is Method.loss
         if world > 1:
             model = DDP(
                 model,

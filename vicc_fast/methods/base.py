@@ -1,7 +1,7 @@
 """The interface between the engine and a self-supervised method.
 
 The engine knows nothing about ViCC: it asks the method for its phases, builds a loader with the streams and
-views each phase needs, calls ``loss`` every step, steps the optimiser over ``trainable_parameters``, then
+views each phase needs, calls ``loss`` every step (through ``forward``), steps the optimiser over ``trainable_parameters``, then
 calls ``after_step``. Everything method-specific (encoders, heads, prototypes, queues, frozen streams) lives
 in the method.
 """
@@ -100,6 +100,11 @@ class Method(nn.Module, abc.ABC):
     @abc.abstractmethod
     def loss(self, batch: Batch, state: StepState) -> dict[str, torch.Tensor]:
         """Named loss terms for logging; ``"loss"`` is the total that is back-propagated."""
+
+    def forward(self, batch: Batch, state: StepState) -> dict[str, torch.Tensor]:
+        """= :meth:`loss`: the engine calls the method as a module, so that a DistributedDataParallel wrapper of
+        it sees a forward call."""
+        return self.loss(batch, state)
 
     def before_backward(self, losses: dict[str, torch.Tensor], state: StepState) -> None:  # noqa: B027
         """Hook before backward (optional)."""

@@ -28,16 +28,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from vicc_fast.config import Config, ConfigError, Stream, UberNceLoss
+from vicc_fast.config import Config, Stream, UberNceLoss
 from vicc_fast.data.batch import Batch
 from vicc_fast.methods.base import STREAM_LABEL, Method, PhaseSpec, StepState
 from vicc_fast.methods.common import (
     TWO_STAGE_ROWS,
-    EncoderRunner,
     FeatureQueue,
     StreamNet,
     fp32,
-    plain_run,
     set_trainable,
     world_size,
 )
@@ -162,16 +160,6 @@ class CoCLR(Method):
         super().__init__()
         self.cfg = cfg
         c = cfg.method.coclr
-        checks = [
-            (c.queue_size > 0, "method.coclr.queue_size", "must be > 0 (the queue holds the negatives)"),
-            (c.topk >= 0, "method.coclr.topk", "must be >= 0"),
-            (c.temperature > 0, "method.coclr.temperature", "must be > 0"),
-            (0 <= c.momentum < 1, "method.coclr.momentum", "must be in [0, 1)"),
-            (0 <= c.drop_own_key_prob <= 1, "method.coclr.drop_own_key_prob", "must be in [0, 1]"),
-        ]
-        for ok, key, why in checks:
-            if not ok:
-                raise ConfigError(f"config key '{key}': {why}")
         self.nets = nn.ModuleDict({s.value: StreamNet(cfg.model) for s in Stream})
         self.key_nets = nn.ModuleDict({s.value: copy.deepcopy(self.nets[s.value]) for s in Stream})
         for k in self.key_nets.values():
@@ -180,7 +168,6 @@ class CoCLR(Method):
         self.queue = FeatureQueue(2, c.queue_size, cfg.model.proj_dim)
         self.register_buffer("queue_labels", torch.full((c.queue_size,), -1, dtype=torch.long))
         self.register_buffer("queue_videos", torch.full((c.queue_size,), -1, dtype=torch.long))
-        self.run_encoder: EncoderRunner = plain_run
         self._phase: PhaseSpec | None = None
         self._takes_step = True  # set by every loss(): whether the engine back-propagates and steps
 
@@ -224,16 +211,13 @@ class CoCLR(Method):
         BatchNorm, so wrapping the backbone alone is the same.)"""
         return [self.key_nets[s.value].backbone for s in phase.trained_streams]
 
-    def forward(self, batch: Batch, state: StepState) -> dict[str, torch.Tensor]:
-        return self.loss(batch, state)
-
     # ---------------------------------------------------------------------------------------- the step
     def loss(self, batch: Batch, state: StepState) -> dict[str, torch.Tensor]:
         phase = state.phase
         c = self.cfg.method.coclr
         s, t = phase.train_stream, phase.frozen_stream
         x_q, x_k = batch.views[s][0], batch.views[s][1]
-        zq = self.nets[s.value].embed(x_q, self.run_encoder)  # [B, D]
+        zq = self.nets[s.value].embed(x_q)  # [B, D]
         with torch.no_grad():
             zk = self.key_nets[s.value].embed(x_k)
             # the frozen stream (the released 'sampler') on the key's clip, as kf = sampler(f2)

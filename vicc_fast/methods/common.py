@@ -3,7 +3,7 @@ hooks, the two-stage methods' result table."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -49,16 +49,6 @@ def swav_phase(state: StepState) -> SwavPhase:
     return phase
 
 
-EncoderRunner = Callable[[nn.Module, torch.Tensor], torch.Tensor]
-"""``run(backbone, clips [B, C, T, H, W]) -> features [B, F]``; the engine may replace the default (a plain
-call) with one that shuffles the batch across ranks around the backbone (MoCo's batch shuffle); it must keep
-the gradient path intact."""
-
-
-def plain_run(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return module(x)
-
-
 def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
@@ -90,20 +80,18 @@ class StreamNet(nn.Module):
         self.backbone = build_encoder(model_cfg)
         self.head = build_head(model_cfg, self.backbone.feature_dim)
 
-    def embed(self, clips: torch.Tensor, run: EncoderRunner = plain_run) -> torch.Tensor:
+    def embed(self, clips: torch.Tensor) -> torch.Tensor:
         """clips [B, C, T, H, W] -> z [B, D] fp32 unit rows."""
-        return self.head(run(self.backbone, clips))
+        return self.head(self.backbone(clips))
 
 
-def run_views(
-    run: EncoderRunner, module: nn.Module, views: list[torch.Tensor], per_view: bool
-) -> torch.Tensor:
+def run_views(module: nn.Module, views: list[torch.Tensor], per_view: bool) -> torch.Tensor:
     """V views [B, C, T, H, W] through ``module`` -> [V*B, ...], views in order. ``per_view``: one forward per
     view, so that each view is its own BatchNorm batch and two views of a video never share BN statistics (the
     released code forwards x1 and x2 separately); else one forward over all views (:func:`cat_views`)."""
     if per_view and len(views) > 1:
-        return torch.cat([run(module, v) for v in views], dim=0)
-    return run(module, cat_views(views))
+        return torch.cat([module(v) for v in views], dim=0)
+    return module(cat_views(views))
 
 
 def cat_views(views: list[torch.Tensor]) -> torch.Tensor:

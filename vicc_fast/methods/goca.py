@@ -32,15 +32,13 @@ import torch.nn.functional as F
 from torch import nn
 
 import kernels
-from vicc_fast.config import Config, ConfigError, GocaVariant, Stream
+from vicc_fast.config import Config, GocaVariant, Stream
 from vicc_fast.data.batch import Batch
 from vicc_fast.methods.base import Method, PhaseSpec, StepState
 from vicc_fast.methods.common import (
-    EncoderRunner,
     FeatureQueue,
     SwavPhase,
     fp32,
-    plain_run,
     run_views,
     sinkhorn_all_reduce,
     swav_phase,
@@ -132,19 +130,6 @@ class GOCA(Method):
         super().__init__()
         self.cfg = cfg
         self.variant = GocaVariant(cfg.method.goca.variant)
-        g = cfg.method.goca
-        checks = [
-            (g.lambda1 > 0, "method.goca.lambda1", "must be > 0"),
-            (g.lambda2 >= 0, "method.goca.lambda2", "must be >= 0"),
-            (g.proto_reg_steps >= 0, "method.goca.proto_reg_steps", "must be >= 0"),
-            (g.proto_reg_init_steps >= 0, "method.goca.proto_reg_init_steps", "must be >= 0"),
-            (g.proto_reg_lr > 0, "method.goca.proto_reg_lr", "must be > 0"),
-            (g.proto_reg_init_lr > 0, "method.goca.proto_reg_init_lr", "must be > 0"),
-            (g.epochs >= 0, "method.goca.epochs", "must be >= 0"),
-        ]
-        for ok, key, why in checks:
-            if not ok:
-                raise ConfigError(f"config key '{key}': {why}")
         mc = cfg.model
         self.backbones = nn.ModuleDict({s.value: build_encoder(mc) for s in STREAMS})
         fdim = self.backbones["rgb"].feature_dim
@@ -154,7 +139,6 @@ class GOCA(Method):
         self.protos = nn.ModuleDict({n: Prototypes(mc.proj_dim, mc.num_prototypes) for n in names})
         views = 2 if self.variant is GocaVariant.avg else 4
         self.queue = FeatureQueue(views, cfg.method.swav.queue_size // world_size(), mc.proj_dim)
-        self.run_encoder: EncoderRunner = plain_run
         self.backend = cfg.kernels.backend.value
 
     def _part(self, stream: Stream) -> str:
@@ -193,9 +177,6 @@ class GOCA(Method):
         part = self._part(stream)
         return nn.Sequential(self.heads[part], self.protos[part])
 
-    def forward(self, batch: Batch, state: StepState) -> dict[str, torch.Tensor]:
-        return self.loss(batch, state)
-
     def after_step(self, state: StepState) -> None:
         """``proto_reg_steps`` regulariser steps before the next training step (0 by default: the paper fixes
         the prototypes after the one-off initialisation)."""
@@ -209,7 +190,7 @@ class GOCA(Method):
         feats = {}
         for s in STREAMS:
             vs = batch.views[s][:2]
-            feats[s] = run_views(self.run_encoder, self.backbones[s.value], vs, self.cfg.train.bn_per_view)
+            feats[s] = run_views(self.backbones[s.value], vs, self.cfg.train.bn_per_view)
         B = batch.views[Stream.rgb][0].shape[0]
         if self.variant is GocaVariant.avg:
             z = self.heads["shared"]((feats[Stream.rgb] + feats[Stream.flow]) / 2)

@@ -18,13 +18,11 @@ from vicc_fast.data.batch import Batch
 from vicc_fast.methods.base import STREAM_LABEL, Method, PhaseSpec, StepState
 from vicc_fast.methods.common import (
     TWO_STAGE_ROWS,
-    EncoderRunner,
     FeatureQueue,
     StreamNet,
     SwavPhase,
     cat_views,
     fp32,
-    plain_run,
     run_views,
     set_trainable,
     sinkhorn_all_reduce,
@@ -107,7 +105,6 @@ def usage_entropy(scores: torch.Tensor) -> torch.Tensor:
 class ViCC(Method):
     """Both streams' encoders, heads and prototypes, one feature queue, and the ViCC losses.
 
-    ``run_encoder`` (default: a plain call) is how backbones are applied (a hook for batch shuffling).
     The queue is emptied when a new phase starts; a checkpoint of a phase restores its queue whether it is
     loaded before or after :meth:`setup_phase` of that phase.
     """
@@ -122,7 +119,6 @@ class ViCC(Method):
         )
         # the paper's queue (1920) is global: each of the W ranks keeps its share
         self.queue = FeatureQueue(MAX_VIEWS, m.swav.queue_size // world_size(), cfg.model.proj_dim)
-        self.run_encoder: EncoderRunner = plain_run
         self.backend = cfg.kernels.backend.value
         self.diagnostics = True
         self._phase: PhaseSpec | None = None
@@ -168,10 +164,6 @@ class ViCC(Method):
     def prototype_scorer(self, stream: Stream) -> nn.Module:
         return nn.Sequential(self.nets[stream.value].head, self.protos[stream.value])
 
-    def forward(self, batch: Batch, state: StepState) -> dict[str, torch.Tensor]:
-        """= :meth:`loss`, so that a DistributedDataParallel wrapper of the method sees a forward call."""
-        return self.loss(batch, state)
-
     # ---------------------------------------------------------------------------------------- the step
     def embed_views(self, batch: Batch, state: StepState) -> tuple[torch.Tensor, int]:
         """Unit embeddings of all views: [V, B, D] fp32, ordered s_0, s_1, (t_0, t_1); and the number of views
@@ -183,7 +175,7 @@ class ViCC(Method):
         B = vs[0].shape[0]
         net = self.nets[s.value]
         # the frozen stream below runs in eval mode (running BN statistics): one forward serves all its views
-        zs = net.head(run_views(self.run_encoder, net.backbone, vs, self.cfg.train.bn_per_view))
+        zs = net.head(run_views(net.backbone, vs, self.cfg.train.bn_per_view))
         parts = [zs]
         if t is not None:
             vt = batch.views[t][: phase.num_views]
@@ -198,7 +190,7 @@ class ViCC(Method):
                     parts.append(torch.cat(zt, dim=0))
                 else:
                     # eval mode (running BN statistics): one forward serves all its views
-                    parts.append(frozen.embed(cat_views(vt), self.run_encoder))
+                    parts.append(frozen.embed(cat_views(vt)))
             frozen.eval()
         z = torch.cat(parts, dim=0)
         return z.view(-1, B, z.shape[-1]), len(vs)
