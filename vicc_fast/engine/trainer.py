@@ -19,8 +19,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +185,30 @@ class _FiniteTracker:
         flags = self.flags.tolist()
         vals = self.values.tolist()
         return s, {n: v for n, f, v in zip(self.names, flags, vals) if f}
+
+
+@dataclass
+class _PhaseRun:
+    """What the steps of one phase share: built by ``Trainer._start_run``, passed to every step."""
+
+    phase: PhaseSpec
+    loader: Any
+    spe: int  # steps per epoch
+    trainable: list[nn.Parameter]
+    schedule: Callable[[int], float]  # step within the phase -> lr
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    model: nn.Module  # what a step calls: the method, or DDP around it
+    shuffle: BatchShuffle | None
+    epoch_offset: int  # loader epochs of the phases before this one
+    start_epoch: int = 0
+    start_step: int = 0
+    tracker: _FiniteTracker = field(default_factory=_FiniteTracker)
+    meter: Meter = field(default_factory=Meter)
+
+    @property
+    def total(self) -> int:
+        return self.phase.epochs * self.spe
 
 
 # --------------------------------------------------------------------------------------------- trainer
@@ -366,9 +390,9 @@ class Trainer:
                     continue
                 pos = position if position is not None and position.phase == p.name else None
                 t0 = time.perf_counter()
-                self._train_phase(p, pos)
+                spe = self._train_phase(p, pos)
                 self.completed.append(p.name)
-                self._save(p, epoch=p.epochs, step=0, optimizer=None, scaler=None, phase_end=True)
+                self._save(p, p.epochs, 0, None, None, steps_per_epoch=spe, phase_end=True)
                 t1 = time.perf_counter()
                 self._evaluate(p, train_s=t1 - t0)
         finally:
@@ -402,9 +426,26 @@ class Trainer:
             )
 
     # ------------------------------------------------------------------------------------------ one phase
-    def _train_phase(self, phase: PhaseSpec, pos: _Position | None) -> None:
-        cfg, device = self.cfg, self.device
-        epoch_offset = self._epoch_offset(phase)
+    def _train_phase(self, phase: PhaseSpec, pos: _Position | None) -> int:
+        """Train ``phase`` (from ``pos`` when resuming it mid-way); returns its steps per epoch."""
+        trainable = self._setup_method(phase, pos)
+        loader = self.loader_factory(phase)
+        spe = self._steps_per_epoch(phase, loader)
+        run = self._start_run(phase, pos, loader, spe, trainable)
+        self.logger.start_phase(phase.name, run.total, run.start_epoch * spe + run.start_step)
+        try:
+            self._run_epochs(run)
+            self._check_finite(run.tracker, phase, spe)
+        finally:
+            if run.shuffle is not None:
+                run.shuffle.remove()
+            self.logger.end_phase()
+        return spe
+
+    def _setup_method(self, phase: PhaseSpec, pos: _Position | None) -> list[nn.Parameter]:
+        """The method in train mode, set up for ``phase``, ``requires_grad`` only on what the phase trains (so DDP
+        and autograd skip the rest); a mid-phase resume's weights and buffers re-applied. Returns the trainable
+        parameters."""
         self.method.train()
         self.method.setup_phase(phase)
         trainable = self.method.trainable_parameters(phase)
@@ -414,27 +455,31 @@ class Trainer:
         if pos is not None and pos.state is not None:
             # setup_phase may reset queues; a mid-phase resume wants the checkpoint's (and this rank's own)
             self._load_method(pos.state, pos.src)
-        loader = self.loader_factory(phase)
+        return trainable
+
+    def _steps_per_epoch(self, phase: PhaseSpec, loader: Any) -> int:
+        """The loader's full batches, capped by ``schedule.steps_per_epoch``."""
         spe = len(loader)
-        if cfg.schedule.steps_per_epoch > 0:
-            spe = min(spe, cfg.schedule.steps_per_epoch)
+        if self.cfg.schedule.steps_per_epoch > 0:
+            spe = min(spe, self.cfg.schedule.steps_per_epoch)
         if spe <= 0:
             raise RuntimeError(
                 f"phase {phase.name}: the loader yields no full batch (train.batch_size too large?)"
             )
-        total = phase.epochs * spe
-        world = self.dist.world_size
+        return spe
+
+    def _start_run(
+        self, phase: PhaseSpec, pos: _Position | None, loader: Any, spe: int, trainable: list[nn.Parameter]
+    ) -> _PhaseRun:
+        """Everything the phase's steps share: lr schedule, optimiser and scaler (restored when resuming), the
+        model the step calls (DDP on several ranks), the batch shuffle, the loss checks and the meter."""
+        cfg, world = self.cfg, self.dist.world_size
         schedule = build_schedule(
-            cfg.optim,
-            cfg.train.batch_size * world,
-            spe,
-            phase.lr_epochs or phase.epochs,
-            cross=phase.cross,
+            cfg.optim, cfg.train.batch_size * world, spe, phase.lr_epochs or phase.epochs, cross=phase.cross
         )
         opt = build_optimizer(cfg.optim, trainable)
-        scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp is C.Amp.fp16)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp is C.Amp.fp16)
         start_epoch = start_step = 0
-        self._spe = spe
         if pos is not None:
             saved_spe = (pos.state or {}).get("steps_per_epoch", spe)
             if saved_spe != spe and pos.step != 0:
@@ -451,65 +496,89 @@ class Trainer:
         if world > 1:
             model = DDP(
                 model,
-                device_ids=[device.index] if device.type == "cuda" else None,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 broadcast_buffers=False,  # queues are per rank; BN statistics stay local as in MoCo/SwAV
             )
-        shuffle = make_batch_shuffle(cfg, self.method, phase, world)
-        tracker = _FiniteTracker()
-        meter = Meter()
-        self.logger.start_phase(phase.name, total, start_epoch * spe + start_step)
-        try:
-            for epoch in range(start_epoch, phase.epochs):
-                loader.set_epoch(epoch_offset + epoch)
-                it = iter(loader)
-                first = start_step if epoch == start_epoch else 0
-                for _ in range(first):  # the batches trained on before the checkpoint
-                    next(it)
-                for step in range(first, spe):
-                    t0 = time.perf_counter()
-                    with nvtx_range("data", cfg.profile.nvtx):
-                        try:
-                            batch = next(it)
-                        except StopIteration:
-                            raise RuntimeError(
-                                f"phase {phase.name}: the loader ended after {step} of its {spe} steps"
-                            ) from None
-                    wait = time.perf_counter() - t0
-                    gstep = epoch * spe + step
-                    state = StepState(phase, epoch, step, gstep, spe)
-                    log_now = (gstep + 1) % cfg.train.log_every_steps == 0 or gstep == total - 1
-                    self.profiler.step(self.run_step)
-                    torch.manual_seed(derive_seed(cfg.train.seed, self.dist.rank, phase.name, gstep))
-                    if shuffle is not None:
-                        shuffle.set_step(phase.name, gstep)
-                    lr = schedule(gstep)
-                    set_lr(opt, lr)
-                    losses, gnorm = self._step(model, opt, scaler, trainable, batch, state, tracker, log_now)
-                    self.run_step += 1
-                    meter.add(wait, batch.batch_size * sum(len(v) for v in batch.views.values()) * world)
-                    self.logger.advance()
-                    if log_now:
-                        self._check_finite(tracker, phase, spe)
-                        self._log(phase, losses, lr, gnorm, meter, state)
-                    nxt_epoch, nxt_step = (epoch + 1, 0) if step + 1 == spe else (epoch, step + 1)
-                    every = cfg.train.ckpt_every_steps
-                    if every > 0 and (gstep + 1) % every == 0 and gstep + 1 < total:
-                        self._check_finite(tracker, phase, spe)
-                        self._save(phase, nxt_epoch, nxt_step, opt.state_dict(), scaler.state_dict())
-                    if self.step_hook is not None:
-                        self.step_hook(phase, state)
-                    if gstep + 1 < total and self._should_stop(log_now):
-                        self._check_finite(tracker, phase, spe)
-                        self._save(phase, nxt_epoch, nxt_step, opt.state_dict(), scaler.state_dict())
-                        raise TrainingStopped(
-                            f"stopped on request in phase {phase.name} after step {gstep}; checkpoint "
-                            f"{ckpt.latest_path(self.out_dir)} written: run the same command again to resume"
-                        )
-            self._check_finite(tracker, phase, spe)
-        finally:
-            if shuffle is not None:
-                shuffle.remove()
-            self.logger.end_phase()
+        return _PhaseRun(
+            phase=phase,
+            loader=loader,
+            spe=spe,
+            trainable=trainable,
+            schedule=schedule,
+            opt=opt,
+            scaler=scaler,
+            model=model,
+            shuffle=make_batch_shuffle(cfg, self.method, phase, world),
+            epoch_offset=self._epoch_offset(phase),
+            start_epoch=start_epoch,
+            start_step=start_step,
+        )
+
+    def _run_epochs(self, run: _PhaseRun) -> None:
+        """The phase's epochs from where it starts; a resumed epoch skips the batches trained on before."""
+        for epoch in range(run.start_epoch, run.phase.epochs):
+            run.loader.set_epoch(run.epoch_offset + epoch)
+            it = iter(run.loader)
+            first = run.start_step if epoch == run.start_epoch else 0
+            for _ in range(first):  # the batches trained on before the checkpoint
+                next(it)
+            for step in range(first, run.spe):
+                self._train_step(run, it, epoch, step)
+
+    def _train_step(self, run: _PhaseRun, it: Iterator[Batch], epoch: int, step: int) -> None:
+        """One step of the phase: the batch, the step's seed and lr, the optimisation step, then logging,
+        checkpoints and a requested stop."""
+        cfg, phase, spe = self.cfg, run.phase, run.spe
+        t0 = time.perf_counter()
+        with nvtx_range("data", cfg.profile.nvtx):
+            try:
+                batch = next(it)
+            except StopIteration:
+                raise RuntimeError(
+                    f"phase {phase.name}: the loader ended after {step} of its {spe} steps"
+                ) from None
+        wait = time.perf_counter() - t0
+        gstep = epoch * spe + step
+        state = StepState(phase, epoch, step, gstep, spe)
+        log_now = (gstep + 1) % cfg.train.log_every_steps == 0 or gstep == run.total - 1
+        self.profiler.step(self.run_step)
+        torch.manual_seed(derive_seed(cfg.train.seed, self.dist.rank, phase.name, gstep))
+        if run.shuffle is not None:
+            run.shuffle.set_step(phase.name, gstep)
+        lr = run.schedule(gstep)
+        set_lr(run.opt, lr)
+        losses, gnorm = self._step(
+            run.model, run.opt, run.scaler, run.trainable, batch, state, run.tracker, log_now
+        )
+        self.run_step += 1
+        run.meter.add(
+            wait, batch.batch_size * sum(len(v) for v in batch.views.values()) * self.dist.world_size
+        )
+        self.logger.advance()
+        if log_now:
+            self._check_finite(run.tracker, phase, spe)
+            self._log(phase, losses, lr, gnorm, run.meter, state)
+        self._after_step(run, state, log_now)
+
+    def _after_step(self, run: _PhaseRun, state: StepState, log_now: bool) -> None:
+        """A periodic checkpoint, the step hook, and a requested stop (a checkpoint, then TrainingStopped)."""
+        phase, gstep = run.phase, state.global_step
+        nxt_epoch, nxt_step = (
+            (state.epoch + 1, 0) if state.step + 1 == run.spe else (state.epoch, state.step + 1)
+        )
+        every = self.cfg.train.ckpt_every_steps
+        if every > 0 and (gstep + 1) % every == 0 and gstep + 1 < run.total:
+            self._check_finite(run.tracker, phase, run.spe)
+            self._save(phase, nxt_epoch, nxt_step, run.opt.state_dict(), run.scaler.state_dict(), run.spe)
+        if self.step_hook is not None:
+            self.step_hook(phase, state)
+        if gstep + 1 < run.total and self._should_stop(log_now):
+            self._check_finite(run.tracker, phase, run.spe)
+            self._save(phase, nxt_epoch, nxt_step, run.opt.state_dict(), run.scaler.state_dict(), run.spe)
+            raise TrainingStopped(
+                f"stopped on request in phase {phase.name} after step {gstep}; checkpoint "
+                f"{ckpt.latest_path(self.out_dir)} written: run the same command again to resume"
+            )
 
     def _epoch_offset(self, phase: PhaseSpec) -> int:
         """Loader epochs run before this phase in the whole schedule: every phase sees its own orders."""
@@ -620,6 +689,7 @@ class Trainer:
         step: int,
         optimizer: dict | None,
         scaler: dict | None,
+        steps_per_epoch: int,
         phase_end: bool = False,
     ) -> None:
         if self.dist.distributed:
@@ -640,7 +710,7 @@ class Trainer:
                 "rng": resume.capture_rng(),
                 "completed": list(self.completed),
                 "global_step": self.run_step,
-                "steps_per_epoch": getattr(self, "_spe", 0),
+                "steps_per_epoch": steps_per_epoch,
                 # the loader epoch the position falls in (set_epoch argument): order and augmentations follow it
                 "loader_epoch": self._epoch_offset(phase) + min(epoch, phase.epochs - 1),
             }
