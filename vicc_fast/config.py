@@ -444,10 +444,7 @@ class ViccConfig:
     )
     frozen_train_quirk: bool = _f(
         True,
-        "released main_cross.py: from step 5 of the first epoch of every cross-stream alternation to that "
-        "epoch's end the frozen stream's network runs in train mode (its visualisation at iteration 5 calls "
-        "model.eval() then model.train()): its BatchNorm normalises with batch statistics, one BN batch per "
-        "view, and its running statistics move; false = eval mode throughout (running statistics, untouched)",
+        "frozen stream in train mode from step 5 to the end of each alternation's first epoch (released main_cross.py); false = eval mode",
     )
 
     def checks(self) -> list[tuple[bool, str, str]]:
@@ -475,36 +472,26 @@ class CoclrConfig:
     )
     same_video_positive: bool = _f(
         True,
-        "co-training: queue entries of the query's own video (its keys from earlier epochs) are positives and "
-        "never mined (CoCLR code: mask_source); false = treated like any other queue entry",
+        "co-training: queue entries of the query's own video are positives, never mined (CoCLR code: mask_source)",
     )
     same_source: bool = _f(
         True,
-        "with same_video_positive, 'own video' means its source video, as the CoCLR code's video_source.json: "
-        "UCF101 clips of one group (v_Class_gNN_c01, _c02, ...: cut from one long video) count as one; other "
-        "names are their own source; false = the clip's own video only",
+        "with same_video_positive: 'own video' = its source video (UCF101 clip group, CoCLR video_source.json)",
     )
     mine_when_full: bool = _f(
-        True,
-        "co-training mines top-K positives only once the queue holds real keys in every row (CoCLR code: "
-        "queue_is_full); false = among the real rows while it fills",
+        True, "co-training mines top-K positives only once the queue is full (CoCLR code: queue_is_full)"
     )
     step_when_full: bool = _f(
         True,
-        "co-training: no backward and no optimiser step until the queue holds real keys in every row (CoCLR "
-        "main_coclr.py: 'if model.module.queue_is_full: ... optimizer.step()'); the lr schedule still advances "
-        "with the step index; false = a step from the first batch",
+        "co-training: no backward or optimiser step until the queue is full (CoCLR main_coclr.py); lr still advances",
     )
     drop_own_key_prob: float = _f(
         0.9,
-        "co-training: per step, the probability that every row with another positive (same-source or mined) "
-        "drops its own key from the positives (CoCLR main_coclr.py: 'if random.random() < 0.9: "
-        "mask_clone[mask_sum != 1, 0] = 0'); drawn from (train.seed, phase, step); 0 = the own key always counts",
+        "co-training: per-step probability that rows with other positives drop their own key (CoCLR: 0.9)",
     )
     mine_key_clip: bool = _f(
         True,
-        "co-training mines top-K with, and queues, the frozen stream's feature of the key clip (view 1; CoCLR "
-        "model/pretrain.py: kf = sampler(f2)); false = of the query clip (view 0)",
+        "co-training mines with, and queues, the frozen stream's feature of the key clip (false = the query clip)",
     )
     ubernce_loss: UberNceLoss = _f(
         UberNceLoss.mean_log_prob,
@@ -528,8 +515,7 @@ class GocaConfig:
     lambda2: float = _f(0.03, "prior weight of the prior Sinkhorn")
     proto_reg_steps: int = _f(
         0,
-        "prototype regularisation steps after every optimiser step (0 = GOCA paper 3.3/3.4: regularised once "
-        "before training, then fixed; > 0 keeps re-spreading them during training)",
+        "prototype regulariser steps after every optimiser step (0 = the GOCA paper: regularised once, then fixed)",
     )
     proto_reg_lr: float = _f(
         0.1, "learning rate of the regulariser steps after every optimiser step (constant, on eq. 11's mean)"
@@ -543,14 +529,10 @@ class GocaConfig:
     )
     proto_reg_init_anneal: bool = _f(
         True,
-        "initialisation solved to the paper's 'maximally far apart': each prototype follows its own term of "
-        "eq. 11, step size cosine-annealed from proto_reg_init_lr to 0; false = constant steps on eq. 11's mean "
-        "gradient (divided by N: 1000 steps leave the prototypes partly spread; before issue 25)",
+        "one-off initialisation per prototype with a cosine-annealed step (false = constant steps on eq. 11's mean)",
     )
     epochs: int = _f(
-        0,
-        "epochs of the joint phase (0 = half the ViCC schedule's epochs, the same clips through trained "
-        "encoders; 500 with the paper's schedule, as in the GOCA paper)",
+        0, "epochs of the joint phase (0 = half the epochs of the schedule's two stages; GOCA paper: 500)"
     )
     queue_start_epoch: int = _f(100, "epoch of the joint phase at which the queue starts")
 
