@@ -6,10 +6,10 @@ from vicc_fast import config as C
 def test_defaults_are_the_paper_numbers():
     cfg = C.load(None)
     assert cfg.model.num_prototypes == 300
-    assert cfg.method.temperature == 0.1
-    assert cfg.method.epsilon == 0.05
-    assert cfg.method.sinkhorn_iters == 3
-    assert cfg.method.queue_size == 1920
+    assert cfg.method.swav.temperature == 0.1
+    assert cfg.method.swav.epsilon == 0.05
+    assert cfg.method.swav.sinkhorn_iters == 3
+    assert cfg.method.swav.queue_size == 1920
     assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.final_lr) == (0.6, 1e-6, 6e-4)
 
 
@@ -28,7 +28,7 @@ def test_yaml_then_overrides(tmp_path):
         ("train.batchsize=3", "train.batchsize"),
         ("train.batch_size=abc", "train.batch_size"),
         ("model.backbone=vit", "model.backbone"),
-        ("method.epsilon=-1", "method.epsilon"),
+        ("method.swav.epsilon=-1", "method.swav.epsilon"),
         ("data.augment.color_jitter=pil", "data.augment.color_jitter"),
         ("data.short_videos=drop", "data.short_videos"),
         ("data.eval.color_jitter_prob=1.5", "data.eval.color_jitter_prob"),

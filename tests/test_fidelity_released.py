@@ -187,7 +187,7 @@ def test_queue_fills_and_prototypes_thaw_at_the_papers_epochs():
     every cross-stream epoch (``--freeze_prototypes_nepochs`` 100 / 0, main_single.py:584-586)."""
     from vicc_fast.methods.vicc import ViCC
 
-    cfg = paper_cfg("ucf101_s3d", "method.queue_size=24")  # a short queue; its length is another test's
+    cfg = paper_cfg("ucf101_s3d", "method.swav.queue_size=24")  # a short queue; its length is another test's
     m = ViCC(cfg)
     batch = views_batch(B=2)
     first_fill, thaw = {}, {}
@@ -259,7 +259,7 @@ def test_stage1_lr_follows_the_released_500_epoch_cosine_and_hands_off_at_0_208(
     # cross.sh: its own 100-epoch cosine from 0.6 at 4 x 24 clips per step (the trainer scales the lr by
     # train.batch_size, trainer.py's build_schedule call, so the halved cross batch keeps 0.6, as released)
     cross = next(p for p in vicc_phases(cfg) if p.cross)
-    spe = 9537 // (4 * cfg.schedule.cross_batch_size)
+    spe = 9537 // (4 * cfg.method.vicc.cross_batch_size)
     cs = build_schedule(cfg.optim, cfg.train.batch_size * 4, spe, cross.lr_epochs or cross.epochs, cross=True)
     assert cs(0) == pytest.approx(0.6) and cs(100 * spe - 1) == pytest.approx(6e-4)
     assert cs(50 * spe) == pytest.approx(released_cosine(50 * spe, spe, 100), abs=1e-4)
@@ -300,7 +300,7 @@ def test_paper_config_forward_runs_the_backbone_in_bf16_and_the_loss_in_fp32(tmp
     """One trainer step of the paper config: the backbone's convolutions inside the forward run in bfloat16
     (``train.amp: bf16``; released: fp32 single stage ``--use_fp16 false``, apex O1 fp16 cross stage), while
     scores, Sinkhorn and the loss are fp32; ``train.amp=off`` runs them in fp32."""
-    from vicc_fast.engine.trainer import Trainer, _FiniteTracker, _LossModule
+    from vicc_fast.engine.trainer import Trainer, _FiniteTracker
     from vicc_fast.methods.vicc import ViCC
 
     seen: dict[str, list[torch.dtype]] = {}
@@ -320,7 +320,7 @@ def test_paper_config_forward_runs_the_backbone_in_bf16_and_the_loss_in_fp32(tmp
         opt = torch.optim.SGD(m.trainable_parameters(phase), lr=0.1)
         scaler = torch.amp.GradScaler("cpu", enabled=False)
         losses, _ = tr._step(
-            _LossModule(m),
+            m,
             opt,
             scaler,
             m.trainable_parameters(phase),

@@ -367,17 +367,61 @@ class ModelConfig:
 
 
 @dataclass
+class SwavConfig:
+    """The SwAV-style head ViCC and GOCA share: swapped prediction over Sinkhorn assignments, a feature queue."""
+
+    temperature: float = _f(0.1, "softmax temperature tau of the swapped prediction")
+    epsilon: float = _f(0.05, "Sinkhorn entropy regularisation epsilon")
+    sinkhorn_iters: int = _f(3, "Sinkhorn-Knopp iterations")
+    queue_size: int = _f(1920, "feature queue length per view (0 = no queue)")
+    queue_when_full: bool = _f(
+        True, "queued rows join the Sinkhorn assignment once the queue is full (false = while it fills)"
+    )
+
+    def checks(self) -> list[tuple[bool, str, str]]:
+        return [
+            (self.temperature > 0, "method.swav.temperature", "must be > 0"),
+            (self.epsilon > 0, "method.swav.epsilon", "must be > 0"),
+            (self.sinkhorn_iters > 0, "method.swav.sinkhorn_iters", "must be > 0"),
+            (self.queue_size >= 0, "method.swav.queue_size", "must be >= 0"),
+        ]
+
+
+@dataclass
 class ViccConfig:
+    """ViCC's own settings: its schedule within ``schedule`` (queue starts, prototype freezing, cross batch)."""
+
+    queue_start_rgb: int = _f(150, "epoch at which the queue starts in rgb1")
+    queue_start_flow: int = _f(200, "epoch at which the queue starts in flow1")
+    single_freeze_prototypes: int = _f(100, "epochs the prototypes stay frozen in single-stream phases")
+    single_lr_epochs: int = _f(
+        0, "length of the single-stream phases' cosine lr schedule in epochs (0 = schedule.single_epochs)"
+    )
+    cross_queue_start: int = _f(25, "epoch of each cross-stream alternation at which the queue starts")
+    cross_batch_size: int = _f(
+        0,
+        "clips per rank per step in the cross-stream phases (0 = train.batch_size; the lr stays train.batch_size's)",
+    )
     cross_freeze_prototypes: bool = _f(
         False, "keep the prototypes frozen throughout the cross-stream stage (paper: false)"
     )
     frozen_train_quirk: bool = _f(
         True,
-        "released main_cross.py: from step 5 of the first epoch of every cross-stream alternation to that "
-        "epoch's end the frozen stream's network runs in train mode (its visualisation at iteration 5 calls "
-        "model.eval() then model.train()): its BatchNorm normalises with batch statistics, one BN batch per "
-        "view, and its running statistics move; false = eval mode throughout (running statistics, untouched)",
+        "frozen stream in train mode from step 5 to the end of each alternation's first epoch (released main_cross.py); false = eval mode",
     )
+
+    def checks(self) -> list[tuple[bool, str, str]]:
+        return [
+            (self.queue_start_rgb >= 0, "method.vicc.queue_start_rgb", "must be >= 0"),
+            (self.queue_start_flow >= 0, "method.vicc.queue_start_flow", "must be >= 0"),
+            (self.single_freeze_prototypes >= 0, "method.vicc.single_freeze_prototypes", "must be >= 0"),
+            (self.cross_queue_start >= 0, "method.vicc.cross_queue_start", "must be >= 0"),
+            (
+                self.cross_batch_size == 0 or self.cross_batch_size > 1,
+                "method.vicc.cross_batch_size",
+                "must be 0 (= train.batch_size) or > 1 (Sinkhorn needs a batch)",
+            ),
+        ]
 
 
 @dataclass
@@ -391,41 +435,40 @@ class CoclrConfig:
     )
     same_video_positive: bool = _f(
         True,
-        "co-training: queue entries of the query's own video (its keys from earlier epochs) are positives and "
-        "never mined (CoCLR code: mask_source); false = treated like any other queue entry",
+        "co-training: queue entries of the query's own video are positives, never mined (CoCLR code: mask_source)",
     )
     same_source: bool = _f(
         True,
-        "with same_video_positive, 'own video' means its source video, as the CoCLR code's video_source.json: "
-        "UCF101 clips of one group (v_Class_gNN_c01, _c02, ...: cut from one long video) count as one; other "
-        "names are their own source; false = the clip's own video only",
+        "with same_video_positive: 'own video' = its source video (UCF101 clip group, CoCLR video_source.json)",
     )
     mine_when_full: bool = _f(
-        True,
-        "co-training mines top-K positives only once the queue holds real keys in every row (CoCLR code: "
-        "queue_is_full); false = among the real rows while it fills",
+        True, "co-training mines top-K positives only once the queue is full (CoCLR code: queue_is_full)"
     )
     step_when_full: bool = _f(
         True,
-        "co-training: no backward and no optimiser step until the queue holds real keys in every row (CoCLR "
-        "main_coclr.py: 'if model.module.queue_is_full: ... optimizer.step()'); the lr schedule still advances "
-        "with the step index; false = a step from the first batch",
+        "co-training: no backward or optimiser step until the queue is full (CoCLR main_coclr.py); lr still advances",
     )
     drop_own_key_prob: float = _f(
         0.9,
-        "co-training: per step, the probability that every row with another positive (same-source or mined) "
-        "drops its own key from the positives (CoCLR main_coclr.py: 'if random.random() < 0.9: "
-        "mask_clone[mask_sum != 1, 0] = 0'); drawn from (train.seed, phase, step); 0 = the own key always counts",
+        "co-training: per-step probability that rows with other positives drop their own key (CoCLR: 0.9)",
     )
     mine_key_clip: bool = _f(
         True,
-        "co-training mines top-K with, and queues, the frozen stream's feature of the key clip (view 1; CoCLR "
-        "model/pretrain.py: kf = sampler(f2)); false = of the query clip (view 0)",
+        "co-training mines with, and queues, the frozen stream's feature of the key clip (false = the query clip)",
     )
     ubernce_loss: UberNceLoss = _f(
         UberNceLoss.mean_log_prob,
         "UberNCE's loss over a row's positives: mean_log_prob (CoCLR main_nce.py) | log_sum_prob (eq. 2)",
     )
+
+    def checks(self) -> list[tuple[bool, str, str]]:
+        return [
+            (self.queue_size > 0, "method.coclr.queue_size", "must be > 0 (the queue holds the negatives)"),
+            (self.topk >= 0, "method.coclr.topk", "must be >= 0"),
+            (self.temperature > 0, "method.coclr.temperature", "must be > 0"),
+            (0 <= self.momentum < 1, "method.coclr.momentum", "must be in [0, 1)"),
+            (0 <= self.drop_own_key_prob <= 1, "method.coclr.drop_own_key_prob", "must be in [0, 1]"),
+        ]
 
 
 @dataclass
@@ -435,8 +478,7 @@ class GocaConfig:
     lambda2: float = _f(0.03, "prior weight of the prior Sinkhorn")
     proto_reg_steps: int = _f(
         0,
-        "prototype regularisation steps after every optimiser step (0 = GOCA paper 3.3/3.4: regularised once "
-        "before training, then fixed; > 0 keeps re-spreading them during training)",
+        "prototype regulariser steps after every optimiser step (0 = the GOCA paper: regularised once, then fixed)",
     )
     proto_reg_lr: float = _f(
         0.1, "learning rate of the regulariser steps after every optimiser step (constant, on eq. 11's mean)"
@@ -450,31 +492,32 @@ class GocaConfig:
     )
     proto_reg_init_anneal: bool = _f(
         True,
-        "initialisation solved to the paper's 'maximally far apart': each prototype follows its own term of "
-        "eq. 11, step size cosine-annealed from proto_reg_init_lr to 0; false = constant steps on eq. 11's mean "
-        "gradient (divided by N: 1000 steps leave the prototypes partly spread; before issue 25)",
+        "one-off initialisation per prototype with a cosine-annealed step (false = constant steps on eq. 11's mean)",
     )
     epochs: int = _f(
-        0,
-        "epochs of the joint phase (0 = half the ViCC schedule's epochs, the same clips through trained "
-        "encoders; 500 with the paper's schedule, as in the GOCA paper)",
+        0, "epochs of the joint phase (0 = half the epochs of the schedule's two stages; GOCA paper: 500)"
     )
     queue_start_epoch: int = _f(100, "epoch of the joint phase at which the queue starts")
+
+    def checks(self) -> list[tuple[bool, str, str]]:
+        return [
+            (self.lambda1 > 0, "method.goca.lambda1", "must be > 0"),
+            (self.lambda2 >= 0, "method.goca.lambda2", "must be >= 0"),
+            (self.proto_reg_steps >= 0, "method.goca.proto_reg_steps", "must be >= 0"),
+            (self.proto_reg_init_steps >= 0, "method.goca.proto_reg_init_steps", "must be >= 0"),
+            (self.proto_reg_lr > 0, "method.goca.proto_reg_lr", "must be > 0"),
+            (self.proto_reg_init_lr > 0, "method.goca.proto_reg_init_lr", "must be > 0"),
+            (self.epochs >= 0, "method.goca.epochs", "must be >= 0"),
+        ]
 
 
 @dataclass
 class MethodConfig:
+    """Which method trains, and one section per method (its own settings and schedule) plus the SwAV head that
+    ViCC and GOCA share."""
+
     name: MethodName = _f(MethodName.vicc, "self-supervised method: vicc | coclr | goca")
-    temperature: float = _f(0.1, "softmax temperature tau of the swapped prediction")
-    epsilon: float = _f(0.05, "Sinkhorn entropy regularisation epsilon")
-    sinkhorn_iters: int = _f(3, "Sinkhorn-Knopp iterations")
-    queue_size: int = _f(1920, "feature queue length per view (0 = no queue)")
-    queue_when_full: bool = _f(
-        True,
-        "queued rows join the Sinkhorn assignment only once the queue is full (SwAV / released ViCC: the "
-        "queue fills from its start epoch, is used when its last row is written); false = its valid rows "
-        "are used while it fills",
-    )
+    swav: SwavConfig = field(default_factory=SwavConfig)
     vicc: ViccConfig = field(default_factory=ViccConfig)
     coclr: CoclrConfig = field(default_factory=CoclrConfig)
     goca: GocaConfig = field(default_factory=GocaConfig)
@@ -482,27 +525,13 @@ class MethodConfig:
 
 @dataclass
 class ScheduleConfig:
-    """The ViCC schedule: stage 1 (rgb1, flow1) then `cross_cycles` x (cross-rgb, cross-flow)."""
+    """The two-stage schedule every method reads: stage 1 (one phase per stream) then ``cross_cycles`` x (RGB,
+    flow) alternations. What a method makes of it (its phases, queue starts, freezing) is its own section's."""
 
     phase: Phase = _f(Phase.all, "what to run: all | rgb1 | flow1 | cross (each resumes the previous phase)")
     single_epochs: int = _f(300, "epochs of each single-stream phase")
-    single_queue_start_rgb: int = _f(150, "epoch at which the queue starts in rgb1")
-    single_queue_start_flow: int = _f(200, "epoch at which the queue starts in flow1")
-    single_freeze_prototypes: int = _f(100, "epochs the prototypes stay frozen in single-stream phases")
-    single_lr_epochs: int = _f(
-        0,
-        "length in epochs of ViCC's single-stream phases' cosine lr schedule (0 = single_epochs: the paper's "
-        "text; the released scripts ran a 500-epoch cosine and handed the epoch-299 checkpoint over: 500)",
-    )
     cross_cycles: int = _f(2, "cross-stream cycles (each: RGB then flow)")
     cross_epochs: int = _f(100, "epochs of each cross-stream alternation")
-    cross_queue_start: int = _f(25, "epoch of each alternation at which the queue starts")
-    cross_batch_size: int = _f(
-        0,
-        "clips per rank per step in the cross-stream phases (0 = train.batch_size; the released ViCC cross-stream "
-        "scripts: 24, their single-stream ones 48); the lr keeps the one of train.batch_size (optim.scale_lr "
-        "reads train.batch_size x ranks), as the released runs kept lr 0.6",
-    )
     steps_per_epoch: int = _f(0, "cap on steps per epoch (0 = one clip pair per video)")
 
 
@@ -788,7 +817,18 @@ MOVED: dict[str, str] = {
     "eval.cluster_refit_batch_size": "eval.cluster.refit_batch_size",
     "eval.tsne_max_points": "eval.plots.tsne_max_points",
     "eval.grid_queries": "eval.plots.grid_queries",
-    # -- method: each method's own section
+    # -- method: each method's own section (its schedule included), the SwAV head ViCC and GOCA share
+    "method.temperature": "method.swav.temperature",
+    "method.epsilon": "method.swav.epsilon",
+    "method.sinkhorn_iters": "method.swav.sinkhorn_iters",
+    "method.queue_size": "method.swav.queue_size",
+    "method.queue_when_full": "method.swav.queue_when_full",
+    "schedule.single_queue_start_rgb": "method.vicc.queue_start_rgb",
+    "schedule.single_queue_start_flow": "method.vicc.queue_start_flow",
+    "schedule.single_freeze_prototypes": "method.vicc.single_freeze_prototypes",
+    "schedule.single_lr_epochs": "method.vicc.single_lr_epochs",
+    "schedule.cross_queue_start": "method.vicc.cross_queue_start",
+    "schedule.cross_batch_size": "method.vicc.cross_batch_size",
 }
 
 
@@ -898,8 +938,32 @@ def _increasing(epochs: Sequence[int]) -> bool:
     return all(e > 0 for e in epochs) and all(a < b for a, b in zip(epochs, epochs[1:]))
 
 
+def _training_checks(cfg: Config) -> list[tuple[bool, str, str]]:
+    o, t, p = cfg.optim, cfg.train, cfg.profile
+    return [
+        (o.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0"),
+        (0 <= o.momentum < 1, "optim.momentum", "must be in [0, 1)"),
+        (o.trust_coefficient > 0, "optim.trust_coefficient", "must be > 0"),
+        (o.weight_decay >= 0, "optim.weight_decay", "must be >= 0"),
+        (o.base_batch > 0, "optim.base_batch", "must be > 0"),
+        (o.final_lr <= o.lr, "optim.final_lr", "must be <= optim.lr"),
+        (t.ckpt_every_steps >= 0, "train.ckpt_every_steps", "must be >= 0 (0 = phase ends only)"),
+        (t.log_every_steps > 0, "train.log_every_steps", "must be > 0"),
+        (t.launcher_check_s >= 0, "train.launcher_check_s", "must be >= 0 (0 = off)"),
+        (bool(t.out_dir), "train.out_dir", "must not be empty"),
+        (
+            len(p.steps) != 2 or 0 <= p.steps[0] < p.steps[1],
+            "profile.steps",
+            "must be [start, stop] with 0 <= start < stop",
+        ),
+        (not p.torch_trace or bool(p.steps), "profile.torch_trace", "needs profile.steps = [start, stop]"),
+    ]
+
+
 def validate(cfg: Config) -> None:
-    """Value checks the type system cannot express; each failure names its key."""
+    """Every value check the type system cannot express, in one pass when the config loads (each method's
+    section checks its own keys); each failure names its key. Checks that need the run's environment (a
+    checkpoint file, CUDA, the world size) are ``engine.trainer.validate_training``'s."""
     checks: list[tuple[bool, str, str]] = [
         (cfg.data.num_frames > 0, "data.num_frames", "must be > 0"),
         (cfg.data.stride > 0, "data.stride", "must be > 0"),
@@ -930,18 +994,14 @@ def validate(cfg: Config) -> None:
         ),
         (cfg.model.num_prototypes > 0, "model.num_prototypes", "must be > 0"),
         (cfg.model.proj_dim > 0, "model.proj_dim", "must be > 0"),
-        (cfg.method.temperature > 0, "method.temperature", "must be > 0"),
-        (cfg.method.epsilon > 0, "method.epsilon", "must be > 0"),
-        (cfg.method.sinkhorn_iters > 0, "method.sinkhorn_iters", "must be > 0"),
-        (cfg.method.queue_size >= 0, "method.queue_size", "must be >= 0"),
+        *cfg.method.swav.checks(),
+        *cfg.method.vicc.checks(),
+        *cfg.method.coclr.checks(),
+        *cfg.method.goca.checks(),
         (cfg.schedule.single_epochs >= 0, "schedule.single_epochs", "must be >= 0"),
         (cfg.schedule.cross_epochs >= 0, "schedule.cross_epochs", "must be >= 0"),
         (cfg.schedule.cross_cycles >= 0, "schedule.cross_cycles", "must be >= 0"),
-        (
-            cfg.schedule.cross_batch_size == 0 or cfg.schedule.cross_batch_size > 1,
-            "schedule.cross_batch_size",
-            "must be 0 (= train.batch_size) or > 1 (Sinkhorn needs a batch)",
-        ),
+        (cfg.schedule.steps_per_epoch >= 0, "schedule.steps_per_epoch", "must be >= 0 (0 = whole epoch)"),
         (cfg.optim.lr > 0, "optim.lr", "must be > 0"),
         (cfg.optim.final_lr >= 0, "optim.final_lr", "must be >= 0"),
         (0 < cfg.optim.gamma <= 1, "optim.gamma", "must be in (0, 1]"),
@@ -971,6 +1031,7 @@ def validate(cfg: Config) -> None:
         (cfg.eval.cluster.refit_lr > 0, "eval.cluster.refit_lr", "must be > 0"),
         (cfg.eval.cluster.refit_batch_size > 1, "eval.cluster.refit_batch_size", "must be > 1 (Sinkhorn)"),
         (len(cfg.profile.steps) in (0, 2), "profile.steps", "must be [] or [start, stop]"),
+        *_training_checks(cfg),
     ]
     for ok, key, why in checks:
         if not ok:

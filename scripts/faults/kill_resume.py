@@ -36,9 +36,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["data.num_frames=4", "data.crop_size=16", "data.threads=1", "data.eval.clips=1", "data.backend=torch",
         "model.backbone=tiny", "model.tiny_width=4", "model.proj_hidden=16", "model.proj_dim=8",
-        "model.num_prototypes=6", "method.queue_size=8", "schedule.cross_cycles=0",
-        "schedule.single_queue_start_rgb=1", "schedule.single_queue_start_flow=1",
-        "schedule.single_freeze_prototypes=1", "train.batch_size=4", "train.amp='off'", "train.progress=false",
+        "model.num_prototypes=6", "method.swav.queue_size=8", "schedule.cross_cycles=0",
+        "method.vicc.queue_start_rgb=1", "method.vicc.queue_start_flow=1",
+        "method.vicc.single_freeze_prototypes=1", "train.batch_size=4", "train.amp='off'", "train.progress=false",
         "train.ckpt_every_steps=1", "train.log_every_steps=1", "eval.after_phase=false", "train.device=cpu",
         "data.build_if_missing=false"]  # fmt: skip
 SYNTHETIC = {"num_classes": 2, "train_per_class": 4, "test_per_class": 2, "frames": 12, "height": 32,

@@ -271,7 +271,7 @@ def step_cmds(ctx: Ctx):
     if ctx.dry:
         args = ["--backbone", "tiny", "--clip", "4x1", "--crop", "32", "--batch", "2", "--steps", "1",
                 "--warmup", "1", "--device", "cpu", "--amp", "bf16", root, "data.dtype=float32",
-                "method.queue_size=8", "data.threads=1"]  # fmt: skip
+                "method.swav.queue_size=8", "data.threads=1"]  # fmt: skip
     else:
         args = ["--paper", "--device", "gpu", "--amp", "bf16", "--steps", "6", "--warmup", "1", root,
                 "data.threads=12"]  # fmt: skip
@@ -718,14 +718,14 @@ def amp(args: argparse.Namespace) -> int:
     if args.dry_run:
         epochs, spe = 2, 2
         size = ["model.backbone=tiny", "data.num_frames=4", "data.crop_size=32", "train.batch_size=2",
-                "method.queue_size=8", "data.threads=1", "data.dtype=float32", "train.log_every_steps=1",
-                "schedule.single_freeze_prototypes=1", "schedule.single_queue_start_rgb=1",
+                "method.swav.queue_size=8", "data.threads=1", "data.dtype=float32", "train.log_every_steps=1",
+                "method.vicc.single_freeze_prototypes=1", "method.vicc.queue_start_rgb=1",
                 f"schedule.steps_per_epoch={spe}"]  # fmt: skip
         window = "[1,3]"
     else:  # 48 videos x 25 = 1200 at batch 48: 25 steps per epoch, 8 epochs = 200 steps
         epochs = 8
-        size = ["data.threads=12", "train.log_every_steps=5", "schedule.single_freeze_prototypes=1",
-                "schedule.single_queue_start_rgb=2"]  # fmt: skip
+        size = ["data.threads=12", "train.log_every_steps=5", "method.vicc.single_freeze_prototypes=1",
+                "method.vicc.queue_start_rgb=2"]  # fmt: skip
         window = "[5,8]"  # early: a run cut short by its time limit still leaves its trace
     # --root is already replicated (the step's first command): 25x on the GPU, 2x in the dry run
     # the paper config on the replicated synthetic set: not the released data recipe, accepted on purpose

@@ -17,7 +17,7 @@ TINY = [
     "model.proj_hidden=32",
     "model.proj_dim=16",
     "model.num_prototypes=12",
-    "method.queue_size=24",
+    "method.swav.queue_size=24",
     "train.device=cpu",
     "train.progress=false",
     "optim.name=sgd",
@@ -64,15 +64,15 @@ def test_grid_pairs_or_crosses() -> None:
 def test_steady_state(queue: bool, which: str) -> None:
     from vicc_fast.methods import build_method
 
-    cfg = C.load(S.BENCH_CONFIG, [*TINY, "schedule.single_epochs=20", "schedule.single_queue_start_rgb=10",
-                                    "schedule.single_freeze_prototypes=5", "schedule.cross_epochs=20",
-                                    "schedule.cross_queue_start=4"])  # fmt: skip
+    cfg = C.load(S.BENCH_CONFIG, [*TINY, "schedule.single_epochs=20", "method.vicc.queue_start_rgb=10",
+                                    "method.vicc.single_freeze_prototypes=5", "schedule.cross_epochs=20",
+                                    "method.vicc.cross_queue_start=4"])  # fmt: skip
     phase = S.pick_phase(build_method(cfg), which)
     assert (phase.frozen_stream is not None) == (which == "cross")
     st = S.step_state(phase, queue)
-    assert st.queue_active == queue
+    assert st.phase.queue_active(st.epoch) == queue
     if queue:
-        assert not st.prototypes_frozen
+        assert not st.phase.prototypes_frozen(st.epoch)
 
 
 def test_breakdown_adds_up_and_loss_head_is_separated() -> None:
@@ -125,5 +125,7 @@ def test_default_input_is_the_demo_set() -> None:
     cfg = C.load(S.BENCH_CONFIG, S.demo_data_overrides([]))
     assert cfg.data.root == demo.data.root and cfg.data.build_if_missing
     assert cfg.data.synthetic == demo.data.synthetic
-    assert cfg.model.num_prototypes == 300 and cfg.method.queue_size == 1920  # the paper's loss head stays
+    assert (
+        cfg.model.num_prototypes == 300 and cfg.method.swav.queue_size == 1920
+    )  # the paper's loss head stays
     assert S.demo_data_overrides(["data.root=/x"]) == []

@@ -37,7 +37,7 @@ def _train(root: Path, out: Path) -> None:
     cmd = [sys.executable, "-m", "vicc_fast.train", f"data.root={root}", f"train.out_dir={out}",
            "data.num_frames=4", "data.crop_size=16", "data.threads=2", "data.eval.clips=1",
            "model.backbone=tiny", "model.tiny_width=4", "model.proj_hidden=16", "model.proj_dim=8",
-           "model.num_prototypes=6", "method.queue_size=0", "schedule.single_epochs=2",
+           "model.num_prototypes=6", "method.swav.queue_size=0", "schedule.single_epochs=2",
            "schedule.cross_cycles=1", "schedule.cross_epochs=1", "train.batch_size=4", "train.amp='off'",
            "train.progress=false", "train.ckpt_every_steps=0", "eval.batch_size=4", "eval.retrieval.recall_ks=[1]"]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(REPO))

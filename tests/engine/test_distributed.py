@@ -22,7 +22,7 @@ from vicc_fast.engine.distributed import (
     gather_with_grad,
     sinkhorn_all_reduce,
 )
-from vicc_fast.engine.trainer import NonFiniteLossError, Trainer, TrainingStopped, _LossModule
+from vicc_fast.engine.trainer import NonFiniteLossError, Trainer, TrainingStopped
 from vicc_fast.methods.base import StepState
 
 from .tiny import TinyLoader, TinyMethod, loader_factory
@@ -63,7 +63,7 @@ def one_step(
     for p in m.trainable_parameters(phase):
         p.requires_grad_(True)
     b = next(iter(TinyLoader(phase.streams, 2, batch, rank=rank, world=world)))
-    model = DDP(_LossModule(m), broadcast_buffers=False) if world > 1 else _LossModule(m)
+    model = DDP(m, broadcast_buffers=False) if world > 1 else m
     seen = []
     if shuffle:
         bs = BatchShuffle(list(m.encoders().values()), seed=0)

@@ -44,12 +44,12 @@ def _cfg(root, out, *over: str) -> C.Config:
         [
             f"data.root={root}",
             *TINY_MODEL,
-            "method.queue_size=8",
+            "method.swav.queue_size=8",
             "schedule.single_epochs=2",
             "schedule.cross_cycles=0",
-            "schedule.single_queue_start_rgb=1",
-            "schedule.single_queue_start_flow=1",
-            "schedule.single_freeze_prototypes=1",
+            "method.vicc.queue_start_rgb=1",
+            "method.vicc.queue_start_flow=1",
+            "method.vicc.single_freeze_prototypes=1",
             "train.batch_size=4",
             "train.amp=bf16",
             "data.dtype=float32",  # eval.features runs CPU clips without autocast: feed it fp32
@@ -71,7 +71,7 @@ def test_two_phases_through_the_real_loader_with_exact_resume(shards, tmp_path):
     torch.manual_seed(0)
     ref = build_method(cfg)
     res = Trainer(cfg, ref).run()
-    table = results_table(res, ref.phases()).splitlines()
+    table = results_table(res, ref).splitlines()
     assert [ln.split()[0] for ln in table[1:]] == ["RGB-1", "Flow-1"]
     assert 0 <= res["flow1"]["metrics"]["flow/R@1"] <= 100
     saved = load_checkpoint(ckpt.phase_path(cfg.train.out_dir, "rgb1"))  # what evaluation reads
@@ -118,7 +118,7 @@ def test_cli_builds_missing_shards_trains_and_prints_the_table(tmp_path, capsys)
             "data.synthetic.width=40",
             "data.synthetic.flow_method=dis",
             *TINY_MODEL,
-            "method.queue_size=0",
+            "method.swav.queue_size=0",
             "schedule.single_epochs=1",
             "schedule.phase=rgb1",
             "train.batch_size=4",

@@ -86,7 +86,7 @@ def test_worker_stops_cleanly_when_torchrun_is_killed(tiny_shards, tmp_path):
     """torchrun SIGKILLed: its worker (own session, so it gets no signal) sees the launcher gone, writes a
     checkpoint, stops and releases the run folder (a resubmitted run may take it and resume)."""
     out = tmp_path / "run"
-    args = [f"data.root={tiny_shards}", *TINY_MODEL, "data.backend=torch", "method.queue_size=0",
+    args = [f"data.root={tiny_shards}", *TINY_MODEL, "data.backend=torch", "method.swav.queue_size=0",
             "schedule.single_epochs=200", "schedule.phase=rgb1", "train.batch_size=4", "train.amp='off'",
             f"train.out_dir={out}", "train.progress=false", "train.ckpt_every_steps=0", "train.log_every_steps=1",
             "train.launcher_check_s=0.2", "eval.after_phase=false", "train.device=cpu"]  # fmt: skip
@@ -128,7 +128,7 @@ def test_lost_gloo_rank_is_named(tiny_shards, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "run"
-    args = [f"data.root={tiny_shards}", *TINY_MODEL, "data.backend=torch", "method.queue_size=0",
+    args = [f"data.root={tiny_shards}", *TINY_MODEL, "data.backend=torch", "method.swav.queue_size=0",
             "schedule.single_epochs=100000", "schedule.phase=rgb1", "train.batch_size=2", "train.amp='off'",
             f"train.out_dir={out}", "train.progress=false", "train.ckpt_every_steps=5", "train.log_every_steps=1",
             "eval.after_phase=false", "train.device=cpu"]  # fmt: skip

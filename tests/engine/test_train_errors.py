@@ -14,7 +14,7 @@ from data_prep.patterns import make_set
 
 TINY = ["data.num_frames=4", "data.crop_size=16", "data.threads=1", "data.eval.clips=1", "model.backbone=tiny",
         "model.tiny_width=4", "model.proj_hidden=16", "model.proj_dim=8", "model.num_prototypes=6",
-        "method.queue_size=0", "schedule.single_epochs=1", "schedule.phase=rgb1", "train.batch_size=2",
+        "method.swav.queue_size=0", "schedule.single_epochs=1", "schedule.phase=rgb1", "train.batch_size=2",
         "train.amp=off", "train.progress=false", "eval.after_phase=false", "train.device=cpu"]  # fmt: skip
 
 

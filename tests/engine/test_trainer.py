@@ -50,10 +50,10 @@ def test_one_step_on_a_fixed_batch_lowers_the_loss(tmp_path):
     with torch.no_grad():
         before = float(m.loss(batch, st)["loss"])
     opt = torch.optim.SGD(m.trainable_parameters(phase), lr=0.02)
-    from vicc_fast.engine.trainer import _FiniteTracker, _LossModule
+    from vicc_fast.engine.trainer import _FiniteTracker
 
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    tr._step(_LossModule(m), opt, scaler, m.trainable_parameters(phase), batch, st, _FiniteTracker(), True)
+    tr._step(m, opt, scaler, m.trainable_parameters(phase), batch, st, _FiniteTracker(), True)
     with torch.no_grad():
         after = float(m.loss(batch, st)["loss"])
     assert after < before - 1e-2
@@ -97,8 +97,8 @@ def test_phases_prototypes_queue_and_frozen_stream(tmp_path):
     # StepState handed to the method: queue from epoch 1, prototypes frozen in epoch 0 only
     rgb1 = [s for s in m.states if s.phase.name == "rgb1"]
     assert len(rgb1) == 2 * spe
-    assert [s.queue_active for s in rgb1] == [False] * spe + [True] * spe
-    assert [s.prototypes_frozen for s in rgb1] == [True] * spe + [False] * spe
+    assert [s.phase.queue_active(s.epoch) for s in rgb1] == [False] * spe + [True] * spe
+    assert [s.phase.prototypes_frozen(s.epoch) for s in rgb1] == [True] * spe + [False] * spe
     # prototypes untouched while frozen (renormalised rows aside), moving afterwards
     w0 = torch.nn.functional.normalize(before["protos.rgb.weight"], dim=1)
     assert torch.allclose(snaps[("rgb1", 0, spe - 1)]["protos.rgb.weight"], w0, atol=1e-6)
@@ -211,7 +211,7 @@ def test_eval_hook_results_and_table(tmp_path):
     m = TinyMethod(epochs=1)
     res = Trainer(cfg, m, loader_factory=loader_factory(4), evaluate=evaluate, tensorboard=False).run()
     assert calls == ["rgb1", "flow1", "cross_rgb_c1"]
-    lines = results_table(res, m.phases()).splitlines()
+    lines = results_table(res, m).splitlines()
     assert lines[0].split() == ["R@1", "R@5"]
     assert [ln.split() for ln in lines[1:]] == [
         ["RGB-1", "0.10", "0.50"],
@@ -240,9 +240,10 @@ def test_eval_hook_results_and_table(tmp_path):
     ],
 )
 def test_bad_training_values_fail_before_any_work(tmp_path, over, key):
-    cfg = make_cfg(tmp_path, over)
+    """Every value is checked when the config loads (config.validate); the ones that need the run's
+    environment (a checkpoint file, CUDA, the world size) by validate_training, which train.py calls first."""
     with pytest.raises(C.ConfigError, match=f"config key '{key}'"):
-        Trainer(cfg, TinyMethod(), loader_factory=loader_factory(4), tensorboard=False)
+        validate_training(make_cfg(tmp_path, over))
     assert not (tmp_path / "run").exists()
 
 
@@ -350,28 +351,30 @@ def test_step_schedule_through_the_trainer_and_an_exact_resume(tmp_path, monkeyp
         assert torch.equal(want[k], got[k]), k
 
 
-def test_cross_phases_load_schedule_cross_batch_size_and_keep_the_lr(tmp_path, monkeypatch):
-    """schedule.cross_batch_size: the cross-stream phases' loaders get that many clips per rank (released ViCC
-    cross.sh: 24, single-stream 48), single-stream phases train.batch_size; 0 = train.batch_size everywhere.
+def test_a_phase_batch_size_reaches_its_loader_and_the_lr_keeps_train_batch_size(tmp_path, monkeypatch):
+    """PhaseSpec.batch_size: the phase's loader gets that many clips per rank (0 = train.batch_size). ViCC sets
+    it from method.vicc.cross_batch_size in its cross-stream phases (released cross.sh: 24, single-stream 48).
     The lr scaling keeps reading train.batch_size, so the cross phases run the released lr 0.6 at 4 x 24."""
+    import dataclasses
+
     import vicc_fast.data.loader as loader_mod
     from vicc_fast.engine.optim import build_schedule
     from vicc_fast.engine.trainer import phase_batch_size
+    from vicc_fast.methods.vicc import vicc_phases
 
     asked = []
     monkeypatch.setattr(loader_mod, "build_loader", lambda cfg, **kw: asked.append(cfg.train.batch_size))
     m = TinyMethod()
-    single, cross = m.phases()[0], m.phases()[-1]
-    assert not single.cross and cross.cross
-    cfg = make_cfg(tmp_path, "train.batch_size=8", "schedule.cross_batch_size=4")
+    single, cross = m.phases()[0], dataclasses.replace(m.phases()[-1], batch_size=4)
+    cfg = make_cfg(tmp_path, "train.batch_size=8")
     tr = Trainer(cfg, m, tensorboard=False)
     tr._default_loader(single), tr._default_loader(cross)
     assert asked == [8, 4] and cfg.train.batch_size == 8  # the run's config is not changed
     off = make_cfg(tmp_path, "train.batch_size=8")
-    assert [phase_batch_size(off, p) for p in (single, cross)] == [8, 8]
+    assert [phase_batch_size(off, p) for p in vicc_phases(off)] == [8] * 6
     paper = C.load(C.CONFIG_DIR / "ucf101_s3d.yaml")
-    assert [phase_batch_size(paper, p) for p in (single, cross)] == [48, 24]
+    assert [phase_batch_size(paper, p) for p in vicc_phases(paper)] == [48, 48, 24, 24, 24, 24]
     lr = build_schedule(paper.optim, paper.train.batch_size * 4, 10, 100, cross=True)(0)
     assert lr == pytest.approx(0.6)
-    with pytest.raises(C.ConfigError, match="schedule.cross_batch_size"):
-        make_cfg(tmp_path, "schedule.cross_batch_size=1")
+    with pytest.raises(C.ConfigError, match="method.vicc.cross_batch_size"):
+        make_cfg(tmp_path, "method.vicc.cross_batch_size=1")

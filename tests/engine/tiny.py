@@ -15,6 +15,7 @@ from vicc_fast.config import Stream
 from vicc_fast.data.batch import Batch
 from vicc_fast.engine.distributed import sinkhorn_all_reduce
 from vicc_fast.methods.base import Method, PhaseSpec, StepState
+from vicc_fast.methods.common import SwavPhase, swav_phase
 
 C_IN, T, H, W = 3, 2, 4, 4
 
@@ -76,45 +77,21 @@ class TinyMethod(Method):
         self.states: list[StepState] = []
 
     def phases(self) -> list[PhaseSpec]:
+        def phase(name: str, s: Stream, t: Stream | None, report: str, qstart: int, freeze: int) -> SwavPhase:
+            streams = (s,) if t is None else (s, t)
+            return SwavPhase(name, s, t, streams, 2, self.epochs, report, queue_start_epoch=qstart,
+                             freeze_prototypes_epochs=freeze)  # fmt: skip
+
         out = [
-            PhaseSpec(
-                "rgb1",
-                Stream.rgb,
-                None,
-                (Stream.rgb,),
-                2,
-                self.epochs,
-                self.queue_start,
-                self.freeze,
-                "RGB-1",
-            ),
-            PhaseSpec(
-                "flow1",
-                Stream.flow,
-                None,
-                (Stream.flow,),
-                2,
-                self.epochs,
-                self.queue_start,
-                self.freeze,
-                "Flow-1",
-            ),
+            phase("rgb1", Stream.rgb, None, "RGB-1", self.queue_start, self.freeze),
+            phase("flow1", Stream.flow, None, "Flow-1", self.queue_start, self.freeze),
         ]
         if self.cross:
-            out.append(
-                PhaseSpec(
-                    "cross_rgb_c1",
-                    Stream.rgb,
-                    Stream.flow,
-                    (Stream.rgb, Stream.flow),
-                    2,
-                    self.epochs,
-                    1,
-                    0,
-                    "RGB-2",
-                )
-            )
+            out.append(phase("cross_rgb_c1", Stream.rgb, Stream.flow, "RGB-2", 1, 0))
         return out
+
+    def log_values(self, state: StepState) -> dict[str, float]:
+        return {"queue_active": float(swav_phase(state).queue_active(state.epoch))}
 
     def setup_phase(self, phase: PhaseSpec) -> None:
         self.queue.zero_()
@@ -154,7 +131,7 @@ class TinyMethod(Method):
             qs = []
             for i, sc in enumerate(scores):
                 x = sc
-                if state.queue_active:
+                if swav_phase(state).queue_active(state.epoch):
                     x = torch.cat([sc, protos(self.queue[i])])
                 qs.append(sinkhorn(x, 0.05, 3, B))
         for i in range(len(scores)):
@@ -175,7 +152,7 @@ class TinyMethod(Method):
         return terms
 
     def after_backward(self, state: StepState) -> None:
-        if state.prototypes_frozen:
+        if swav_phase(state).prototypes_frozen(state.epoch):
             for p in self.protos[state.phase.train_stream.value].parameters():
                 p.grad = None
 

@@ -75,7 +75,7 @@ class FakeMethod:
 
 
 def phase(train, frozen):
-    return PhaseSpec("p", train, frozen, (train,) if frozen is None else (train, frozen), 2, 1, 0, 0)
+    return PhaseSpec("p", train, frozen, (train,) if frozen is None else (train, frozen), 2, 1)
 
 
 def test_evaluate_phase_single_and_cross():
@@ -150,7 +150,7 @@ def test_extract_gathers_across_ranks(tmp_path):
 def test_evaluate_phase_joint_reports_both_streams_and_fusion():
     """A joint phase (GOCA) trains both encoders: both are evaluated, and their R+F, with no frozen stream."""
     cfg = C.load(None, ["eval.retrieval.recall_ks=[1]"])
-    joint = PhaseSpec("joint", Stream.rgb, None, (Stream.rgb, Stream.flow), 2, 1, 0, 0, "joint", joint=True)
+    joint = PhaseSpec("joint", Stream.rgb, None, (Stream.rgb, Stream.flow), 2, 1, "joint", joint=True)
     res = evaluate_phase(cfg, FakeMethod(), joint, 0, 1, torch.device("cpu"), loader_factory=factory())
     assert set(res) == {f"{s}/R@1" for s in ("rgb", "flow", "rf_sum", "rf_concat")}
     assert joint.row_labels() == {Stream.rgb: "RGB-joint", Stream.flow: "Flow-joint"}

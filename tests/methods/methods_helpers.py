@@ -18,10 +18,12 @@ def small_config(**method) -> Config:
     cfg.model.proj_hidden = 16
     cfg.model.proj_dim = 8
     cfg.model.num_prototypes = 6
-    cfg.method.queue_size = 12
+    cfg.method.swav.queue_size = 12
     cfg.kernels.backend = KernelBackend.torch
-    for k, v in method.items():
-        setattr(cfg.method, k, v)
+    for k, v in method.items():  # method.name, or a key of the shared SwAV head (method.swav)
+        section = cfg.method if k == "name" else cfg.method.swav
+        assert hasattr(section, k), k
+        setattr(section, k, v)
     return cfg
 
 

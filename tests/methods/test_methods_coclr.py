@@ -189,13 +189,13 @@ def test_momentum_key_encoder_and_frozen_stream():
 
 
 def test_bad_settings_are_clear_errors():
+    from vicc_fast import config as C
     from vicc_fast.config import ConfigError
 
     with pytest.raises(ConfigError, match="method.coclr.queue_size"):
-        build_method(coclr_config(queue_size=0))
+        C.load(None, ["method.coclr.queue_size=0"])
     with pytest.raises(ConfigError, match="method.coclr.drop_own_key_prob"):
-        build_method(coclr_config(drop_own_key_prob=1.5))
-    from vicc_fast import config as C
+        C.load(None, ["method.coclr.drop_own_key_prob=1.5"])
 
     with pytest.raises(ConfigError, match="method.coclr.ubernce_loss"):
         C.load(None, ["method.coclr.ubernce_loss='mean'"])

@@ -237,12 +237,12 @@ def test_bf16_autocast(variant):
 
 
 def test_bad_settings_are_clear_errors():
-    from vicc_fast.config import ConfigError
+    from vicc_fast.config import ConfigError, load
 
     with pytest.raises(ConfigError, match="method.goca.lambda1"):
-        build_method(goca_config(lambda1=0.0))
+        load(None, ["method.goca.lambda1=0.0"])
     with pytest.raises(ConfigError, match="method.goca.proto_reg_init_lr"):
-        build_method(goca_config(proto_reg_init_lr=0.0))
+        load(None, ["method.goca.proto_reg_init_lr=0.0"])
 
 
 def test_prototype_scorer_per_variant():
@@ -296,7 +296,7 @@ def test_paper_config_trains_gocas_recipe():
     # the method the file builds: shared head and prototypes, lambda1 0.02 / lambda2 0.03, no queue
     g = cfg.method.goca
     assert (g.variant, g.lambda1, g.lambda2, g.proto_reg_steps) == (GocaVariant.goca, 0.02, 0.03, 0)
-    assert g.proto_reg_init_anneal and cfg.method.queue_size == 0
+    assert g.proto_reg_init_anneal and cfg.method.swav.queue_size == 0
     assert (
         C.ClusterProtocol(cfg.eval.cluster.protocol) is C.ClusterProtocol.majority
         and cfg.eval.cluster.runs == 50

@@ -177,7 +177,7 @@ def test_cross_freeze_and_no_queue_switches():
     cross = [p for p in phases if p.frozen_stream is not None]
     assert all(p.freeze_prototypes_epochs == 7 for p in cross)
     assert all(p.queue_start_epoch == p.epochs for p in phases)  # never on
-    assert not any(state_at(p, p.epochs - 1).queue_active for p in phases)
+    assert not any(p.queue_active(p.epochs - 1) for p in phases)
 
 
 @pytest.mark.parametrize("name", ["cross_rgb_c1", "cross_flow_c1"])
@@ -194,14 +194,20 @@ def test_cross_loss_equals_pseudocode(cfg, name, with_queue):
         m.queue.queue.copy_(queue)
         m.queue.filled = 12
     state = state_at(phase, epoch=phase.queue_start_epoch if with_queue else 0)
-    assert state.queue_active == with_queue
+    assert phase.queue_active(state.epoch) == with_queue
     out = m.loss(batch, state)
     (g_method,) = torch.autograd.grad(out["loss"], [m.protos[phase.train_stream.value].weight])
 
     C = m.protos[phase.train_stream.value].weight
     z_s, z_t = embeddings(m, batch, phase)
     ref = pseudocode_cross_loss(
-        z_s, z_t, C, cfg.method.temperature, cfg.method.epsilon, cfg.method.sinkhorn_iters, queue
+        z_s,
+        z_t,
+        C,
+        cfg.method.swav.temperature,
+        cfg.method.swav.epsilon,
+        cfg.method.swav.sinkhorn_iters,
+        queue,
     )
     (g_ref,) = torch.autograd.grad(ref, [C])
     assert out["loss"].dtype == torch.float32
@@ -237,7 +243,7 @@ def _sgd_step(m: ViCC, phase, state, batch, opt):
 
 
 def test_prototypes_frozen_then_trained_and_renormalised(cfg):
-    cfg.schedule.single_freeze_prototypes = 1
+    cfg.method.vicc.single_freeze_prototypes = 1
     m, phases = method_and_phases(cfg)
     phase = phases["rgb1"]
     m.setup_phase(phase)
@@ -333,8 +339,8 @@ def test_frozen_stream_runs_in_train_mode_from_step_5_of_each_alternations_first
 @pytest.mark.parametrize("when_full", [True, False])
 def test_queue_starts_at_configured_epoch_and_is_used(cfg, when_full):
     """The queue fills from its start epoch; its rows join the assignment once it is full (default: SwAV and
-    the released ViCC code) or from the step after its first rows (``method.queue_when_full=false``)."""
-    cfg.method.queue_when_full = when_full
+    the released ViCC code) or from the step after its first rows (``method.swav.queue_when_full=false``)."""
+    cfg.method.swav.queue_when_full = when_full
     # the frozen stream in eval mode throughout: the released train-mode stretch (its own test) would move its
     # BatchNorm statistics between the with- and without-queue losses compared below
     cfg.method.vicc.frozen_train_quirk = False

@@ -89,7 +89,7 @@ def comm_model(
         return {"world": world, "all_reduce_bytes": 0, "all_gather_bytes": 0, "all_to_all_bytes": 0}
     V_train = phase.num_views
     V_all = phase.num_views * len(phase.streams)
-    K, iters, B = cfg.model.num_prototypes, cfg.method.sinkhorn_iters, cfg.train.batch_size
+    K, iters, B = cfg.model.num_prototypes, cfg.method.swav.sinkhorn_iters, cfg.train.batch_size
     T, H = cfg.data.num_frames, cfg.data.crop_size
     width = max(16, 1 << (K - 1).bit_length()) if kernel_backend == "triton" else K
     sinkhorn = {

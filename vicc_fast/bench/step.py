@@ -174,7 +174,7 @@ class StepTimer:
             _sync(self.device)
         return time.perf_counter()
 
-    # the whole Method.loss (DDP or the engine's _LossModule forward)
+    # the whole Method.loss (the method's forward, in DDP when several ranks)
     def loss_pre(self, *_: Any) -> None:
         self._compute = 0.0
         self._t["loss"] = self.now()
@@ -274,12 +274,17 @@ def pick_phase(method: Any, which: str) -> Any:
 
 
 def step_state(phase: Any, queue: bool) -> Any:
-    """A StepState in the steady state of the phase: prototypes trainable, queue on (or off) as asked."""
+    """A StepState in the steady state of the phase: prototypes trainable, queue on (or off) as asked (a phase
+    without a queue or prototype schedule, e.g. CoCLR's: its first epoch)."""
     from vicc_fast.methods.base import StepState
+    from vicc_fast.methods.common import SwavPhase
 
-    epoch = max(phase.freeze_prototypes_epochs, phase.queue_start_epoch if queue else 0)
-    if not queue and epoch >= phase.queue_start_epoch > 0:
-        epoch = phase.queue_start_epoch - 1
+    freeze, qstart = (
+        (phase.freeze_prototypes_epochs, phase.queue_start_epoch) if isinstance(phase, SwavPhase) else (0, 0)
+    )
+    epoch = max(freeze, qstart if queue else 0)
+    if not queue and epoch >= qstart > 0:
+        epoch = qstart - 1
     epoch = min(epoch, max(phase.epochs - 1, 0))
     return StepState(phase=phase, epoch=epoch, step=0, global_step=0, steps_per_epoch=1)
 
@@ -354,7 +359,7 @@ def measure(
     opt = build_optimizer(cfg.optim, trainable)
     set_lr(opt, cfg.optim.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp is C.Amp.fp16)
-    model: nn.Module = T._LossModule(method)
+    model: nn.Module = method
     if info.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 

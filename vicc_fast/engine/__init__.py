@@ -13,7 +13,8 @@
       out_dir/checkpoints/ranks/rank<r>-<step>.pt   ranks > 0: their own buffers (queues, BN statistics)
       out_dir/results.json                   evaluation results per phase
       out_dir/tb/                            TensorBoard: <phase>/<loss term>, lr, clips_per_s, data_wait_pct,
-                                             grad_norm, queue_active, prototypes_frozen (+ the method's terms)
+                                             grad_norm (+ the method's terms and ``Method.log_values``:
+                                             ViCC's queue_active, prototypes_frozen)
 
 - distributed.py: torchrun env -> NCCL (GPU) / gloo (CPU); ``sinkhorn_all_reduce()`` for kernels.sinkhorn; batch
   shuffle across ranks as forward hooks on the encoders, differentiable both ways.

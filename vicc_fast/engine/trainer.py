@@ -19,8 +19,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,30 +61,11 @@ AMP_DTYPES = {C.Amp.bf16: torch.bfloat16, C.Amp.fp16: torch.float16}
 
 # ------------------------------------------------------------------------------------------ validation
 def validate_training(cfg: C.Config, world_size: int = 1, device: torch.device | None = None) -> None:
-    """Checks of training settings beyond config.validate; raises ConfigError naming the key, before any work."""
-    o, t, s, p = cfg.optim, cfg.train, cfg.schedule, cfg.profile
+    """The checks that need the run's environment (config.validate checks every value when the config loads);
+    raises ConfigError naming the key. train.py calls it once, before any work."""
+    t = cfg.train
+    dev = device or torch.device("cpu")
     checks: list[tuple[bool, str, str]] = [
-        (o.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0"),
-        (0 <= o.momentum < 1, "optim.momentum", "must be in [0, 1)"),
-        (o.trust_coefficient > 0, "optim.trust_coefficient", "must be > 0"),
-        (o.weight_decay >= 0, "optim.weight_decay", "must be >= 0"),
-        (o.base_batch > 0, "optim.base_batch", "must be > 0"),
-        (o.final_lr <= o.lr, "optim.final_lr", "must be <= optim.lr"),
-        (t.ckpt_every_steps >= 0, "train.ckpt_every_steps", "must be >= 0 (0 = phase ends only)"),
-        (t.log_every_steps > 0, "train.log_every_steps", "must be > 0"),
-        (t.launcher_check_s >= 0, "train.launcher_check_s", "must be >= 0 (0 = off)"),
-        (bool(t.out_dir), "train.out_dir", "must not be empty"),
-        (s.steps_per_epoch >= 0, "schedule.steps_per_epoch", "must be >= 0 (0 = whole epoch)"),
-        (s.single_queue_start_rgb >= 0, "schedule.single_queue_start_rgb", "must be >= 0"),
-        (s.single_queue_start_flow >= 0, "schedule.single_queue_start_flow", "must be >= 0"),
-        (s.single_freeze_prototypes >= 0, "schedule.single_freeze_prototypes", "must be >= 0"),
-        (s.cross_queue_start >= 0, "schedule.cross_queue_start", "must be >= 0"),
-        (
-            not p.steps or 0 <= p.steps[0] < p.steps[1],
-            "profile.steps",
-            "must be [start, stop] with 0 <= start < stop",
-        ),
-        (not p.torch_trace or bool(p.steps), "profile.torch_trace", "needs profile.steps = [start, stop]"),
         (
             t.resume in ("auto", "never") or Path(t.resume).is_file(),
             "train.resume",
@@ -95,17 +76,12 @@ def validate_training(cfg: C.Config, world_size: int = 1, device: torch.device |
             "train.device",
             "gpu but CUDA is not available",
         ),
-    ]
-    dev = device or torch.device("cpu")
-    checks.append(
         (
             not (t.sync_bn and world_size > 1 and dev.type == "cpu"),
             "train.sync_bn",
             "SyncBatchNorm needs GPUs; on CPU ranks use train.batch_shuffle=true instead",
-        )
-    )
-    if t.amp is C.Amp.fp16 and dev.type == "cpu":
-        checks.append((True, "train.amp", ""))  # fp16 autocast + GradScaler run on CPU too (slow, but valid)
+        ),
+    ]
     for ok, key, why in checks:
         if not ok:
             raise C.ConfigError(f"config key '{key}': {why}")
@@ -113,11 +89,9 @@ def validate_training(cfg: C.Config, world_size: int = 1, device: torch.device |
 
 # ---------------------------------------------------------------------------------------------- phases
 def phase_batch_size(cfg: C.Config, phase: PhaseSpec) -> int:
-    """Clips per rank per step of ``phase``: ``schedule.cross_batch_size`` in cross-stream phases when set
-    (the released ViCC cross-stream scripts' 24), else ``train.batch_size``."""
-    if phase.cross and cfg.schedule.cross_batch_size > 0:
-        return cfg.schedule.cross_batch_size
-    return cfg.train.batch_size
+    """Clips per rank per step of ``phase``: the phase's own ``batch_size`` when the method sets one (e.g. ViCC's
+    ``method.vicc.cross_batch_size``), else ``train.batch_size``."""
+    return phase.batch_size or cfg.train.batch_size
 
 
 def phase_cfg(cfg: C.Config, phase: PhaseSpec) -> C.Config:
@@ -141,13 +115,18 @@ def make_batch_shuffle(cfg: C.Config, method: Method, phase: PhaseSpec, world: i
 
 
 def select_phases(phases: list[PhaseSpec], which: C.Phase) -> list[PhaseSpec]:
-    """rgb1 / flow1 = the single-stream phase of that stream; cross = every phase with a frozen stream."""
+    """rgb1 / flow1 = the single-stream phase of that stream; cross = every phase with a frozen stream.
+    A selection the method has no phase for is a ConfigError naming ``schedule.phase``."""
     if which is C.Phase.all:
-        return list(phases)
-    if which is C.Phase.cross:
-        return [p for p in phases if p.frozen_stream is not None]
-    stream = C.Stream.rgb if which is C.Phase.rgb1 else C.Stream.flow
-    return [p for p in phases if p.frozen_stream is None and p.train_stream is stream]
+        selected = list(phases)
+    elif which is C.Phase.cross:
+        selected = [p for p in phases if p.frozen_stream is not None]
+    else:
+        stream = C.Stream.rgb if which is C.Phase.rgb1 else C.Stream.flow
+        selected = [p for p in phases if p.frozen_stream is None and p.train_stream is stream]
+    if not selected:
+        raise C.ConfigError(f"config key 'schedule.phase': no phase '{C.Phase(which).value}' in this method")
+    return selected
 
 
 def prerequisites(phase: PhaseSpec, phases: list[PhaseSpec]) -> list[PhaseSpec]:
@@ -155,17 +134,6 @@ def prerequisites(phase: PhaseSpec, phases: list[PhaseSpec]) -> list[PhaseSpec]:
     used = {phase.train_stream, *phase.streams}
     idx = phases.index(phase)
     return [q for q in phases[:idx] if used & set(q.trained_streams)]
-
-
-class _LossModule(nn.Module):
-    """Routes ``forward`` to ``method.loss`` so that DistributedDataParallel sees a forward call."""
-
-    def __init__(self, method: Method) -> None:
-        super().__init__()
-        self.method = method
-
-    def forward(self, batch: Batch, state: StepState) -> dict[str, torch.Tensor]:
-        return self.method.loss(batch, state)
 
 
 @dataclass
@@ -219,6 +187,30 @@ class _FiniteTracker:
         return s, {n: v for n, f, v in zip(self.names, flags, vals) if f}
 
 
+@dataclass
+class _PhaseRun:
+    """What the steps of one phase share: built by ``Trainer._start_run``, passed to every step."""
+
+    phase: PhaseSpec
+    loader: Any
+    spe: int  # steps per epoch
+    trainable: list[nn.Parameter]
+    schedule: Callable[[int], float]  # step within the phase -> lr
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    model: nn.Module  # what a step calls: the method, or DDP around it
+    shuffle: BatchShuffle | None
+    epoch_offset: int  # loader epochs of the phases before this one
+    start_epoch: int = 0
+    start_step: int = 0
+    tracker: _FiniteTracker = field(default_factory=_FiniteTracker)
+    meter: Meter = field(default_factory=Meter)
+
+    @property
+    def total(self) -> int:
+        return self.phase.epochs * self.spe
+
+
 # --------------------------------------------------------------------------------------------- trainer
 class Trainer:
     """Runs the selected phases of ``method`` under ``cfg``; see the module docstring.
@@ -242,7 +234,6 @@ class Trainer:
         self.cfg = cfg
         self.dist = dist_info or DistInfo()
         self.device = self.dist.device
-        validate_training(cfg, self.dist.world_size, self.device)
         self.out_dir = Path(cfg.train.out_dir)
         self.loader_factory = loader_factory or self._default_loader
         self.evaluate = evaluate
@@ -382,10 +373,6 @@ class Trainer:
         """Train the phases cfg.schedule.phase selects; returns {phase name: evaluation results}."""
         phases = self.method.phases()
         selected = select_phases(phases, self.cfg.schedule.phase)
-        if not selected:
-            raise C.ConfigError(
-                f"config key 'schedule.phase': the method has no phase '{self.cfg.schedule.phase.value}'"
-            )
         position, pending_eval = self._restore(phases)
         sel_names = {p.name for p in selected}
         for p in selected:
@@ -403,9 +390,9 @@ class Trainer:
                     continue
                 pos = position if position is not None and position.phase == p.name else None
                 t0 = time.perf_counter()
-                self._train_phase(p, pos)
+                spe = self._train_phase(p, pos)
                 self.completed.append(p.name)
-                self._save(p, epoch=p.epochs, step=0, optimizer=None, scaler=None, phase_end=True)
+                self._save(p, p.epochs, 0, None, None, steps_per_epoch=spe, phase_end=True)
                 t1 = time.perf_counter()
                 self._evaluate(p, train_s=t1 - t0)
         finally:
@@ -439,9 +426,26 @@ class Trainer:
             )
 
     # ------------------------------------------------------------------------------------------ one phase
-    def _train_phase(self, phase: PhaseSpec, pos: _Position | None) -> None:
-        cfg, device = self.cfg, self.device
-        epoch_offset = self._epoch_offset(phase)
+    def _train_phase(self, phase: PhaseSpec, pos: _Position | None) -> int:
+        """Train ``phase`` (from ``pos`` when resuming it mid-way); returns its steps per epoch."""
+        trainable = self._setup_method(phase, pos)
+        loader = self.loader_factory(phase)
+        spe = self._steps_per_epoch(phase, loader)
+        run = self._start_run(phase, pos, loader, spe, trainable)
+        self.logger.start_phase(phase.name, run.total, run.start_epoch * spe + run.start_step)
+        try:
+            self._run_epochs(run)
+            self._check_finite(run.tracker, phase, spe)
+        finally:
+            if run.shuffle is not None:
+                run.shuffle.remove()
+            self.logger.end_phase()
+        return spe
+
+    def _setup_method(self, phase: PhaseSpec, pos: _Position | None) -> list[nn.Parameter]:
+        """The method in train mode, set up for ``phase``, ``requires_grad`` only on what the phase trains (so DDP
+        and autograd skip the rest); a mid-phase resume's weights and buffers re-applied. Returns the trainable
+        parameters."""
         self.method.train()
         self.method.setup_phase(phase)
         trainable = self.method.trainable_parameters(phase)
@@ -451,27 +455,31 @@ class Trainer:
         if pos is not None and pos.state is not None:
             # setup_phase may reset queues; a mid-phase resume wants the checkpoint's (and this rank's own)
             self._load_method(pos.state, pos.src)
-        loader = self.loader_factory(phase)
+        return trainable
+
+    def _steps_per_epoch(self, phase: PhaseSpec, loader: Any) -> int:
+        """The loader's full batches, capped by ``schedule.steps_per_epoch``."""
         spe = len(loader)
-        if cfg.schedule.steps_per_epoch > 0:
-            spe = min(spe, cfg.schedule.steps_per_epoch)
+        if self.cfg.schedule.steps_per_epoch > 0:
+            spe = min(spe, self.cfg.schedule.steps_per_epoch)
         if spe <= 0:
             raise RuntimeError(
                 f"phase {phase.name}: the loader yields no full batch (train.batch_size too large?)"
             )
-        total = phase.epochs * spe
-        world = self.dist.world_size
+        return spe
+
+    def _start_run(
+        self, phase: PhaseSpec, pos: _Position | None, loader: Any, spe: int, trainable: list[nn.Parameter]
+    ) -> _PhaseRun:
+        """Everything the phase's steps share: lr schedule, optimiser and scaler (restored when resuming), the
+        model the step calls (DDP on several ranks), the batch shuffle, the loss checks and the meter."""
+        cfg, world = self.cfg, self.dist.world_size
         schedule = build_schedule(
-            cfg.optim,
-            cfg.train.batch_size * world,
-            spe,
-            phase.lr_epochs or phase.epochs,
-            cross=phase.cross,
+            cfg.optim, cfg.train.batch_size * world, spe, phase.lr_epochs or phase.epochs, cross=phase.cross
         )
         opt = build_optimizer(cfg.optim, trainable)
-        scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp is C.Amp.fp16)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp is C.Amp.fp16)
         start_epoch = start_step = 0
-        self._spe = spe
         if pos is not None:
             saved_spe = (pos.state or {}).get("steps_per_epoch", spe)
             if saved_spe != spe and pos.step != 0:
@@ -484,69 +492,93 @@ class Trainer:
             if pos.scaler is not None:
                 scaler.load_state_dict(pos.scaler)
             start_epoch, start_step = pos.epoch, pos.step
-        model: nn.Module = _LossModule(self.method)
+        model: nn.Module = self.method  # its forward is Method.loss
         if world > 1:
             model = DDP(
                 model,
-                device_ids=[device.index] if device.type == "cuda" else None,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 broadcast_buffers=False,  # queues are per rank; BN statistics stay local as in MoCo/SwAV
             )
-        shuffle = make_batch_shuffle(cfg, self.method, phase, world)
-        tracker = _FiniteTracker()
-        meter = Meter()
-        self.logger.start_phase(phase.name, total, start_epoch * spe + start_step)
-        try:
-            for epoch in range(start_epoch, phase.epochs):
-                loader.set_epoch(epoch_offset + epoch)
-                it = iter(loader)
-                first = start_step if epoch == start_epoch else 0
-                for _ in range(first):  # the batches trained on before the checkpoint
-                    next(it)
-                for step in range(first, spe):
-                    t0 = time.perf_counter()
-                    with nvtx_range("data", cfg.profile.nvtx):
-                        try:
-                            batch = next(it)
-                        except StopIteration:
-                            raise RuntimeError(
-                                f"phase {phase.name}: the loader ended after {step} of its {spe} steps"
-                            ) from None
-                    wait = time.perf_counter() - t0
-                    gstep = epoch * spe + step
-                    state = StepState(phase, epoch, step, gstep, spe)
-                    log_now = (gstep + 1) % cfg.train.log_every_steps == 0 or gstep == total - 1
-                    self.profiler.step(self.run_step)
-                    torch.manual_seed(derive_seed(cfg.train.seed, self.dist.rank, phase.name, gstep))
-                    if shuffle is not None:
-                        shuffle.set_step(phase.name, gstep)
-                    lr = schedule(gstep)
-                    set_lr(opt, lr)
-                    losses, gnorm = self._step(model, opt, scaler, trainable, batch, state, tracker, log_now)
-                    self.run_step += 1
-                    meter.add(wait, batch.batch_size * sum(len(v) for v in batch.views.values()) * world)
-                    self.logger.advance()
-                    if log_now:
-                        self._check_finite(tracker, phase, spe)
-                        self._log(phase, losses, lr, gnorm, meter, state)
-                    nxt_epoch, nxt_step = (epoch + 1, 0) if step + 1 == spe else (epoch, step + 1)
-                    every = cfg.train.ckpt_every_steps
-                    if every > 0 and (gstep + 1) % every == 0 and gstep + 1 < total:
-                        self._check_finite(tracker, phase, spe)
-                        self._save(phase, nxt_epoch, nxt_step, opt.state_dict(), scaler.state_dict())
-                    if self.step_hook is not None:
-                        self.step_hook(phase, state)
-                    if gstep + 1 < total and self._should_stop(log_now):
-                        self._check_finite(tracker, phase, spe)
-                        self._save(phase, nxt_epoch, nxt_step, opt.state_dict(), scaler.state_dict())
-                        raise TrainingStopped(
-                            f"stopped on request in phase {phase.name} after step {gstep}; checkpoint "
-                            f"{ckpt.latest_path(self.out_dir)} written: run the same command again to resume"
-                        )
-            self._check_finite(tracker, phase, spe)
-        finally:
-            if shuffle is not None:
-                shuffle.remove()
-            self.logger.end_phase()
+        return _PhaseRun(
+            phase=phase,
+            loader=loader,
+            spe=spe,
+            trainable=trainable,
+            schedule=schedule,
+            opt=opt,
+            scaler=scaler,
+            model=model,
+            shuffle=make_batch_shuffle(cfg, self.method, phase, world),
+            epoch_offset=self._epoch_offset(phase),
+            start_epoch=start_epoch,
+            start_step=start_step,
+        )
+
+    def _run_epochs(self, run: _PhaseRun) -> None:
+        """The phase's epochs from where it starts; a resumed epoch skips the batches trained on before."""
+        for epoch in range(run.start_epoch, run.phase.epochs):
+            run.loader.set_epoch(run.epoch_offset + epoch)
+            it = iter(run.loader)
+            first = run.start_step if epoch == run.start_epoch else 0
+            for _ in range(first):  # the batches trained on before the checkpoint
+                next(it)
+            for step in range(first, run.spe):
+                self._train_step(run, it, epoch, step)
+
+    def _train_step(self, run: _PhaseRun, it: Iterator[Batch], epoch: int, step: int) -> None:
+        """One step of the phase: the batch, the step's seed and lr, the optimisation step, then logging,
+        checkpoints and a requested stop."""
+        cfg, phase, spe = self.cfg, run.phase, run.spe
+        t0 = time.perf_counter()
+        with nvtx_range("data", cfg.profile.nvtx):
+            try:
+                batch = next(it)
+            except StopIteration:
+                raise RuntimeError(
+                    f"phase {phase.name}: the loader ended after {step} of its {spe} steps"
+                ) from None
+        wait = time.perf_counter() - t0
+        gstep = epoch * spe + step
+        state = StepState(phase, epoch, step, gstep, spe)
+        log_now = (gstep + 1) % cfg.train.log_every_steps == 0 or gstep == run.total - 1
+        self.profiler.step(self.run_step)
+        torch.manual_seed(derive_seed(cfg.train.seed, self.dist.rank, phase.name, gstep))
+        if run.shuffle is not None:
+            run.shuffle.set_step(phase.name, gstep)
+        lr = run.schedule(gstep)
+        set_lr(run.opt, lr)
+        losses, gnorm = self._step(
+            run.model, run.opt, run.scaler, run.trainable, batch, state, run.tracker, log_now
+        )
+        self.run_step += 1
+        run.meter.add(
+            wait, batch.batch_size * sum(len(v) for v in batch.views.values()) * self.dist.world_size
+        )
+        self.logger.advance()
+        if log_now:
+            self._check_finite(run.tracker, phase, spe)
+            self._log(phase, losses, lr, gnorm, run.meter, state)
+        self._after_step(run, state, log_now)
+
+    def _after_step(self, run: _PhaseRun, state: StepState, log_now: bool) -> None:
+        """A periodic checkpoint, the step hook, and a requested stop (a checkpoint, then TrainingStopped)."""
+        phase, gstep = run.phase, state.global_step
+        nxt_epoch, nxt_step = (
+            (state.epoch + 1, 0) if state.step + 1 == run.spe else (state.epoch, state.step + 1)
+        )
+        every = self.cfg.train.ckpt_every_steps
+        if every > 0 and (gstep + 1) % every == 0 and gstep + 1 < run.total:
+            self._check_finite(run.tracker, phase, run.spe)
+            self._save(phase, nxt_epoch, nxt_step, run.opt.state_dict(), run.scaler.state_dict(), run.spe)
+        if self.step_hook is not None:
+            self.step_hook(phase, state)
+        if gstep + 1 < run.total and self._should_stop(log_now):
+            self._check_finite(run.tracker, phase, run.spe)
+            self._save(phase, nxt_epoch, nxt_step, run.opt.state_dict(), run.scaler.state_dict(), run.spe)
+            raise TrainingStopped(
+                f"stopped on request in phase {phase.name} after step {gstep}; checkpoint "
+                f"{ckpt.latest_path(self.out_dir)} written: run the same command again to resume"
+            )
 
     def _epoch_offset(self, phase: PhaseSpec) -> int:
         """Loader epochs run before this phase in the whole schedule: every phase sees its own orders."""
@@ -637,8 +669,7 @@ class Trainer:
         meter.reset()
         values = {k: float(v.float().mean()) for k, v in losses.items()}
         values.update(lr=lr, clips_per_s=clips_s, data_wait_pct=wait_pct)
-        values["queue_active"] = float(state.queue_active)
-        values["prototypes_frozen"] = float(state.prototypes_frozen)
+        values.update(self.method.log_values(state))
         if gnorm is not None:
             values["grad_norm"] = float(gnorm)
         if self.device.type == "cuda":
@@ -658,6 +689,7 @@ class Trainer:
         step: int,
         optimizer: dict | None,
         scaler: dict | None,
+        steps_per_epoch: int,
         phase_end: bool = False,
     ) -> None:
         if self.dist.distributed:
@@ -678,7 +710,7 @@ class Trainer:
                 "rng": resume.capture_rng(),
                 "completed": list(self.completed),
                 "global_step": self.run_step,
-                "steps_per_epoch": getattr(self, "_spe", 0),
+                "steps_per_epoch": steps_per_epoch,
                 # the loader epoch the position falls in (set_epoch argument): order and augmentations follow it
                 "loader_epoch": self._epoch_offset(phase) + min(epoch, phase.epochs - 1),
             }
@@ -716,29 +748,30 @@ def format_metrics(res: dict) -> str:
     return ", ".join(f"{k} {v:.3f}" for k, v in flat.items()) if flat else "(no metrics)"
 
 
-def results_table(results: dict[str, dict], order: Iterable[PhaseSpec]) -> str:
-    """The summary table: one row per reported phase label (RGB-1, Flow-1, RGB-2, Flow-2) plus R+F, one column
-    per metric.
+def results_table(results: dict[str, dict], method: Method) -> str:
+    """The summary table: the rows the method names for its phases (``Method.result_rows``, e.g. ViCC's RGB-1,
+    Flow-1, RGB-2, Flow-2 and R+F) in its order (``Method.table_rows``), one column per metric.
 
     A phase's metrics are eval.retrieval.evaluate_phase's flat ``{"rgb/R@1": .., "flow/R@1": .., "rf_sum/R@1": ..}``:
-    its row takes the trained stream's numbers; R+F comes from the newest reported phase that has ``rf_sum``
-    (with two cycles: the end of the last flow alternation, i.e. RGB-2 + Flow-2). Unlabelled phases (earlier
-    cycles) are left out of the table (their numbers are in results.json).
+    a stream's row takes that stream's numbers, the fused row ``rf_sum``'s when the evaluation has them; a row
+    named again by a later phase takes the later numbers (with two cycles, R+F is the end of the last flow
+    alternation, i.e. RGB-2 + Flow-2). Unreported phases (earlier cycles) are left out of the table (their
+    numbers are in results.json).
     """
     rows: dict[str, dict[str, float]] = {}
-    for phase in order:
+    for phase in method.phases():
         entry = results.get(phase.name)
-        if entry is None or not phase.report:
+        if entry is None:
             continue
         flat = _flatten(entry.get("metrics", {}))
-        for s, label in phase.row_labels().items():
-            rows[label] = _prefixed(flat, s.value) or {k: v for k, v in flat.items() if "/" not in k}
-        fused = _prefixed(flat, "rf_sum")
-        if fused:
-            rows[f"R+F-{phase.report}" if phase.joint else "R+F"] = fused
+        for group, label in method.result_rows(phase).items():
+            if group in {s.value for s in C.Stream}:
+                rows[label] = _prefixed(flat, group) or {k: v for k, v in flat.items() if "/" not in k}
+            elif _prefixed(flat, group):
+                rows[label] = _prefixed(flat, group)
     if not rows:
         return "(no evaluation results)"
-    preferred = ["RGB-1", "Flow-1", "RGB-2", "Flow-2", "R+F"]
+    preferred = list(method.table_rows())
     labels = [x for x in preferred if x in rows] + [x for x in rows if x not in preferred]
     cols: list[str] = []
     for lab in labels:

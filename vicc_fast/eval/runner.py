@@ -330,7 +330,7 @@ class Evaluation:
                 f"{type(self.ck.method).__name__}: prototype_scorer is not (head, prototypes)"
             )
         head = scorer[0]
-        m = self.cfg.method
+        m = self.cfg.method.swav
         with torch.no_grad():
             z_train, z = head(train_raw.float()), head(raw.float())
         c = CL.refit_prototypes(

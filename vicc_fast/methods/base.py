@@ -1,7 +1,7 @@
 """The interface between the engine and a self-supervised method.
 
 The engine knows nothing about ViCC: it asks the method for its phases, builds a loader with the streams and
-views each phase needs, calls ``loss`` every step, steps the optimiser over ``trainable_parameters``, then
+views each phase needs, calls ``loss`` every step (through ``forward``), steps the optimiser over ``trainable_parameters``, then
 calls ``after_step``. Everything method-specific (encoders, heads, prototypes, queues, frozen streams) lives
 in the method.
 """
@@ -28,14 +28,17 @@ class PhaseSpec:
     train_stream: the stream whose encoder (and prototypes) are optimised.
     frozen_stream: the other stream used as a frozen teacher (eval mode, no grad), or None.
     streams: streams the loader must deliver, in order; num_views: views per stream (aligned across streams).
-    epochs: length of the phase; queue_start_epoch: epoch (0-based, within the phase) the queue starts;
-    freeze_prototypes_epochs: epochs at the start of the phase during which prototype gradients are dropped
-    (a value >= epochs keeps them frozen throughout).
+    epochs: length of the phase.
     report: a short label for result tables (e.g. "RGB-1", "Flow-2"), or "" when the phase is not reported;
     for a joint phase the stage part of the rows' labels ("joint" -> rows "RGB-joint", "Flow-joint", "R+F-joint").
     joint: every stream in ``streams`` is trained at once (GOCA); ``train_stream`` is then their first.
     lr_epochs: length of the phase's cosine learning-rate schedule in epochs (0 = ``epochs``); longer than the
     phase, the phase ends before the rate reaches its final value (the released ViCC scripts' stage 1).
+    batch_size: clips per rank per step of the phase's loader (0 = ``train.batch_size``); the learning rate
+    stays that of ``train.batch_size``.
+
+    Everything else a method schedules (when its queue starts, how long its prototypes stay frozen) is the
+    method's own: a method may subclass this (``methods.common.SwavPhase``); the engine reads only these fields.
     """
 
     name: str
@@ -44,11 +47,10 @@ class PhaseSpec:
     streams: tuple[Stream, ...]
     num_views: int
     epochs: int
-    queue_start_epoch: int
-    freeze_prototypes_epochs: int
     report: str = ""
     joint: bool = False
     lr_epochs: int = 0
+    batch_size: int = 0
 
     @property
     def cross(self) -> bool:
@@ -79,14 +81,6 @@ class StepState:
     global_step: int  # step within the phase
     steps_per_epoch: int
 
-    @property
-    def queue_active(self) -> bool:
-        return self.epoch >= self.phase.queue_start_epoch
-
-    @property
-    def prototypes_frozen(self) -> bool:
-        return self.epoch < self.phase.freeze_prototypes_epochs
-
 
 class Method(nn.Module, abc.ABC):
     """A self-supervised method: owns its modules and computes its loss from a Batch."""
@@ -107,6 +101,11 @@ class Method(nn.Module, abc.ABC):
     def loss(self, batch: Batch, state: StepState) -> dict[str, torch.Tensor]:
         """Named loss terms for logging; ``"loss"`` is the total that is back-propagated."""
 
+    def forward(self, batch: Batch, state: StepState) -> dict[str, torch.Tensor]:
+        """= :meth:`loss`: the engine calls the method as a module, so that a DistributedDataParallel wrapper of
+        it sees a forward call."""
+        return self.loss(batch, state)
+
     def before_backward(self, losses: dict[str, torch.Tensor], state: StepState) -> None:  # noqa: B027
         """Hook before backward (optional)."""
 
@@ -122,6 +121,28 @@ class Method(nn.Module, abc.ABC):
 
     def after_step(self, state: StepState) -> None:  # noqa: B027
         """Hook after the optimiser step, e.g. re-normalising prototypes or a momentum update."""
+
+    def log_values(self, state: StepState) -> dict[str, float]:
+        """Where the method's own schedule stands at this step (e.g. ViCC's ``queue_active``,
+        ``prototypes_frozen``): logged beside the loss terms at log steps. None by default."""
+        return {}
+
+    def result_rows(self, phase: PhaseSpec) -> dict[str, str]:
+        """The result-table rows of ``phase``'s evaluation: metric group -> row label ({} when the phase is not
+        reported). The groups are the per-phase evaluation's: each stream's value (``rgb``, ``flow``) and
+        ``rf_sum`` (the two streams' fused features). By default each trained stream's row
+        (:meth:`PhaseSpec.row_labels`) and the fused row ``R+F`` (``R+F-<report>`` for a joint phase); a later
+        phase's row of the same label replaces an earlier one."""
+        if not phase.report:
+            return {}
+        rows = {s.value: label for s, label in phase.row_labels().items()}
+        rows["rf_sum"] = f"R+F-{phase.report}" if phase.joint else "R+F"
+        return rows
+
+    def table_rows(self) -> tuple[str, ...]:
+        """Row labels in the order the result table shows them; rows not named follow in the order the phases
+        report them. Empty by default."""
+        return ()
 
     def prototype_scorer(self, stream: Stream) -> nn.Module | None:
         """``[N, F]`` backbone features of ``stream`` -> ``[N, K]`` prototype scores (head then prototypes), for

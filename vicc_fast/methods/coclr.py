@@ -14,8 +14,8 @@ entries of the query's own source video are positives and never mined; mining st
 only once the queue is full; in 90 % of co-training steps a row with other positives drops its own key from
 them. UberNCE (``main_nce.py``) scores a row by the mean log-probability of its positives.
 
-The schedule reuses ``cfg.schedule`` (single_epochs, cross_cycles, cross_epochs): the paper's 300 + 2 x (100 +
-100) epochs on UCF101 match ViCC's.
+The schedule is ``cfg.schedule``'s two stages (single_epochs, cross_cycles, cross_epochs): the paper's 300 + 2 x
+(100 + 100) epochs on UCF101; the queue is used from the first step (no start epoch) and there are no prototypes.
 """
 
 from __future__ import annotations
@@ -28,15 +28,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from vicc_fast.config import Config, ConfigError, Stream, UberNceLoss
+from vicc_fast.config import Config, Stream, UberNceLoss
 from vicc_fast.data.batch import Batch
 from vicc_fast.methods.base import STREAM_LABEL, Method, PhaseSpec, StepState
 from vicc_fast.methods.common import (
-    EncoderRunner,
+    TWO_STAGE_ROWS,
     FeatureQueue,
     StreamNet,
     fp32,
-    plain_run,
     set_trainable,
     world_size,
 )
@@ -134,15 +133,17 @@ def _gather(t: torch.Tensor) -> torch.Tensor:
 
 
 def coclr_phases(cfg: Config) -> list[PhaseSpec]:
+    """InfoNCE per stream (``rgb1``, ``flow1``), then ``cross_cycles`` x co-training (``cross_rgb_cN``,
+    ``cross_flow_cN``), of ``cfg.schedule``'s lengths."""
     sc = cfg.schedule
     phases = [
-        PhaseSpec(f"{s.value}1", s, None, (s,), 2, sc.single_epochs, 0, 0, f"{STREAM_LABEL[s]}-1")
+        PhaseSpec(f"{s.value}1", s, None, (s,), 2, sc.single_epochs, f"{STREAM_LABEL[s]}-1")
         for s in (Stream.rgb, Stream.flow)
     ]
     for c in range(1, sc.cross_cycles + 1):
         for s, t in ((Stream.rgb, Stream.flow), (Stream.flow, Stream.rgb)):
             report = f"{STREAM_LABEL[s]}-2" if c == sc.cross_cycles else ""
-            phases.append(PhaseSpec(f"cross_{s.value}_c{c}", s, t, (s, t), 2, sc.cross_epochs, 0, 0, report))
+            phases.append(PhaseSpec(f"cross_{s.value}_c{c}", s, t, (s, t), 2, sc.cross_epochs, report))
     return phases
 
 
@@ -159,16 +160,6 @@ class CoCLR(Method):
         super().__init__()
         self.cfg = cfg
         c = cfg.method.coclr
-        checks = [
-            (c.queue_size > 0, "method.coclr.queue_size", "must be > 0 (the queue holds the negatives)"),
-            (c.topk >= 0, "method.coclr.topk", "must be >= 0"),
-            (c.temperature > 0, "method.coclr.temperature", "must be > 0"),
-            (0 <= c.momentum < 1, "method.coclr.momentum", "must be in [0, 1)"),
-            (0 <= c.drop_own_key_prob <= 1, "method.coclr.drop_own_key_prob", "must be in [0, 1]"),
-        ]
-        for ok, key, why in checks:
-            if not ok:
-                raise ConfigError(f"config key '{key}': {why}")
         self.nets = nn.ModuleDict({s.value: StreamNet(cfg.model) for s in Stream})
         self.key_nets = nn.ModuleDict({s.value: copy.deepcopy(self.nets[s.value]) for s in Stream})
         for k in self.key_nets.values():
@@ -177,12 +168,14 @@ class CoCLR(Method):
         self.queue = FeatureQueue(2, c.queue_size, cfg.model.proj_dim)
         self.register_buffer("queue_labels", torch.full((c.queue_size,), -1, dtype=torch.long))
         self.register_buffer("queue_videos", torch.full((c.queue_size,), -1, dtype=torch.long))
-        self.run_encoder: EncoderRunner = plain_run
         self._phase: PhaseSpec | None = None
         self._takes_step = True  # set by every loss(): whether the engine back-propagates and steps
 
     def phases(self) -> list[PhaseSpec]:
         return coclr_phases(self.cfg)
+
+    def table_rows(self) -> tuple[str, ...]:
+        return TWO_STAGE_ROWS
 
     def setup_phase(self, phase: PhaseSpec) -> None:
         self._phase = phase
@@ -218,16 +211,13 @@ class CoCLR(Method):
         BatchNorm, so wrapping the backbone alone is the same.)"""
         return [self.key_nets[s.value].backbone for s in phase.trained_streams]
 
-    def forward(self, batch: Batch, state: StepState) -> dict[str, torch.Tensor]:
-        return self.loss(batch, state)
-
     # ---------------------------------------------------------------------------------------- the step
     def loss(self, batch: Batch, state: StepState) -> dict[str, torch.Tensor]:
         phase = state.phase
         c = self.cfg.method.coclr
         s, t = phase.train_stream, phase.frozen_stream
         x_q, x_k = batch.views[s][0], batch.views[s][1]
-        zq = self.nets[s.value].embed(x_q, self.run_encoder)  # [B, D]
+        zq = self.nets[s.value].embed(x_q)  # [B, D]
         with torch.no_grad():
             zk = self.key_nets[s.value].embed(x_k)
             # the frozen stream (the released 'sampler') on the key's clip, as kf = sampler(f2)

@@ -1,9 +1,11 @@
-"""Pieces every method here shares: a stream's network, a feature queue, freezing, distributed hooks."""
+"""Pieces every method here shares: a stream's network, a feature queue and its schedule, freezing, distributed
+hooks, the two-stage methods' result table."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -12,16 +14,39 @@ from torch import nn
 
 import kernels
 from vicc_fast.config import ModelConfig, Stream
+from vicc_fast.methods.base import PhaseSpec, StepState
 from vicc_fast.models import build_encoder, build_head
 
-EncoderRunner = Callable[[nn.Module, torch.Tensor], torch.Tensor]
-"""``run(backbone, clips [B, C, T, H, W]) -> features [B, F]``; the engine may replace the default (a plain
-call) with one that shuffles the batch across ranks around the backbone (MoCo's batch shuffle); it must keep
-the gradient path intact."""
+TWO_STAGE_ROWS = ("RGB-1", "Flow-1", "RGB-2", "Flow-2", "R+F")
+"""The result table of a two-stage method (ViCC, CoCLR): each stream after stage 1, after the last cross-stream
+cycle, and the two fused."""
 
 
-def plain_run(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return module(x)
+@dataclass(frozen=True)
+class SwavPhase(PhaseSpec):
+    """A phase of a method with a SwAV-style head (ViCC, GOCA): when its feature queue starts and how long its
+    prototypes stay frozen, both in epochs within the phase.
+
+    queue_start_epoch: epoch (0-based) from which the queue fills and its rows may join the assignment
+    (``>= epochs``: never); freeze_prototypes_epochs: epochs at the start of the phase during which prototype
+    gradients are dropped (``>= epochs``: frozen throughout)."""
+
+    queue_start_epoch: int = 0
+    freeze_prototypes_epochs: int = 0
+
+    def queue_active(self, epoch: int) -> bool:
+        return epoch >= self.queue_start_epoch
+
+    def prototypes_frozen(self, epoch: int) -> bool:
+        return epoch < self.freeze_prototypes_epochs
+
+
+def swav_phase(state: StepState) -> SwavPhase:
+    """The step's phase, which a method with a SwAV-style head built as a :class:`SwavPhase`."""
+    phase = state.phase
+    if not isinstance(phase, SwavPhase):
+        raise TypeError(f"phase {phase.name}: expected a SwavPhase, got {type(phase).__name__}")
+    return phase
 
 
 def world_size() -> int:
@@ -55,20 +80,18 @@ class StreamNet(nn.Module):
         self.backbone = build_encoder(model_cfg)
         self.head = build_head(model_cfg, self.backbone.feature_dim)
 
-    def embed(self, clips: torch.Tensor, run: EncoderRunner = plain_run) -> torch.Tensor:
+    def embed(self, clips: torch.Tensor) -> torch.Tensor:
         """clips [B, C, T, H, W] -> z [B, D] fp32 unit rows."""
-        return self.head(run(self.backbone, clips))
+        return self.head(self.backbone(clips))
 
 
-def run_views(
-    run: EncoderRunner, module: nn.Module, views: list[torch.Tensor], per_view: bool
-) -> torch.Tensor:
+def run_views(module: nn.Module, views: list[torch.Tensor], per_view: bool) -> torch.Tensor:
     """V views [B, C, T, H, W] through ``module`` -> [V*B, ...], views in order. ``per_view``: one forward per
     view, so that each view is its own BatchNorm batch and two views of a video never share BN statistics (the
     released code forwards x1 and x2 separately); else one forward over all views (:func:`cat_views`)."""
     if per_view and len(views) > 1:
-        return torch.cat([run(module, v) for v in views], dim=0)
-    return run(module, cat_views(views))
+        return torch.cat([module(v) for v in views], dim=0)
+    return module(cat_views(views))
 
 
 def cat_views(views: list[torch.Tensor]) -> torch.Tensor:

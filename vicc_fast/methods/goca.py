@@ -20,7 +20,7 @@ two-view SwAV problem), ``sep`` (separate backbones, shared head and prototypes,
 every variant uses eps = lambda1, so that ``goca`` and ``sep`` differ only by the prior.
 
 The softmax of eq. 2 is written without a temperature in the paper; as in SwAV, on whose code it builds, we
-divide the scores by ``method.temperature``. The loss is eq. 12 divided by its number of terms (SwAV's mean).
+divide the scores by ``method.swav.temperature``. The loss is eq. 12 divided by its number of terms (SwAV's mean).
 """
 
 from __future__ import annotations
@@ -32,16 +32,16 @@ import torch.nn.functional as F
 from torch import nn
 
 import kernels
-from vicc_fast.config import Config, ConfigError, GocaVariant, Stream
+from vicc_fast.config import Config, GocaVariant, Stream
 from vicc_fast.data.batch import Batch
 from vicc_fast.methods.base import Method, PhaseSpec, StepState
 from vicc_fast.methods.common import (
-    EncoderRunner,
     FeatureQueue,
+    SwavPhase,
     fp32,
-    plain_run,
     run_views,
     sinkhorn_all_reduce,
+    swav_phase,
     world_size,
 )
 from vicc_fast.models import Prototypes, build_encoder, build_head
@@ -108,12 +108,18 @@ def swap_mask_per_stream(num_streams: int, views: int, device: torch.device) -> 
     return (same & ~torch.eye(n, dtype=torch.bool)).to(device)
 
 
-def goca_phases(cfg: Config) -> list[PhaseSpec]:
+def goca_phases(cfg: Config) -> list[SwavPhase]:
+    """One joint phase of ``method.goca.epochs`` epochs; 0 = half the epochs of ``cfg.schedule``'s two stages
+    (every step trains both encoders: the same clips through each encoder as a two-stage method sees). The
+    queue starts at ``method.goca.queue_start_epoch``; no prototype freezing (the loss never trains them)."""
     g, sc = cfg.method.goca, cfg.schedule
     epochs = g.epochs or (2 * sc.single_epochs + 2 * sc.cross_cycles * sc.cross_epochs) // 2
-    qstart = epochs if cfg.method.queue_size == 0 else min(g.queue_start_epoch, epochs)
-    # no prototype freezing: the loss never trains them
-    return [PhaseSpec("joint", Stream.rgb, None, STREAMS, 2, epochs, qstart, 0, "joint", joint=True)]
+    qstart = epochs if cfg.method.swav.queue_size == 0 else min(g.queue_start_epoch, epochs)
+    return [
+        SwavPhase(
+            "joint", Stream.rgb, None, STREAMS, 2, epochs, "joint", joint=True, queue_start_epoch=qstart
+        )
+    ]
 
 
 # ------------------------------------------------------------------------------------------ the method
@@ -124,19 +130,6 @@ class GOCA(Method):
         super().__init__()
         self.cfg = cfg
         self.variant = GocaVariant(cfg.method.goca.variant)
-        g = cfg.method.goca
-        checks = [
-            (g.lambda1 > 0, "method.goca.lambda1", "must be > 0"),
-            (g.lambda2 >= 0, "method.goca.lambda2", "must be >= 0"),
-            (g.proto_reg_steps >= 0, "method.goca.proto_reg_steps", "must be >= 0"),
-            (g.proto_reg_init_steps >= 0, "method.goca.proto_reg_init_steps", "must be >= 0"),
-            (g.proto_reg_lr > 0, "method.goca.proto_reg_lr", "must be > 0"),
-            (g.proto_reg_init_lr > 0, "method.goca.proto_reg_init_lr", "must be > 0"),
-            (g.epochs >= 0, "method.goca.epochs", "must be >= 0"),
-        ]
-        for ok, key, why in checks:
-            if not ok:
-                raise ConfigError(f"config key '{key}': {why}")
         mc = cfg.model
         self.backbones = nn.ModuleDict({s.value: build_encoder(mc) for s in STREAMS})
         fdim = self.backbones["rgb"].feature_dim
@@ -145,15 +138,17 @@ class GOCA(Method):
         self.heads = nn.ModuleDict({n: build_head(mc, fdim) for n in names})
         self.protos = nn.ModuleDict({n: Prototypes(mc.proj_dim, mc.num_prototypes) for n in names})
         views = 2 if self.variant is GocaVariant.avg else 4
-        self.queue = FeatureQueue(views, cfg.method.queue_size // world_size(), mc.proj_dim)
-        self.run_encoder: EncoderRunner = plain_run
+        self.queue = FeatureQueue(views, cfg.method.swav.queue_size // world_size(), mc.proj_dim)
         self.backend = cfg.kernels.backend.value
 
     def _part(self, stream: Stream) -> str:
         return "shared" if "shared" in self.heads else stream.value
 
     def phases(self) -> list[PhaseSpec]:
-        return goca_phases(self.cfg)
+        return list(goca_phases(self.cfg))
+
+    def log_values(self, state: StepState) -> dict[str, float]:
+        return {"queue_active": float(swav_phase(state).queue_active(state.epoch))}
 
     def setup_phase(self, phase: PhaseSpec) -> None:
         for p in self.parameters():
@@ -182,9 +177,6 @@ class GOCA(Method):
         part = self._part(stream)
         return nn.Sequential(self.heads[part], self.protos[part])
 
-    def forward(self, batch: Batch, state: StepState) -> dict[str, torch.Tensor]:
-        return self.loss(batch, state)
-
     def after_step(self, state: StepState) -> None:
         """``proto_reg_steps`` regulariser steps before the next training step (0 by default: the paper fixes
         the prototypes after the one-off initialisation)."""
@@ -198,7 +190,7 @@ class GOCA(Method):
         feats = {}
         for s in STREAMS:
             vs = batch.views[s][:2]
-            feats[s] = run_views(self.run_encoder, self.backbones[s.value], vs, self.cfg.train.bn_per_view)
+            feats[s] = run_views(self.backbones[s.value], vs, self.cfg.train.bn_per_view)
         B = batch.views[Stream.rgb][0].shape[0]
         if self.variant is GocaVariant.avg:
             z = self.heads["shared"]((feats[Stream.rgb] + feats[Stream.flow]) / 2)
@@ -209,7 +201,7 @@ class GOCA(Method):
     @torch.no_grad()
     def assignments(self, z: torch.Tensor, queue_rows: torch.Tensor | None) -> torch.Tensor:
         """Targets Q [V, B, K] of the embeddings z [V, B, D] (queue_rows: [V, L, D] or None)."""
-        m, g = self.cfg.method, self.cfg.method.goca
+        m, g = self.cfg.method.swav, self.cfg.method.goca
         V, B, _ = z.shape
         zz = z if queue_rows is None or queue_rows.shape[1] == 0 else torch.cat([z, queue_rows], dim=1)
         if self.variant in (GocaVariant.avg, GocaVariant.sep):
@@ -255,8 +247,8 @@ class GOCA(Method):
     def loss(self, batch: Batch, state: StepState) -> dict[str, torch.Tensor]:
         z = self.embed(batch)  # [V, B, D]
         V, B, _ = z.shape
-        use_queue = state.queue_active and self.queue.length > 0
-        queue_joins = use_queue and self.queue.joins(self.cfg.method.queue_when_full)
+        use_queue = swav_phase(state).queue_active(state.epoch) and self.queue.length > 0
+        queue_joins = use_queue and self.queue.joins(self.cfg.method.swav.queue_when_full)
         with fp32(z.device):
             if self.variant is GocaVariant.sview:
                 P = torch.cat(
@@ -270,7 +262,7 @@ class GOCA(Method):
             P = P.view(V, B, -1)
             Q = self.assignments(z.detach(), self.queue.rows(V) if queue_joins else None)
             mask = swap_mask_per_stream(V // 2, 2, torch.device("cpu"))  # host mask: no device sync
-            loss = kernels.swapped_loss(P, Q, mask, self.cfg.method.temperature, backend=self.backend)
+            loss = kernels.swapped_loss(P, Q, mask, self.cfg.method.swav.temperature, backend=self.backend)
         if use_queue:
             self.queue.push(z.detach(), backend=self.backend)
         with torch.no_grad():

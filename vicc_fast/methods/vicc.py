@@ -17,15 +17,16 @@ from vicc_fast.config import Config, Stream
 from vicc_fast.data.batch import Batch
 from vicc_fast.methods.base import STREAM_LABEL, Method, PhaseSpec, StepState
 from vicc_fast.methods.common import (
-    EncoderRunner,
+    TWO_STAGE_ROWS,
     FeatureQueue,
     StreamNet,
+    SwavPhase,
     cat_views,
     fp32,
-    plain_run,
     run_views,
     set_trainable,
     sinkhorn_all_reduce,
+    swav_phase,
     world_size,
 )
 from vicc_fast.models import Prototypes
@@ -34,48 +35,51 @@ MAX_VIEWS = 4  # cross-stream: two views of each stream
 RELEASED_TRAIN_MODE_STEP = 4  # main_cross.py: `args.iteration == 5`, 1-based -> 0-based step 4 of epoch 0
 
 
-def vicc_phases(cfg: Config) -> list[PhaseSpec]:
-    """The ViCC schedule from ``cfg.schedule`` (see :class:`vicc_fast.config.ScheduleConfig`).
+def vicc_phases(cfg: Config) -> list[SwavPhase]:
+    """The ViCC schedule: the phases of ``cfg.schedule`` with ViCC's own settings (``cfg.method.vicc``).
 
-    Single-stream phases freeze the prototypes for ``single_freeze_prototypes`` epochs; cross-stream phases
-    train them from the start (paper) or never (``method.vicc.cross_freeze_prototypes``). With
-    ``method.queue_size == 0`` the queue start is set past the end of the phase (never on).
+    Single-stream phases start their queue at ``queue_start_rgb`` / ``queue_start_flow`` and freeze the
+    prototypes for ``single_freeze_prototypes`` epochs; cross-stream phases start it at ``cross_queue_start``,
+    read ``cross_batch_size`` clips per step and train the prototypes from the start (paper) or never
+    (``cross_freeze_prototypes``). With ``method.swav.queue_size == 0`` the queue start is set past the end of
+    the phase (never on).
     """
-    sc = cfg.schedule
-    no_queue = cfg.method.queue_size == 0
+    sc, v = cfg.schedule, cfg.method.vicc
+    no_queue = cfg.method.swav.queue_size == 0
 
     def qstart(epoch: int, epochs: int) -> int:
         return epochs if no_queue else min(epoch, epochs)
 
     phases = [
-        PhaseSpec(
+        SwavPhase(
             name=f"{s.value}1",
             train_stream=s,
             frozen_stream=None,
             streams=(s,),
             num_views=2,
             epochs=sc.single_epochs,
-            queue_start_epoch=qstart(q, sc.single_epochs),
-            freeze_prototypes_epochs=sc.single_freeze_prototypes,
             report=f"{STREAM_LABEL[s]}-1",
-            lr_epochs=sc.single_lr_epochs,
+            lr_epochs=v.single_lr_epochs,
+            queue_start_epoch=qstart(q, sc.single_epochs),
+            freeze_prototypes_epochs=v.single_freeze_prototypes,
         )
-        for s, q in ((Stream.rgb, sc.single_queue_start_rgb), (Stream.flow, sc.single_queue_start_flow))
+        for s, q in ((Stream.rgb, v.queue_start_rgb), (Stream.flow, v.queue_start_flow))
     ]
-    freeze = sc.cross_epochs if cfg.method.vicc.cross_freeze_prototypes else 0
+    freeze = sc.cross_epochs if v.cross_freeze_prototypes else 0
     for c in range(1, sc.cross_cycles + 1):
         for s, t in ((Stream.rgb, Stream.flow), (Stream.flow, Stream.rgb)):
             phases.append(
-                PhaseSpec(
+                SwavPhase(
                     name=f"cross_{s.value}_c{c}",
                     train_stream=s,
                     frozen_stream=t,
                     streams=(s, t),
                     num_views=2,
                     epochs=sc.cross_epochs,
-                    queue_start_epoch=qstart(sc.cross_queue_start, sc.cross_epochs),
-                    freeze_prototypes_epochs=freeze,
                     report=f"{STREAM_LABEL[s]}-2" if c == sc.cross_cycles else "",
+                    batch_size=v.cross_batch_size,
+                    queue_start_epoch=qstart(v.cross_queue_start, sc.cross_epochs),
+                    freeze_prototypes_epochs=freeze,
                 )
             )
     return phases
@@ -101,7 +105,6 @@ def usage_entropy(scores: torch.Tensor) -> torch.Tensor:
 class ViCC(Method):
     """Both streams' encoders, heads and prototypes, one feature queue, and the ViCC losses.
 
-    ``run_encoder`` (default: a plain call) is how backbones are applied (a hook for batch shuffling).
     The queue is emptied when a new phase starts; a checkpoint of a phase restores its queue whether it is
     loaded before or after :meth:`setup_phase` of that phase.
     """
@@ -115,15 +118,24 @@ class ViCC(Method):
             {s.value: Prototypes(cfg.model.proj_dim, cfg.model.num_prototypes) for s in Stream}
         )
         # the paper's queue (1920) is global: each of the W ranks keeps its share
-        self.queue = FeatureQueue(MAX_VIEWS, m.queue_size // world_size(), cfg.model.proj_dim)
-        self.run_encoder: EncoderRunner = plain_run
+        self.queue = FeatureQueue(MAX_VIEWS, m.swav.queue_size // world_size(), cfg.model.proj_dim)
         self.backend = cfg.kernels.backend.value
         self.diagnostics = True
         self._phase: PhaseSpec | None = None
 
     # ----------------------------------------------------------------------------- schedule and state
     def phases(self) -> list[PhaseSpec]:
-        return vicc_phases(self.cfg)
+        return list(vicc_phases(self.cfg))
+
+    def log_values(self, state: StepState) -> dict[str, float]:
+        phase = swav_phase(state)
+        return {
+            "queue_active": float(phase.queue_active(state.epoch)),
+            "prototypes_frozen": float(phase.prototypes_frozen(state.epoch)),
+        }
+
+    def table_rows(self) -> tuple[str, ...]:
+        return TWO_STAGE_ROWS
 
     def setup_phase(self, phase: PhaseSpec) -> None:
         self._phase = phase
@@ -152,10 +164,6 @@ class ViCC(Method):
     def prototype_scorer(self, stream: Stream) -> nn.Module:
         return nn.Sequential(self.nets[stream.value].head, self.protos[stream.value])
 
-    def forward(self, batch: Batch, state: StepState) -> dict[str, torch.Tensor]:
-        """= :meth:`loss`, so that a DistributedDataParallel wrapper of the method sees a forward call."""
-        return self.loss(batch, state)
-
     # ---------------------------------------------------------------------------------------- the step
     def embed_views(self, batch: Batch, state: StepState) -> tuple[torch.Tensor, int]:
         """Unit embeddings of all views: [V, B, D] fp32, ordered s_0, s_1, (t_0, t_1); and the number of views
@@ -167,7 +175,7 @@ class ViCC(Method):
         B = vs[0].shape[0]
         net = self.nets[s.value]
         # the frozen stream below runs in eval mode (running BN statistics): one forward serves all its views
-        zs = net.head(run_views(self.run_encoder, net.backbone, vs, self.cfg.train.bn_per_view))
+        zs = net.head(run_views(net.backbone, vs, self.cfg.train.bn_per_view))
         parts = [zs]
         if t is not None:
             vt = batch.views[t][: phase.num_views]
@@ -182,7 +190,7 @@ class ViCC(Method):
                     parts.append(torch.cat(zt, dim=0))
                 else:
                     # eval mode (running BN statistics): one forward serves all its views
-                    parts.append(frozen.embed(cat_views(vt), self.run_encoder))
+                    parts.append(frozen.embed(cat_views(vt)))
             frozen.eval()
         z = torch.cat(parts, dim=0)
         return z.view(-1, B, z.shape[-1]), len(vs)
@@ -203,12 +211,13 @@ class ViCC(Method):
         )
 
     def loss(self, batch: Batch, state: StepState) -> dict[str, torch.Tensor]:
-        phase = state.phase
+        phase = swav_phase(state)
+        sw = self.cfg.method.swav
         z, n_train_views = self.embed_views(batch, state)  # [V, B, D]
         V, B, _ = z.shape
         protos = self.protos[phase.train_stream.value]
-        use_queue = state.queue_active and self.queue.length > 0
-        queue_joins = use_queue and self.queue.joins(self.cfg.method.queue_when_full)
+        use_queue = phase.queue_active(state.epoch) and self.queue.length > 0
+        queue_joins = use_queue and self.queue.joins(sw.queue_when_full)
         with fp32(z.device):
             P = protos(z.reshape(V * B, -1)).view(V, B, -1)  # [V, B, K], the trainable prediction scores
             with torch.no_grad():
@@ -219,15 +228,15 @@ class ViCC(Method):
                 Q = kernels.assign(
                     zq,
                     w,
-                    self.cfg.method.epsilon,
-                    self.cfg.method.sinkhorn_iters,
+                    sw.epsilon,
+                    sw.sinkhorn_iters,
                     B,
                     sinkhorn_all_reduce(),
                     backend=self.backend,
                 )  # [V, B, K]
             # the mask stays on the host: the Triton path reads it there (a device mask costs a sync)
             loss = kernels.swapped_loss(
-                P, Q, swap_mask(V, torch.device("cpu")), self.cfg.method.temperature, backend=self.backend
+                P, Q, swap_mask(V, torch.device("cpu")), sw.temperature, backend=self.backend
             )
         if use_queue:
             self.queue.push(z.detach(), backend=self.backend)
@@ -243,7 +252,7 @@ class ViCC(Method):
         """Per-target loss terms (each averaged over its predictors), prototype usage entropy, and queue_on:
         whether queued rows joined this step's assignment."""
         V = P.shape[0]
-        logp = torch.log_softmax(P / self.cfg.method.temperature, dim=-1)
+        logp = torch.log_softmax(P / self.cfg.method.swav.temperature, dim=-1)
         out: dict[str, torch.Tensor] = {}
         names = [f"{phase.train_stream.value}{i}" for i in range(n_train)]
         if phase.frozen_stream is not None:
@@ -260,11 +269,11 @@ class ViCC(Method):
     # ----------------------------------------------------------------------------------------- hooks
     def after_backward(self, state: StepState) -> None:
         """While the prototypes are frozen their gradients are dropped (the optimiser then skips them)."""
-        if state.prototypes_frozen:
+        if swav_phase(state).prototypes_frozen(state.epoch):
             for p in self.protos[state.phase.train_stream.value].parameters():
                 p.grad = None
 
     def after_step(self, state: StepState) -> None:
         """Re-project the prototypes onto the unit sphere after they moved (not while frozen: bit-exact)."""
-        if not state.prototypes_frozen:
+        if not swav_phase(state).prototypes_frozen(state.epoch):
             self.protos[state.phase.train_stream.value].normalize_()
