@@ -242,8 +242,7 @@ class AugmentConfig:
     aspect_ratio: list[float] = _f([0.75, 1.3333333], "aspect ratio (w/h) range of the random resized crop")
     crop: CropMode = _f(
         CropMode.released,
-        "random resized crop: released (one try, else the whole frame; bicubic) | classifier (10 tries, else "
-        "the centre) | torchvision (10 tries, log-uniform aspect; bilinear)",
+        "random resized crop: released (1 try, else whole frame) | classifier (10 tries) | torchvision",
     )
     same_start_prob: float = _f(0.5, "probability that the two views of a video start at the same frame")
     hflip: bool = _f(
@@ -351,14 +350,11 @@ class ModelConfig:
     backbone: Backbone = _f(Backbone.s3d, "encoder: s3d | r21d | r3d | tiny (small 3D CNN for CPU demos)")
     resnet: ResNetSize = _f(
         ResNetSize.paper,
-        "size of r21d/r3d: paper (one block per stage as in the paper and the released code: R(2+1)D 14.4M, "
-        "R3D 14.2M parameters) | tv18 (torchvision's r2plus1d_18 / r3d_18, two blocks per stage: 31.3M / 33.2M)",
+        "size of r21d/r3d: paper (one block per stage, released; R(2+1)D 14.4M) | tv18 (torchvision's, 31.3M)",
     )
     s3d_init: S3dInit = _f(
         S3dInit.released,
-        "S3D BatchNorm and init: released (ViCC s3dg.py: BatchNorm3d eps 1e-5, momentum 0.1, i.e. PyTorch's "
-        "defaults; every conv N(0, 0.01), BN weight 1, bias 0) | torchvision (torchvision's S3D: eps 1e-3, "
-        "momentum 0.001, the TensorFlow values s3dg.py comments out; PyTorch's default conv init)",
+        "S3D BatchNorm and conv init: released (BN eps 1e-5, momentum 0.1; conv N(0, 0.01)) | torchvision",
     )
     tiny_width: int = _f(32, "channel width of the tiny backbone")
     proj_hidden: int = _f(2048, "hidden width of the 2-layer MLP projection head")
@@ -407,7 +403,7 @@ class ViccConfig:
     )
     frozen_train_quirk: bool = _f(
         True,
-        "frozen stream in train mode from step 5 to the end of each alternation's first epoch (released main_cross.py); false = eval mode",
+        "frozen stream in train mode from step 5 of each alternation (released); false = eval mode",
     )
 
     def checks(self) -> list[tuple[bool, str, str]]:
@@ -543,18 +539,15 @@ class OptimConfig:
     warmup_epochs: float = _f(0.0, "linear warmup epochs at the start of each phase")
     schedule: LrScheduleKind = _f(
         LrScheduleKind.cosine,
-        "lr schedule of every phase: cosine (from optim.lr to optim.final_lr, ViCC) | step (optim.lr, "
-        "multiplied by optim.gamma at each milestone epoch of the phase: the CoCLR code's --schedule)",
+        "lr schedule of every phase: cosine (optim.lr -> optim.final_lr, ViCC) | step (x optim.gamma, CoCLR)",
     )
     milestones: list[int] = _f(
         [],
-        "optim.schedule=step: epochs of a single-stream (initialisation) or joint phase from which the lr is "
-        "multiplied by optim.gamma once more (CoCLR's released InfoNCE runs: [250, 280] of 300)",
+        "optim.schedule=step: epochs of a single-stream or joint phase at which the lr drops by optim.gamma",
     )
     cross_milestones: list[int] = _f(
         [],
-        "optim.schedule=step: the same for each cross-stream (co-training) alternation (CoCLR's released "
-        "cycles: [80] of 100)",
+        "optim.schedule=step: the same for each cross-stream alternation",
     )
     gamma: float = _f(0.1, "optim.schedule=step: lr factor at each milestone (CoCLR: 0.1)")
     weight_decay: float = _f(
@@ -562,8 +555,7 @@ class OptimConfig:
     )
     exclude_bias_norm: bool = _f(
         False,
-        "biases and norm parameters (ndim <= 1) get neither weight decay nor LARS adaptation (solo-learn's "
-        "exclude_bias_n_norm); false = released ViCC/SwAV: SGD wd on every parameter, LARC adapts every one",
+        "biases and norm parameters get neither weight decay nor LARS adaptation; false = released",
     )
     momentum: float = _f(0.9, "SGD/LARS momentum")
     trust_coefficient: float = _f(0.001, "LARS trust coefficient")
@@ -580,9 +572,7 @@ class TrainConfig:
     sync_bn: bool = _f(False, "SyncBatchNorm across ranks")
     bn_per_view: bool = _f(
         True,
-        "each view of the trained encoder is forwarded as its own BatchNorm batch, so a video's views never "
-        "share BN statistics (released code: x1 and x2 forwarded separately; gradients flow through both); "
-        "false = all views in one forward (one larger batch: faster, but views share statistics on one rank)",
+        "each view its own BatchNorm batch (released); false = all views in one forward (faster)",
     )
     batch_shuffle: bool = _f(
         True,
@@ -590,9 +580,7 @@ class TrainConfig:
     )
     batch_shuffle_views: ShuffleViews = _f(
         ShuffleViews.all,
-        "with train.batch_shuffle: which forwards of a trained encoder in a step are shuffled: all (ours: every "
-        "view) | second (released ViCC pretrain.py: x1 runs unshuffled, x2 shuffled; every forward after a "
-        "module's first in the step; needs train.bn_per_view)",
+        "with train.batch_shuffle: shuffle all views' forwards | second (released: the second view only)",
     )
     seed: int = _f(0, "global seed")
     device: Device = _f(Device.auto, "training device: auto (this rank's GPU when present) | cpu | gpu")
@@ -603,15 +591,13 @@ class TrainConfig:
     )
     launcher_check_s: float = _f(
         5.0,
-        "under torchrun: every N s check that the launcher still runs; once it is gone (killed hard), "
-        "checkpoint after the current step and stop (exit code 3); 0 = off",
+        "under torchrun: every N s check the launcher lives; once gone, checkpoint and exit 3 (0 = off)",
     )
     log_every_steps: int = _f(10, "TensorBoard scalars every N steps")
     progress: bool = _f(True, "progress bar on rank 0")
     deterministic: bool = _f(
         False,
-        "GPU: deterministic cuDNN convolutions, no TF32 (repeatable convolutions, slower); "
-        "false = cudnn.benchmark and TF32 (CPU runs are deterministic either way)",
+        "GPU: deterministic cuDNN, no TF32 (slower); false = cudnn.benchmark and TF32 (CPU: always)",
     )
 
 
