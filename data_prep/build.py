@@ -41,7 +41,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -442,6 +442,10 @@ class FlowDevice:
     devices: tuple[str, ...] = ()
     """with device cuda: the GPUs the pool's workers take in turn (--devices; empty: every visible GPU)"""
 
+    def default(self) -> str:
+        """The device of a process given no GPU of its own (the serial build): the first of --devices with cuda."""
+        return self.devices[0] if self.devices and self.device == "cuda" else self.device
+
 
 def parse_devices(spec: str | None, visible: int) -> tuple[str, ...]:
     """``--devices``: "0,2" or "cuda:0,cuda:2" -> ("cuda:0", "cuda:2"); None -> every visible GPU. A GPU
@@ -471,108 +475,164 @@ def worker_device(index: int, devices: Sequence[str]) -> str:
     return devices[index % len(devices)]
 
 
+class _FlowStream:
+    """The flow stream of one video: consecutive frames (at the flow size) in, their optical flow quantised at
+    the stored size out to a FlowWriter, the last flow frame repeating the one before (flow.compute_flow).
+
+    OpenCV's methods take the frames pair by pair. tvl1-torch computes many pairs per call (what makes it
+    fast): frames wait in ``pending`` until a chunk is full; the chunk's last frame starts the next one, so every
+    consecutive pair is computed exactly once and memory stays bounded by the chunk. Pairs are independent, so
+    chunking does not change the flow."""
+
+    def __init__(self, settings: VideoSettings, device: str, compile: bool) -> None:
+        from data_prep import flow  # imported here: worker processes import it on first use
+
+        self._flow = flow
+        self.method = flow.parse_method(settings.flow_method)
+        self.batched = self.method is FlowMethod.tvl1_torch
+        self.estimate = None if self.batched else flow.estimator(self.method)
+        self.chunk = 0
+        if self.batched:
+            from data_prep import flow_torch
+
+            self.chunk = flow_torch.default_batch(device)
+        self.device, self.compile = device, compile
+        self.bound = settings.flow_bound
+        self.stored = (settings.height, settings.width)
+        self.at_source = FlowAt(settings.flow_at) is FlowAt.source
+        self.writer: codec.FlowWriter | None = None
+        self.pending: list[np.ndarray] = []
+        self.prev_grey: np.ndarray | None = None
+        self.last_q: np.ndarray | None = None
+        self.frames = 0
+        """flow frames written"""
+
+    def _to_stored(self, raw: np.ndarray) -> np.ndarray:
+        """[N, fh, fw, 2] flow at the flow size -> [N, H, W, 2] at the stored size, vectors scaled."""
+        return self._flow.resize_flow(raw, *self.stored) if self.at_source else raw
+
+    def _write(self, q: np.ndarray) -> None:
+        self.writer.add(q)
+        self.frames += 1
+        self.last_q = q
+
+    def add(self, frame: np.ndarray) -> None:
+        if self.batched:
+            self.pending.append(frame)
+            if len(self.pending) > self.chunk:
+                self.flush()
+            return
+        grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+        if self.prev_grey is not None:
+            self._write(
+                self._flow.quantize_flow(
+                    self._to_stored(self.estimate(self.prev_grey, grey)[None])[0], self.bound
+                )
+            )
+        self.prev_grey = grey
+
+    def flush(self) -> None:
+        """tvl1-torch: the flow of the pending frames (a full chunk, or the last frames of the video)."""
+        if not self.batched or len(self.pending) < 2:
+            return
+        raw = self._flow.compute_flow(
+            np.stack(self.pending), self.method, device=self.device, compile=self.compile
+        )
+        for q in self._flow.quantize_flow(self._to_stored(raw[:-1]), self.bound):
+            self._write(q)
+        self.pending = self.pending[-1:]
+
+    def repeat_last(self) -> None:
+        """The last flow frame: the one before, repeated."""
+        self.writer.add(self.last_q)
+        self.frames += 1
+
+
+class _VideoEncoder:
+    """One video's RGB and flow streams, fed frame by frame as decoded: memory stays flat in the video's length (a
+    20x longer video holds no more frames), and the outputs are byte-identical to encode_rgb / encode_flow of the
+    whole arrays (the same encoder calls in the same order).
+
+    With flow_at source the decoder hands over full-size frames: each is resized for the RGB stream and,
+    separately, to the flow size, fixed by the first frame (a rare mid-stream size change is resized to it, so
+    every pair matches); the flow is resized to the stored size."""
+
+    def __init__(self, settings: VideoSettings, device: str, compile: bool) -> None:
+        self.settings = settings
+        self.stored = (settings.height, settings.width)
+        self.at_source = FlowAt(settings.flow_at) is FlowAt.source
+        self.flow_hw: tuple[int, int] | None = None if self.at_source else self.stored
+        self.flow = _FlowStream(settings, device, compile)
+        self.rgb: codec.RGBWriter | None = None
+        self.frames = 0
+
+    @property
+    def decode_size(self) -> tuple[int | None, int | None]:
+        """What iter_video resizes each frame to: the stored size, or (None, None) for the source frames."""
+        return (None, None) if self.at_source else self.stored
+
+    def add(self, decoded: np.ndarray, fps: float) -> None:
+        from data_prep import flow
+
+        if self.rgb is None:
+            self.rgb = codec.RGBWriter(fps=fps, crf=self.settings.rgb_crf)
+            self.flow.writer = codec.FlowWriter(fps=fps, crf=self.settings.flow_crf)
+        if self.flow_hw is None:
+            self.flow_hw = flow.flow_size(*decoded.shape[:2], self.settings.flow_short_side)
+            if min(self.flow_hw) < 8:
+                raise flow.FlowError(
+                    f"source frames of {self.flow_hw[0]}x{self.flow_hw[1]} are too small for optical flow"
+                )
+        frame = _resize(decoded, *self.stored) if self.at_source else decoded
+        flow_frame = _resize(decoded, *self.flow_hw) if self.at_source else decoded
+        self.rgb.add(frame)
+        self.frames += 1
+        self.flow.add(flow_frame)
+
+    def finish(self) -> tuple[bytes, bytes]:
+        """(RGB, flow) WebM bytes."""
+        self.flow.repeat_last()
+        return self.rgb.finish(), self.flow.writer.finish()
+
+
 def process_video(
     rec: Record,
     work: Path,
     settings: VideoSettings,
     strict: bool = False,
     flow_device: FlowDevice | None = None,
+    *,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Decode, resize, flow, encode one video into its cache folder; returns its meta (also cached).
 
+    device: where tvl1-torch runs (a pool worker's GPU: VideoJob.device); None: ``flow_device.default()``.
     Raises VideoError (bad input, including a decode check that fails: DecodeCheck.problem) or flow/codec
     errors; the caller turns those into rejects or a BuildError.
     """
-    from data_prep import flow  # imported here: worker processes import it on first use
+    from data_prep import flow
 
-    # One pass, frame by frame: decode, resize, encode RGB, flow of each pair, encode flow. Memory stays flat
-    # in the video's length (a 20x longer video holds no more frames); the outputs are byte-identical to
-    # encode_rgb / encode_flow of the whole arrays (the same encoder calls in the same order).
-    # With flow_at source the decoder hands over full-size frames (one at a time, or a tvl1-torch chunk): each
-    # is resized for the RGB stream and, separately, to the flow size; the flow is resized to the stored size.
+    # One pass, frame by frame: decode, resize, encode RGB, flow of each pair, encode flow (_VideoEncoder).
     if min(settings.height, settings.width) < 8:
         raise flow.FlowError(f"frames of {settings.height}x{settings.width} are too small for optical flow")
     info: dict[str, Any] = {}
-    method = flow.parse_method(settings.flow_method)
-    # tvl1-torch computes many pairs per call (what makes it fast): frames wait in `pending` until a chunk is
-    # full; the chunk's last frame starts the next one, so every consecutive pair is computed exactly once and
-    # memory stays bounded by the chunk. Pairs are independent, so chunking does not change the flow.
-    torch_flow = method is FlowMethod.tvl1_torch
-    est = None if torch_flow else flow.estimator(method)
     fd = flow_device or FlowDevice()
-    device = _worker_device or (fd.devices[0] if fd.devices and fd.device == "cuda" else fd.device)
-    chunk = 0
-    if torch_flow:
-        from data_prep import flow_torch
-
-        chunk = flow_torch.default_batch(device)
-    pending: list[np.ndarray] = []
-    rgb_w = flow_w = None
-    prev_grey = last_q = None
-    frames = flow_frames = 0
-    stored = (settings.height, settings.width)
-    at_source = FlowAt(settings.flow_at) is FlowAt.source
-    flow_hw: tuple[int, int] | None = None if at_source else stored
-
-    def to_stored(raw: np.ndarray) -> np.ndarray:
-        """[N, fh, fw, 2] flow at the flow size -> [N, H, W, 2] at the stored size, vectors scaled."""
-        return flow.resize_flow(raw, *stored) if at_source else raw
-
-    def flush() -> None:
-        nonlocal pending, last_q, flow_frames
-        if len(pending) < 2:
-            return
-        raw = flow.compute_flow(np.stack(pending), method, device=device, compile=fd.compile)[:-1]
-        for q in flow.quantize_flow(to_stored(raw), settings.flow_bound):
-            flow_w.add(q)
-            flow_frames += 1
-            last_q = q
-        pending = pending[-1:]
-
-    for decoded in iter_video(rec.path, *((None, None) if at_source else stored), info, settings.fps):
-        if rgb_w is None:
-            rgb_w = codec.RGBWriter(fps=info["fps"], crf=settings.rgb_crf)
-            flow_w = codec.FlowWriter(fps=info["fps"], crf=settings.flow_crf)
-        if flow_hw is None:
-            # from the first frame: a (rare) mid-stream size change is resized to it, so every pair matches
-            flow_hw = flow.flow_size(*decoded.shape[:2], settings.flow_short_side)
-            if min(flow_hw) < 8:
-                raise flow.FlowError(
-                    f"source frames of {flow_hw[0]}x{flow_hw[1]} are too small for optical flow"
-                )
-        frame = _resize(decoded, *stored) if at_source else decoded
-        flow_frame = _resize(decoded, *flow_hw) if at_source else decoded
-        rgb_w.add(frame)
-        frames += 1
-        if torch_flow:
-            pending.append(flow_frame)
-            if len(pending) > chunk:
-                flush()
-            continue
-        grey = cv2.cvtColor(flow_frame, cv2.COLOR_RGB2GRAY)
-        if prev_grey is not None:
-            last_q = flow.quantize_flow(to_stored(est(prev_grey, grey)[None])[0], settings.flow_bound)
-            flow_w.add(last_q)
-            flow_frames += 1
-        prev_grey = grey
-    if torch_flow:
-        flush()
+    encoder = _VideoEncoder(settings, device or fd.default(), fd.compile)
+    for decoded in iter_video(rec.path, *encoder.decode_size, info, settings.fps):
+        encoder.add(decoded, info["fps"])
+    encoder.flow.flush()
     check: DecodeCheck = info["check"]
     if (problem := check.problem(strict)) is not None:
         raise VideoError(problem)
-    flow_w.add(last_q)  # the last flow frame repeats the one before (flow.compute_flow)
-    fps = info["fps"]
-    rgb, fl = rgb_w.finish(), flow_w.finish()
-    flow_frames += 1
-    d = _cache_dir(work, rec.video_id)
+    rgb, fl = encoder.finish()
     meta = {
         "video_id": rec.video_id,
         "source": str(rec.path),
         "source_stamp": _source_stamp(rec.path),
         "settings": settings.key(),
-        "fps": fps,
-        "frames": frames,
-        "flow_frames": flow_frames,
+        "fps": info["fps"],
+        "frames": encoder.frames,
+        "flow_frames": encoder.flow.frames,
         "height": settings.height,
         "width": settings.width,
         "rgb_sha256": hashlib.sha256(rgb).hexdigest(),
@@ -581,14 +641,19 @@ def process_video(
         "flow_bytes": len(fl),
         "decode": dataclasses.asdict(check),
     }
+    _write_cache(_cache_dir(work, rec.video_id), rgb, fl, meta)
+    return meta
+
+
+def _write_cache(d: Path, rgb: bytes, fl: bytes, meta: dict[str, Any]) -> None:
+    """A video's cache entry: both streams, then meta.json (last: it marks the entry complete)."""
     target = d / "rgb.webm"
     try:
         write_bytes(target, rgb)
         write_bytes(target := d / "flow.webm", fl)
-        write_text(target := d / "meta.json", json.dumps(meta, indent=1))  # last: marks the entry complete
+        write_text(target := d / "meta.json", json.dumps(meta, indent=1))
     except OSError as exc:
         raise shards.ShardWriteError(exc.errno, write_error(target, exc, "build cache file")) from exc
-    return meta
 
 
 _EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
@@ -599,45 +664,86 @@ _EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def _work_item(
-    rec: Record,
-    work: Path,
-    settings: VideoSettings,
-    strict: bool = False,
-    flow_device: FlowDevice | None = None,
-) -> tuple[str, dict[str, Any] | str]:
-    """Pool task: ("ok", meta) or ("bad", reason). Unexpected exceptions (bugs) propagate."""
-    from data_prep.flow import FlowError
+@dataclass(frozen=True)
+class VideoJob:
+    """What processing a video needs besides the video: the serial build calls it, each pool worker gets it once
+    through the pool's initializer (_worker_init), with the GPU that worker was given."""
 
-    try:
-        return "ok", process_video(rec, work, settings, strict, flow_device)
-    except (*_EXPECTED_ERRORS, FlowError) as e:
-        return "bad", str(e) or type(e).__name__
+    work: Path
+    settings: VideoSettings
+    strict: bool
+    flow_device: FlowDevice
+    device: str | None = None
+    """this pool worker's GPU (cuda:<k>), or None: flow_device.default()"""
+
+    def __call__(self, rec: Record) -> tuple[str, dict[str, Any] | str]:
+        """("ok", meta) or ("bad", reason). Unexpected exceptions (bugs) propagate."""
+        from data_prep.flow import FlowError
+
+        try:
+            return "ok", process_video(
+                rec, self.work, self.settings, self.strict, self.flow_device, device=self.device
+            )
+        except (*_EXPECTED_ERRORS, FlowError) as e:
+            return "bad", str(e) or type(e).__name__
 
 
-_worker_device: str | None = None
-"""The GPU this pool worker was given (cuda:<k>), or None: use FlowDevice.device."""
+_worker_job: VideoJob | None = None
+"""In a pool worker: the job its initializer was given (with the worker's GPU); read by _pool_task only."""
 
 
-def _worker_init(owner: int, counter: Any = None, device: str = "cpu", devices: tuple[str, ...] = ()) -> None:
-    global _worker_device
+def _worker_init(owner: int, job: VideoJob, counter: Any = None) -> None:
+    """Pool initializer. counter (tvl1-torch only): a shared count that gives each worker its index, so with
+    cuda the workers take the GPUs in turn."""
+    global _worker_job
     from data_prep import flow
 
     exit_with_owner(owner)  # a SIGKILLed build would leave its pool waiting on the task queue for ever
     flow.worker_init()
+    _worker_job = job
     if counter is None:
         return
     import torch
 
-    if device == "cuda":
+    if job.flow_device.device == "cuda":
         # workers take the visible GPUs in turn, so one build with --workers k x GPUs uses them all
         with counter.get_lock():
             index = counter.value
             counter.value += 1
-        visible = devices or tuple(f"cuda:{i}" for i in range(max(torch.cuda.device_count(), 1)))
-        _worker_device = worker_device(index, visible)
+        visible = job.flow_device.devices or tuple(
+            f"cuda:{i}" for i in range(max(torch.cuda.device_count(), 1))
+        )
+        _worker_job = dataclasses.replace(job, device=worker_device(index, visible))
     else:
         torch.set_num_threads(1)  # the pool already uses the cores, as for OpenCV
+
+
+def _pool_task(rec: Record) -> tuple[str, dict[str, Any] | str]:
+    return _worker_job(rec)
+
+
+def _run_videos(
+    todo: Sequence[Record], job: VideoJob, workers: int, gpu_counter: bool, collect: Callable[..., None]
+) -> None:
+    """Process every video of ``todo``, in a spawn pool of ``workers`` processes when there are several, handing
+    each result to ``collect(rec, status, value)`` as it arrives; an exception from collect cancels the rest.
+    gpu_counter (tvl1-torch): the workers count themselves in, to take the GPUs in turn."""
+    if workers == 1 or len(todo) <= 1:
+        for rec in todo:
+            collect(rec, *job(rec))
+        return
+    ctx = mp.get_context("spawn")  # no fork of a process that may hold threads (OpenCV, DALI)
+    init_args = (os.getpid(), job, ctx.Value("i", 0) if gpu_counter else None)
+    with cf.ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_worker_init, initargs=init_args
+    ) as pool:
+        futs = {pool.submit(_pool_task, rec): rec for rec in todo}
+        try:
+            for fut in cf.as_completed(futs):
+                collect(futs[fut], *fut.result())
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
 
 
 # ------------------------------------------------------------------------------------ parts and pack
@@ -809,6 +915,94 @@ def _subset(records: Sequence[Record], limit: int | None) -> list[Record]:
     return out
 
 
+def _check_options(
+    *,
+    height: int,
+    width: int,
+    shard_size: int,
+    workers: int,
+    fps: float | None,
+    part: tuple[int, int] | None,
+    pack_only: bool,
+    flow_at: FlowAt | str,
+    flow_short_side: int | None,
+) -> FlowAt:
+    """The options' own checks, before anything is read: one BuildError naming the option. Returns flow_at."""
+    if height < 2 or width < 2:
+        raise BuildError(f"--height/--width must be >= 2, got {height} x {width}")
+    if shard_size < 1:
+        raise BuildError(f"--shard-size must be >= 1, got {shard_size}")
+    if workers < 1:
+        raise BuildError(f"--workers must be >= 1, got {workers}")
+    if fps is not None and not fps > 0:
+        raise BuildError(f"--fps must be > 0, got {fps}")
+    if part is not None and pack_only:
+        raise BuildError("--pack packs the whole build: give it without --part")
+    if part is not None:
+        parse_part(f"{part[0]}/{part[1]}")
+    try:
+        at = FlowAt(flow_at)
+    except ValueError:
+        raise BuildError(f"--flow-at must be one of {[a.value for a in FlowAt]}, got {flow_at!r}") from None
+    if flow_short_side is not None and at is not FlowAt.source:
+        raise BuildError(
+            "--flow-short-side applies to --flow-at source only (stored flow is at --height x --width)"
+        )
+    if flow_short_side is not None and flow_short_side < 16:
+        raise BuildError(
+            f"--flow-short-side must be >= 16 px (TV-L1's smallest pyramid level), got {flow_short_side}"
+        )
+    return at
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One build after its options are checked: what every stage reads."""
+
+    records: list[Record]
+    """the build's videos (after --limit), in split-list order"""
+    share: list[Record]
+    """the videos this process handles: its part's share (--part), else all"""
+    classes: list[str]
+    out: Path
+    settings: VideoSettings
+    shard_size: int
+    skip_bad: bool
+    strict: bool
+    limit: int | None
+    extra_settings: dict[str, Any] | None
+    part: tuple[int, int] | None
+    log: Callable[[str], Any]
+    t0: float
+    """when the build started (perf_counter)"""
+
+    @property
+    def work(self) -> Path:
+        return self.out / WORK_DIR
+
+    @property
+    def tag(self) -> str:
+        """The prefix of a part's log lines."""
+        return f"part {self.part[0]}/{self.part[1]}: " if self.part is not None else ""
+
+
+@dataclass
+class _Tally:
+    """Where the videos of a build stand, and what processing them did."""
+
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """meta of each video done, by id"""
+    bad: dict[str, str] = field(default_factory=dict)
+    """reason of each video rejected, by id"""
+    todo: list[Record] = field(default_factory=list)
+    reused: int = 0
+    processed: int = 0
+    pairs: int = 0
+    """frame pairs of the processed videos: the flow's unit of work"""
+    processing: float = 0.0
+    """seconds spent processing"""
+
+
 def build(
     records: Sequence[Record],
     out_dir: str | Path,
@@ -847,30 +1041,10 @@ def build(
     t0 = time.perf_counter()
     method = FlowMethod(flow_method)
     flow_device = flow_device or FlowDevice()
-    if height < 2 or width < 2:
-        raise BuildError(f"--height/--width must be >= 2, got {height} x {width}")
-    if shard_size < 1:
-        raise BuildError(f"--shard-size must be >= 1, got {shard_size}")
-    if workers < 1:
-        raise BuildError(f"--workers must be >= 1, got {workers}")
-    if fps is not None and not fps > 0:
-        raise BuildError(f"--fps must be > 0, got {fps}")
-    if part is not None and pack_only:
-        raise BuildError("--pack packs the whole build: give it without --part")
-    if part is not None:
-        parse_part(f"{part[0]}/{part[1]}")
-    try:
-        at = FlowAt(flow_at)
-    except ValueError:
-        raise BuildError(f"--flow-at must be one of {[a.value for a in FlowAt]}, got {flow_at!r}") from None
-    if flow_short_side is not None and at is not FlowAt.source:
-        raise BuildError(
-            "--flow-short-side applies to --flow-at source only (stored flow is at --height x --width)"
-        )
-    if flow_short_side is not None and flow_short_side < 16:
-        raise BuildError(
-            f"--flow-short-side must be >= 16 px (TV-L1's smallest pyramid level), got {flow_short_side}"
-        )
+    at = _check_options(
+        height=height, width=width, shard_size=shard_size, workers=workers, fps=fps, part=part,
+        pack_only=pack_only, flow_at=flow_at, flow_short_side=flow_short_side,
+    )  # fmt: skip
     classes = class_names(records)  # before subsetting: the full class list
     records = _subset(records, limit)
     ids = [r.video_id for r in records]
@@ -878,8 +1052,7 @@ def build(
         dup = next(i for i in ids if ids.count(i) > 1)
         raise BuildError(f"video {dup!r} is listed twice")
     out = Path(out_dir)
-    work = out / WORK_DIR
-    work.mkdir(parents=True, exist_ok=True)
+    (out / WORK_DIR).mkdir(parents=True, exist_ok=True)
     settings = VideoSettings(
         height=height,
         width=width,
@@ -888,128 +1061,130 @@ def build(
         flow_short_side=flow_short_side,
         fps=fps,
     )
-    share = part_share(records, part) if part is not None else records
-    tag = f"part {part[0]}/{part[1]}: " if part is not None else ""
-
-    results: dict[str, dict[str, Any]] = {}
-    bad: dict[str, str] = {}
-    todo: list[Record] = []
-    for rec in share:
-        if rec.problem is not None:
-            bad[rec.video_id] = rec.problem
-        elif (meta := cached_meta(rec, work, settings)) is not None:
-            # the decode check is judged again: a rerun with --strict rejects what a lenient build kept
-            if (problem := _check_of(meta).problem(strict)) is not None:
-                bad[rec.video_id] = problem
-            else:
-                results[rec.video_id] = meta
-        elif (part is not None or pack_only) and (
-            reason := cached_rejection(rec, work, settings, strict)
-        ) is not None:
-            bad[rec.video_id] = reason  # a part rejected it before: not decoded again
-        else:
-            todo.append(rec)
-    reused = len(results)
-    if bad and not skip_bad:
-        rec = next(r for r in share if r.video_id in bad)
-        raise BuildError(f"{rec.path}: {bad[rec.video_id]} (use --skip-bad to reject such videos instead)")
+    plan = _Plan(
+        records=records, share=part_share(records, part) if part is not None else records, classes=classes,
+        out=out, settings=settings, shard_size=shard_size, skip_bad=skip_bad, strict=strict, limit=limit,
+        extra_settings=extra_settings, part=part, log=log, t0=t0,
+    )  # fmt: skip
+    tally = _triage(plan, reuse_rejections=part is not None or pack_only)
+    if tally.bad and not skip_bad:
+        rec = next(r for r in plan.share if r.video_id in tally.bad)
+        raise BuildError(
+            f"{rec.path}: {tally.bad[rec.video_id]} (use --skip-bad to reject such videos instead)"
+        )
     if pack_only:
-        parts_status = _read_parts(work)
-        if todo:
-            raise BuildError(_missing_message(records, todo, parts_status))
-        return _pack(
-            records, out, work, settings, results, bad, classes, shard_size=shard_size, skip_bad=skip_bad,
-            strict=strict, limit=limit, extra_settings=extra_settings, log=log, t0=t0, method=method,
-            processed=0, reused=reused, pairs=0, processing=0.0, parts_status=parts_status,
-        )  # fmt: skip
+        parts_status = _read_parts(plan.work)
+        if tally.todo:
+            raise BuildError(_missing_message(records, tally.todo, parts_status))
+        return _pack(plan, tally, parts_status)
     log(
-        f"{tag}{len(share)} videos: {reused} already done (cached), {len(todo)} to process, {len(bad)} rejected"
+        f"{plan.tag}{len(plan.share)} videos: {tally.reused} already done (cached), {len(tally.todo)} to process, "
+        f"{len(tally.bad)} rejected"
     )
     if part is not None:
-        _write_part(work, part, {"state": "running", "videos": len(share), "host": _host()})
+        _write_part(plan.work, part, {"state": "running", "videos": len(plan.share), "host": _host()})
+    job = VideoJob(plan.work, settings, strict, flow_device)
+    _process(plan, tally, job, workers, progress, gpu_counter=method is FlowMethod.tvl1_torch)
+    if part is not None:
+        return _finish_part(plan, tally)
+    return _pack(plan, tally, None)
 
+
+def _triage(plan: _Plan, reuse_rejections: bool) -> _Tally:
+    """Each video of this process's share: rejected by its source, done (a valid cache entry), rejected before by
+    a part (with reuse_rejections: not decoded again), or still to process."""
+    tally = _Tally()
+    for rec in plan.share:
+        if rec.problem is not None:
+            tally.bad[rec.video_id] = rec.problem
+        elif (meta := cached_meta(rec, plan.work, plan.settings)) is not None:
+            # the decode check is judged again: a rerun with --strict rejects what a lenient build kept
+            if (problem := _check_of(meta).problem(plan.strict)) is not None:
+                tally.bad[rec.video_id] = problem
+            else:
+                tally.results[rec.video_id] = meta
+        elif (
+            reuse_rejections
+            and (reason := cached_rejection(rec, plan.work, plan.settings, plan.strict)) is not None
+        ):
+            tally.bad[rec.video_id] = reason  # a part rejected it before: not decoded again
+        else:
+            tally.todo.append(rec)
+    tally.reused = len(tally.results)
+    return tally
+
+
+def _process(
+    plan: _Plan, tally: _Tally, job: VideoJob, workers: int, progress: bool, gpu_counter: bool
+) -> None:
+    """Process the videos still to do under a progress bar; each result lands in the tally as it arrives. A video
+    that fails stops the build (BuildError), or with --skip-bad is rejected (and recorded in the cache by a part)."""
     bar = tqdm(
-        total=len(todo),
-        desc=f"{tag}videos" if tag else "videos",
+        total=len(tally.todo),
+        desc=f"{plan.tag}videos" if plan.tag else "videos",
         unit="video",
-        disable=not progress or not todo,
+        disable=not progress or not tally.todo,
         file=sys.stderr,
     )
-    started, pairs = time.perf_counter(), 0  # frame pairs of the processed videos: the flow's unit of work
+    started = time.perf_counter()
 
     def collect(rec: Record, status: str, value) -> None:
-        nonlocal pairs
         bar.update(1)
         if status == "ok":
-            results[rec.video_id] = value
-            pairs += max(int(value["flow_frames"]) - 1, 0)
+            tally.results[rec.video_id] = value
+            tally.pairs += max(int(value["flow_frames"]) - 1, 0)
             bar.set_postfix_str(
-                f"{pairs / max(time.perf_counter() - started, 1e-9):.1f} frame pairs/s", refresh=False
+                f"{tally.pairs / max(time.perf_counter() - started, 1e-9):.1f} frame pairs/s", refresh=False
             )
             return
-        if not skip_bad:
+        if not plan.skip_bad:
             raise BuildError(f"{rec.path}: {value} (use --skip-bad to reject such videos instead)")
-        bad[rec.video_id] = value
-        if part is not None:
-            _write_rejected(rec, work, settings, strict, value)
+        tally.bad[rec.video_id] = value
+        if plan.part is not None:
+            _write_rejected(rec, plan.work, plan.settings, plan.strict, value)
 
     try:
-        if workers == 1 or len(todo) <= 1:
-            for rec in todo:
-                collect(rec, *_work_item(rec, work, settings, strict, flow_device))
-        else:
-            ctx = mp.get_context("spawn")  # no fork of a process that may hold threads (OpenCV, DALI)
-            init_args = (
-                (ctx.Value("i", 0), flow_device.device, flow_device.devices)
-                if method is FlowMethod.tvl1_torch
-                else ()
-            )
-            init_args = (os.getpid(), *init_args)
-            with cf.ProcessPoolExecutor(
-                workers, mp_context=ctx, initializer=_worker_init, initargs=init_args
-            ) as pool:
-                futs = {
-                    pool.submit(_work_item, rec, work, settings, strict, flow_device): rec for rec in todo
-                }
-                try:
-                    for fut in cf.as_completed(futs):
-                        collect(futs[fut], *fut.result())
-                except BaseException:
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    raise
+        _run_videos(tally.todo, job, workers, gpu_counter, collect)
     finally:
         bar.close()
-    processing = time.perf_counter() - started
-    processed = sum(r.video_id in results for r in todo)
-    if part is not None:
-        by_id = {r.video_id: r for r in share}
-        rejected = [
-            {"video": str(by_id[v].path), "reason": bad[v]} for v in (r.video_id for r in share) if v in bad
-        ]
-        status = {
-            "state": "complete",
-            "videos": len(share),
-            "processed": processed,
-            "reused": reused,
-            "rejected": len(rejected),
-            "rejected_by_reason": reason_counts(rejected),
-            "frame_pairs": pairs,
-            "processing_seconds": round(processing, 3),
-            "seconds": round(time.perf_counter() - t0, 3),
-            "host": _host(),
-        }
-        _write_part(work, part, status)
-        rate = f", {pairs} frame pairs at {pairs / max(processing, 1e-9):.1f}/s" if pairs else ""
-        log(
-            f"{tag}done in {status['seconds']:.1f} s (processed {processed}{rate}, reused {reused}, "
-            f"rejected {len(rejected)}); pack once every part is done"
-        )
-        return BuildReport(None, processed, reused, rejected, time.perf_counter() - t0)
-    return _pack(
-        records, out, work, settings, results, bad, classes, shard_size=shard_size, skip_bad=skip_bad,
-        strict=strict, limit=limit, extra_settings=extra_settings, log=log, t0=t0, method=method,
-        processed=processed, reused=reused, pairs=pairs, processing=processing, parts_status=None,
-    )  # fmt: skip
+    tally.processing = time.perf_counter() - started
+    tally.processed = sum(r.video_id in tally.results for r in tally.todo)
+
+
+def _rejected_list(records: Sequence[Record], bad: dict[str, str]) -> list[dict[str, str]]:
+    """The rejections in list order, as the manifest and a part's status record them."""
+    by_id = {r.video_id: r for r in records}
+    return [
+        {"video": str(by_id[v].path), "reason": bad[v]} for v in (r.video_id for r in records) if v in bad
+    ]
+
+
+def _finish_part(plan: _Plan, tally: _Tally) -> BuildReport:
+    """A part's end: its status file says complete, with its counts (what pack's summary adds up)."""
+    rejected = _rejected_list(plan.share, tally.bad)
+    status = {
+        "state": "complete",
+        "videos": len(plan.share),
+        "processed": tally.processed,
+        "reused": tally.reused,
+        "rejected": len(rejected),
+        "rejected_by_reason": reason_counts(rejected),
+        "frame_pairs": tally.pairs,
+        "processing_seconds": round(tally.processing, 3),
+        "seconds": round(time.perf_counter() - plan.t0, 3),
+        "host": _host(),
+    }
+    _write_part(plan.work, plan.part, status)
+    rate = (
+        f", {tally.pairs} frame pairs at {tally.pairs / max(tally.processing, 1e-9):.1f}/s"
+        if tally.pairs
+        else ""
+    )
+    plan.log(
+        f"{plan.tag}done in {status['seconds']:.1f} s (processed {tally.processed}{rate}, reused {tally.reused}, "
+        f"rejected {len(rejected)}); pack once every part is done"
+    )
+    return BuildReport(None, tally.processed, tally.reused, rejected, time.perf_counter() - plan.t0)
 
 
 def _missing_message(
@@ -1036,45 +1211,48 @@ def _missing_message(
     return msg + "; rerun them (each resumes from the cache), then pack again"
 
 
-def _pack(
-    records: Sequence[Record],
-    out: Path,
-    work: Path,
-    settings: VideoSettings,
-    results: dict[str, dict[str, Any]],
-    bad: dict[str, str],
-    classes: list[str],
-    *,
-    shard_size: int,
-    skip_bad: bool,
-    strict: bool,
-    limit: int | None,
-    extra_settings: dict[str, Any] | None,
-    log,
-    t0: float,
-    method: FlowMethod,
-    processed: int,
-    reused: int,
-    pairs: int,
-    processing: float,
-    parts_status: dict[int, dict[str, Any]] | None,
-) -> BuildReport:
+def _pack(plan: _Plan, tally: _Tally, parts_status: dict[int, dict[str, Any]] | None) -> BuildReport:
     """Shards in split-list order, then the manifest (the same bytes however the videos were processed)."""
-    ids = [r.video_id for r in records]
-    by_id = {r.video_id: r for r in records}
-    rejected = [{"video": str(by_id[v].path), "reason": bad[v]} for v in ids if v in bad]
-    # Pack. The old manifest goes first: from here on the folder is an unfinished build until the new one lands.
-    (out / shards.MANIFEST).unlink(missing_ok=True)
+    rejected = _rejected_list(plan.records, tally.bad)
+    # The old manifest goes first: from here on the folder is an unfinished build until the new one lands.
+    (plan.out / shards.MANIFEST).unlink(missing_ok=True)
+    split_infos, accepted = _write_shards(plan, tally.results)
+    warnings = _decode_warnings(plan.records, tally.results)
+    for w in warnings:
+        plan.log(
+            f"warning: {w['video']}: {w['warning']} (kept the {w['decoded_frames']} decoded frames; "
+            "--strict rejects such videos)"
+        )
+    manifest = _manifest(plan, split_infos, accepted, rejected, warnings)
+    path = shards.write_manifest(plan.out, manifest)
+    report = BuildReport(path, tally.processed, tally.reused, rejected, time.perf_counter() - plan.t0)
+    _log_pack(plan, tally, report, manifest, parts_status, warnings)
+    return report
+
+
+def _write_shards(
+    plan: _Plan, results: dict[str, dict[str, Any]]
+) -> tuple[dict[str, list[shards.ShardInfo]], list[dict[str, Any]]]:
+    """Every split's shards from the cache, stale shards of an earlier build removed: (shards by split, the metas
+    of the accepted videos). No accepted video at all is a BuildError."""
     split_infos: dict[str, list[shards.ShardInfo]] = {}
     accepted_all: list[dict[str, Any]] = []
     for split in shards.SPLITS:
-        accepted = [(r, results[r.video_id]) for r in records if r.split == split and r.video_id in results]
+        accepted = [
+            (r, results[r.video_id]) for r in plan.records if r.split == split and r.video_id in results
+        ]
         accepted_all += [m for _, m in accepted]
-        split_infos[split] = shards.write_split(out, split, _samples(split, accepted, work), shard_size)
+        split_infos[split] = shards.write_split(
+            plan.out, split, _samples(split, accepted, plan.work), plan.shard_size
+        )
     if not accepted_all:
-        raise BuildError(f"no usable videos: all {len(records)} were rejected (see the reasons above)")
-    _remove_stale(out, {n for infos in split_infos.values() for i in infos for n in (i.tar, i.index)})
-    fps_values = [m["fps"] for m in accepted_all]
+        raise BuildError(f"no usable videos: all {len(plan.records)} were rejected (see the reasons above)")
+    _remove_stale(plan.out, {n for infos in split_infos.values() for i in infos for n in (i.tar, i.index)})
+    return split_infos, accepted_all
+
+
+def _decode_warnings(records: Sequence[Record], results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The kept videos whose decode check found something (manifest.json["warnings"])."""
     warnings = []
     for r in records:
         if r.video_id in results and (msg := (check := _check_of(results[r.video_id])).message()):
@@ -1088,36 +1266,53 @@ def _pack(
                     "decoded_seconds": check.decoded_seconds,
                 }
             )
-    for w in warnings:
-        log(
-            f"warning: {w['video']}: {w['warning']} (kept the {w['decoded_frames']} decoded frames; "
-            "--strict rejects such videos)"
-        )
-    manifest = shards.make_manifest(
-        classes=classes,
+    return warnings
+
+
+def _manifest(
+    plan: _Plan,
+    split_infos: dict[str, list[shards.ShardInfo]],
+    accepted: list[dict[str, Any]],
+    rejected: list[dict[str, str]],
+    warnings: list[dict[str, Any]],
+) -> dict[str, Any]:
+    fps_values = [m["fps"] for m in accepted]
+    settings = plan.settings
+    return shards.make_manifest(
+        classes=plan.classes,
         splits=split_infos,
         video={
             "height": settings.height,
             "width": settings.width,
             "fps": statistics.median(fps_values),
-            "min_frames": min(m["frames"] for m in accepted_all),
+            "min_frames": min(m["frames"] for m in accepted),
         },
-        flow={"method": method.value, "bound": int(settings.flow_bound)},
+        flow={"method": settings.flow_method, "bound": int(settings.flow_bound)},
         settings={
             **settings.recorded(),
-            "shard_size": shard_size,
-            "skip_bad": skip_bad,
-            "strict": strict,
+            "shard_size": plan.shard_size,
+            "skip_bad": plan.skip_bad,
+            "strict": plan.strict,
             "min_decoded_share": MIN_DECODED_SHARE,
-            "limit": limit,
+            "limit": plan.limit,
             "fps_values": sorted(set(fps_values)),
-            **(extra_settings or {}),
+            **(plan.extra_settings or {}),
         },
         rejected=rejected,
         warnings=warnings,
     )
-    path = shards.write_manifest(out, manifest)
-    report = BuildReport(path, processed, reused, rejected, time.perf_counter() - t0)
+
+
+def _log_pack(
+    plan: _Plan,
+    tally: _Tally,
+    report: BuildReport,
+    manifest: dict[str, Any],
+    parts_status: dict[int, dict[str, Any]] | None,
+    warnings: list[dict[str, Any]],
+) -> None:
+    """The pack's summary lines: the parts added up (after --pack), the samples written, rejections, warnings."""
+    log, path = plan.log, report.manifest
     n_train, n_test = (manifest["splits"][s]["num_samples"] for s in shards.SPLITS)
     if parts_status:
         # the summary adds the parts up: what each did when it ran, not what this pack found cached
@@ -1131,16 +1326,16 @@ def _pack(
             f"{total['rejected']}, {total['frame_pairs']} frame pairs; longest part {longest:.1f} s, "
             f"{sum(float(p.get('seconds', 0)) for p in done):.1f} s of part time in all"
         )
-    rate = f", {pairs} frame pairs at {pairs / max(processing, 1e-9):.1f}/s" if pairs else ""
+    pairs = tally.pairs
+    rate = f", {pairs} frame pairs at {pairs / max(tally.processing, 1e-9):.1f}/s" if pairs else ""
     log(
-        f"wrote {n_train} train + {n_test} test samples to {out} in {report.seconds:.1f} s "
-        f"(processed {report.processed}{rate}, reused {reused})"
+        f"wrote {n_train} train + {n_test} test samples to {plan.out} in {report.seconds:.1f} s "
+        f"(processed {report.processed}{rate}, reused {tally.reused})"
     )
-    if rejected:
-        log(_rejected_line(rejected, f"{path} under 'rejected'"))
+    if report.rejected:
+        log(_rejected_line(report.rejected, f"{path} under 'rejected'"))
     if warnings:
         log(f"kept {len(warnings)} video(s) with a warning; listed in {path} under 'warnings'")
-    return report
 
 
 def build_shards(

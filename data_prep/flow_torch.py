@@ -33,9 +33,8 @@ thousands of steps they add up to a mean EPE of 0.002-0.007 px between the two f
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -517,21 +516,6 @@ def compute_flow_torch(
     return out
 
 
-def tvl1_pairs(
-    pairs: Sequence[tuple[np.ndarray, np.ndarray]],
-    device: str | torch.device = "cpu",
-    compile: bool = False,
-    **params: float,
-) -> np.ndarray:
-    """Convenience for numpy callers: [(I0, I1) [H, W] uint8 grey] -> [N, H, W, 2] float32 numpy."""
-    dev = torch.device(device)
-    i0 = torch.from_numpy(np.stack([a for a, _ in pairs])).to(dev)
-    i1 = torch.from_numpy(np.stack([b for _, b in pairs])).to(dev)
-    prm = dataclasses.replace(TVL1Params(), **params)
-    with torch.inference_mode():
-        return tvl1(i0, i1, prm, compile).cpu().numpy()
-
-
 __all__ = [
     "MIN_LEVEL_SIZE",
     "TVL1Params",
@@ -549,6 +533,5 @@ __all__ = [
     "rgb_to_grey",
     "tv_step",
     "tvl1",
-    "tvl1_pairs",
     "warp_bicubic",
 ]

@@ -9,6 +9,7 @@ border, and within 0.05 of OpenCV's TV-L1 on average; on the synthetic set's gro
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -318,7 +319,7 @@ def _assigned_device(_: int) -> tuple[int, str | None]:
     import time
 
     time.sleep(0.5)  # hold this worker so the next task starts the other one
-    return os.getpid(), build._worker_device
+    return os.getpid(), build._worker_job.device
 
 
 def test_devices_parsing_and_one_worker_per_gpu():
@@ -343,7 +344,9 @@ def test_devices_parsing_and_one_worker_per_gpu():
         "cuda:1", "cuda:3", "cuda:1", "cuda:3", "cuda:1"
     ]  # fmt: skip
     ctx = mp.get_context("spawn")
-    init = (os.getpid(), ctx.Value("i", 0), "cuda", ("cuda:1", "cuda:3"))
+    job = build.VideoJob(Path("work"), build.VideoSettings(32, 40, "tvl1-torch"), False,
+                         build.FlowDevice("cuda", True, ("cuda:1", "cuda:3")))  # fmt: skip
+    init = (os.getpid(), job, ctx.Value("i", 0))
     with cf.ProcessPoolExecutor(2, mp_context=ctx, initializer=build._worker_init, initargs=init) as pool:
         got = dict(pool.map(_assigned_device, range(4)))
     assert sorted(got.values()) == ["cuda:1", "cuda:3"]  # two workers, one on each GPU

@@ -41,7 +41,6 @@ from vicc_fast.data.augment import RGB_MEAN, RGB_STD, crop_window, flow_norm, st
 from vicc_fast.data.batch import Batch
 
 JPEG_QUALITY = 90
-META = ("__len__", "__vlen__", "__labels__")
 
 
 def _key(i: int) -> bytes:
