@@ -13,3 +13,20 @@ import os
 os.environ.setdefault("TRITON_INTERPRET", "1")
 # Two cores on CI: keep torch from oversubscribing them when DALI threads also run.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory):
+    """A small synthetic shard set (2 classes, 4 + 2 videos each, 12 frames of 32x40, DIS flow), built once per
+    session by the real data_prep build, for tests that train through the real loader and only read it."""
+    from data_prep.build import build_synthetic
+    from vicc_fast.config import FlowMethod, SyntheticConfig
+
+    out = tmp_path_factory.mktemp("tiny_shards")
+    small = SyntheticConfig(num_classes=2, train_per_class=4, test_per_class=2, frames=12, height=32, width=40,
+                            flow_method=FlowMethod.dis)  # fmt: skip
+    build_synthetic(out, small, workers=1, progress=False)
+    return out

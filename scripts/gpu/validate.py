@@ -11,22 +11,6 @@ JSON under ``--out`` as soon as the step ends, keeps ``validate.json`` (every st
 prints one summary table at the end. ``--dry-run`` runs the same steps on the CPU with tiny shapes (Triton
 interpreter, DALI CPU decoder, tiny backbone), so the script is exercised by the test suite between GPU loans.
 
-Steps (GPU figures are compared with the targets in docs/gpu_validation.md; a missed target is reported, not a
-failed step, since a throughput depends on the machine while a failed check means wrong output):
-  kernels   python -m kernels.check --sizes both: every compiled Triton kernel within the tests' tolerances
-  decode    python -m vicc_fast.bench decode: NVDEC frames vs the CPU decoder, RGB/flow alignment, frames/s
-  loader    python -m vicc_fast.bench loader: DALI GPU pipeline vs the DataLoader baseline (goal >= 5x)
-  amp       200 training steps of configs/ucf101_s3d.yaml in bf16, then fp16 + GradScaler, channels_last_3d:
-            loss falls, nothing non-finite, clips/s, peak memory (and a torch.profiler trace of 5 steps)
-  step      python -m vicc_fast.bench step --paper: data-wait (< 2 %), loss head (< 1 %), >= 3x the baseline
-  head      python -m vicc_fast.bench kernels --quick: Triton loss head vs eager vs torch.compile (>= 2x, >= 1x)
-  nvtx      the step ranges (data, forward, backward, optimizer) in the amp step's torch.profiler trace
-  flow      (only with --only) bench flow --methods tvl1-torch at 320x240: pairs/s (goal >= 700) and EPE
-  augment   (only with --only) bench augment: the released colour jitter's DALI steps on the GPU vs the CPU
-            reference (max / mean level difference) and ms per clip beside the one-map jitter
-  evalwin   (only with --only) bench loader --mode eval with the released overlapping test windows, centre and
-            ten-crop: both backends run them on the GPU; clips/s
-
 This file is the command line; each tool is a module beside it: runner.py (run), steps.py (what each step runs
 and how it is judged), sets.py (make-data), single_steps.py (amp, nvtx, replicate), report.py (report), and
 common.py (what they share). Only the standard library is imported: the parent process stays small and starts
@@ -46,12 +30,15 @@ HERE = Path(__file__).resolve().parent
 # single steps and the summaries, are then importable where the project is not installed (the GPU machine).
 sys.path[:] = [str(HERE.parents[1]), *(p for p in sys.path if not p or Path(p).resolve() != HERE)]
 
-from scripts.gpu import report, runner, sets, single_steps  # noqa: E402
+from scripts.gpu import report, runner, sets, single_steps, steps  # noqa: E402
 from scripts.gpu.steps import AMP_MODES, STEPS  # noqa: E402
+
+# The steps and their pass criteria are written once, in steps.py's docstring; --help shows them after this file's.
+HELP = f"{__doc__}\n{steps.__doc__.split(chr(10) + chr(10), 1)[1]}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="scripts/gpu/validate.py", description=__doc__,
+    p = argparse.ArgumentParser(prog="scripts/gpu/validate.py", description=HELP,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="every step, each under its own timeout, and a summary table")

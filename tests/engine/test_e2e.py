@@ -8,28 +8,14 @@ import torch
 
 from vicc_fast import checkpoint as ckpt
 from vicc_fast import config as C
-from vicc_fast.config import FlowMethod, SyntheticConfig
 from vicc_fast.engine.trainer import Trainer, results_table
 from vicc_fast.eval.inputs import load_checkpoint
 from vicc_fast.methods import build_method
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    from data_prep.build import build_synthetic
-
-    out = tmp_path_factory.mktemp("syn")
-    small = SyntheticConfig(
-        num_classes=2,
-        train_per_class=4,
-        test_per_class=2,
-        frames=12,
-        height=32,
-        width=40,
-        flow_method=FlowMethod.dis,
-    )
-    build_synthetic(out, small, workers=1, progress=False)
-    return out
+def shards(tiny_shards):
+    return tiny_shards
 
 
 # small clips and the tiny model: what both end-to-end tests train

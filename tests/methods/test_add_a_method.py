@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from vicc_fast import checkpoint as ckpt
 from vicc_fast import config as C
-from vicc_fast.config import Config, FlowMethod, MethodName, Stream, SyntheticConfig
+from vicc_fast.config import Config, MethodName, Stream
 from vicc_fast.data.batch import Batch
 from vicc_fast.engine.trainer import Trainer, results_table
 from vicc_fast.methods import REGISTRY, build_method
@@ -72,21 +72,8 @@ class TinyInfoNCE(Method):
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    from data_prep.build import build_synthetic
-
-    out = tmp_path_factory.mktemp("syn")
-    small = SyntheticConfig(
-        num_classes=2,
-        train_per_class=4,
-        test_per_class=2,
-        frames=12,
-        height=32,
-        width=40,
-        flow_method=FlowMethod.dis,
-    )
-    build_synthetic(out, small, workers=1, progress=False)
-    return out
+def shards(tiny_shards):
+    return tiny_shards
 
 
 def test_a_method_from_the_template_trains_through_the_real_engine(shards, tmp_path, monkeypatch):
