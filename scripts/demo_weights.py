@@ -36,10 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
 
-    from vicc_fast.bench.demo import weights_digest
+    from vicc_fast.bench.demo import train_command, weights_digest
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m",
-           "vicc_fast.train", "train.seed=0", f"train.out_dir={args.out}", "eval.after_phase=false",
+    # The demo's own command (bench demo's, the README's), run by this interpreter's torchrun, without evaluation.
+    demo = train_command("vicc", 0, args.out)
+    cmd = [sys.executable, "-m", "torch.distributed.run", *demo[1:], "eval.after_phase=false",
            "train.progress=false", *(SHORT if args.short else []), *args.overrides]  # fmt: skip
     log = args.out.with_suffix(".log")
     args.out.parent.mkdir(parents=True, exist_ok=True)

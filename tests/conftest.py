@@ -10,12 +10,11 @@ GPU is present)."""
 
 import os
 
+import pytest
+
 os.environ.setdefault("TRITON_INTERPRET", "1")
 # Two cores on CI: keep torch from oversubscribing them when DALI threads also run.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
-
-
-import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ message is one line naming the key.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import enum
 import typing
@@ -838,8 +839,6 @@ def _pop(d: dict[str, Any], parts: list[str]) -> Any:
 
 def migrate(d: dict[str, Any]) -> dict[str, Any]:
     """A saved config dict with its moved keys at their new places (a deep copy; the input is not changed)."""
-    import copy
-
     out = copy.deepcopy(d)
     for old in [k for k in _leaves(out) if k in MOVED]:
         value = _pop(out, old.split("."))

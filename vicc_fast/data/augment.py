@@ -118,9 +118,8 @@ def colour_affine(
     w = np.broadcast_to(_LUMA, (n, 3)) if gray_weights is None else gray_weights
     bc = brightness * contrast
     t = np.repeat(((1 - contrast) * 128.0)[:, None], 3, axis=1)
-    if (
-        w.ndim == 3
-    ):  # [n, T, 3]: one grayscale row per frame (data.augment.grayscale_per=frame) -> M [n, T, 3, 3]
+    # w [n, T, 3]: one grayscale row per frame (data.augment.grayscale_per=frame) -> M [n, T, 3, 3]
+    if w.ndim == 3:
         gray_m = np.where(gray[:, None, None, None], np.ones((1, 1, 3, 1)) * w[:, :, None, :], eye[:, None])
         m = gray_m @ hue_m[:, None] @ sat[:, None] * bc[:, None, None, None]
         return m, np.repeat(t[:, None], w.shape[1], axis=1)
